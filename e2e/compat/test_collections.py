@@ -1,0 +1,149 @@
+"""Collection lifecycle through qdrant-client: create / get / list / exists / delete."""
+
+import pytest
+from qdrant_client import models
+from qdrant_client.http.exceptions import UnexpectedResponse
+
+from conftest import unique_name
+
+ALL_DISTANCES = [models.Distance.COSINE, models.Distance.DOT, models.Distance.EUCLID, models.Distance.MANHATTAN]
+
+
+@pytest.mark.parametrize("distance", ALL_DISTANCES, ids=lambda d: d.value)
+def test_create_and_get_each_distance(client, collection, distance):
+    name = collection(size=7, distance=distance)
+    info = client.get_collection(name)
+    assert info.status == models.CollectionStatus.GREEN
+    assert info.points_count == 0
+    assert isinstance(info.segments_count, int)
+    vp = info.config.params.vectors
+    assert isinstance(vp, models.VectorParams)
+    assert vp.size == 7
+    assert vp.distance == distance
+
+
+def test_create_with_full_config_is_echoed(client, collection):
+    name = collection(
+        size=16,
+        distance=models.Distance.DOT,
+        shard_number=3,
+        replication_factor=2,
+        write_consistency_factor=2,
+        sharding_method=models.ShardingMethod.AUTO,
+        hnsw_config=models.HnswConfigDiff(m=8, ef_construct=50, full_scan_threshold=1234),
+        optimizers_config=models.OptimizersConfigDiff(default_segment_number=3, flush_interval_sec=7),
+    )
+    cfg = client.get_collection(name).config
+    assert cfg.params.vectors.size == 16
+    assert cfg.params.vectors.distance == models.Distance.DOT
+    assert cfg.params.shard_number == 3
+    assert cfg.params.replication_factor == 2
+    assert cfg.params.write_consistency_factor == 2
+    assert cfg.params.sharding_method == models.ShardingMethod.AUTO
+    assert cfg.hnsw_config.m == 8
+    assert cfg.hnsw_config.ef_construct == 50
+    assert cfg.hnsw_config.full_scan_threshold == 1234
+    assert cfg.optimizer_config.default_segment_number == 3
+    assert cfg.optimizer_config.flush_interval_sec == 7
+
+
+def test_defaults_are_sane(client, collection):
+    name = collection(size=4, distance=models.Distance.EUCLID)
+    cfg = client.get_collection(name).config
+    assert cfg.params.shard_number in (None, 1)
+    assert cfg.params.replication_factor in (None, 1)
+    assert cfg.params.write_consistency_factor in (None, 1)
+    assert cfg.hnsw_config.m > 0 and cfg.hnsw_config.ef_construct > 0
+    assert cfg.optimizer_config.flush_interval_sec >= 0
+
+
+def test_multi_shard_collection_holds_all_points(client, collection):
+    name = collection(size=4, distance=models.Distance.EUCLID, shard_number=4)
+    ids = list(range(1, 101))
+    client.upsert(
+        name,
+        points=models.Batch(ids=ids, vectors=[[float(i), 0.0, 0.0, 0.0] for i in ids], payloads=[{"i": i} for i in ids]),
+        wait=True,
+    )
+    assert client.get_collection(name).points_count == 100
+    assert client.count(name, exact=True).count == 100
+    recs, nxt = client.scroll(name, limit=1000)
+    assert nxt is None
+    assert [r.id for r in recs] == ids  # global id order across shards
+    res = client.query_points(name, query=[50.2, 0, 0, 0], limit=3).points
+    assert [p.id for p in res] == [50, 51, 49]
+
+
+def test_list_collections(client, collection):
+    a = collection(size=4)
+    b = collection(size=4)
+    names = {c.name for c in client.get_collections().collections}
+    assert {a, b} <= names
+    client.delete_collection(a)
+    names = {c.name for c in client.get_collections().collections}
+    assert a not in names and b in names
+
+
+def test_exists(client, collection):
+    name = collection(size=4)
+    assert client.collection_exists(name) is True
+    assert client.collection_exists(unique_name("missing")) is False
+
+
+def test_delete_collection(client, collection, http):
+    name = collection(size=4)
+    client.upsert(name, points=[models.PointStruct(id=1, vector=[1, 2, 3, 4])], wait=True)
+    assert client.delete_collection(name) is True
+    assert client.collection_exists(name) is False
+    with pytest.raises(UnexpectedResponse) as ei:
+        client.get_collection(name)
+    assert ei.value.status_code == 404
+    r = http.get(f"/collections/{name}")
+    assert r.status_code == 404
+    assert r.json()["status"]["error"]
+
+
+def test_recreate_after_delete_is_empty(client, collection):
+    name = collection(size=4)
+    client.upsert(name, points=[models.PointStruct(id=1, vector=[1, 2, 3, 4])], wait=True)
+    client.delete_collection(name)
+    collection(size=6, name=name, distance=models.Distance.EUCLID)
+    info = client.get_collection(name)
+    assert info.points_count == 0
+    assert info.config.params.vectors.size == 6
+    assert client.retrieve(name, ids=[1]) == []
+
+
+def test_raw_collection_envelope(http, collection):
+    name = collection(size=4)
+    r = http.get(f"/collections/{name}")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert isinstance(body["time"], (int, float)) and body["time"] >= 0
+    res = body["result"]
+    for key in ("status", "optimizer_status", "segments_count", "config", "payload_schema"):
+        assert key in res, f"missing {key} in collection info"
+    for key in ("params", "hnsw_config", "optimizer_config"):
+        assert key in res["config"], f"missing config.{key}"
+
+    r = http.get("/collections")
+    assert r.status_code == 200
+    assert name in [c["name"] for c in r.json()["result"]["collections"]]
+
+    r = http.get(f"/collections/{name}/exists")
+    assert r.status_code == 200
+    assert r.json()["result"] == {"exists": True}
+
+
+def test_create_via_raw_http_and_delete_returns_true(http, client):
+    name = unique_name()
+    try:
+        r = http.put(f"/collections/{name}", json={"vectors": {"size": 3, "distance": "Manhattan"}})
+        assert r.status_code == 200, r.text
+        assert r.json()["result"] is True
+        assert client.get_collection(name).config.params.vectors.distance == models.Distance.MANHATTAN
+    finally:
+        r = http.delete(f"/collections/{name}")
+    assert r.status_code == 200, r.text
+    assert r.json()["result"] is True

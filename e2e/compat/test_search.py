@@ -1,0 +1,409 @@
+"""Search correctness against an exact numpy brute force.
+
+Qdrant score conventions:
+  Cosine    -> cosine similarity (vectors are normalised on ingest), higher is better
+  Dot       -> raw dot product, higher is better
+  Euclid    -> L2 distance, lower is better
+  Manhattan -> L1 distance, lower is better
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from qdrant_client import models
+
+from conftest import unique_name
+
+D = models.Distance
+N_POINTS = 300
+K = 10
+SCORE_TOL = 1e-4
+HIGHER_IS_BETTER = {D.COSINE: True, D.DOT: True, D.EUCLID: False, D.MANHATTAN: False}
+
+
+# --------------------------------------------------------------------------- reference implementation
+
+
+def stored_form(data: np.ndarray, distance) -> np.ndarray:
+    """What the server stores (and returns): normalised rows for Cosine."""
+    data = data.astype(np.float64)
+    if distance == D.COSINE:
+        norms = np.linalg.norm(data, axis=1, keepdims=True)
+        norms[norms == 0] = 1
+        return data / norms
+    return data
+
+
+def scores_for(stored: np.ndarray, q, distance) -> np.ndarray:
+    q = np.asarray(q, dtype=np.float64)
+    if distance == D.COSINE:
+        n = np.linalg.norm(q)
+        q = q / (n if n else 1)
+        return stored @ q
+    if distance == D.DOT:
+        return stored @ q
+    if distance == D.EUCLID:
+        return np.sqrt(((stored - q) ** 2).sum(axis=1))
+    if distance == D.MANHATTAN:
+        return np.abs(stored - q).sum(axis=1)
+    raise ValueError(distance)
+
+
+class Dataset:
+    def __init__(self, name, distance, ids, raw):
+        self.name = name
+        self.distance = distance
+        self.ids = np.asarray(ids)
+        self.raw = raw
+        self.stored = stored_form(raw, distance)
+        self.row = {int(i): j for j, i in enumerate(ids)}
+        self.buckets = np.asarray([int(i) % 4 for i in ids])
+
+    def expected(self, q, k, mask=None, exclude=()):
+        s = scores_for(self.stored, q, self.distance)
+        keep = np.ones(len(s), dtype=bool) if mask is None else mask.copy()
+        for e in exclude:
+            keep[self.row[e]] = False
+        idx = np.nonzero(keep)[0]
+        order = idx[np.argsort(-s[idx] if HIGHER_IS_BETTER[self.distance] else s[idx], kind="stable")]
+        top = order[:k]
+        return [int(self.ids[j]) for j in top], [float(s[j]) for j in top], s
+
+    def check(self, hits, q, k, mask=None, exclude=(), label=""):
+        exp_ids, exp_scores, all_scores = self.expected(q, k, mask, exclude)
+        got = [(h.id if hasattr(h, "id") else h["id"], h.score if hasattr(h, "score") else h["score"]) for h in hits]
+        got_ids = [g[0] for g in got]
+        assert len(got_ids) == len(exp_ids), f"{label}: expected {len(exp_ids)} hits, got {len(got_ids)}"
+        assert len(set(got_ids)) == len(got_ids), f"{label}: duplicate ids {got_ids}"
+        for rank, (gid, gscore) in enumerate(got):
+            assert gid in self.row, f"{label}: unknown id {gid}"
+            true = float(all_scores[self.row[gid]])
+            assert np.isclose(gscore, true, rtol=SCORE_TOL, atol=SCORE_TOL), (
+                f"{label}: score of id {gid} is {gscore}, brute force says {true}"
+            )
+            if gid != exp_ids[rank]:
+                # only tolerated for numerical near-ties
+                assert np.isclose(true, exp_scores[rank], rtol=SCORE_TOL, atol=SCORE_TOL), (
+                    f"{label}: rank {rank}: got id {gid} (score {true}), expected id {exp_ids[rank]} "
+                    f"(score {exp_scores[rank]})\n got ids: {got_ids}\n expected: {exp_ids}"
+                )
+        if mask is not None:
+            for gid in got_ids:
+                assert mask[self.row[gid]], f"{label}: id {gid} does not satisfy the filter"
+        return got_ids
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def datasets(client):
+    cache: dict = {}
+    created = []
+
+    def get(distance, dim, shards=None) -> Dataset:
+        key = (distance, dim, shards)
+        if key not in cache:
+            seed = {D.COSINE: 1, D.DOT: 2, D.EUCLID: 3, D.MANHATTAN: 4}[distance] * 1000 + dim + (shards or 0)
+            rng = np.random.default_rng(seed)
+            raw = rng.normal(size=(N_POINTS, dim)).astype(np.float32)
+            ids = (1000 + 7 * rng.permutation(N_POINTS)).tolist()  # non-contiguous, shuffled ids
+            name = unique_name("search")
+            kw = {"shard_number": shards} if shards else {}
+            client.create_collection(name, vectors_config=models.VectorParams(size=dim, distance=distance), **kw)
+            created.append(name)
+            client.upsert(
+                name,
+                points=models.Batch(
+                    ids=ids,
+                    vectors=raw.tolist(),
+                    payloads=[{"bucket": i % 4, "pid": i} for i in ids],
+                ),
+                wait=True,
+            )
+            assert client.count(name, exact=True).count == N_POINTS
+            cache[key] = Dataset(name, distance, ids, raw)
+        return cache[key]
+
+    yield get
+    for name in created:
+        try:
+            client.delete_collection(name)
+        except Exception:
+            pass
+
+
+def queries(dim, n=4, seed=0):
+    return np.random.default_rng(seed + dim).normal(size=(n, dim)).astype(np.float32).tolist()
+
+
+DIST_DIM = [(d, dim) for d in (D.COSINE, D.DOT, D.EUCLID, D.MANHATTAN) for dim in (4, 16, 32)]
+DIST_DIM_IDS = [f"{d.value}-{dim}" for d, dim in DIST_DIM]
+ALL_D = [D.COSINE, D.DOT, D.EUCLID, D.MANHATTAN]
+
+
+# --------------------------------------------------------------------------- query_points (vector)
+
+
+@pytest.mark.parametrize("distance,dim", DIST_DIM, ids=DIST_DIM_IDS)
+def test_query_points_exact_matches_brute_force(client, datasets, distance, dim):
+    ds = datasets(distance, dim)
+    for qi, q in enumerate(queries(dim)):
+        res = client.query_points(
+            ds.name, query=q, limit=K, search_params=models.SearchParams(hnsw_ef=128, exact=True)
+        )
+        ds.check(res.points, q, K, label=f"exact q{qi}")
+
+
+@pytest.mark.parametrize("distance,dim", DIST_DIM, ids=DIST_DIM_IDS)
+def test_query_points_default_hnsw_matches_brute_force(client, datasets, distance, dim):
+    ds = datasets(distance, dim)
+    for qi, q in enumerate(queries(dim, seed=100)):
+        res = client.query_points(ds.name, query=q, limit=K)
+        ds.check(res.points, q, K, label=f"hnsw q{qi}")
+        res = client.query_points(ds.name, query=q, limit=K, search_params=models.SearchParams(hnsw_ef=16))
+        ds.check(res.points, q, K, label=f"hnsw ef=16 q{qi}")
+
+
+@pytest.mark.parametrize("distance", ALL_D, ids=lambda d: d.value)
+def test_multi_shard_search_matches_brute_force(client, datasets, distance):
+    ds = datasets(distance, 16, shards=3)
+    for qi, q in enumerate(queries(16, seed=7)):
+        ds.check(client.query_points(ds.name, query=q, limit=K).points, q, K, label=f"3 shards q{qi}")
+        ds.check(
+            client.query_points(ds.name, query=q, limit=K, search_params=models.SearchParams(exact=True)).points,
+            q,
+            K,
+            label=f"3 shards exact q{qi}",
+        )
+
+
+@pytest.mark.parametrize("distance", ALL_D, ids=lambda d: d.value)
+def test_query_with_payload_and_vectors(client, datasets, distance):
+    ds = datasets(distance, 16)
+    q = queries(16)[0]
+    res = client.query_points(ds.name, query=q, limit=5, with_payload=True, with_vectors=True).points
+    ds.check(res, q, 5)
+    for p in res:
+        assert p.payload == {"bucket": p.id % 4, "pid": p.id}
+        assert np.allclose(p.vector, ds.stored[ds.row[p.id]], atol=1e-5), "returned vector must be the stored one"
+        assert isinstance(p.version, int)
+    res = client.query_points(ds.name, query=q, limit=5, with_payload=False, with_vectors=False).points
+    assert all(p.payload is None and p.vector is None for p in res)
+    res = client.query_points(ds.name, query=q, limit=5, with_payload=["pid"]).points
+    assert all(p.payload == {"pid": p.id} for p in res)
+
+
+@pytest.mark.parametrize("distance", ALL_D, ids=lambda d: d.value)
+def test_query_offset_and_limit(client, datasets, distance):
+    ds = datasets(distance, 16)
+    q = queries(16)[1]
+    exp_ids, _, _ = ds.expected(q, 15)
+    res = client.query_points(ds.name, query=q, limit=5, offset=5, search_params=models.SearchParams(exact=True))
+    assert [p.id for p in res.points] == exp_ids[5:10]
+    res = client.query_points(ds.name, query=q, limit=N_POINTS + 50)
+    assert len(res.points) == N_POINTS
+
+
+@pytest.mark.parametrize("distance", ALL_D, ids=lambda d: d.value)
+def test_query_with_filter(client, datasets, distance):
+    ds = datasets(distance, 16)
+    flt = models.Filter(must=[models.FieldCondition(key="bucket", match=models.MatchValue(value=1))])
+    mask = ds.buckets == 1
+    for qi, q in enumerate(queries(16, seed=3)):
+        res = client.query_points(ds.name, query=q, limit=K, query_filter=flt)
+        ds.check(res.points, q, K, mask=mask, label=f"filtered q{qi}")
+        res = client.query_points(
+            ds.name, query=q, limit=K, query_filter=flt, search_params=models.SearchParams(exact=True)
+        )
+        ds.check(res.points, q, K, mask=mask, label=f"filtered exact q{qi}")
+
+
+@pytest.mark.parametrize("distance", ALL_D, ids=lambda d: d.value)
+def test_score_threshold(client, datasets, distance):
+    ds = datasets(distance, 16)
+    q = queries(16, seed=9)[0]
+    s = np.sort(scores_for(ds.stored, q, distance))
+    if HIGHER_IS_BETTER[distance]:
+        s = s[::-1]
+    # threshold strictly between the 20th and 21st best scores -> exactly 20 results
+    thr = float((s[19] + s[20]) / 2)
+    assert abs(s[19] - s[20]) > 1e-4, "test data has a near-tie at the threshold"
+    res = client.query_points(ds.name, query=q, limit=100, score_threshold=thr).points
+    ds.check(res, q, 20, label="score_threshold")
+    for p in res:
+        assert (p.score >= thr) if HIGHER_IS_BETTER[distance] else (p.score <= thr)
+
+
+# --------------------------------------------------------------------------- query by id / recommend
+
+
+@pytest.mark.parametrize("distance", ALL_D, ids=lambda d: d.value)
+def test_query_by_point_id(client, datasets, distance):
+    ds = datasets(distance, 16)
+    for pid in (int(ds.ids[0]), int(ds.ids[123])):
+        q = ds.stored[ds.row[pid]]
+        res = client.query_points(ds.name, query=pid, limit=K)
+        got = ds.check(res.points, q, K, exclude=[pid], label=f"by id {pid}")
+        assert pid not in got, "the query point itself must be excluded"
+
+
+def _reco_vector(ds, pos, neg):
+    ap = np.mean([ds.stored[ds.row[i]] for i in pos], axis=0)
+    if not neg:
+        return ap
+    an = np.mean([ds.stored[ds.row[i]] for i in neg], axis=0)
+    return ap + (ap - an)
+
+
+@pytest.mark.parametrize("distance", ALL_D, ids=lambda d: d.value)
+def test_recommend_positive_negative(client, datasets, distance):
+    ds = datasets(distance, 16)
+    pos = [int(ds.ids[3]), int(ds.ids[77])]
+    neg = [int(ds.ids[150])]
+    q = _reco_vector(ds, pos, neg)
+    res = client.query_points(
+        ds.name,
+        query=models.RecommendQuery(recommend=models.RecommendInput(positive=pos, negative=neg)),
+        limit=K,
+    )
+    got = ds.check(res.points, q, K, exclude=pos + neg, label="recommend +/-")
+    assert not set(got) & set(pos + neg)
+
+
+@pytest.mark.parametrize("distance", [D.COSINE, D.EUCLID], ids=lambda d: d.value)
+def test_recommend_positive_only(client, datasets, distance):
+    ds = datasets(distance, 16)
+    pos = [int(ds.ids[10]), int(ds.ids[20]), int(ds.ids[30])]
+    q = _reco_vector(ds, pos, [])
+    res = client.query_points(
+        ds.name, query=models.RecommendQuery(recommend=models.RecommendInput(positive=pos)), limit=K
+    )
+    ds.check(res.points, q, K, exclude=pos, label="recommend +")
+
+
+def test_query_by_uuid_id(client, collection):
+    name = collection(size=3, distance=models.Distance.EUCLID)
+    u = [str(uuid.UUID(int=i * 0x10001 + 5)) for i in range(4)]
+    client.upsert(
+        name,
+        points=[models.PointStruct(id=u[i], vector=[float(i), 0.0, 0.0]) for i in range(4)],
+        wait=True,
+    )
+    res = client.query_points(name, query=u[1], limit=3).points
+    assert [p.id for p in res] == [u[0], u[2], u[3]] or [p.id for p in res] == [u[2], u[0], u[3]]
+    assert [round(p.score, 5) for p in res] == [1.0, 1.0, 2.0]
+
+
+# --------------------------------------------------------------------------- batch + raw search endpoints
+
+
+@pytest.mark.parametrize("distance", ALL_D, ids=lambda d: d.value)
+def test_query_batch_points(client, datasets, distance):
+    ds = datasets(distance, 32)
+    qs = queries(32, n=3, seed=21)
+    flt = models.Filter(must_not=[models.FieldCondition(key="bucket", match=models.MatchValue(value=0))])
+    reqs = [
+        models.QueryRequest(query=qs[0], limit=K),
+        models.QueryRequest(query=qs[1], limit=3, filter=flt),
+        models.QueryRequest(query=qs[2], limit=K, params=models.SearchParams(exact=True), with_payload=True),
+        models.QueryRequest(query=int(ds.ids[5]), limit=4),
+    ]
+    out = client.query_batch_points(ds.name, requests=reqs)
+    assert len(out) == 4
+    ds.check(out[0].points, qs[0], K, label="batch[0]")
+    ds.check(out[1].points, qs[1], 3, mask=ds.buckets != 0, label="batch[1]")
+    ds.check(out[2].points, qs[2], K, label="batch[2]")
+    assert all(p.payload == {"bucket": p.id % 4, "pid": p.id} for p in out[2].points)
+    ds.check(out[3].points, ds.stored[5], 4, exclude=[int(ds.ids[5])], label="batch[3] by id")
+
+
+@pytest.mark.parametrize("distance,dim", DIST_DIM, ids=DIST_DIM_IDS)
+def test_raw_search_endpoint(http, datasets, distance, dim):
+    ds = datasets(distance, dim)
+    for qi, q in enumerate(queries(dim, seed=50)):
+        for params in ({"exact": True}, {"hnsw_ef": 64}, None):
+            body = {"vector": q, "limit": K}
+            if params:
+                body["params"] = params
+            r = http.post(f"/collections/{ds.name}/points/search", json=body)
+            assert r.status_code == 200, r.text
+            payload = r.json()
+            assert payload["status"] == "ok"
+            hits = payload["result"]
+            for h in hits:
+                assert "version" in h and isinstance(h["version"], int)
+            ds.check(hits, q, K, label=f"raw search q{qi} {params}")
+
+
+@pytest.mark.parametrize("distance", ALL_D, ids=lambda d: d.value)
+def test_raw_search_options(http, datasets, distance):
+    ds = datasets(distance, 16)
+    q = queries(16, seed=60)[0]
+    body = {
+        "vector": q,
+        "limit": 5,
+        "offset": 2,
+        "with_payload": True,
+        "with_vector": True,
+        "filter": {"must": [{"key": "bucket", "match": {"any": [1, 2]}}]},
+    }
+    r = http.post(f"/collections/{ds.name}/points/search", json=body)
+    assert r.status_code == 200, r.text
+    hits = r.json()["result"]
+    mask = np.isin(ds.buckets, [1, 2])
+    exp_ids, _, _ = ds.expected(q, 7, mask=mask)
+    assert [h["id"] for h in hits] == exp_ids[2:7]
+    for h in hits:
+        assert h["payload"] == {"bucket": h["id"] % 4, "pid": h["id"]}
+        assert np.allclose(h["vector"], ds.stored[ds.row[h["id"]]], atol=1e-5)
+    # Qdrant's search default: no payload, no vector
+    r = http.post(f"/collections/{ds.name}/points/search", json={"vector": q, "limit": 2})
+    for h in r.json()["result"]:
+        assert h.get("payload") is None and h.get("vector") is None
+
+
+@pytest.mark.parametrize("distance", ALL_D, ids=lambda d: d.value)
+def test_raw_search_batch(http, datasets, distance):
+    ds = datasets(distance, 16)
+    qs = queries(16, n=3, seed=70)
+    body = {
+        "searches": [
+            {"vector": qs[0], "limit": K},
+            {"vector": qs[1], "limit": 4, "filter": {"must": [{"key": "bucket", "match": {"value": 3}}]}},
+            {"vector": qs[2], "limit": K, "params": {"exact": True}, "score_threshold": None},
+        ]
+    }
+    r = http.post(f"/collections/{ds.name}/points/search/batch", json=body)
+    assert r.status_code == 200, r.text
+    res = r.json()["result"]
+    assert isinstance(res, list) and len(res) == 3
+    ds.check(res[0], qs[0], K, label="search/batch[0]")
+    ds.check(res[1], qs[1], 4, mask=ds.buckets == 3, label="search/batch[1]")
+    ds.check(res[2], qs[2], K, label="search/batch[2]")
+
+
+def test_search_after_updates_and_deletes(client, collection):
+    """Index must reflect overwrites and deletions."""
+    name = collection(size=4, distance=models.Distance.EUCLID)
+    rng = np.random.default_rng(99)
+    raw = rng.normal(size=(200, 4)).astype(np.float32)
+    client.upsert(name, points=models.Batch(ids=list(range(200)), vectors=raw.tolist()), wait=True)
+    target = [5.0, 5.0, 5.0, 5.0]
+    # move point 17 right onto the target, delete the current true nearest neighbours
+    before = [p.id for p in client.query_points(name, query=target, limit=3).points]
+    client.upsert(name, points=[models.PointStruct(id=17, vector=target)], wait=True)
+    client.delete(name, points_selector=[i for i in before if i != 17], wait=True)
+    ds = Dataset(name, models.Distance.EUCLID, list(range(200)), raw.copy())
+    ds.stored[17] = target
+    mask = np.ones(200, dtype=bool)
+    for i in before:
+        if i != 17:
+            mask[i] = False
+    for exact in (False, True):
+        res = client.query_points(name, query=target, limit=K, search_params=models.SearchParams(exact=exact)).points
+        assert res[0].id == 17 and res[0].score == pytest.approx(0.0, abs=1e-5)
+        ds.check(res, target, K, mask=mask, label=f"after updates exact={exact}")

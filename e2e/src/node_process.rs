@@ -1,0 +1,491 @@
+//! One `shoal-node` OS process under test: spawn, wait until ready, kill -9, restart.
+//!
+//! The harness owns a temporary work dir per node holding `data/` (the node's `--data-dir`,
+//! unless the caller supplies one) and `node.log` (stdout and stderr of every start,
+//! appended, each start preceded by a marker line). Ports are picked at run time and kept
+//! across restarts, so a restarted node is reachable at the same URL, like a real peer.
+//!
+//! Dropping a [`NodeProcess`] kills the process and reaps it, so a failing (panicking) test
+//! never leaks a node. When the drop happens during a panic, the tail of the log is printed
+//! and the work dir is kept for inspection (also kept when `SHOAL_E2E_KEEP=1`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tempfile::TempDir;
+
+use crate::rest_client::Client;
+
+/// Environment variable naming the node binary to test.
+pub const NODE_BIN_ENV: &str = "SHOAL_NODE_BIN";
+/// Set to `1` to keep every node's work dir (data and log) after the test.
+pub const KEEP_ENV: &str = "SHOAL_E2E_KEEP";
+
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const LOG_TAIL_LINES: usize = 60;
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// The binary; default: `$SHOAL_NODE_BIN`, else `<workspace>/target/debug/shoal-node`.
+    pub binary: Option<PathBuf>,
+    /// Use this data dir instead of `<work dir>/data` (it is never deleted by the harness).
+    pub data_dir: Option<PathBuf>,
+    pub api_key: Option<String>,
+    /// Appended after the fixed arguments on every start.
+    pub extra_args: Vec<String>,
+    /// Extra environment for the node (e.g. `RUST_LOG`).
+    pub env: Vec<(String, String)>,
+    /// Per-request timeout of clients made by [`NodeProcess::client`]; default 30 s.
+    pub client_timeout: Option<Duration>,
+}
+
+/// The workspace root, found from this crate's manifest dir at compile time.
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map_or_else(|| manifest.to_path_buf(), Path::to_path_buf)
+}
+
+/// Finds the node binary: `explicit` (relative paths tried against the current dir, then the
+/// workspace root), else `$SHOAL_NODE_BIN`, else `<workspace>/target/debug/shoal-node`.
+pub fn resolve_node_binary(explicit: Option<&Path>) -> Result<PathBuf> {
+    let (candidate, source) = match explicit {
+        Some(p) => (p.to_path_buf(), "the given path"),
+        None => match std::env::var_os(NODE_BIN_ENV) {
+            Some(p) => (PathBuf::from(p), NODE_BIN_ENV),
+            None => (
+                workspace_root().join("target/debug/shoal-node"),
+                "the default location",
+            ),
+        },
+    };
+    let mut tried = vec![candidate.clone()];
+    if candidate.is_relative() {
+        tried.push(workspace_root().join(&candidate));
+    }
+    tried.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        anyhow!(
+            "shoal-node binary not found (from {source}; tried {}). Build it with \
+                 `cargo build -p shoal-node` (add `--release` for benchmarks) or point \
+                 {NODE_BIN_ENV} at it.",
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1. All listeners are held until every port is read,
+/// so the ports differ; they are released before returning, so another process could take
+/// one in the gap (rare; the node then fails to bind and `wait_ready` reports it).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("binding 127.0.0.1:0 to pick a free port")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+pub struct NodeProcess {
+    binary: PathBuf,
+    /// Holds the work dir (log, default data dir); `None` only after drop decided to keep it.
+    work_dir: Option<TempDir>,
+    work_path: PathBuf,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    http_port: u16,
+    p2p_port: u16,
+    api_key: Option<String>,
+    extra_args: Vec<String>,
+    env: Vec<(String, String)>,
+    client_timeout: Duration,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl std::fmt::Debug for NodeProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeProcess")
+            .field("url", &self.url())
+            .field("p2p_port", &self.p2p_port)
+            .field("data_dir", &self.data_dir)
+            .field("pid", &self.pid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeProcess {
+    /// Spawns the node (does not wait for it; see [`NodeProcess::wait_ready`]).
+    pub fn start(opts: NodeOptions) -> Result<Self> {
+        let binary = resolve_node_binary(opts.binary.as_deref())?;
+        let work_dir = tempfile::Builder::new()
+            .prefix("shoal-e2e-")
+            .tempdir()
+            .context("creating the node's temporary work dir")?;
+        let work_path = work_dir.path().to_path_buf();
+        let data_dir = match opts.data_dir {
+            Some(d) => d,
+            None => {
+                let d = work_path.join("data");
+                std::fs::create_dir(&d)
+                    .with_context(|| format!("creating data dir {}", d.display()))?;
+                d
+            }
+        };
+        let ports = free_ports(2)?;
+        let mut node = Self {
+            binary,
+            log_path: work_path.join("node.log"),
+            work_dir: Some(work_dir),
+            work_path,
+            data_dir,
+            http_port: ports[0],
+            p2p_port: ports[1],
+            api_key: opts.api_key,
+            extra_args: opts.extra_args,
+            env: opts.env,
+            client_timeout: opts.client_timeout.unwrap_or(Duration::from_secs(30)),
+            child: None,
+            starts: 0,
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+
+    /// [`NodeProcess::start`] then [`NodeProcess::wait_ready`] within `timeout`.
+    pub fn start_ready(opts: NodeOptions, timeout: Duration) -> Result<Self> {
+        let mut node = Self::start(opts)?;
+        node.wait_ready(Instant::now() + timeout)?;
+        Ok(node)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("node {} is already running", self.url());
+        }
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("opening node log {}", self.log_path.display()))?;
+        writeln!(
+            log,
+            "==== shoal-e2e: start #{} of {} --data-dir {} --http-port {} --p2p-port {} ====",
+            self.starts,
+            self.binary.display(),
+            self.data_dir.display(),
+            self.http_port,
+            self.p2p_port
+        )?;
+        let stderr = log.try_clone()?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--http-port")
+            .arg(self.http_port.to_string())
+            .arg("--p2p-port")
+            .arg(self.p2p_port.to_string());
+        if let Some(key) = &self.api_key {
+            cmd.arg("--api-key").arg(key);
+        }
+        cmd.args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", self.binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Polls `GET /readyz` until it answers 2xx. Fails early, with the log tail, if the
+    /// process exits; fails at `deadline` otherwise.
+    pub fn wait_ready(&mut self, deadline: Instant) -> Result<()> {
+        let probe = Client::with_timeout(self.url(), READY_PROBE_TIMEOUT);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.try_exit_status()? {
+                bail!(
+                    "node {} exited with {status} before becoming ready.\n{}",
+                    self.url(),
+                    self.log_tail_report(LOG_TAIL_LINES)
+                );
+            }
+            let last = match probe.readyz() {
+                Ok(true) => return Ok(()),
+                Ok(false) => "GET /readyz answered a non-2xx status".to_owned(),
+                Err(e) => format!("{e:#}"),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "node {} not ready after {:.1?} (last probe: {last}).\n{}",
+                    self.url(),
+                    now - started,
+                    self.log_tail_report(LOG_TAIL_LINES)
+                );
+            }
+            std::thread::sleep(READY_POLL_INTERVAL.min(deadline - now));
+        }
+    }
+
+    /// SIGKILL (what `Child::kill` sends on unix) and reap. A no-op if not running.
+    pub fn kill_9(&mut self) -> Result<Option<ExitStatus>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        child
+            .kill()
+            .with_context(|| format!("SIGKILL to node pid {}", child.id()))?;
+        let status = child.wait().context("reaping the killed node")?;
+        Ok(Some(status))
+    }
+
+    /// SIGTERM, then wait up to `grace` for the node to exit; SIGKILL if it does not.
+    /// Returns the exit status and whether the node exited on its own.
+    pub fn stop(&mut self, grace: Duration) -> Result<Option<(ExitStatus, bool)>> {
+        let Some(pid) = self.pid() else {
+            return Ok(None);
+        };
+        // `kill(1)` instead of libc: the workspace forbids unsafe code.
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        let deadline = Instant::now() + grace;
+        if sent.success() {
+            while Instant::now() < deadline {
+                if let Some(status) = self.try_exit_status()? {
+                    self.child = None;
+                    return Ok(Some((status, true)));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(self.kill_9()?.map(|s| (s, false)))
+    }
+
+    /// Starts the node again on the same data dir and ports, SIGKILLing it first if it is
+    /// still running. Does not wait; call [`NodeProcess::wait_ready`].
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill_9()?;
+        self.spawn()
+    }
+
+    /// `Some(status)` if the process has exited (it stays reaped), `None` if running or stopped.
+    pub fn try_exit_status(&mut self) -> Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait().context("polling the node process")?),
+            None => Ok(None),
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.try_exit_status(), Ok(None)) && self.child.is_some()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// A fresh client (fresh connection pool: no stale keep-alive sockets from before a kill).
+    pub fn client(&self) -> Client {
+        let c = Client::with_timeout(self.url(), self.client_timeout);
+        match &self.api_key {
+            Some(k) => c.with_api_key(k.clone()),
+            None => c,
+        }
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    pub fn p2p_port(&self) -> u16 {
+        self.p2p_port
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        &self.work_path
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// How many times the process was spawned (1 after `start`).
+    pub fn starts(&self) -> u32 {
+        self.starts
+    }
+
+    /// `VmHWM` (peak resident set size) of the running node, in bytes, from /proc (Linux).
+    pub fn peak_rss_bytes(&self) -> Result<u64> {
+        let pid = self.pid().ok_or_else(|| anyhow!("node is not running"))?;
+        proc_status_kib(pid, "VmHWM").map(|kib| kib * 1024)
+    }
+
+    /// The last `lines` lines of the node log (reads at most the last 256 KiB).
+    pub fn log_tail(&self, lines: usize) -> String {
+        read_tail(&self.log_path, lines).unwrap_or_else(|e| format!("<cannot read log: {e}>"))
+    }
+
+    fn log_tail_report(&self, lines: usize) -> String {
+        format!(
+            "---- last {lines} lines of {} ----\n{}\n---- end of log ----",
+            self.log_path.display(),
+            self.log_tail(lines)
+        )
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let keep = std::env::var(KEEP_ENV).is_ok_and(|v| v == "1");
+        if std::thread::panicking() {
+            eprintln!(
+                "node {} (work dir {}) at the time of failure:\n{}",
+                self.url(),
+                self.work_path.display(),
+                self.log_tail_report(LOG_TAIL_LINES)
+            );
+        }
+        if (keep || std::thread::panicking())
+            && let Some(dir) = self.work_dir.take()
+        {
+            let kept = dir.keep();
+            eprintln!("kept node work dir {}", kept.display());
+        }
+    }
+}
+
+/// A `kB` field of /proc/PID/status, e.g. `VmHWM` or `VmRSS`.
+pub fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_status_kib(&status, field).ok_or_else(|| anyhow!("{path} has no `{field}:` line"))
+}
+
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+fn read_tail(path: &Path, lines: usize) -> std::io::Result<String> {
+    const MAX_TAIL_BYTES: u64 = 256 * 1024;
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(MAX_TAIL_BYTES)))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    Ok(all[all.len().saturating_sub(lines)..].join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_nonzero() {
+        let p = free_ports(4).unwrap();
+        assert_eq!(p.len(), 4);
+        assert!(p.iter().all(|&x| x != 0));
+        let mut s = p.clone();
+        s.sort_unstable();
+        s.dedup();
+        assert_eq!(s.len(), 4);
+    }
+
+    #[test]
+    fn parses_proc_status_fields() {
+        let s = "Name:\tshoal-node\nVmPeak:\t  2000 kB\nVmHWM:\t   1234 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(parse_status_kib(s, "VmHWM"), Some(1234));
+        assert_eq!(parse_status_kib(s, "VmRSS"), Some(1000));
+        assert_eq!(parse_status_kib(s, "VmSwap"), None);
+        // Our own process has a VmHWM on Linux.
+        if Path::new("/proc/self/status").exists() {
+            assert!(proc_status_kib(std::process::id(), "VmHWM").unwrap() > 0);
+        }
+    }
+
+    #[test]
+    fn missing_binary_is_a_clear_error() {
+        let err = resolve_node_binary(Some(Path::new("/nonexistent/shoal-node"))).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("not found"), "{msg}");
+        assert!(msg.contains("/nonexistent/shoal-node"), "{msg}");
+    }
+
+    #[test]
+    fn log_tail_returns_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(
+            &p,
+            (1..=100).map(|i| format!("line {i}\n")).collect::<String>(),
+        )
+        .unwrap();
+        assert_eq!(read_tail(&p, 2).unwrap(), "line 99\nline 100");
+        assert_eq!(read_tail(&p, 1000).unwrap().lines().count(), 100);
+    }
+
+    /// The process-handling half of the harness, exercised with `sleep` standing in for a
+    /// node (it never becomes ready, which is what we check).
+    #[test]
+    fn spawn_kill_restart_with_a_stand_in_process() {
+        let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file());
+        let Some(sleep) = sleep else {
+            eprintln!("no sleep binary; skipping");
+            return;
+        };
+        // `sleep --data-dir …` fails immediately: wait_ready must report the exit, not hang.
+        let mut node = NodeProcess::start(NodeOptions {
+            binary: Some(sleep),
+            ..Default::default()
+        })
+        .unwrap();
+        let err = node
+            .wait_ready(Instant::now() + Duration::from_secs(10))
+            .unwrap_err();
+        assert!(err.to_string().contains("exited"), "{err:#}");
+        assert!(node.log_tail(100).contains("start #1"));
+        node.restart().unwrap();
+        assert_eq!(node.starts(), 2);
+        node.kill_9().unwrap();
+        assert!(node.log_tail(100).contains("start #2"));
+        assert!(node.data_dir().is_dir());
+    }
+}

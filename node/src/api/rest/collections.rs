@@ -1,0 +1,121 @@
+//! `/collections`: create, inspect, list and drop collections.
+
+use axum::extract::{Path, State};
+
+use crate::api::rest::AppState;
+use crate::api::rest::blocking;
+use crate::api::rest::json_body::JsonBody;
+use crate::api::rest::models::{
+    CollectionDescription, CollectionExistence, CollectionInfo, CollectionsResponse, CreateCollection, VectorsConfig,
+};
+use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
+use crate::cluster::collection::CollectionStatus;
+use crate::collection_config::{CollectionConfig, CollectionParams, HnswConfig, OptimizersConfig, WalConfig};
+
+/// Turns a create request into a full configuration: Qdrant's defaults plus the given diffs.
+pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, ApiError> {
+    let vectors = match req.vectors {
+        Some(VectorsConfig::Single(v)) => v,
+        Some(VectorsConfig::Named(_)) => {
+            return Err(ApiError::bad_request(
+                "Wrong input: named vectors are not supported yet; configure one unnamed vector: \
+                 {\"vectors\": {\"size\": N, \"distance\": \"Cosine\"}}",
+            ));
+        }
+        None => return Err(ApiError::bad_request("Wrong input: `vectors` is required: {\"vectors\": {\"size\": N, \"distance\": \"Cosine\"}}")),
+    };
+    if req.sparse_vectors.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request("Wrong input: sparse vectors are not supported yet"));
+    }
+    if req.quantization_config.as_ref().is_some_and(|q| !q.is_null()) {
+        return Err(ApiError::bad_request("Wrong input: quantization is not supported yet"));
+    }
+    if req.init_from.as_ref().is_some_and(|q| !q.is_null()) {
+        return Err(ApiError::bad_request("Wrong input: `init_from` is not supported"));
+    }
+    let mut hnsw_config = HnswConfig::default();
+    if let Some(diff) = &req.hnsw_config {
+        hnsw_config.apply(diff);
+    }
+    let mut optimizer_config = OptimizersConfig::default();
+    if let Some(diff) = &req.optimizers_config {
+        optimizer_config.apply(diff);
+    }
+    let mut wal_config = WalConfig::default();
+    if let Some(diff) = &req.wal_config {
+        if let Some(v) = diff.wal_capacity_mb {
+            wal_config.wal_capacity_mb = v;
+        }
+        if let Some(v) = diff.wal_segments_ahead {
+            wal_config.wal_segments_ahead = v;
+        }
+    }
+    let config = CollectionConfig {
+        params: CollectionParams {
+            vectors,
+            shard_number: req.shard_number.unwrap_or(1),
+            sharding_method: req.sharding_method,
+            replication_factor: req.replication_factor.unwrap_or(1),
+            write_consistency_factor: req.write_consistency_factor.unwrap_or(1),
+            on_disk_payload: req.on_disk_payload.unwrap_or(true),
+        },
+        hnsw_config,
+        optimizer_config,
+        wal_config,
+    };
+    config.validate().map_err(|e| ApiError::unprocessable(format!("Validation error in JSON body: {e}")))?;
+    Ok(config)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    started: Started,
+    JsonBody(req): JsonBody<CreateCollection>,
+) -> ApiResult<bool> {
+    let config = config_from_request(req)?;
+    let toc = state.toc.clone();
+    blocking(move || toc.create(&name, config)).await?;
+    Ok(ApiOk(true, started))
+}
+
+pub async fn get(State(state): State<AppState>, Path(name): Path<String>, started: Started) -> ApiResult<CollectionInfo> {
+    let collection = state.toc.get(&name)?;
+    let stats = blocking(move || Ok(collection.stats()).map(|s| (s, collection))).await?;
+    let (stats, collection) = stats;
+    Ok(ApiOk(
+        CollectionInfo {
+            status: match stats.status {
+                CollectionStatus::Green => "green",
+                CollectionStatus::Yellow => "yellow",
+            },
+            optimizer_status: "ok",
+            indexed_vectors_count: stats.indexed_vectors,
+            points_count: stats.points,
+            segments_count: stats.segments,
+            config: collection.config().clone(),
+            payload_schema: serde_json::Map::new(),
+        },
+        started,
+    ))
+}
+
+pub async fn list(State(state): State<AppState>, started: Started) -> ApiResult<CollectionsResponse> {
+    let collections = state.toc.names().into_iter().map(|name| CollectionDescription { name }).collect();
+    Ok(ApiOk(CollectionsResponse { collections }, started))
+}
+
+pub async fn exists(State(state): State<AppState>, Path(name): Path<String>, started: Started) -> ApiResult<CollectionExistence> {
+    Ok(ApiOk(
+        CollectionExistence {
+            exists: state.toc.exists(&name),
+        },
+        started,
+    ))
+}
+
+pub async fn delete(State(state): State<AppState>, Path(name): Path<String>, started: Started) -> ApiResult<bool> {
+    let toc = state.toc.clone();
+    let existed = blocking(move || toc.delete(&name)).await?;
+    Ok(ApiOk(existed, started))
+}

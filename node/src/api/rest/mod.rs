@@ -1,0 +1,106 @@
+//! The Qdrant-compatible REST API (axum). Handlers parse and check input, run the work on a
+//! blocking thread through the collection layer, and wrap the answer in Qdrant's envelope.
+
+pub mod auth;
+pub mod collections;
+pub mod json_body;
+pub mod models;
+pub mod points;
+pub mod response;
+pub mod search;
+pub mod service;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::api::metrics::Metrics;
+use crate::api::rest::auth::ApiKeys;
+use crate::api::rest::response::ApiError;
+use crate::cluster::CollectionError;
+use crate::cluster::toc::TableOfContent;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub toc: Arc<TableOfContent>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Runs blocking collection work off the async runtime.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CollectionError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal(format!("request task failed: {e}"))),
+    }
+}
+
+/// No request may hold a connection longer than this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Router {
+    let c = "/collections/{collection_name}";
+    let api = Router::new()
+        .route("/", get(service::root))
+        .route("/healthz", get(service::healthz))
+        .route("/livez", get(service::livez))
+        .route("/readyz", get(service::readyz))
+        .route("/metrics", get(service::metrics))
+        .route("/collections", get(collections::list))
+        .route(c, put(collections::create).get(collections::get).delete(collections::delete))
+        .route(&format!("{c}/exists"), get(collections::exists))
+        .route(&format!("{c}/points"), put(points::upsert).post(points::retrieve))
+        .route(&format!("{c}/points/{{id}}"), get(points::get_point))
+        .route(&format!("{c}/points/delete"), post(points::delete))
+        .route(&format!("{c}/points/payload"), post(points::set_payload).put(points::overwrite_payload))
+        .route(&format!("{c}/points/payload/delete"), post(points::delete_payload))
+        .route(&format!("{c}/points/payload/clear"), post(points::clear_payload))
+        .route(&format!("{c}/points/scroll"), post(points::scroll))
+        .route(&format!("{c}/points/count"), post(points::count))
+        .route(&format!("{c}/points/search"), post(search::search))
+        .route(&format!("{c}/points/search/batch"), post(search::search_batch))
+        .route(&format!("{c}/points/recommend"), post(search::recommend))
+        .route(&format!("{c}/points/recommend/batch"), post(search::recommend_batch))
+        .route(&format!("{c}/points/query"), post(search::query))
+        .route(&format!("{c}/points/query/batch"), post(search::query_batch))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    api.layer(middleware::from_fn_with_state(keys, auth::require_key))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(max_request_size_mb.max(1) * 1024 * 1024))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(CatchPanicLayer::custom(|_| ApiError::internal("the request handler panicked; see the node log").into_response()))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("Not found: no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method not allowed for this endpoint")
+}
+
+/// Request metrics and a span per request.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let endpoint = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().clone();
+    let span = tracing::debug_span!("http", %method, endpoint = %endpoint);
+    let started = Instant::now();
+    let response = tracing::Instrument::instrument(next.run(request), span).await;
+    state
+        .metrics
+        .observe_request(method.as_str(), &endpoint, response.status().as_u16(), started.elapsed());
+    response
+}

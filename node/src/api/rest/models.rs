@@ -1,0 +1,401 @@
+//! Request and response bodies of the REST API, in Qdrant's JSON shapes
+//! (`qdrant-openapi-v1.18.3.json`). Inputs are deserialised leniently where Qdrant is lenient
+//! (unknown fields are ignored) and strictly where a mistake would silently change meaning.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::collection_config::{
+    CollectionConfig, HnswConfigDiff, OptimizersConfigDiff, ShardingMethod, VectorParams, WalConfigDiff,
+};
+use crate::index::filter::Filter;
+use crate::index::payload_selector::{WithPayload, WithVector};
+use crate::types::{Payload, PointId};
+
+// ---- limits ---------------------------------------------------------------------------------
+
+/// Largest `limit + offset` of a search or query.
+pub const MAX_SEARCH_WINDOW: usize = 10_000;
+/// Largest page of a scroll, and most ids in one retrieve.
+pub const MAX_PAGE: usize = 10_000;
+/// Most searches in one batch request.
+pub const MAX_BATCH_SEARCHES: usize = 256;
+/// Most points in one upsert.
+pub const MAX_UPSERT_POINTS: usize = 100_000;
+/// Largest `hnsw_ef`.
+pub const MAX_HNSW_EF: usize = 10_000;
+/// Most example points in one recommendation.
+pub const MAX_EXAMPLES: usize = 1_000;
+
+// ---- collections ----------------------------------------------------------------------------
+
+/// `vectors` of a create request: one unnamed vector, or named ones (which Shoal refuses).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum VectorsConfig {
+    Single(VectorParams),
+    Named(HashMap<String, VectorParams>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CreateCollection {
+    pub vectors: Option<VectorsConfig>,
+    pub shard_number: Option<u32>,
+    pub sharding_method: Option<ShardingMethod>,
+    pub replication_factor: Option<u32>,
+    pub write_consistency_factor: Option<u32>,
+    pub on_disk_payload: Option<bool>,
+    pub hnsw_config: Option<HnswConfigDiff>,
+    pub wal_config: Option<WalConfigDiff>,
+    pub optimizers_config: Option<OptimizersConfigDiff>,
+    pub quantization_config: Option<Value>,
+    pub sparse_vectors: Option<HashMap<String, Value>>,
+    pub init_from: Option<Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CollectionInfo {
+    pub status: &'static str,
+    pub optimizer_status: &'static str,
+    pub indexed_vectors_count: usize,
+    pub points_count: usize,
+    pub segments_count: usize,
+    pub config: CollectionConfig,
+    pub payload_schema: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CollectionDescription {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CollectionsResponse {
+    pub collections: Vec<CollectionDescription>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CollectionExistence {
+    pub exists: bool,
+}
+
+// ---- points ---------------------------------------------------------------------------------
+
+/// A vector as a client sends it: a plain list, or `{"": [...]}` for the unnamed vector.
+#[derive(Debug, Clone)]
+pub struct DenseVector(pub Vec<f32>);
+
+impl<'de> Deserialize<'de> for DenseVector {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(deserializer)? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|v| match v.as_f64() {
+                    Some(f) => Ok(f as f32),
+                    None => Err(D::Error::custom(format!("vector elements must be numbers, got {v}"))),
+                })
+                .collect::<Result<Vec<f32>, _>>()
+                .map(DenseVector),
+            Value::Object(mut map) if map.len() == 1 && map.contains_key("") => {
+                DenseVector::deserialize(map.remove("").expect("checked")).map_err(D::Error::custom)
+            }
+            Value::Object(_) => Err(D::Error::custom(
+                "named, sparse and multi-vectors are not supported: send the point's vector as a list of numbers",
+            )),
+            other => Err(D::Error::custom(format!("expected a vector (a list of numbers), got {other}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PointStruct {
+    pub id: PointId,
+    pub vector: DenseVector,
+    #[serde(default)]
+    pub payload: Option<Payload>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Batch {
+    pub ids: Vec<PointId>,
+    pub vectors: Vec<DenseVector>,
+    #[serde(default)]
+    pub payloads: Option<Vec<Option<Payload>>>,
+}
+
+/// The body of an upsert: `{"points": [...]}` or `{"batch": {...}}`.
+#[derive(Debug, Clone)]
+pub enum PointInsertOperations {
+    Points(Vec<PointStruct>),
+    Batch(Batch),
+}
+
+impl<'de> Deserialize<'de> for PointInsertOperations {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        struct Raw {
+            points: Option<Vec<PointStruct>>,
+            batch: Option<Batch>,
+        }
+        let raw = Raw::deserialize(deserializer)?;
+        match (raw.points, raw.batch) {
+            (Some(points), None) => Ok(PointInsertOperations::Points(points)),
+            (None, Some(batch)) => Ok(PointInsertOperations::Batch(batch)),
+            (Some(_), Some(_)) => Err(D::Error::custom("give either `points` or `batch`, not both")),
+            (None, None) => Err(D::Error::custom("missing field `points` (or `batch`)")),
+        }
+    }
+}
+
+/// Points chosen by id list or by filter, as in delete and payload requests.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PointsSelector {
+    pub points: Option<Vec<PointId>>,
+    pub filter: Option<Filter>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SetPayload {
+    pub payload: Payload,
+    pub points: Option<Vec<PointId>>,
+    pub filter: Option<Filter>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeletePayload {
+    pub keys: Vec<String>,
+    pub points: Option<Vec<PointId>>,
+    pub filter: Option<Filter>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct WaitParam {
+    pub wait: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpdateResult {
+    pub operation_id: u64,
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PointRequest {
+    pub ids: Vec<PointId>,
+    pub with_payload: Option<WithPayload>,
+    pub with_vector: Option<WithVector>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ScrollRequest {
+    pub offset: Option<PointId>,
+    pub limit: Option<usize>,
+    pub filter: Option<Filter>,
+    pub with_payload: Option<WithPayload>,
+    pub with_vector: Option<WithVector>,
+    pub order_by: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CountRequest {
+    pub filter: Option<Filter>,
+    pub exact: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CountResult {
+    pub count: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RecordOut {
+    pub id: PointId,
+    pub payload: Option<Payload>,
+    pub vector: Option<Vec<f32>>,
+    pub shard_key: Option<Value>,
+    pub order_value: Option<Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScrollResult {
+    pub points: Vec<RecordOut>,
+    pub next_page_offset: Option<PointId>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScoredPointOut {
+    pub id: PointId,
+    pub version: u64,
+    pub score: f32,
+    pub payload: Option<Payload>,
+    pub vector: Option<Vec<f32>>,
+    pub shard_key: Option<Value>,
+    pub order_value: Option<Value>,
+}
+
+// ---- search, recommend, query -----------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct SearchParams {
+    pub hnsw_ef: Option<usize>,
+    pub exact: Option<bool>,
+    pub indexed_only: Option<bool>,
+}
+
+/// The `vector` of a search request: a list, or `{"name": "", "vector": [...]}`.
+#[derive(Debug, Clone)]
+pub struct NamedVectorStruct(pub Vec<f32>);
+
+impl<'de> Deserialize<'de> for NamedVectorStruct {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = Value::deserialize(deserializer)?;
+        if let Value::Object(map) = &value
+            && let Some(vector) = map.get("vector")
+        {
+            if map.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+                return Err(D::Error::custom("named vectors are not supported: this collection has one unnamed vector"));
+            }
+            return DenseVector::deserialize(vector.clone()).map(|v| NamedVectorStruct(v.0)).map_err(D::Error::custom);
+        }
+        DenseVector::deserialize(value).map(|v| NamedVectorStruct(v.0)).map_err(D::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SearchRequest {
+    pub vector: NamedVectorStruct,
+    pub filter: Option<Filter>,
+    pub params: Option<SearchParams>,
+    #[serde(alias = "top")]
+    pub limit: usize,
+    pub offset: Option<usize>,
+    pub with_payload: Option<WithPayload>,
+    pub with_vector: Option<WithVector>,
+    pub score_threshold: Option<f32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SearchRequestBatch {
+    pub searches: Vec<SearchRequest>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecommendStrategy {
+    #[default]
+    AverageVector,
+    BestScore,
+    SumScores,
+}
+
+/// An example in a recommendation or a query: a point id or a vector.
+#[derive(Debug, Clone)]
+pub enum VectorInput {
+    Id(PointId),
+    Vector(Vec<f32>),
+}
+
+impl<'de> Deserialize<'de> for VectorInput {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = Value::deserialize(deserializer)?;
+        match &value {
+            Value::Number(_) | Value::String(_) => PointId::deserialize(value).map(VectorInput::Id).map_err(D::Error::custom),
+            _ => DenseVector::deserialize(value).map(|v| VectorInput::Vector(v.0)).map_err(D::Error::custom),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecommendRequest {
+    #[serde(default)]
+    pub positive: Vec<VectorInput>,
+    #[serde(default)]
+    pub negative: Vec<VectorInput>,
+    pub strategy: Option<RecommendStrategy>,
+    pub filter: Option<Filter>,
+    pub params: Option<SearchParams>,
+    #[serde(alias = "top")]
+    pub limit: usize,
+    pub offset: Option<usize>,
+    pub with_payload: Option<WithPayload>,
+    pub with_vector: Option<WithVector>,
+    pub score_threshold: Option<f32>,
+    pub using: Option<String>,
+    pub lookup_from: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecommendRequestBatch {
+    pub searches: Vec<RecommendRequest>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecommendInput {
+    #[serde(default)]
+    pub positive: Vec<VectorInput>,
+    #[serde(default)]
+    pub negative: Vec<VectorInput>,
+    pub strategy: Option<RecommendStrategy>,
+}
+
+/// The `query` of a universal query request.
+#[derive(Debug, Clone)]
+pub enum QueryInterface {
+    Nearest(VectorInput),
+    Recommend(RecommendInput),
+}
+
+impl<'de> Deserialize<'de> for QueryInterface {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = Value::deserialize(deserializer)?;
+        if let Value::Object(map) = &value {
+            if let Some(nearest) = map.get("nearest") {
+                return VectorInput::deserialize(nearest.clone()).map(QueryInterface::Nearest).map_err(D::Error::custom);
+            }
+            if let Some(recommend) = map.get("recommend") {
+                return RecommendInput::deserialize(recommend.clone())
+                    .map(QueryInterface::Recommend)
+                    .map_err(D::Error::custom);
+            }
+            if let Some(kind) = map.keys().next()
+                && ["discover", "context", "order_by", "fusion", "rrf", "sample", "formula", "mmr"].contains(&kind.as_str())
+            {
+                return Err(D::Error::custom(format!("query `{kind}` is not supported by Shoal yet; use `nearest` or `recommend`")));
+            }
+        }
+        VectorInput::deserialize(value).map(QueryInterface::Nearest).map_err(D::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct QueryRequest {
+    pub prefetch: Option<Value>,
+    pub query: Option<QueryInterface>,
+    pub using: Option<String>,
+    pub filter: Option<Filter>,
+    pub params: Option<SearchParams>,
+    pub score_threshold: Option<f32>,
+    pub limit: Option<usize>,
+    pub offset: Option<usize>,
+    pub with_vector: Option<WithVector>,
+    pub with_payload: Option<WithPayload>,
+    pub lookup_from: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueryRequestBatch {
+    pub searches: Vec<QueryRequest>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueryResponse {
+    pub points: Vec<ScoredPointOut>,
+}

@@ -1,0 +1,351 @@
+//! Search, recommend and the universal query endpoint.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+
+use crate::api::rest::json_body::JsonBody;
+use crate::api::rest::models::{
+    MAX_BATCH_SEARCHES, MAX_EXAMPLES, MAX_HNSW_EF, MAX_SEARCH_WINDOW, QueryInterface, QueryRequest, QueryRequestBatch,
+    QueryResponse, RecommendRequest, RecommendRequestBatch, RecommendStrategy, ScoredPointOut, SearchParams,
+    SearchRequest as SearchBody, SearchRequestBatch, VectorInput,
+};
+use crate::api::rest::points::validate_filter;
+use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
+use crate::api::rest::AppState;
+use crate::cluster::CollectionError;
+use crate::cluster::collection::{Collection, SearchRequest, SearchTarget};
+use crate::index::filter::Filter;
+use crate::index::payload_selector::{WithPayload, WithVector};
+use crate::shard::local_shard::ScoredRecord;
+use crate::types::PointId;
+
+/// The parts every kind of search shares, checked.
+struct Common {
+    filter: Option<Filter>,
+    limit: usize,
+    offset: usize,
+    params: SearchParams,
+    score_threshold: Option<f32>,
+    with_payload: WithPayload,
+    with_vector: WithVector,
+}
+
+impl Common {
+    fn new(
+        filter: Option<Filter>,
+        limit: usize,
+        offset: Option<usize>,
+        params: Option<SearchParams>,
+        score_threshold: Option<f32>,
+        with_payload: Option<WithPayload>,
+        with_vector: Option<WithVector>,
+    ) -> Result<Common, ApiError> {
+        let offset = offset.unwrap_or(0);
+        if limit == 0 {
+            return Err(ApiError::unprocessable("Validation error in JSON body: limit must be at least 1"));
+        }
+        if limit.saturating_add(offset) > MAX_SEARCH_WINDOW {
+            return Err(ApiError::unprocessable(format!(
+                "Validation error in JSON body: limit + offset must not exceed {MAX_SEARCH_WINDOW}, got {}",
+                limit.saturating_add(offset)
+            )));
+        }
+        let params = params.unwrap_or_default();
+        if let Some(ef) = params.hnsw_ef
+            && (ef == 0 || ef > MAX_HNSW_EF)
+        {
+            return Err(ApiError::unprocessable(format!(
+                "Validation error in JSON body: params.hnsw_ef must be between 1 and {MAX_HNSW_EF}, got {ef}"
+            )));
+        }
+        if score_threshold.is_some_and(|t| !t.is_finite()) {
+            return Err(ApiError::bad_request("Wrong input: score_threshold must be a finite number"));
+        }
+        validate_filter(filter.as_ref())?;
+        Ok(Common {
+            filter,
+            limit,
+            offset,
+            params,
+            score_threshold,
+            with_payload: with_payload.unwrap_or(WithPayload::None),
+            with_vector: with_vector.unwrap_or(WithVector::None),
+        })
+    }
+
+    fn request(&self, target: SearchTarget, exclude: HashSet<PointId>) -> SearchRequest {
+        SearchRequest {
+            target,
+            filter: self.filter.clone(),
+            exclude,
+            limit: self.limit,
+            offset: self.offset,
+            ef: self.params.hnsw_ef,
+            exact: self.params.exact.unwrap_or(false),
+            score_threshold: self.score_threshold,
+            with_payload: self.with_payload.is_requested(),
+            with_vector: self.with_vector.is_requested(),
+        }
+    }
+}
+
+/// One prepared search and how to render its answer.
+struct Prepared {
+    request: SearchRequest,
+    with_payload: WithPayload,
+}
+
+fn render(records: Vec<ScoredRecord>, with_payload: &WithPayload) -> Vec<ScoredPointOut> {
+    records
+        .into_iter()
+        .map(|r| ScoredPointOut {
+            id: r.id,
+            version: r.version,
+            score: r.score,
+            payload: r.payload.and_then(|p| with_payload.select(&p)),
+            vector: r.vector,
+            shard_key: None,
+            order_value: None,
+        })
+        .collect()
+}
+
+fn check_using(using: Option<&str>) -> Result<(), ApiError> {
+    match using {
+        Some(name) if !name.is_empty() => Err(ApiError::bad_request(format!(
+            "Wrong input: vector `{name}` does not exist: this collection has one unnamed vector"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Resolves examples (ids or vectors) to vectors; the ids are also returned so that the
+/// examples can be excluded from the answer.
+fn resolve_examples(collection: &Collection, examples: &[VectorInput], ids: &mut HashSet<PointId>) -> Result<Vec<Vec<f32>>, ApiError> {
+    examples
+        .iter()
+        .map(|e| match e {
+            VectorInput::Vector(v) => Ok(v.clone()),
+            VectorInput::Id(id) => {
+                ids.insert(*id);
+                collection.vector_of(id).map_err(ApiError::from)
+            }
+        })
+        .collect()
+}
+
+fn average(vectors: &[Vec<f32>], dim: usize) -> Vec<f32> {
+    let mut avg = vec![0.0f32; dim];
+    for v in vectors {
+        for (a, x) in avg.iter_mut().zip(v) {
+            *a += x;
+        }
+    }
+    let n = vectors.len().max(1) as f32;
+    avg.iter_mut().for_each(|a| *a /= n);
+    avg
+}
+
+fn recommend_target(
+    collection: &Collection,
+    positive: &[VectorInput],
+    negative: &[VectorInput],
+    strategy: RecommendStrategy,
+    exclude: &mut HashSet<PointId>,
+) -> Result<SearchTarget, ApiError> {
+    if positive.len() + negative.len() > MAX_EXAMPLES {
+        return Err(ApiError::bad_request(format!("Wrong input: at most {MAX_EXAMPLES} examples per recommendation")));
+    }
+    let pos = resolve_examples(collection, positive, exclude)?;
+    let neg = resolve_examples(collection, negative, exclude)?;
+    for v in pos.iter().chain(&neg) {
+        collection.prepare_vector(v.clone())?;
+    }
+    match strategy {
+        RecommendStrategy::AverageVector => {
+            if pos.is_empty() {
+                return Err(ApiError::bad_request(
+                    "Wrong input: the average_vector strategy needs at least one positive example",
+                ));
+            }
+            let dim = collection.config().dim();
+            let avg_pos = average(&pos, dim);
+            let target = if neg.is_empty() {
+                avg_pos
+            } else {
+                let avg_neg = average(&neg, dim);
+                avg_pos.iter().zip(&avg_neg).map(|(p, n)| p + p - n).collect()
+            };
+            Ok(SearchTarget::Vector(target))
+        }
+        RecommendStrategy::BestScore | RecommendStrategy::SumScores => {
+            if pos.is_empty() && neg.is_empty() {
+                return Err(ApiError::bad_request("Wrong input: give at least one positive or negative example"));
+            }
+            Ok(if strategy == RecommendStrategy::BestScore {
+                SearchTarget::BestScore {
+                    positive: pos,
+                    negative: neg,
+                }
+            } else {
+                SearchTarget::SumScores {
+                    positive: pos,
+                    negative: neg,
+                }
+            })
+        }
+    }
+}
+
+fn prepare_search(body: SearchBody) -> Result<Prepared, ApiError> {
+    let common = Common::new(body.filter, body.limit, body.offset, body.params, body.score_threshold, body.with_payload, body.with_vector)?;
+    Ok(Prepared {
+        request: common.request(SearchTarget::Vector(body.vector.0), HashSet::new()),
+        with_payload: common.with_payload,
+    })
+}
+
+fn prepare_recommend(collection: &Collection, body: RecommendRequest) -> Result<Prepared, ApiError> {
+    check_using(body.using.as_deref())?;
+    if body.lookup_from.as_ref().is_some_and(|l| !l.is_null()) {
+        return Err(ApiError::bad_request("Wrong input: `lookup_from` is not supported yet"));
+    }
+    let common = Common::new(body.filter, body.limit, body.offset, body.params, body.score_threshold, body.with_payload, body.with_vector)?;
+    let mut exclude = HashSet::new();
+    let target = recommend_target(collection, &body.positive, &body.negative, body.strategy.unwrap_or_default(), &mut exclude)?;
+    Ok(Prepared {
+        request: common.request(target, exclude),
+        with_payload: common.with_payload,
+    })
+}
+
+/// `None` when the query has no `query`: Qdrant then returns points in id order.
+fn prepare_query(collection: &Collection, body: QueryRequest) -> Result<Prepared, ApiError> {
+    check_using(body.using.as_deref())?;
+    if body.prefetch.as_ref().is_some_and(|p| !p.is_null() && p.as_array().is_none_or(|a| !a.is_empty())) {
+        return Err(ApiError::bad_request("Wrong input: `prefetch` is not supported yet"));
+    }
+    if body.lookup_from.as_ref().is_some_and(|l| !l.is_null()) {
+        return Err(ApiError::bad_request("Wrong input: `lookup_from` is not supported yet"));
+    }
+    let common = Common::new(body.filter, body.limit.unwrap_or(10), body.offset, body.params, body.score_threshold, body.with_payload, body.with_vector)?;
+    let mut exclude = HashSet::new();
+    let target = match body.query {
+        Some(QueryInterface::Nearest(VectorInput::Vector(v))) => SearchTarget::Vector(v),
+        Some(QueryInterface::Nearest(VectorInput::Id(id))) => {
+            exclude.insert(id);
+            SearchTarget::Vector(collection.vector_of(&id)?)
+        }
+        Some(QueryInterface::Recommend(r)) => {
+            recommend_target(collection, &r.positive, &r.negative, r.strategy.unwrap_or_default(), &mut exclude)?
+        }
+        None => return Err(ApiError::bad_request("Wrong input: `query` is required (a vector, a point id, or {\"recommend\": ...})")),
+    };
+    Ok(Prepared {
+        request: common.request(target, exclude),
+        with_payload: common.with_payload,
+    })
+}
+
+fn check_batch(n: usize) -> Result<(), ApiError> {
+    if n > MAX_BATCH_SEARCHES {
+        return Err(ApiError::unprocessable(format!(
+            "Validation error in JSON body: at most {MAX_BATCH_SEARCHES} searches per batch, got {n}"
+        )));
+    }
+    Ok(())
+}
+
+/// Prepares and runs a batch on a blocking thread; preparation may read example vectors.
+async fn run_batch<B: Send + 'static>(
+    collection: Arc<Collection>,
+    bodies: Vec<B>,
+    prepare: fn(&Collection, B) -> Result<Prepared, ApiError>,
+) -> Result<Vec<Vec<ScoredPointOut>>, ApiError> {
+    let answer = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<ScoredPointOut>>, ApiError> {
+        let prepared = bodies.into_iter().map(|b| prepare(&collection, b)).collect::<Result<Vec<_>, _>>()?;
+        prepared
+            .into_iter()
+            .map(|p| {
+                let records = collection.search(&p.request).map_err(ApiError::from)?;
+                Ok(render(records, &p.with_payload))
+            })
+            .collect()
+    })
+    .await;
+    answer.map_err(|e| ApiError::from(CollectionError::Storage(format!("search task failed: {e}"))))?
+}
+
+pub async fn search(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    started: Started,
+    JsonBody(body): JsonBody<SearchBody>,
+) -> ApiResult<Vec<ScoredPointOut>> {
+    let collection = state.toc.get(&name)?;
+    let mut out = run_batch(collection, vec![body], |_, b| prepare_search(b)).await?;
+    Ok(ApiOk(out.pop().unwrap_or_default(), started))
+}
+
+pub async fn search_batch(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    started: Started,
+    JsonBody(body): JsonBody<SearchRequestBatch>,
+) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
+    check_batch(body.searches.len())?;
+    let collection = state.toc.get(&name)?;
+    Ok(ApiOk(run_batch(collection, body.searches, |_, b| prepare_search(b)).await?, started))
+}
+
+pub async fn recommend(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    started: Started,
+    JsonBody(body): JsonBody<RecommendRequest>,
+) -> ApiResult<Vec<ScoredPointOut>> {
+    let collection = state.toc.get(&name)?;
+    let mut out = run_batch(collection, vec![body], prepare_recommend).await?;
+    Ok(ApiOk(out.pop().unwrap_or_default(), started))
+}
+
+pub async fn recommend_batch(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    started: Started,
+    JsonBody(body): JsonBody<RecommendRequestBatch>,
+) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
+    check_batch(body.searches.len())?;
+    let collection = state.toc.get(&name)?;
+    Ok(ApiOk(run_batch(collection, body.searches, prepare_recommend).await?, started))
+}
+
+pub async fn query(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    started: Started,
+    JsonBody(body): JsonBody<QueryRequest>,
+) -> ApiResult<QueryResponse> {
+    let collection = state.toc.get(&name)?;
+    let mut out = run_batch(collection, vec![body], prepare_query).await?;
+    Ok(ApiOk(
+        QueryResponse {
+            points: out.pop().unwrap_or_default(),
+        },
+        started,
+    ))
+}
+
+pub async fn query_batch(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    started: Started,
+    JsonBody(body): JsonBody<QueryRequestBatch>,
+) -> ApiResult<Vec<QueryResponse>> {
+    check_batch(body.searches.len())?;
+    let collection = state.toc.get(&name)?;
+    let out = run_batch(collection, body.searches, prepare_query).await?;
+    Ok(ApiOk(out.into_iter().map(|points| QueryResponse { points }).collect(), started))
+}

@@ -1,0 +1,40 @@
+//! `/`, the health probes and `/metrics`.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use crate::api::rest::AppState;
+
+/// The Qdrant version whose REST API Shoal speaks; clients compare it with their own.
+pub const QDRANT_API_VERSION: &str = "1.18.3";
+
+pub async fn root() -> impl IntoResponse {
+    axum::Json(json!({
+        "title": "shoal - vector search engine (Qdrant-compatible)",
+        "version": QDRANT_API_VERSION,
+        "shoal_version": env!("CARGO_PKG_VERSION"),
+        "commit": null,
+    }))
+}
+
+pub async fn healthz() -> &'static str {
+    "healthz check passed"
+}
+
+pub async fn livez() -> &'static str {
+    "livez check passed"
+}
+
+/// Ready once the node has loaded its collections, which happens before the server starts.
+pub async fn readyz() -> &'static str {
+    "all shards are ready"
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    match state.metrics.render(&state.toc) {
+        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}

@@ -1,0 +1,329 @@
+//! A collection on this peer: its configuration and its shards. Routes updates to shards by the
+//! hash ring, fans reads out to every shard and merges the answers.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::cluster::CollectionError;
+use crate::cluster::hash_ring::shard_for;
+use crate::collection_config::CollectionConfig;
+use crate::index::filter::Filter;
+use crate::shard::local_shard::{
+    LocalShard, OptimizerStatus, Record, ScoredRecord, Scoring, SearchQuery,
+};
+use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
+use crate::storage::wal::SyncMode;
+use crate::types::{Distance, Payload, PointId};
+
+/// How a search scores points.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SearchTarget {
+    /// Nearest to this raw (not yet normalised) vector.
+    Vector(Vec<f32>),
+    /// Qdrant's `best_score` recommendation strategy over these raw example vectors.
+    BestScore {
+        positive: Vec<Vec<f32>>,
+        negative: Vec<Vec<f32>>,
+    },
+    /// Qdrant's `sum_scores` strategy: similarity to positives minus similarity to negatives.
+    SumScores {
+        positive: Vec<Vec<f32>>,
+        negative: Vec<Vec<f32>>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRequest {
+    pub target: SearchTarget,
+    pub filter: Option<Filter>,
+    /// Points never returned (the examples of a recommendation).
+    pub exclude: HashSet<PointId>,
+    pub limit: usize,
+    pub offset: usize,
+    pub ef: Option<usize>,
+    pub exact: bool,
+    pub score_threshold: Option<f32>,
+    pub with_payload: bool,
+    pub with_vector: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollectionStatus {
+    Green,
+    Yellow,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CollectionStats {
+    pub status: CollectionStatus,
+    pub points: usize,
+    pub indexed_vectors: usize,
+    pub segments: usize,
+}
+
+pub struct Collection {
+    name: String,
+    config: Arc<CollectionConfig>,
+    shards: Vec<Arc<LocalShard>>,
+}
+
+impl Collection {
+    /// Opens (or creates) every shard of the collection under `dir`.
+    pub fn open(name: &str, dir: &Path, config: CollectionConfig, sync: SyncMode) -> Result<Collection, CollectionError> {
+        let config = Arc::new(config);
+        let shards = (0..config.params.shard_number)
+            .map(|i| {
+                LocalShard::open(&dir.join("shards").join(i.to_string()), Arc::clone(&config), sync).map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Collection {
+            name: name.to_string(),
+            config,
+            shards,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &CollectionConfig {
+        &self.config
+    }
+
+    pub fn shards(&self) -> &[Arc<LocalShard>] {
+        &self.shards
+    }
+
+    fn distance(&self) -> Distance {
+        self.config.distance()
+    }
+
+    fn shard_of(&self, id: &PointId) -> usize {
+        shard_for(id, self.shards.len() as u32) as usize
+    }
+
+    /// Checks and normalises an incoming vector.
+    pub fn prepare_vector(&self, mut vector: Vec<f32>) -> Result<Vec<f32>, CollectionError> {
+        let dim = self.config.dim();
+        if vector.len() != dim {
+            return Err(CollectionError::BadInput(format!(
+                "Vector dimension error: expected dim: {dim}, got {}",
+                vector.len()
+            )));
+        }
+        if vector.iter().any(|x| !x.is_finite()) {
+            return Err(CollectionError::BadInput("vectors must not contain NaN or infinite values".into()));
+        }
+        self.distance().preprocess(&mut vector);
+        Ok(vector)
+    }
+
+    /// Applies an update on every shard it concerns. Blocking. Returns an operation id.
+    pub fn update(&self, request: UpdateRequest) -> Result<u64, CollectionError> {
+        let mut per_shard: Vec<Option<UpdateRequest>> = vec![None; self.shards.len()];
+        match request {
+            UpdateRequest::Upsert(points) => {
+                let mut groups: Vec<Vec<PointWrite>> = vec![Vec::new(); self.shards.len()];
+                for mut p in points {
+                    p.vector = self.prepare_vector(p.vector)?;
+                    groups[self.shard_of(&p.id)].push(p);
+                }
+                for (slot, group) in per_shard.iter_mut().zip(groups) {
+                    if !group.is_empty() {
+                        *slot = Some(UpdateRequest::Upsert(group));
+                    }
+                }
+            }
+            other => {
+                for (i, slot) in per_shard.iter_mut().enumerate() {
+                    *slot = self.restrict(&other, i);
+                }
+            }
+        }
+        let mut op_id = 0;
+        for (shard, request) in self.shards.iter().zip(per_shard) {
+            if let Some(request) = request {
+                op_id = op_id.max(shard.update(request)?);
+            }
+        }
+        Ok(op_id)
+    }
+
+    /// The part of a selection-based update that concerns shard `index`.
+    fn restrict(&self, request: &UpdateRequest, index: usize) -> Option<UpdateRequest> {
+        let narrow = |sel: &PointSelection| -> Option<PointSelection> {
+            match sel {
+                PointSelection::Ids(ids) => {
+                    let mine: Vec<PointId> = ids.iter().filter(|id| self.shard_of(id) == index).copied().collect();
+                    (!mine.is_empty()).then_some(PointSelection::Ids(mine))
+                }
+                PointSelection::Filter(f) => Some(PointSelection::Filter(f.clone())),
+            }
+        };
+        Some(match request {
+            UpdateRequest::Upsert(_) => unreachable!("upserts are routed point by point"),
+            UpdateRequest::Delete(sel) => UpdateRequest::Delete(narrow(sel)?),
+            UpdateRequest::SetPayload { selection, payload, key } => UpdateRequest::SetPayload {
+                selection: narrow(selection)?,
+                payload: payload.clone(),
+                key: key.clone(),
+            },
+            UpdateRequest::OverwritePayload { selection, payload } => UpdateRequest::OverwritePayload {
+                selection: narrow(selection)?,
+                payload: payload.clone(),
+            },
+            UpdateRequest::DeletePayload { selection, keys } => UpdateRequest::DeletePayload {
+                selection: narrow(selection)?,
+                keys: keys.clone(),
+            },
+            UpdateRequest::ClearPayload(selection) => UpdateRequest::ClearPayload(narrow(selection)?),
+        })
+    }
+
+    /// Points by id, in the order asked, each at most once; unknown ids are skipped.
+    pub fn retrieve(&self, ids: &[PointId], with_payload: bool, with_vector: bool) -> Vec<Record> {
+        let mut seen = HashSet::new();
+        let unique: Vec<PointId> = ids.iter().filter(|id| seen.insert(**id)).copied().collect();
+        let mut found: HashMap<PointId, Record> = HashMap::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mine: Vec<PointId> = unique.iter().filter(|id| self.shard_of(id) == i).copied().collect();
+            if !mine.is_empty() {
+                found.extend(shard.retrieve(&mine, with_payload, with_vector).into_iter().map(|r| (r.id, r)));
+            }
+        }
+        unique.iter().filter_map(|id| found.remove(id)).collect()
+    }
+
+    /// The stored vector of a point, or an error naming it.
+    pub fn vector_of(&self, id: &PointId) -> Result<Vec<f32>, CollectionError> {
+        self.shards[self.shard_of(id)]
+            .vector_of(id)
+            .ok_or_else(|| CollectionError::PointNotFound(id.to_string()))
+    }
+
+    /// One page of points in id order, and the id the next page starts at.
+    pub fn scroll(
+        &self,
+        offset: Option<PointId>,
+        limit: usize,
+        filter: Option<&Filter>,
+        with_payload: bool,
+        with_vector: bool,
+    ) -> (Vec<Record>, Option<PointId>) {
+        let check = |id: PointId, p: &Payload| filter.is_none_or(|f| f.check(id, p));
+        let mut all: Vec<Record> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.scroll(offset, limit + 1, Some(&check), with_payload, with_vector))
+            .collect();
+        all.sort_by_key(|r| r.id);
+        let next = (all.len() > limit).then(|| all[limit].id);
+        all.truncate(limit);
+        (all, next)
+    }
+
+    pub fn count(&self, filter: Option<&Filter>) -> usize {
+        match filter {
+            None => self.shards.iter().map(|s| s.count(None)).sum(),
+            Some(f) => {
+                let check = |id: PointId, p: &Payload| f.check(id, p);
+                self.shards.iter().map(|s| s.count(Some(&check))).sum()
+            }
+        }
+    }
+
+    /// The best `limit` points after skipping `offset`, best first. Blocking.
+    pub fn search(&self, request: &SearchRequest) -> Result<Vec<ScoredRecord>, CollectionError> {
+        let distance = self.distance();
+        let filter = request.filter.as_ref();
+        let exclude = &request.exclude;
+        let accept = |id: PointId, p: &Payload| !exclude.contains(&id) && filter.is_none_or(|f| f.check(id, p));
+        let needs_accept = filter.is_some() || !exclude.is_empty();
+        let top = request.limit.saturating_add(request.offset);
+
+        let prepared_query;
+        let prepared_examples: (Vec<Vec<f32>>, Vec<Vec<f32>>);
+        let best_score;
+        let scoring = match &request.target {
+            SearchTarget::Vector(v) => {
+                prepared_query = self.prepare_vector(v.clone())?;
+                Scoring::Nearest(&prepared_query)
+            }
+            SearchTarget::BestScore { positive, negative } | SearchTarget::SumScores { positive, negative } => {
+                let sum = matches!(request.target, SearchTarget::SumScores { .. });
+                let prep = |vs: &[Vec<f32>]| -> Result<Vec<Vec<f32>>, CollectionError> {
+                    vs.iter().map(|v| self.prepare_vector(v.clone())).collect()
+                };
+                prepared_examples = (prep(positive)?, prep(negative)?);
+                let (pos, neg) = &prepared_examples;
+                // Similarity oriented so that larger is closer, for every distance.
+                let sim = move |a: &[f32], b: &[f32]| {
+                    let s = distance.score(a, b);
+                    if distance.higher_is_better() { s } else { -s }
+                };
+                best_score = move |v: &[f32]| {
+                    if sum {
+                        return pos.iter().map(|p| sim(v, p)).sum::<f32>() - neg.iter().map(|n| sim(v, n)).sum::<f32>();
+                    }
+                    let best_pos = pos.iter().map(|p| sim(v, p)).fold(f32::NEG_INFINITY, f32::max);
+                    let best_neg = neg.iter().map(|n| sim(v, n)).fold(f32::NEG_INFINITY, f32::max);
+                    if best_pos >= best_neg { best_pos } else { -best_neg }
+                };
+                Scoring::Custom(&best_score)
+            }
+        };
+        let query = SearchQuery {
+            scoring,
+            accept: needs_accept.then_some(&accept as _),
+            top,
+            ef: request.ef,
+            exact: request.exact,
+            score_threshold: request.score_threshold,
+            with_payload: request.with_payload,
+            with_vector: request.with_vector,
+        };
+        let mut merged: Vec<ScoredRecord> = self.shards.iter().flat_map(|s| s.search(&query)).collect();
+        let oriented = |r: &ScoredRecord| match query.scoring {
+            Scoring::Nearest(_) if !distance.higher_is_better() => -r.score,
+            _ => r.score,
+        };
+        merged.sort_by(|a, b| oriented(b).total_cmp(&oriented(a)).then_with(|| a.id.cmp(&b.id)));
+        Ok(merged.into_iter().skip(request.offset).take(request.limit).collect())
+    }
+
+    pub fn stats(&self) -> CollectionStats {
+        let mut stats = CollectionStats {
+            status: CollectionStatus::Green,
+            points: 0,
+            indexed_vectors: 0,
+            segments: 0,
+        };
+        for shard in &self.shards {
+            let s = shard.stats();
+            stats.points += s.points;
+            stats.indexed_vectors += s.indexed_vectors;
+            stats.segments += s.segments;
+            if shard.optimizer_status() == OptimizerStatus::Busy {
+                stats.status = CollectionStatus::Yellow;
+            }
+        }
+        stats
+    }
+
+    /// Flushes every shard; used on shutdown.
+    pub fn flush(&self) -> Result<(), CollectionError> {
+        for shard in &self.shards {
+            shard.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Stops background work of every shard.
+    pub fn cancel(&self) {
+        for shard in &self.shards {
+            shard.cancel();
+        }
+    }
+}

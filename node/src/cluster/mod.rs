@@ -1,0 +1,31 @@
+//! Collections and their shards on this peer: creating, loading and dropping collections,
+//! routing points to shards, fanning reads out and merging them. Imports `shard` and below.
+
+pub mod collection;
+pub mod hash_ring;
+pub mod toc;
+
+use crate::shard::local_shard::ShardError;
+
+/// Errors of the collection layer. The API maps each variant to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectionError {
+    #[error("Collection `{0}` doesn't exist!")]
+    NotFound(String),
+    #[error("Collection `{0}` already exists!")]
+    AlreadyExists(String),
+    #[error("No point with id {0} found")]
+    PointNotFound(String),
+    #[error("Wrong input: {0}")]
+    BadInput(String),
+    #[error("Shard error: {0}")]
+    Shard(#[from] ShardError),
+    #[error("Storage error: {0}")]
+    Storage(String),
+}
+
+impl CollectionError {
+    pub fn storage(e: impl std::fmt::Display) -> CollectionError {
+        CollectionError::Storage(e.to_string())
+    }
+}

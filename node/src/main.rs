@@ -1,0 +1,17 @@
+//! `shoal-node`: see `--help`.
+
+use clap::Parser;
+use shoal_node::settings::{Cli, LogFormat, Settings};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(&cli)?;
+    let filter = EnvFilter::try_new(&settings.log.level)?;
+    match settings.log.format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(shoal_node::node::run(settings))
+}

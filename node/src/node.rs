@@ -1,0 +1,126 @@
+//! Starting and stopping a node: the data directory lock, the collections, the REST and gRPC
+//! servers, and a clean shutdown that flushes every shard.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::api::metrics::Metrics;
+use crate::api::rest::auth::ApiKeys;
+use crate::api::rest::{self, AppState};
+use crate::api::grpc;
+use crate::cluster::toc::TableOfContent;
+use crate::settings::{Settings, WalSync};
+use crate::shard::local_shard::IndexBuilder;
+use crate::storage::wal::SyncMode;
+
+/// Holds an exclusive lock on the data directory for the life of the process, so that two
+/// nodes can never write the same files.
+fn lock_data_dir(settings: &Settings) -> anyhow::Result<File> {
+    let dir = &settings.storage.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let path = dir.join(".lock");
+    let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "the data directory {} is in use by another shoal-node process; give each node its own --data-dir",
+            dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+fn index_threads(settings: &Settings) -> usize {
+    match settings.storage.optimizer_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let _lock = lock_data_dir(&settings)?;
+    let sync = match settings.storage.wal_sync {
+        WalSync::Os => SyncMode::Os,
+        WalSync::Fsync => SyncMode::Fsync,
+    };
+    let builder = Arc::new(IndexBuilder::new(index_threads(&settings)));
+    let toc = Arc::new(TableOfContent::open(&settings.storage.data_dir, builder, sync).context("cannot load collections")?);
+
+    let host = &settings.service.host;
+    let http_addr: SocketAddr = format!("{host}:{}", settings.service.http_port)
+        .parse()
+        .with_context(|| format!("`{host}` is not an IP address to bind to"))?;
+    let p2p_addr: SocketAddr = format!("{host}:{}", settings.cluster.p2p_port).parse()?;
+    let http_listener = TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {http_addr} (REST)"))?;
+    let p2p_listener = TcpListener::bind(p2p_addr)
+        .await
+        .with_context(|| format!("cannot listen on {p2p_addr} (p2p gRPC)"))?;
+
+    let state = AppState {
+        toc: Arc::clone(&toc),
+        metrics: Arc::new(Metrics::new()),
+    };
+    let keys = ApiKeys {
+        read_write: settings.service.api_key.clone(),
+        read_only: settings.service.read_only_api_key.clone(),
+    };
+    let app = rest::router(state, keys, settings.service.max_request_size_mb);
+
+    let shutdown = tokio_util_shutdown();
+    let http = {
+        let mut stop = shutdown.subscribe();
+        tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.recv().await;
+                })
+                .await
+        })
+    };
+    let grpc = {
+        let mut stop = shutdown.subscribe();
+        let service = grpc::service(Arc::clone(&toc), settings.service.api_key.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(tokio_stream_listener(p2p_listener), async move {
+                    let _ = stop.recv().await;
+                })
+                .await
+        })
+    };
+    tracing::info!(%http_addr, %p2p_addr, data_dir = %settings.storage.data_dir.display(), "shoal-node is ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing requests, then flushing shards");
+    let _ = shutdown.send(());
+    let _ = http.await;
+    let _ = grpc.await;
+    let toc_for_flush = Arc::clone(&toc);
+    tokio::task::spawn_blocking(move || toc_for_flush.flush_all()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn tokio_util_shutdown() -> tokio::sync::broadcast::Sender<()> {
+    tokio::sync::broadcast::channel(1).0
+}
+
+fn tokio_stream_listener(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,870 @@
+//! A shard stored on this peer: its WAL, its segments, its flushed point store, and the
+//! bookkeeping that ties them together.
+//!
+//! Writes take the shard's write lock, are appended to the WAL, then applied to the in-memory
+//! segments; they are acknowledged only after that. Every few seconds the points that changed
+//! are flushed to the point store in one atomic transaction, and the WAL is cut back to the
+//! flushed sequence number. On open, the flushed points are loaded and the WAL is replayed from
+//! there. Reads take the read lock and never wait for the optimizer, which builds graphs
+//! outside the lock and only swaps them in under it.
+
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+
+use crate::collection_config::CollectionConfig;
+use crate::index::hnsw_index::{GraphParams, HnswIndex};
+use crate::index::payload_path::JsonPath;
+use crate::shard::operations::{PointSelection, ShardOperation, UpdateRequest};
+use crate::shard::segment::{Segment, SegmentId, SegmentStage};
+use crate::storage::point_store::{PointStore, StoreError, StoredPoint};
+use crate::storage::wal::{SyncMode, Wal};
+use crate::types::{Distance, Payload, PointId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard storage I/O failed at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("WAL record {seq} does not decode ({reason}); the shard refuses to start rather than lose it")]
+    CorruptWal { seq: u64, reason: String },
+    #[error("wrong input: vector dimension error: expected dim: {expected}, got {got}")]
+    WrongDimension { expected: usize, got: usize },
+    #[error("wrong input: {0}")]
+    BadInput(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
+    move |source| ShardError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Decides whether a point takes part in a read: a compiled filter, exclusions, or both.
+pub type PointPredicate<'a> = &'a (dyn Fn(PointId, &Payload) -> bool + Sync);
+
+/// How candidates are scored.
+pub enum Scoring<'a> {
+    /// Nearest to a (preprocessed) vector by the collection's distance; may use the HNSW graph.
+    Nearest(&'a [f32]),
+    /// Any score where higher is better; always exhaustive.
+    Custom(&'a (dyn Fn(&[f32]) -> f32 + Sync)),
+}
+
+pub struct SearchQuery<'a> {
+    pub scoring: Scoring<'a>,
+    pub accept: Option<PointPredicate<'a>>,
+    /// How many best points to return (the API's `limit + offset`).
+    pub top: usize,
+    pub ef: Option<usize>,
+    pub exact: bool,
+    pub score_threshold: Option<f32>,
+    pub with_payload: bool,
+    pub with_vector: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredRecord {
+    pub id: PointId,
+    pub version: u64,
+    pub score: f32,
+    pub payload: Option<Payload>,
+    pub vector: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: PointId,
+    pub version: u64,
+    pub payload: Option<Payload>,
+    pub vector: Option<Vec<f32>>,
+}
+
+/// Where a live point is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Location {
+    segment: SegmentId,
+    offset: u32,
+}
+
+struct ShardState {
+    segments: BTreeMap<SegmentId, Segment>,
+    appendable: SegmentId,
+    next_segment_id: SegmentId,
+    locations: BTreeMap<PointId, Location>,
+    /// Points changed since the last flush.
+    dirty: HashSet<PointId>,
+    last_seq: u64,
+    flushed_seq: u64,
+    dim: usize,
+    /// Points per segment before it is frozen for indexing; `None` when indexing is off.
+    freeze_at: Option<usize>,
+}
+
+impl ShardState {
+    fn new_segment(&mut self) -> SegmentId {
+        let id = self.next_segment_id;
+        self.next_segment_id += 1;
+        self.segments.insert(id, Segment::new(id, self.dim));
+        id
+    }
+
+    fn remove_point(&mut self, id: &PointId) -> bool {
+        match self.locations.remove(id) {
+            Some(loc) => {
+                if let Some(seg) = self.segments.get_mut(&loc.segment) {
+                    seg.delete(loc.offset);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn insert_point(&mut self, id: PointId, vector: &[f32], payload: Payload, version: u64) {
+        self.remove_point(&id);
+        let seg_id = self.appendable;
+        let seg = self.segments.get_mut(&seg_id).expect("appendable segment exists");
+        let offset = seg.push(id, vector, payload, version);
+        let full = self.freeze_at.is_some_and(|limit| seg.len() >= limit);
+        if full {
+            seg.freeze();
+            self.appendable = self.new_segment();
+        }
+        self.locations.insert(
+            id,
+            Location {
+                segment: seg_id,
+                offset,
+            },
+        );
+    }
+
+    fn point_mut(&mut self, id: &PointId) -> Option<(&mut Segment, u32)> {
+        let loc = *self.locations.get(id)?;
+        let seg = self.segments.get_mut(&loc.segment)?;
+        Some((seg, loc.offset))
+    }
+
+    fn point(&self, id: &PointId) -> Option<(&Segment, u32)> {
+        let loc = self.locations.get(id)?;
+        Some((self.segments.get(&loc.segment)?, loc.offset))
+    }
+
+    fn edit_payload(&mut self, points: &[PointId], seq: u64, edit: impl Fn(&mut Payload)) {
+        for id in points {
+            if let Some((seg, offset)) = self.point_mut(id) {
+                edit(seg.payload_mut(offset));
+                seg.set_version(offset, seq);
+                self.dirty.insert(*id);
+            }
+        }
+    }
+
+    fn apply(&mut self, seq: u64, op: &ShardOperation) {
+        match op {
+            ShardOperation::Upsert(points) => {
+                for p in points {
+                    self.insert_point(p.id, &p.vector, p.payload.clone(), seq);
+                    self.dirty.insert(p.id);
+                }
+            }
+            ShardOperation::Delete(ids) => {
+                for id in ids {
+                    if self.remove_point(id) {
+                        self.dirty.insert(*id);
+                    }
+                }
+            }
+            ShardOperation::SetPayload { points, payload, key } => {
+                let path = key.as_deref().and_then(|k| k.parse::<JsonPath>().ok());
+                self.edit_payload(points, seq, |current| match &path {
+                    Some(path) => path.set(current, payload.clone()),
+                    None => current.extend(payload.iter().map(|(k, v)| (k.clone(), v.clone()))),
+                });
+            }
+            ShardOperation::OverwritePayload { points, payload } => {
+                self.edit_payload(points, seq, |current| *current = payload.clone());
+            }
+            ShardOperation::DeletePayload { points, keys } => {
+                let paths: Vec<JsonPath> = keys.iter().filter_map(|k| k.parse().ok()).collect();
+                self.edit_payload(points, seq, |current| {
+                    for path in &paths {
+                        path.remove(current);
+                    }
+                });
+            }
+            ShardOperation::ClearPayload { points } => {
+                self.edit_payload(points, seq, Payload::clear);
+            }
+        }
+        self.last_seq = seq;
+    }
+
+    fn select(&self, selection: &PointSelection) -> Vec<PointId> {
+        match selection {
+            PointSelection::Ids(ids) => ids.clone(),
+            PointSelection::Filter(filter) => self
+                .locations
+                .iter()
+                .filter(|(id, loc)| {
+                    let seg = &self.segments[&loc.segment];
+                    filter.check(**id, seg.payload(loc.offset))
+                })
+                .map(|(id, _)| *id)
+                .collect(),
+        }
+    }
+
+    fn resolve(&self, request: UpdateRequest) -> ShardOperation {
+        match request {
+            UpdateRequest::Upsert(points) => ShardOperation::Upsert(points),
+            UpdateRequest::Delete(sel) => ShardOperation::Delete(self.select(&sel)),
+            UpdateRequest::SetPayload {
+                selection,
+                payload,
+                key,
+            } => ShardOperation::SetPayload {
+                points: self.select(&selection),
+                payload,
+                key,
+            },
+            UpdateRequest::OverwritePayload { selection, payload } => ShardOperation::OverwritePayload {
+                points: self.select(&selection),
+                payload,
+            },
+            UpdateRequest::DeletePayload { selection, keys } => ShardOperation::DeletePayload {
+                points: self.select(&selection),
+                keys,
+            },
+            UpdateRequest::ClearPayload(selection) => ShardOperation::ClearPayload {
+                points: self.select(&selection),
+            },
+        }
+    }
+
+    fn stored(&self, id: &PointId) -> Option<StoredPoint> {
+        let (seg, offset) = self.point(id)?;
+        Some(StoredPoint {
+            version: seg.version(offset),
+            vector: seg.vector(offset).to_vec(),
+            payload: seg.payload(offset).clone(),
+        })
+    }
+
+    fn record(&self, seg: &Segment, offset: u32, with_payload: bool, with_vector: bool) -> Record {
+        Record {
+            id: seg.id(offset),
+            version: seg.version(offset),
+            payload: with_payload.then(|| seg.payload(offset).clone()),
+            vector: with_vector.then(|| seg.vector(offset).to_vec()),
+        }
+    }
+}
+
+/// A candidate in a top-k selection; `key` is the score oriented so that larger is better.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    key: f32,
+    score: f32,
+    id: PointId,
+    segment: SegmentId,
+    offset: u32,
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Candidate {}
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Candidate {
+    /// "Greater" means ranked earlier: better score, then smaller id.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key
+            .total_cmp(&other.key)
+            .then_with(|| other.id.cmp(&self.id))
+    }
+}
+
+/// Keeps the `k` best candidates seen.
+struct TopK {
+    k: usize,
+    // A min-heap on rank: the root is the worst kept candidate.
+    heap: BinaryHeap<std::cmp::Reverse<Candidate>>,
+}
+
+impl TopK {
+    fn new(k: usize) -> TopK {
+        TopK {
+            k,
+            heap: BinaryHeap::with_capacity(k.min(4096) + 1),
+        }
+    }
+
+    fn push(&mut self, c: Candidate) {
+        if self.heap.len() < self.k {
+            self.heap.push(std::cmp::Reverse(c));
+        } else if let Some(worst) = self.heap.peek()
+            && c > worst.0
+        {
+            self.heap.pop();
+            self.heap.push(std::cmp::Reverse(c));
+        }
+    }
+
+    fn into_sorted(self) -> Vec<Candidate> {
+        let mut v: Vec<Candidate> = self.heap.into_iter().map(|r| r.0).collect();
+        v.sort_by(|a, b| b.cmp(a));
+        v
+    }
+}
+
+/// Shared machinery for building graphs: one rayon pool per node, one build at a time, so
+/// indexing never takes more than the configured threads away from serving.
+pub struct IndexBuilder {
+    pool: rayon::ThreadPool,
+    slot: Mutex<()>,
+}
+
+impl IndexBuilder {
+    pub fn new(threads: usize) -> IndexBuilder {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("shoal-index-{i}"))
+            .build()
+            .expect("the indexing thread pool starts");
+        IndexBuilder {
+            pool,
+            slot: Mutex::new(()),
+        }
+    }
+}
+
+/// The optimizer's view of a shard, for the collection's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizerStatus {
+    /// Nothing to do.
+    Idle,
+    /// Work is pending or running.
+    Busy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub points: usize,
+    pub indexed_vectors: usize,
+    pub segments: usize,
+    pub last_seq: u64,
+    pub flushed_seq: u64,
+}
+
+pub struct LocalShard {
+    dir: PathBuf,
+    config: Arc<CollectionConfig>,
+    state: RwLock<ShardState>,
+    wal: Mutex<Wal>,
+    store: PointStore,
+    flush_lock: Mutex<()>,
+    /// Raised when the shard is dropped or the node stops: background work ends early.
+    cancelled: AtomicBool,
+    /// Optimizer steps in progress.
+    optimizing: AtomicUsize,
+    pub(crate) wake_optimizer: tokio::sync::Notify,
+}
+
+impl LocalShard {
+    /// Opens the shard in `dir` (creating it when new): loads the flushed points and replays the
+    /// WAL after them.
+    pub fn open(dir: &Path, config: Arc<CollectionConfig>, sync: SyncMode) -> Result<LocalShard, ShardError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let store = PointStore::open(&dir.join("points.redb"))?;
+        let wal_dir = dir.join("wal");
+        let wal = Wal::open(&wal_dir, (config.wal_config.wal_capacity_mb as u64) << 20, sync)
+            .map_err(io_err(&wal_dir))?;
+        let dim = config.dim();
+        let mut state = ShardState {
+            segments: BTreeMap::new(),
+            appendable: 0,
+            next_segment_id: 1,
+            locations: BTreeMap::new(),
+            dirty: HashSet::new(),
+            last_seq: 0,
+            flushed_seq: 0,
+            dim,
+            freeze_at: config.optimizer_config.indexing_threshold_points(dim),
+        };
+        state.appendable = state.new_segment();
+
+        let (flushed_seq, points) = store.load()?;
+        for (id, p) in points {
+            if p.vector.len() != dim {
+                return Err(StoreError::Corrupt(format!("point {id} has {} dimensions, expected {dim}", p.vector.len())).into());
+            }
+            state.insert_point(id, &p.vector, p.payload, p.version);
+        }
+        state.last_seq = flushed_seq;
+        state.flushed_seq = flushed_seq;
+
+        let records = wal.read_after(flushed_seq).map_err(io_err(&wal_dir))?;
+        let replayed = records.len();
+        for record in records {
+            let op = ShardOperation::decode(&record.data).map_err(|e| ShardError::CorruptWal {
+                seq: record.seq,
+                reason: e.to_string(),
+            })?;
+            state.apply(record.seq, &op);
+        }
+        state.last_seq = state.last_seq.max(wal.last_seq());
+        tracing::info!(
+            dir = %dir.display(),
+            points = state.locations.len(),
+            flushed_seq,
+            replayed,
+            last_seq = state.last_seq,
+            "shard opened"
+        );
+        Ok(LocalShard {
+            dir: dir.to_path_buf(),
+            config,
+            state: RwLock::new(state),
+            wal: Mutex::new(wal),
+            store,
+            flush_lock: Mutex::new(()),
+            cancelled: AtomicBool::new(false),
+            optimizing: AtomicUsize::new(0),
+            wake_optimizer: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &CollectionConfig {
+        &self.config
+    }
+
+    /// Applies an update: resolves its selection, appends it to the WAL, applies it. When this
+    /// returns `Ok(seq)` the update is durable (in the WAL) and visible to reads.
+    pub fn update(&self, request: UpdateRequest) -> Result<u64, ShardError> {
+        if let UpdateRequest::Upsert(points) = &request
+            && let Some(bad) = points.iter().find(|p| p.vector.len() != self.config.dim())
+        {
+            return Err(ShardError::WrongDimension {
+                expected: self.config.dim(),
+                got: bad.vector.len(),
+            });
+        }
+        let mut state = self.state.write();
+        let op = state.resolve(request);
+        if op.is_empty() {
+            return Ok(state.last_seq);
+        }
+        let seq = state.last_seq + 1;
+        self.wal
+            .lock()
+            .append(seq, &op.encode())
+            .map_err(io_err(&self.dir))?;
+        state.apply(seq, &op);
+        drop(state);
+        self.wake_optimizer.notify_one();
+        Ok(seq)
+    }
+
+    /// Writes every point changed since the last flush to the point store in one transaction
+    /// and drops the WAL files that this makes redundant.
+    pub fn flush(&self) -> Result<(), ShardError> {
+        let _one_flush_at_a_time = self.flush_lock.lock();
+        let mut state = self.state.write();
+        if state.dirty.is_empty() && state.flushed_seq == state.last_seq {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut state.dirty);
+        let seq = state.last_seq;
+        // Readers may go on while we copy; writers wait, so the copy is exactly the state at `seq`.
+        let state = RwLockWriteGuard::downgrade(state);
+        let changes: Vec<(PointId, Option<StoredPoint>)> =
+            dirty.iter().map(|id| (*id, state.stored(id))).collect();
+        drop(state);
+        if let Err(e) = self.store.commit(&changes, seq) {
+            self.state.write().dirty.extend(dirty);
+            return Err(e.into());
+        }
+        self.state.write().flushed_seq = seq;
+        self.wal
+            .lock()
+            .truncate_through(seq)
+            .map_err(io_err(&self.dir))?;
+        tracing::debug!(dir = %self.dir.display(), seq, points = changes.len(), "shard flushed");
+        Ok(())
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        let state = self.state.read();
+        ShardStats {
+            points: state.locations.len(),
+            indexed_vectors: state
+                .segments
+                .values()
+                .filter(|s| s.stage() == SegmentStage::Indexed)
+                .map(Segment::live_count)
+                .sum(),
+            segments: state.segments.len(),
+            last_seq: state.last_seq,
+            flushed_seq: state.flushed_seq,
+        }
+    }
+
+    pub fn retrieve(&self, ids: &[PointId], with_payload: bool, with_vector: bool) -> Vec<Record> {
+        let state = self.state.read();
+        ids.iter()
+            .filter_map(|id| {
+                let (seg, offset) = state.point(id)?;
+                Some(state.record(seg, offset, with_payload, with_vector))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` points with ids `>= from`, in id order, that pass `accept`.
+    pub fn scroll(
+        &self,
+        from: Option<PointId>,
+        limit: usize,
+        accept: Option<PointPredicate<'_>>,
+        with_payload: bool,
+        with_vector: bool,
+    ) -> Vec<Record> {
+        let state = self.state.read();
+        let range = match from {
+            Some(from) => state.locations.range(from..),
+            None => state.locations.range(..),
+        };
+        range
+            .filter_map(|(id, loc)| {
+                let seg = &state.segments[&loc.segment];
+                let pass = accept.is_none_or(|f| f(*id, seg.payload(loc.offset)));
+                pass.then(|| state.record(seg, loc.offset, with_payload, with_vector))
+            })
+            .take(limit)
+            .collect()
+    }
+
+    pub fn count(&self, accept: Option<PointPredicate<'_>>) -> usize {
+        let state = self.state.read();
+        match accept {
+            None => state.locations.len(),
+            Some(f) => state
+                .locations
+                .iter()
+                .filter(|(id, loc)| f(**id, state.segments[&loc.segment].payload(loc.offset)))
+                .count(),
+        }
+    }
+
+    /// The `top` best points for the query, best first.
+    pub fn search(&self, query: &SearchQuery<'_>) -> Vec<ScoredRecord> {
+        let distance = self.config.distance();
+        let hnsw = self.config.effective_hnsw();
+        let full_scan_bytes = hnsw.full_scan_threshold.saturating_mul(1024);
+        let state = self.state.read();
+        let mut top = TopK::new(query.top);
+        if query.top == 0 {
+            return Vec::new();
+        }
+        for seg in state.segments.values() {
+            if seg.live_count() == 0 {
+                continue;
+            }
+            let accept_offset = |o: u32| seg.is_live(o) && query.accept.is_none_or(|f| f(seg.id(o), seg.payload(o)));
+            let consider = |o: u32, top: &mut TopK| {
+                let v = seg.vector(o);
+                let (score, key) = match query.scoring {
+                    Scoring::Nearest(q) => {
+                        let s = distance.score(q, v);
+                        (s, if distance.higher_is_better() { s } else { -s })
+                    }
+                    Scoring::Custom(f) => {
+                        let s = f(v);
+                        (s, s)
+                    }
+                };
+                if score.is_nan() {
+                    return;
+                }
+                if let Some(t) = query.score_threshold {
+                    let passes = match query.scoring {
+                        Scoring::Nearest(_) => distance.passes_threshold(score, t),
+                        Scoring::Custom(_) => score >= t,
+                    };
+                    if !passes {
+                        return;
+                    }
+                }
+                top.push(Candidate {
+                    key,
+                    score,
+                    id: seg.id(o),
+                    segment: seg.id,
+                    offset: o,
+                });
+            };
+            let graph = match (&query.scoring, seg.index()) {
+                (Scoring::Nearest(q), Some(index)) if !query.exact && seg.vector_bytes() >= full_scan_bytes => Some((q, index)),
+                _ => None,
+            };
+            let mut exhaustive = true;
+            if let Some((q, index)) = graph {
+                let ef = query.ef.unwrap_or(hnsw.ef_construct).max(query.top);
+                let found = index.search(q, query.top, ef, &accept_offset);
+                // Too few hits means a selective filter starved the graph walk: fall back to
+                // an exhaustive scan so that filtered searches stay complete.
+                exhaustive = found.len() < query.top && found.len() < seg.live_count();
+                if !exhaustive {
+                    for o in found {
+                        consider(o, &mut top);
+                    }
+                }
+            }
+            if exhaustive {
+                for o in seg.live_offsets() {
+                    if query.accept.is_none_or(|f| f(seg.id(o), seg.payload(o))) {
+                        consider(o, &mut top);
+                    }
+                }
+            }
+        }
+        top.into_sorted()
+            .into_iter()
+            .map(|c| {
+                let seg = &state.segments[&c.segment];
+                ScoredRecord {
+                    id: c.id,
+                    version: seg.version(c.offset),
+                    score: c.score,
+                    payload: query.with_payload.then(|| seg.payload(c.offset).clone()),
+                    vector: query.with_vector.then(|| seg.vector(c.offset).to_vec()),
+                }
+            })
+            .collect()
+    }
+
+    /// The stored (preprocessed) vector of a point.
+    pub fn vector_of(&self, id: &PointId) -> Option<Vec<f32>> {
+        let state = self.state.read();
+        state.point(id).map(|(seg, o)| seg.vector(o).to_vec())
+    }
+
+    pub fn distance(&self) -> Distance {
+        self.config.distance()
+    }
+
+    // ---- optimizer -------------------------------------------------------------------------
+
+    fn vacuum_candidate(&self, seg: &Segment) -> bool {
+        let cfg = &self.config.optimizer_config;
+        seg.stage() == SegmentStage::Indexed
+            && seg.deleted_count() >= cfg.vacuum_min_vector_number.max(1)
+            && seg.deleted_count() as f64 >= cfg.deleted_threshold * seg.len() as f64
+    }
+
+    /// Whether the optimizer has nothing left to do.
+    pub fn optimizer_status(&self) -> OptimizerStatus {
+        if self.optimizing.load(Ordering::SeqCst) > 0 {
+            return OptimizerStatus::Busy;
+        }
+        let state = self.state.read();
+        let pending = state.segments.values().any(|s| {
+            (s.stage() == SegmentStage::Frozen && s.live_count() > 0) || self.vacuum_candidate(s)
+        });
+        if pending { OptimizerStatus::Busy } else { OptimizerStatus::Idle }
+    }
+
+    /// Stops background work at the next opportunity.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.wake_optimizer.notify_one();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Does one unit of optimization work, if there is any; returns whether it did. Blocking:
+    /// run it on a blocking thread. Cancel-safe: a cancelled build is dropped and the segment
+    /// stays as it was.
+    pub fn optimize_step(&self, builder: &IndexBuilder) -> bool {
+        self.optimizing.fetch_add(1, Ordering::SeqCst);
+        let did = self.optimize_step_inner(builder);
+        self.optimizing.fetch_sub(1, Ordering::SeqCst);
+        did
+    }
+
+    fn optimize_step_inner(&self, builder: &IndexBuilder) -> bool {
+        if self.is_cancelled() {
+            return false;
+        }
+        // Empty sealed segments are simply dropped.
+        {
+            let mut state = self.state.write();
+            let appendable = state.appendable;
+            let empty: Vec<SegmentId> = state
+                .segments
+                .values()
+                .filter(|s| s.id != appendable && s.live_count() == 0)
+                .map(|s| s.id)
+                .collect();
+            for id in &empty {
+                state.segments.remove(id);
+            }
+        }
+        let (job, dim) = {
+            let state = self.state.read();
+            let job = state
+                .segments
+                .values()
+                .find(|s| s.stage() == SegmentStage::Frozen)
+                .map(|s| (s.id, false))
+                .or_else(|| {
+                    state
+                        .segments
+                        .values()
+                        .find(|s| self.vacuum_candidate(s))
+                        .map(|s| (s.id, true))
+                });
+            (job, state.dim)
+        };
+        let Some((segment_id, vacuum)) = job else {
+            return false;
+        };
+        let _slot = builder.slot.lock();
+        let started = std::time::Instant::now();
+        let done = if vacuum {
+            self.vacuum_segment(segment_id, dim, builder)
+        } else {
+            self.index_segment(segment_id, builder)
+        };
+        tracing::info!(
+            dir = %self.dir.display(),
+            segment = segment_id,
+            vacuum,
+            done,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "optimizer step"
+        );
+        done
+    }
+
+    fn graph_params(&self) -> GraphParams {
+        let hnsw = self.config.effective_hnsw();
+        GraphParams {
+            m: hnsw.m,
+            ef_construct: hnsw.ef_construct,
+        }
+    }
+
+    /// Builds the graph of a frozen segment outside the lock and attaches it.
+    fn index_segment(&self, segment_id: SegmentId, builder: &IndexBuilder) -> bool {
+        let (vectors, live, dim) = {
+            let state = self.state.read();
+            let Some(seg) = state.segments.get(&segment_id) else {
+                return false;
+            };
+            let Some(vectors) = seg.frozen_vectors() else {
+                return false;
+            };
+            (vectors, seg.live_offsets().collect::<Vec<u32>>(), seg.dim())
+        };
+        let points: Vec<(u32, &[f32])> = live
+            .iter()
+            .map(|&o| (o, &vectors[o as usize * dim..(o as usize + 1) * dim]))
+            .collect();
+        let Some(index) = HnswIndex::build(self.distance(), self.graph_params(), &points, &builder.pool, &self.cancelled) else {
+            return false;
+        };
+        let mut state = self.state.write();
+        if let Some(seg) = state.segments.get_mut(&segment_id) {
+            seg.set_index(Arc::new(index));
+        }
+        true
+    }
+
+    /// Rewrites a segment with many tombstones into a compact one with a fresh graph, then swaps
+    /// it in, carrying over every change made to its points in the meantime.
+    fn vacuum_segment(&self, segment_id: SegmentId, dim: usize, builder: &IndexBuilder) -> bool {
+        let (mut fresh, origin) = {
+            let mut state = self.state.write();
+            let new_id = state.next_segment_id;
+            state.next_segment_id += 1;
+            let state = RwLockWriteGuard::downgrade(state);
+            let Some(seg) = state.segments.get(&segment_id) else {
+                return false;
+            };
+            let mut fresh = Segment::new(new_id, dim);
+            let mut origin = Vec::with_capacity(seg.live_count());
+            for o in seg.live_offsets() {
+                fresh.push(seg.id(o), seg.vector(o), seg.payload(o).clone(), seg.version(o));
+                origin.push(o);
+            }
+            fresh.freeze();
+            (fresh, origin)
+        };
+        let vectors = fresh.frozen_vectors().expect("frozen above");
+        let points: Vec<(u32, &[f32])> = (0..origin.len() as u32)
+            .map(|o| (o, &vectors[o as usize * dim..(o as usize + 1) * dim]))
+            .collect();
+        let Some(index) = HnswIndex::build(self.distance(), self.graph_params(), &points, &builder.pool, &self.cancelled) else {
+            return false;
+        };
+        fresh.set_index(Arc::new(index));
+        let mut state = self.state.write();
+        let Some(old) = state.segments.remove(&segment_id) else {
+            return false;
+        };
+        for (new_offset, &old_offset) in origin.iter().enumerate() {
+            let new_offset = new_offset as u32;
+            let id = old.id(old_offset);
+            let still_here = state.locations.get(&id)
+                == Some(&Location {
+                    segment: segment_id,
+                    offset: old_offset,
+                });
+            if still_here {
+                // The payload may have changed while the graph was built.
+                *fresh.payload_mut(new_offset) = old.payload(old_offset).clone();
+                fresh.set_version(new_offset, old.version(old_offset));
+                state.locations.insert(
+                    id,
+                    Location {
+                        segment: fresh.id,
+                        offset: new_offset,
+                    },
+                );
+            } else {
+                fresh.delete(new_offset);
+            }
+        }
+        state.segments.insert(fresh.id, fresh);
+        true
+    }
+}
+
+impl Drop for LocalShard {
+    fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,56 @@
+//! The background work of a shard: the optimizer (indexing and vacuuming segments) and the
+//! periodic flush. Both are tokio tasks that hand the blocking work to blocking threads and end
+//! when the shard is cancelled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::shard::local_shard::{IndexBuilder, LocalShard};
+
+/// Starts the optimizer and flusher of `shard`. They stop on [`LocalShard::cancel`].
+pub fn spawn(shard: Arc<LocalShard>, builder: Arc<IndexBuilder>) {
+    tokio::spawn(optimize_loop(Arc::clone(&shard), builder));
+    tokio::spawn(flush_loop(shard));
+}
+
+async fn optimize_loop(shard: Arc<LocalShard>, builder: Arc<IndexBuilder>) {
+    loop {
+        loop {
+            let (s, b) = (Arc::clone(&shard), Arc::clone(&builder));
+            match tokio::task::spawn_blocking(move || s.optimize_step(&b)).await {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, dir = %shard.dir().display(), "optimizer step panicked");
+                    break;
+                }
+            }
+        }
+        if shard.is_cancelled() {
+            return;
+        }
+        // Woken by writes; the timeout also retries after a failed or cancelled step.
+        let _ = tokio::time::timeout(Duration::from_secs(5), shard.wake_optimizer.notified()).await;
+        if shard.is_cancelled() {
+            return;
+        }
+    }
+}
+
+async fn flush_loop(shard: Arc<LocalShard>) {
+    let period = Duration::from_secs(shard.config().optimizer_config.flush_interval_sec.max(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if shard.is_cancelled() {
+            return;
+        }
+        let s = Arc::clone(&shard);
+        match tokio::task::spawn_blocking(move || s.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, dir = %shard.dir().display(), "flush failed; will retry"),
+            Err(e) => tracing::error!(error = %e, "flush task panicked"),
+        }
+    }
+}
