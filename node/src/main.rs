@@ -1,5 +1,7 @@
 //! `shoal-node`: see `--help`.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use shoal_node::settings::{Cli, LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
@@ -8,8 +10,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli)?;
     let filter = EnvFilter::try_new(&settings.log.level)?;
+    let ansi = std::io::stdout().is_terminal();
     match settings.log.format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init(),
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

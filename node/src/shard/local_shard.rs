@@ -868,3 +868,243 @@ impl Drop for LocalShard {
         self.cancelled.store(true, Ordering::SeqCst);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collection_config::{CollectionParams, HnswConfig, OptimizersConfig, VectorParams, WalConfig};
+    use crate::shard::operations::PointWrite;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    fn config(dim: usize, indexing_threshold_kb: usize) -> Arc<CollectionConfig> {
+        Arc::new(CollectionConfig {
+            params: CollectionParams {
+                vectors: VectorParams {
+                    size: dim,
+                    distance: Distance::Euclid,
+                    on_disk: None,
+                    hnsw_config: None,
+                },
+                shard_number: 1,
+                sharding_method: None,
+                replication_factor: 1,
+                write_consistency_factor: 1,
+                on_disk_payload: true,
+            },
+            hnsw_config: HnswConfig {
+                full_scan_threshold: 0,
+                ..HnswConfig::default()
+            },
+            optimizer_config: OptimizersConfig {
+                indexing_threshold: Some(indexing_threshold_kb),
+                vacuum_min_vector_number: 10,
+                ..OptimizersConfig::default()
+            },
+            wal_config: WalConfig::default(),
+        })
+    }
+
+    fn points(range: std::ops::Range<u64>, dim: usize, rng: &mut StdRng) -> Vec<PointWrite> {
+        range
+            .map(|i| {
+                let mut payload = Payload::new();
+                payload.insert("i".into(), serde_json::json!(i));
+                payload.insert("even".into(), serde_json::json!(i % 2 == 0));
+                PointWrite {
+                    id: PointId::Num(i),
+                    vector: (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                    payload,
+                }
+            })
+            .collect()
+    }
+
+    fn exact_query<'a>(q: &'a [f32], top: usize) -> SearchQuery<'a> {
+        SearchQuery {
+            scoring: Scoring::Nearest(q),
+            accept: None,
+            top,
+            ef: None,
+            exact: true,
+            score_threshold: None,
+            with_payload: false,
+            with_vector: false,
+        }
+    }
+
+    #[test]
+    fn writes_survive_reopen_with_and_without_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(4, 1);
+        let mut rng = StdRng::seed_from_u64(1);
+        let first = points(0..100, 4, &mut rng);
+        {
+            let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+            shard.update(UpdateRequest::Upsert(first.clone())).unwrap();
+            shard.flush().unwrap();
+            // After the flush: more writes that live only in the WAL.
+            shard.update(UpdateRequest::Delete(PointSelection::Ids(vec![PointId::Num(3)]))).unwrap();
+            let mut p = Payload::new();
+            p.insert("tag".into(), serde_json::json!("x"));
+            shard
+                .update(UpdateRequest::SetPayload {
+                    selection: PointSelection::Ids(vec![PointId::Num(5)]),
+                    payload: p,
+                    key: None,
+                })
+                .unwrap();
+        }
+        let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+        assert_eq!(shard.count(None), 99);
+        let got = shard.retrieve(&[PointId::Num(5), PointId::Num(3), PointId::Num(7)], true, true);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].payload.as_ref().unwrap()["tag"], "x");
+        assert_eq!(got[1].vector.as_ref().unwrap(), &first[7].vector);
+        let stats = shard.stats();
+        assert_eq!(stats.flushed_seq, 1);
+        assert_eq!(stats.last_seq, 3);
+        // Flushing again and reopening keeps the same state and cuts the WAL.
+        shard.flush().unwrap();
+        drop(shard);
+        let shard = LocalShard::open(dir.path(), cfg, SyncMode::Os).unwrap();
+        assert_eq!(shard.count(None), 99);
+        assert_eq!(shard.stats().flushed_seq, 3);
+    }
+
+    #[test]
+    fn a_wrong_dimension_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = LocalShard::open(dir.path(), config(4, 1), SyncMode::Os).unwrap();
+        let bad = PointWrite {
+            id: PointId::Num(1),
+            vector: vec![1.0; 3],
+            payload: Payload::new(),
+        };
+        assert!(matches!(shard.update(UpdateRequest::Upsert(vec![bad])), Err(ShardError::WrongDimension { expected: 4, got: 3 })));
+        assert_eq!(shard.count(None), 0);
+        assert_eq!(shard.stats().last_seq, 0);
+    }
+
+    /// Searches, scrolls and counts see every live point exactly once while the optimizer seals,
+    /// indexes and vacuums segments underneath them.
+    #[test]
+    fn reads_stay_exact_while_the_optimizer_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 8;
+        // 1 KB per segment: 32 points each, so many segments get indexed.
+        let shard = Arc::new(LocalShard::open(dir.path(), config(dim, 1), SyncMode::Os).unwrap());
+        let builder = Arc::new(IndexBuilder::new(2));
+        let mut rng = StdRng::seed_from_u64(2);
+        shard.update(UpdateRequest::Upsert(points(0..2000, dim, &mut rng))).unwrap();
+        // Delete a third so that vacuuming kicks in.
+        let doomed: Vec<PointId> = (0..2000).filter(|i| i % 3 == 0).map(PointId::Num).collect();
+        shard.update(UpdateRequest::Delete(PointSelection::Ids(doomed))).unwrap();
+        let live: Vec<u64> = (0..2000).filter(|i| i % 3 != 0).collect();
+
+        let optimizer = {
+            let (shard, builder) = (Arc::clone(&shard), Arc::clone(&builder));
+            std::thread::spawn(move || {
+                let mut steps = 0;
+                while shard.optimize_step(&builder) {
+                    steps += 1;
+                    assert!(steps < 10_000, "the optimizer must converge");
+                }
+                steps
+            })
+        };
+        let query: Vec<f32> = vec![0.1; dim];
+        let mut rounds = 0;
+        loop {
+            let finished = optimizer.is_finished();
+            let all = shard.scroll(None, usize::MAX, None, false, false);
+            let ids: Vec<u64> = all.iter().map(|r| match r.id {
+                PointId::Num(n) => n,
+                PointId::Uuid(_) => unreachable!(),
+            }).collect();
+            assert_eq!(ids, live, "scroll must return every live point once, in order");
+            assert_eq!(shard.count(None), live.len());
+            let hits = shard.search(&exact_query(&query, live.len() + 10));
+            assert_eq!(hits.len(), live.len(), "an exhaustive search sees every live point once");
+            let unique: HashSet<PointId> = hits.iter().map(|h| h.id).collect();
+            assert_eq!(unique.len(), hits.len());
+            rounds += 1;
+            if finished {
+                break;
+            }
+        }
+        let steps = optimizer.join().unwrap();
+        assert!(steps > 0 && rounds > 0);
+        assert_eq!(shard.optimizer_status(), OptimizerStatus::Idle);
+        let stats = shard.stats();
+        assert!(stats.indexed_vectors > 0, "{stats:?}");
+        // Approximate search over the graphs agrees with exhaustive search on the nearest points.
+        let approx = shard.search(&SearchQuery {
+            exact: false,
+            ef: Some(256),
+            ..exact_query(&query, 10)
+        });
+        let exact = shard.search(&exact_query(&query, 10));
+        let overlap = approx.iter().filter(|a| exact.iter().any(|e| e.id == a.id)).count();
+        assert!(overlap >= 8, "approximate search found {overlap}/10 of the true neighbours");
+    }
+
+    #[test]
+    fn filtered_search_is_complete_even_when_the_filter_is_selective() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let shard = LocalShard::open(dir.path(), config(dim, 4), SyncMode::Os).unwrap();
+        let builder = IndexBuilder::new(1);
+        let mut rng = StdRng::seed_from_u64(3);
+        shard.update(UpdateRequest::Upsert(points(0..1000, dim, &mut rng))).unwrap();
+        while shard.optimize_step(&builder) {}
+        let rare = |id: PointId, _: &Payload| matches!(id, PointId::Num(n) if n % 100 == 7);
+        let q = vec![0.0; dim];
+        let hits = shard.search(&SearchQuery {
+            scoring: Scoring::Nearest(&q),
+            accept: Some(&rare),
+            top: 20,
+            ef: Some(16),
+            exact: false,
+            score_threshold: None,
+            with_payload: false,
+            with_vector: false,
+        });
+        assert_eq!(hits.len(), 10, "all ten matching points, though the graph walk alone finds few");
+    }
+
+    #[test]
+    fn payload_operations_apply_to_points_in_every_segment_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = LocalShard::open(dir.path(), config(4, 1), SyncMode::Os).unwrap();
+        let builder = IndexBuilder::new(1);
+        let mut rng = StdRng::seed_from_u64(4);
+        shard.update(UpdateRequest::Upsert(points(0..200, 4, &mut rng))).unwrap();
+        while shard.optimize_step(&builder) {}
+        let mut p = Payload::new();
+        p.insert("nested".into(), serde_json::json!({"k": 1}));
+        let evens = crate::index::filter::Filter {
+            must: Some(vec![serde_json::from_value(serde_json::json!({"key": "even", "match": {"value": true}})).unwrap()]),
+            ..Default::default()
+        };
+        shard
+            .update(UpdateRequest::SetPayload {
+                selection: PointSelection::Filter(evens),
+                payload: p,
+                key: None,
+            })
+            .unwrap();
+        shard
+            .update(UpdateRequest::DeletePayload {
+                selection: PointSelection::Ids(vec![PointId::Num(0)]),
+                keys: vec!["nested.k".into()],
+            })
+            .unwrap();
+        shard.update(UpdateRequest::ClearPayload(PointSelection::Ids(vec![PointId::Num(1)]))).unwrap();
+        let got = shard.retrieve(&[PointId::Num(0), PointId::Num(1), PointId::Num(2), PointId::Num(3)], true, false);
+        let payloads: Vec<&Payload> = got.iter().map(|r| r.payload.as_ref().unwrap()).collect();
+        assert_eq!(payloads[0]["nested"], serde_json::json!({}));
+        assert!(payloads[1].is_empty());
+        assert_eq!(payloads[2]["nested"], serde_json::json!({"k": 1}));
+        assert!(!payloads[3].contains_key("nested"));
+    }
+}

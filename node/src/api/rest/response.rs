@@ -31,13 +31,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Started {
 /// A successful answer in Qdrant's envelope.
 pub struct ApiOk<T>(pub T, pub Started);
 
+/// Serialised directly (not through `serde_json::Value`) so that `f32` scores and vectors keep
+/// their short form: `0.05`, not `0.05000000074505806`.
+#[derive(Serialize)]
+struct Envelope<T> {
+    result: T,
+    status: &'static str,
+    time: f64,
+}
+
 impl<T: Serialize> IntoResponse for ApiOk<T> {
     fn into_response(self) -> Response {
-        let body = json!({
-            "result": self.0,
-            "status": "ok",
-            "time": self.1.0.elapsed().as_secs_f64(),
-        });
+        let body = Envelope {
+            result: self.0,
+            status: "ok",
+            time: self.1.0.elapsed().as_secs_f64(),
+        };
         (StatusCode::OK, axum::Json(body)).into_response()
     }
 }
