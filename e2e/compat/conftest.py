@@ -80,6 +80,7 @@ class NodeProcess:
             pytest.exit(f"shoal-node binary not found at {NODE_BIN} (set SHOAL_NODE_BIN)", returncode=2)
         cmd = [
             str(NODE_BIN),
+            "--host", "127.0.0.1",
             "--data-dir", str(self.data_dir),
             "--http-port", str(self.http_port),
             "--p2p-port", str(self.p2p_port),

@@ -34,6 +34,19 @@ def test_root_version_info(http, client):
     assert info.title == body["title"]
 
 
+def test_client_compatibility_check_is_silent(node):
+    """What QdrantClient(check_compatibility=True) does in its background thread must not warn."""
+    import warnings
+
+    from qdrant_client.qdrant_remote import QdrantRemote
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        QdrantRemote._check_compatibility(node.base_url, {}, None, 5)
+    msgs = [str(w.message) for w in caught]
+    assert not msgs, msgs
+
+
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/livez"])
 def test_health_endpoints(http, path):
     r = http.get(path)

@@ -416,3 +416,90 @@ def test_raw_update_result_shape(http, euclid8):
     assert body["result"]["status"] == "completed"
     assert isinstance(body["result"].get("operation_id", 0), int)
     assert isinstance(body["time"], (int, float))
+
+
+# --------------------------------------------------------------------------- extra compatibility details
+
+
+def test_payload_json_roundtrip_and_extreme_ids(client, euclid8, http):
+    tricky = {
+        "unicode": "héllo ✓ 世界",
+        "big_int": 9007199254740993,  # > 2^53: must not go through a float
+        "neg": -42,
+        "small_float": 1.5e-7,
+        "float": 0.1,
+        "null": None,
+        "empty_obj": {},
+        "empty_list": [],
+        "nested_lists": [[1], [2, [3, {"x": True}]]],
+        "bool": False,
+        "quote": 'a "quoted" \\ string',
+    }
+    max_u64 = 2**64 - 1
+    client.upsert(
+        euclid8,
+        points=[
+            models.PointStruct(id=0, vector=[0.0] * 8, payload=tricky),
+            models.PointStruct(id=max_u64, vector=[1.0] * 8, payload={"max": True}),
+        ],
+        wait=True,
+    )
+    recs = by_id(client.retrieve(euclid8, ids=[0, max_u64]))
+    assert recs[0].payload == tricky
+    assert recs[max_u64].payload == {"max": True}
+    r = http.get(f"/collections/{euclid8}/points/{max_u64}")
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["id"] == max_u64
+    assert [r.id for r in scroll_all(client, euclid8)] == [0, max_u64]
+
+
+def test_set_payload_with_nested_key(client, euclid8):
+    client.upsert(
+        euclid8,
+        points=[
+            models.PointStruct(id=1, vector=[0.0] * 8, payload={"a": 1, "nested": {"k": 0}}),
+            models.PointStruct(id=2, vector=[0.0] * 8, payload={"a": 2}),
+        ],
+        wait=True,
+    )
+    client.set_payload(euclid8, payload={"x": 1}, points=[1, 2], key="nested.inner", wait=True)
+    p = _payloads(client, euclid8)
+    assert p[1] == {"a": 1, "nested": {"k": 0, "inner": {"x": 1}}}
+    assert p[2] == {"a": 2, "nested": {"inner": {"x": 1}}}
+
+
+def test_has_id_with_uuids(client, euclid8):
+    client.upsert(
+        euclid8,
+        points=[models.PointStruct(id=i, vector=[0.0] * 8) for i in (UUID_A, UUID_B, 5)],
+        wait=True,
+    )
+    flt = models.Filter(must=[models.HasIdCondition(has_id=[UUID_B, 5])])
+    assert sorted(map(str, (r.id for r in scroll_all(client, euclid8, scroll_filter=flt)))) == sorted([UUID_B, "5"])
+    client.delete(euclid8, points_selector=models.FilterSelector(filter=flt), wait=True)
+    assert [r.id for r in scroll_all(client, euclid8)] == [UUID_A]
+
+
+def test_upsert_wait_false_becomes_visible(client, euclid8):
+    import time
+
+    res = client.upsert(
+        euclid8,
+        points=models.Batch(ids=list(range(50)), vectors=vecs(50, 8, 8).tolist()),
+        wait=False,
+    )
+    assert res.status in (models.UpdateStatus.ACKNOWLEDGED, models.UpdateStatus.COMPLETED)
+    deadline = time.monotonic() + 10
+    while client.count(euclid8).count != 50:
+        assert time.monotonic() < deadline, "wait=false upsert never became visible"
+        time.sleep(0.05)
+    # a subsequent wait=true write is ordered after it
+    client.delete(euclid8, points_selector=list(range(25)), wait=True)
+    assert client.count(euclid8).count == 25
+
+
+def test_large_scroll_limit_is_accepted(client, scroll_coll):
+    """Qdrant has no upper bound on the scroll limit (only >= 1)."""
+    name, ids, _ = scroll_coll
+    recs, nxt = client.scroll(name, limit=100_000, with_payload=False)
+    assert [r.id for r in recs] == ids and nxt is None

@@ -407,3 +407,21 @@ def test_search_after_updates_and_deletes(client, collection):
         res = client.query_points(name, query=target, limit=K, search_params=models.SearchParams(exact=exact)).points
         assert res[0].id == 17 and res[0].score == pytest.approx(0.0, abs=1e-5)
         ds.check(res, target, K, mask=mask, label=f"after updates exact={exact}")
+
+
+def test_large_query_limit_is_accepted(client, datasets):
+    """Qdrant has no upper bound on limit (only >= 1); all points come back."""
+    ds = datasets(D.EUCLID, 4)
+    q = queries(4)[0]
+    res = client.query_points(ds.name, query=q, limit=100_000).points
+    ds.check(res, q, N_POINTS, label="limit=100000")
+
+
+def test_query_without_query_lists_points_by_id(client, datasets):
+    """QueryRequest without `query` (and no prefetch) returns points ordered by id."""
+    ds = datasets(D.DOT, 4)
+    flt = models.Filter(must=[models.FieldCondition(key="bucket", match=models.MatchValue(value=2))])
+    res = client.query_points(ds.name, limit=7, query_filter=flt, with_payload=True).points
+    expected = sorted(int(i) for i in ds.ids if int(i) % 4 == 2)[:7]
+    assert [p.id for p in res] == expected
+    assert all(p.payload["bucket"] == 2 for p in res)

@@ -192,7 +192,10 @@ impl NodeProcess {
         )?;
         let stderr = log.try_clone()?;
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("--data-dir")
+        // Tests stay on loopback: the node's own default binds every interface.
+        cmd.arg("--host")
+            .arg("127.0.0.1")
+            .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--http-port")
             .arg(self.http_port.to_string())

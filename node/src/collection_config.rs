@@ -101,7 +101,10 @@ impl HnswConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         if !(2..=128).contains(&self.m) {
-            return Err(format!("hnsw_config.m must be between 2 and 128, got {}", self.m));
+            return Err(format!(
+                "hnsw_config.m must be between 2 and 128, got {}",
+                self.m
+            ));
         }
         if !(4..=4096).contains(&self.ef_construct) {
             return Err(format!(

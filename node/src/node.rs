@@ -8,10 +8,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::api::grpc;
 use crate::api::metrics::Metrics;
 use crate::api::rest::auth::ApiKeys;
 use crate::api::rest::{self, AppState};
-use crate::api::grpc;
 use crate::cluster::toc::TableOfContent;
 use crate::settings::{Settings, WalSync};
 use crate::shard::local_shard::IndexBuilder;
@@ -21,7 +21,8 @@ use crate::storage::wal::SyncMode;
 /// nodes can never write the same files.
 fn lock_data_dir(settings: &Settings) -> anyhow::Result<File> {
     let dir = &settings.storage.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     let path = dir.join(".lock");
     let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
     file.try_lock().map_err(|_| {
@@ -48,7 +49,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         WalSync::Fsync => SyncMode::Fsync,
     };
     let builder = Arc::new(IndexBuilder::new(index_threads(&settings)));
-    let toc = Arc::new(TableOfContent::open(&settings.storage.data_dir, builder, sync).context("cannot load collections")?);
+    let toc = Arc::new(
+        TableOfContent::open(&settings.storage.data_dir, builder, sync)
+            .context("cannot load collections")?,
+    );
 
     let host = &settings.service.host;
     let http_addr: SocketAddr = format!("{host}:{}", settings.service.http_port)

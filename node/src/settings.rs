@@ -175,7 +175,11 @@ impl Settings {
     fn load_from(cli: &Cli, env: config::Environment) -> Result<Settings, config::ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = &cli.config {
-            builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Yaml).required(true));
+            builder = builder.add_source(
+                config::File::from(path.as_path())
+                    .format(config::FileFormat::Yaml)
+                    .required(true),
+            );
         }
         builder = builder.add_source(env.prefix_separator("__").separator("__").try_parsing(true));
         let mut settings: Settings = builder.build()?.try_deserialize()?;
@@ -226,7 +230,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> config::Environment {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         config::Environment::with_prefix("SHOAL").source(Some(map))
     }
 
@@ -243,16 +250,32 @@ mod tests {
     fn file_then_environment_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("shoal.yaml");
-        std::fs::write(&file, "service:\n  http_port: 7000\n  api_key: from-file\nstorage:\n  data_dir: /from/file\n").unwrap();
+        std::fs::write(
+            &file,
+            "service:\n  http_port: 7000\n  api_key: from-file\nstorage:\n  data_dir: /from/file\n",
+        )
+        .unwrap();
         let cli = Cli {
             config: Some(file.clone()),
             http_port: Some(9000),
             ..Cli::default()
         };
-        let s = Settings::load_from(&cli, env(&[("SHOAL__SERVICE__HTTP_PORT", "8000"), ("SHOAL__CLUSTER__P2P_PORT", "8001"), ("SHOAL__SERVICE__API_KEY", "from-env")])).unwrap();
+        let s = Settings::load_from(
+            &cli,
+            env(&[
+                ("SHOAL__SERVICE__HTTP_PORT", "8000"),
+                ("SHOAL__CLUSTER__P2P_PORT", "8001"),
+                ("SHOAL__SERVICE__API_KEY", "from-env"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(s.service.http_port, 9000, "a flag beats the environment");
         assert_eq!(s.cluster.p2p_port, 8001, "the environment beats defaults");
-        assert_eq!(s.service.api_key.as_deref(), Some("from-env"), "the environment beats the file");
+        assert_eq!(
+            s.service.api_key.as_deref(),
+            Some("from-env"),
+            "the environment beats the file"
+        );
         assert_eq!(s.storage.data_dir, PathBuf::from("/from/file"));
     }
 
@@ -266,14 +289,30 @@ mod tests {
             ..Cli::default()
         };
         assert!(Settings::load_from(&cli, env(&[])).is_err());
-        assert!(Settings::load_from(&Cli::default(), env(&[("SHOAL__SERVICE__HTTP_PORT", "not-a-port")])).is_err());
+        assert!(
+            Settings::load_from(
+                &Cli::default(),
+                env(&[("SHOAL__SERVICE__HTTP_PORT", "not-a-port")])
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn help_documents_every_flag() {
         use clap::CommandFactory;
         let help = Cli::command().render_long_help().to_string();
-        for flag in ["--data-dir", "--http-port", "--p2p-port", "--uri", "--bootstrap", "--config", "--api-key", "--read-only-api-key", "--peer-name"] {
+        for flag in [
+            "--data-dir",
+            "--http-port",
+            "--p2p-port",
+            "--uri",
+            "--bootstrap",
+            "--config",
+            "--api-key",
+            "--read-only-api-key",
+            "--peer-name",
+        ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }
         assert!(help.contains("SHOAL__SERVICE__HTTP_PORT"));

@@ -62,9 +62,9 @@ impl FromStr for PointId {
         if let Ok(n) = s.parse::<u64>() {
             return Ok(PointId::Num(n));
         }
-        Uuid::parse_str(s)
-            .map(PointId::Uuid)
-            .map_err(|_| format!("`{s}` is not a valid point id: expected an unsigned integer or a UUID"))
+        Uuid::parse_str(s).map(PointId::Uuid).map_err(|_| {
+            format!("`{s}` is not a valid point id: expected an unsigned integer or a UUID")
+        })
     }
 }
 
@@ -172,7 +172,11 @@ impl Distance {
 
     /// Whether score `a` ranks before score `b`.
     pub fn is_better(self, a: f32, b: f32) -> bool {
-        if self.higher_is_better() { a > b } else { a < b }
+        if self.higher_is_better() {
+            a > b
+        } else {
+            a < b
+        }
     }
 
     /// Whether `score` passes a Qdrant `score_threshold` (a minimum for similarities, a maximum
@@ -197,7 +201,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += ca[i] * cb[i];
         }
     }
-    let tail: f32 = a[chunks..].iter().zip(&b[chunks..]).map(|(x, y)| x * y).sum();
+    let tail: f32 = a[chunks..]
+        .iter()
+        .zip(&b[chunks..])
+        .map(|(x, y)| x * y)
+        .sum();
     acc.iter().sum::<f32>() + tail
 }
 
@@ -226,7 +234,11 @@ pub fn manhattan(a: &[f32], b: &[f32]) -> f32 {
             acc[i] += (ca[i] - cb[i]).abs();
         }
     }
-    let tail: f32 = a[chunks..].iter().zip(&b[chunks..]).map(|(x, y)| (x - y).abs()).sum();
+    let tail: f32 = a[chunks..]
+        .iter()
+        .zip(&b[chunks..])
+        .map(|(x, y)| (x - y).abs())
+        .sum();
     acc.iter().sum::<f32>() + tail
 }
 
@@ -244,7 +256,10 @@ mod tests {
         assert_eq!(json, PointId::Num(7));
         assert!(serde_json::from_str::<PointId>("-7").is_err());
         assert!(serde_json::from_str::<PointId>("\"nope\"").is_err());
-        assert_eq!(serde_json::to_string(&uuid).unwrap(), "\"550e8400-e29b-41d4-a716-446655440000\"");
+        assert_eq!(
+            serde_json::to_string(&uuid).unwrap(),
+            "\"550e8400-e29b-41d4-a716-446655440000\""
+        );
     }
 
     #[test]

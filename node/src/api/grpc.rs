@@ -29,16 +29,24 @@ impl PeerService for Peer {
 pub fn service(
     toc: Arc<TableOfContent>,
     api_key: Option<String>,
-) -> tonic::service::interceptor::InterceptedService<PeerServiceServer<Peer>, impl tonic::service::Interceptor + Clone> {
+) -> tonic::service::interceptor::InterceptedService<
+    PeerServiceServer<Peer>,
+    impl tonic::service::Interceptor + Clone,
+> {
     let check = move |request: Request<()>| -> Result<Request<()>, Status> {
         let Some(expected) = &api_key else {
             return Ok(request);
         };
-        let given = request.metadata().get("api-key").and_then(|v| v.to_str().ok());
+        let given = request
+            .metadata()
+            .get("api-key")
+            .and_then(|v| v.to_str().ok());
         if given == Some(expected.as_str()) {
             Ok(request)
         } else {
-            Err(Status::unauthenticated("a valid api-key is required for the p2p service"))
+            Err(Status::unauthenticated(
+                "a valid api-key is required for the p2p service",
+            ))
         }
     };
     PeerServiceServer::with_interceptor(Peer { toc }, check)

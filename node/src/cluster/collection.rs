@@ -70,11 +70,21 @@ pub struct Collection {
 
 impl Collection {
     /// Opens (or creates) every shard of the collection under `dir`.
-    pub fn open(name: &str, dir: &Path, config: CollectionConfig, sync: SyncMode) -> Result<Collection, CollectionError> {
+    pub fn open(
+        name: &str,
+        dir: &Path,
+        config: CollectionConfig,
+        sync: SyncMode,
+    ) -> Result<Collection, CollectionError> {
         let config = Arc::new(config);
         let shards = (0..config.params.shard_number)
             .map(|i| {
-                LocalShard::open(&dir.join("shards").join(i.to_string()), Arc::clone(&config), sync).map(Arc::new)
+                LocalShard::open(
+                    &dir.join("shards").join(i.to_string()),
+                    Arc::clone(&config),
+                    sync,
+                )
+                .map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Collection {
@@ -114,7 +124,9 @@ impl Collection {
             )));
         }
         if vector.iter().any(|x| !x.is_finite()) {
-            return Err(CollectionError::BadInput("vectors must not contain NaN or infinite values".into()));
+            return Err(CollectionError::BadInput(
+                "vectors must not contain NaN or infinite values".into(),
+            ));
         }
         self.distance().preprocess(&mut vector);
         Ok(vector)
@@ -156,7 +168,11 @@ impl Collection {
         let narrow = |sel: &PointSelection| -> Option<PointSelection> {
             match sel {
                 PointSelection::Ids(ids) => {
-                    let mine: Vec<PointId> = ids.iter().filter(|id| self.shard_of(id) == index).copied().collect();
+                    let mine: Vec<PointId> = ids
+                        .iter()
+                        .filter(|id| self.shard_of(id) == index)
+                        .copied()
+                        .collect();
                     (!mine.is_empty()).then_some(PointSelection::Ids(mine))
                 }
                 PointSelection::Filter(f) => Some(PointSelection::Filter(f.clone())),
@@ -165,20 +181,28 @@ impl Collection {
         Some(match request {
             UpdateRequest::Upsert(_) => unreachable!("upserts are routed point by point"),
             UpdateRequest::Delete(sel) => UpdateRequest::Delete(narrow(sel)?),
-            UpdateRequest::SetPayload { selection, payload, key } => UpdateRequest::SetPayload {
+            UpdateRequest::SetPayload {
+                selection,
+                payload,
+                key,
+            } => UpdateRequest::SetPayload {
                 selection: narrow(selection)?,
                 payload: payload.clone(),
                 key: key.clone(),
             },
-            UpdateRequest::OverwritePayload { selection, payload } => UpdateRequest::OverwritePayload {
-                selection: narrow(selection)?,
-                payload: payload.clone(),
-            },
+            UpdateRequest::OverwritePayload { selection, payload } => {
+                UpdateRequest::OverwritePayload {
+                    selection: narrow(selection)?,
+                    payload: payload.clone(),
+                }
+            }
             UpdateRequest::DeletePayload { selection, keys } => UpdateRequest::DeletePayload {
                 selection: narrow(selection)?,
                 keys: keys.clone(),
             },
-            UpdateRequest::ClearPayload(selection) => UpdateRequest::ClearPayload(narrow(selection)?),
+            UpdateRequest::ClearPayload(selection) => {
+                UpdateRequest::ClearPayload(narrow(selection)?)
+            }
         })
     }
 
@@ -188,9 +212,18 @@ impl Collection {
         let unique: Vec<PointId> = ids.iter().filter(|id| seen.insert(**id)).copied().collect();
         let mut found: HashMap<PointId, Record> = HashMap::new();
         for (i, shard) in self.shards.iter().enumerate() {
-            let mine: Vec<PointId> = unique.iter().filter(|id| self.shard_of(id) == i).copied().collect();
+            let mine: Vec<PointId> = unique
+                .iter()
+                .filter(|id| self.shard_of(id) == i)
+                .copied()
+                .collect();
             if !mine.is_empty() {
-                found.extend(shard.retrieve(&mine, with_payload, with_vector).into_iter().map(|r| (r.id, r)));
+                found.extend(
+                    shard
+                        .retrieve(&mine, with_payload, with_vector)
+                        .into_iter()
+                        .map(|r| (r.id, r)),
+                );
             }
         }
         unique.iter().filter_map(|id| found.remove(id)).collect()
@@ -239,7 +272,9 @@ impl Collection {
         let distance = self.distance();
         let filter = request.filter.as_ref();
         let exclude = &request.exclude;
-        let accept = |id: PointId, p: &Payload| !exclude.contains(&id) && filter.is_none_or(|f| f.check(id, p));
+        let accept = |id: PointId, p: &Payload| {
+            !exclude.contains(&id) && filter.is_none_or(|f| f.check(id, p))
+        };
         let needs_accept = filter.is_some() || !exclude.is_empty();
         let top = request.limit.saturating_add(request.offset);
 
@@ -251,7 +286,8 @@ impl Collection {
                 prepared_query = self.prepare_vector(v.clone())?;
                 Scoring::Nearest(&prepared_query)
             }
-            SearchTarget::BestScore { positive, negative } | SearchTarget::SumScores { positive, negative } => {
+            SearchTarget::BestScore { positive, negative }
+            | SearchTarget::SumScores { positive, negative } => {
                 let sum = matches!(request.target, SearchTarget::SumScores { .. });
                 let prep = |vs: &[Vec<f32>]| -> Result<Vec<Vec<f32>>, CollectionError> {
                     vs.iter().map(|v| self.prepare_vector(v.clone())).collect()
@@ -265,11 +301,22 @@ impl Collection {
                 };
                 best_score = move |v: &[f32]| {
                     if sum {
-                        return pos.iter().map(|p| sim(v, p)).sum::<f32>() - neg.iter().map(|n| sim(v, n)).sum::<f32>();
+                        return pos.iter().map(|p| sim(v, p)).sum::<f32>()
+                            - neg.iter().map(|n| sim(v, n)).sum::<f32>();
                     }
-                    let best_pos = pos.iter().map(|p| sim(v, p)).fold(f32::NEG_INFINITY, f32::max);
-                    let best_neg = neg.iter().map(|n| sim(v, n)).fold(f32::NEG_INFINITY, f32::max);
-                    if best_pos >= best_neg { best_pos } else { -best_neg }
+                    let best_pos = pos
+                        .iter()
+                        .map(|p| sim(v, p))
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    let best_neg = neg
+                        .iter()
+                        .map(|n| sim(v, n))
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    if best_pos >= best_neg {
+                        best_pos
+                    } else {
+                        -best_neg
+                    }
                 };
                 Scoring::Custom(&best_score)
             }
@@ -284,13 +331,22 @@ impl Collection {
             with_payload: request.with_payload,
             with_vector: request.with_vector,
         };
-        let mut merged: Vec<ScoredRecord> = self.shards.iter().flat_map(|s| s.search(&query)).collect();
+        let mut merged: Vec<ScoredRecord> =
+            self.shards.iter().flat_map(|s| s.search(&query)).collect();
         let oriented = |r: &ScoredRecord| match query.scoring {
             Scoring::Nearest(_) if !distance.higher_is_better() => -r.score,
             _ => r.score,
         };
-        merged.sort_by(|a, b| oriented(b).total_cmp(&oriented(a)).then_with(|| a.id.cmp(&b.id)));
-        Ok(merged.into_iter().skip(request.offset).take(request.limit).collect())
+        merged.sort_by(|a, b| {
+            oriented(b)
+                .total_cmp(&oriented(a))
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(merged
+            .into_iter()
+            .skip(request.offset)
+            .take(request.limit)
+            .collect())
     }
 
     pub fn stats(&self) -> CollectionStats {

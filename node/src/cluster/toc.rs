@@ -37,7 +37,9 @@ pub fn validate_collection_name(name: &str) -> Result<(), CollectionError> {
     let bad = name.is_empty()
         || name.len() > MAX_COLLECTION_NAME_LEN
         || name.starts_with('.')
-        || name.chars().any(|c| matches!(c, '/' | '\\' | '\0') || c.is_control());
+        || name
+            .chars()
+            .any(|c| matches!(c, '/' | '\\' | '\0') || c.is_control());
     if bad {
         return Err(CollectionError::BadInput(format!(
             "collection name `{name}` is invalid: use 1 to {MAX_COLLECTION_NAME_LEN} characters, \
@@ -50,7 +52,11 @@ pub fn validate_collection_name(name: &str) -> Result<(), CollectionError> {
 impl TableOfContent {
     /// Loads every complete collection under `<data_dir>/collections` and starts their
     /// background work. Must run inside a tokio runtime.
-    pub fn open(data_dir: &Path, builder: Arc<IndexBuilder>, sync: SyncMode) -> Result<TableOfContent, CollectionError> {
+    pub fn open(
+        data_dir: &Path,
+        builder: Arc<IndexBuilder>,
+        sync: SyncMode,
+    ) -> Result<TableOfContent, CollectionError> {
         let dir = data_dir.join("collections");
         fs::create_dir_all(&dir).map_err(CollectionError::storage)?;
         let mut collections = HashMap::new();
@@ -127,7 +133,9 @@ impl TableOfContent {
         for shard in collection.shards() {
             maintenance::spawn(Arc::clone(shard), Arc::clone(&self.builder));
         }
-        self.collections.write().insert(name.to_string(), collection);
+        self.collections
+            .write()
+            .insert(name.to_string(), collection);
         tracing::info!(collection = name, "collection created");
         Ok(())
     }
@@ -140,7 +148,9 @@ impl TableOfContent {
         };
         collection.cancel();
         let path = self.dir.join(name);
-        let doomed = self.dir.join(format!(".deleted-{}-{name}", uuid::Uuid::new_v4()));
+        let doomed = self
+            .dir
+            .join(format!(".deleted-{}-{name}", uuid::Uuid::new_v4()));
         fs::rename(&path, &doomed).map_err(CollectionError::storage)?;
         if let Err(e) = fs::remove_dir_all(&doomed) {
             tracing::warn!(error = %e, path = %doomed.display(), "could not remove a dropped collection; it is removed on the next start");

@@ -34,7 +34,9 @@ pub enum ShardError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("WAL record {seq} does not decode ({reason}); the shard refuses to start rather than lose it")]
+    #[error(
+        "WAL record {seq} does not decode ({reason}); the shard refuses to start rather than lose it"
+    )]
     CorruptWal { seq: u64, reason: String },
     #[error("wrong input: vector dimension error: expected dim: {expected}, got {got}")]
     WrongDimension { expected: usize, got: usize },
@@ -133,7 +135,10 @@ impl ShardState {
     fn insert_point(&mut self, id: PointId, vector: &[f32], payload: Payload, version: u64) {
         self.remove_point(&id);
         let seg_id = self.appendable;
-        let seg = self.segments.get_mut(&seg_id).expect("appendable segment exists");
+        let seg = self
+            .segments
+            .get_mut(&seg_id)
+            .expect("appendable segment exists");
         let offset = seg.push(id, vector, payload, version);
         let full = self.freeze_at.is_some_and(|limit| seg.len() >= limit);
         if full {
@@ -185,7 +190,11 @@ impl ShardState {
                     }
                 }
             }
-            ShardOperation::SetPayload { points, payload, key } => {
+            ShardOperation::SetPayload {
+                points,
+                payload,
+                key,
+            } => {
                 let path = key.as_deref().and_then(|k| k.parse::<JsonPath>().ok());
                 self.edit_payload(points, seq, |current| match &path {
                     Some(path) => path.set(current, payload.clone()),
@@ -238,10 +247,12 @@ impl ShardState {
                 payload,
                 key,
             },
-            UpdateRequest::OverwritePayload { selection, payload } => ShardOperation::OverwritePayload {
-                points: self.select(&selection),
-                payload,
-            },
+            UpdateRequest::OverwritePayload { selection, payload } => {
+                ShardOperation::OverwritePayload {
+                    points: self.select(&selection),
+                    payload,
+                }
+            }
             UpdateRequest::DeletePayload { selection, keys } => ShardOperation::DeletePayload {
                 points: self.select(&selection),
                 keys,
@@ -390,12 +401,20 @@ pub struct LocalShard {
 impl LocalShard {
     /// Opens the shard in `dir` (creating it when new): loads the flushed points and replays the
     /// WAL after them.
-    pub fn open(dir: &Path, config: Arc<CollectionConfig>, sync: SyncMode) -> Result<LocalShard, ShardError> {
+    pub fn open(
+        dir: &Path,
+        config: Arc<CollectionConfig>,
+        sync: SyncMode,
+    ) -> Result<LocalShard, ShardError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let store = PointStore::open(&dir.join("points.redb"))?;
         let wal_dir = dir.join("wal");
-        let wal = Wal::open(&wal_dir, (config.wal_config.wal_capacity_mb as u64) << 20, sync)
-            .map_err(io_err(&wal_dir))?;
+        let wal = Wal::open(
+            &wal_dir,
+            (config.wal_config.wal_capacity_mb as u64) << 20,
+            sync,
+        )
+        .map_err(io_err(&wal_dir))?;
         let dim = config.dim();
         let mut state = ShardState {
             segments: BTreeMap::new(),
@@ -413,7 +432,11 @@ impl LocalShard {
         let (flushed_seq, points) = store.load()?;
         for (id, p) in points {
             if p.vector.len() != dim {
-                return Err(StoreError::Corrupt(format!("point {id} has {} dimensions, expected {dim}", p.vector.len())).into());
+                return Err(StoreError::Corrupt(format!(
+                    "point {id} has {} dimensions, expected {dim}",
+                    p.vector.len()
+                ))
+                .into());
             }
             state.insert_point(id, &p.vector, p.payload, p.version);
         }
@@ -590,7 +613,9 @@ impl LocalShard {
             if seg.live_count() == 0 {
                 continue;
             }
-            let accept_offset = |o: u32| seg.is_live(o) && query.accept.is_none_or(|f| f(seg.id(o), seg.payload(o)));
+            let accept_offset = |o: u32| {
+                seg.is_live(o) && query.accept.is_none_or(|f| f(seg.id(o), seg.payload(o)))
+            };
             let consider = |o: u32, top: &mut TopK| {
                 let v = seg.vector(o);
                 let (score, key) = match query.scoring {
@@ -624,7 +649,11 @@ impl LocalShard {
                 });
             };
             let graph = match (&query.scoring, seg.index()) {
-                (Scoring::Nearest(q), Some(index)) if !query.exact && seg.vector_bytes() >= full_scan_bytes => Some((q, index)),
+                (Scoring::Nearest(q), Some(index))
+                    if !query.exact && seg.vector_bytes() >= full_scan_bytes =>
+                {
+                    Some((q, index))
+                }
                 _ => None,
             };
             let mut exhaustive = true;
@@ -691,7 +720,11 @@ impl LocalShard {
         let pending = state.segments.values().any(|s| {
             (s.stage() == SegmentStage::Frozen && s.live_count() > 0) || self.vacuum_candidate(s)
         });
-        if pending { OptimizerStatus::Busy } else { OptimizerStatus::Idle }
+        if pending {
+            OptimizerStatus::Busy
+        } else {
+            OptimizerStatus::Idle
+        }
     }
 
     /// Stops background work at the next opportunity.
@@ -793,7 +826,13 @@ impl LocalShard {
             .iter()
             .map(|&o| (o, &vectors[o as usize * dim..(o as usize + 1) * dim]))
             .collect();
-        let Some(index) = HnswIndex::build(self.distance(), self.graph_params(), &points, &builder.pool, &self.cancelled) else {
+        let Some(index) = HnswIndex::build(
+            self.distance(),
+            self.graph_params(),
+            &points,
+            &builder.pool,
+            &self.cancelled,
+        ) else {
             return false;
         };
         let mut state = self.state.write();
@@ -817,7 +856,12 @@ impl LocalShard {
             let mut fresh = Segment::new(new_id, dim);
             let mut origin = Vec::with_capacity(seg.live_count());
             for o in seg.live_offsets() {
-                fresh.push(seg.id(o), seg.vector(o), seg.payload(o).clone(), seg.version(o));
+                fresh.push(
+                    seg.id(o),
+                    seg.vector(o),
+                    seg.payload(o).clone(),
+                    seg.version(o),
+                );
                 origin.push(o);
             }
             fresh.freeze();
@@ -827,7 +871,13 @@ impl LocalShard {
         let points: Vec<(u32, &[f32])> = (0..origin.len() as u32)
             .map(|o| (o, &vectors[o as usize * dim..(o as usize + 1) * dim]))
             .collect();
-        let Some(index) = HnswIndex::build(self.distance(), self.graph_params(), &points, &builder.pool, &self.cancelled) else {
+        let Some(index) = HnswIndex::build(
+            self.distance(),
+            self.graph_params(),
+            &points,
+            &builder.pool,
+            &self.cancelled,
+        ) else {
             return false;
         };
         fresh.set_index(Arc::new(index));
@@ -872,7 +922,9 @@ impl Drop for LocalShard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collection_config::{CollectionParams, HnswConfig, OptimizersConfig, VectorParams, WalConfig};
+    use crate::collection_config::{
+        CollectionParams, HnswConfig, OptimizersConfig, VectorParams, WalConfig,
+    };
     use crate::shard::operations::PointWrite;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -943,7 +995,11 @@ mod tests {
             shard.update(UpdateRequest::Upsert(first.clone())).unwrap();
             shard.flush().unwrap();
             // After the flush: more writes that live only in the WAL.
-            shard.update(UpdateRequest::Delete(PointSelection::Ids(vec![PointId::Num(3)]))).unwrap();
+            shard
+                .update(UpdateRequest::Delete(PointSelection::Ids(vec![
+                    PointId::Num(3),
+                ])))
+                .unwrap();
             let mut p = Payload::new();
             p.insert("tag".into(), serde_json::json!("x"));
             shard
@@ -956,7 +1012,11 @@ mod tests {
         }
         let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
         assert_eq!(shard.count(None), 99);
-        let got = shard.retrieve(&[PointId::Num(5), PointId::Num(3), PointId::Num(7)], true, true);
+        let got = shard.retrieve(
+            &[PointId::Num(5), PointId::Num(3), PointId::Num(7)],
+            true,
+            true,
+        );
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].payload.as_ref().unwrap()["tag"], "x");
         assert_eq!(got[1].vector.as_ref().unwrap(), &first[7].vector);
@@ -980,7 +1040,13 @@ mod tests {
             vector: vec![1.0; 3],
             payload: Payload::new(),
         };
-        assert!(matches!(shard.update(UpdateRequest::Upsert(vec![bad])), Err(ShardError::WrongDimension { expected: 4, got: 3 })));
+        assert!(matches!(
+            shard.update(UpdateRequest::Upsert(vec![bad])),
+            Err(ShardError::WrongDimension {
+                expected: 4,
+                got: 3
+            })
+        ));
         assert_eq!(shard.count(None), 0);
         assert_eq!(shard.stats().last_seq, 0);
     }
@@ -995,10 +1061,14 @@ mod tests {
         let shard = Arc::new(LocalShard::open(dir.path(), config(dim, 1), SyncMode::Os).unwrap());
         let builder = Arc::new(IndexBuilder::new(2));
         let mut rng = StdRng::seed_from_u64(2);
-        shard.update(UpdateRequest::Upsert(points(0..2000, dim, &mut rng))).unwrap();
+        shard
+            .update(UpdateRequest::Upsert(points(0..2000, dim, &mut rng)))
+            .unwrap();
         // Delete a third so that vacuuming kicks in.
         let doomed: Vec<PointId> = (0..2000).filter(|i| i % 3 == 0).map(PointId::Num).collect();
-        shard.update(UpdateRequest::Delete(PointSelection::Ids(doomed))).unwrap();
+        shard
+            .update(UpdateRequest::Delete(PointSelection::Ids(doomed)))
+            .unwrap();
         let live: Vec<u64> = (0..2000).filter(|i| i % 3 != 0).collect();
 
         let optimizer = {
@@ -1017,14 +1087,24 @@ mod tests {
         loop {
             let finished = optimizer.is_finished();
             let all = shard.scroll(None, usize::MAX, None, false, false);
-            let ids: Vec<u64> = all.iter().map(|r| match r.id {
-                PointId::Num(n) => n,
-                PointId::Uuid(_) => unreachable!(),
-            }).collect();
-            assert_eq!(ids, live, "scroll must return every live point once, in order");
+            let ids: Vec<u64> = all
+                .iter()
+                .map(|r| match r.id {
+                    PointId::Num(n) => n,
+                    PointId::Uuid(_) => unreachable!(),
+                })
+                .collect();
+            assert_eq!(
+                ids, live,
+                "scroll must return every live point once, in order"
+            );
             assert_eq!(shard.count(None), live.len());
             let hits = shard.search(&exact_query(&query, live.len() + 10));
-            assert_eq!(hits.len(), live.len(), "an exhaustive search sees every live point once");
+            assert_eq!(
+                hits.len(),
+                live.len(),
+                "an exhaustive search sees every live point once"
+            );
             let unique: HashSet<PointId> = hits.iter().map(|h| h.id).collect();
             assert_eq!(unique.len(), hits.len());
             rounds += 1;
@@ -1044,8 +1124,14 @@ mod tests {
             ..exact_query(&query, 10)
         });
         let exact = shard.search(&exact_query(&query, 10));
-        let overlap = approx.iter().filter(|a| exact.iter().any(|e| e.id == a.id)).count();
-        assert!(overlap >= 8, "approximate search found {overlap}/10 of the true neighbours");
+        let overlap = approx
+            .iter()
+            .filter(|a| exact.iter().any(|e| e.id == a.id))
+            .count();
+        assert!(
+            overlap >= 8,
+            "approximate search found {overlap}/10 of the true neighbours"
+        );
     }
 
     #[test]
@@ -1055,7 +1141,9 @@ mod tests {
         let shard = LocalShard::open(dir.path(), config(dim, 4), SyncMode::Os).unwrap();
         let builder = IndexBuilder::new(1);
         let mut rng = StdRng::seed_from_u64(3);
-        shard.update(UpdateRequest::Upsert(points(0..1000, dim, &mut rng))).unwrap();
+        shard
+            .update(UpdateRequest::Upsert(points(0..1000, dim, &mut rng)))
+            .unwrap();
         while shard.optimize_step(&builder) {}
         let rare = |id: PointId, _: &Payload| matches!(id, PointId::Num(n) if n % 100 == 7);
         let q = vec![0.0; dim];
@@ -1069,7 +1157,11 @@ mod tests {
             with_payload: false,
             with_vector: false,
         });
-        assert_eq!(hits.len(), 10, "all ten matching points, though the graph walk alone finds few");
+        assert_eq!(
+            hits.len(),
+            10,
+            "all ten matching points, though the graph walk alone finds few"
+        );
     }
 
     #[test]
@@ -1078,12 +1170,19 @@ mod tests {
         let shard = LocalShard::open(dir.path(), config(4, 1), SyncMode::Os).unwrap();
         let builder = IndexBuilder::new(1);
         let mut rng = StdRng::seed_from_u64(4);
-        shard.update(UpdateRequest::Upsert(points(0..200, 4, &mut rng))).unwrap();
+        shard
+            .update(UpdateRequest::Upsert(points(0..200, 4, &mut rng)))
+            .unwrap();
         while shard.optimize_step(&builder) {}
         let mut p = Payload::new();
         p.insert("nested".into(), serde_json::json!({"k": 1}));
         let evens = crate::index::filter::Filter {
-            must: Some(vec![serde_json::from_value(serde_json::json!({"key": "even", "match": {"value": true}})).unwrap()]),
+            must: Some(vec![
+                serde_json::from_value(
+                    serde_json::json!({"key": "even", "match": {"value": true}}),
+                )
+                .unwrap(),
+            ]),
             ..Default::default()
         };
         shard
@@ -1099,8 +1198,21 @@ mod tests {
                 keys: vec!["nested.k".into()],
             })
             .unwrap();
-        shard.update(UpdateRequest::ClearPayload(PointSelection::Ids(vec![PointId::Num(1)]))).unwrap();
-        let got = shard.retrieve(&[PointId::Num(0), PointId::Num(1), PointId::Num(2), PointId::Num(3)], true, false);
+        shard
+            .update(UpdateRequest::ClearPayload(PointSelection::Ids(vec![
+                PointId::Num(1),
+            ])))
+            .unwrap();
+        let got = shard.retrieve(
+            &[
+                PointId::Num(0),
+                PointId::Num(1),
+                PointId::Num(2),
+                PointId::Num(3),
+            ],
+            true,
+            false,
+        );
         let payloads: Vec<&Payload> = got.iter().map(|r| r.payload.as_ref().unwrap()).collect();
         assert_eq!(payloads[0]["nested"], serde_json::json!({}));
         assert!(payloads[1].is_empty());

@@ -49,7 +49,9 @@ async fn flush_loop(shard: Arc<LocalShard>) {
         let s = Arc::clone(&shard);
         match tokio::task::spawn_blocking(move || s.flush()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, dir = %shard.dir().display(), "flush failed; will retry"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, dir = %shard.dir().display(), "flush failed; will retry")
+            }
             Err(e) => tracing::error!(error = %e, "flush task panicked"),
         }
     }

@@ -104,7 +104,10 @@ mod tests {
     #[test]
     fn operations_round_trip_through_the_wal_encoding() {
         let mut payload = Payload::new();
-        payload.insert("k".into(), serde_json::json!({"deep": [1, "two", null, 3.5]}));
+        payload.insert(
+            "k".into(),
+            serde_json::json!({"deep": [1, "two", null, 3.5]}),
+        );
         let ops = vec![
             ShardOperation::Upsert(vec![PointWrite {
                 id: PointId::Uuid(uuid::Uuid::from_u128(99)),

@@ -101,7 +101,10 @@ impl Segment {
     }
 
     pub fn set_index(&mut self, index: Arc<HnswIndex>) {
-        assert!(matches!(self.vectors, Vectors::Frozen(_)), "only frozen segments are indexed");
+        assert!(
+            matches!(self.vectors, Vectors::Frozen(_)),
+            "only frozen segments are indexed"
+        );
         self.index = Some(index);
     }
 

@@ -84,7 +84,10 @@ impl PointStore {
     pub fn load(&self) -> Result<(u64, Vec<(PointId, StoredPoint)>), StoreError> {
         let txn = self.db.begin_read().map_err(redb_err)?;
         let meta = txn.open_table(META).map_err(redb_err)?;
-        let flushed = meta.get(FLUSHED_SEQ).map_err(redb_err)?.map_or(0, |v| v.value());
+        let flushed = meta
+            .get(FLUSHED_SEQ)
+            .map_err(redb_err)?
+            .map_or(0, |v| v.value());
         let table = txn.open_table(POINTS).map_err(redb_err)?;
         let mut points = Vec::new();
         for entry in table.iter().map_err(redb_err)? {
@@ -114,7 +117,9 @@ impl PointStore {
                     Some(point) => {
                         let bytes = postcard::to_allocvec(point)
                             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                        table.insert(key.as_slice(), bytes.as_slice()).map_err(redb_err)?;
+                        table
+                            .insert(key.as_slice(), bytes.as_slice())
+                            .map_err(redb_err)?;
                     }
                     None => {
                         table.remove(key.as_slice()).map_err(redb_err)?;

@@ -100,7 +100,10 @@ impl Wal {
             });
         }
         let active_path = &files.last().expect("at least one file").path;
-        let mut active = OpenOptions::new().create(true).append(true).open(active_path)?;
+        let mut active = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(active_path)?;
         let active_len = active.seek(SeekFrom::End(0))?;
         Ok(Wal {
             dir: dir.to_path_buf(),
@@ -277,7 +280,10 @@ mod tests {
         for seq in 1..=20 {
             wal.append(seq, format!("record {seq}").as_bytes()).unwrap();
         }
-        assert!(wal.files.len() > 1, "a small capacity must roll over to new files");
+        assert!(
+            wal.files.len() > 1,
+            "a small capacity must roll over to new files"
+        );
         drop(wal);
         let wal = Wal::open(dir.path(), 64, SyncMode::Os).unwrap();
         assert_eq!(wal.last_seq(), 20);
@@ -297,13 +303,21 @@ mod tests {
         let path = dir.path().join(file_name(1));
         let len = fs::metadata(&path).unwrap().len();
         // Simulate a crash in the middle of the second record.
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 2).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 2)
+            .unwrap();
         let mut wal = Wal::open(dir.path(), 1 << 20, SyncMode::Os).unwrap();
         assert_eq!(wal.last_seq(), 1);
         wal.append(2, b"two again").unwrap();
         drop(wal);
         let wal = Wal::open(dir.path(), 1 << 20, SyncMode::Os).unwrap();
-        assert_eq!(records(&wal), vec![(1, b"one".to_vec()), (2, b"two again".to_vec())]);
+        assert_eq!(
+            records(&wal),
+            vec![(1, b"one".to_vec()), (2, b"two again".to_vec())]
+        );
     }
 
     #[test]

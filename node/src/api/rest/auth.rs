@@ -82,9 +82,17 @@ pub fn access(keys: &ApiKeys, headers: &HeaderMap) -> Access {
     let Some(key) = presented_key(headers) else {
         return Access::Denied;
     };
-    if keys.read_write.as_deref().is_some_and(|k| same_secret(k, key)) {
+    if keys
+        .read_write
+        .as_deref()
+        .is_some_and(|k| same_secret(k, key))
+    {
         Access::Full
-    } else if keys.read_only.as_deref().is_some_and(|k| same_secret(k, key)) {
+    } else if keys
+        .read_only
+        .as_deref()
+        .is_some_and(|k| same_secret(k, key))
+    {
         Access::ReadOnly
     } else {
         Access::Denied
@@ -97,9 +105,19 @@ pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Ne
     }
     match access(&keys, request.headers()) {
         Access::Full => next.run(request).await,
-        Access::ReadOnly if is_read_only_request(request.method(), request.uri().path()) => next.run(request).await,
-        Access::ReadOnly => ApiError::new(StatusCode::FORBIDDEN, "Forbidden: the read-only API key cannot change data").into_response(),
-        Access::Denied => ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized: a valid API key is required (api-key header or Authorization: Bearer)").into_response(),
+        Access::ReadOnly if is_read_only_request(request.method(), request.uri().path()) => {
+            next.run(request).await
+        }
+        Access::ReadOnly => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden: the read-only API key cannot change data",
+        )
+        .into_response(),
+        Access::Denied => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: a valid API key is required (api-key header or Authorization: Bearer)",
+        )
+        .into_response(),
     }
 }
 
@@ -130,12 +148,21 @@ mod tests {
 
     #[test]
     fn reads_and_writes_are_told_apart() {
-        assert!(is_read_only_request(&Method::POST, "/collections/c/points/search"));
+        assert!(is_read_only_request(
+            &Method::POST,
+            "/collections/c/points/search"
+        ));
         assert!(is_read_only_request(&Method::POST, "/collections/c/points"));
         assert!(is_read_only_request(&Method::GET, "/collections"));
         assert!(!is_read_only_request(&Method::PUT, "/collections/c/points"));
-        assert!(!is_read_only_request(&Method::POST, "/collections/c/points/delete"));
-        assert!(!is_read_only_request(&Method::POST, "/collections/c/points/payload"));
+        assert!(!is_read_only_request(
+            &Method::POST,
+            "/collections/c/points/delete"
+        ));
+        assert!(!is_read_only_request(
+            &Method::POST,
+            "/collections/c/points/payload"
+        ));
         assert!(!is_read_only_request(&Method::DELETE, "/collections/c"));
     }
 }

@@ -6,11 +6,14 @@ use crate::api::rest::AppState;
 use crate::api::rest::blocking;
 use crate::api::rest::json_body::JsonBody;
 use crate::api::rest::models::{
-    CollectionDescription, CollectionExistence, CollectionInfo, CollectionsResponse, CreateCollection, VectorsConfig,
+    CollectionDescription, CollectionExistence, CollectionInfo, CollectionsResponse,
+    CreateCollection, VectorsConfig,
 };
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
 use crate::cluster::collection::CollectionStatus;
-use crate::collection_config::{CollectionConfig, CollectionParams, HnswConfig, OptimizersConfig, WalConfig};
+use crate::collection_config::{
+    CollectionConfig, CollectionParams, HnswConfig, OptimizersConfig, WalConfig,
+};
 
 /// Turns a create request into a full configuration: Qdrant's defaults plus the given diffs.
 pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, ApiError> {
@@ -22,16 +25,30 @@ pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, Ap
                  {\"vectors\": {\"size\": N, \"distance\": \"Cosine\"}}",
             ));
         }
-        None => return Err(ApiError::bad_request("Wrong input: `vectors` is required: {\"vectors\": {\"size\": N, \"distance\": \"Cosine\"}}")),
+        None => {
+            return Err(ApiError::bad_request(
+                "Wrong input: `vectors` is required: {\"vectors\": {\"size\": N, \"distance\": \"Cosine\"}}",
+            ));
+        }
     };
     if req.sparse_vectors.as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::bad_request("Wrong input: sparse vectors are not supported yet"));
+        return Err(ApiError::bad_request(
+            "Wrong input: sparse vectors are not supported yet",
+        ));
     }
-    if req.quantization_config.as_ref().is_some_and(|q| !q.is_null()) {
-        return Err(ApiError::bad_request("Wrong input: quantization is not supported yet"));
+    if req
+        .quantization_config
+        .as_ref()
+        .is_some_and(|q| !q.is_null())
+    {
+        return Err(ApiError::bad_request(
+            "Wrong input: quantization is not supported yet",
+        ));
     }
     if req.init_from.as_ref().is_some_and(|q| !q.is_null()) {
-        return Err(ApiError::bad_request("Wrong input: `init_from` is not supported"));
+        return Err(ApiError::bad_request(
+            "Wrong input: `init_from` is not supported",
+        ));
     }
     let mut hnsw_config = HnswConfig::default();
     if let Some(diff) = &req.hnsw_config {
@@ -63,7 +80,9 @@ pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, Ap
         optimizer_config,
         wal_config,
     };
-    config.validate().map_err(|e| ApiError::unprocessable(format!("Validation error in JSON body: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| ApiError::unprocessable(format!("Validation error in JSON body: {e}")))?;
     Ok(config)
 }
 
@@ -79,7 +98,11 @@ pub async fn create(
     Ok(ApiOk(true, started))
 }
 
-pub async fn get(State(state): State<AppState>, Path(name): Path<String>, started: Started) -> ApiResult<CollectionInfo> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    started: Started,
+) -> ApiResult<CollectionInfo> {
     let collection = state.toc.get(&name)?;
     let stats = blocking(move || Ok(collection.stats()).map(|s| (s, collection))).await?;
     let (stats, collection) = stats;
@@ -100,12 +123,24 @@ pub async fn get(State(state): State<AppState>, Path(name): Path<String>, starte
     ))
 }
 
-pub async fn list(State(state): State<AppState>, started: Started) -> ApiResult<CollectionsResponse> {
-    let collections = state.toc.names().into_iter().map(|name| CollectionDescription { name }).collect();
+pub async fn list(
+    State(state): State<AppState>,
+    started: Started,
+) -> ApiResult<CollectionsResponse> {
+    let collections = state
+        .toc
+        .names()
+        .into_iter()
+        .map(|name| CollectionDescription { name })
+        .collect();
     Ok(ApiOk(CollectionsResponse { collections }, started))
 }
 
-pub async fn exists(State(state): State<AppState>, Path(name): Path<String>, started: Started) -> ApiResult<CollectionExistence> {
+pub async fn exists(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    started: Started,
+) -> ApiResult<CollectionExistence> {
     Ok(ApiOk(
         CollectionExistence {
             exists: state.toc.exists(&name),
@@ -114,7 +149,11 @@ pub async fn exists(State(state): State<AppState>, Path(name): Path<String>, sta
     ))
 }
 
-pub async fn delete(State(state): State<AppState>, Path(name): Path<String>, started: Started) -> ApiResult<bool> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    started: Started,
+) -> ApiResult<bool> {
     let toc = state.toc.clone();
     let existed = blocking(move || toc.delete(&name)).await?;
     Ok(ApiOk(existed, started))

@@ -26,7 +26,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             ));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            ApiError::new(e.status(), format!("could not read the request body: {}", e.body_text()))
+            ApiError::new(
+                e.status(),
+                format!("could not read the request body: {}", e.body_text()),
+            )
         })?;
         parse(&bytes).map(JsonBody)
     }
@@ -35,12 +38,35 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 /// Parses a body; an empty body reads as `{}` so that endpoints whose fields are all optional
 /// accept it, as Qdrant does.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
     serde_json::from_slice(bytes).map_err(|e| {
         let kind = match e.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => "Format error in JSON body",
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "Format error in JSON body"
+            }
             _ => "Json deserialize error",
         };
         ApiError::bad_request(format!("{kind}: {e}"))
     })
+}
+
+/// Query-string parameters with Qdrant-shaped rejections.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(query)
+            .map(QueryParams)
+            .map_err(|e| ApiError::bad_request(format!("Query deserialize error: {e}")))
+    }
 }

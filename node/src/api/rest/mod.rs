@@ -55,29 +55,62 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
         .route("/readyz", get(service::readyz))
         .route("/metrics", get(service::metrics))
         .route("/collections", get(collections::list))
-        .route(c, put(collections::create).get(collections::get).delete(collections::delete))
+        .route(
+            c,
+            put(collections::create)
+                .get(collections::get)
+                .delete(collections::delete),
+        )
         .route(&format!("{c}/exists"), get(collections::exists))
-        .route(&format!("{c}/points"), put(points::upsert).post(points::retrieve))
+        .route(
+            &format!("{c}/points"),
+            put(points::upsert).post(points::retrieve),
+        )
         .route(&format!("{c}/points/{{id}}"), get(points::get_point))
         .route(&format!("{c}/points/delete"), post(points::delete))
-        .route(&format!("{c}/points/payload"), post(points::set_payload).put(points::overwrite_payload))
-        .route(&format!("{c}/points/payload/delete"), post(points::delete_payload))
-        .route(&format!("{c}/points/payload/clear"), post(points::clear_payload))
+        .route(
+            &format!("{c}/points/payload"),
+            post(points::set_payload).put(points::overwrite_payload),
+        )
+        .route(
+            &format!("{c}/points/payload/delete"),
+            post(points::delete_payload),
+        )
+        .route(
+            &format!("{c}/points/payload/clear"),
+            post(points::clear_payload),
+        )
         .route(&format!("{c}/points/scroll"), post(points::scroll))
         .route(&format!("{c}/points/count"), post(points::count))
         .route(&format!("{c}/points/search"), post(search::search))
-        .route(&format!("{c}/points/search/batch"), post(search::search_batch))
+        .route(
+            &format!("{c}/points/search/batch"),
+            post(search::search_batch),
+        )
         .route(&format!("{c}/points/recommend"), post(search::recommend))
-        .route(&format!("{c}/points/recommend/batch"), post(search::recommend_batch))
+        .route(
+            &format!("{c}/points/recommend/batch"),
+            post(search::recommend_batch),
+        )
         .route(&format!("{c}/points/query"), post(search::query))
-        .route(&format!("{c}/points/query/batch"), post(search::query_batch))
+        .route(
+            &format!("{c}/points/query/batch"),
+            post(search::query_batch),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     api.layer(middleware::from_fn_with_state(keys, auth::require_key))
         .layer(middleware::from_fn_with_state(state.clone(), track))
-        .layer(DefaultBodyLimit::max(max_request_size_mb.max(1) * 1024 * 1024))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
-        .layer(CatchPanicLayer::custom(|_| ApiError::internal("the request handler panicked; see the node log").into_response()))
+        .layer(DefaultBodyLimit::max(
+            max_request_size_mb.max(1) * 1024 * 1024,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal("the request handler panicked; see the node log").into_response()
+        }))
         .with_state(state)
 }
 
@@ -86,7 +119,10 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "Method not allowed for this endpoint")
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed for this endpoint",
+    )
 }
 
 /// Request metrics and a span per request.
@@ -99,8 +135,11 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     let span = tracing::debug_span!("http", %method, endpoint = %endpoint);
     let started = Instant::now();
     let response = tracing::Instrument::instrument(next.run(request), span).await;
-    state
-        .metrics
-        .observe_request(method.as_str(), &endpoint, response.status().as_u16(), started.elapsed());
+    state.metrics.observe_request(
+        method.as_str(),
+        &endpoint,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }

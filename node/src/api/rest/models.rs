@@ -8,7 +8,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::collection_config::{
-    CollectionConfig, HnswConfigDiff, OptimizersConfigDiff, ShardingMethod, VectorParams, WalConfigDiff,
+    CollectionConfig, HnswConfigDiff, OptimizersConfigDiff, ShardingMethod, VectorParams,
+    WalConfigDiff,
 };
 use crate::index::filter::Filter;
 use crate::index::payload_selector::{WithPayload, WithVector};
@@ -89,24 +90,56 @@ pub struct DenseVector(pub Vec<f32>);
 
 impl<'de> Deserialize<'de> for DenseVector {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        match Value::deserialize(deserializer)? {
-            Value::Array(items) => items
-                .into_iter()
-                .map(|v| match v.as_f64() {
-                    Some(f) => Ok(f as f32),
-                    None => Err(D::Error::custom(format!("vector elements must be numbers, got {v}"))),
-                })
-                .collect::<Result<Vec<f32>, _>>()
-                .map(DenseVector),
-            Value::Object(mut map) if map.len() == 1 && map.contains_key("") => {
-                DenseVector::deserialize(map.remove("").expect("checked")).map_err(D::Error::custom)
+        // A visitor rather than a detour through `serde_json::Value`: upserts carry millions of
+        // numbers, and each would otherwise be boxed first.
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = DenseVector;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a vector: a list of numbers")
             }
-            Value::Object(_) => Err(D::Error::custom(
-                "named, sparse and multi-vectors are not supported: send the point's vector as a list of numbers",
-            )),
-            other => Err(D::Error::custom(format!("expected a vector (a list of numbers), got {other}"))),
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<DenseVector, A::Error> {
+                let mut out = Vec::with_capacity(
+                    seq.size_hint()
+                        .unwrap_or(0)
+                        .min(crate::collection_config::MAX_VECTOR_SIZE),
+                );
+                while let Some(x) = seq.next_element::<f32>()? {
+                    if out.len() >= crate::collection_config::MAX_VECTOR_SIZE {
+                        return Err(serde::de::Error::custom(
+                            "vector is longer than the largest supported size",
+                        ));
+                    }
+                    out.push(x);
+                }
+                Ok(DenseVector(out))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<DenseVector, A::Error> {
+                use serde::de::Error;
+                let mut found = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if !key.is_empty() || found.is_some() {
+                        return Err(A::Error::custom(
+                            "named, sparse and multi-vectors are not supported: send the point's vector as a list of numbers",
+                        ));
+                    }
+                    found = Some(map.next_value::<DenseVector>()?);
+                }
+                found.ok_or_else(|| {
+                    A::Error::custom("expected a vector (a list of numbers), got an empty object")
+                })
+            }
         }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -145,7 +178,9 @@ impl<'de> Deserialize<'de> for PointInsertOperations {
         match (raw.points, raw.batch) {
             (Some(points), None) => Ok(PointInsertOperations::Points(points)),
             (None, Some(batch)) => Ok(PointInsertOperations::Batch(batch)),
-            (Some(_), Some(_)) => Err(D::Error::custom("give either `points` or `batch`, not both")),
+            (Some(_), Some(_)) => Err(D::Error::custom(
+                "give either `points` or `batch`, not both",
+            )),
             (None, None) => Err(D::Error::custom("missing field `points` (or `batch`)")),
         }
     }
@@ -258,12 +293,22 @@ impl<'de> Deserialize<'de> for NamedVectorStruct {
         if let Value::Object(map) = &value
             && let Some(vector) = map.get("vector")
         {
-            if map.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
-                return Err(D::Error::custom("named vectors are not supported: this collection has one unnamed vector"));
+            if map
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty())
+            {
+                return Err(D::Error::custom(
+                    "named vectors are not supported: this collection has one unnamed vector",
+                ));
             }
-            return DenseVector::deserialize(vector.clone()).map(|v| NamedVectorStruct(v.0)).map_err(D::Error::custom);
+            return DenseVector::deserialize(vector.clone())
+                .map(|v| NamedVectorStruct(v.0))
+                .map_err(D::Error::custom);
         }
-        DenseVector::deserialize(value).map(|v| NamedVectorStruct(v.0)).map_err(D::Error::custom)
+        DenseVector::deserialize(value)
+            .map(|v| NamedVectorStruct(v.0))
+            .map_err(D::Error::custom)
     }
 }
 
@@ -306,8 +351,12 @@ impl<'de> Deserialize<'de> for VectorInput {
         use serde::de::Error;
         let value = Value::deserialize(deserializer)?;
         match &value {
-            Value::Number(_) | Value::String(_) => PointId::deserialize(value).map(VectorInput::Id).map_err(D::Error::custom),
-            _ => DenseVector::deserialize(value).map(|v| VectorInput::Vector(v.0)).map_err(D::Error::custom),
+            Value::Number(_) | Value::String(_) => PointId::deserialize(value)
+                .map(VectorInput::Id)
+                .map_err(D::Error::custom),
+            _ => DenseVector::deserialize(value)
+                .map(|v| VectorInput::Vector(v.0))
+                .map_err(D::Error::custom),
         }
     }
 }
@@ -358,7 +407,9 @@ impl<'de> Deserialize<'de> for QueryInterface {
         let value = Value::deserialize(deserializer)?;
         if let Value::Object(map) = &value {
             if let Some(nearest) = map.get("nearest") {
-                return VectorInput::deserialize(nearest.clone()).map(QueryInterface::Nearest).map_err(D::Error::custom);
+                return VectorInput::deserialize(nearest.clone())
+                    .map(QueryInterface::Nearest)
+                    .map_err(D::Error::custom);
             }
             if let Some(recommend) = map.get("recommend") {
                 return RecommendInput::deserialize(recommend.clone())
@@ -366,12 +417,19 @@ impl<'de> Deserialize<'de> for QueryInterface {
                     .map_err(D::Error::custom);
             }
             if let Some(kind) = map.keys().next()
-                && ["discover", "context", "order_by", "fusion", "rrf", "sample", "formula", "mmr"].contains(&kind.as_str())
+                && [
+                    "discover", "context", "order_by", "fusion", "rrf", "sample", "formula", "mmr",
+                ]
+                .contains(&kind.as_str())
             {
-                return Err(D::Error::custom(format!("query `{kind}` is not supported by Shoal yet; use `nearest` or `recommend`")));
+                return Err(D::Error::custom(format!(
+                    "query `{kind}` is not supported by Shoal yet; use `nearest` or `recommend`"
+                )));
             }
         }
-        VectorInput::deserialize(value).map(QueryInterface::Nearest).map_err(D::Error::custom)
+        VectorInput::deserialize(value)
+            .map(QueryInterface::Nearest)
+            .map_err(D::Error::custom)
     }
 }
 

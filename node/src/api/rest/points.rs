@@ -1,11 +1,12 @@
 //! `/collections/{name}/points…`: writes, retrieval, scroll and count.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 
-use crate::api::rest::json_body::JsonBody;
+use crate::api::rest::json_body::{JsonBody, QueryParams};
 use crate::api::rest::models::{
-    CountRequest, CountResult, DeletePayload, MAX_PAGE, MAX_UPSERT_POINTS, PointInsertOperations, PointRequest,
-    PointsSelector, RecordOut, ScrollRequest, ScrollResult, SetPayload, UpdateResult, WaitParam,
+    CountRequest, CountResult, DeletePayload, MAX_PAGE, MAX_UPSERT_POINTS, PointInsertOperations,
+    PointRequest, PointsSelector, RecordOut, ScrollRequest, ScrollResult, SetPayload, UpdateResult,
+    WaitParam,
 };
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
 use crate::api::rest::{AppState, blocking};
@@ -18,20 +19,28 @@ use crate::types::PointId;
 
 pub fn validate_filter(filter: Option<&Filter>) -> Result<(), ApiError> {
     if let Some(f) = filter {
-        f.validate().map_err(|e| ApiError::bad_request(format!("Bad filter: {e}")))?;
+        f.validate()
+            .map_err(|e| ApiError::bad_request(format!("Bad filter: {e}")))?;
     }
     Ok(())
 }
 
-fn selection(points: Option<Vec<PointId>>, filter: Option<Filter>) -> Result<PointSelection, ApiError> {
+fn selection(
+    points: Option<Vec<PointId>>,
+    filter: Option<Filter>,
+) -> Result<PointSelection, ApiError> {
     match (points, filter) {
         (Some(ids), None) => Ok(PointSelection::Ids(ids)),
         (None, Some(filter)) => {
             validate_filter(Some(&filter))?;
             Ok(PointSelection::Filter(filter))
         }
-        (Some(_), Some(_)) => Err(ApiError::bad_request("Wrong input: give either `points` or `filter`, not both")),
-        (None, None) => Err(ApiError::bad_request("Wrong input: give `points` (a list of ids) or a `filter`")),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "Wrong input: give either `points` or `filter`, not both",
+        )),
+        (None, None) => Err(ApiError::bad_request(
+            "Wrong input: give `points` (a list of ids) or a `filter`",
+        )),
     }
 }
 
@@ -46,17 +55,33 @@ pub fn record_out(r: Record, with_payload: &WithPayload) -> RecordOut {
     }
 }
 
-async fn run_update(state: &AppState, name: &str, wait: WaitParam, request: UpdateRequest, started: Started) -> ApiResult<UpdateResult> {
+async fn run_update(
+    state: &AppState,
+    name: &str,
+    wait: WaitParam,
+    request: UpdateRequest,
+    started: Started,
+) -> ApiResult<UpdateResult> {
     let collection = state.toc.get(name)?;
     let operation_id = blocking(move || collection.update(request)).await?;
-    let status = if wait.wait.unwrap_or(false) { "completed" } else { "acknowledged" };
-    Ok(ApiOk(UpdateResult { operation_id, status }, started))
+    let status = if wait.wait.unwrap_or(false) {
+        "completed"
+    } else {
+        "acknowledged"
+    };
+    Ok(ApiOk(
+        UpdateResult {
+            operation_id,
+            status,
+        },
+        started,
+    ))
 }
 
 pub async fn upsert(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(wait): Query<WaitParam>,
+    QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<PointInsertOperations>,
 ) -> ApiResult<UpdateResult> {
@@ -103,7 +128,7 @@ pub async fn upsert(
 pub async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(wait): Query<WaitParam>,
+    QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<PointsSelector>,
 ) -> ApiResult<UpdateResult> {
@@ -112,15 +137,15 @@ pub async fn delete(
 }
 
 fn check_key(key: &str) -> Result<(), ApiError> {
-    key.parse::<JsonPath>()
-        .map(drop)
-        .map_err(|e| ApiError::bad_request(format!("Wrong input: invalid payload key `{key}`: {e}")))
+    key.parse::<JsonPath>().map(drop).map_err(|e| {
+        ApiError::bad_request(format!("Wrong input: invalid payload key `{key}`: {e}"))
+    })
 }
 
 pub async fn set_payload(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(wait): Query<WaitParam>,
+    QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<SetPayload>,
 ) -> ApiResult<UpdateResult> {
@@ -138,12 +163,14 @@ pub async fn set_payload(
 pub async fn overwrite_payload(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(wait): Query<WaitParam>,
+    QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<SetPayload>,
 ) -> ApiResult<UpdateResult> {
     if body.key.is_some() {
-        return Err(ApiError::bad_request("Wrong input: overwrite_payload takes no `key`; use set_payload"));
+        return Err(ApiError::bad_request(
+            "Wrong input: overwrite_payload takes no `key`; use set_payload",
+        ));
     }
     let request = UpdateRequest::OverwritePayload {
         selection: selection(body.points, body.filter)?,
@@ -155,7 +182,7 @@ pub async fn overwrite_payload(
 pub async fn delete_payload(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(wait): Query<WaitParam>,
+    QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<DeletePayload>,
 ) -> ApiResult<UpdateResult> {
@@ -172,7 +199,7 @@ pub async fn delete_payload(
 pub async fn clear_payload(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(wait): Query<WaitParam>,
+    QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<PointsSelector>,
 ) -> ApiResult<UpdateResult> {
@@ -187,14 +214,23 @@ pub async fn retrieve(
     JsonBody(body): JsonBody<PointRequest>,
 ) -> ApiResult<Vec<RecordOut>> {
     if body.ids.len() > MAX_PAGE {
-        return Err(ApiError::bad_request(format!("Wrong input: at most {MAX_PAGE} ids per request, got {}", body.ids.len())));
+        return Err(ApiError::bad_request(format!(
+            "Wrong input: at most {MAX_PAGE} ids per request, got {}",
+            body.ids.len()
+        )));
     }
     let collection = state.toc.get(&name)?;
     let with_payload = body.with_payload.unwrap_or(WithPayload::All);
     let with_vector = body.with_vector.unwrap_or(WithVector::None).is_requested();
     let (wp, ids) = (with_payload.is_requested(), body.ids);
     let records = blocking(move || Ok(collection.retrieve(&ids, wp, with_vector))).await?;
-    Ok(ApiOk(records.into_iter().map(|r| record_out(r, &with_payload)).collect(), started))
+    Ok(ApiOk(
+        records
+            .into_iter()
+            .map(|r| record_out(r, &with_payload))
+            .collect(),
+        started,
+    ))
 }
 
 pub async fn get_point(
@@ -202,12 +238,16 @@ pub async fn get_point(
     Path((name, id)): Path<(String, String)>,
     started: Started,
 ) -> ApiResult<RecordOut> {
-    let id: PointId = id.parse().map_err(|e: String| ApiError::bad_request(format!("Wrong input: {e}")))?;
+    let id: PointId = id
+        .parse()
+        .map_err(|e: String| ApiError::bad_request(format!("Wrong input: {e}")))?;
     let collection = state.toc.get(&name)?;
     let mut records = blocking(move || Ok(collection.retrieve(&[id], true, true))).await?;
     match records.pop() {
         Some(r) => Ok(ApiOk(record_out(r, &WithPayload::All), started)),
-        None => Err(ApiError::not_found(format!("Not found: No point with id {id} found"))),
+        None => Err(ApiError::not_found(format!(
+            "Not found: No point with id {id} found"
+        ))),
     }
 }
 
@@ -218,7 +258,9 @@ pub async fn scroll(
     JsonBody(body): JsonBody<ScrollRequest>,
 ) -> ApiResult<ScrollResult> {
     if body.order_by.as_ref().is_some_and(|o| !o.is_null()) {
-        return Err(ApiError::bad_request("Wrong input: scroll `order_by` is not supported yet; points come in id order"));
+        return Err(ApiError::bad_request(
+            "Wrong input: scroll `order_by` is not supported yet; points come in id order",
+        ));
     }
     let limit = body.limit.unwrap_or(10);
     if limit == 0 || limit > MAX_PAGE {
@@ -232,10 +274,15 @@ pub async fn scroll(
     let with_vector = body.with_vector.unwrap_or(WithVector::None).is_requested();
     let wp = with_payload.is_requested();
     let (offset, filter) = (body.offset, body.filter);
-    let (records, next) = blocking(move || Ok(collection.scroll(offset, limit, filter.as_ref(), wp, with_vector))).await?;
+    let (records, next) =
+        blocking(move || Ok(collection.scroll(offset, limit, filter.as_ref(), wp, with_vector)))
+            .await?;
     Ok(ApiOk(
         ScrollResult {
-            points: records.into_iter().map(|r| record_out(r, &with_payload)).collect(),
+            points: records
+                .into_iter()
+                .map(|r| record_out(r, &with_payload))
+                .collect(),
             next_page_offset: next,
         },
         started,

@@ -100,18 +100,26 @@ impl IntoResponse for ApiError {
 impl From<CollectionError> for ApiError {
     fn from(e: CollectionError) -> ApiError {
         let status = match &e {
-            CollectionError::NotFound(_) | CollectionError::PointNotFound(_) => StatusCode::NOT_FOUND,
+            CollectionError::NotFound(_) | CollectionError::PointNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             CollectionError::AlreadyExists(_) => StatusCode::CONFLICT,
             CollectionError::BadInput(_) => StatusCode::BAD_REQUEST,
-            CollectionError::Shard(ShardError::WrongDimension { .. } | ShardError::BadInput(_)) => StatusCode::BAD_REQUEST,
-            CollectionError::Shard(_) | CollectionError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CollectionError::Shard(ShardError::WrongDimension { .. } | ShardError::BadInput(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            CollectionError::Shard(_) | CollectionError::Storage(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         if status.is_server_error() {
             tracing::error!(error = %e, "request failed");
         }
         let message = match &e {
             CollectionError::NotFound(_) => format!("Not found: {e}"),
-            CollectionError::AlreadyExists(name) => format!("Wrong input: Collection `{name}` already exists!"),
+            CollectionError::AlreadyExists(name) => {
+                format!("Wrong input: Collection `{name}` already exists!")
+            }
             CollectionError::PointNotFound(_) => format!("Not found: {e}"),
             _ => e.to_string(),
         };

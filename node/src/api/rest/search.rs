@@ -5,15 +5,15 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 
+use crate::api::rest::AppState;
 use crate::api::rest::json_body::JsonBody;
 use crate::api::rest::models::{
-    MAX_BATCH_SEARCHES, MAX_EXAMPLES, MAX_HNSW_EF, MAX_SEARCH_WINDOW, QueryInterface, QueryRequest, QueryRequestBatch,
-    QueryResponse, RecommendRequest, RecommendRequestBatch, RecommendStrategy, ScoredPointOut, SearchParams,
-    SearchRequest as SearchBody, SearchRequestBatch, VectorInput,
+    MAX_BATCH_SEARCHES, MAX_EXAMPLES, MAX_HNSW_EF, MAX_SEARCH_WINDOW, QueryInterface, QueryRequest,
+    QueryRequestBatch, QueryResponse, RecommendRequest, RecommendRequestBatch, RecommendStrategy,
+    ScoredPointOut, SearchParams, SearchRequest as SearchBody, SearchRequestBatch, VectorInput,
 };
 use crate::api::rest::points::validate_filter;
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
-use crate::api::rest::AppState;
 use crate::cluster::CollectionError;
 use crate::cluster::collection::{Collection, SearchRequest, SearchTarget};
 use crate::index::filter::Filter;
@@ -44,7 +44,9 @@ impl Common {
     ) -> Result<Common, ApiError> {
         let offset = offset.unwrap_or(0);
         if limit == 0 {
-            return Err(ApiError::unprocessable("Validation error in JSON body: limit must be at least 1"));
+            return Err(ApiError::unprocessable(
+                "Validation error in JSON body: limit must be at least 1",
+            ));
         }
         if limit.saturating_add(offset) > MAX_SEARCH_WINDOW {
             return Err(ApiError::unprocessable(format!(
@@ -61,7 +63,9 @@ impl Common {
             )));
         }
         if score_threshold.is_some_and(|t| !t.is_finite()) {
-            return Err(ApiError::bad_request("Wrong input: score_threshold must be a finite number"));
+            return Err(ApiError::bad_request(
+                "Wrong input: score_threshold must be a finite number",
+            ));
         }
         validate_filter(filter.as_ref())?;
         Ok(Common {
@@ -123,7 +127,11 @@ fn check_using(using: Option<&str>) -> Result<(), ApiError> {
 
 /// Resolves examples (ids or vectors) to vectors; the ids are also returned so that the
 /// examples can be excluded from the answer.
-fn resolve_examples(collection: &Collection, examples: &[VectorInput], ids: &mut HashSet<PointId>) -> Result<Vec<Vec<f32>>, ApiError> {
+fn resolve_examples(
+    collection: &Collection,
+    examples: &[VectorInput],
+    ids: &mut HashSet<PointId>,
+) -> Result<Vec<Vec<f32>>, ApiError> {
     examples
         .iter()
         .map(|e| match e {
@@ -156,7 +164,9 @@ fn recommend_target(
     exclude: &mut HashSet<PointId>,
 ) -> Result<SearchTarget, ApiError> {
     if positive.len() + negative.len() > MAX_EXAMPLES {
-        return Err(ApiError::bad_request(format!("Wrong input: at most {MAX_EXAMPLES} examples per recommendation")));
+        return Err(ApiError::bad_request(format!(
+            "Wrong input: at most {MAX_EXAMPLES} examples per recommendation"
+        )));
     }
     let pos = resolve_examples(collection, positive, exclude)?;
     let neg = resolve_examples(collection, negative, exclude)?;
@@ -176,13 +186,19 @@ fn recommend_target(
                 avg_pos
             } else {
                 let avg_neg = average(&neg, dim);
-                avg_pos.iter().zip(&avg_neg).map(|(p, n)| p + p - n).collect()
+                avg_pos
+                    .iter()
+                    .zip(&avg_neg)
+                    .map(|(p, n)| p + p - n)
+                    .collect()
             };
             Ok(SearchTarget::Vector(target))
         }
         RecommendStrategy::BestScore | RecommendStrategy::SumScores => {
             if pos.is_empty() && neg.is_empty() {
-                return Err(ApiError::bad_request("Wrong input: give at least one positive or negative example"));
+                return Err(ApiError::bad_request(
+                    "Wrong input: give at least one positive or negative example",
+                ));
             }
             Ok(if strategy == RecommendStrategy::BestScore {
                 SearchTarget::BestScore {
@@ -200,21 +216,48 @@ fn recommend_target(
 }
 
 fn prepare_search(body: SearchBody) -> Result<Prepared, ApiError> {
-    let common = Common::new(body.filter, body.limit, body.offset, body.params, body.score_threshold, body.with_payload, body.with_vector)?;
+    let common = Common::new(
+        body.filter,
+        body.limit,
+        body.offset,
+        body.params,
+        body.score_threshold,
+        body.with_payload,
+        body.with_vector,
+    )?;
     Ok(Prepared {
         request: common.request(SearchTarget::Vector(body.vector.0), HashSet::new()),
         with_payload: common.with_payload,
     })
 }
 
-fn prepare_recommend(collection: &Collection, body: RecommendRequest) -> Result<Prepared, ApiError> {
+fn prepare_recommend(
+    collection: &Collection,
+    body: RecommendRequest,
+) -> Result<Prepared, ApiError> {
     check_using(body.using.as_deref())?;
     if body.lookup_from.as_ref().is_some_and(|l| !l.is_null()) {
-        return Err(ApiError::bad_request("Wrong input: `lookup_from` is not supported yet"));
+        return Err(ApiError::bad_request(
+            "Wrong input: `lookup_from` is not supported yet",
+        ));
     }
-    let common = Common::new(body.filter, body.limit, body.offset, body.params, body.score_threshold, body.with_payload, body.with_vector)?;
+    let common = Common::new(
+        body.filter,
+        body.limit,
+        body.offset,
+        body.params,
+        body.score_threshold,
+        body.with_payload,
+        body.with_vector,
+    )?;
     let mut exclude = HashSet::new();
-    let target = recommend_target(collection, &body.positive, &body.negative, body.strategy.unwrap_or_default(), &mut exclude)?;
+    let target = recommend_target(
+        collection,
+        &body.positive,
+        &body.negative,
+        body.strategy.unwrap_or_default(),
+        &mut exclude,
+    )?;
     Ok(Prepared {
         request: common.request(target, exclude),
         with_payload: common.with_payload,
@@ -224,13 +267,29 @@ fn prepare_recommend(collection: &Collection, body: RecommendRequest) -> Result<
 /// `None` when the query has no `query`: Qdrant then returns points in id order.
 fn prepare_query(collection: &Collection, body: QueryRequest) -> Result<Prepared, ApiError> {
     check_using(body.using.as_deref())?;
-    if body.prefetch.as_ref().is_some_and(|p| !p.is_null() && p.as_array().is_none_or(|a| !a.is_empty())) {
-        return Err(ApiError::bad_request("Wrong input: `prefetch` is not supported yet"));
+    if body
+        .prefetch
+        .as_ref()
+        .is_some_and(|p| !p.is_null() && p.as_array().is_none_or(|a| !a.is_empty()))
+    {
+        return Err(ApiError::bad_request(
+            "Wrong input: `prefetch` is not supported yet",
+        ));
     }
     if body.lookup_from.as_ref().is_some_and(|l| !l.is_null()) {
-        return Err(ApiError::bad_request("Wrong input: `lookup_from` is not supported yet"));
+        return Err(ApiError::bad_request(
+            "Wrong input: `lookup_from` is not supported yet",
+        ));
     }
-    let common = Common::new(body.filter, body.limit.unwrap_or(10), body.offset, body.params, body.score_threshold, body.with_payload, body.with_vector)?;
+    let common = Common::new(
+        body.filter,
+        body.limit.unwrap_or(10),
+        body.offset,
+        body.params,
+        body.score_threshold,
+        body.with_payload,
+        body.with_vector,
+    )?;
     let mut exclude = HashSet::new();
     let target = match body.query {
         Some(QueryInterface::Nearest(VectorInput::Vector(v))) => SearchTarget::Vector(v),
@@ -238,10 +297,18 @@ fn prepare_query(collection: &Collection, body: QueryRequest) -> Result<Prepared
             exclude.insert(id);
             SearchTarget::Vector(collection.vector_of(&id)?)
         }
-        Some(QueryInterface::Recommend(r)) => {
-            recommend_target(collection, &r.positive, &r.negative, r.strategy.unwrap_or_default(), &mut exclude)?
+        Some(QueryInterface::Recommend(r)) => recommend_target(
+            collection,
+            &r.positive,
+            &r.negative,
+            r.strategy.unwrap_or_default(),
+            &mut exclude,
+        )?,
+        None => {
+            return Err(ApiError::bad_request(
+                "Wrong input: `query` is required (a vector, a point id, or {\"recommend\": ...})",
+            ));
         }
-        None => return Err(ApiError::bad_request("Wrong input: `query` is required (a vector, a point id, or {\"recommend\": ...})")),
     };
     Ok(Prepared {
         request: common.request(target, exclude),
@@ -264,18 +331,23 @@ async fn run_batch<B: Send + 'static>(
     bodies: Vec<B>,
     prepare: fn(&Collection, B) -> Result<Prepared, ApiError>,
 ) -> Result<Vec<Vec<ScoredPointOut>>, ApiError> {
-    let answer = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<ScoredPointOut>>, ApiError> {
-        let prepared = bodies.into_iter().map(|b| prepare(&collection, b)).collect::<Result<Vec<_>, _>>()?;
-        prepared
-            .into_iter()
-            .map(|p| {
-                let records = collection.search(&p.request).map_err(ApiError::from)?;
-                Ok(render(records, &p.with_payload))
-            })
-            .collect()
-    })
-    .await;
-    answer.map_err(|e| ApiError::from(CollectionError::Storage(format!("search task failed: {e}"))))?
+    let answer =
+        tokio::task::spawn_blocking(move || -> Result<Vec<Vec<ScoredPointOut>>, ApiError> {
+            let prepared = bodies
+                .into_iter()
+                .map(|b| prepare(&collection, b))
+                .collect::<Result<Vec<_>, _>>()?;
+            prepared
+                .into_iter()
+                .map(|p| {
+                    let records = collection.search(&p.request).map_err(ApiError::from)?;
+                    Ok(render(records, &p.with_payload))
+                })
+                .collect()
+        })
+        .await;
+    answer
+        .map_err(|e| ApiError::from(CollectionError::Storage(format!("search task failed: {e}"))))?
 }
 
 pub async fn search(
@@ -297,7 +369,10 @@ pub async fn search_batch(
 ) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
     check_batch(body.searches.len())?;
     let collection = state.toc.get(&name)?;
-    Ok(ApiOk(run_batch(collection, body.searches, |_, b| prepare_search(b)).await?, started))
+    Ok(ApiOk(
+        run_batch(collection, body.searches, |_, b| prepare_search(b)).await?,
+        started,
+    ))
 }
 
 pub async fn recommend(
@@ -319,7 +394,10 @@ pub async fn recommend_batch(
 ) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
     check_batch(body.searches.len())?;
     let collection = state.toc.get(&name)?;
-    Ok(ApiOk(run_batch(collection, body.searches, prepare_recommend).await?, started))
+    Ok(ApiOk(
+        run_batch(collection, body.searches, prepare_recommend).await?,
+        started,
+    ))
 }
 
 pub async fn query(
@@ -347,5 +425,10 @@ pub async fn query_batch(
     check_batch(body.searches.len())?;
     let collection = state.toc.get(&name)?;
     let out = run_batch(collection, body.searches, prepare_query).await?;
-    Ok(ApiOk(out.into_iter().map(|points| QueryResponse { points }).collect(), started))
+    Ok(ApiOk(
+        out.into_iter()
+            .map(|points| QueryResponse { points })
+            .collect(),
+        started,
+    ))
 }

@@ -34,7 +34,12 @@ pub async fn readyz() -> &'static str {
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     match state.metrics.render(&state.toc) {
-        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            text,
+        )
+            .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     }
 }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of the project, the way CI does. Needs only the Rust toolchain and python3;
+# the Python packages of the compatibility suite are installed into target/compat-venv.
+#
+#   e2e/run-tests.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "formatting (cargo fmt --check)"
+cargo fmt --all -- --check
+
+step "lints (cargo clippy -D warnings)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --bins --locked
+
+step "unit, property and multi-process tests (cargo test)"
+cargo test --workspace --locked
+
+step "Qdrant client compatibility suite (qdrant-client, pytest)"
+e2e/compat/run.sh
