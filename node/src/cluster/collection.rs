@@ -26,6 +26,8 @@ pub enum SearchTarget {
         positive: Vec<Vec<f32>>,
         negative: Vec<Vec<f32>>,
     },
+    /// No scoring: matching points in id order, each with score 0 (a query without `query`).
+    IdOrder,
     /// Qdrant's `sum_scores` strategy: similarity to positives minus similarity to negatives.
     SumScores {
         positive: Vec<Vec<f32>>,
@@ -278,6 +280,39 @@ impl Collection {
         let needs_accept = filter.is_some() || !exclude.is_empty();
         let top = request.limit.saturating_add(request.offset);
 
+        if request.target == SearchTarget::IdOrder {
+            let exclude = &request.exclude;
+            let window = request.limit.saturating_add(request.offset);
+            let accept = |id: PointId, p: &Payload| {
+                !exclude.contains(&id) && filter.is_none_or(|f| f.check(id, p))
+            };
+            let mut records: Vec<Record> = self
+                .shards
+                .iter()
+                .flat_map(|s| {
+                    s.scroll(
+                        None,
+                        window,
+                        Some(&accept),
+                        request.with_payload,
+                        request.with_vector,
+                    )
+                })
+                .collect();
+            records.sort_by_key(|r| r.id);
+            return Ok(records
+                .into_iter()
+                .skip(request.offset)
+                .take(request.limit)
+                .map(|r| ScoredRecord {
+                    id: r.id,
+                    version: r.version,
+                    score: 0.0,
+                    payload: r.payload,
+                    vector: r.vector,
+                })
+                .collect());
+        }
         let prepared_query;
         let prepared_examples: (Vec<Vec<f32>>, Vec<Vec<f32>>);
         let best_score;
@@ -320,6 +355,7 @@ impl Collection {
                 };
                 Scoring::Custom(&best_score)
             }
+            SearchTarget::IdOrder => unreachable!("answered above"),
         };
         let query = SearchQuery {
             scoring,

@@ -51,6 +51,10 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
     }
 }
 
+/// Beyond this many results a graph walk costs more than a scan, and its `ef` would have to
+/// grow without bound: larger requests are answered exhaustively.
+pub const MAX_GRAPH_TOP: usize = 10_000;
+
 /// Decides whether a point takes part in a read: a compiled filter, exclusions, or both.
 pub type PointPredicate<'a> = &'a (dyn Fn(PointId, &Payload) -> bool + Sync);
 
@@ -650,7 +654,9 @@ impl LocalShard {
             };
             let graph = match (&query.scoring, seg.index()) {
                 (Scoring::Nearest(q), Some(index))
-                    if !query.exact && seg.vector_bytes() >= full_scan_bytes =>
+                    if !query.exact
+                        && seg.vector_bytes() >= full_scan_bytes
+                        && query.top <= MAX_GRAPH_TOP =>
                 {
                     Some((q, index))
                 }

@@ -17,9 +17,11 @@ use crate::types::{Payload, PointId};
 
 // ---- limits ---------------------------------------------------------------------------------
 
-/// Largest `limit + offset` of a search or query.
-pub const MAX_SEARCH_WINDOW: usize = 10_000;
-/// Largest page of a scroll, and most ids in one retrieve.
+/// Largest `limit + offset` of a search or query. Windows beyond the graph's reach are answered
+/// by an exhaustive scan, whose cost is bounded by the collection's size.
+pub const MAX_SEARCH_WINDOW: usize = 100_000;
+/// Largest page of a scroll (a larger `limit` gets this many and a `next_page_offset`), and
+/// most ids in one retrieve.
 pub const MAX_PAGE: usize = 10_000;
 /// Most searches in one batch request.
 pub const MAX_BATCH_SEARCHES: usize = 256;

@@ -263,11 +263,13 @@ pub async fn scroll(
         ));
     }
     let limit = body.limit.unwrap_or(10);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::unprocessable(format!(
-            "Validation error in JSON body: limit must be between 1 and {MAX_PAGE}, got {limit}"
-        )));
+    if limit == 0 {
+        return Err(ApiError::unprocessable(
+            "Validation error in JSON body: limit must be at least 1",
+        ));
     }
+    // A page may be shorter than asked: `next_page_offset` says where to go on.
+    let limit = limit.min(MAX_PAGE);
     validate_filter(body.filter.as_ref())?;
     let collection = state.toc.get(&name)?;
     let with_payload = body.with_payload.unwrap_or(WithPayload::All);

@@ -304,11 +304,7 @@ fn prepare_query(collection: &Collection, body: QueryRequest) -> Result<Prepared
             r.strategy.unwrap_or_default(),
             &mut exclude,
         )?,
-        None => {
-            return Err(ApiError::bad_request(
-                "Wrong input: `query` is required (a vector, a point id, or {\"recommend\": ...})",
-            ));
-        }
+        None => SearchTarget::IdOrder,
     };
     Ok(Prepared {
         request: common.request(target, exclude),
