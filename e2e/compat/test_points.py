@@ -503,3 +503,16 @@ def test_large_scroll_limit_is_accepted(client, scroll_coll):
     name, ids, _ = scroll_coll
     recs, nxt = client.scroll(name, limit=100_000, with_payload=False)
     assert [r.id for r in recs] == ids and nxt is None
+
+
+def test_scroll_limit_above_10k_returns_one_page(client, collection):
+    """Qdrant returns up to `limit` points in one page, whatever the limit."""
+    name = collection(size=2, distance=models.Distance.DOT)
+    n = 10_050
+    for lo in range(0, n, 2_500):
+        hi = min(n, lo + 2_500)
+        client.upsert(name, points=models.Batch(ids=list(range(lo, hi)), vectors=[[1.0, 0.0]] * (hi - lo)), wait=True)
+    recs, nxt = client.scroll(name, limit=20_000, with_payload=False)
+    assert len(recs) == n and nxt is None, f"got {len(recs)} points, next_page_offset={nxt}"
+    recs, nxt = client.scroll(name, limit=n - 1, with_payload=False)
+    assert len(recs) == n - 1 and nxt == n - 1

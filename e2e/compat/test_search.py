@@ -425,3 +425,50 @@ def test_query_without_query_lists_points_by_id(client, datasets):
     expected = sorted(int(i) for i in ds.ids if int(i) % 4 == 2)[:7]
     assert [p.id for p in res] == expected
     assert all(p.payload["bucket"] == 2 for p in res)
+
+
+def test_indexed_collection_recall_and_exact(client, collection):
+    """With a low indexing threshold the HNSW graph is really used: recall must stay high,
+    exact=True must stay exact, and filters must still be honoured."""
+    import time
+
+    n, dim = 2000, 16
+    name = collection(
+        size=dim,
+        distance=D.COSINE,
+        hnsw_config=models.HnswConfigDiff(m=16, ef_construct=64, full_scan_threshold=10),
+        optimizers_config=models.OptimizersConfigDiff(indexing_threshold=10),
+    )
+    rng = np.random.default_rng(2024)
+    raw = rng.normal(size=(n, dim)).astype(np.float32)
+    ids = list(range(1, n + 1))
+    for lo in range(0, n, 500):
+        client.upsert(
+            name,
+            points=models.Batch(
+                ids=ids[lo : lo + 500], vectors=raw[lo : lo + 500].tolist(), payloads=[{"bucket": i % 4} for i in ids[lo : lo + 500]]
+            ),
+            wait=True,
+        )
+    ds = Dataset(name, D.COSINE, ids, raw)
+    # give the optimizer a moment to build the graph (status goes back to green when done)
+    deadline = time.monotonic() + 20
+    while client.get_collection(name).status != models.CollectionStatus.GREEN and time.monotonic() < deadline:
+        time.sleep(0.2)
+    info = client.get_collection(name)
+    assert info.points_count == n
+    qs = queries(dim, n=10, seed=4242)
+    hits = total = 0
+    for q in qs:
+        exp_ids, _, _ = ds.expected(q, K)
+        got = client.query_points(name, query=q, limit=K, search_params=models.SearchParams(hnsw_ef=128)).points
+        assert len(got) == K
+        hits += len(set(p.id for p in got) & set(exp_ids))
+        total += K
+        for p in got:  # whatever the graph returns, the scores must be true scores
+            assert np.isclose(p.score, float(scores_for(ds.stored[[ds.row[p.id]]], q, D.COSINE)[0]), atol=SCORE_TOL)
+        ds.check(client.query_points(name, query=q, limit=K, search_params=models.SearchParams(exact=True)).points, q, K)
+        flt = models.Filter(must=[models.FieldCondition(key="bucket", match=models.MatchValue(value=3))])
+        fres = client.query_points(name, query=q, limit=K, query_filter=flt).points
+        assert len(fres) == K and all(p.id % 4 == 3 for p in fres)
+    assert hits / total >= 0.9, f"HNSW recall@{K} too low: {hits / total:.2f}"

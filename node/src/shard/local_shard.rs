@@ -717,6 +717,56 @@ impl LocalShard {
             && seg.deleted_count() as f64 >= cfg.deleted_threshold * seg.len() as f64
     }
 
+    /// Points of this collection's dimension that a merged segment may hold.
+    fn merge_limit_points(&self) -> usize {
+        let dim = self.config.dim().max(1);
+        let kb = self
+            .config
+            .optimizer_config
+            .max_segment_size
+            .unwrap_or(DEFAULT_MAX_SEGMENT_KB);
+        (kb.saturating_mul(1024) / (dim * 4)).max(1)
+    }
+
+    /// How many indexed segments the merge step aims for (`default_segment_number`, or the
+    /// number of cores when it is 0, as in Qdrant).
+    fn target_segment_count(&self) -> usize {
+        match self.config.optimizer_config.default_segment_number {
+            0 => std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .max(2),
+            n => n.max(1),
+        }
+    }
+
+    /// When there are more indexed segments than the target, the smallest ones that together
+    /// bring the count back to it (within the size limit): fewer, larger graphs answer searches
+    /// faster, and merging smallest-first keeps the total rebuild work logarithmic per point,
+    /// like an LSM tree (Qdrant's merge optimizer).
+    fn merge_candidates(&self, state: &ShardState) -> Option<Vec<SegmentId>> {
+        let limit = self.merge_limit_points();
+        let mut indexed: Vec<&Segment> = state
+            .segments
+            .values()
+            .filter(|s| s.stage() == SegmentStage::Indexed)
+            .collect();
+        let excess = indexed.len().checked_sub(self.target_segment_count())?;
+        if excess == 0 {
+            return None;
+        }
+        indexed.sort_by_key(|s| (s.live_count(), s.id));
+        let mut total = 0;
+        let mut picked = Vec::new();
+        for seg in indexed.into_iter().take(excess + 1) {
+            if total + seg.live_count() > limit {
+                break;
+            }
+            total += seg.live_count();
+            picked.push(seg.id);
+        }
+        (picked.len() >= 2).then_some(picked)
+    }
+
     /// Whether the optimizer has nothing left to do.
     pub fn optimizer_status(&self) -> OptimizerStatus {
         if self.optimizing.load(Ordering::SeqCst) > 0 {
@@ -725,7 +775,7 @@ impl LocalShard {
         let state = self.state.read();
         let pending = state.segments.values().any(|s| {
             (s.stage() == SegmentStage::Frozen && s.live_count() > 0) || self.vacuum_candidate(s)
-        });
+        }) || self.merge_candidates(&state).is_some();
         if pending {
             OptimizerStatus::Busy
         } else {
@@ -771,36 +821,37 @@ impl LocalShard {
                 state.segments.remove(id);
             }
         }
+        // Index first (it makes new data fast to search), then vacuum, then merge.
         let (job, dim) = {
             let state = self.state.read();
             let job = state
                 .segments
                 .values()
                 .find(|s| s.stage() == SegmentStage::Frozen)
-                .map(|s| (s.id, false))
+                .map(|s| OptimizerJob::Index(s.id))
                 .or_else(|| {
                     state
                         .segments
                         .values()
                         .find(|s| self.vacuum_candidate(s))
-                        .map(|s| (s.id, true))
-                });
+                        .map(|s| OptimizerJob::Vacuum(s.id))
+                })
+                .or_else(|| self.merge_candidates(&state).map(OptimizerJob::Merge));
             (job, state.dim)
         };
-        let Some((segment_id, vacuum)) = job else {
+        let Some(job) = job else {
             return false;
         };
         let _slot = builder.slot.lock();
         let started = std::time::Instant::now();
-        let done = if vacuum {
-            self.vacuum_segment(segment_id, dim, builder)
-        } else {
-            self.index_segment(segment_id, builder)
+        let done = match &job {
+            OptimizerJob::Index(id) => self.index_segment(*id, builder),
+            OptimizerJob::Vacuum(id) => self.rewrite_segments(&[*id], dim, builder),
+            OptimizerJob::Merge(ids) => self.rewrite_segments(ids, dim, builder),
         };
         tracing::info!(
             dir = %self.dir.display(),
-            segment = segment_id,
-            vacuum,
+            ?job,
             done,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "optimizer step"
@@ -848,27 +899,33 @@ impl LocalShard {
         true
     }
 
-    /// Rewrites a segment with many tombstones into a compact one with a fresh graph, then swaps
-    /// it in, carrying over every change made to its points in the meantime.
-    fn vacuum_segment(&self, segment_id: SegmentId, dim: usize, builder: &IndexBuilder) -> bool {
+    /// Rewrites segments into one compact segment with a fresh graph (dropping tombstones, and
+    /// merging when there are several), then swaps it in, carrying over every change made to
+    /// their points in the meantime. Cancel-safe: until the swap nothing changes.
+    fn rewrite_segments(&self, sources: &[SegmentId], dim: usize, builder: &IndexBuilder) -> bool {
         let (mut fresh, origin) = {
             let mut state = self.state.write();
             let new_id = state.next_segment_id;
             state.next_segment_id += 1;
             let state = RwLockWriteGuard::downgrade(state);
-            let Some(seg) = state.segments.get(&segment_id) else {
-                return false;
-            };
             let mut fresh = Segment::new(new_id, dim);
-            let mut origin = Vec::with_capacity(seg.live_count());
-            for o in seg.live_offsets() {
-                fresh.push(
-                    seg.id(o),
-                    seg.vector(o),
-                    seg.payload(o).clone(),
-                    seg.version(o),
-                );
-                origin.push(o);
+            let mut origin: Vec<Location> = Vec::new();
+            for source in sources {
+                let Some(seg) = state.segments.get(source) else {
+                    return false;
+                };
+                for o in seg.live_offsets() {
+                    fresh.push(
+                        seg.id(o),
+                        seg.vector(o),
+                        seg.payload(o).clone(),
+                        seg.version(o),
+                    );
+                    origin.push(Location {
+                        segment: *source,
+                        offset: o,
+                    });
+                }
             }
             fresh.freeze();
             (fresh, origin)
@@ -888,21 +945,21 @@ impl LocalShard {
         };
         fresh.set_index(Arc::new(index));
         let mut state = self.state.write();
-        let Some(old) = state.segments.remove(&segment_id) else {
+        if !sources.iter().all(|s| state.segments.contains_key(s)) {
             return false;
-        };
-        for (new_offset, &old_offset) in origin.iter().enumerate() {
+        }
+        let old: BTreeMap<SegmentId, Segment> = sources
+            .iter()
+            .filter_map(|s| state.segments.remove(s).map(|seg| (*s, seg)))
+            .collect();
+        for (new_offset, from) in origin.iter().enumerate() {
             let new_offset = new_offset as u32;
-            let id = old.id(old_offset);
-            let still_here = state.locations.get(&id)
-                == Some(&Location {
-                    segment: segment_id,
-                    offset: old_offset,
-                });
-            if still_here {
+            let seg = &old[&from.segment];
+            let id = seg.id(from.offset);
+            if state.locations.get(&id) == Some(from) {
                 // The payload may have changed while the graph was built.
-                *fresh.payload_mut(new_offset) = old.payload(old_offset).clone();
-                fresh.set_version(new_offset, old.version(old_offset));
+                *fresh.payload_mut(new_offset) = seg.payload(from.offset).clone();
+                fresh.set_version(new_offset, seg.version(from.offset));
                 state.locations.insert(
                     id,
                     Location {
@@ -918,6 +975,17 @@ impl LocalShard {
         true
     }
 }
+
+/// One unit of optimizer work.
+#[derive(Debug)]
+enum OptimizerJob {
+    Index(SegmentId),
+    Vacuum(SegmentId),
+    Merge(Vec<SegmentId>),
+}
+
+/// Size a merged segment may reach when `max_segment_size` is not configured.
+const DEFAULT_MAX_SEGMENT_KB: usize = 200_000;
 
 impl Drop for LocalShard {
     fn drop(&mut self) {
@@ -1137,6 +1205,46 @@ mod tests {
         assert!(
             overlap >= 8,
             "approximate search found {overlap}/10 of the true neighbours"
+        );
+    }
+
+    #[test]
+    fn small_indexed_segments_are_merged_down_to_the_target_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let mut cfg = (*config(dim, 1)).clone();
+        cfg.optimizer_config.default_segment_number = 2;
+        let shard = LocalShard::open(dir.path(), Arc::new(cfg), SyncMode::Os).unwrap();
+        let builder = IndexBuilder::new(1);
+        let mut rng = StdRng::seed_from_u64(5);
+        // 32 points per segment: 30 sealed segments.
+        shard
+            .update(UpdateRequest::Upsert(points(0..960, dim, &mut rng)))
+            .unwrap();
+        while shard.optimize_step(&builder) {}
+        let state = shard.state.read();
+        let indexed = state
+            .segments
+            .values()
+            .filter(|s| s.stage() == SegmentStage::Indexed)
+            .count();
+        assert!(indexed <= 2, "{indexed} indexed segments left");
+        drop(state);
+        assert_eq!(shard.count(None), 960);
+        let q = vec![0.2; dim];
+        let exact = shard.search(&exact_query(&q, 10));
+        let approx = shard.search(&SearchQuery {
+            exact: false,
+            ef: Some(200),
+            ..exact_query(&q, 10)
+        });
+        let overlap = approx
+            .iter()
+            .filter(|a| exact.iter().any(|e| e.id == a.id))
+            .count();
+        assert!(
+            overlap >= 9,
+            "the merged graph found {overlap}/10 true neighbours"
         );
     }
 

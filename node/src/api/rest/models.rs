@@ -459,3 +459,92 @@ pub struct QueryRequestBatch {
 pub struct QueryResponse {
     pub points: Vec<ScoredPointOut>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::rest::json_body::parse;
+    use proptest::prelude::*;
+
+    /// Arbitrary JSON, nested a few levels, with the keys the request models look for mixed in so
+    /// that parsing gets past the first field.
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            Just("points".to_string()),
+            Just("batch".to_string()),
+            Just("vector".to_string()),
+            Just("filter".to_string()),
+            Just("must".to_string()),
+            Just("key".to_string()),
+            Just("match".to_string()),
+            Just("limit".to_string()),
+            Just("query".to_string()),
+            Just("recommend".to_string()),
+            Just("with_payload".to_string()),
+            Just("".to_string()),
+            "[a-z_]{1,8}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[a-z0-9 .\\[\\]-]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// No body, however odd, makes a request parser panic: it parses or gives a 400.
+        #[test]
+        fn request_parsers_never_panic(value in arb_json()) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            for result in [
+                parse::<PointInsertOperations>(&bytes).err(),
+                parse::<SearchRequest>(&bytes).err(),
+                parse::<QueryRequest>(&bytes).err(),
+                parse::<RecommendRequest>(&bytes).err(),
+                parse::<ScrollRequest>(&bytes).err(),
+                parse::<CountRequest>(&bytes).err(),
+                parse::<PointsSelector>(&bytes).err(),
+                parse::<SetPayload>(&bytes).err(),
+                parse::<CreateCollection>(&bytes).err(),
+            ].into_iter().flatten() {
+                prop_assert_eq!(result.status, axum::http::StatusCode::BAD_REQUEST);
+                prop_assert!(!result.message.is_empty());
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_a_clean_400(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Err(e) = parse::<SearchRequest>(&bytes) {
+                prop_assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+            }
+        }
+    }
+
+    #[test]
+    fn vectors_parse_as_lists_or_the_unnamed_entry() {
+        let v: DenseVector = serde_json::from_str("[1, 2.5, -3]").unwrap();
+        assert_eq!(v.0, vec![1.0, 2.5, -3.0]);
+        let v: DenseVector = serde_json::from_str(r#"{"": [0.5]}"#).unwrap();
+        assert_eq!(v.0, vec![0.5]);
+        assert!(serde_json::from_str::<DenseVector>(r#"{"text": [0.5]}"#).is_err());
+        assert!(serde_json::from_str::<DenseVector>(r#"["a"]"#).is_err());
+        let q: QueryInterface = serde_json::from_str(r#"{"nearest": 7}"#).unwrap();
+        assert!(matches!(
+            q,
+            QueryInterface::Nearest(VectorInput::Id(PointId::Num(7)))
+        ));
+        let err = serde_json::from_str::<QueryInterface>(r#"{"fusion": "rrf"}"#).unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
+    }
+}
