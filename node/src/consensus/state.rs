@@ -1,0 +1,1883 @@
+//! The cluster state that Raft replicates, and the operations that change it.
+//!
+//! This module owns the vocabulary of cluster metadata (peers, collections, shards, replica
+//! states, shard keys, transfers, resharding) and the one function that changes it,
+//! [`ClusterState::apply`]. It is pure: no I/O, no clock, no randomness, so every peer that
+//! applies the same log reaches byte-for-byte the same state. It must not touch local shards or
+//! the network; the node's reconcile loop reads the applied state and acts on it.
+//!
+//! Validation and application are one code path: `apply` runs the operation on a copy and only
+//! swaps the copy in when the whole operation succeeded, so a rejected operation changes nothing
+//! and a check can never be forgotten on one side ("plan on a copy, then apply").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::collection_config::{CollectionConfig, MAX_SHARD_NUMBER, ShardingMethod};
+
+/// A peer of the cluster; also its Raft node id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PeerId(pub u64);
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A shard of one collection, unique within that collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ShardId(pub u32);
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The state of one replica of a shard on one peer (see DESIGN.md, "Replica states"). The
+/// serde names are Qdrant's, so cluster info reads the same as Qdrant's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ReplicaState {
+    /// Just created, not yet serving.
+    Initializing,
+    /// Sound; a source of truth.
+    Active,
+    /// Receives writes, never serves reads (backups).
+    Listener,
+    /// Receiving a stream transfer; its data is incomplete.
+    Partial,
+    /// Being restored from a snapshot or a WAL delta.
+    Recovery,
+    /// A new shard being filled by a resharding scale-up.
+    Resharding,
+    /// A shard being drained by a resharding scale-down; still counts as active.
+    ReshardingScaleDown,
+    /// Failed; excluded from reads and writes until recovered.
+    Dead,
+}
+
+impl ReplicaState {
+    pub const ALL: [ReplicaState; 8] = [
+        ReplicaState::Initializing,
+        ReplicaState::Active,
+        ReplicaState::Listener,
+        ReplicaState::Partial,
+        ReplicaState::Recovery,
+        ReplicaState::Resharding,
+        ReplicaState::ReshardingScaleDown,
+        ReplicaState::Dead,
+    ];
+
+    /// Whether a read may be served by a replica in this state.
+    pub fn is_readable(self) -> bool {
+        matches!(
+            self,
+            ReplicaState::Active | ReplicaState::ReshardingScaleDown
+        )
+    }
+
+    /// Whether ordinary (non-forced) updates are sent to a replica in this state. A `Recovery`
+    /// replica is being overwritten by a snapshot or WAL delta, so only forced updates (the
+    /// queued updates replayed by the transfer) reach it; see [`Self::takes_forced_updates`].
+    pub fn takes_updates(self) -> bool {
+        !matches!(self, ReplicaState::Recovery | ReplicaState::Dead)
+    }
+
+    /// Whether forced updates (a transfer's replay) are sent to a replica in this state.
+    pub fn takes_forced_updates(self) -> bool {
+        self != ReplicaState::Dead
+    }
+
+    /// Whether the replica holds a complete, authoritative copy of the shard: the replicas that
+    /// must never all disappear.
+    pub fn is_active_like(self) -> bool {
+        matches!(
+            self,
+            ReplicaState::Active | ReplicaState::ReshardingScaleDown
+        )
+    }
+}
+
+impl fmt::Display for ReplicaState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// How a peer is reached and what it is called.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Where the peer's internal (gRPC) API listens, e.g. `http://shoal-1.shoal:6335`.
+    pub uri: String,
+    /// A human-readable name (the pod name under Kubernetes).
+    pub name: String,
+}
+
+/// A shard key of a custom-sharded collection: a string or an unsigned integer, untagged in
+/// JSON as in Qdrant (`"tenant-a"` or `7`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ShardKey {
+    Keyword(String),
+    Number(u64),
+}
+
+impl fmt::Display for ShardKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ShardKey::Keyword(k) => write!(f, "\"{k}\""),
+            ShardKey::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// One shard of a collection: where its replicas live and in which state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMeta {
+    pub replicas: BTreeMap<PeerId, ReplicaState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_key: Option<ShardKey>,
+}
+
+impl ShardMeta {
+    fn active_like_count(&self) -> usize {
+        self.replicas
+            .values()
+            .filter(|s| s.is_active_like())
+            .count()
+    }
+}
+
+/// How a transfer moves a shard's points (see DESIGN.md, "Transfer methods"). The serde names
+/// are Qdrant's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferMethod {
+    #[default]
+    StreamRecords,
+    Snapshot,
+    WalDelta,
+    ReshardingStreamRecords,
+}
+
+impl TransferMethod {
+    /// The state the destination replica is in while the transfer runs.
+    pub fn destination_state(self) -> ReplicaState {
+        match self {
+            TransferMethod::StreamRecords => ReplicaState::Partial,
+            TransferMethod::Snapshot | TransferMethod::WalDelta => ReplicaState::Recovery,
+            TransferMethod::ReshardingStreamRecords => ReplicaState::Resharding,
+        }
+    }
+}
+
+/// A running shard transfer. Registered and finished by operations that a later step adds;
+/// until then the list only exists so that the operations here can refuse to pull a replica out
+/// from under a transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardTransfer {
+    pub shard: ShardId,
+    /// The destination shard when it differs from `shard` (resharding moves points between
+    /// shards); `None` for an ordinary transfer of `shard` from peer to peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_shard: Option<ShardId>,
+    pub from: PeerId,
+    pub to: PeerId,
+    /// `true` for a replicate (the source keeps its replica), `false` for a move.
+    pub sync: bool,
+    pub method: TransferMethod,
+}
+
+impl ShardTransfer {
+    /// Whether this transfer reads from or writes to the replica of `shard` on `peer`.
+    pub fn involves(&self, shard: ShardId, peer: PeerId) -> bool {
+        (self.shard == shard && self.from == peer)
+            || (self.to_shard.unwrap_or(self.shard) == shard && self.to == peer)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReshardingDirection {
+    Up,
+    Down,
+}
+
+/// The stages of a resharding, in order (see DESIGN.md, "Resharding").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReshardingStage {
+    MigratingPoints,
+    ReadHashRingCommitted,
+    WriteHashRingCommitted,
+}
+
+impl ReshardingStage {
+    /// Abort is possible until writes use the new ring; after that the old ring's shards no
+    /// longer receive every write, so going back would lose data.
+    pub fn can_abort(self) -> bool {
+        self < ReshardingStage::WriteHashRingCommitted
+    }
+}
+
+/// A resharding in progress on a collection. Driven by operations a later step adds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReshardingState {
+    pub direction: ReshardingDirection,
+    /// The shard being added (up) or drained (down).
+    pub shard: ShardId,
+    /// The peer that holds `shard` and drives the resharding.
+    pub peer: PeerId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_key: Option<ShardKey>,
+    pub stage: ReshardingStage,
+}
+
+/// Everything the cluster knows about one collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionMeta {
+    pub config: CollectionConfig,
+    pub shards: BTreeMap<ShardId, ShardMeta>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transfers: Vec<ShardTransfer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resharding: Option<ReshardingState>,
+}
+
+impl CollectionMeta {
+    fn is_custom_sharded(&self) -> bool {
+        self.config.params.sharding_method == Some(ShardingMethod::Custom)
+    }
+}
+
+/// The replicated cluster metadata.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub peers: BTreeMap<PeerId, PeerInfo>,
+    pub collections: BTreeMap<String, CollectionMeta>,
+}
+
+/// A change to the cluster state, proposed through Raft and applied by every peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterOperation {
+    /// Registers a peer, or updates the address and name of a known one.
+    AddPeer {
+        peer: PeerId,
+        info: PeerInfo,
+    },
+    /// Forgets a peer. Without `force` it must hold no replicas; with `force` its replicas are
+    /// dropped (for a peer that is gone for good), as long as every shard keeps a replica.
+    RemovePeer {
+        peer: PeerId,
+        force: bool,
+    },
+    /// Creates a collection and, unless it is custom-sharded, places its shards on the peers.
+    CreateCollection {
+        name: String,
+        // Boxed: the configuration dwarfs every other operation.
+        config: Box<CollectionConfig>,
+    },
+    DeleteCollection {
+        name: String,
+    },
+    /// Changes a replica's state; with `from_state`, only if it is currently in that state
+    /// (compare-and-set, so a stale reconcile cannot undo a newer decision).
+    SetReplicaState {
+        collection: String,
+        shard: ShardId,
+        peer: PeerId,
+        state: ReplicaState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_state: Option<ReplicaState>,
+    },
+    /// Adds a replica of an existing shard on a peer, in a state that serves no reads.
+    AddReplica {
+        collection: String,
+        shard: ShardId,
+        peer: PeerId,
+        state: ReplicaState,
+    },
+    DropReplica {
+        collection: String,
+        shard: ShardId,
+        peer: PeerId,
+    },
+    /// Creates the shards of a new shard key in a custom-sharded collection. `shard_number` and
+    /// `replication_factor` default to the collection's; `placement` restricts the peers.
+    CreateShardKey {
+        collection: String,
+        key: ShardKey,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shard_number: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replication_factor: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        placement: Option<Vec<PeerId>>,
+    },
+    /// Drops every shard of a shard key.
+    DropShardKey {
+        collection: String,
+        key: ShardKey,
+    },
+}
+
+/// What an applied operation reports back to its proposer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterResponse {
+    /// The operation took effect (or, for an idempotent repeat, was already in effect).
+    Done,
+    /// New shards were created; each lists the peers its replicas were placed on.
+    ShardsPlaced {
+        shards: BTreeMap<ShardId, Vec<PeerId>>,
+    },
+}
+
+/// Why an operation was rejected. Every variant names what it is about; the state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterError {
+    #[error("peer {peer} is not part of the cluster")]
+    UnknownPeer { peer: PeerId },
+    #[error("uri `{uri}` already belongs to peer {owner}; each peer needs its own address")]
+    PeerUriInUse { uri: String, owner: PeerId },
+    #[error(
+        "peer {peer} still holds {replicas} replica(s), e.g. shard {shard} of collection \
+         `{collection}`; move them to other peers first, or remove the peer with force"
+    )]
+    PeerHoldsReplicas {
+        peer: PeerId,
+        replicas: usize,
+        collection: String,
+        shard: ShardId,
+    },
+    #[error(
+        "peer {peer} drives the resharding of collection `{collection}`; abort or finish the \
+         resharding first"
+    )]
+    PeerDrivesResharding { peer: PeerId, collection: String },
+    #[error("collection `{collection}` already exists")]
+    CollectionExists { collection: String },
+    #[error("collection `{collection}` does not exist")]
+    UnknownCollection { collection: String },
+    #[error("invalid collection name `{collection}`: {reason}")]
+    InvalidCollectionName { collection: String, reason: String },
+    #[error("invalid configuration for collection `{collection}`: {reason}")]
+    InvalidConfig { collection: String, reason: String },
+    #[error("cannot place the shards of collection `{collection}`: {reason}")]
+    NoPeersForPlacement { collection: String, reason: String },
+    #[error("shard {shard} of collection `{collection}` does not exist")]
+    UnknownShard { collection: String, shard: ShardId },
+    #[error("shard {shard} of collection `{collection}` has no replica on peer {peer}")]
+    NoReplicaOnPeer {
+        collection: String,
+        shard: ShardId,
+        peer: PeerId,
+    },
+    #[error(
+        "shard {shard} of collection `{collection}` already has a replica on peer {peer} ({state})"
+    )]
+    ReplicaExists {
+        collection: String,
+        shard: ShardId,
+        peer: PeerId,
+        state: ReplicaState,
+    },
+    #[error(
+        "the replica of shard {shard} of collection `{collection}` on peer {peer} is the shard's \
+         only replica; add another replica first, or delete the collection"
+    )]
+    LastReplica {
+        collection: String,
+        shard: ShardId,
+        peer: PeerId,
+    },
+    #[error(
+        "the replica of shard {shard} of collection `{collection}` on peer {peer} is the shard's \
+         last active replica; activate another replica first"
+    )]
+    LastActiveReplica {
+        collection: String,
+        shard: ShardId,
+        peer: PeerId,
+    },
+    #[error(
+        "the replica of shard {shard} of collection `{collection}` on peer {peer} is {actual}, \
+         not {expected}; re-read the cluster state and decide again"
+    )]
+    ReplicaStateMismatch {
+        collection: String,
+        shard: ShardId,
+        peer: PeerId,
+        expected: ReplicaState,
+        actual: ReplicaState,
+    },
+    #[error(
+        "a new replica of shard {shard} of collection `{collection}` on peer {peer} cannot start \
+         as {state}: it holds no data yet; add it as Initializing, Partial, Recovery or Listener \
+         and promote it once filled"
+    )]
+    NewReplicaReadable {
+        collection: String,
+        shard: ShardId,
+        peer: PeerId,
+        state: ReplicaState,
+    },
+    #[error(
+        "the replica of shard {shard} of collection `{collection}` on peer {peer} takes part in a \
+         running transfer; abort the transfer first"
+    )]
+    ReplicaInTransfer {
+        collection: String,
+        shard: ShardId,
+        peer: PeerId,
+    },
+    #[error(
+        "shard {shard} of collection `{collection}` takes part in a running resharding; abort or \
+         finish the resharding first"
+    )]
+    ShardInResharding { collection: String, shard: ShardId },
+    #[error(
+        "collection `{collection}` is not custom-sharded; shard keys need `sharding_method: custom`"
+    )]
+    NotCustomSharded { collection: String },
+    #[error("shard key {key} already exists in collection `{collection}`")]
+    ShardKeyExists { collection: String, key: ShardKey },
+    #[error("shard key {key} does not exist in collection `{collection}`")]
+    UnknownShardKey { collection: String, key: ShardKey },
+    #[error("invalid shard key {key} for collection `{collection}`: {reason}")]
+    InvalidShardKey {
+        collection: String,
+        key: ShardKey,
+        reason: String,
+    },
+}
+
+impl ClusterState {
+    /// Applies `op` if it is valid; otherwise returns why not and leaves `self` unchanged.
+    ///
+    /// The operation runs on a clone that replaces `self` only on success, so there is no
+    /// separate validation that could disagree with the application.
+    pub fn apply(&mut self, op: ClusterOperation) -> Result<ClusterResponse, ClusterError> {
+        let mut next = self.clone();
+        let response = next.apply_in_place(op)?;
+        *self = next;
+        Ok(response)
+    }
+
+    /// What applying `op` would return, without changing `self` ("plan on a copy").
+    pub fn validate(&self, op: &ClusterOperation) -> Result<ClusterResponse, ClusterError> {
+        self.clone().apply(op.clone())
+    }
+
+    /// The number of replicas (of any state, across all collections) on each known peer.
+    pub fn replicas_per_peer(&self) -> BTreeMap<PeerId, usize> {
+        let mut load: BTreeMap<PeerId, usize> = self.peers.keys().map(|p| (*p, 0)).collect();
+        for shard in self.collections.values().flat_map(|c| c.shards.values()) {
+            for peer in shard.replicas.keys() {
+                *load.entry(*peer).or_default() += 1;
+            }
+        }
+        load
+    }
+
+    /// The body of [`Self::apply`]. It may leave `self` half-changed when it fails, which is why
+    /// only `apply` (on a clone) calls it.
+    fn apply_in_place(&mut self, op: ClusterOperation) -> Result<ClusterResponse, ClusterError> {
+        match op {
+            ClusterOperation::AddPeer { peer, info } => self.add_peer(peer, info),
+            ClusterOperation::RemovePeer { peer, force } => self.remove_peer(peer, force),
+            ClusterOperation::CreateCollection { name, config } => {
+                self.create_collection(name, *config)
+            }
+            ClusterOperation::DeleteCollection { name } => {
+                self.collections
+                    .remove(&name)
+                    .ok_or(ClusterError::UnknownCollection { collection: name })?;
+                Ok(ClusterResponse::Done)
+            }
+            ClusterOperation::SetReplicaState {
+                collection,
+                shard,
+                peer,
+                state,
+                from_state,
+            } => self.set_replica_state(collection, shard, peer, state, from_state),
+            ClusterOperation::AddReplica {
+                collection,
+                shard,
+                peer,
+                state,
+            } => self.add_replica(collection, shard, peer, state),
+            ClusterOperation::DropReplica {
+                collection,
+                shard,
+                peer,
+            } => self.drop_replica(collection, shard, peer),
+            ClusterOperation::CreateShardKey {
+                collection,
+                key,
+                shard_number,
+                replication_factor,
+                placement,
+            } => {
+                self.create_shard_key(collection, key, shard_number, replication_factor, placement)
+            }
+            ClusterOperation::DropShardKey { collection, key } => {
+                self.drop_shard_key(collection, key)
+            }
+        }
+    }
+
+    fn add_peer(&mut self, peer: PeerId, info: PeerInfo) -> Result<ClusterResponse, ClusterError> {
+        if let Some((owner, _)) = self
+            .peers
+            .iter()
+            .find(|(id, known)| **id != peer && known.uri == info.uri)
+        {
+            return Err(ClusterError::PeerUriInUse {
+                uri: info.uri,
+                owner: *owner,
+            });
+        }
+        // Upsert: a restarted peer re-announcing itself (perhaps at a new address) is normal.
+        self.peers.insert(peer, info);
+        Ok(ClusterResponse::Done)
+    }
+
+    fn remove_peer(&mut self, peer: PeerId, force: bool) -> Result<ClusterResponse, ClusterError> {
+        self.peer(peer)?;
+        if let Some((name, _)) = self
+            .collections
+            .iter()
+            .find(|(_, c)| c.resharding.as_ref().is_some_and(|r| r.peer == peer))
+        {
+            return Err(ClusterError::PeerDrivesResharding {
+                peer,
+                collection: name.clone(),
+            });
+        }
+        let held: Vec<(String, ShardId)> = self
+            .collections
+            .iter()
+            .flat_map(|(name, c)| {
+                c.shards
+                    .iter()
+                    .filter(|(_, s)| s.replicas.contains_key(&peer))
+                    .map(move |(id, _)| (name.clone(), *id))
+            })
+            .collect();
+        if let Some((collection, shard)) = held.first()
+            && !force
+        {
+            return Err(ClusterError::PeerHoldsReplicas {
+                peer,
+                replicas: held.len(),
+                collection: collection.clone(),
+                shard: *shard,
+            });
+        }
+        for (name, shard_id) in held {
+            let collection = self.collection_mut(&name)?;
+            // A forced removal may drop active replicas (the peer is gone for good), but never a
+            // shard's last replica: that would leave a shard that exists nowhere.
+            let shard = shard_mut(collection, &name, shard_id)?;
+            if shard.replicas.len() == 1 {
+                return Err(ClusterError::LastReplica {
+                    collection: name,
+                    shard: shard_id,
+                    peer,
+                });
+            }
+            shard.replicas.remove(&peer);
+            // The peer's transfers cannot continue without it.
+            collection
+                .transfers
+                .retain(|t| t.from != peer && t.to != peer);
+        }
+        self.peers.remove(&peer);
+        Ok(ClusterResponse::Done)
+    }
+
+    fn create_collection(
+        &mut self,
+        name: String,
+        config: CollectionConfig,
+    ) -> Result<ClusterResponse, ClusterError> {
+        validate_collection_name(&name)?;
+        if self.collections.contains_key(&name) {
+            return Err(ClusterError::CollectionExists { collection: name });
+        }
+        config
+            .validate()
+            .map_err(|reason| ClusterError::InvalidConfig {
+                collection: name.clone(),
+                reason,
+            })?;
+        let custom = config.params.sharding_method == Some(ShardingMethod::Custom);
+        let shard_number = config.params.shard_number;
+        let replication_factor = config.params.replication_factor;
+        self.collections.insert(
+            name.clone(),
+            CollectionMeta {
+                config,
+                shards: BTreeMap::new(),
+                transfers: Vec::new(),
+                resharding: None,
+            },
+        );
+        if custom {
+            // Custom sharding: shards come with their shard keys, none exist up front.
+            return Ok(ClusterResponse::ShardsPlaced {
+                shards: BTreeMap::new(),
+            });
+        }
+        let candidates: Vec<PeerId> = self.peers.keys().copied().collect();
+        let shards =
+            self.place_new_shards(&name, None, shard_number, replication_factor, &candidates)?;
+        Ok(ClusterResponse::ShardsPlaced { shards })
+    }
+
+    fn set_replica_state(
+        &mut self,
+        name: String,
+        shard_id: ShardId,
+        peer: PeerId,
+        state: ReplicaState,
+        from_state: Option<ReplicaState>,
+    ) -> Result<ClusterResponse, ClusterError> {
+        let collection = self.collection_mut(&name)?;
+        let shard = shard_mut(collection, &name, shard_id)?;
+        let current = *shard
+            .replicas
+            .get(&peer)
+            .ok_or_else(|| ClusterError::NoReplicaOnPeer {
+                collection: name.clone(),
+                shard: shard_id,
+                peer,
+            })?;
+        if let Some(expected) = from_state
+            && expected != current
+        {
+            return Err(ClusterError::ReplicaStateMismatch {
+                collection: name,
+                shard: shard_id,
+                peer,
+                expected,
+                actual: current,
+            });
+        }
+        if current.is_active_like() && !state.is_active_like() && shard.active_like_count() == 1 {
+            return Err(ClusterError::LastActiveReplica {
+                collection: name,
+                shard: shard_id,
+                peer,
+            });
+        }
+        shard.replicas.insert(peer, state);
+        Ok(ClusterResponse::Done)
+    }
+
+    fn add_replica(
+        &mut self,
+        name: String,
+        shard_id: ShardId,
+        peer: PeerId,
+        state: ReplicaState,
+    ) -> Result<ClusterResponse, ClusterError> {
+        self.peer(peer)?;
+        let collection = self.collection_mut(&name)?;
+        let shard = shard_mut(collection, &name, shard_id)?;
+        if let Some(existing) = shard.replicas.get(&peer) {
+            return Err(ClusterError::ReplicaExists {
+                collection: name,
+                shard: shard_id,
+                peer,
+                state: *existing,
+            });
+        }
+        if state.is_readable() {
+            return Err(ClusterError::NewReplicaReadable {
+                collection: name,
+                shard: shard_id,
+                peer,
+                state,
+            });
+        }
+        shard.replicas.insert(peer, state);
+        Ok(ClusterResponse::Done)
+    }
+
+    fn drop_replica(
+        &mut self,
+        name: String,
+        shard_id: ShardId,
+        peer: PeerId,
+    ) -> Result<ClusterResponse, ClusterError> {
+        let collection = self.collection_mut(&name)?;
+        if collection
+            .transfers
+            .iter()
+            .any(|t| t.involves(shard_id, peer))
+        {
+            return Err(ClusterError::ReplicaInTransfer {
+                collection: name,
+                shard: shard_id,
+                peer,
+            });
+        }
+        if collection
+            .resharding
+            .as_ref()
+            .is_some_and(|r| r.shard == shard_id)
+        {
+            return Err(ClusterError::ShardInResharding {
+                collection: name,
+                shard: shard_id,
+            });
+        }
+        let shard = shard_mut(collection, &name, shard_id)?;
+        let state = *shard
+            .replicas
+            .get(&peer)
+            .ok_or_else(|| ClusterError::NoReplicaOnPeer {
+                collection: name.clone(),
+                shard: shard_id,
+                peer,
+            })?;
+        if shard.replicas.len() == 1 {
+            return Err(ClusterError::LastReplica {
+                collection: name,
+                shard: shard_id,
+                peer,
+            });
+        }
+        if state.is_active_like() && shard.active_like_count() == 1 {
+            return Err(ClusterError::LastActiveReplica {
+                collection: name,
+                shard: shard_id,
+                peer,
+            });
+        }
+        shard.replicas.remove(&peer);
+        Ok(ClusterResponse::Done)
+    }
+
+    fn create_shard_key(
+        &mut self,
+        name: String,
+        key: ShardKey,
+        shard_number: Option<u32>,
+        replication_factor: Option<u32>,
+        placement: Option<Vec<PeerId>>,
+    ) -> Result<ClusterResponse, ClusterError> {
+        let collection = self.collection(&name)?;
+        if !collection.is_custom_sharded() {
+            return Err(ClusterError::NotCustomSharded { collection: name });
+        }
+        if collection
+            .shards
+            .values()
+            .any(|s| s.shard_key.as_ref() == Some(&key))
+        {
+            return Err(ClusterError::ShardKeyExists {
+                collection: name,
+                key,
+            });
+        }
+        let invalid = |reason: String| ClusterError::InvalidShardKey {
+            collection: name.clone(),
+            key: key.clone(),
+            reason,
+        };
+        let shard_number = shard_number.unwrap_or(collection.config.params.shard_number);
+        if shard_number == 0 || shard_number > MAX_SHARD_NUMBER {
+            return Err(invalid(format!(
+                "shard_number must be between 1 and {MAX_SHARD_NUMBER}, got {shard_number}"
+            )));
+        }
+        let replication_factor =
+            replication_factor.unwrap_or(collection.config.params.replication_factor);
+        if replication_factor == 0 {
+            return Err(invalid("replication_factor must be at least 1".into()));
+        }
+        if collection.shards.len() + shard_number as usize > MAX_SHARD_NUMBER as usize {
+            return Err(invalid(format!(
+                "the collection would have more than {MAX_SHARD_NUMBER} shards"
+            )));
+        }
+        let candidates = match placement {
+            None => self.peers.keys().copied().collect(),
+            Some(peers) => {
+                if peers.is_empty() {
+                    return Err(invalid("placement lists no peers".into()));
+                }
+                let mut seen = BTreeSet::new();
+                for peer in &peers {
+                    self.peer(*peer)?;
+                    if !seen.insert(*peer) {
+                        return Err(invalid(format!("placement lists peer {peer} twice")));
+                    }
+                }
+                peers
+            }
+        };
+        let shards = self.place_new_shards(
+            &name,
+            Some(key),
+            shard_number,
+            replication_factor,
+            &candidates,
+        )?;
+        Ok(ClusterResponse::ShardsPlaced { shards })
+    }
+
+    fn drop_shard_key(
+        &mut self,
+        name: String,
+        key: ShardKey,
+    ) -> Result<ClusterResponse, ClusterError> {
+        let collection = self.collection_mut(&name)?;
+        let ids: Vec<ShardId> = collection
+            .shards
+            .iter()
+            .filter(|(_, s)| s.shard_key.as_ref() == Some(&key))
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return Err(ClusterError::UnknownShardKey {
+                collection: name,
+                key,
+            });
+        }
+        for id in &ids {
+            if let Some(t) = collection
+                .transfers
+                .iter()
+                .find(|t| t.shard == *id || t.to_shard == Some(*id))
+            {
+                let peer = t.to;
+                return Err(ClusterError::ReplicaInTransfer {
+                    collection: name,
+                    shard: *id,
+                    peer,
+                });
+            }
+            if collection
+                .resharding
+                .as_ref()
+                .is_some_and(|r| r.shard == *id)
+            {
+                return Err(ClusterError::ShardInResharding {
+                    collection: name,
+                    shard: *id,
+                });
+            }
+            collection.shards.remove(id);
+        }
+        Ok(ClusterResponse::Done)
+    }
+
+    /// Creates `shard_number` new shards (ids after the largest existing one) with up to
+    /// `replication_factor` replicas each, in state `Initializing`, on `candidates`.
+    ///
+    /// Each replica goes to the candidate with the fewest replicas overall, ties broken by the
+    /// lower peer id, never to a peer that already holds that shard. Greedy least-loaded choice
+    /// keeps the load spread even (max - min <= 1 among the candidates when it was so before),
+    /// and it depends only on the replicated state, so every peer computes the same placement.
+    fn place_new_shards(
+        &mut self,
+        name: &str,
+        shard_key: Option<ShardKey>,
+        shard_number: u32,
+        replication_factor: u32,
+        candidates: &[PeerId],
+    ) -> Result<BTreeMap<ShardId, Vec<PeerId>>, ClusterError> {
+        if candidates.is_empty() {
+            return Err(ClusterError::NoPeersForPlacement {
+                collection: name.to_string(),
+                reason: "the cluster has no peers; add a peer first".into(),
+            });
+        }
+        let all_load = self.replicas_per_peer();
+        let mut load: BTreeMap<PeerId, usize> = candidates
+            .iter()
+            .map(|p| (*p, all_load.get(p).copied().unwrap_or(0)))
+            .collect();
+        let per_shard = (replication_factor as usize).min(load.len());
+        let collection = self.collection_mut(name)?;
+        let first = collection
+            .shards
+            .keys()
+            .next_back()
+            .map_or(0, |id| id.0 + 1);
+        let mut placed = BTreeMap::new();
+        for offset in 0..shard_number {
+            let shard_id = first.checked_add(offset).map(ShardId).ok_or_else(|| {
+                ClusterError::InvalidConfig {
+                    collection: name.to_string(),
+                    reason: "shard ids are exhausted".into(),
+                }
+            })?;
+            let mut chosen: Vec<PeerId> = Vec::with_capacity(per_shard);
+            for _ in 0..per_shard {
+                // BTreeMap iterates in peer-id order, so `min_by_key` keeps the lowest id on ties.
+                let peer = load
+                    .iter()
+                    .filter(|(p, _)| !chosen.contains(p))
+                    .min_by_key(|(_, n)| **n)
+                    .map(|(p, _)| *p);
+                let Some(peer) = peer else { break };
+                *load.entry(peer).or_default() += 1;
+                chosen.push(peer);
+            }
+            collection.shards.insert(
+                shard_id,
+                ShardMeta {
+                    replicas: chosen
+                        .iter()
+                        .map(|p| (*p, ReplicaState::Initializing))
+                        .collect(),
+                    shard_key: shard_key.clone(),
+                },
+            );
+            placed.insert(shard_id, chosen);
+        }
+        Ok(placed)
+    }
+
+    fn peer(&self, peer: PeerId) -> Result<&PeerInfo, ClusterError> {
+        self.peers
+            .get(&peer)
+            .ok_or(ClusterError::UnknownPeer { peer })
+    }
+
+    fn collection(&self, name: &str) -> Result<&CollectionMeta, ClusterError> {
+        self.collections
+            .get(name)
+            .ok_or_else(|| ClusterError::UnknownCollection {
+                collection: name.to_string(),
+            })
+    }
+
+    fn collection_mut(&mut self, name: &str) -> Result<&mut CollectionMeta, ClusterError> {
+        self.collections
+            .get_mut(name)
+            .ok_or_else(|| ClusterError::UnknownCollection {
+                collection: name.to_string(),
+            })
+    }
+}
+
+fn shard_mut<'a>(
+    collection: &'a mut CollectionMeta,
+    name: &str,
+    shard: ShardId,
+) -> Result<&'a mut ShardMeta, ClusterError> {
+    collection
+        .shards
+        .get_mut(&shard)
+        .ok_or_else(|| ClusterError::UnknownShard {
+            collection: name.to_string(),
+            shard,
+        })
+}
+
+/// Collection names become directory names and URL path segments on every peer, so they are
+/// checked here, once, where all peers agree.
+fn validate_collection_name(name: &str) -> Result<(), ClusterError> {
+    let reason = if name.is_empty() {
+        Some("the name is empty")
+    } else if name.len() > 255 {
+        Some("the name is longer than 255 bytes")
+    } else if name.contains(['/', '\\', '\0']) {
+        Some("the name contains `/`, `\\` or a NUL byte")
+    } else if name == "." || name == ".." {
+        Some("the name is `.` or `..`")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ClusterError::InvalidCollectionName {
+            collection: name.to_string(),
+            reason: reason.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collection_config::{
+        CollectionParams, HnswConfig, OptimizersConfig, VectorParams, WalConfig,
+    };
+    use crate::types::Distance;
+    use proptest::prelude::*;
+
+    fn config(shard_number: u32, replication_factor: u32, custom: bool) -> Box<CollectionConfig> {
+        Box::new(CollectionConfig {
+            params: CollectionParams {
+                vectors: VectorParams {
+                    size: 4,
+                    distance: Distance::Cosine,
+                    on_disk: None,
+                    hnsw_config: None,
+                },
+                shard_number,
+                sharding_method: custom.then_some(ShardingMethod::Custom),
+                replication_factor,
+                write_consistency_factor: 1,
+                on_disk_payload: true,
+            },
+            hnsw_config: HnswConfig::default(),
+            optimizer_config: OptimizersConfig::default(),
+            wal_config: WalConfig::default(),
+        })
+    }
+
+    fn add_peer(id: u64) -> ClusterOperation {
+        ClusterOperation::AddPeer {
+            peer: PeerId(id),
+            info: PeerInfo {
+                uri: format!("http://peer-{id}:6335"),
+                name: format!("peer-{id}"),
+            },
+        }
+    }
+
+    fn create(name: &str, shards: u32, rf: u32) -> ClusterOperation {
+        ClusterOperation::CreateCollection {
+            name: name.into(),
+            config: config(shards, rf, false),
+        }
+    }
+
+    fn set_state(name: &str, shard: u32, peer: u64, state: ReplicaState) -> ClusterOperation {
+        ClusterOperation::SetReplicaState {
+            collection: name.into(),
+            shard: ShardId(shard),
+            peer: PeerId(peer),
+            state,
+            from_state: None,
+        }
+    }
+
+    fn drop_replica(name: &str, shard: u32, peer: u64) -> ClusterOperation {
+        ClusterOperation::DropReplica {
+            collection: name.into(),
+            shard: ShardId(shard),
+            peer: PeerId(peer),
+        }
+    }
+
+    fn cluster(peers: u64) -> ClusterState {
+        let mut state = ClusterState::default();
+        for id in 1..=peers {
+            state
+                .apply(add_peer(id))
+                .expect("adding a new peer is valid");
+        }
+        state
+    }
+
+    fn json(state: &ClusterState) -> String {
+        serde_json::to_string(state).expect("cluster state serialises")
+    }
+
+    /// Applies `op`, expects a rejection, and checks that the state did not change at all.
+    fn rejected(state: &mut ClusterState, op: ClusterOperation) -> ClusterError {
+        let before = json(state);
+        let err = state.apply(op).expect_err("operation should be rejected");
+        assert_eq!(
+            before,
+            json(state),
+            "a rejected operation changed the state"
+        );
+        err
+    }
+
+    fn replicas(state: &ClusterState, name: &str, shard: u32) -> Vec<(u64, ReplicaState)> {
+        state.collections[name].shards[&ShardId(shard)]
+            .replicas
+            .iter()
+            .map(|(p, s)| (p.0, *s))
+            .collect()
+    }
+
+    #[test]
+    fn replica_state_predicates_match_the_design_table() {
+        use ReplicaState::*;
+        // (state, readable, takes updates, takes forced updates, active-like)
+        let table = [
+            (Initializing, false, true, true, false),
+            (Active, true, true, true, true),
+            (Listener, false, true, true, false),
+            (Partial, false, true, true, false),
+            (Recovery, false, false, true, false),
+            (Resharding, false, true, true, false),
+            (ReshardingScaleDown, true, true, true, true),
+            (Dead, false, false, false, false),
+        ];
+        assert_eq!(table.len(), ReplicaState::ALL.len());
+        for (state, readable, updates, forced, active) in table {
+            assert_eq!(state.is_readable(), readable, "{state} readable");
+            assert_eq!(state.takes_updates(), updates, "{state} takes updates");
+            assert_eq!(state.takes_forced_updates(), forced, "{state} forced");
+            assert_eq!(state.is_active_like(), active, "{state} active-like");
+        }
+    }
+
+    #[test]
+    fn serde_names_follow_qdrant() {
+        let methods = [
+            (TransferMethod::StreamRecords, "\"stream_records\""),
+            (TransferMethod::Snapshot, "\"snapshot\""),
+            (TransferMethod::WalDelta, "\"wal_delta\""),
+            (
+                TransferMethod::ReshardingStreamRecords,
+                "\"resharding_stream_records\"",
+            ),
+        ];
+        for (method, name) in methods {
+            assert_eq!(serde_json::to_string(&method).unwrap(), name);
+        }
+        assert_eq!(
+            serde_json::to_string(&ReplicaState::ReshardingScaleDown).unwrap(),
+            "\"ReshardingScaleDown\""
+        );
+        let keys: Vec<ShardKey> = serde_json::from_str(r#"["tenant-a", 7]"#).unwrap();
+        assert_eq!(
+            keys,
+            vec![ShardKey::Keyword("tenant-a".into()), ShardKey::Number(7)]
+        );
+        assert_eq!(serde_json::to_string(&keys).unwrap(), r#"["tenant-a",7]"#);
+    }
+
+    #[test]
+    fn operations_and_state_round_trip_through_json() {
+        let mut state = cluster(3);
+        let op = create("docs", 2, 2);
+        let encoded = serde_json::to_string(&op).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ClusterOperation>(&encoded).unwrap(),
+            op
+        );
+        state.apply(op).unwrap();
+        let decoded: ClusterState = serde_json::from_str(&json(&state)).unwrap();
+        assert_eq!(decoded, state);
+    }
+
+    #[test]
+    fn placement_spreads_replicas_least_loaded_first_ties_by_peer_id() {
+        let mut state = cluster(3);
+        let response = state.apply(create("docs", 4, 2)).unwrap();
+        let expected: BTreeMap<ShardId, Vec<PeerId>> = [
+            (0, vec![1, 2]),
+            (1, vec![3, 1]),
+            (2, vec![2, 3]),
+            (3, vec![1, 2]),
+        ]
+        .into_iter()
+        .map(|(s, ps)| (ShardId(s), ps.into_iter().map(PeerId).collect()))
+        .collect();
+        assert_eq!(response, ClusterResponse::ShardsPlaced { shards: expected });
+        assert_eq!(
+            replicas(&state, "docs", 1),
+            vec![
+                (1, ReplicaState::Initializing),
+                (3, ReplicaState::Initializing)
+            ]
+        );
+        let load: Vec<usize> = state.replicas_per_peer().into_values().collect();
+        assert_eq!(load, vec![3, 3, 2]);
+
+        // The next collection starts on the least-loaded peer.
+        let response = state.apply(create("more", 1, 1)).unwrap();
+        assert_eq!(
+            response,
+            ClusterResponse::ShardsPlaced {
+                shards: [(ShardId(0), vec![PeerId(3)])].into()
+            }
+        );
+    }
+
+    #[test]
+    fn replication_factor_above_peer_count_places_one_replica_per_peer() {
+        let mut state = cluster(2);
+        state.apply(create("docs", 3, 5)).unwrap();
+        for shard in 0..3 {
+            assert_eq!(replicas(&state, "docs", shard).len(), 2);
+        }
+    }
+
+    #[test]
+    fn create_collection_rejections_name_the_problem() {
+        let mut empty = ClusterState::default();
+        let err = rejected(&mut empty, create("docs", 1, 1));
+        assert!(matches!(err, ClusterError::NoPeersForPlacement { .. }));
+        assert!(err.to_string().contains("add a peer first"), "{err}");
+
+        let mut state = cluster(2);
+        state.apply(create("docs", 1, 1)).unwrap();
+        let err = rejected(&mut state, create("docs", 1, 1));
+        assert_eq!(err.to_string(), "collection `docs` already exists");
+
+        let err = rejected(&mut state, create("a/b", 1, 1));
+        assert!(matches!(err, ClusterError::InvalidCollectionName { .. }));
+        let err = rejected(&mut state, create("zero", 0, 1));
+        assert!(err.to_string().contains("shard_number"), "{err}");
+    }
+
+    #[test]
+    fn unknown_things_are_rejected_with_their_names() {
+        let mut state = cluster(2);
+        state.apply(create("docs", 4, 1)).unwrap();
+        let err = rejected(&mut state, drop_replica("docs", 3, 7));
+        assert_eq!(
+            err.to_string(),
+            "shard 3 of collection `docs` has no replica on peer 7"
+        );
+        let err = rejected(&mut state, drop_replica("docs", 9, 1));
+        assert_eq!(
+            err.to_string(),
+            "shard 9 of collection `docs` does not exist"
+        );
+        let err = rejected(&mut state, drop_replica("nope", 0, 1));
+        assert_eq!(err.to_string(), "collection `nope` does not exist");
+        let err = rejected(
+            &mut state,
+            ClusterOperation::RemovePeer {
+                peer: PeerId(9),
+                force: false,
+            },
+        );
+        assert_eq!(err.to_string(), "peer 9 is not part of the cluster");
+        let err = rejected(
+            &mut state,
+            ClusterOperation::DeleteCollection {
+                name: "nope".into(),
+            },
+        );
+        assert!(matches!(err, ClusterError::UnknownCollection { .. }));
+    }
+
+    #[test]
+    fn add_peer_updates_a_known_peer_but_refuses_a_taken_uri() {
+        let mut state = cluster(2);
+        let moved = PeerInfo {
+            uri: "http://new-home:6335".into(),
+            name: "peer-1".into(),
+        };
+        state
+            .apply(ClusterOperation::AddPeer {
+                peer: PeerId(1),
+                info: moved.clone(),
+            })
+            .unwrap();
+        assert_eq!(state.peers[&PeerId(1)], moved);
+        let err = rejected(
+            &mut state,
+            ClusterOperation::AddPeer {
+                peer: PeerId(3),
+                info: moved,
+            },
+        );
+        assert!(matches!(
+            err,
+            ClusterError::PeerUriInUse {
+                owner: PeerId(1),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn remove_peer_needs_force_and_never_drops_a_last_replica() {
+        let mut state = cluster(3);
+        state.apply(create("docs", 2, 2)).unwrap(); // shard 0: 1,2; shard 1: 3,1
+        let err = rejected(
+            &mut state,
+            ClusterOperation::RemovePeer {
+                peer: PeerId(1),
+                force: false,
+            },
+        );
+        assert!(
+            err.to_string()
+                .starts_with("peer 1 still holds 2 replica(s), e.g. shard 0 of collection `docs`"),
+            "{err}"
+        );
+        state
+            .apply(ClusterOperation::RemovePeer {
+                peer: PeerId(1),
+                force: true,
+            })
+            .unwrap();
+        assert!(!state.peers.contains_key(&PeerId(1)));
+        assert_eq!(
+            replicas(&state, "docs", 0),
+            vec![(2, ReplicaState::Initializing)]
+        );
+        // Peer 2 now holds shard 0's only replica: even force refuses.
+        let err = rejected(
+            &mut state,
+            ClusterOperation::RemovePeer {
+                peer: PeerId(2),
+                force: true,
+            },
+        );
+        assert!(matches!(err, ClusterError::LastReplica { .. }), "{err}");
+        // A peer without replicas goes without force.
+        state.apply(add_peer(4)).unwrap();
+        state
+            .apply(ClusterOperation::RemovePeer {
+                peer: PeerId(4),
+                force: false,
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn the_last_active_replica_and_the_last_replica_stay() {
+        let mut state = cluster(2);
+        state.apply(create("docs", 1, 2)).unwrap();
+        state
+            .apply(set_state("docs", 0, 1, ReplicaState::Active))
+            .unwrap();
+        let err = rejected(&mut state, drop_replica("docs", 0, 1));
+        assert!(
+            matches!(err, ClusterError::LastActiveReplica { .. }),
+            "{err}"
+        );
+        let err = rejected(&mut state, set_state("docs", 0, 1, ReplicaState::Dead));
+        assert!(err.to_string().contains("last active replica"), "{err}");
+
+        // With a second active replica, the first may go.
+        state
+            .apply(set_state("docs", 0, 2, ReplicaState::Active))
+            .unwrap();
+        state
+            .apply(set_state("docs", 0, 1, ReplicaState::Dead))
+            .unwrap();
+        state.apply(drop_replica("docs", 0, 1)).unwrap();
+        let err = rejected(&mut state, drop_replica("docs", 0, 2));
+        assert!(matches!(err, ClusterError::LastReplica { .. }), "{err}");
+    }
+
+    #[test]
+    fn set_replica_state_compares_before_it_sets() {
+        let mut state = cluster(1);
+        state.apply(create("docs", 1, 1)).unwrap();
+        let cas = |from, to| ClusterOperation::SetReplicaState {
+            collection: "docs".into(),
+            shard: ShardId(0),
+            peer: PeerId(1),
+            state: to,
+            from_state: Some(from),
+        };
+        let err = rejected(&mut state, cas(ReplicaState::Partial, ReplicaState::Active));
+        assert_eq!(
+            err,
+            ClusterError::ReplicaStateMismatch {
+                collection: "docs".into(),
+                shard: ShardId(0),
+                peer: PeerId(1),
+                expected: ReplicaState::Partial,
+                actual: ReplicaState::Initializing,
+            }
+        );
+        state
+            .apply(cas(ReplicaState::Initializing, ReplicaState::Active))
+            .unwrap();
+        assert_eq!(replicas(&state, "docs", 0), vec![(1, ReplicaState::Active)]);
+    }
+
+    #[test]
+    fn add_replica_checks_peer_duplicates_and_readability() {
+        let mut state = cluster(2);
+        state.apply(create("docs", 1, 1)).unwrap(); // on peer 1
+        let add = |peer, state| ClusterOperation::AddReplica {
+            collection: "docs".into(),
+            shard: ShardId(0),
+            peer: PeerId(peer),
+            state,
+        };
+        let err = rejected(&mut state, add(9, ReplicaState::Partial));
+        assert_eq!(err, ClusterError::UnknownPeer { peer: PeerId(9) });
+        let err = rejected(&mut state, add(1, ReplicaState::Partial));
+        assert!(matches!(err, ClusterError::ReplicaExists { .. }), "{err}");
+        let err = rejected(&mut state, add(2, ReplicaState::Active));
+        assert!(
+            matches!(err, ClusterError::NewReplicaReadable { .. }),
+            "{err}"
+        );
+        state.apply(add(2, ReplicaState::Partial)).unwrap();
+        assert_eq!(
+            replicas(&state, "docs", 0),
+            vec![(1, ReplicaState::Initializing), (2, ReplicaState::Partial)]
+        );
+    }
+
+    #[test]
+    fn replicas_in_a_transfer_or_resharding_cannot_be_dropped() {
+        let mut state = cluster(2);
+        state.apply(create("docs", 2, 2)).unwrap();
+        let docs = state.collections.get_mut("docs").unwrap();
+        docs.transfers.push(ShardTransfer {
+            shard: ShardId(0),
+            to_shard: None,
+            from: PeerId(1),
+            to: PeerId(2),
+            sync: true,
+            method: TransferMethod::StreamRecords,
+        });
+        docs.resharding = Some(ReshardingState {
+            direction: ReshardingDirection::Up,
+            shard: ShardId(1),
+            peer: PeerId(2),
+            shard_key: None,
+            stage: ReshardingStage::MigratingPoints,
+        });
+        let err = rejected(&mut state, drop_replica("docs", 0, 2));
+        assert!(
+            matches!(err, ClusterError::ReplicaInTransfer { .. }),
+            "{err}"
+        );
+        let err = rejected(&mut state, drop_replica("docs", 1, 1));
+        assert!(
+            matches!(err, ClusterError::ShardInResharding { .. }),
+            "{err}"
+        );
+        let err = rejected(
+            &mut state,
+            ClusterOperation::RemovePeer {
+                peer: PeerId(2),
+                force: true,
+            },
+        );
+        assert!(
+            matches!(err, ClusterError::PeerDrivesResharding { .. }),
+            "{err}"
+        );
+        assert!(ReshardingStage::ReadHashRingCommitted.can_abort());
+        assert!(!ReshardingStage::WriteHashRingCommitted.can_abort());
+    }
+
+    #[test]
+    fn shard_keys_create_and_drop_their_own_shards() {
+        let mut state = cluster(3);
+        let err = rejected(
+            &mut state,
+            ClusterOperation::CreateShardKey {
+                collection: "docs".into(),
+                key: ShardKey::Number(1),
+                shard_number: None,
+                replication_factor: None,
+                placement: None,
+            },
+        );
+        assert!(matches!(err, ClusterError::UnknownCollection { .. }));
+        state.apply(create("auto", 1, 1)).unwrap();
+        let err = rejected(
+            &mut state,
+            ClusterOperation::CreateShardKey {
+                collection: "auto".into(),
+                key: ShardKey::Number(1),
+                shard_number: None,
+                replication_factor: None,
+                placement: None,
+            },
+        );
+        assert!(matches!(err, ClusterError::NotCustomSharded { .. }));
+
+        let response = state
+            .apply(ClusterOperation::CreateCollection {
+                name: "docs".into(),
+                config: config(2, 1, true),
+            })
+            .unwrap();
+        assert_eq!(
+            response,
+            ClusterResponse::ShardsPlaced {
+                shards: BTreeMap::new()
+            }
+        );
+        let tenant = ShardKey::Keyword("tenant".into());
+        let create_key =
+            |key: ShardKey, placement: Option<Vec<PeerId>>| ClusterOperation::CreateShardKey {
+                collection: "docs".into(),
+                key,
+                shard_number: None,
+                replication_factor: Some(2),
+                placement,
+            };
+        let response = state
+            .apply(create_key(tenant.clone(), Some(vec![PeerId(3), PeerId(2)])))
+            .unwrap();
+        let ClusterResponse::ShardsPlaced { shards } = response else {
+            panic!("expected placed shards");
+        };
+        assert_eq!(
+            shards.keys().copied().collect::<Vec<_>>(),
+            vec![ShardId(0), ShardId(1)]
+        );
+        for (id, peers) in &shards {
+            let mut peers = peers.clone();
+            peers.sort();
+            assert_eq!(peers, vec![PeerId(2), PeerId(3)], "shard {id}");
+            assert_eq!(
+                state.collections["docs"].shards[id].shard_key,
+                Some(tenant.clone())
+            );
+        }
+        let err = rejected(&mut state, create_key(tenant.clone(), None));
+        assert!(matches!(err, ClusterError::ShardKeyExists { .. }));
+        let err = rejected(
+            &mut state,
+            create_key(ShardKey::Number(5), Some(vec![PeerId(1), PeerId(1)])),
+        );
+        assert!(err.to_string().contains("twice"), "{err}");
+        let err = rejected(
+            &mut state,
+            create_key(ShardKey::Number(5), Some(vec![PeerId(8)])),
+        );
+        assert_eq!(err, ClusterError::UnknownPeer { peer: PeerId(8) });
+
+        // A second key's shards get the next ids.
+        state.apply(create_key(ShardKey::Number(5), None)).unwrap();
+        assert_eq!(state.collections["docs"].shards.len(), 4);
+        state
+            .apply(ClusterOperation::DropShardKey {
+                collection: "docs".into(),
+                key: tenant.clone(),
+            })
+            .unwrap();
+        let left: Vec<u32> = state.collections["docs"]
+            .shards
+            .keys()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(left, vec![2, 3]);
+        let err = rejected(
+            &mut state,
+            ClusterOperation::DropShardKey {
+                collection: "docs".into(),
+                key: tenant,
+            },
+        );
+        assert!(matches!(err, ClusterError::UnknownShardKey { .. }));
+    }
+
+    #[test]
+    fn validate_plans_on_a_copy() {
+        let mut state = cluster(2);
+        let before = json(&state);
+        let op = create("docs", 2, 2);
+        let planned = state.validate(&op).unwrap();
+        assert_eq!(before, json(&state), "validate changed the state");
+        assert_eq!(state.apply(op).unwrap(), planned);
+        assert_eq!(
+            state.validate(&drop_replica("docs", 0, 9)),
+            Err(ClusterError::NoReplicaOnPeer {
+                collection: "docs".into(),
+                shard: ShardId(0),
+                peer: PeerId(9)
+            })
+        );
+    }
+
+    // ---- property tests ----
+
+    const NAMES: [&str; 3] = ["a", "b", "c"];
+
+    fn peer_id() -> impl Strategy<Value = PeerId> {
+        (1u64..=5).prop_map(PeerId)
+    }
+
+    fn shard_id() -> impl Strategy<Value = ShardId> {
+        (0u32..6).prop_map(ShardId)
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop::sample::select(&NAMES[..]).prop_map(String::from)
+    }
+
+    fn replica_state() -> impl Strategy<Value = ReplicaState> {
+        prop::sample::select(&ReplicaState::ALL[..])
+    }
+
+    fn shard_key() -> impl Strategy<Value = ShardKey> {
+        prop_oneof![
+            (0u64..3).prop_map(ShardKey::Number),
+            prop::sample::select(vec!["x", "y"]).prop_map(|k| ShardKey::Keyword(k.into())),
+        ]
+    }
+
+    fn operation() -> impl Strategy<Value = ClusterOperation> {
+        prop_oneof![
+            3 => peer_id().prop_map(|p| add_peer(p.0)),
+            1 => (peer_id(), any::<bool>())
+                .prop_map(|(peer, force)| ClusterOperation::RemovePeer { peer, force }),
+            3 => (name(), 1u32..5, 1u32..5, prop::bool::weighted(0.3)).prop_map(
+                |(name, shards, rf, custom)| ClusterOperation::CreateCollection {
+                    name,
+                    config: config(shards, rf, custom),
+                }
+            ),
+            1 => name().prop_map(|name| ClusterOperation::DeleteCollection { name }),
+            6 => (name(), shard_id(), peer_id(), replica_state(), prop::option::of(replica_state()))
+                .prop_map(|(collection, shard, peer, state, from_state)| {
+                    ClusterOperation::SetReplicaState { collection, shard, peer, state, from_state }
+                }),
+            3 => (name(), shard_id(), peer_id(), replica_state()).prop_map(
+                |(collection, shard, peer, state)| ClusterOperation::AddReplica {
+                    collection, shard, peer, state,
+                }
+            ),
+            3 => (name(), shard_id(), peer_id()).prop_map(|(collection, shard, peer)| {
+                ClusterOperation::DropReplica { collection, shard, peer }
+            }),
+            2 => (
+                name(),
+                shard_key(),
+                prop::option::of(0u32..4),
+                prop::option::of(0u32..4),
+                prop::option::of(prop::collection::vec(peer_id(), 0..4)),
+            )
+                .prop_map(|(collection, key, shard_number, replication_factor, placement)| {
+                    ClusterOperation::CreateShardKey {
+                        collection, key, shard_number, replication_factor, placement,
+                    }
+                }),
+            1 => (name(), shard_key())
+                .prop_map(|(collection, key)| ClusterOperation::DropShardKey { collection, key }),
+        ]
+    }
+
+    /// Invariants that hold after every operation, accepted or not.
+    fn check_invariants(state: &ClusterState) -> Result<(), TestCaseError> {
+        for (name, collection) in &state.collections {
+            for (id, shard) in &collection.shards {
+                prop_assert!(
+                    !shard.replicas.is_empty(),
+                    "shard {id} of `{name}` has no replica"
+                );
+                for peer in shard.replicas.keys() {
+                    prop_assert!(
+                        state.peers.contains_key(peer),
+                        "shard {id} of `{name}` has a replica on unknown peer {peer}"
+                    );
+                }
+                prop_assert_eq!(
+                    shard.shard_key.is_some(),
+                    collection.is_custom_sharded(),
+                    "shard {} of `{}`: shard key must match the sharding method",
+                    id,
+                    name
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn active_shards(state: &ClusterState) -> BTreeSet<(String, ShardId)> {
+        state
+            .collections
+            .iter()
+            .flat_map(|(name, c)| {
+                c.shards
+                    .iter()
+                    .filter(|(_, s)| s.active_like_count() > 0)
+                    .map(move |(id, _)| (name.clone(), *id))
+            })
+            .collect()
+    }
+
+    /// A step of a random sequence: either a fully random operation (mostly rejected, which
+    /// exercises the error paths) or one aimed at what exists at that moment (mostly accepted,
+    /// which exercises the state changes).
+    #[derive(Debug, Clone)]
+    enum Step {
+        Random(ClusterOperation),
+        Aimed {
+            kind: u8,
+            pick: [usize; 3],
+            state: ReplicaState,
+            compare: bool,
+        },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            1 => operation().prop_map(Step::Random),
+            1 => (0u8..6, any::<[usize; 3]>(), replica_state(), any::<bool>()).prop_map(
+                |(kind, pick, state, compare)| Step::Aimed { kind, pick, state, compare }
+            ),
+        ]
+    }
+
+    fn aim(step: Step, state: &ClusterState) -> ClusterOperation {
+        let (kind, pick, new_state, compare) = match step {
+            Step::Random(op) => return op,
+            Step::Aimed {
+                kind,
+                pick,
+                state,
+                compare,
+            } => (kind, pick, state, compare),
+        };
+        let nth = |n: usize, len: usize| if len == 0 { 0 } else { n % len };
+        let peers: Vec<PeerId> = state.peers.keys().copied().collect();
+        let any_peer = peers
+            .get(nth(pick[2], peers.len()))
+            .copied()
+            .unwrap_or(PeerId(1));
+        // Shard-key operations only make sense on custom-sharded collections.
+        let names: Vec<&String> = state
+            .collections
+            .iter()
+            .filter(|(_, c)| !matches!(kind, 3 | 5) || c.is_custom_sharded())
+            .map(|(n, _)| n)
+            .collect();
+        let collection = names
+            .get(nth(pick[0], names.len()))
+            .map_or_else(|| "a".to_string(), |n| (*n).clone());
+        let shards: Vec<(&ShardId, &ShardMeta)> = state
+            .collections
+            .get(&collection)
+            .map(|c| c.shards.iter().collect())
+            .unwrap_or_default();
+        let (shard, meta) = shards
+            .get(nth(pick[1], shards.len()))
+            .map_or((ShardId(0), None), |(id, meta)| (**id, Some(*meta)));
+        let holders: Vec<(PeerId, ReplicaState)> = meta
+            .map(|m| m.replicas.iter().map(|(p, s)| (*p, *s)).collect())
+            .unwrap_or_default();
+        let (holder, holder_state) = holders
+            .get(nth(pick[2], holders.len()))
+            .copied()
+            .unwrap_or((any_peer, ReplicaState::Active));
+        match kind {
+            0 => ClusterOperation::SetReplicaState {
+                collection,
+                shard,
+                peer: holder,
+                state: new_state,
+                from_state: compare.then_some(holder_state),
+            },
+            1 => {
+                let free: Vec<PeerId> = peers
+                    .iter()
+                    .filter(|p| !holders.iter().any(|(h, _)| h == *p))
+                    .copied()
+                    .collect();
+                ClusterOperation::AddReplica {
+                    collection,
+                    shard,
+                    peer: free
+                        .get(nth(pick[2], free.len()))
+                        .copied()
+                        .unwrap_or(any_peer),
+                    state: new_state,
+                }
+            }
+            2 => ClusterOperation::DropReplica {
+                collection,
+                shard,
+                peer: holder,
+            },
+            3 => ClusterOperation::DropShardKey {
+                collection,
+                key: meta
+                    .and_then(|m| m.shard_key.clone())
+                    .unwrap_or(ShardKey::Number(0)),
+            },
+            4 => ClusterOperation::RemovePeer {
+                peer: any_peer,
+                force: compare,
+            },
+            _ => ClusterOperation::CreateShardKey {
+                collection,
+                key: ShardKey::Number(pick[1] as u64 % 4),
+                shard_number: Some(1 + (pick[0] % 3) as u32),
+                replication_factor: None,
+                placement: None,
+            },
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn random_operation_sequences_keep_the_invariants(
+            steps in prop::collection::vec(step(), 1..80)
+        ) {
+            let mut state = ClusterState::default();
+            for step in steps {
+                let op = aim(step, &state);
+                let before = json(&state);
+                let active_before = active_shards(&state);
+                let planned = state.validate(&op);
+                prop_assert_eq!(&before, &json(&state), "validate changed the state");
+                let forced_removal = matches!(op, ClusterOperation::RemovePeer { force: true, .. });
+                let result = state.apply(op.clone());
+                prop_assert_eq!(&planned, &result, "validate and apply disagree on {:?}", op);
+                match &result {
+                    Err(_) => prop_assert_eq!(&before, &json(&state), "rejected {:?} changed the state", op),
+                    Ok(ClusterResponse::ShardsPlaced { shards }) => {
+                        for peers in shards.values() {
+                            let distinct: BTreeSet<_> = peers.iter().collect();
+                            prop_assert_eq!(distinct.len(), peers.len(), "two replicas on one peer");
+                            prop_assert!(!peers.is_empty());
+                        }
+                    }
+                    Ok(ClusterResponse::Done) => {}
+                }
+                check_invariants(&state)?;
+                // A shard that had a complete copy keeps one, unless a peer was forcibly
+                // removed (its disk is gone) or the shard itself was deleted.
+                if !forced_removal {
+                    let active_after = active_shards(&state);
+                    for (name, shard) in active_before {
+                        let exists = state
+                            .collections
+                            .get(&name)
+                            .is_some_and(|c| c.shards.contains_key(&shard));
+                        prop_assert!(
+                            !exists || active_after.contains(&(name.clone(), shard)),
+                            "shard {} of `{}` lost its last active replica through {:?}",
+                            shard, name, op
+                        );
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn placement_on_a_fixed_peer_set_is_even(
+            peers in 1u64..=6,
+            collections in prop::collection::vec((1u32..=8, 1u32..=7), 1..8),
+        ) {
+            let mut state = cluster(peers);
+            for (i, (shards, rf)) in collections.into_iter().enumerate() {
+                state.apply(create(&format!("c{i}"), shards, rf)).unwrap();
+                let load = state.replicas_per_peer();
+                let max = load.values().max().copied().unwrap_or(0);
+                let min = load.values().min().copied().unwrap_or(0);
+                prop_assert!(max - min <= 1, "uneven placement: {:?}", load);
+                let expected = (rf as usize).min(peers as usize);
+                for shard in state.collections[&format!("c{i}")].shards.values() {
+                    prop_assert_eq!(shard.replicas.len(), expected);
+                }
+            }
+        }
+    }
+}
