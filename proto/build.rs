@@ -2,7 +2,7 @@
 //! no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/shoal/v1/peer.proto"];
+    let files = ["proto/shoal/v1/peer.proto", "proto/shoal/v1/cluster.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

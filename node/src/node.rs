@@ -13,6 +13,7 @@ use crate::api::metrics::Metrics;
 use crate::api::rest::auth::ApiKeys;
 use crate::api::rest::{self, AppState};
 use crate::cluster::toc::TableOfContent;
+use crate::consensus::raft_node::{ConsensusNode, ConsensusSettings};
 use crate::settings::{Settings, WalSync};
 use crate::shard::local_shard::IndexBuilder;
 use crate::storage::wal::SyncMode;
@@ -66,9 +67,29 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {p2p_addr} (p2p gRPC)"))?;
 
+    // Cluster mode is on when this peer knows its own p2p URI, as in Qdrant.
+    let consensus = match (&settings.cluster.uri, &settings.cluster.bootstrap) {
+        (Some(uri), bootstrap) => Some(
+            ConsensusNode::open(ConsensusSettings {
+                dir: settings.storage.data_dir.join("cluster"),
+                uri: uri.clone(),
+                name: settings.cluster.peer_name.clone().unwrap_or_else(host_name),
+                bootstrap: bootstrap.clone(),
+                api_key: settings.service.api_key.clone(),
+            })
+            .await
+            .context("cannot start consensus")?,
+        ),
+        (None, Some(_)) => {
+            anyhow::bail!("--bootstrap needs --uri: tell the cluster how to reach this peer")
+        }
+        (None, None) => None,
+    };
+
     let state = AppState {
         toc: Arc::clone(&toc),
         metrics: Arc::new(Metrics::new()),
+        consensus: consensus.clone(),
     };
     let keys = ApiKeys {
         read_write: settings.service.api_key.clone(),
@@ -89,27 +110,49 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let grpc = {
         let mut stop = shutdown.subscribe();
-        let service = grpc::service(Arc::clone(&toc), settings.service.api_key.clone());
+        let routes = grpc::router(
+            Arc::clone(&toc),
+            consensus.clone(),
+            settings.service.api_key.clone(),
+        );
         tokio::spawn(async move {
             tonic::transport::Server::builder()
-                .add_service(service)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(tokio_stream_listener(p2p_listener), async move {
                     let _ = stop.recv().await;
                 })
                 .await
         })
     };
+    if let Some(node) = &consensus {
+        // The p2p service is up, so peers can reach this one while it joins.
+        node.bootstrap()
+            .await
+            .context("cannot found or join the cluster")?;
+    }
     tracing::info!(%http_addr, %p2p_addr, data_dir = %settings.storage.data_dir.display(), "shoal-node is ready");
 
     wait_for_signal().await;
     tracing::info!("shutting down: finishing requests, then flushing shards");
     let _ = shutdown.send(());
     let _ = http.await;
+    if let Some(node) = &consensus {
+        node.shutdown().await;
+    }
     let _ = grpc.await;
     let toc_for_flush = Arc::clone(&toc);
     tokio::task::spawn_blocking(move || toc_for_flush.flush_all()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The host name (a StatefulSet pod's name), the default peer name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "shoal".to_string())
 }
 
 fn tokio_util_shutdown() -> tokio::sync::broadcast::Sender<()> {

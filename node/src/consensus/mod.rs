@@ -10,6 +10,8 @@
 //! Point data never goes through here, only metadata.
 
 pub mod log_store;
+pub mod network;
+pub mod raft_node;
 pub mod state;
 pub mod state_machine;
 pub mod type_config;

@@ -2,6 +2,7 @@
 //! blocking thread through the collection layer, and wrap the answer in Qdrant's envelope.
 
 pub mod auth;
+pub mod cluster;
 pub mod collections;
 pub mod json_body;
 pub mod models;
@@ -26,11 +27,14 @@ use crate::api::rest::auth::ApiKeys;
 use crate::api::rest::response::ApiError;
 use crate::cluster::CollectionError;
 use crate::cluster::toc::TableOfContent;
+use crate::consensus::raft_node::ConsensusNode;
 
 #[derive(Clone)]
 pub struct AppState {
     pub toc: Arc<TableOfContent>,
     pub metrics: Arc<Metrics>,
+    /// This peer's Raft member; `None` when the node runs alone.
+    pub consensus: Option<Arc<ConsensusNode>>,
 }
 
 /// Runs blocking collection work off the async runtime.
@@ -54,6 +58,11 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
         .route("/livez", get(service::livez))
         .route("/readyz", get(service::readyz))
         .route("/metrics", get(service::metrics))
+        .route("/cluster", get(cluster::info))
+        .route(
+            "/cluster/peer/{peer_id}",
+            axum::routing::delete(cluster::remove_peer),
+        )
         .route("/collections", get(collections::list))
         .route(
             c,
