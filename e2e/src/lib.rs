@@ -32,7 +32,8 @@ pub use dataset::{ClusteredGaussian, Vectors};
 pub use distance::Distance;
 pub use exact_knn::ExactIndex;
 pub use node_process::{
-    NodeOptions, NodeProcess, free_ports, proc_status_kib, resolve_node_binary, workspace_root,
+    ClusterRole, NodeOptions, NodeProcess, free_ports, proc_status_kib, resolve_node_binary,
+    workspace_root,
 };
 pub use rest_client::{
     ApiError, Client, CollectionInfo, CollectionParams, Method, PointId, PointStruct, RawResponse,

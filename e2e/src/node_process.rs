@@ -43,6 +43,18 @@ pub struct NodeOptions {
     pub env: Vec<(String, String)>,
     /// Per-request timeout of clients made by [`NodeProcess::client`]; default 30 s.
     pub client_timeout: Option<Duration>,
+    /// Cluster mode: the node gets `--uri http://127.0.0.1:<p2p port>`, and `--bootstrap` when
+    /// joining.
+    pub cluster: Option<ClusterRole>,
+}
+
+/// How a node takes part in a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterRole {
+    /// Founds a new cluster (or, on restart, rejoins it).
+    Found,
+    /// Joins through the member with this p2p URI.
+    Join(String),
 }
 
 /// The workspace root, found from this crate's manifest dir at compile time.
@@ -111,6 +123,7 @@ pub struct NodeProcess {
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
     client_timeout: Duration,
+    cluster: Option<ClusterRole>,
     child: Option<Child>,
     starts: u32,
 }
@@ -157,6 +170,7 @@ impl NodeProcess {
             extra_args: opts.extra_args,
             env: opts.env,
             client_timeout: opts.client_timeout.unwrap_or(Duration::from_secs(30)),
+            cluster: opts.cluster,
             child: None,
             starts: 0,
         };
@@ -203,6 +217,12 @@ impl NodeProcess {
             .arg(self.p2p_port.to_string());
         if let Some(key) = &self.api_key {
             cmd.arg("--api-key").arg(key);
+        }
+        if let Some(role) = &self.cluster {
+            cmd.arg("--uri").arg(self.p2p_uri());
+            if let ClusterRole::Join(bootstrap) = role {
+                cmd.arg("--bootstrap").arg(bootstrap);
+            }
         }
         cmd.args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -321,6 +341,11 @@ impl NodeProcess {
 
     pub fn http_port(&self) -> u16 {
         self.http_port
+    }
+
+    /// The p2p URI other peers reach this node at.
+    pub fn p2p_uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.p2p_port)
     }
 
     pub fn p2p_port(&self) -> u16 {
