@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::api::rest::AppState;
-use crate::api::rest::json_body::QueryParams;
+use crate::api::rest::json_body::{PathParams, QueryParams};
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
 use crate::consensus::raft_node::ConsensusError;
 use crate::consensus::{ClusterError, ClusterOperation, PeerId};
@@ -103,7 +103,7 @@ pub fn consensus_error(e: ConsensusError) -> ApiError {
 
 pub async fn remove_peer(
     State(state): State<AppState>,
-    Path(peer_id): Path<u64>,
+    PathParams(peer_id): PathParams<u64>,
     QueryParams(params): QueryParams<RemovePeerParams>,
     started: Started,
 ) -> ApiResult<bool> {

@@ -1,10 +1,10 @@
 //! `/collections`: create, inspect, list and drop collections.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 
 use crate::api::rest::AppState;
 use crate::api::rest::blocking;
-use crate::api::rest::json_body::JsonBody;
+use crate::api::rest::json_body::{JsonBody, PathParams};
 use crate::api::rest::models::{
     CollectionDescription, CollectionExistence, CollectionInfo, CollectionsResponse,
     CreateCollection, VectorsConfig,
@@ -88,7 +88,7 @@ pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, Ap
 
 pub async fn create(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
     JsonBody(req): JsonBody<CreateCollection>,
 ) -> ApiResult<bool> {
@@ -100,7 +100,7 @@ pub async fn create(
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
 ) -> ApiResult<CollectionInfo> {
     let collection = state.toc.get(&name)?;
@@ -138,7 +138,7 @@ pub async fn list(
 
 pub async fn exists(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
 ) -> ApiResult<CollectionExistence> {
     Ok(ApiOk(
@@ -151,10 +151,43 @@ pub async fn exists(
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
 ) -> ApiResult<bool> {
     let toc = state.toc.clone();
     let existed = blocking(move || toc.delete(&name)).await?;
     Ok(ApiOk(existed, started))
+}
+
+/// `GET /collections/{name}/cluster`: where the collection's shards are and in what state.
+pub async fn cluster_info(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+) -> ApiResult<serde_json::Value> {
+    let collection = state.toc.get(&name)?;
+    let peer_id = state.consensus.as_ref().map_or(0, |c| c.peer_id.0);
+    let local_shards: Vec<serde_json::Value> = collection
+        .shards()
+        .iter()
+        .enumerate()
+        .map(|(shard_id, shard)| {
+            serde_json::json!({
+                "shard_id": shard_id,
+                "points_count": shard.stats().points,
+                "state": "Active",
+            })
+        })
+        .collect();
+    Ok(ApiOk(
+        serde_json::json!({
+            "peer_id": peer_id,
+            "shard_count": collection.shards().len(),
+            "local_shards": local_shards,
+            "remote_shards": [],
+            "shard_transfers": [],
+            "resharding_operations": [],
+        }),
+        started,
+    ))
 }

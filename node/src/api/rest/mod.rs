@@ -71,6 +71,7 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
                 .delete(collections::delete),
         )
         .route(&format!("{c}/exists"), get(collections::exists))
+        .route(&format!("{c}/cluster"), get(collections::cluster_info))
         .route(
             &format!("{c}/points"),
             put(points::upsert).post(points::retrieve),

@@ -1,8 +1,8 @@
 //! `/collections/{name}/points…`: writes, retrieval, scroll and count.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 
-use crate::api::rest::json_body::{JsonBody, QueryParams};
+use crate::api::rest::json_body::{JsonBody, PathParams, QueryParams};
 use crate::api::rest::models::{
     CountRequest, CountResult, DeletePayload, MAX_PAGE, MAX_UPSERT_POINTS, PointInsertOperations,
     PointRequest, PointsSelector, RecordOut, ScrollRequest, ScrollResult, SetPayload, UpdateResult,
@@ -80,7 +80,7 @@ async fn run_update(
 
 pub async fn upsert(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<PointInsertOperations>,
@@ -127,7 +127,7 @@ pub async fn upsert(
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<PointsSelector>,
@@ -144,7 +144,7 @@ fn check_key(key: &str) -> Result<(), ApiError> {
 
 pub async fn set_payload(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<SetPayload>,
@@ -162,7 +162,7 @@ pub async fn set_payload(
 
 pub async fn overwrite_payload(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<SetPayload>,
@@ -181,7 +181,7 @@ pub async fn overwrite_payload(
 
 pub async fn delete_payload(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<DeletePayload>,
@@ -198,7 +198,7 @@ pub async fn delete_payload(
 
 pub async fn clear_payload(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<PointsSelector>,
@@ -209,7 +209,7 @@ pub async fn clear_payload(
 
 pub async fn retrieve(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
     JsonBody(body): JsonBody<PointRequest>,
 ) -> ApiResult<Vec<RecordOut>> {
@@ -235,7 +235,7 @@ pub async fn retrieve(
 
 pub async fn get_point(
     State(state): State<AppState>,
-    Path((name, id)): Path<(String, String)>,
+    PathParams((name, id)): PathParams<(String, String)>,
     started: Started,
 ) -> ApiResult<RecordOut> {
     let id: PointId = id
@@ -253,7 +253,7 @@ pub async fn get_point(
 
 pub async fn scroll(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
     JsonBody(body): JsonBody<ScrollRequest>,
 ) -> ApiResult<ScrollResult> {
@@ -293,7 +293,7 @@ pub async fn scroll(
 
 pub async fn count(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
     JsonBody(body): JsonBody<CountRequest>,
 ) -> ApiResult<CountResult> {

@@ -3,10 +3,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 
 use crate::api::rest::AppState;
-use crate::api::rest::json_body::JsonBody;
+use crate::api::rest::json_body::{JsonBody, PathParams};
 use crate::api::rest::models::{
     MAX_BATCH_SEARCHES, MAX_EXAMPLES, MAX_HNSW_EF, MAX_SEARCH_WINDOW, QueryInterface, QueryRequest,
     QueryRequestBatch, QueryResponse, RecommendRequest, RecommendRequestBatch, RecommendStrategy,
@@ -348,7 +348,7 @@ async fn run_batch<B: Send + 'static>(
 
 pub async fn search(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
     JsonBody(body): JsonBody<SearchBody>,
 ) -> ApiResult<Vec<ScoredPointOut>> {
@@ -359,7 +359,7 @@ pub async fn search(
 
 pub async fn search_batch(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
     JsonBody(body): JsonBody<SearchRequestBatch>,
 ) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
@@ -373,7 +373,7 @@ pub async fn search_batch(
 
 pub async fn recommend(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
     JsonBody(body): JsonBody<RecommendRequest>,
 ) -> ApiResult<Vec<ScoredPointOut>> {
@@ -384,7 +384,7 @@ pub async fn recommend(
 
 pub async fn recommend_batch(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
     JsonBody(body): JsonBody<RecommendRequestBatch>,
 ) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
@@ -398,7 +398,7 @@ pub async fn recommend_batch(
 
 pub async fn query(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
     JsonBody(body): JsonBody<QueryRequest>,
 ) -> ApiResult<QueryResponse> {
@@ -414,7 +414,7 @@ pub async fn query(
 
 pub async fn query_batch(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     started: Started,
     JsonBody(body): JsonBody<QueryRequestBatch>,
 ) -> ApiResult<Vec<QueryResponse>> {
