@@ -824,99 +824,54 @@ fn values_count(key: &JsonPath, payload: &Payload) -> usize {
 /// Parses `YYYY-MM-DD`, optionally followed by `T`/`t`/space, `HH:MM[:SS[.fraction]]` and a
 /// zone (`Z`, `z`, `±HH:MM`, `±HHMM`; none means UTC). Returns microseconds since the epoch.
 fn parse_datetime_micros(text: &str) -> Option<i64> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    // Normalise the spellings RFC 3339 allows (`t`, `z`, a space) to one, then let chrono parse.
+    // chrono also takes unpadded fields (`2023-2-8`); RFC 3339 does not.
     let b = text.as_bytes();
-    let num = |from: usize, len: usize| -> Option<i64> {
-        let digits = b.get(from..from + len)?;
-        digits.iter().try_fold(0i64, |acc, &d| {
-            d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0'))
-        })
-    };
-    let expect = |at: usize, c: u8| b.get(at) == Some(&c);
-    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
-    if !expect(4, b'-')
-        || !expect(7, b'-')
-        || !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-    {
-        return None;
-    }
-    let mut micros = days_from_civil(year, month, day) * 86_400_000_000;
-    let mut pos = 10;
-    if pos == b.len() {
-        return Some(micros);
-    }
-    if !matches!(b[pos], b'T' | b't' | b' ') {
-        return None;
-    }
-    let (hour, minute) = (num(pos + 1, 2)?, num(pos + 4, 2)?);
-    if !expect(pos + 3, b':') || hour > 23 || minute > 59 {
-        return None;
-    }
-    pos += 6;
-    let mut second = 0;
-    if expect(pos, b':') {
-        second = num(pos + 1, 2)?;
-        if second > 60 {
-            return None;
-        }
-        pos += 3;
-    }
-    micros += ((hour * 60 + minute) * 60 + second) * 1_000_000;
-    if expect(pos, b'.') {
-        let digits = b[pos + 1..]
-            .iter()
-            .take_while(|d| d.is_ascii_digit())
-            .count();
-        if digits == 0 {
-            return None;
-        }
-        let kept = digits.min(6);
-        let fraction = num(pos + 1, kept)?;
-        micros += fraction * 10i64.pow(6 - kept as u32);
-        pos += 1 + digits;
-    }
-    match b.get(pos) {
-        None => {}
-        Some(b'Z' | b'z') if pos + 1 == b.len() => {}
-        Some(&sign @ (b'+' | b'-')) => {
-            let zone_hours = num(pos + 1, 2)?;
-            let minutes_at = if expect(pos + 3, b':') {
-                pos + 4
+    let padded_date = b.len() >= 10
+        && b[..10].iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
             } else {
-                pos + 3
-            };
-            let zone_minutes = num(minutes_at, 2)?;
-            if minutes_at + 2 != b.len() || zone_hours > 23 || zone_minutes > 59 {
-                return None;
+                c.is_ascii_digit()
             }
-            let offset = (zone_hours * 60 + zone_minutes) * 60_000_000;
-            // Local time minus its offset is UTC.
-            micros -= if sign == b'+' { offset } else { -offset };
-        }
-        _ => return None,
+        });
+    if !padded_date {
+        return None;
     }
-    Some(micros)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
+    let mut norm = text.to_ascii_uppercase();
+    if norm.len() > 10 && norm.as_bytes()[10] == b' ' {
+        norm.replace_range(10..11, "T");
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (the well-known era/day-of-era method).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month_from_march = (month + 9) % 12;
-    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
+    if let Some(stripped) = norm.strip_suffix('Z') {
+        norm = format!("{stripped}+00:00");
+    }
+    const ZONED: [&str; 4] = [
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%dT%H:%M%:z",
+        "%Y-%m-%dT%H:%M%z",
+    ];
+    const NAIVE: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"];
+    ZONED
+        .iter()
+        .find_map(|f| {
+            DateTime::parse_from_str(&norm, f)
+                .ok()
+                .map(|d| d.timestamp_micros())
+        })
+        .or_else(|| {
+            NAIVE
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(&norm, f).ok())
+                .map(|n| n.and_utc().timestamp_micros())
+        })
+        .or_else(|| {
+            NaiveDate::parse_from_str(&norm, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|n| n.and_utc().timestamp_micros())
+        })
 }
 
 impl fmt::Display for Filter {
