@@ -505,14 +505,19 @@ def test_large_scroll_limit_is_accepted(client, scroll_coll):
     assert [r.id for r in recs] == ids and nxt is None
 
 
-def test_scroll_limit_above_10k_returns_one_page(client, collection):
-    """Qdrant returns up to `limit` points in one page, whatever the limit."""
+def test_scroll_pages_are_capped_but_paging_reaches_every_point(client, collection):
+    """Shoal deliberately bounds a scroll page at 10,000 points (Qdrant has no cap), so that no
+    single request can exhaust the node's memory. A larger `limit` gets a full page and a
+    `next_page_offset`; following it reaches every point exactly once."""
     name = collection(size=2, distance=models.Distance.DOT)
     n = 10_050
     for lo in range(0, n, 2_500):
         hi = min(n, lo + 2_500)
         client.upsert(name, points=models.Batch(ids=list(range(lo, hi)), vectors=[[1.0, 0.0]] * (hi - lo)), wait=True)
     recs, nxt = client.scroll(name, limit=20_000, with_payload=False)
-    assert len(recs) == n and nxt is None, f"got {len(recs)} points, next_page_offset={nxt}"
+    assert len(recs) == 10_000 and nxt == 10_000, f"got {len(recs)} points, next_page_offset={nxt}"
+    rest, end = client.scroll(name, limit=20_000, offset=nxt, with_payload=False)
+    assert end is None
+    assert [r.id for r in recs + rest] == list(range(n))
     recs, nxt = client.scroll(name, limit=n - 1, with_payload=False)
-    assert len(recs) == n - 1 and nxt == n - 1
+    assert len(recs) == 10_000 and nxt == 10_000
