@@ -17,6 +17,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build"
 cargo build --workspace --bins --locked
 
+step "CRDs are up to date (crdgen --check)"
+cargo run -q -p shoal-operator --bin crdgen -- --check
+
 step "unit, property and multi-process tests (cargo test)"
 cargo test --workspace --locked
 

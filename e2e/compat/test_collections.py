@@ -147,3 +147,42 @@ def test_create_via_raw_http_and_delete_returns_true(http, client):
         r = http.delete(f"/collections/{name}")
     assert r.status_code == 200, r.text
     assert r.json()["result"] is True
+
+
+def test_payload_indexes_are_declared_reported_and_dropped(client, collection):
+    """Shoal records payload indexes (filters do not need them) and reports them like Qdrant."""
+    name = collection(size=2, distance=models.Distance.DOT)
+    client.upsert(
+        name,
+        points=[
+            models.PointStruct(id=1, vector=[1.0, 0.0], payload={"city": "Berlin", "n": 1}),
+            models.PointStruct(id=2, vector=[0.0, 1.0], payload={"city": "London"}),
+            models.PointStruct(id=3, vector=[1.0, 1.0], payload={"other": True}),
+        ],
+        wait=True,
+    )
+    result = client.create_payload_index(name, field_name="city", field_schema=models.PayloadSchemaType.KEYWORD, wait=True)
+    assert result.status == models.UpdateStatus.COMPLETED
+    client.create_payload_index(
+        name, field_name="n", field_schema=models.IntegerIndexParams(type=models.IntegerIndexType.INTEGER, lookup=True, range=True)
+    )
+    schema = client.get_collection(name).payload_schema
+    assert schema["city"].data_type == models.PayloadSchemaType.KEYWORD and schema["city"].points == 2
+    assert schema["n"].data_type == models.PayloadSchemaType.INTEGER and schema["n"].points == 1
+    # Filters give the same answers with the index as without.
+    hits = client.count(name, count_filter=models.Filter(must=[models.FieldCondition(key="city", match=models.MatchValue(value="Berlin"))]))
+    assert hits.count == 1
+    client.delete_payload_index(name, field_name="city", wait=True)
+    assert set(client.get_collection(name).payload_schema) == {"n"}
+
+
+def test_bad_payload_index_requests_change_nothing(http, collection):
+    name = collection(size=2, distance=models.Distance.DOT)
+    for body in ({"field_name": "a", "field_schema": "nope"}, {"field_name": "a..b", "field_schema": "keyword"}, {"field_schema": "keyword"}):
+        r = http.put(f"/collections/{name}/index", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["status"]["error"]
+    r = http.put("/collections/does-not-exist/index", json={"field_name": "a", "field_schema": "keyword"})
+    assert r.status_code == 404
+    info = http.get(f"/collections/{name}").json()["result"]
+    assert info["payload_schema"] == {}

@@ -23,7 +23,7 @@ FUZZ_SECONDS = int(os.environ.get("SHOAL_FUZZ_SECONDS", "60"))
 
 # Operations Shoal implements (the rest answer 404 and are fuzzed only for not crashing).
 INCLUDE = r"^/(collections|healthz|readyz|livez|metrics|)($|/)"
-EXCLUDE = r"snapshots|aliases|/shards|/index|/vectors|facet|groups|discover|matrix|optimizations|cluster"
+EXCLUDE = r"snapshots|aliases|/shards|/vectors|facet|groups|discover|matrix|optimizations|cluster"
 
 
 def schemathesis_bin() -> str:

@@ -64,10 +64,24 @@ pub struct CollectionStats {
     pub segments: usize,
 }
 
+/// A declared payload index: its type and parameters, as given.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PayloadIndexEntry {
+    pub data_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
+}
+
+const PAYLOAD_SCHEMA_FILE: &str = "payload_schema.json";
+
 pub struct Collection {
     name: String,
+    dir: std::path::PathBuf,
     config: Arc<CollectionConfig>,
     shards: Vec<Arc<LocalShard>>,
+    /// Declared payload indexes. Filters never depend on them: they are evaluated by scanning
+    /// payloads, so results are the same with or without an index.
+    payload_schema: parking_lot::RwLock<std::collections::BTreeMap<String, PayloadIndexEntry>>,
 }
 
 impl Collection {
@@ -89,11 +103,50 @@ impl Collection {
                 .map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let schema_path = dir.join(PAYLOAD_SCHEMA_FILE);
+        let payload_schema = match std::fs::read(&schema_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| CollectionError::Storage(format!("{}: {e}", schema_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(CollectionError::storage(e)),
+        };
         Ok(Collection {
             name: name.to_string(),
+            dir: dir.to_path_buf(),
             config,
             shards,
+            payload_schema: parking_lot::RwLock::new(payload_schema),
         })
+    }
+
+    /// Declares (or redeclares) a payload index on `field`. Blocking: writes the schema file.
+    pub fn set_payload_index(
+        &self,
+        field: &str,
+        entry: Option<PayloadIndexEntry>,
+    ) -> Result<(), CollectionError> {
+        let mut schema = self.payload_schema.write();
+        let mut next = schema.clone();
+        match entry {
+            Some(e) => {
+                next.insert(field.to_string(), e);
+            }
+            None => {
+                next.remove(field);
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(&next).map_err(CollectionError::storage)?;
+        let tmp = self.dir.join(format!("{PAYLOAD_SCHEMA_FILE}.tmp"));
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join(PAYLOAD_SCHEMA_FILE)))
+            .map_err(CollectionError::storage)?;
+        *schema = next;
+        Ok(())
+    }
+
+    pub fn payload_schema(&self) -> std::collections::BTreeMap<String, PayloadIndexEntry> {
+        self.payload_schema.read().clone()
     }
 
     pub fn name(&self) -> &str {

@@ -5,15 +5,18 @@ use axum::extract::State;
 use crate::api::rest::AppState;
 use crate::api::rest::blocking;
 use crate::api::rest::json_body::{JsonBody, PathParams};
+use crate::api::rest::models::UpdateResult;
 use crate::api::rest::models::{
     CollectionDescription, CollectionExistence, CollectionInfo, CollectionsResponse,
     CreateCollection, VectorsConfig,
 };
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
-use crate::cluster::collection::CollectionStatus;
+use crate::cluster::collection::{CollectionStatus, PayloadIndexEntry};
 use crate::collection_config::{
     CollectionConfig, CollectionParams, HnswConfig, OptimizersConfig, WalConfig,
 };
+use crate::index::filter::Filter;
+use crate::index::payload_path::JsonPath;
 
 /// Turns a create request into a full configuration: Qdrant's defaults plus the given diffs.
 pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, ApiError> {
@@ -104,8 +107,14 @@ pub async fn get(
     started: Started,
 ) -> ApiResult<CollectionInfo> {
     let collection = state.toc.get(&name)?;
-    let stats = blocking(move || Ok(collection.stats()).map(|s| (s, collection))).await?;
-    let (stats, collection) = stats;
+    let (stats, payload_schema, collection) = blocking(move || {
+        Ok((
+            collection.stats(),
+            payload_schema_info(&collection),
+            collection,
+        ))
+    })
+    .await?;
     Ok(ApiOk(
         CollectionInfo {
             status: match stats.status {
@@ -117,7 +126,7 @@ pub async fn get(
             points_count: stats.points,
             segments_count: stats.segments,
             config: collection.config().clone(),
-            payload_schema: serde_json::Map::new(),
+            payload_schema,
         },
         started,
     ))
@@ -190,4 +199,109 @@ pub async fn cluster_info(
         }),
         started,
     ))
+}
+
+const PAYLOAD_TYPES: [&str; 8] = [
+    "keyword", "integer", "float", "geo", "text", "bool", "datetime", "uuid",
+];
+
+/// `field_schema` of a create-index request: a type name, or an object with `type` and params.
+fn index_entry(schema: Option<serde_json::Value>) -> Result<PayloadIndexEntry, ApiError> {
+    let bad = |what: String| {
+        ApiError::bad_request(format!(
+            "Wrong input: {what}; `field_schema` is one of {PAYLOAD_TYPES:?} or an object with `type`"
+        ))
+    };
+    match schema {
+        Some(serde_json::Value::String(t)) if PAYLOAD_TYPES.contains(&t.as_str()) => {
+            Ok(PayloadIndexEntry {
+                data_type: t,
+                params: None,
+            })
+        }
+        Some(serde_json::Value::Object(params)) => {
+            match params.get("type").and_then(|t| t.as_str()) {
+                Some(t) if PAYLOAD_TYPES.contains(&t) => Ok(PayloadIndexEntry {
+                    data_type: t.to_string(),
+                    params: Some(serde_json::Value::Object(params.clone())),
+                }),
+                other => Err(bad(format!("unknown index type {other:?}"))),
+            }
+        }
+        Some(other) => Err(bad(format!("unknown field schema {other}"))),
+        None => Err(bad("`field_schema` is required".into())),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct CreateFieldIndex {
+    pub field_name: String,
+    pub field_schema: Option<serde_json::Value>,
+}
+
+/// `PUT /collections/{name}/index`: declares a payload index. Shoal evaluates filters by
+/// scanning payloads, so an index changes no result; it is recorded and reported in
+/// `payload_schema` so that Qdrant clients that create indexes keep working.
+pub async fn create_index(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+    JsonBody(body): JsonBody<CreateFieldIndex>,
+) -> ApiResult<UpdateResult> {
+    body.field_name.parse::<JsonPath>().map_err(|e| {
+        ApiError::bad_request(format!(
+            "Wrong input: invalid field name `{}`: {e}",
+            body.field_name
+        ))
+    })?;
+    let entry = index_entry(body.field_schema)?;
+    let collection = state.toc.get(&name)?;
+    let field = body.field_name;
+    blocking(move || collection.set_payload_index(&field, Some(entry))).await?;
+    Ok(ApiOk(
+        UpdateResult {
+            operation_id: 0,
+            status: "completed",
+        },
+        started,
+    ))
+}
+
+pub async fn delete_index(
+    State(state): State<AppState>,
+    PathParams((name, field)): PathParams<(String, String)>,
+    started: Started,
+) -> ApiResult<UpdateResult> {
+    let collection = state.toc.get(&name)?;
+    blocking(move || collection.set_payload_index(&field, None)).await?;
+    Ok(ApiOk(
+        UpdateResult {
+            operation_id: 0,
+            status: "completed",
+        },
+        started,
+    ))
+}
+
+/// `payload_schema` of the collection info: each declared index with the number of points
+/// that have a value at its key.
+fn payload_schema_info(
+    collection: &crate::cluster::collection::Collection,
+) -> serde_json::Map<String, serde_json::Value> {
+    collection
+        .payload_schema()
+        .into_iter()
+        .map(|(field, entry)| {
+            let has_value: Option<Filter> = serde_json::from_value(
+                serde_json::json!({"must_not": [{"is_empty": {"key": field}}]}),
+            )
+            .ok();
+            let points = has_value.map_or(0, |f| collection.count(Some(&f)));
+            let mut info = serde_json::json!({"data_type": entry.data_type, "points": points});
+            if let Some(params) = entry.params {
+                info["params"] = params;
+            }
+            (field, info)
+        })
+        .collect()
 }

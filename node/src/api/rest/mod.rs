@@ -72,6 +72,11 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
         )
         .route(&format!("{c}/exists"), get(collections::exists))
         .route(&format!("{c}/cluster"), get(collections::cluster_info))
+        .route(&format!("{c}/index"), put(collections::create_index))
+        .route(
+            &format!("{c}/index/{{field_name}}"),
+            axum::routing::delete(collections::delete_index),
+        )
         .route(
             &format!("{c}/points"),
             put(points::upsert).post(points::retrieve),
