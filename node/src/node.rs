@@ -90,7 +90,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         toc: Arc::clone(&toc),
         metrics: Arc::new(Metrics::new()),
         consensus: consensus.clone(),
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
+    let ready = Arc::clone(&state.ready);
     let keys = ApiKeys {
         read_write: settings.service.api_key.clone(),
         read_only: settings.service.read_only_api_key.clone(),
@@ -130,6 +132,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .await
             .context("cannot found or join the cluster")?;
     }
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(%http_addr, %p2p_addr, data_dir = %settings.storage.data_dir.display(), "shoal-node is ready");
 
     wait_for_signal().await;

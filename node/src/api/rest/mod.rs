@@ -35,6 +35,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// This peer's Raft member; `None` when the node runs alone.
     pub consensus: Option<Arc<ConsensusNode>>,
+    /// Set once the node serves: collections loaded and, in a cluster, founding or joining
+    /// done. `/readyz` answers 503 until then.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs blocking collection work off the async runtime.

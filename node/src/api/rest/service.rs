@@ -27,9 +27,17 @@ pub async fn livez() -> &'static str {
     "livez check passed"
 }
 
-/// Ready once the node has loaded its collections, which happens before the server starts.
-pub async fn readyz() -> &'static str {
-    "all shards are ready"
+/// Ready once the node has loaded its collections (before the server starts) and, in a
+/// cluster, has founded or joined it.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        (StatusCode::OK, "all shards are ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: joining the cluster",
+        )
+    }
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
