@@ -2,7 +2,11 @@
 //! no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/shoal/v1/peer.proto", "proto/shoal/v1/cluster.proto"];
+    let files = [
+        "proto/shoal/v1/peer.proto",
+        "proto/shoal/v1/cluster.proto",
+        "proto/shoal/v1/points.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -9,17 +9,23 @@ use serde::de::DeserializeOwned;
 use shoal_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
 use shoal_proto::v1::peer_service_server::{PeerService, PeerServiceServer};
 use shoal_proto::v1::raft_service_server::{RaftService, RaftServiceServer};
+use shoal_proto::v1::shard_service_server::{ShardService, ShardServiceServer};
 use shoal_proto::v1::{
     InfoRequest, InfoResponse, JoinRequest, JoinResponse, ProposeRequest, ProposeResponse,
     RaftPayload, RemoveMemberRequest, RemoveMemberResponse,
 };
+use shoal_proto::v1::{ShardAnswer, ShardCall};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::api::rest::service::QDRANT_API_VERSION;
+use crate::cluster::CollectionError;
+use crate::cluster::shard_requests::{ShardCount, ShardRetrieve, ShardScroll, ShardSearch};
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::raft_node::{ConsensusError, ConsensusNode};
 use crate::consensus::{ClusterOperation, PeerId, PeerNode};
+use crate::shard::local_shard::{LocalShard, ShardError};
+use crate::shard::operations::UpdateRequest;
 
 pub struct Peer {
     toc: Arc<TableOfContent>,
@@ -139,6 +145,90 @@ impl ClusterService for Membership {
     }
 }
 
+/// Point operations and reads on this peer's shard replicas, for peers that do not hold them.
+pub struct ShardPoints {
+    toc: Arc<TableOfContent>,
+}
+
+fn collection_status(e: CollectionError) -> Status {
+    match e {
+        CollectionError::NotFound(_) | CollectionError::PointNotFound(_) => {
+            Status::not_found(e.to_string())
+        }
+        CollectionError::BadInput(_)
+        | CollectionError::Shard(ShardError::WrongDimension { .. } | ShardError::BadInput(_)) => {
+            Status::invalid_argument(e.to_string())
+        }
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+impl ShardPoints {
+    /// Decodes the call, finds the replica, runs `work` on a blocking thread, encodes the answer.
+    async fn run<Req, Resp>(
+        &self,
+        call: ShardCall,
+        work: impl FnOnce(&LocalShard, Req) -> Result<Resp, CollectionError> + Send + 'static,
+    ) -> Result<Response<ShardAnswer>, Status>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+    {
+        let request: Req = decode(&call.body_json)?;
+        let collection = self.toc.get(&call.collection).map_err(collection_status)?;
+        let shard = collection.shard(call.shard_id).cloned().ok_or_else(|| {
+            Status::not_found(format!(
+                "shard {} of collection `{}` has no replica on this peer",
+                call.shard_id, call.collection
+            ))
+        })?;
+        let answer = tokio::task::spawn_blocking(move || work(&shard, request))
+            .await
+            .map_err(|e| Status::internal(format!("shard task failed: {e}")))?
+            .map_err(collection_status)?;
+        let body_json = serde_json::to_vec(&answer).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ShardAnswer { body_json }))
+    }
+}
+
+#[tonic::async_trait]
+impl ShardService for ShardPoints {
+    async fn update(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
+        self.run(request.into_inner(), |shard, req: UpdateRequest| {
+            Ok(shard.update(req)?)
+        })
+        .await
+    }
+
+    async fn search(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
+        self.run(request.into_inner(), |shard, req: ShardSearch| {
+            Ok(req.run(shard))
+        })
+        .await
+    }
+
+    async fn scroll(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
+        self.run(request.into_inner(), |shard, req: ShardScroll| {
+            Ok(req.run(shard))
+        })
+        .await
+    }
+
+    async fn count(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
+        self.run(request.into_inner(), |shard, req: ShardCount| {
+            Ok(req.run(shard))
+        })
+        .await
+    }
+
+    async fn retrieve(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
+        self.run(request.into_inner(), |shard, req: ShardRetrieve| {
+            Ok(req.run(shard))
+        })
+        .await
+    }
+}
+
 /// Refuses calls without the configured API key.
 #[derive(Clone)]
 pub struct RequireKey(Option<Arc<str>>);
@@ -170,7 +260,13 @@ pub fn router(
 ) -> tonic::service::Routes {
     let guard = RequireKey(api_key.map(Arc::from));
     let mut routes = tonic::service::Routes::new(InterceptedService::new(
-        PeerServiceServer::new(Peer { toc }),
+        PeerServiceServer::new(Peer {
+            toc: Arc::clone(&toc),
+        }),
+        guard.clone(),
+    ))
+    .add_service(InterceptedService::new(
+        ShardServiceServer::new(ShardPoints { toc }),
         guard.clone(),
     ));
     if let Some(node) = consensus {
@@ -187,4 +283,164 @@ pub fn router(
             ));
     }
     routes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::rest::collections::config_from_request;
+    use crate::cluster::hash_ring::shard_for;
+    use crate::cluster::remote_shard::RemoteShard;
+    use crate::cluster::shard_requests::ShardTarget;
+    use crate::shard::local_shard::IndexBuilder;
+    use crate::shard::operations::{PointSelection, PointWrite};
+    use crate::storage::wal::SyncMode;
+    use crate::types::{Payload, PointId};
+
+    fn point(i: u64) -> PointWrite {
+        let mut payload = Payload::new();
+        payload.insert("i".into(), serde_json::json!(i));
+        payload.insert("odd".into(), serde_json::json!(i % 2 == 1));
+        PointWrite {
+            id: PointId::Num(i),
+            vector: vec![i as f32, (i % 7) as f32, 1.0, -(i as f32) / 3.0],
+            payload,
+        }
+    }
+
+    /// A remote replica answers every shard request exactly as the local one does, and refuses
+    /// what a local one would refuse.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remote_shard_requests_answer_like_local_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let toc = Arc::new(
+            TableOfContent::open(dir.path(), Arc::new(IndexBuilder::new(1)), SyncMode::Os).unwrap(),
+        );
+        let request = serde_json::from_value(serde_json::json!({
+            "vectors": {"size": 4, "distance": "Euclid"},
+            "shard_number": 2,
+        }))
+        .unwrap();
+        toc.create("docs", config_from_request(request).unwrap())
+            .unwrap();
+        let collection = toc.get("docs").unwrap();
+        collection
+            .update(UpdateRequest::Upsert((0..200).map(point).collect()))
+            .unwrap();
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let routes = router(Arc::clone(&toc), None, Some("secret".into()));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let uri = format!("http://{addr}");
+        let odd: crate::index::filter::Filter = serde_json::from_value(
+            serde_json::json!({"must": [{"key": "odd", "match": {"value": true}}]}),
+        )
+        .unwrap();
+
+        for shard_id in 0..2u32 {
+            let local = collection.shard(shard_id).unwrap();
+            let remote = RemoteShard::new(&uri, "docs", shard_id, Some("secret".into())).unwrap();
+            let count = ShardCount {
+                filter: Some(odd.clone()),
+            };
+            assert_eq!(remote.count(&count).await.unwrap(), count.run(local));
+            let scroll = ShardScroll {
+                from: Some(PointId::Num(10)),
+                limit: 25,
+                filter: Some(odd.clone()),
+                with_payload: true,
+                with_vector: true,
+            };
+            assert_eq!(remote.scroll(&scroll).await.unwrap(), scroll.run(local));
+            for target in [
+                ShardTarget::Nearest(vec![3.0, 1.0, 1.0, -1.0]),
+                ShardTarget::BestScore {
+                    positive: vec![vec![5.0, 5.0, 1.0, -1.0]],
+                    negative: vec![vec![0.0, 0.0, 1.0, 0.0]],
+                },
+                ShardTarget::IdOrder,
+            ] {
+                let search = ShardSearch {
+                    target,
+                    filter: None,
+                    exclude: vec![PointId::Num(3)],
+                    top: 7,
+                    ef: None,
+                    exact: true,
+                    score_threshold: None,
+                    with_payload: true,
+                    with_vector: false,
+                };
+                let got = remote.search(&search).await.unwrap();
+                assert_eq!(got, search.run(local));
+                assert_eq!(got.len(), 7);
+            }
+            let retrieve = ShardRetrieve {
+                ids: (0..20).map(PointId::Num).collect(),
+                with_payload: true,
+                with_vector: true,
+            };
+            assert_eq!(
+                remote.retrieve(&retrieve).await.unwrap(),
+                retrieve.run(local)
+            );
+        }
+
+        // A forwarded update lands in the replica.
+        let id = (1000u64..)
+            .find(|i| shard_for(&PointId::Num(*i), 2) == 1)
+            .unwrap();
+        let remote = RemoteShard::new(&uri, "docs", 1, Some("secret".into())).unwrap();
+        remote
+            .update(&UpdateRequest::Upsert(vec![point(id)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            collection.retrieve(&[PointId::Num(id)], true, true).len(),
+            1
+        );
+        remote
+            .update(&UpdateRequest::Delete(PointSelection::Ids(vec![
+                PointId::Num(id),
+            ])))
+            .await
+            .unwrap();
+        assert!(
+            collection
+                .retrieve(&[PointId::Num(id)], false, false)
+                .is_empty()
+        );
+
+        // Refusals: a wrong dimension, an unknown collection or shard, a missing key.
+        let mut bad = point(id);
+        bad.vector.pop();
+        let before = collection.count(None);
+        assert!(matches!(
+            remote.update(&UpdateRequest::Upsert(vec![bad])).await,
+            Err(CollectionError::BadInput(_))
+        ));
+        assert_eq!(
+            collection.count(None),
+            before,
+            "a refused update changes nothing"
+        );
+        let nowhere = RemoteShard::new(&uri, "nope", 0, Some("secret".into())).unwrap();
+        assert!(matches!(
+            nowhere.count(&ShardCount { filter: None }).await,
+            Err(CollectionError::NotFound(_))
+        ));
+        let no_shard = RemoteShard::new(&uri, "docs", 7, Some("secret".into())).unwrap();
+        assert!(matches!(
+            no_shard.count(&ShardCount { filter: None }).await,
+            Err(CollectionError::NotFound(_))
+        ));
+        let intruder = RemoteShard::new(&uri, "docs", 0, Some("wrong".into())).unwrap();
+        assert!(intruder.count(&ShardCount { filter: None }).await.is_err());
+        collection.cancel();
+    }
 }

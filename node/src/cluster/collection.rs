@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use crate::cluster::CollectionError;
 use crate::cluster::hash_ring::shard_for;
+use crate::cluster::shard_requests::{
+    ShardCount, ShardRetrieve, ShardScroll, ShardSearch, ShardTarget,
+};
 use crate::collection_config::CollectionConfig;
 use crate::index::filter::Filter;
-use crate::shard::local_shard::{
-    LocalShard, OptimizerStatus, Record, ScoredRecord, Scoring, SearchQuery,
-};
+use crate::shard::local_shard::{LocalShard, OptimizerStatus, Record, ScoredRecord};
 use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
 use crate::storage::wal::SyncMode;
-use crate::types::{Distance, Payload, PointId};
+use crate::types::{Distance, PointId};
 
 /// How a search scores points.
 #[derive(Debug, Clone, PartialEq)]
@@ -273,12 +274,12 @@ impl Collection {
                 .copied()
                 .collect();
             if !mine.is_empty() {
-                found.extend(
-                    shard
-                        .retrieve(&mine, with_payload, with_vector)
-                        .into_iter()
-                        .map(|r| (r.id, r)),
-                );
+                let request = ShardRetrieve {
+                    ids: mine,
+                    with_payload,
+                    with_vector,
+                };
+                found.extend(request.run(shard).into_iter().map(|r| (r.id, r)));
             }
         }
         unique.iter().filter_map(|id| found.remove(id)).collect()
@@ -300,12 +301,14 @@ impl Collection {
         with_payload: bool,
         with_vector: bool,
     ) -> (Vec<Record>, Option<PointId>) {
-        let check = |id: PointId, p: &Payload| filter.is_none_or(|f| f.check(id, p));
-        let mut all: Vec<Record> = self
-            .shards
-            .iter()
-            .flat_map(|s| s.scroll(offset, limit + 1, Some(&check), with_payload, with_vector))
-            .collect();
+        let request = ShardScroll {
+            from: offset,
+            limit: limit + 1,
+            filter: filter.cloned(),
+            with_payload,
+            with_vector,
+        };
+        let mut all: Vec<Record> = self.shards.iter().flat_map(|s| request.run(s)).collect();
         all.sort_by_key(|r| r.id);
         let next = (all.len() > limit).then(|| all[limit].id);
         all.truncate(limit);
@@ -313,129 +316,60 @@ impl Collection {
     }
 
     pub fn count(&self, filter: Option<&Filter>) -> usize {
-        match filter {
-            None => self.shards.iter().map(|s| s.count(None)).sum(),
-            Some(f) => {
-                let check = |id: PointId, p: &Payload| f.check(id, p);
-                self.shards.iter().map(|s| s.count(Some(&check))).sum()
-            }
-        }
+        let request = ShardCount {
+            filter: filter.cloned(),
+        };
+        self.shards.iter().map(|s| request.run(s)).sum()
+    }
+
+    /// Checks and normalises the vectors of a search target, for every shard to use as is.
+    fn prepare_target(&self, target: &SearchTarget) -> Result<ShardTarget, CollectionError> {
+        let prep = |vs: &[Vec<f32>]| -> Result<Vec<Vec<f32>>, CollectionError> {
+            vs.iter().map(|v| self.prepare_vector(v.clone())).collect()
+        };
+        Ok(match target {
+            SearchTarget::Vector(v) => ShardTarget::Nearest(self.prepare_vector(v.clone())?),
+            SearchTarget::BestScore { positive, negative } => ShardTarget::BestScore {
+                positive: prep(positive)?,
+                negative: prep(negative)?,
+            },
+            SearchTarget::SumScores { positive, negative } => ShardTarget::SumScores {
+                positive: prep(positive)?,
+                negative: prep(negative)?,
+            },
+            SearchTarget::IdOrder => ShardTarget::IdOrder,
+        })
     }
 
     /// The best `limit` points after skipping `offset`, best first. Blocking.
     pub fn search(&self, request: &SearchRequest) -> Result<Vec<ScoredRecord>, CollectionError> {
-        let distance = self.distance();
-        let filter = request.filter.as_ref();
-        let exclude = &request.exclude;
-        let accept = |id: PointId, p: &Payload| {
-            !exclude.contains(&id) && filter.is_none_or(|f| f.check(id, p))
-        };
-        let needs_accept = filter.is_some() || !exclude.is_empty();
-        let top = request.limit.saturating_add(request.offset);
-
-        if request.target == SearchTarget::IdOrder {
-            let exclude = &request.exclude;
-            let window = request.limit.saturating_add(request.offset);
-            let accept = |id: PointId, p: &Payload| {
-                !exclude.contains(&id) && filter.is_none_or(|f| f.check(id, p))
-            };
-            let mut records: Vec<Record> = self
-                .shards
-                .iter()
-                .flat_map(|s| {
-                    s.scroll(
-                        None,
-                        window,
-                        Some(&accept),
-                        request.with_payload,
-                        request.with_vector,
-                    )
-                })
-                .collect();
-            records.sort_by_key(|r| r.id);
-            return Ok(records
-                .into_iter()
-                .skip(request.offset)
-                .take(request.limit)
-                .map(|r| ScoredRecord {
-                    id: r.id,
-                    version: r.version,
-                    score: 0.0,
-                    payload: r.payload,
-                    vector: r.vector,
-                })
-                .collect());
-        }
-        let prepared_query;
-        let prepared_examples: (Vec<Vec<f32>>, Vec<Vec<f32>>);
-        let best_score;
-        let scoring = match &request.target {
-            SearchTarget::Vector(v) => {
-                prepared_query = self.prepare_vector(v.clone())?;
-                Scoring::Nearest(&prepared_query)
-            }
-            SearchTarget::BestScore { positive, negative }
-            | SearchTarget::SumScores { positive, negative } => {
-                let sum = matches!(request.target, SearchTarget::SumScores { .. });
-                let prep = |vs: &[Vec<f32>]| -> Result<Vec<Vec<f32>>, CollectionError> {
-                    vs.iter().map(|v| self.prepare_vector(v.clone())).collect()
-                };
-                prepared_examples = (prep(positive)?, prep(negative)?);
-                let (pos, neg) = &prepared_examples;
-                // Similarity oriented so that larger is closer, for every distance.
-                let sim = move |a: &[f32], b: &[f32]| {
-                    let s = distance.score(a, b);
-                    if distance.higher_is_better() { s } else { -s }
-                };
-                best_score = move |v: &[f32]| {
-                    if sum {
-                        return pos.iter().map(|p| sim(v, p)).sum::<f32>()
-                            - neg.iter().map(|n| sim(v, n)).sum::<f32>();
-                    }
-                    let best_pos = pos
-                        .iter()
-                        .map(|p| sim(v, p))
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    let best_neg = neg
-                        .iter()
-                        .map(|n| sim(v, n))
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    if best_pos >= best_neg {
-                        best_pos
-                    } else {
-                        -best_neg
-                    }
-                };
-                Scoring::Custom(&best_score)
-            }
-            SearchTarget::IdOrder => unreachable!("answered above"),
-        };
-        let query = SearchQuery {
-            scoring,
-            accept: needs_accept.then_some(&accept as _),
-            top,
+        let shard_search = ShardSearch {
+            target: self.prepare_target(&request.target)?,
+            filter: request.filter.clone(),
+            exclude: request.exclude.iter().copied().collect(),
+            top: request.limit.saturating_add(request.offset),
             ef: request.ef,
             exact: request.exact,
             score_threshold: request.score_threshold,
             with_payload: request.with_payload,
             with_vector: request.with_vector,
         };
-        let mut merged: Vec<ScoredRecord> =
-            self.shards.iter().flat_map(|s| s.search(&query)).collect();
-        let oriented = |r: &ScoredRecord| match query.scoring {
-            Scoring::Nearest(_) if !distance.higher_is_better() => -r.score,
-            _ => r.score,
-        };
-        merged.sort_by(|a, b| {
-            oriented(b)
-                .total_cmp(&oriented(a))
-                .then_with(|| a.id.cmp(&b.id))
-        });
+        let mut merged: Vec<ScoredRecord> = self
+            .shards
+            .iter()
+            .flat_map(|s| shard_search.run(s))
+            .collect();
+        shard_search.sort_merged(self.distance(), &mut merged);
         Ok(merged
             .into_iter()
             .skip(request.offset)
             .take(request.limit)
             .collect())
+    }
+
+    /// This peer's replica of shard `id`, if it has one.
+    pub fn shard(&self, id: u32) -> Option<&Arc<LocalShard>> {
+        self.shards.get(id as usize)
     }
 
     pub fn stats(&self) -> CollectionStats {

@@ -3,6 +3,8 @@
 
 pub mod collection;
 pub mod hash_ring;
+pub mod remote_shard;
+pub mod shard_requests;
 pub mod toc;
 
 use crate::shard::local_shard::ShardError;

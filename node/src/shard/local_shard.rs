@@ -78,7 +78,7 @@ pub struct SearchQuery<'a> {
     pub with_vector: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ScoredRecord {
     pub id: PointId,
     pub version: u64,
@@ -87,7 +87,7 @@ pub struct ScoredRecord {
     pub vector: Option<Vec<f32>>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     pub id: PointId,
     pub version: u64,

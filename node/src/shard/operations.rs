@@ -19,24 +19,26 @@ pub struct PointWrite {
 }
 
 /// How an update picks its points.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PointSelection {
     Ids(Vec<PointId>),
     Filter(Filter),
 }
 
-/// An update as the API asks for it.
-#[derive(Debug, Clone, PartialEq)]
+/// An update as the API asks for it (and as it travels to a peer holding a replica).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UpdateRequest {
     Upsert(Vec<PointWrite>),
     Delete(PointSelection),
     SetPayload {
         selection: PointSelection,
+        #[serde(with = "crate::storage::json_blob")]
         payload: Payload,
         key: Option<String>,
     },
     OverwritePayload {
         selection: PointSelection,
+        #[serde(with = "crate::storage::json_blob")]
         payload: Payload,
     },
     DeletePayload {
