@@ -18,7 +18,9 @@ step "build"
 cargo build --workspace --bins --locked
 
 step "CRDs are up to date (crdgen --check)"
-cargo run -q -p shoal-operator --bin crdgen -- --check
+# The binary from the workspace build above: `cargo run -p` would resolve features for that
+# package alone and rebuild half the dependency tree.
+"${CARGO_TARGET_DIR:-target}/debug/crdgen" --check
 
 step "unit, property and multi-process tests (cargo test)"
 cargo test --workspace --locked
