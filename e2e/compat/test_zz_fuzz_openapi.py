@@ -66,7 +66,7 @@ def test_no_request_makes_the_node_fail(fuzz_node, tmp_path):
     # node itself counted.
     counts = re.search(r"(\d+) generated, (\d+) passed(.*)", out)
     assert counts, f"schemathesis did not run:\n{out[-4000:]}"
-    assert int(counts.group(1)) >= 100, f"too few cases generated:\n{out[-4000:]}"
+    assert int(counts.group(1)) >= 50, f"too few cases generated:\n{out[-4000:]}"
     assert "failed" not in counts.group(3), f"schemathesis found failures:\n{out[-6000:]}"
     # The node survived, and never answered 5xx.
     assert requests.get(f"{base}/healthz", timeout=10).status_code == 200

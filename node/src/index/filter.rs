@@ -7,8 +7,9 @@
 //! points, but the answer for a point is always the one [`Filter::check`] gives.
 //!
 //! Semantics, as Qdrant defines them (see the tests for each):
-//! - `must`: all match; `must_not`: none matches; `should`: at least one matches, and an empty or
-//!   absent `should` does not constrain; `min_should`: at least `min_count` of its conditions
+//! - `must`: all match; `must_not`: none matches; `should`: at least one matches (an absent
+//!   `should` does not constrain, an empty one matches nothing, as in Qdrant's condition
+//!   checker); `min_should`: at least `min_count` of its conditions
 //!   match (so an empty list with `min_count > 0` matches nothing).
 //! - A field condition matches when any value at its key matches (arrays at the end of the path
 //!   count element by element). A missing key matches nothing — not even `except` — except for
@@ -589,10 +590,7 @@ impl Filter {
                 .must_not
                 .as_deref()
                 .is_none_or(|cs| !cs.iter().any(holds))
-            && self
-                .should
-                .as_deref()
-                .is_none_or(|cs| cs.is_empty() || cs.iter().any(holds))
+            && self.should.as_deref().is_none_or(|cs| cs.iter().any(holds))
             && self.min_should.as_ref().is_none_or(|m| {
                 m.min_count == 0
                     || m.conditions
@@ -1505,9 +1503,10 @@ mod tests {
         assert_eq!(passing(&min0, &points), vec![1, 2, 3, 4]);
         let impossible = filter(json!({"min_should": {"conditions": [], "min_count": 1}}));
         assert_eq!(passing(&impossible, &points), Vec::<u64>::new());
+        // As in Qdrant's condition checker: an empty `should` is an OR of nothing.
         assert_eq!(
             passing(&filter(json!({"should": []})), &points),
-            vec![1, 2, 3, 4]
+            Vec::<u64>::new()
         );
         assert_eq!(
             passing(&filter(json!({"must": [{}]})), &points),
