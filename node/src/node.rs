@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::grpc;
 use crate::api::metrics::Metrics;
@@ -99,7 +100,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let app = rest::router(state, keys, settings.service.max_request_size_mb);
 
-    let shutdown = tokio_util_shutdown();
+    // One sender, a receiver per server: both stop on the same signal.
+    let (shutdown, _) = tokio::sync::broadcast::channel::<()>(1);
     let http = {
         let mut stop = shutdown.subscribe();
         tokio::spawn(async move {
@@ -120,7 +122,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(tokio_stream_listener(p2p_listener), async move {
+                .serve_with_incoming_shutdown(TcpIncoming::from(p2p_listener), async move {
                     let _ = stop.recv().await;
                 })
                 .await
@@ -156,14 +158,6 @@ fn host_name() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "shoal".to_string())
-}
-
-fn tokio_util_shutdown() -> tokio::sync::broadcast::Sender<()> {
-    tokio::sync::broadcast::channel(1).0
-}
-
-fn tokio_stream_listener(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener)
 }
 
 async fn wait_for_signal() {
