@@ -186,9 +186,40 @@ def _start_node(name: str, extra_args: list[str] | None = None, fatal: bool = Fa
 # --------------------------------------------------------------------------------------
 
 
+# SHOAL_COMPAT_CLUSTER=N runs the suite against a cluster of N peers on loopback instead of
+# one node: the client talks to the last peer to join, so every metadata change is forwarded
+# to the Raft leader and most reads and writes cross peers.
+CLUSTER_PEERS = int(os.environ.get("SHOAL_COMPAT_CLUSTER", "0") or 0)
+
+
+def _start_cluster(n: int):
+    founder = NodeProcess("peer-0", fatal=True)
+    founder.extra_args = ["--uri", f"http://127.0.0.1:{founder.p2p_port}", "--peer-name", "peer-0"]
+    nodes = [founder]
+    try:
+        founder.start()
+        for i in range(1, n):
+            peer = NodeProcess(f"peer-{i}", fatal=True)
+            peer.extra_args = [
+                "--uri", f"http://127.0.0.1:{peer.p2p_port}",
+                "--bootstrap", f"http://127.0.0.1:{founder.p2p_port}",
+                "--peer-name", f"peer-{i}",
+            ]
+            nodes.append(peer)
+            peer.start()
+        yield nodes[-1]
+    finally:
+        for peer in nodes:
+            peer.stop()
+            peer.cleanup()
+
+
 @pytest.fixture(scope="session")
 def node():
-    yield from _start_node("open", fatal=True)
+    if CLUSTER_PEERS > 1:
+        yield from _start_cluster(CLUSTER_PEERS)
+    else:
+        yield from _start_node("open", fatal=True)
 
 
 @pytest.fixture(scope="session")

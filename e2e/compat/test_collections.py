@@ -4,7 +4,7 @@ import pytest
 from qdrant_client import models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from conftest import unique_name
+from conftest import CLUSTER_PEERS, unique_name
 
 ALL_DISTANCES = [models.Distance.COSINE, models.Distance.DOT, models.Distance.EUCLID, models.Distance.MANHATTAN]
 
@@ -50,7 +50,8 @@ def test_create_with_full_config_is_echoed(client, collection):
 def test_defaults_are_sane(client, collection):
     name = collection(size=4, distance=models.Distance.EUCLID)
     cfg = client.get_collection(name).config
-    assert cfg.params.shard_number in (None, 1)
+    # One shard per peer, as in Qdrant (one, on a node that runs alone).
+    assert cfg.params.shard_number in (None, max(CLUSTER_PEERS, 1))
     assert cfg.params.replication_factor in (None, 1)
     assert cfg.params.write_consistency_factor in (None, 1)
     assert cfg.hnsw_config.m > 0 and cfg.hnsw_config.ef_construct > 0

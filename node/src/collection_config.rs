@@ -305,3 +305,11 @@ impl CollectionConfig {
         self.optimizer_config.validate()
     }
 }
+
+/// A declared payload index: its type and parameters, as given.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PayloadIndexEntry {
+    pub data_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
+}

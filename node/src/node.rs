@@ -13,8 +13,11 @@ use crate::api::grpc;
 use crate::api::metrics::Metrics;
 use crate::api::rest::auth::ApiKeys;
 use crate::api::rest::{self, AppState};
-use crate::cluster::toc::TableOfContent;
-use crate::consensus::raft_node::{ConsensusNode, ConsensusSettings};
+use crate::cluster::collection::Environment;
+use crate::cluster::metadata::{LocalMetadata, Metadata};
+use crate::cluster::toc::{TableOfContent, legacy_state};
+use crate::consensus::PeerId;
+use crate::consensus::raft_node::{ConsensusNode, ConsensusSettings, load_or_create_peer_id};
 use crate::settings::{Settings, WalSync};
 use crate::shard::local_shard::IndexBuilder;
 use crate::storage::wal::SyncMode;
@@ -51,11 +54,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         WalSync::Fsync => SyncMode::Fsync,
     };
     let builder = Arc::new(IndexBuilder::new(index_threads(&settings)));
-    let toc = Arc::new(
-        TableOfContent::open(&settings.storage.data_dir, builder, sync)
-            .context("cannot load collections")?,
-    );
-
     let host = &settings.service.host;
     let http_addr: SocketAddr = format!("{host}:{}", settings.service.http_port)
         .parse()
@@ -69,27 +67,70 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {p2p_addr} (p2p gRPC)"))?;
 
     // Cluster mode is on when this peer knows its own p2p URI, as in Qdrant.
-    let consensus = match (&settings.cluster.uri, &settings.cluster.bootstrap) {
-        (Some(uri), bootstrap) => Some(
-            ConsensusNode::open(ConsensusSettings {
-                dir: settings.storage.data_dir.join("cluster"),
-                uri: uri.clone(),
-                name: settings.cluster.peer_name.clone().unwrap_or_else(host_name),
-                bootstrap: bootstrap.clone(),
-                api_key: settings.service.api_key.clone(),
-            })
-            .await
-            .context("cannot start consensus")?,
-        ),
+    let data_dir = &settings.storage.data_dir;
+    let peer_name = settings.cluster.peer_name.clone().unwrap_or_else(host_name);
+    let metadata = match (&settings.cluster.uri, &settings.cluster.bootstrap) {
+        (Some(uri), bootstrap) => {
+            if LocalMetadata::has_collections(data_dir) {
+                anyhow::bail!(
+                    "{} holds the collections of a node that ran alone; it cannot become a cluster peer (start a new peer with its own --data-dir and move the data with a client)",
+                    data_dir.display()
+                );
+            }
+            Metadata::Raft(
+                ConsensusNode::open(ConsensusSettings {
+                    dir: data_dir.join("cluster"),
+                    uri: uri.clone(),
+                    name: peer_name,
+                    bootstrap: bootstrap.clone(),
+                    api_key: settings.service.api_key.clone(),
+                })
+                .await
+                .context("cannot start consensus")?,
+            )
+        }
         (None, Some(_)) => {
             anyhow::bail!("--bootstrap needs --uri: tell the cluster how to reach this peer")
         }
-        (None, None) => None,
+        (None, None) => {
+            if data_dir.join("cluster").exists() {
+                anyhow::bail!(
+                    "{} belongs to a cluster peer; start it with --uri (and the same --data-dir)",
+                    data_dir.display()
+                );
+            }
+            let dir = data_dir.clone();
+            Metadata::Local(
+                tokio::task::spawn_blocking(move || {
+                    let peer = PeerId(load_or_create_peer_id(&dir)?);
+                    LocalMetadata::open(&dir, peer, || legacy_state(&dir, peer, &peer_name))
+                })
+                .await??,
+            )
+        }
     };
+    let metadata = Arc::new(metadata);
+    let consensus = metadata.consensus().cloned();
+    let env = Arc::new(Environment::new(
+        Arc::clone(&metadata),
+        settings.service.api_key.clone(),
+        builder,
+        sync,
+    ));
+    let toc = {
+        let (dir, env) = (data_dir.clone(), Arc::clone(&env));
+        Arc::new(
+            tokio::task::spawn_blocking(move || TableOfContent::open(&dir, env))
+                .await?
+                .context("cannot load collections")?,
+        )
+    };
+    TableOfContent::spawn_reconciler(Arc::clone(&toc), metadata.applied());
 
     let state = AppState {
         toc: Arc::clone(&toc),
         metrics: Arc::new(Metrics::new()),
+        metadata: Arc::clone(&metadata),
         consensus: consensus.clone(),
         ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
@@ -134,6 +175,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             .await
             .context("cannot found or join the cluster")?;
     }
+    // Serve once the collections follow the applied metadata (after a restart, once the
+    // replayed log reaches what this peer had acted on); a cluster that cannot be reached
+    // does not keep the peer from serving what it has.
+    let applied = metadata.view().applied_index().unwrap_or(0);
+    if !toc
+        .wait_reconciled(applied.max(toc.reconciled_index()), READY_PATIENCE)
+        .await
+    {
+        tracing::warn!("collections not reconciled with the cluster state yet; serving anyway");
+    }
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(%http_addr, %p2p_addr, data_dir = %settings.storage.data_dir.display(), "shoal-node is ready");
 
@@ -150,6 +201,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long start-up waits for the collections to follow the applied metadata.
+const READY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The host name (a StatefulSet pod's name), the default peer name.
 fn host_name() -> String {

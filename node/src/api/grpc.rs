@@ -3,6 +3,7 @@
 //! metadata entry; an unauthenticated call is refused.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -11,8 +12,9 @@ use shoal_proto::v1::peer_service_server::{PeerService, PeerServiceServer};
 use shoal_proto::v1::raft_service_server::{RaftService, RaftServiceServer};
 use shoal_proto::v1::shard_service_server::{ShardService, ShardServiceServer};
 use shoal_proto::v1::{
-    InfoRequest, InfoResponse, JoinRequest, JoinResponse, ProposeRequest, ProposeResponse,
-    RaftPayload, RemoveMemberRequest, RemoveMemberResponse,
+    AwaitReconciledRequest, AwaitReconciledResponse, InfoRequest, InfoResponse, JoinRequest,
+    JoinResponse, ProposeRequest, ProposeResponse, RaftPayload, RemoveMemberRequest,
+    RemoveMemberResponse,
 };
 use shoal_proto::v1::{ShardAnswer, ShardCall};
 use tonic::service::interceptor::InterceptedService;
@@ -20,7 +22,9 @@ use tonic::{Request, Response, Status};
 
 use crate::api::rest::service::QDRANT_API_VERSION;
 use crate::cluster::CollectionError;
-use crate::cluster::shard_requests::{ShardCount, ShardRetrieve, ShardScroll, ShardSearch};
+use crate::cluster::shard_requests::{
+    ShardCount, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
+};
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::raft_node::{ConsensusError, ConsensusNode};
 use crate::consensus::{ClusterOperation, PeerId, PeerNode};
@@ -40,7 +44,26 @@ impl PeerService for Peer {
             collections: self.toc.names(),
         }))
     }
+
+    async fn await_reconciled(
+        &self,
+        request: Request<AwaitReconciledRequest>,
+    ) -> Result<Response<AwaitReconciledResponse>, Status> {
+        let request = request.into_inner();
+        let timeout = Duration::from_millis(request.timeout_ms.min(MAX_AWAIT_MS));
+        let reached = self.toc.wait_reconciled(request.index, timeout).await;
+        Ok(Response::new(AwaitReconciledResponse {
+            reached,
+            reconciled_index: self.toc.reconciled_index(),
+        }))
+    }
 }
+
+/// The longest a caller may make `AwaitReconciled` wait.
+const MAX_AWAIT_MS: u64 = 60_000;
+/// How long a shard request waits for this peer to learn of a collection or replica that the
+/// caller already knows (this peer may apply the creating operation a little later).
+const REPLICA_PATIENCE: Duration = Duration::from_secs(5);
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(bytes)
@@ -164,25 +187,32 @@ fn collection_status(e: CollectionError) -> Status {
 }
 
 impl ShardPoints {
-    /// Decodes the call, finds the replica, runs `work` on a blocking thread, encodes the answer.
-    async fn run<Req, Resp>(
-        &self,
-        call: ShardCall,
-        work: impl FnOnce(&LocalShard, Req) -> Result<Resp, CollectionError> + Send + 'static,
-    ) -> Result<Response<ShardAnswer>, Status>
-    where
-        Req: DeserializeOwned + Send + 'static,
-        Resp: Serialize + Send + 'static,
-    {
-        let request: Req = decode(&call.body_json)?;
-        let collection = self.toc.get(&call.collection).map_err(collection_status)?;
-        let shard = collection.shard(call.shard_id).cloned().ok_or_else(|| {
-            Status::not_found(format!(
-                "shard {} of collection `{}` has no replica on this peer",
-                call.shard_id, call.collection
-            ))
-        })?;
-        let answer = tokio::task::spawn_blocking(move || work(&shard, request))
+    /// This peer's replica of the shard a call addresses, waiting a little for one that the
+    /// caller knows of and this peer is about to create.
+    async fn replica(&self, call: &ShardCall) -> Result<Arc<LocalShard>, Status> {
+        let deadline = Instant::now() + REPLICA_PATIENCE;
+        loop {
+            if let Ok(collection) = self.toc.get(&call.collection)
+                && let Some(shard) = collection.local_shard(call.shard_id)
+            {
+                return Ok(shard);
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::not_found(format!(
+                    "shard {} of collection `{}` has no replica on this peer",
+                    call.shard_id, call.collection
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Decodes the call, finds the replica, runs the request on a blocking thread, encodes the
+    /// answer.
+    async fn run<R: ShardRequest>(&self, call: ShardCall) -> Result<Response<ShardAnswer>, Status> {
+        let request: R = decode(&call.body_json)?;
+        let shard = self.replica(&call).await?;
+        let answer = tokio::task::spawn_blocking(move || request.run_on(&shard))
             .await
             .map_err(|e| Status::internal(format!("shard task failed: {e}")))?
             .map_err(collection_status)?;
@@ -194,38 +224,23 @@ impl ShardPoints {
 #[tonic::async_trait]
 impl ShardService for ShardPoints {
     async fn update(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
-        self.run(request.into_inner(), |shard, req: UpdateRequest| {
-            Ok(shard.update(req)?)
-        })
-        .await
+        self.run::<UpdateRequest>(request.into_inner()).await
     }
 
     async fn search(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
-        self.run(request.into_inner(), |shard, req: ShardSearch| {
-            Ok(req.run(shard))
-        })
-        .await
+        self.run::<ShardSearch>(request.into_inner()).await
     }
 
     async fn scroll(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
-        self.run(request.into_inner(), |shard, req: ShardScroll| {
-            Ok(req.run(shard))
-        })
-        .await
+        self.run::<ShardScroll>(request.into_inner()).await
     }
 
     async fn count(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
-        self.run(request.into_inner(), |shard, req: ShardCount| {
-            Ok(req.run(shard))
-        })
-        .await
+        self.run::<ShardCount>(request.into_inner()).await
     }
 
     async fn retrieve(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
-        self.run(request.into_inner(), |shard, req: ShardRetrieve| {
-            Ok(req.run(shard))
-        })
-        .await
+        self.run::<ShardRetrieve>(request.into_inner()).await
     }
 }
 
@@ -292,9 +307,7 @@ mod tests {
     use crate::cluster::hash_ring::shard_for;
     use crate::cluster::remote_shard::RemoteShard;
     use crate::cluster::shard_requests::ShardTarget;
-    use crate::shard::local_shard::IndexBuilder;
     use crate::shard::operations::{PointSelection, PointWrite};
-    use crate::storage::wal::SyncMode;
     use crate::types::{Payload, PointId};
 
     fn point(i: u64) -> PointWrite {
@@ -313,19 +326,23 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn remote_shard_requests_answer_like_local_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let toc = Arc::new(
-            TableOfContent::open(dir.path(), Arc::new(IndexBuilder::new(1)), SyncMode::Os).unwrap(),
-        );
+        let toc = crate::cluster::toc::open_local_node(dir.path()).await;
         let request = serde_json::from_value(serde_json::json!({
             "vectors": {"size": 4, "distance": "Euclid"},
             "shard_number": 2,
         }))
         .unwrap();
-        toc.create("docs", config_from_request(request).unwrap())
-            .unwrap();
+        toc.submit(ClusterOperation::CreateCollection {
+            name: "docs".into(),
+            config: Box::new(config_from_request(request).unwrap()),
+            uuid: 7,
+        })
+        .await
+        .unwrap();
         let collection = toc.get("docs").unwrap();
         collection
-            .update(UpdateRequest::Upsert((0..200).map(point).collect()))
+            .update(UpdateRequest::Upsert((0..200).map(point).collect()), None)
+            .await
             .unwrap();
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -343,12 +360,12 @@ mod tests {
         .unwrap();
 
         for shard_id in 0..2u32 {
-            let local = collection.shard(shard_id).unwrap();
+            let local = &collection.local_shard(shard_id).unwrap();
             let remote = RemoteShard::new(&uri, "docs", shard_id, Some("secret".into())).unwrap();
             let count = ShardCount {
                 filter: Some(odd.clone()),
             };
-            assert_eq!(remote.count(&count).await.unwrap(), count.run(local));
+            assert_eq!(remote.request(&count).await.unwrap(), count.run(local));
             let scroll = ShardScroll {
                 from: Some(PointId::Num(10)),
                 limit: 25,
@@ -356,7 +373,7 @@ mod tests {
                 with_payload: true,
                 with_vector: true,
             };
-            assert_eq!(remote.scroll(&scroll).await.unwrap(), scroll.run(local));
+            assert_eq!(remote.request(&scroll).await.unwrap(), scroll.run(local));
             for target in [
                 ShardTarget::Nearest(vec![3.0, 1.0, 1.0, -1.0]),
                 ShardTarget::BestScore {
@@ -376,7 +393,7 @@ mod tests {
                     with_payload: true,
                     with_vector: false,
                 };
-                let got = remote.search(&search).await.unwrap();
+                let got = remote.request(&search).await.unwrap();
                 assert_eq!(got, search.run(local));
                 assert_eq!(got.len(), 7);
             }
@@ -386,7 +403,7 @@ mod tests {
                 with_vector: true,
             };
             assert_eq!(
-                remote.retrieve(&retrieve).await.unwrap(),
+                remote.request(&retrieve).await.unwrap(),
                 retrieve.run(local)
             );
         }
@@ -397,50 +414,61 @@ mod tests {
             .unwrap();
         let remote = RemoteShard::new(&uri, "docs", 1, Some("secret".into())).unwrap();
         remote
-            .update(&UpdateRequest::Upsert(vec![point(id)]))
+            .request(&UpdateRequest::Upsert(vec![point(id)]))
             .await
             .unwrap();
         assert_eq!(
-            collection.retrieve(&[PointId::Num(id)], true, true).len(),
+            collection
+                .retrieve(&[PointId::Num(id)], true, true, None)
+                .await
+                .unwrap()
+                .len(),
             1
         );
         remote
-            .update(&UpdateRequest::Delete(PointSelection::Ids(vec![
+            .request(&UpdateRequest::Delete(PointSelection::Ids(vec![
                 PointId::Num(id),
             ])))
             .await
             .unwrap();
         assert!(
             collection
-                .retrieve(&[PointId::Num(id)], false, false)
+                .retrieve(&[PointId::Num(id)], false, false, None)
+                .await
+                .unwrap()
                 .is_empty()
         );
 
         // Refusals: a wrong dimension, an unknown collection or shard, a missing key.
         let mut bad = point(id);
         bad.vector.pop();
-        let before = collection.count(None);
+        let before = collection.count(None, None).await.unwrap();
         assert!(matches!(
-            remote.update(&UpdateRequest::Upsert(vec![bad])).await,
+            remote.request(&UpdateRequest::Upsert(vec![bad])).await,
             Err(CollectionError::BadInput(_))
         ));
         assert_eq!(
-            collection.count(None),
+            collection.count(None, None).await.unwrap(),
             before,
             "a refused update changes nothing"
         );
         let nowhere = RemoteShard::new(&uri, "nope", 0, Some("secret".into())).unwrap();
         assert!(matches!(
-            nowhere.count(&ShardCount { filter: None }).await,
-            Err(CollectionError::NotFound(_))
+            nowhere.request(&ShardCount { filter: None }).await,
+            Err(CollectionError::Unavailable(_))
         ));
         let no_shard = RemoteShard::new(&uri, "docs", 7, Some("secret".into())).unwrap();
         assert!(matches!(
-            no_shard.count(&ShardCount { filter: None }).await,
-            Err(CollectionError::NotFound(_))
+            no_shard.request(&ShardCount { filter: None }).await,
+            Err(CollectionError::Unavailable(_))
         ));
         let intruder = RemoteShard::new(&uri, "docs", 0, Some("wrong".into())).unwrap();
-        assert!(intruder.count(&ShardCount { filter: None }).await.is_err());
+        assert!(
+            intruder
+                .request(&ShardCount { filter: None })
+                .await
+                .is_err()
+        );
         collection.cancel();
     }
 }

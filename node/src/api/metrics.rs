@@ -87,7 +87,7 @@ impl Metrics {
         self.collection_segments.reset();
         for name in toc.names() {
             if let Ok(c) = toc.get(&name) {
-                let stats = c.stats();
+                let stats = c.local_stats();
                 self.collection_points
                     .with_label_values(&[&name])
                     .set(stats.points as i64);

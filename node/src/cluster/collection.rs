@@ -1,18 +1,31 @@
-//! A collection on this peer: its configuration and its shards. Routes updates to shards by the
-//! hash ring, fans reads out to every shard and merges the answers.
+//! A collection as this peer sees it: its configuration, the layout of its shards and replicas
+//! (from the applied cluster state), and this peer's own replicas. Routes each update to every
+//! replica of the shards it concerns, fans reads out to one readable replica per shard and
+//! merges the answers. A node running alone is the same with every replica local.
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use crate::cluster::CollectionError;
 use crate::cluster::hash_ring::shard_for;
+use crate::cluster::metadata::Metadata;
+use crate::cluster::remote_shard::RemoteShard;
 use crate::cluster::shard_requests::{
-    ShardCount, ShardRetrieve, ShardScroll, ShardSearch, ShardTarget,
+    ShardCount, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch, ShardTarget,
 };
-use crate::collection_config::CollectionConfig;
+use crate::collection_config::{CollectionConfig, PayloadIndexEntry, ShardingMethod};
+use crate::consensus::{
+    ClusterError, ClusterOperation, CollectionMeta, PeerId, PeerInfo, ReplicaState, ShardId,
+    ShardKey,
+};
 use crate::index::filter::Filter;
-use crate::shard::local_shard::{LocalShard, OptimizerStatus, Record, ScoredRecord};
+use crate::shard::local_shard::{
+    IndexBuilder, LocalShard, OptimizerStatus, Record, ScoredRecord, ShardError,
+};
+use crate::shard::maintenance;
 use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
 use crate::storage::wal::SyncMode;
 use crate::types::{Distance, PointId};
@@ -65,88 +78,251 @@ pub struct CollectionStats {
     pub segments: usize,
 }
 
-/// A declared payload index: its type and parameters, as given.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PayloadIndexEntry {
-    pub data_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub params: Option<serde_json::Value>,
+/// The shard keys a request is limited to: one key or several (`"shard_key": "a"` or
+/// `"shard_key": ["a", "b"]`), as in Qdrant.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum ShardKeySelector {
+    One(ShardKey),
+    Many(Vec<ShardKey>),
 }
 
-const PAYLOAD_SCHEMA_FILE: &str = "payload_schema.json";
+impl ShardKeySelector {
+    pub fn keys(&self) -> Vec<ShardKey> {
+        match self {
+            ShardKeySelector::One(k) => vec![k.clone()],
+            ShardKeySelector::Many(ks) => ks.clone(),
+        }
+    }
+}
+
+/// One replica of a shard, as the applied cluster state describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaInfo {
+    pub peer: PeerId,
+    pub state: ReplicaState,
+    /// The peer's p2p URI (empty for this peer when it runs alone).
+    pub uri: String,
+}
+
+/// One shard of the collection: its key and its replicas, ordered by peer id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShardLayout {
+    pub key: Option<ShardKey>,
+    pub replicas: Vec<ReplicaInfo>,
+}
+
+pub type Layout = BTreeMap<u32, ShardLayout>;
+
+/// What every collection of a peer shares: who this peer is, how to reach the others and how to
+/// tell the cluster that a replica failed.
+pub struct Environment {
+    pub metadata: Arc<Metadata>,
+    /// The key this peer presents to the others' p2p services.
+    pub api_key: Option<String>,
+    pub builder: Arc<IndexBuilder>,
+    pub sync: SyncMode,
+    /// One connection per peer URI, shared by every shard request to that peer.
+    channels: parking_lot::Mutex<HashMap<String, tonic::transport::Channel>>,
+}
+
+impl Environment {
+    pub fn new(
+        metadata: Arc<Metadata>,
+        api_key: Option<String>,
+        builder: Arc<IndexBuilder>,
+        sync: SyncMode,
+    ) -> Environment {
+        Environment {
+            metadata,
+            api_key,
+            builder,
+            sync,
+            channels: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn this_peer(&self) -> PeerId {
+        self.metadata.peer_id()
+    }
+
+    /// The shared channel to the peer at `uri`.
+    pub fn channel(&self, uri: &str) -> Result<tonic::transport::Channel, CollectionError> {
+        let mut channels = self.channels.lock();
+        if let Some(c) = channels.get(uri) {
+            return Ok(c.clone());
+        }
+        let c = RemoteShard::channel(uri)?;
+        channels.insert(uri.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn remote(
+        &self,
+        uri: &str,
+        collection: &str,
+        shard: u32,
+    ) -> Result<RemoteShard, CollectionError> {
+        Ok(RemoteShard::with_channel(
+            self.channel(uri)?,
+            uri,
+            collection,
+            shard,
+            self.api_key.clone(),
+        ))
+    }
+}
+
+/// Errors that say the request itself is wrong: every replica would answer the same, so they
+/// are returned as they are instead of trying another replica or failing the replica.
+fn is_request_error(e: &CollectionError) -> bool {
+    matches!(
+        e,
+        CollectionError::BadInput(_)
+            | CollectionError::PointNotFound(_)
+            | CollectionError::Shard(ShardError::WrongDimension { .. } | ShardError::BadInput(_))
+    )
+}
 
 pub struct Collection {
     name: String,
-    dir: std::path::PathBuf,
+    dir: PathBuf,
     config: Arc<CollectionConfig>,
-    shards: Vec<Arc<LocalShard>>,
+    /// Set by whoever created the collection; tells a re-created collection of the same name
+    /// from the one whose files are on disk.
+    uuid: u64,
+    env: Arc<Environment>,
+    layout: RwLock<Arc<Layout>>,
+    /// This peer's replicas, by shard id.
+    local: RwLock<BTreeMap<u32, Arc<LocalShard>>>,
     /// Declared payload indexes. Filters never depend on them: they are evaluated by scanning
     /// payloads, so results are the same with or without an index.
-    payload_schema: parking_lot::RwLock<std::collections::BTreeMap<String, PayloadIndexEntry>>,
+    payload_schema: RwLock<BTreeMap<String, PayloadIndexEntry>>,
 }
 
 impl Collection {
-    /// Opens (or creates) every shard of the collection under `dir`.
+    /// Opens the collection under `dir` with the local replicas found there. The layout stays
+    /// empty until the first [`Collection::sync`].
     pub fn open(
         name: &str,
         dir: &Path,
         config: CollectionConfig,
-        sync: SyncMode,
+        uuid: u64,
+        env: Arc<Environment>,
     ) -> Result<Collection, CollectionError> {
         let config = Arc::new(config);
-        let shards = (0..config.params.shard_number)
-            .map(|i| {
-                LocalShard::open(
-                    &dir.join("shards").join(i.to_string()),
-                    Arc::clone(&config),
-                    sync,
-                )
-                .map(Arc::new)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let schema_path = dir.join(PAYLOAD_SCHEMA_FILE);
-        let payload_schema = match std::fs::read(&schema_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| CollectionError::Storage(format!("{}: {e}", schema_path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-            Err(e) => return Err(CollectionError::storage(e)),
-        };
+        let shards_dir = dir.join("shards");
+        std::fs::create_dir_all(&shards_dir).map_err(CollectionError::storage)?;
+        let mut local = BTreeMap::new();
+        for entry in std::fs::read_dir(&shards_dir).map_err(CollectionError::storage)? {
+            let entry = entry.map_err(CollectionError::storage)?;
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(id) = file_name.parse::<u32>() else {
+                // A replica dropped half-way, renamed away first.
+                let _ = std::fs::remove_dir_all(entry.path());
+                continue;
+            };
+            let shard = LocalShard::open(&entry.path(), Arc::clone(&config), env.sync)?;
+            let shard = Arc::new(shard);
+            maintenance::spawn(Arc::clone(&shard), Arc::clone(&env.builder));
+            local.insert(id, shard);
+        }
         Ok(Collection {
             name: name.to_string(),
             dir: dir.to_path_buf(),
             config,
-            shards,
-            payload_schema: parking_lot::RwLock::new(payload_schema),
+            uuid,
+            env,
+            layout: RwLock::new(Arc::new(Layout::new())),
+            local: RwLock::new(local),
+            payload_schema: RwLock::new(BTreeMap::new()),
         })
     }
 
-    /// Declares (or redeclares) a payload index on `field`. Blocking: writes the schema file.
-    pub fn set_payload_index(
+    pub fn uuid(&self) -> u64 {
+        self.uuid
+    }
+
+    /// Brings this peer's view of the collection in line with the cluster state: the layout,
+    /// the payload indexes, and a local replica for exactly the shards placed on this peer.
+    /// Blocking (creates and removes shard directories).
+    pub fn sync(
         &self,
-        field: &str,
-        entry: Option<PayloadIndexEntry>,
+        meta: &CollectionMeta,
+        peers: &BTreeMap<PeerId, PeerInfo>,
     ) -> Result<(), CollectionError> {
-        let mut schema = self.payload_schema.write();
-        let mut next = schema.clone();
-        match entry {
-            Some(e) => {
-                next.insert(field.to_string(), e);
-            }
-            None => {
-                next.remove(field);
+        let this_peer = self.env.this_peer();
+        let layout: Layout = meta
+            .shards
+            .iter()
+            .map(|(id, shard)| {
+                let replicas = shard
+                    .replicas
+                    .iter()
+                    .map(|(peer, state)| ReplicaInfo {
+                        peer: *peer,
+                        state: *state,
+                        uri: peers.get(peer).map(|p| p.uri.clone()).unwrap_or_default(),
+                    })
+                    .collect();
+                (
+                    id.0,
+                    ShardLayout {
+                        key: shard.shard_key.clone(),
+                        replicas,
+                    },
+                )
+            })
+            .collect();
+        let mine: BTreeSet<u32> = meta
+            .shards
+            .iter()
+            .filter(|(_, s)| s.replicas.contains_key(&this_peer))
+            .map(|(id, _)| id.0)
+            .collect();
+        // New replicas exist before the layout routes anything to them ...
+        for id in &mine {
+            if !self.local.read().contains_key(id) {
+                let shard = Arc::new(LocalShard::open(
+                    &self.dir.join("shards").join(id.to_string()),
+                    Arc::clone(&self.config),
+                    self.env.sync,
+                )?);
+                maintenance::spawn(Arc::clone(&shard), Arc::clone(&self.env.builder));
+                self.local.write().insert(*id, shard);
+                tracing::info!(collection = %self.name, shard = id, "local replica created");
             }
         }
-        let bytes = serde_json::to_vec_pretty(&next).map_err(CollectionError::storage)?;
-        let tmp = self.dir.join(format!("{PAYLOAD_SCHEMA_FILE}.tmp"));
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, self.dir.join(PAYLOAD_SCHEMA_FILE)))
-            .map_err(CollectionError::storage)?;
-        *schema = next;
+        *self.layout.write() = Arc::new(layout);
+        *self.payload_schema.write() = meta.payload_schema.clone();
+        // ... and replicas that left are dropped after it stopped routing to them.
+        let gone: Vec<u32> = self
+            .local
+            .read()
+            .keys()
+            .filter(|id| !mine.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            let Some(shard) = self.local.write().remove(&id) else {
+                continue;
+            };
+            shard.cancel();
+            let path = self.dir.join("shards").join(id.to_string());
+            let doomed = self
+                .dir
+                .join("shards")
+                .join(format!(".dropped-{id}-{}", uuid::Uuid::new_v4()));
+            std::fs::rename(&path, &doomed).map_err(CollectionError::storage)?;
+            if let Err(e) = std::fs::remove_dir_all(&doomed) {
+                tracing::warn!(error = %e, path = %doomed.display(), "could not remove a dropped replica; it is removed on the next start");
+            }
+            tracing::info!(collection = %self.name, shard = id, "local replica dropped");
+        }
         Ok(())
     }
 
-    pub fn payload_schema(&self) -> std::collections::BTreeMap<String, PayloadIndexEntry> {
+    pub fn payload_schema(&self) -> BTreeMap<String, PayloadIndexEntry> {
         self.payload_schema.read().clone()
     }
 
@@ -158,16 +334,31 @@ impl Collection {
         &self.config
     }
 
-    pub fn shards(&self) -> &[Arc<LocalShard>] {
-        &self.shards
+    /// The shards and their replicas as of the last reconciled cluster state.
+    pub fn layout(&self) -> Arc<Layout> {
+        Arc::clone(&self.layout.read())
+    }
+
+    /// This peer's replica of shard `id`, if it has one.
+    pub fn local_shard(&self, id: u32) -> Option<Arc<LocalShard>> {
+        self.local.read().get(&id).cloned()
+    }
+
+    /// This peer's replicas, by shard id.
+    pub fn local_shards(&self) -> Vec<(u32, Arc<LocalShard>)> {
+        self.local
+            .read()
+            .iter()
+            .map(|(id, s)| (*id, Arc::clone(s)))
+            .collect()
+    }
+
+    fn is_custom_sharded(&self) -> bool {
+        self.config.params.sharding_method == Some(ShardingMethod::Custom)
     }
 
     fn distance(&self) -> Distance {
         self.config.distance()
-    }
-
-    fn shard_of(&self, id: &PointId) -> usize {
-        shard_for(id, self.shards.len() as u32) as usize
     }
 
     /// Checks and normalises an incoming vector.
@@ -188,45 +379,301 @@ impl Collection {
         Ok(vector)
     }
 
-    /// Applies an update on every shard it concerns. Blocking. Returns an operation id.
-    pub fn update(&self, request: UpdateRequest) -> Result<u64, CollectionError> {
-        let mut per_shard: Vec<Option<UpdateRequest>> = vec![None; self.shards.len()];
+    fn unknown_key(&self, key: &ShardKey) -> CollectionError {
+        CollectionError::BadInput(format!(
+            "Shard key {key} does not exist in collection `{}`",
+            self.name
+        ))
+    }
+
+    /// The shards that points hash over for `key`: the shards of that key, or every shard of a
+    /// collection without custom sharding.
+    fn ring(&self, layout: &Layout, key: Option<&ShardKey>) -> Result<Vec<u32>, CollectionError> {
+        let ids: Vec<u32> = layout
+            .iter()
+            .filter(|(_, s)| s.key.as_ref() == key)
+            .map(|(id, _)| *id)
+            .collect();
+        if !ids.is_empty() {
+            return Ok(ids);
+        }
+        Err(match key {
+            Some(k) => self.unknown_key(k),
+            None if self.is_custom_sharded() => CollectionError::BadInput(format!(
+                "collection `{}` uses custom sharding: give a `shard_key`",
+                self.name
+            )),
+            None => CollectionError::Unavailable(format!(
+                "collection `{}` has no shards yet on this peer's view of the cluster",
+                self.name
+            )),
+        })
+    }
+
+    /// The shards a read or a selection-based write addresses.
+    fn selected_shards(
+        &self,
+        layout: &Layout,
+        selector: Option<&ShardKeySelector>,
+    ) -> Result<Vec<u32>, CollectionError> {
+        match selector {
+            None => Ok(layout.keys().copied().collect()),
+            Some(selector) => {
+                let mut ids = BTreeSet::new();
+                for key in selector.keys() {
+                    ids.extend(self.ring(layout, Some(&key))?);
+                }
+                Ok(ids.into_iter().collect())
+            }
+        }
+    }
+
+    /// Whether point `id` belongs to shard `shard` under the ring of that shard's key.
+    fn owns(layout: &Layout, shard: u32, id: &PointId) -> bool {
+        let key = layout.get(&shard).and_then(|s| s.key.as_ref());
+        let ring: Vec<u32> = layout
+            .iter()
+            .filter(|(_, s)| s.key.as_ref() == key)
+            .map(|(i, _)| *i)
+            .collect();
+        !ring.is_empty() && ring[shard_for(id, ring.len() as u32) as usize] == shard
+    }
+
+    /// Applies an update on every replica of every shard it concerns; acknowledged once each
+    /// shard has `write_consistency_factor` replicas that applied it. Returns an operation id.
+    pub async fn update(
+        &self,
+        request: UpdateRequest,
+        selector: Option<&ShardKeySelector>,
+    ) -> Result<u64, CollectionError> {
+        let layout = self.layout();
+        let mut per_shard: BTreeMap<u32, UpdateRequest> = BTreeMap::new();
         match request {
             UpdateRequest::Upsert(points) => {
-                let mut groups: Vec<Vec<PointWrite>> = vec![Vec::new(); self.shards.len()];
+                let rings: Vec<Vec<u32>> = match selector {
+                    None => vec![self.ring(&layout, None)?],
+                    Some(selector) => selector
+                        .keys()
+                        .iter()
+                        .map(|k| self.ring(&layout, Some(k)))
+                        .collect::<Result<_, _>>()?,
+                };
+                let mut groups: BTreeMap<u32, Vec<PointWrite>> = BTreeMap::new();
                 for mut p in points {
                     p.vector = self.prepare_vector(p.vector)?;
-                    groups[self.shard_of(&p.id)].push(p);
+                    for ring in &rings {
+                        let shard = ring[shard_for(&p.id, ring.len() as u32) as usize];
+                        groups.entry(shard).or_default().push(p.clone());
+                    }
                 }
-                for (slot, group) in per_shard.iter_mut().zip(groups) {
-                    if !group.is_empty() {
-                        *slot = Some(UpdateRequest::Upsert(group));
+                per_shard.extend(
+                    groups
+                        .into_iter()
+                        .map(|(shard, group)| (shard, UpdateRequest::Upsert(group))),
+                );
+            }
+            other => {
+                for shard in self.selected_shards(&layout, selector)? {
+                    if let Some(narrowed) = Self::restrict(&layout, &other, shard) {
+                        per_shard.insert(shard, narrowed);
                     }
                 }
             }
-            other => {
-                for (i, slot) in per_shard.iter_mut().enumerate() {
-                    *slot = self.restrict(&other, i);
+        }
+        let results = futures::future::join_all(
+            per_shard
+                .into_iter()
+                .map(|(shard, request)| self.update_shard(&layout, shard, request)),
+        )
+        .await;
+        let mut op_id = 0;
+        for result in results {
+            op_id = op_id.max(result?);
+        }
+        Ok(op_id)
+    }
+
+    /// Sends an update to every replica of `shard` that takes updates. Replicas that fail
+    /// while enough others succeed are marked Dead through consensus before the write is
+    /// acknowledged, so that no later read is served by a replica that missed it.
+    async fn update_shard(
+        &self,
+        layout: &Layout,
+        shard: u32,
+        request: UpdateRequest,
+    ) -> Result<u64, CollectionError> {
+        let replicas: Vec<&ReplicaInfo> = layout
+            .get(&shard)
+            .map(|s| {
+                s.replicas
+                    .iter()
+                    .filter(|r| r.state.takes_updates())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if replicas.is_empty() {
+            return Err(CollectionError::Unavailable(format!(
+                "no replica of shard {shard} of `{}` takes updates",
+                self.name
+            )));
+        }
+        let request = Arc::new(request);
+        let results = futures::future::join_all(
+            replicas
+                .iter()
+                .map(|r| self.run_on(shard, r, Arc::clone(&request))),
+        )
+        .await;
+        let mut applied = 0usize;
+        let mut op_id = 0;
+        let mut failed = Vec::new();
+        for (replica, result) in replicas.iter().zip(results) {
+            match result {
+                Ok(id) => {
+                    applied += 1;
+                    op_id = op_id.max(id);
                 }
+                Err(e) if is_request_error(&e) => return Err(e),
+                Err(e) => failed.push((*replica, e)),
             }
         }
-        let mut op_id = 0;
-        for (shard, request) in self.shards.iter().zip(per_shard) {
-            if let Some(request) = request {
-                op_id = op_id.max(shard.update(request)?);
+        let needed =
+            (self.config.params.write_consistency_factor as usize).clamp(1, replicas.len());
+        if applied < needed {
+            let (_, first) = failed.swap_remove(0);
+            return Err(CollectionError::Unavailable(format!(
+                "shard {shard} of `{}`: {applied} of the {needed} replicas required by write_consistency_factor applied the update; {first}",
+                self.name
+            )));
+        }
+        for (replica, error) in failed {
+            tracing::warn!(collection = %self.name, shard, peer = %replica.peer, %error, "replica failed an update; marking it Dead");
+            let op = ClusterOperation::SetReplicaState {
+                collection: self.name.clone(),
+                shard: ShardId(shard),
+                peer: replica.peer,
+                state: ReplicaState::Dead,
+                from_state: Some(replica.state),
+            };
+            match self.env.metadata.propose(op).await {
+                Ok((Ok(_), _)) => {}
+                // Someone else changed the replica's state first (marked it Dead too, or
+                // dropped it): it no longer serves reads as it was.
+                Ok((
+                    Err(
+                        ClusterError::ReplicaStateMismatch { .. }
+                        | ClusterError::NoReplicaOnPeer { .. },
+                    ),
+                    _,
+                )) => {}
+                Ok((Err(e), _)) => {
+                    return Err(CollectionError::Unavailable(format!(
+                        "replica of shard {shard} on peer {} failed ({error}) and cannot be marked Dead: {e}",
+                        replica.peer
+                    )));
+                }
+                Err(e) => {
+                    return Err(CollectionError::Unavailable(format!(
+                        "replica of shard {shard} on peer {} failed ({error}) and cannot be marked Dead: {e}",
+                        replica.peer
+                    )));
+                }
             }
         }
         Ok(op_id)
     }
 
-    /// The part of a selection-based update that concerns shard `index`.
-    fn restrict(&self, request: &UpdateRequest, index: usize) -> Option<UpdateRequest> {
+    /// Runs a request on one replica: here on a blocking thread, or on the peer that holds it.
+    async fn run_on<R: ShardRequest>(
+        &self,
+        shard: u32,
+        replica: &ReplicaInfo,
+        request: Arc<R>,
+    ) -> Result<R::Answer, CollectionError> {
+        if replica.peer == self.env.this_peer() {
+            let local = self.local_shard(shard).ok_or_else(|| {
+                CollectionError::Unavailable(format!(
+                    "shard {shard} of `{}` has no replica on this peer yet",
+                    self.name
+                ))
+            })?;
+            tokio::task::spawn_blocking(move || request.run_on(&local))
+                .await
+                .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
+        } else {
+            self.env
+                .remote(&replica.uri, &self.name, shard)?
+                .request(&*request)
+                .await
+        }
+    }
+
+    /// Runs a read on one readable replica of `shard`, trying the next when one fails. Every
+    /// peer picks replicas in the same order (by peer id, rotated by the shard id to spread
+    /// the load), so the same query gets the same answer whichever peer it is sent to.
+    async fn read_shard<R: ShardRequest>(
+        &self,
+        layout: &Layout,
+        shard: u32,
+        request: Arc<R>,
+    ) -> Result<R::Answer, CollectionError> {
+        let mut readable: Vec<&ReplicaInfo> = layout
+            .get(&shard)
+            .map(|s| {
+                s.replicas
+                    .iter()
+                    .filter(|r| r.state.is_readable())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !readable.is_empty() {
+            let turn = shard as usize % readable.len();
+            readable.rotate_left(turn);
+        }
+        let mut last_error = None;
+        for replica in readable {
+            match self.run_on(shard, replica, Arc::clone(&request)).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) if is_request_error(&e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(collection = %self.name, shard, peer = %replica.peer, error = %e, "replica failed a read; trying the next");
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(CollectionError::Unavailable(match last_error {
+            Some(e) => format!(
+                "no readable replica of shard {shard} of `{}` answered; last error: {e}",
+                self.name
+            ),
+            None => format!("shard {shard} of `{}` has no readable replica", self.name),
+        }))
+    }
+
+    /// Runs one request per shard, concurrently, and returns the answers in shard order.
+    async fn read_shards<R: ShardRequest>(
+        &self,
+        layout: &Layout,
+        requests: Vec<(u32, R)>,
+    ) -> Result<Vec<R::Answer>, CollectionError> {
+        futures::future::join_all(
+            requests
+                .into_iter()
+                .map(|(shard, r)| self.read_shard(layout, shard, Arc::new(r))),
+        )
+        .await
+        .into_iter()
+        .collect()
+    }
+
+    /// The part of a selection-based update that concerns `shard`.
+    fn restrict(layout: &Layout, request: &UpdateRequest, shard: u32) -> Option<UpdateRequest> {
         let narrow = |sel: &PointSelection| -> Option<PointSelection> {
             match sel {
                 PointSelection::Ids(ids) => {
                     let mine: Vec<PointId> = ids
                         .iter()
-                        .filter(|id| self.shard_of(id) == index)
+                        .filter(|id| Self::owns(layout, shard, id))
                         .copied()
                         .collect();
                     (!mine.is_empty()).then_some(PointSelection::Ids(mine))
@@ -263,44 +710,69 @@ impl Collection {
     }
 
     /// Points by id, in the order asked, each at most once; unknown ids are skipped.
-    pub fn retrieve(&self, ids: &[PointId], with_payload: bool, with_vector: bool) -> Vec<Record> {
+    pub async fn retrieve(
+        &self,
+        ids: &[PointId],
+        with_payload: bool,
+        with_vector: bool,
+        selector: Option<&ShardKeySelector>,
+    ) -> Result<Vec<Record>, CollectionError> {
+        let layout = self.layout();
         let mut seen = HashSet::new();
         let unique: Vec<PointId> = ids.iter().filter(|id| seen.insert(**id)).copied().collect();
+        let requests: Vec<(u32, ShardRetrieve)> = self
+            .selected_shards(&layout, selector)?
+            .into_iter()
+            .filter_map(|shard| {
+                let mine: Vec<PointId> = unique
+                    .iter()
+                    .filter(|id| Self::owns(&layout, shard, id))
+                    .copied()
+                    .collect();
+                (!mine.is_empty()).then_some((
+                    shard,
+                    ShardRetrieve {
+                        ids: mine,
+                        with_payload,
+                        with_vector,
+                    },
+                ))
+            })
+            .collect();
         let mut found: HashMap<PointId, Record> = HashMap::new();
-        for (i, shard) in self.shards.iter().enumerate() {
-            let mine: Vec<PointId> = unique
-                .iter()
-                .filter(|id| self.shard_of(id) == i)
-                .copied()
-                .collect();
-            if !mine.is_empty() {
-                let request = ShardRetrieve {
-                    ids: mine,
-                    with_payload,
-                    with_vector,
-                };
-                found.extend(request.run(shard).into_iter().map(|r| (r.id, r)));
+        for records in self.read_shards(&layout, requests).await? {
+            for r in records {
+                found.entry(r.id).or_insert(r);
             }
         }
-        unique.iter().filter_map(|id| found.remove(id)).collect()
+        Ok(unique.iter().filter_map(|id| found.remove(id)).collect())
     }
 
     /// The stored vector of a point, or an error naming it.
-    pub fn vector_of(&self, id: &PointId) -> Result<Vec<f32>, CollectionError> {
-        self.shards[self.shard_of(id)]
-            .vector_of(id)
+    pub async fn vector_of(
+        &self,
+        id: &PointId,
+        selector: Option<&ShardKeySelector>,
+    ) -> Result<Vec<f32>, CollectionError> {
+        self.retrieve(&[*id], false, true, selector)
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|r| r.vector)
             .ok_or_else(|| CollectionError::PointNotFound(id.to_string()))
     }
 
     /// One page of points in id order, and the id the next page starts at.
-    pub fn scroll(
+    pub async fn scroll(
         &self,
         offset: Option<PointId>,
         limit: usize,
         filter: Option<&Filter>,
         with_payload: bool,
         with_vector: bool,
-    ) -> (Vec<Record>, Option<PointId>) {
+        selector: Option<&ShardKeySelector>,
+    ) -> Result<(Vec<Record>, Option<PointId>), CollectionError> {
+        let layout = self.layout();
         let request = ShardScroll {
             from: offset,
             limit: limit + 1,
@@ -308,18 +780,41 @@ impl Collection {
             with_payload,
             with_vector,
         };
-        let mut all: Vec<Record> = self.shards.iter().flat_map(|s| request.run(s)).collect();
+        let requests = self
+            .selected_shards(&layout, selector)?
+            .into_iter()
+            .map(|shard| (shard, request.clone()))
+            .collect();
+        let mut all: Vec<Record> = self
+            .read_shards(&layout, requests)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         all.sort_by_key(|r| r.id);
+        // A point upserted under several shard keys lives in several shards.
+        all.dedup_by_key(|r| r.id);
         let next = (all.len() > limit).then(|| all[limit].id);
         all.truncate(limit);
-        (all, next)
+        Ok((all, next))
     }
 
-    pub fn count(&self, filter: Option<&Filter>) -> usize {
+    /// The exact number of points (matching `filter`) over the selected shards.
+    pub async fn count(
+        &self,
+        filter: Option<&Filter>,
+        selector: Option<&ShardKeySelector>,
+    ) -> Result<usize, CollectionError> {
+        let layout = self.layout();
         let request = ShardCount {
             filter: filter.cloned(),
         };
-        self.shards.iter().map(|s| request.run(s)).sum()
+        let requests = self
+            .selected_shards(&layout, selector)?
+            .into_iter()
+            .map(|shard| (shard, request.clone()))
+            .collect();
+        Ok(self.read_shards(&layout, requests).await?.into_iter().sum())
     }
 
     /// Checks and normalises the vectors of a search target, for every shard to use as is.
@@ -341,8 +836,13 @@ impl Collection {
         })
     }
 
-    /// The best `limit` points after skipping `offset`, best first. Blocking.
-    pub fn search(&self, request: &SearchRequest) -> Result<Vec<ScoredRecord>, CollectionError> {
+    /// The best `limit` points after skipping `offset`, best first.
+    pub async fn search(
+        &self,
+        request: &SearchRequest,
+        selector: Option<&ShardKeySelector>,
+    ) -> Result<Vec<ScoredRecord>, CollectionError> {
+        let layout = self.layout();
         let shard_search = ShardSearch {
             target: self.prepare_target(&request.target)?,
             filter: request.filter.clone(),
@@ -354,12 +854,19 @@ impl Collection {
             with_payload: request.with_payload,
             with_vector: request.with_vector,
         };
+        let requests = self
+            .selected_shards(&layout, selector)?
+            .into_iter()
+            .map(|shard| (shard, shard_search.clone()))
+            .collect();
         let mut merged: Vec<ScoredRecord> = self
-            .shards
-            .iter()
-            .flat_map(|s| shard_search.run(s))
+            .read_shards(&layout, requests)
+            .await?
+            .into_iter()
+            .flatten()
             .collect();
         shard_search.sort_merged(self.distance(), &mut merged);
+        merged.dedup_by_key(|r| r.id);
         Ok(merged
             .into_iter()
             .skip(request.offset)
@@ -367,19 +874,15 @@ impl Collection {
             .collect())
     }
 
-    /// This peer's replica of shard `id`, if it has one.
-    pub fn shard(&self, id: u32) -> Option<&Arc<LocalShard>> {
-        self.shards.get(id as usize)
-    }
-
-    pub fn stats(&self) -> CollectionStats {
+    /// Optimizer state, points and segments of this peer's replicas.
+    pub fn local_stats(&self) -> CollectionStats {
         let mut stats = CollectionStats {
             status: CollectionStatus::Green,
             points: 0,
             indexed_vectors: 0,
             segments: 0,
         };
-        for shard in &self.shards {
+        for (_, shard) in self.local_shards() {
             let s = shard.stats();
             stats.points += s.points;
             stats.indexed_vectors += s.indexed_vectors;
@@ -391,17 +894,30 @@ impl Collection {
         stats
     }
 
-    /// Flushes every shard; used on shutdown.
+    /// [`Self::local_stats`], with the exact point count over the whole collection (this
+    /// peer's own count when other peers cannot be reached).
+    pub async fn stats(&self) -> CollectionStats {
+        let mut stats = self.local_stats();
+        match self.count(None, None).await {
+            Ok(points) => stats.points = points,
+            Err(e) => {
+                tracing::debug!(error = %e, "collection point count fell back to local replicas")
+            }
+        }
+        stats
+    }
+
+    /// Flushes every local replica; used on shutdown.
     pub fn flush(&self) -> Result<(), CollectionError> {
-        for shard in &self.shards {
+        for (_, shard) in self.local_shards() {
             shard.flush()?;
         }
         Ok(())
     }
 
-    /// Stops background work of every shard.
+    /// Stops background work of every local replica.
     pub fn cancel(&self) {
-        for shard in &self.shards {
+        for (_, shard) in self.local_shards() {
             shard.cancel();
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod collection;
 pub mod hash_ring;
+pub mod metadata;
 pub mod remote_shard;
 pub mod shard_requests;
 pub mod toc;
@@ -24,6 +25,10 @@ pub enum CollectionError {
     Shard(#[from] ShardError),
     #[error("Storage error: {0}")]
     Storage(String),
+    /// A replica or peer could not be reached or did not answer; the request may succeed on
+    /// another replica or later.
+    #[error("Service unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl CollectionError {

@@ -5,13 +5,45 @@
 
 use std::collections::HashSet;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::CollectionError;
 use crate::index::filter::Filter;
 use crate::shard::local_shard::{
     LocalShard, PointPredicate, Record, ScoredRecord, Scoring, SearchQuery,
 };
+use crate::shard::operations::UpdateRequest;
 use crate::types::{Distance, Payload, PointId};
+
+/// The RPC of the p2p `ShardService` that carries a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardCallKind {
+    Update,
+    Search,
+    Scroll,
+    Count,
+    Retrieve,
+}
+
+/// A request that one shard replica answers, on this peer or on another: it runs on a local
+/// replica, or travels as JSON to the peer that holds one and runs there.
+pub trait ShardRequest: Serialize + DeserializeOwned + Send + Sync + 'static {
+    type Answer: Serialize + DeserializeOwned + Send + 'static;
+    const CALL: ShardCallKind;
+    /// Whether the request changes the shard (then every replica that takes updates gets it).
+    const WRITES: bool = false;
+    fn run_on(&self, shard: &LocalShard) -> Result<Self::Answer, CollectionError>;
+}
+
+impl ShardRequest for UpdateRequest {
+    type Answer = u64;
+    const CALL: ShardCallKind = ShardCallKind::Update;
+    const WRITES: bool = true;
+    fn run_on(&self, shard: &LocalShard) -> Result<u64, CollectionError> {
+        Ok(shard.update(self.clone())?)
+    }
+}
 
 /// How a shard scores candidates; vectors are already preprocessed for the collection's
 /// distance.
@@ -44,6 +76,14 @@ pub struct ShardSearch {
     pub score_threshold: Option<f32>,
     pub with_payload: bool,
     pub with_vector: bool,
+}
+
+impl ShardRequest for ShardSearch {
+    type Answer = Vec<ScoredRecord>;
+    const CALL: ShardCallKind = ShardCallKind::Search;
+    fn run_on(&self, shard: &LocalShard) -> Result<Vec<ScoredRecord>, CollectionError> {
+        Ok(ShardSearch::run(self, shard))
+    }
 }
 
 impl ShardSearch {
@@ -145,6 +185,14 @@ pub struct ShardScroll {
     pub with_vector: bool,
 }
 
+impl ShardRequest for ShardScroll {
+    type Answer = Vec<Record>;
+    const CALL: ShardCallKind = ShardCallKind::Scroll;
+    fn run_on(&self, shard: &LocalShard) -> Result<Vec<Record>, CollectionError> {
+        Ok(ShardScroll::run(self, shard))
+    }
+}
+
 impl ShardScroll {
     pub fn run(&self, shard: &LocalShard) -> Vec<Record> {
         let filter = self.filter.as_ref();
@@ -164,6 +212,14 @@ pub struct ShardCount {
     pub filter: Option<Filter>,
 }
 
+impl ShardRequest for ShardCount {
+    type Answer = usize;
+    const CALL: ShardCallKind = ShardCallKind::Count;
+    fn run_on(&self, shard: &LocalShard) -> Result<usize, CollectionError> {
+        Ok(ShardCount::run(self, shard))
+    }
+}
+
 impl ShardCount {
     pub fn run(&self, shard: &LocalShard) -> usize {
         match &self.filter {
@@ -178,6 +234,14 @@ pub struct ShardRetrieve {
     pub ids: Vec<PointId>,
     pub with_payload: bool,
     pub with_vector: bool,
+}
+
+impl ShardRequest for ShardRetrieve {
+    type Answer = Vec<Record>;
+    const CALL: ShardCallKind = ShardCallKind::Retrieve;
+    fn run_on(&self, shard: &LocalShard) -> Result<Vec<Record>, CollectionError> {
+        Ok(ShardRetrieve::run(self, shard))
+    }
 }
 
 impl ShardRetrieve {

@@ -1,36 +1,72 @@
-//! The table of contents: every collection on this peer, on disk under
-//! `<data-dir>/collections/<name>/` with a `config.json` and one directory per shard.
+//! The table of contents: every collection this peer knows, on disk under
+//! `<data-dir>/collections/<name>/` with a `config.json`, the collection's `uuid` and one
+//! directory per local replica under `shards/`.
+//!
+//! The collections follow the applied metadata (see [`crate::cluster::metadata`]): a reconcile
+//! pass after every applied operation creates the collections and local replicas the state
+//! names and drops the ones it no longer names. Creating, deleting and re-placing collections
+//! is therefore always "propose an operation, then wait until it is reconciled".
 //!
 //! A collection directory counts only once its `config.json` exists, and that file is written
 //! last (to a temporary name, then renamed), so a crash half-way through creating a collection
 //! leaves a directory that the next start removes. Dropping renames the directory away first for
 //! the same reason.
+//!
+//! Only a state at least as new as the last one acted on may drop anything: after a restart the
+//! Raft state machine may briefly replay an older state, and a collection created after that
+//! state must not be mistaken for a deleted one. The last reconciled index is kept in
+//! `<data-dir>/reconciled_index`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
+use tokio::sync::watch;
 
 use crate::cluster::CollectionError;
-use crate::cluster::collection::Collection;
-use crate::collection_config::CollectionConfig;
-use crate::shard::local_shard::IndexBuilder;
-use crate::shard::maintenance;
-use crate::storage::wal::SyncMode;
+use shoal_proto::v1::AwaitReconciledRequest;
+use shoal_proto::v1::peer_service_client::PeerServiceClient;
+
+use crate::cluster::collection::{Collection, Environment};
+use crate::cluster::metadata::Metadata;
+use crate::collection_config::{CollectionConfig, PayloadIndexEntry};
+use crate::consensus::raft_node::ConsensusError;
+use crate::consensus::{
+    ClusterError, ClusterOperation, ClusterResponse, ClusterState, ClusterStateView,
+    CollectionMeta, PeerId, PeerInfo, ReplicaState, ShardId, ShardMeta,
+};
 
 const CONFIG_FILE: &str = "config.json";
+const UUID_FILE: &str = "uuid";
+/// A payload index file of the single-node layout before metadata moved into one state.
+const LEGACY_PAYLOAD_SCHEMA_FILE: &str = "payload_schema.json";
+const RECONCILED_FILE: &str = "reconciled_index";
 pub const MAX_COLLECTION_NAME_LEN: usize = 255;
+
+/// Why a metadata operation did not take effect (or was not seen to).
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Rejected(#[from] ClusterError),
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    #[error("the operation was applied at index {0}, but this peer has not reconciled it yet")]
+    NotReconciled(u64),
+}
 
 pub struct TableOfContent {
     dir: PathBuf,
+    data_dir: PathBuf,
     collections: RwLock<HashMap<String, Arc<Collection>>>,
-    /// Serialises creation and deletion, which touch the disk outside the map's lock.
+    /// Serialises reconcile passes, which touch the disk outside the map's lock.
     lifecycle: parking_lot::Mutex<()>,
-    builder: Arc<IndexBuilder>,
-    sync: SyncMode,
+    env: Arc<Environment>,
+    /// The applied index of the newest state a reconcile pass acted on (persisted).
+    reconciled: watch::Sender<u64>,
 }
 
 pub fn validate_collection_name(name: &str) -> Result<(), CollectionError> {
@@ -49,44 +85,124 @@ pub fn validate_collection_name(name: &str) -> Result<(), CollectionError> {
     Ok(())
 }
 
-impl TableOfContent {
-    /// Loads every complete collection under `<data_dir>/collections` and starts their
-    /// background work. Must run inside a tokio runtime.
-    pub fn open(
-        data_dir: &Path,
-        builder: Arc<IndexBuilder>,
-        sync: SyncMode,
-    ) -> Result<TableOfContent, CollectionError> {
-        let dir = data_dir.join("collections");
-        fs::create_dir_all(&dir).map_err(CollectionError::storage)?;
-        let mut collections = HashMap::new();
-        for entry in fs::read_dir(&dir).map_err(CollectionError::storage)? {
-            let entry = entry.map_err(CollectionError::storage)?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let config_path = path.join(CONFIG_FILE);
-            if name.starts_with('.') || !config_path.exists() {
-                tracing::warn!(path = %path.display(), "removing an incomplete or dropped collection directory");
-                fs::remove_dir_all(&path).map_err(CollectionError::storage)?;
-                continue;
-            }
-            let text = fs::read_to_string(&config_path).map_err(CollectionError::storage)?;
-            let config: CollectionConfig = serde_json::from_str(&text)
-                .map_err(|e| CollectionError::Storage(format!("{}: {e}", config_path.display())))?;
-            let collection = Arc::new(Collection::open(&name, &path, config, sync)?);
-            for shard in collection.shards() {
-                maintenance::spawn(Arc::clone(shard), Arc::clone(&builder));
-            }
-            collections.insert(name, collection);
+/// A complete collection directory: its name, configuration and uuid.
+struct OnDisk {
+    name: String,
+    path: PathBuf,
+    config: CollectionConfig,
+    uuid: u64,
+}
+
+/// Lists the complete collection directories under `dir`, removing incomplete or dropped ones.
+fn scan(dir: &Path) -> Result<Vec<OnDisk>, CollectionError> {
+    fs::create_dir_all(dir).map_err(CollectionError::storage)?;
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(CollectionError::storage)? {
+        let entry = entry.map_err(CollectionError::storage)?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let config_path = path.join(CONFIG_FILE);
+        if name.starts_with('.') || !config_path.exists() {
+            tracing::warn!(path = %path.display(), "removing an incomplete or dropped collection directory");
+            fs::remove_dir_all(&path).map_err(CollectionError::storage)?;
+            continue;
         }
+        let text = fs::read_to_string(&config_path).map_err(CollectionError::storage)?;
+        let config: CollectionConfig = serde_json::from_str(&text)
+            .map_err(|e| CollectionError::Storage(format!("{}: {e}", config_path.display())))?;
+        let uuid = match fs::read_to_string(path.join(UUID_FILE)) {
+            Ok(text) => text.trim().parse().map_err(|e| {
+                CollectionError::Storage(format!("{}: {e}", path.join(UUID_FILE).display()))
+            })?,
+            // Written by a version before collections had uuids.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(CollectionError::storage(e)),
+        };
+        found.push(OnDisk {
+            name,
+            path,
+            config,
+            uuid,
+        });
+    }
+    Ok(found)
+}
+
+/// The metadata of a node that ran alone before its metadata lived in one state: every
+/// collection on disk with all its shards local and active. Blocking.
+pub fn legacy_state(data_dir: &Path, peer: PeerId, name: &str) -> ClusterState {
+    let mut state = ClusterState::default();
+    state.peers.insert(
+        peer,
+        PeerInfo {
+            uri: String::new(),
+            name: name.to_string(),
+        },
+    );
+    let Ok(found) = scan(&data_dir.join("collections")) else {
+        return state;
+    };
+    for c in found {
+        let payload_schema: BTreeMap<String, PayloadIndexEntry> =
+            fs::read(c.path.join(LEGACY_PAYLOAD_SCHEMA_FILE))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or_default();
+        let shards = (0..c.config.params.shard_number)
+            .map(|i| {
+                (
+                    ShardId(i),
+                    ShardMeta {
+                        replicas: BTreeMap::from([(peer, ReplicaState::Active)]),
+                        shard_key: None,
+                    },
+                )
+            })
+            .collect();
+        state.collections.insert(
+            c.name,
+            CollectionMeta {
+                config: c.config,
+                shards,
+                transfers: Vec::new(),
+                resharding: None,
+                payload_schema,
+                uuid: c.uuid,
+            },
+        );
+    }
+    state
+}
+
+impl TableOfContent {
+    /// Loads every complete collection under `<data_dir>/collections` with its local replicas
+    /// and starts their background work. Their layouts fill in with the first reconcile pass.
+    /// Must run inside a tokio runtime.
+    pub fn open(data_dir: &Path, env: Arc<Environment>) -> Result<TableOfContent, CollectionError> {
+        let dir = data_dir.join("collections");
+        let mut collections = HashMap::new();
+        for c in scan(&dir)? {
+            let collection =
+                Collection::open(&c.name, &c.path, c.config, c.uuid, Arc::clone(&env))?;
+            collections.insert(c.name, Arc::new(collection));
+        }
+        let floor = match fs::read_to_string(data_dir.join(RECONCILED_FILE)) {
+            Ok(text) => text.trim().parse().unwrap_or(0),
+            Err(_) => 0,
+        };
         tracing::info!(count = collections.len(), "collections loaded");
         Ok(TableOfContent {
             dir,
+            data_dir: data_dir.to_path_buf(),
             collections: RwLock::new(collections),
             lifecycle: parking_lot::Mutex::new(()),
-            builder,
-            sync,
+            env,
+            reconciled: watch::channel(floor).0,
         })
+    }
+
+    pub fn env(&self) -> &Arc<Environment> {
+        &self.env
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Collection>, CollectionError> {
@@ -107,22 +223,246 @@ impl TableOfContent {
         names
     }
 
-    /// Creates a collection. Blocking (creates files). Fails with `AlreadyExists` and changes
-    /// nothing when the name is taken.
-    pub fn create(&self, name: &str, config: CollectionConfig) -> Result<(), CollectionError> {
-        validate_collection_name(name)?;
-        config.validate().map_err(CollectionError::BadInput)?;
-        let _guard = self.lifecycle.lock();
-        if self.exists(name) {
-            return Err(CollectionError::AlreadyExists(name.to_string()));
+    /// The applied index of the newest state reconciled so far.
+    pub fn reconciled_index(&self) -> u64 {
+        *self.reconciled.borrow()
+    }
+
+    /// Waits until a state at `index` or later is reconciled; `false` on timeout.
+    pub async fn wait_reconciled(&self, index: u64, timeout: Duration) -> bool {
+        let mut rx = self.reconciled.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|i| *i >= index))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Applies a metadata operation and waits until this peer reconciled it; in a cluster, also
+    /// waits (for a bounded time) until the other peers did, so that a collection created
+    /// through one peer is usable through every peer when the call returns.
+    pub async fn submit(&self, op: ClusterOperation) -> Result<ClusterResponse, SubmitError> {
+        let metadata = Arc::clone(&self.env.metadata);
+        let collection = match &op {
+            ClusterOperation::CreateCollection { name, .. } => Some(name.clone()),
+            ClusterOperation::CreateShardKey { collection, .. } => Some(collection.clone()),
+            _ => None,
+        };
+        let (result, index) = metadata.propose(op).await?;
+        let response = result?;
+        if !self
+            .wait_reconciled(index, Metadata::PEER_APPLY_PATIENCE)
+            .await
+        {
+            return Err(SubmitError::NotReconciled(index));
         }
+        self.await_peers(index).await;
+        // New replicas start Initializing; each peer activates its own once it created it
+        // (see `activate_own_replicas`). Wait until they all serve, everywhere.
+        if let (Some(collection), ClusterResponse::ShardsPlaced { .. }) = (collection, &response) {
+            let mut views = metadata.applied();
+            let activated = tokio::time::timeout(
+                Metadata::PEER_APPLY_PATIENCE,
+                views.wait_for(|v| {
+                    v.state.collections.get(&collection).is_none_or(|c| {
+                        c.shards
+                            .values()
+                            .flat_map(|s| s.replicas.values())
+                            .all(|r| *r != ReplicaState::Initializing)
+                    })
+                }),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.ok().map(|view| view.applied_index().unwrap_or(index)));
+            match activated {
+                Some(last) => {
+                    self.wait_reconciled(last, Metadata::PEER_APPLY_PATIENCE)
+                        .await;
+                    self.await_peers(last).await;
+                }
+                None => tracing::warn!(
+                    collection,
+                    "not every new replica was activated in time; they will be when their peers come up"
+                ),
+            }
+        }
+        Ok(response)
+    }
+
+    /// In a cluster, waits (for a bounded time) until the other peers reconciled `index`.
+    async fn await_peers(&self, index: u64) {
+        let metadata = &self.env.metadata;
+        if metadata.consensus().is_none() {
+            return;
+        }
+        let this_peer = metadata.peer_id();
+        let peers: Vec<String> = metadata
+            .view()
+            .state
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != this_peer)
+            .map(|(_, p)| p.uri.clone())
+            .collect();
+        let waits = peers.iter().map(|uri| self.await_peer(uri, index));
+        for (uri, reached) in peers.iter().zip(futures::future::join_all(waits).await) {
+            if !reached {
+                tracing::warn!(peer = %uri, index, "a peer has not applied the operation yet; it will when it can");
+            }
+        }
+    }
+
+    /// Whether the peer at `uri` reconciled `index` within the patience.
+    async fn await_peer(&self, uri: &str, index: u64) -> bool {
+        let Ok(channel) = self.env.channel(uri) else {
+            return false;
+        };
+        let mut request = tonic::Request::new(AwaitReconciledRequest {
+            index,
+            timeout_ms: Metadata::PEER_APPLY_PATIENCE.as_millis() as u64,
+        });
+        if let Some(key) = &self.env.api_key
+            && let Ok(value) = key.parse()
+        {
+            request.metadata_mut().insert("api-key", value);
+        }
+        PeerServiceClient::new(channel)
+            .await_reconciled(request)
+            .await
+            .is_ok_and(|r| r.into_inner().reached)
+    }
+
+    /// Makes the local collections and replicas match `view`. Blocking. A view older than
+    /// the newest one reconciled is skipped.
+    pub fn reconcile(&self, view: &ClusterStateView) -> Result<(), CollectionError> {
+        let _guard = self.lifecycle.lock();
+        let index = view.applied_index().unwrap_or(0);
+        if index < self.reconciled_index() {
+            return Ok(());
+        }
+        let state = &view.state;
+        for (name, meta) in &state.collections {
+            let current = self.collections.read().get(name).cloned();
+            let collection = match current {
+                Some(c) if c.uuid() == meta.uuid => c,
+                stale => {
+                    if stale.is_some() {
+                        // A collection of the same name was dropped and created again.
+                        self.drop_local(name)?;
+                    }
+                    self.create_local(name, meta)?
+                }
+            };
+            collection.sync(meta, &state.peers)?;
+        }
+        let gone: Vec<String> = self
+            .names()
+            .into_iter()
+            .filter(|n| !state.collections.contains_key(n))
+            .collect();
+        for name in gone {
+            self.drop_local(&name)?;
+        }
+        if index > self.reconciled_index() {
+            let path = self.data_dir.join(RECONCILED_FILE);
+            let tmp = self.data_dir.join(format!("{RECONCILED_FILE}.tmp"));
+            fs::write(&tmp, index.to_string())
+                .and_then(|()| fs::rename(&tmp, &path))
+                .map_err(CollectionError::storage)?;
+            self.reconciled.send_replace(index);
+        }
+        Ok(())
+    }
+
+    /// Runs a reconcile pass after every change of the applied state, until the sender goes.
+    pub fn spawn_reconciler(
+        toc: Arc<TableOfContent>,
+        mut views: watch::Receiver<Arc<ClusterStateView>>,
+    ) {
+        tokio::spawn(async move {
+            loop {
+                let view = Arc::clone(&views.borrow_and_update());
+                let t = Arc::clone(&toc);
+                let reconciled = Arc::clone(&view);
+                match tokio::task::spawn_blocking(move || t.reconcile(&reconciled)).await {
+                    Ok(Ok(())) => {
+                        if !toc.activate_own_replicas(&view).await {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "reconcile failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    Err(e) => tracing::error!(error = %e, "reconcile task panicked"),
+                }
+                if views.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Proposes Active for this peer's Initializing replicas that exist locally (new shards of
+    /// a new collection or shard key). Returns whether every proposal went through.
+    async fn activate_own_replicas(&self, view: &ClusterStateView) -> bool {
+        let this_peer = self.env.this_peer();
+        let mut all_done = true;
+        for (name, meta) in &view.state.collections {
+            let Ok(collection) = self.get(name) else {
+                continue;
+            };
+            for (shard, replicas) in &meta.shards {
+                if replicas.replicas.get(&this_peer) != Some(&ReplicaState::Initializing)
+                    || collection.local_shard(shard.0).is_none()
+                {
+                    continue;
+                }
+                let op = ClusterOperation::SetReplicaState {
+                    collection: name.clone(),
+                    shard: *shard,
+                    peer: this_peer,
+                    state: ReplicaState::Active,
+                    from_state: Some(ReplicaState::Initializing),
+                };
+                match self.env.metadata.propose(op).await {
+                    Ok((Ok(_), _)) => {}
+                    Ok((Err(e), _)) => {
+                        tracing::debug!(collection = %name, shard = %shard, error = %e, "replica not activated");
+                    }
+                    Err(e) => {
+                        tracing::warn!(collection = %name, shard = %shard, error = %e, "cannot activate a new replica yet; retrying");
+                        all_done = false;
+                    }
+                }
+            }
+        }
+        all_done
+    }
+
+    fn create_local(
+        &self,
+        name: &str,
+        meta: &CollectionMeta,
+    ) -> Result<Arc<Collection>, CollectionError> {
         let path = self.dir.join(name);
         if path.exists() {
             fs::remove_dir_all(&path).map_err(CollectionError::storage)?;
         }
         fs::create_dir_all(&path).map_err(CollectionError::storage)?;
-        let result = Collection::open(name, &path, config.clone(), self.sync)
-            .and_then(|collection| write_config(&path, &config).map(|()| collection));
+        let result = fs::write(path.join(UUID_FILE), meta.uuid.to_string())
+            .map_err(CollectionError::storage)
+            .and_then(|()| write_config(&path, &meta.config))
+            .and_then(|()| {
+                Collection::open(
+                    name,
+                    &path,
+                    meta.config.clone(),
+                    meta.uuid,
+                    Arc::clone(&self.env),
+                )
+            });
         let collection = match result {
             Ok(c) => Arc::new(c),
             Err(e) => {
@@ -130,21 +470,17 @@ impl TableOfContent {
                 return Err(e);
             }
         };
-        for shard in collection.shards() {
-            maintenance::spawn(Arc::clone(shard), Arc::clone(&self.builder));
-        }
         self.collections
             .write()
-            .insert(name.to_string(), collection);
+            .insert(name.to_string(), Arc::clone(&collection));
         tracing::info!(collection = name, "collection created");
-        Ok(())
+        Ok(collection)
     }
 
-    /// Drops a collection and its files. Returns whether it existed. Blocking.
-    pub fn delete(&self, name: &str) -> Result<bool, CollectionError> {
-        let _guard = self.lifecycle.lock();
+    /// Drops a collection and its files from this peer.
+    fn drop_local(&self, name: &str) -> Result<(), CollectionError> {
         let Some(collection) = self.collections.write().remove(name) else {
-            return Ok(false);
+            return Ok(());
         };
         collection.cancel();
         let path = self.dir.join(name);
@@ -156,7 +492,7 @@ impl TableOfContent {
             tracing::warn!(error = %e, path = %doomed.display(), "could not remove a dropped collection; it is removed on the next start");
         }
         tracing::info!(collection = name, "collection deleted");
-        Ok(true)
+        Ok(())
     }
 
     /// Flushes every collection; used on shutdown.
@@ -181,4 +517,28 @@ fn write_config(dir: &Path, config: &CollectionConfig) -> Result<(), CollectionE
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(CollectionError::storage)
+}
+
+/// A node running alone in `dir`, as `shoal-node` without `--uri` starts it; for tests.
+#[cfg(test)]
+pub async fn open_local_node(dir: &Path) -> Arc<TableOfContent> {
+    use crate::cluster::metadata::LocalMetadata;
+    use crate::shard::local_shard::IndexBuilder;
+    use crate::storage::wal::SyncMode;
+
+    let peer = PeerId(1);
+    let metadata = Arc::new(Metadata::Local(
+        LocalMetadata::open(dir, peer, || legacy_state(dir, peer, "test")).unwrap(),
+    ));
+    let env = Arc::new(Environment::new(
+        Arc::clone(&metadata),
+        None,
+        Arc::new(IndexBuilder::new(1)),
+        SyncMode::Os,
+    ));
+    let toc = Arc::new(TableOfContent::open(dir, env).unwrap());
+    TableOfContent::spawn_reconciler(Arc::clone(&toc), metadata.applied());
+    let index = metadata.view().applied_index().unwrap_or(0);
+    assert!(toc.wait_reconciled(index, Duration::from_secs(10)).await);
+    toc
 }

@@ -60,7 +60,8 @@ pub struct ConsensusNode {
     applied: watch::Receiver<Arc<ClusterStateView>>,
 }
 
-fn load_or_create_peer_id(dir: &Path) -> Result<u64, ConsensusError> {
+/// The peer id kept in `<dir>/peer_id`, generated and saved on first use. Blocking.
+pub fn load_or_create_peer_id(dir: &Path) -> Result<u64, ConsensusError> {
     let path = dir.join("peer_id");
     match std::fs::read_to_string(&path) {
         Ok(text) => text

@@ -15,7 +15,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::collection_config::{CollectionConfig, MAX_SHARD_NUMBER, ShardingMethod};
+use crate::collection_config::{
+    CollectionConfig, MAX_SHARD_NUMBER, PayloadIndexEntry, ShardingMethod,
+};
 
 /// A peer of the cluster; also its Raft node id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -247,6 +249,13 @@ pub struct CollectionMeta {
     pub transfers: Vec<ShardTransfer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resharding: Option<ReshardingState>,
+    /// Declared payload indexes, by field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub payload_schema: BTreeMap<String, PayloadIndexEntry>,
+    /// Chosen by the proposer of the creation; tells peers a re-created collection of the
+    /// same name from the files of the dropped one.
+    #[serde(default)]
+    pub uuid: u64,
 }
 
 impl CollectionMeta {
@@ -282,6 +291,8 @@ pub enum ClusterOperation {
         name: String,
         // Boxed: the configuration dwarfs every other operation.
         config: Box<CollectionConfig>,
+        #[serde(default)]
+        uuid: u64,
     },
     DeleteCollection {
         name: String,
@@ -324,6 +335,13 @@ pub enum ClusterOperation {
     DropShardKey {
         collection: String,
         key: ShardKey,
+    },
+    /// Declares (`Some`) or removes (`None`) a payload index on `field`.
+    SetPayloadIndex {
+        collection: String,
+        field: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entry: Option<PayloadIndexEntry>,
     },
 }
 
@@ -493,8 +511,8 @@ impl ClusterState {
         match op {
             ClusterOperation::AddPeer { peer, info } => self.add_peer(peer, info),
             ClusterOperation::RemovePeer { peer, force } => self.remove_peer(peer, force),
-            ClusterOperation::CreateCollection { name, config } => {
-                self.create_collection(name, *config)
+            ClusterOperation::CreateCollection { name, config, uuid } => {
+                self.create_collection(name, *config, uuid)
             }
             ClusterOperation::DeleteCollection { name } => {
                 self.collections
@@ -531,6 +549,22 @@ impl ClusterState {
             }
             ClusterOperation::DropShardKey { collection, key } => {
                 self.drop_shard_key(collection, key)
+            }
+            ClusterOperation::SetPayloadIndex {
+                collection,
+                field,
+                entry,
+            } => {
+                let schema = &mut self.collection_mut(&collection)?.payload_schema;
+                match entry {
+                    Some(entry) => {
+                        schema.insert(field, entry);
+                    }
+                    None => {
+                        schema.remove(&field);
+                    }
+                }
+                Ok(ClusterResponse::Done)
             }
         }
     }
@@ -609,6 +643,7 @@ impl ClusterState {
         &mut self,
         name: String,
         config: CollectionConfig,
+        uuid: u64,
     ) -> Result<ClusterResponse, ClusterError> {
         validate_collection_name(&name)?;
         if self.collections.contains_key(&name) {
@@ -630,6 +665,8 @@ impl ClusterState {
                 shards: BTreeMap::new(),
                 transfers: Vec::new(),
                 resharding: None,
+                payload_schema: BTreeMap::new(),
+                uuid,
             },
         );
         if custom {
@@ -1056,6 +1093,7 @@ mod tests {
         ClusterOperation::CreateCollection {
             name: name.into(),
             config: config(shards, rf, false),
+            uuid: 1,
         }
     }
 
@@ -1501,6 +1539,7 @@ mod tests {
             .apply(ClusterOperation::CreateCollection {
                 name: "docs".into(),
                 config: config(2, 1, true),
+                uuid: 1,
             })
             .unwrap();
         assert_eq!(
@@ -1629,6 +1668,7 @@ mod tests {
                 |(name, shards, rf, custom)| ClusterOperation::CreateCollection {
                     name,
                     config: config(shards, rf, custom),
+                    uuid: 1,
                 }
             ),
             1 => name().prop_map(|name| ClusterOperation::DeleteCollection { name }),

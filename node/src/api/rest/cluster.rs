@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 use crate::api::rest::AppState;
 use crate::api::rest::json_body::{PathParams, QueryParams};
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
+use crate::cluster::CollectionError;
+use crate::cluster::toc::SubmitError;
 use crate::consensus::raft_node::ConsensusError;
 use crate::consensus::{ClusterError, ClusterOperation, PeerId};
 
@@ -89,6 +91,21 @@ pub fn cluster_error(e: ClusterError) -> ApiError {
         _ => StatusCode::BAD_REQUEST,
     };
     ApiError::new(status, format!("Wrong input: {e}"))
+}
+
+/// Maps a failed metadata operation to a status code and a message.
+pub fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::Rejected(ClusterError::CollectionExists { collection }) => {
+            CollectionError::AlreadyExists(collection).into()
+        }
+        SubmitError::Rejected(e) => cluster_error(e),
+        SubmitError::Consensus(e) => consensus_error(e),
+        e @ SubmitError::NotReconciled(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Service internal error: {e}"),
+        ),
+    }
 }
 
 pub fn consensus_error(e: ConsensusError) -> ApiError {

@@ -3,7 +3,7 @@
 use axum::extract::State;
 
 use crate::api::rest::AppState;
-use crate::api::rest::blocking;
+use crate::api::rest::cluster::submit_error;
 use crate::api::rest::json_body::{JsonBody, PathParams};
 use crate::api::rest::models::UpdateResult;
 use crate::api::rest::models::{
@@ -11,10 +11,14 @@ use crate::api::rest::models::{
     CreateCollection, VectorsConfig,
 };
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
-use crate::cluster::collection::{CollectionStatus, PayloadIndexEntry};
+use crate::cluster::CollectionError;
+use crate::cluster::collection::CollectionStatus;
+use crate::cluster::toc::{SubmitError, validate_collection_name};
+use crate::collection_config::PayloadIndexEntry;
 use crate::collection_config::{
     CollectionConfig, CollectionParams, HnswConfig, OptimizersConfig, WalConfig,
 };
+use crate::consensus::{ClusterError, ClusterOperation, PeerId, ShardKey};
 use crate::index::filter::Filter;
 use crate::index::payload_path::JsonPath;
 
@@ -95,9 +99,20 @@ pub async fn create(
     started: Started,
     JsonBody(req): JsonBody<CreateCollection>,
 ) -> ApiResult<bool> {
+    let mut req = req;
+    if req.shard_number.is_none() && state.metadata.consensus().is_some() {
+        // As in Qdrant: in a cluster, a collection gets one shard per peer by default.
+        let peers = state.metadata.view().state.peers.len();
+        req.shard_number = Some((peers as u32).max(1));
+    }
     let config = config_from_request(req)?;
-    let toc = state.toc.clone();
-    blocking(move || toc.create(&name, config)).await?;
+    validate_collection_name(&name)?;
+    let op = ClusterOperation::CreateCollection {
+        name,
+        config: Box::new(config),
+        uuid: rand::random_range(1..u64::MAX),
+    };
+    state.toc.submit(op).await.map_err(submit_error)?;
     Ok(ApiOk(true, started))
 }
 
@@ -107,14 +122,8 @@ pub async fn get(
     started: Started,
 ) -> ApiResult<CollectionInfo> {
     let collection = state.toc.get(&name)?;
-    let (stats, payload_schema, collection) = blocking(move || {
-        Ok((
-            collection.stats(),
-            payload_schema_info(&collection),
-            collection,
-        ))
-    })
-    .await?;
+    let stats = collection.stats().await;
+    let payload_schema = payload_schema_info(&collection).await;
     Ok(ApiOk(
         CollectionInfo {
             status: match stats.status {
@@ -163,42 +172,150 @@ pub async fn delete(
     PathParams(name): PathParams<String>,
     started: Started,
 ) -> ApiResult<bool> {
-    let toc = state.toc.clone();
-    let existed = blocking(move || toc.delete(&name)).await?;
-    Ok(ApiOk(existed, started))
+    match state
+        .toc
+        .submit(ClusterOperation::DeleteCollection { name })
+        .await
+    {
+        Ok(_) => Ok(ApiOk(true, started)),
+        Err(SubmitError::Rejected(ClusterError::UnknownCollection { .. })) => {
+            Ok(ApiOk(false, started))
+        }
+        Err(e) => Err(submit_error(e)),
+    }
 }
 
-/// `GET /collections/{name}/cluster`: where the collection's shards are and in what state.
+/// `GET /collections/{name}/cluster`: where the collection's shards are and in what state, in
+/// Qdrant's shape, from the applied cluster state.
 pub async fn cluster_info(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
     started: Started,
 ) -> ApiResult<serde_json::Value> {
     let collection = state.toc.get(&name)?;
-    let peer_id = state.consensus.as_ref().map_or(0, |c| c.peer_id.0);
-    let local_shards: Vec<serde_json::Value> = collection
-        .shards()
+    let view = state.metadata.view();
+    let meta = view
+        .state
+        .collections
+        .get(&name)
+        .ok_or_else(|| CollectionError::NotFound(name.clone()))?;
+    let this_peer = state.metadata.peer_id();
+    let mut local_shards = Vec::new();
+    let mut remote_shards = Vec::new();
+    for (shard_id, shard) in &meta.shards {
+        for (peer, replica_state) in &shard.replicas {
+            let mut entry = serde_json::json!({
+                "shard_id": shard_id.0,
+                "state": replica_state,
+            });
+            if let Some(key) = &shard.shard_key {
+                entry["shard_key"] = serde_json::json!(key);
+            }
+            if *peer == this_peer {
+                let points = collection
+                    .local_shard(shard_id.0)
+                    .map_or(0, |s| s.stats().points);
+                entry["points_count"] = serde_json::json!(points);
+                local_shards.push(entry);
+            } else {
+                entry["peer_id"] = serde_json::json!(peer.0);
+                remote_shards.push(entry);
+            }
+        }
+    }
+    let shard_transfers: Vec<serde_json::Value> = meta
+        .transfers
         .iter()
-        .enumerate()
-        .map(|(shard_id, shard)| {
+        .map(|t| {
             serde_json::json!({
-                "shard_id": shard_id,
-                "points_count": shard.stats().points,
-                "state": "Active",
+                "shard_id": t.shard.0,
+                "to_shard_id": t.to_shard.map(|s| s.0),
+                "from": t.from.0,
+                "to": t.to.0,
+                "sync": t.sync,
+                "method": t.method,
+            })
+        })
+        .collect();
+    let resharding: Vec<serde_json::Value> = meta
+        .resharding
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "direction": r.direction,
+                "shard_id": r.shard.0,
+                "peer_id": r.peer.0,
+                "shard_key": r.shard_key,
+                "stage": r.stage,
             })
         })
         .collect();
     Ok(ApiOk(
         serde_json::json!({
-            "peer_id": peer_id,
-            "shard_count": collection.shards().len(),
+            "peer_id": this_peer.0,
+            "shard_count": meta.shards.len(),
             "local_shards": local_shards,
-            "remote_shards": [],
-            "shard_transfers": [],
-            "resharding_operations": [],
+            "remote_shards": remote_shards,
+            "shard_transfers": shard_transfers,
+            "resharding_operations": resharding,
         }),
         started,
     ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct CreateShardKeyBody {
+    pub shard_key: ShardKey,
+    pub shards_number: Option<u32>,
+    pub replication_factor: Option<u32>,
+    pub placement: Option<Vec<u64>>,
+}
+
+/// `PUT /collections/{name}/shards`: creates the shards of a new shard key.
+pub async fn create_shard_key(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+    JsonBody(body): JsonBody<CreateShardKeyBody>,
+) -> ApiResult<bool> {
+    state.toc.get(&name)?;
+    if body.shards_number == Some(0) || body.replication_factor == Some(0) {
+        return Err(ApiError::unprocessable(
+            "Validation error in JSON body: shards_number and replication_factor must be at least 1",
+        ));
+    }
+    let op = ClusterOperation::CreateShardKey {
+        collection: name,
+        key: body.shard_key,
+        shard_number: body.shards_number,
+        replication_factor: body.replication_factor,
+        placement: body
+            .placement
+            .map(|peers| peers.into_iter().map(PeerId).collect()),
+    };
+    state.toc.submit(op).await.map_err(submit_error)?;
+    Ok(ApiOk(true, started))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct DropShardKeyBody {
+    pub shard_key: ShardKey,
+}
+
+/// `POST /collections/{name}/shards/delete`: drops every shard of a shard key.
+pub async fn delete_shard_key(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+    JsonBody(body): JsonBody<DropShardKeyBody>,
+) -> ApiResult<bool> {
+    state.toc.get(&name)?;
+    let op = ClusterOperation::DropShardKey {
+        collection: name,
+        key: body.shard_key,
+    };
+    state.toc.submit(op).await.map_err(submit_error)?;
+    Ok(ApiOk(true, started))
 }
 
 const PAYLOAD_TYPES: [&str; 8] = [
@@ -255,9 +372,13 @@ pub async fn create_index(
         ))
     })?;
     let entry = index_entry(body.field_schema)?;
-    let collection = state.toc.get(&name)?;
-    let field = body.field_name;
-    blocking(move || collection.set_payload_index(&field, Some(entry))).await?;
+    state.toc.get(&name)?;
+    let op = ClusterOperation::SetPayloadIndex {
+        collection: name,
+        field: body.field_name,
+        entry: Some(entry),
+    };
+    state.toc.submit(op).await.map_err(submit_error)?;
     Ok(ApiOk(
         UpdateResult {
             operation_id: 0,
@@ -272,8 +393,13 @@ pub async fn delete_index(
     PathParams((name, field)): PathParams<(String, String)>,
     started: Started,
 ) -> ApiResult<UpdateResult> {
-    let collection = state.toc.get(&name)?;
-    blocking(move || collection.set_payload_index(&field, None)).await?;
+    state.toc.get(&name)?;
+    let op = ClusterOperation::SetPayloadIndex {
+        collection: name,
+        field,
+        entry: None,
+    };
+    state.toc.submit(op).await.map_err(submit_error)?;
     Ok(ApiOk(
         UpdateResult {
             operation_id: 0,
@@ -285,23 +411,23 @@ pub async fn delete_index(
 
 /// `payload_schema` of the collection info: each declared index with the number of points
 /// that have a value at its key.
-fn payload_schema_info(
+async fn payload_schema_info(
     collection: &crate::cluster::collection::Collection,
 ) -> serde_json::Map<String, serde_json::Value> {
-    collection
-        .payload_schema()
-        .into_iter()
-        .map(|(field, entry)| {
-            let has_value: Option<Filter> = serde_json::from_value(
-                serde_json::json!({"must_not": [{"is_empty": {"key": field}}]}),
-            )
-            .ok();
-            let points = has_value.map_or(0, |f| collection.count(Some(&f)));
-            let mut info = serde_json::json!({"data_type": entry.data_type, "points": points});
-            if let Some(params) = entry.params {
-                info["params"] = params;
-            }
-            (field, info)
-        })
-        .collect()
+    let mut out = serde_json::Map::new();
+    for (field, entry) in collection.payload_schema() {
+        let has_value: Option<Filter> =
+            serde_json::from_value(serde_json::json!({"must_not": [{"is_empty": {"key": field}}]}))
+                .ok();
+        let points = match has_value {
+            Some(f) => collection.count(Some(&f), None).await.unwrap_or(0),
+            None => 0,
+        };
+        let mut info = serde_json::json!({"data_type": entry.data_type, "points": points});
+        if let Some(params) = entry.params {
+            info["params"] = params;
+        }
+        out.insert(field, info);
+    }
+    out
 }

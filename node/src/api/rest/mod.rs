@@ -26,6 +26,7 @@ use crate::api::metrics::Metrics;
 use crate::api::rest::auth::ApiKeys;
 use crate::api::rest::response::ApiError;
 use crate::cluster::CollectionError;
+use crate::cluster::metadata::Metadata;
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::raft_node::ConsensusNode;
 
@@ -33,6 +34,8 @@ use crate::consensus::raft_node::ConsensusNode;
 pub struct AppState {
     pub toc: Arc<TableOfContent>,
     pub metrics: Arc<Metrics>,
+    /// Where collection metadata is changed: Raft in a cluster, a local file otherwise.
+    pub metadata: Arc<Metadata>,
     /// This peer's Raft member; `None` when the node runs alone.
     pub consensus: Option<Arc<ConsensusNode>>,
     /// Set once the node serves: collections loaded and, in a cluster, founding or joining
@@ -75,6 +78,11 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
         )
         .route(&format!("{c}/exists"), get(collections::exists))
         .route(&format!("{c}/cluster"), get(collections::cluster_info))
+        .route(&format!("{c}/shards"), put(collections::create_shard_key))
+        .route(
+            &format!("{c}/shards/delete"),
+            post(collections::delete_shard_key),
+        )
         .route(&format!("{c}/index"), put(collections::create_index))
         .route(
             &format!("{c}/index/{{field_name}}"),

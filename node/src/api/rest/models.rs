@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+use crate::cluster::collection::ShardKeySelector;
 use crate::collection_config::{
     CollectionConfig, HnswConfigDiff, OptimizersConfigDiff, ShardingMethod, VectorParams,
     WalConfigDiff,
@@ -161,9 +162,16 @@ pub struct Batch {
     pub payloads: Option<Vec<Option<Payload>>>,
 }
 
-/// The body of an upsert: `{"points": [...]}` or `{"batch": {...}}`.
+/// The body of an upsert: `{"points": [...]}` or `{"batch": {...}}`, with an optional
+/// `shard_key`.
 #[derive(Debug, Clone)]
-pub enum PointInsertOperations {
+pub struct PointInsertOperations {
+    pub points: PointInsert,
+    pub shard_key: Option<ShardKeySelector>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PointInsert {
     Points(Vec<PointStruct>),
     Batch(Batch),
 }
@@ -175,11 +183,20 @@ impl<'de> Deserialize<'de> for PointInsertOperations {
         struct Raw {
             points: Option<Vec<PointStruct>>,
             batch: Option<Batch>,
+            #[serde(default)]
+            shard_key: Option<ShardKeySelector>,
         }
         let raw = Raw::deserialize(deserializer)?;
+        let shard_key = raw.shard_key;
         match (raw.points, raw.batch) {
-            (Some(points), None) => Ok(PointInsertOperations::Points(points)),
-            (None, Some(batch)) => Ok(PointInsertOperations::Batch(batch)),
+            (Some(points), None) => Ok(PointInsertOperations {
+                points: PointInsert::Points(points),
+                shard_key,
+            }),
+            (None, Some(batch)) => Ok(PointInsertOperations {
+                points: PointInsert::Batch(batch),
+                shard_key,
+            }),
             (Some(_), Some(_)) => Err(D::Error::custom(
                 "give either `points` or `batch`, not both",
             )),
@@ -193,6 +210,8 @@ impl<'de> Deserialize<'de> for PointInsertOperations {
 pub struct PointsSelector {
     pub points: Option<Vec<PointId>>,
     pub filter: Option<Filter>,
+    #[serde(default)]
+    pub shard_key: Option<ShardKeySelector>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,6 +220,8 @@ pub struct SetPayload {
     pub points: Option<Vec<PointId>>,
     pub filter: Option<Filter>,
     pub key: Option<String>,
+    #[serde(default)]
+    pub shard_key: Option<ShardKeySelector>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +229,8 @@ pub struct DeletePayload {
     pub keys: Vec<String>,
     pub points: Option<Vec<PointId>>,
     pub filter: Option<Filter>,
+    #[serde(default)]
+    pub shard_key: Option<ShardKeySelector>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -226,6 +249,8 @@ pub struct PointRequest {
     pub ids: Vec<PointId>,
     pub with_payload: Option<WithPayload>,
     pub with_vector: Option<WithVector>,
+    #[serde(default)]
+    pub shard_key: Option<ShardKeySelector>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -236,12 +261,16 @@ pub struct ScrollRequest {
     pub with_payload: Option<WithPayload>,
     pub with_vector: Option<WithVector>,
     pub order_by: Option<Value>,
+    #[serde(default)]
+    pub shard_key: Option<ShardKeySelector>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct CountRequest {
     pub filter: Option<Filter>,
     pub exact: Option<bool>,
+    #[serde(default)]
+    pub shard_key: Option<ShardKeySelector>,
 }
 
 #[derive(Debug, Serialize)]
@@ -325,6 +354,8 @@ pub struct SearchRequest {
     pub with_payload: Option<WithPayload>,
     pub with_vector: Option<WithVector>,
     pub score_threshold: Option<f32>,
+    #[serde(default)]
+    pub shard_key: Option<ShardKeySelector>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -380,6 +411,8 @@ pub struct RecommendRequest {
     pub score_threshold: Option<f32>,
     pub using: Option<String>,
     pub lookup_from: Option<Value>,
+    #[serde(default)]
+    pub shard_key: Option<ShardKeySelector>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -448,6 +481,8 @@ pub struct QueryRequest {
     pub with_vector: Option<WithVector>,
     pub with_payload: Option<WithPayload>,
     pub lookup_from: Option<Value>,
+    #[serde(default)]
+    pub shard_key: Option<ShardKeySelector>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,14 +2,15 @@
 
 use axum::extract::State;
 
+use crate::api::rest::AppState;
 use crate::api::rest::json_body::{JsonBody, PathParams, QueryParams};
 use crate::api::rest::models::{
-    CountRequest, CountResult, DeletePayload, MAX_PAGE, MAX_UPSERT_POINTS, PointInsertOperations,
-    PointRequest, PointsSelector, RecordOut, ScrollRequest, ScrollResult, SetPayload, UpdateResult,
-    WaitParam,
+    CountRequest, CountResult, DeletePayload, MAX_PAGE, MAX_UPSERT_POINTS, PointInsert,
+    PointInsertOperations, PointRequest, PointsSelector, RecordOut, ScrollRequest, ScrollResult,
+    SetPayload, UpdateResult, WaitParam,
 };
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
-use crate::api::rest::{AppState, blocking};
+use crate::cluster::collection::ShardKeySelector;
 use crate::index::filter::Filter;
 use crate::index::payload_path::JsonPath;
 use crate::index::payload_selector::{WithPayload, WithVector};
@@ -59,11 +60,11 @@ async fn run_update(
     state: &AppState,
     name: &str,
     wait: WaitParam,
-    request: UpdateRequest,
+    (request, shard_key): (UpdateRequest, Option<ShardKeySelector>),
     started: Started,
 ) -> ApiResult<UpdateResult> {
     let collection = state.toc.get(name)?;
-    let operation_id = blocking(move || collection.update(request)).await?;
+    let operation_id = collection.update(request, shard_key.as_ref()).await?;
     let status = if wait.wait.unwrap_or(false) {
         "completed"
     } else {
@@ -85,8 +86,8 @@ pub async fn upsert(
     started: Started,
     JsonBody(body): JsonBody<PointInsertOperations>,
 ) -> ApiResult<UpdateResult> {
-    let points: Vec<PointWrite> = match body {
-        PointInsertOperations::Points(points) => points
+    let points: Vec<PointWrite> = match body.points {
+        PointInsert::Points(points) => points
             .into_iter()
             .map(|p| PointWrite {
                 id: p.id,
@@ -94,7 +95,7 @@ pub async fn upsert(
                 payload: p.payload.unwrap_or_default(),
             })
             .collect(),
-        PointInsertOperations::Batch(batch) => {
+        PointInsert::Batch(batch) => {
             let n = batch.ids.len();
             if batch.vectors.len() != n || batch.payloads.as_ref().is_some_and(|p| p.len() != n) {
                 return Err(ApiError::bad_request(format!(
@@ -122,7 +123,14 @@ pub async fn upsert(
             points.len()
         )));
     }
-    run_update(&state, &name, wait, UpdateRequest::Upsert(points), started).await
+    run_update(
+        &state,
+        &name,
+        wait,
+        (UpdateRequest::Upsert(points), body.shard_key),
+        started,
+    )
+    .await
 }
 
 pub async fn delete(
@@ -133,7 +141,8 @@ pub async fn delete(
     JsonBody(body): JsonBody<PointsSelector>,
 ) -> ApiResult<UpdateResult> {
     let sel = selection(body.points, body.filter)?;
-    run_update(&state, &name, wait, UpdateRequest::Delete(sel), started).await
+    let request = (UpdateRequest::Delete(sel), body.shard_key);
+    run_update(&state, &name, wait, request, started).await
 }
 
 fn check_key(key: &str) -> Result<(), ApiError> {
@@ -157,6 +166,7 @@ pub async fn set_payload(
         payload: body.payload,
         key: body.key,
     };
+    let request = (request, body.shard_key);
     run_update(&state, &name, wait, request, started).await
 }
 
@@ -176,6 +186,7 @@ pub async fn overwrite_payload(
         selection: selection(body.points, body.filter)?,
         payload: body.payload,
     };
+    let request = (request, body.shard_key);
     run_update(&state, &name, wait, request, started).await
 }
 
@@ -193,6 +204,7 @@ pub async fn delete_payload(
         selection: selection(body.points, body.filter)?,
         keys: body.keys,
     };
+    let request = (request, body.shard_key);
     run_update(&state, &name, wait, request, started).await
 }
 
@@ -203,7 +215,10 @@ pub async fn clear_payload(
     started: Started,
     JsonBody(body): JsonBody<PointsSelector>,
 ) -> ApiResult<UpdateResult> {
-    let request = UpdateRequest::ClearPayload(selection(body.points, body.filter)?);
+    let request = (
+        UpdateRequest::ClearPayload(selection(body.points, body.filter)?),
+        body.shard_key,
+    );
     run_update(&state, &name, wait, request, started).await
 }
 
@@ -223,7 +238,9 @@ pub async fn retrieve(
     let with_payload = body.with_payload.unwrap_or(WithPayload::All);
     let with_vector = body.with_vector.unwrap_or(WithVector::None).is_requested();
     let (wp, ids) = (with_payload.is_requested(), body.ids);
-    let records = blocking(move || Ok(collection.retrieve(&ids, wp, with_vector))).await?;
+    let records = collection
+        .retrieve(&ids, wp, with_vector, body.shard_key.as_ref())
+        .await?;
     Ok(ApiOk(
         records
             .into_iter()
@@ -242,7 +259,7 @@ pub async fn get_point(
         .parse()
         .map_err(|e: String| ApiError::bad_request(format!("Wrong input: {e}")))?;
     let collection = state.toc.get(&name)?;
-    let mut records = blocking(move || Ok(collection.retrieve(&[id], true, true))).await?;
+    let mut records = collection.retrieve(&[id], true, true, None).await?;
     match records.pop() {
         Some(r) => Ok(ApiOk(record_out(r, &WithPayload::All), started)),
         None => Err(ApiError::not_found(format!(
@@ -276,9 +293,16 @@ pub async fn scroll(
     let with_vector = body.with_vector.unwrap_or(WithVector::None).is_requested();
     let wp = with_payload.is_requested();
     let (offset, filter) = (body.offset, body.filter);
-    let (records, next) =
-        blocking(move || Ok(collection.scroll(offset, limit, filter.as_ref(), wp, with_vector)))
-            .await?;
+    let (records, next) = collection
+        .scroll(
+            offset,
+            limit,
+            filter.as_ref(),
+            wp,
+            with_vector,
+            body.shard_key.as_ref(),
+        )
+        .await?;
     Ok(ApiOk(
         ScrollResult {
             points: records
@@ -299,7 +323,8 @@ pub async fn count(
 ) -> ApiResult<CountResult> {
     validate_filter(body.filter.as_ref())?;
     let collection = state.toc.get(&name)?;
-    let filter = body.filter;
-    let count = blocking(move || Ok(collection.count(filter.as_ref()))).await?;
+    let count = collection
+        .count(body.filter.as_ref(), body.shard_key.as_ref())
+        .await?;
     Ok(ApiOk(CountResult { count }, started))
 }

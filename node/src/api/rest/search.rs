@@ -1,6 +1,6 @@
 //! Search, recommend and the universal query endpoint.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -15,7 +15,7 @@ use crate::api::rest::models::{
 use crate::api::rest::points::validate_filter;
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
 use crate::cluster::CollectionError;
-use crate::cluster::collection::{Collection, SearchRequest, SearchTarget};
+use crate::cluster::collection::{Collection, SearchRequest, SearchTarget, ShardKeySelector};
 use crate::index::filter::Filter;
 use crate::index::payload_selector::{WithPayload, WithVector};
 use crate::shard::local_shard::ScoredRecord;
@@ -99,6 +99,75 @@ impl Common {
 struct Prepared {
     request: SearchRequest,
     with_payload: WithPayload,
+    shard_key: Option<ShardKeySelector>,
+}
+
+/// Example vectors looked up by id before a request is prepared.
+type Examples = HashMap<PointId, Vec<f32>>;
+
+fn example(examples: &Examples, id: &PointId) -> Result<Vec<f32>, ApiError> {
+    examples
+        .get(id)
+        .cloned()
+        .ok_or_else(|| CollectionError::PointNotFound(id.to_string()).into())
+}
+
+/// A kind of search body: which stored vectors it refers to, and how it becomes a search.
+trait SearchBodyKind: Send + 'static {
+    fn example_ids(&self) -> Vec<PointId>;
+    fn shard_key(&self) -> Option<&ShardKeySelector>;
+    fn prepare(self, collection: &Collection, examples: &Examples) -> Result<Prepared, ApiError>;
+}
+
+fn ids_of(inputs: &[VectorInput]) -> impl Iterator<Item = PointId> + '_ {
+    inputs.iter().filter_map(|i| match i {
+        VectorInput::Id(id) => Some(*id),
+        VectorInput::Vector(_) => None,
+    })
+}
+
+impl SearchBodyKind for SearchBody {
+    fn example_ids(&self) -> Vec<PointId> {
+        Vec::new()
+    }
+    fn shard_key(&self) -> Option<&ShardKeySelector> {
+        self.shard_key.as_ref()
+    }
+    fn prepare(self, _: &Collection, _: &Examples) -> Result<Prepared, ApiError> {
+        prepare_search(self)
+    }
+}
+
+impl SearchBodyKind for RecommendRequest {
+    fn example_ids(&self) -> Vec<PointId> {
+        ids_of(&self.positive)
+            .chain(ids_of(&self.negative))
+            .collect()
+    }
+    fn shard_key(&self) -> Option<&ShardKeySelector> {
+        self.shard_key.as_ref()
+    }
+    fn prepare(self, collection: &Collection, examples: &Examples) -> Result<Prepared, ApiError> {
+        prepare_recommend(collection, examples, self)
+    }
+}
+
+impl SearchBodyKind for QueryRequest {
+    fn example_ids(&self) -> Vec<PointId> {
+        match &self.query {
+            Some(QueryInterface::Nearest(VectorInput::Id(id))) => vec![*id],
+            Some(QueryInterface::Recommend(r)) => {
+                ids_of(&r.positive).chain(ids_of(&r.negative)).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+    fn shard_key(&self) -> Option<&ShardKeySelector> {
+        self.shard_key.as_ref()
+    }
+    fn prepare(self, collection: &Collection, examples: &Examples) -> Result<Prepared, ApiError> {
+        prepare_query(collection, examples, self)
+    }
 }
 
 fn render(records: Vec<ScoredRecord>, with_payload: &WithPayload) -> Vec<ScoredPointOut> {
@@ -128,7 +197,7 @@ fn check_using(using: Option<&str>) -> Result<(), ApiError> {
 /// Resolves examples (ids or vectors) to vectors; the ids are also returned so that the
 /// examples can be excluded from the answer.
 fn resolve_examples(
-    collection: &Collection,
+    stored: &Examples,
     examples: &[VectorInput],
     ids: &mut HashSet<PointId>,
 ) -> Result<Vec<Vec<f32>>, ApiError> {
@@ -138,7 +207,7 @@ fn resolve_examples(
             VectorInput::Vector(v) => Ok(v.clone()),
             VectorInput::Id(id) => {
                 ids.insert(*id);
-                collection.vector_of(id).map_err(ApiError::from)
+                example(stored, id)
             }
         })
         .collect()
@@ -158,6 +227,7 @@ fn average(vectors: &[Vec<f32>], dim: usize) -> Vec<f32> {
 
 fn recommend_target(
     collection: &Collection,
+    stored: &Examples,
     positive: &[VectorInput],
     negative: &[VectorInput],
     strategy: RecommendStrategy,
@@ -168,8 +238,8 @@ fn recommend_target(
             "Wrong input: at most {MAX_EXAMPLES} examples per recommendation"
         )));
     }
-    let pos = resolve_examples(collection, positive, exclude)?;
-    let neg = resolve_examples(collection, negative, exclude)?;
+    let pos = resolve_examples(stored, positive, exclude)?;
+    let neg = resolve_examples(stored, negative, exclude)?;
     for v in pos.iter().chain(&neg) {
         collection.prepare_vector(v.clone())?;
     }
@@ -228,11 +298,13 @@ fn prepare_search(body: SearchBody) -> Result<Prepared, ApiError> {
     Ok(Prepared {
         request: common.request(SearchTarget::Vector(body.vector.0), HashSet::new()),
         with_payload: common.with_payload,
+        shard_key: body.shard_key,
     })
 }
 
 fn prepare_recommend(
     collection: &Collection,
+    stored: &Examples,
     body: RecommendRequest,
 ) -> Result<Prepared, ApiError> {
     check_using(body.using.as_deref())?;
@@ -253,6 +325,7 @@ fn prepare_recommend(
     let mut exclude = HashSet::new();
     let target = recommend_target(
         collection,
+        stored,
         &body.positive,
         &body.negative,
         body.strategy.unwrap_or_default(),
@@ -261,11 +334,16 @@ fn prepare_recommend(
     Ok(Prepared {
         request: common.request(target, exclude),
         with_payload: common.with_payload,
+        shard_key: body.shard_key,
     })
 }
 
 /// `None` when the query has no `query`: Qdrant then returns points in id order.
-fn prepare_query(collection: &Collection, body: QueryRequest) -> Result<Prepared, ApiError> {
+fn prepare_query(
+    collection: &Collection,
+    stored: &Examples,
+    body: QueryRequest,
+) -> Result<Prepared, ApiError> {
     check_using(body.using.as_deref())?;
     if body
         .prefetch
@@ -295,10 +373,11 @@ fn prepare_query(collection: &Collection, body: QueryRequest) -> Result<Prepared
         Some(QueryInterface::Nearest(VectorInput::Vector(v))) => SearchTarget::Vector(v),
         Some(QueryInterface::Nearest(VectorInput::Id(id))) => {
             exclude.insert(id);
-            SearchTarget::Vector(collection.vector_of(&id)?)
+            SearchTarget::Vector(example(stored, &id)?)
         }
         Some(QueryInterface::Recommend(r)) => recommend_target(
             collection,
+            stored,
             &r.positive,
             &r.negative,
             r.strategy.unwrap_or_default(),
@@ -309,6 +388,7 @@ fn prepare_query(collection: &Collection, body: QueryRequest) -> Result<Prepared
     Ok(Prepared {
         request: common.request(target, exclude),
         with_payload: common.with_payload,
+        shard_key: body.shard_key,
     })
 }
 
@@ -321,29 +401,37 @@ fn check_batch(n: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Prepares and runs a batch on a blocking thread; preparation may read example vectors.
-async fn run_batch<B: Send + 'static>(
+/// Looks up the stored vectors each body refers to, prepares every body (so that a bad one
+/// fails the batch before anything runs), then runs the searches.
+async fn run_batch<B: SearchBodyKind>(
     collection: Arc<Collection>,
     bodies: Vec<B>,
-    prepare: fn(&Collection, B) -> Result<Prepared, ApiError>,
 ) -> Result<Vec<Vec<ScoredPointOut>>, ApiError> {
-    let answer =
-        tokio::task::spawn_blocking(move || -> Result<Vec<Vec<ScoredPointOut>>, ApiError> {
-            let prepared = bodies
-                .into_iter()
-                .map(|b| prepare(&collection, b))
-                .collect::<Result<Vec<_>, _>>()?;
-            prepared
-                .into_iter()
-                .map(|p| {
-                    let records = collection.search(&p.request).map_err(ApiError::from)?;
-                    Ok(render(records, &p.with_payload))
-                })
-                .collect()
-        })
-        .await;
-    answer
-        .map_err(|e| ApiError::from(CollectionError::Storage(format!("search task failed: {e}"))))?
+    let mut prepared = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        let ids = body.example_ids();
+        let mut examples = Examples::new();
+        if !ids.is_empty() {
+            for r in collection
+                .retrieve(&ids, false, true, body.shard_key())
+                .await?
+            {
+                if let Some(v) = r.vector {
+                    examples.insert(r.id, v);
+                }
+            }
+        }
+        prepared.push(body.prepare(&collection, &examples)?);
+    }
+    let searches = prepared
+        .iter()
+        .map(|p| collection.search(&p.request, p.shard_key.as_ref()));
+    let answers = futures::future::join_all(searches).await;
+    prepared
+        .iter()
+        .zip(answers)
+        .map(|(p, records)| Ok(render(records?, &p.with_payload)))
+        .collect()
 }
 
 pub async fn search(
@@ -353,7 +441,7 @@ pub async fn search(
     JsonBody(body): JsonBody<SearchBody>,
 ) -> ApiResult<Vec<ScoredPointOut>> {
     let collection = state.toc.get(&name)?;
-    let mut out = run_batch(collection, vec![body], |_, b| prepare_search(b)).await?;
+    let mut out = run_batch(collection, vec![body]).await?;
     Ok(ApiOk(out.pop().unwrap_or_default(), started))
 }
 
@@ -365,10 +453,7 @@ pub async fn search_batch(
 ) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
     check_batch(body.searches.len())?;
     let collection = state.toc.get(&name)?;
-    Ok(ApiOk(
-        run_batch(collection, body.searches, |_, b| prepare_search(b)).await?,
-        started,
-    ))
+    Ok(ApiOk(run_batch(collection, body.searches).await?, started))
 }
 
 pub async fn recommend(
@@ -378,7 +463,7 @@ pub async fn recommend(
     JsonBody(body): JsonBody<RecommendRequest>,
 ) -> ApiResult<Vec<ScoredPointOut>> {
     let collection = state.toc.get(&name)?;
-    let mut out = run_batch(collection, vec![body], prepare_recommend).await?;
+    let mut out = run_batch(collection, vec![body]).await?;
     Ok(ApiOk(out.pop().unwrap_or_default(), started))
 }
 
@@ -390,10 +475,7 @@ pub async fn recommend_batch(
 ) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
     check_batch(body.searches.len())?;
     let collection = state.toc.get(&name)?;
-    Ok(ApiOk(
-        run_batch(collection, body.searches, prepare_recommend).await?,
-        started,
-    ))
+    Ok(ApiOk(run_batch(collection, body.searches).await?, started))
 }
 
 pub async fn query(
@@ -403,7 +485,7 @@ pub async fn query(
     JsonBody(body): JsonBody<QueryRequest>,
 ) -> ApiResult<QueryResponse> {
     let collection = state.toc.get(&name)?;
-    let mut out = run_batch(collection, vec![body], prepare_query).await?;
+    let mut out = run_batch(collection, vec![body]).await?;
     Ok(ApiOk(
         QueryResponse {
             points: out.pop().unwrap_or_default(),
@@ -420,7 +502,7 @@ pub async fn query_batch(
 ) -> ApiResult<Vec<QueryResponse>> {
     check_batch(body.searches.len())?;
     let collection = state.toc.get(&name)?;
-    let out = run_batch(collection, body.searches, prepare_query).await?;
+    let out = run_batch(collection, body.searches).await?;
     Ok(ApiOk(
         out.into_iter()
             .map(|points| QueryResponse { points })
