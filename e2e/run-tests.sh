@@ -25,5 +25,8 @@ step "CRDs are up to date (crdgen --check)"
 step "unit, property and multi-process tests (cargo test)"
 cargo test --workspace --locked
 
-step "Qdrant client compatibility suite (qdrant-client, pytest)"
+step "Qdrant client compatibility suite (qdrant-client, pytest), one node"
 e2e/compat/run.sh
+
+step "Qdrant client compatibility suite against a 3-peer cluster"
+SHOAL_COMPAT_CLUSTER=3 e2e/compat/run.sh
