@@ -22,6 +22,11 @@ step "CRDs are up to date (crdgen --check)"
 # package alone and rebuild half the dependency tree.
 "${CARGO_TARGET_DIR:-target}/debug/crdgen" --check
 
+step "Helm chart: lint, render, schemas, CRD copies, examples, start script, kube-apiserver"
+# Builds a real kube-apiserver 1.20 from Debian's source on first use (e2e/k8s, ~6 min), cached
+# under ~/.cache/shoal/k8s.
+e2e/chart/check.sh
+
 step "unit, property and multi-process tests (cargo test)"
 cargo test --workspace --locked
 
