@@ -21,6 +21,7 @@
 //! cargo run --release -p shoal-e2e --bin shoal-bench -- --points 100000 --also-exact
 //! ```
 
+pub mod cluster;
 pub mod dataset;
 pub mod distance;
 pub mod exact_knn;

@@ -111,12 +111,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let metadata = Arc::new(metadata);
     let consensus = metadata.consensus().cloned();
-    let env = Arc::new(Environment::new(
+    let mut env = Environment::new(
         Arc::clone(&metadata),
         settings.service.api_key.clone(),
         builder,
         sync,
-    ));
+    );
+    env.max_transfers_per_peer = settings.cluster.max_transfers_per_peer;
+    env.transfer_batch_points = settings.cluster.transfer_batch_points;
+    let env = Arc::new(env);
     let toc = {
         let (dir, env) = (data_dir.clone(), Arc::clone(&env));
         Arc::new(

@@ -20,6 +20,8 @@ SHOAL__<SECTION>__<KEY>. Precedence: flags > environment > file > defaults.
   cluster.uri                  SHOAL__CLUSTER__URI                   (none)
   cluster.bootstrap            SHOAL__CLUSTER__BOOTSTRAP             (none)
   cluster.peer_name            SHOAL__CLUSTER__PEER_NAME             (host name)
+  cluster.max_transfers_per_peer  SHOAL__CLUSTER__MAX_TRANSFERS_PER_PEER  2
+  cluster.transfer_batch_points   SHOAL__CLUSTER__TRANSFER_BATCH_POINTS   256
   storage.data_dir             SHOAL__STORAGE__DATA_DIR              ./data
   storage.wal_sync             SHOAL__STORAGE__WAL_SYNC              os (or fsync)
   storage.optimizer_threads    SHOAL__STORAGE__OPTIMIZER_THREADS     0 (= all cores)
@@ -94,6 +96,10 @@ pub struct ClusterSettings {
     pub uri: Option<String>,
     pub bootstrap: Option<String>,
     pub peer_name: Option<String>,
+    /// At most this many transfers may send from, and as many receive on, one peer at once.
+    pub max_transfers_per_peer: u32,
+    /// Points per batch of a streaming transfer.
+    pub transfer_batch_points: usize,
 }
 
 impl Default for ClusterSettings {
@@ -103,6 +109,8 @@ impl Default for ClusterSettings {
             uri: None,
             bootstrap: None,
             peer_name: None,
+            max_transfers_per_peer: 2,
+            transfer_batch_points: 256,
         }
     }
 }

@@ -14,7 +14,7 @@ use shoal_proto::v1::shard_service_server::{ShardService, ShardServiceServer};
 use shoal_proto::v1::{
     AwaitReconciledRequest, AwaitReconciledResponse, InfoRequest, InfoResponse, JoinRequest,
     JoinResponse, ProposeRequest, ProposeResponse, RaftPayload, RemoveMemberRequest,
-    RemoveMemberResponse,
+    RemoveMemberResponse, TransferProgressRequest, TransferProgressResponse,
 };
 use shoal_proto::v1::{ShardAnswer, ShardCall};
 use tonic::service::interceptor::InterceptedService;
@@ -56,6 +56,17 @@ impl PeerService for Peer {
             reached,
             reconciled_index: self.toc.reconciled_index(),
         }))
+    }
+
+    async fn transfer_progress(
+        &self,
+        request: Request<TransferProgressRequest>,
+    ) -> Result<Response<TransferProgressResponse>, Status> {
+        let collection = request.into_inner().collection;
+        let entries = self.toc.transfers().progress(&collection);
+        let transfers_json =
+            serde_json::to_vec(&entries).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(TransferProgressResponse { transfers_json }))
     }
 }
 
@@ -224,7 +235,17 @@ impl ShardPoints {
 #[tonic::async_trait]
 impl ShardService for ShardPoints {
     async fn update(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
-        self.run::<UpdateRequest>(request.into_inner()).await
+        // Through the collection, so that a transfer sending this replica forwards it.
+        let call = request.into_inner();
+        let update: UpdateRequest = decode(&call.body_json)?;
+        self.replica(&call).await?;
+        let collection = self.toc.get(&call.collection).map_err(collection_status)?;
+        let answer = collection
+            .update_local(call.shard_id, Arc::new(update))
+            .await
+            .map_err(collection_status)?;
+        let body_json = serde_json::to_vec(&answer).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ShardAnswer { body_json }))
     }
 
     async fn search(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {

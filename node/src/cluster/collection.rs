@@ -124,6 +124,10 @@ pub struct Environment {
     pub sync: SyncMode,
     /// One connection per peer URI, shared by every shard request to that peer.
     channels: parking_lot::Mutex<HashMap<String, tonic::transport::Channel>>,
+    /// At most this many transfers send from, and as many receive on, this peer at once.
+    pub max_transfers_per_peer: u32,
+    /// Points per batch of a streaming transfer.
+    pub transfer_batch_points: usize,
 }
 
 impl Environment {
@@ -139,6 +143,8 @@ impl Environment {
             builder,
             sync,
             channels: parking_lot::Mutex::new(HashMap::new()),
+            max_transfers_per_peer: 2,
+            transfer_batch_points: 256,
         }
     }
 
@@ -157,7 +163,7 @@ impl Environment {
         Ok(c)
     }
 
-    fn remote(
+    pub fn remote(
         &self,
         uri: &str,
         collection: &str,
@@ -184,6 +190,18 @@ fn is_request_error(e: &CollectionError) -> bool {
     )
 }
 
+/// A transfer sending this peer's replica of a shard: while it runs, every update applied to
+/// the replica is also applied to the destination, in the same order, and never interleaved
+/// with a batch of the stream (both hold `order`).
+pub struct Outgoing {
+    pub to: PeerId,
+    pub destination: RemoteShard,
+    pub order: tokio::sync::Mutex<()>,
+    /// Set when an update could not be forwarded: the destination missed it, so the transfer
+    /// must not finish.
+    pub broken: std::sync::atomic::AtomicBool,
+}
+
 pub struct Collection {
     name: String,
     dir: PathBuf,
@@ -198,6 +216,8 @@ pub struct Collection {
     /// Declared payload indexes. Filters never depend on them: they are evaluated by scanning
     /// payloads, so results are the same with or without an index.
     payload_schema: RwLock<BTreeMap<String, PayloadIndexEntry>>,
+    /// Transfers sending a local replica, by shard id.
+    outgoing: parking_lot::Mutex<HashMap<u32, Arc<Outgoing>>>,
 }
 
 impl Collection {
@@ -236,6 +256,7 @@ impl Collection {
             layout: RwLock::new(Arc::new(Layout::new())),
             local: RwLock::new(local),
             payload_schema: RwLock::new(BTreeMap::new()),
+            outgoing: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -502,12 +523,14 @@ impl Collection {
         shard: u32,
         request: UpdateRequest,
     ) -> Result<u64, CollectionError> {
+        // A Partial replica is the destination of a streaming transfer: it gets its updates
+        // from the transfer's source, in the source's order, never directly.
         let replicas: Vec<&ReplicaInfo> = layout
             .get(&shard)
             .map(|s| {
                 s.replicas
                     .iter()
-                    .filter(|r| r.state.takes_updates())
+                    .filter(|r| r.state.takes_updates() && r.state != ReplicaState::Partial)
                     .collect()
             })
             .unwrap_or_default();
@@ -521,7 +544,7 @@ impl Collection {
         let results = futures::future::join_all(
             replicas
                 .iter()
-                .map(|r| self.run_on(shard, r, Arc::clone(&request))),
+                .map(|r| self.update_on(shard, r, Arc::clone(&request))),
         )
         .await;
         let mut applied = 0usize;
@@ -581,6 +604,75 @@ impl Collection {
             }
         }
         Ok(op_id)
+    }
+
+    /// Applies an update on one replica: here through [`Self::update_local`], or on the peer
+    /// that holds it.
+    async fn update_on(
+        &self,
+        shard: u32,
+        replica: &ReplicaInfo,
+        request: Arc<UpdateRequest>,
+    ) -> Result<u64, CollectionError> {
+        if replica.peer == self.env.this_peer() {
+            self.update_local(shard, request).await
+        } else {
+            self.env
+                .remote(&replica.uri, &self.name, shard)?
+                .request(&*request)
+                .await
+        }
+    }
+
+    /// Applies an update on this peer's replica of `shard`, and forwards it to the destination
+    /// of a transfer that sends this replica.
+    pub async fn update_local(
+        &self,
+        shard: u32,
+        request: Arc<UpdateRequest>,
+    ) -> Result<u64, CollectionError> {
+        let local = self.local_shard(shard).ok_or_else(|| {
+            CollectionError::Unavailable(format!(
+                "shard {shard} of `{}` has no replica on this peer yet",
+                self.name
+            ))
+        })?;
+        let outgoing = self.outgoing.lock().get(&shard).cloned();
+        let Some(out) = outgoing else {
+            let request = Arc::clone(&request);
+            return tokio::task::spawn_blocking(move || request.run_on(&local))
+                .await
+                .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?;
+        };
+        let _order = out.order.lock().await;
+        let applied = {
+            let request = Arc::clone(&request);
+            tokio::task::spawn_blocking(move || request.run_on(&local))
+                .await
+                .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
+        };
+        if applied.is_ok()
+            && !out.broken.load(std::sync::atomic::Ordering::SeqCst)
+            && let Err(e) = out.destination.request(&*request).await
+        {
+            tracing::warn!(collection = %self.name, shard, to = %out.to, error = %e, "could not forward an update to a transfer's destination; the transfer will abort");
+            out.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        applied
+    }
+
+    /// Starts forwarding the updates of the local replica of `shard` to a transfer's
+    /// destination.
+    pub fn register_outgoing(&self, shard: u32, outgoing: Arc<Outgoing>) {
+        self.outgoing.lock().insert(shard, outgoing);
+    }
+
+    /// Stops forwarding for `shard`, if the registered transfer is still `outgoing`.
+    pub fn unregister_outgoing(&self, shard: u32, outgoing: &Arc<Outgoing>) {
+        let mut map = self.outgoing.lock();
+        if map.get(&shard).is_some_and(|o| Arc::ptr_eq(o, outgoing)) {
+            map.remove(&shard);
+        }
     }
 
     /// Runs a request on one replica: here on a blocking thread, or on the peer that holds it.

@@ -7,6 +7,7 @@ pub mod metadata;
 pub mod remote_shard;
 pub mod shard_requests;
 pub mod toc;
+pub mod transfer;
 
 use crate::shard::local_shard::ShardError;
 

@@ -17,7 +17,7 @@
 //! state must not be mistaken for a deleted one. The last reconciled index is kept in
 //! `<data-dir>/reconciled_index`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,11 +28,12 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::cluster::CollectionError;
-use shoal_proto::v1::AwaitReconciledRequest;
 use shoal_proto::v1::peer_service_client::PeerServiceClient;
+use shoal_proto::v1::{AwaitReconciledRequest, TransferProgressRequest};
 
 use crate::cluster::collection::{Collection, Environment};
 use crate::cluster::metadata::Metadata;
+use crate::cluster::transfer::{TransferProgressEntry, Transfers};
 use crate::collection_config::{CollectionConfig, PayloadIndexEntry};
 use crate::consensus::raft_node::ConsensusError;
 use crate::consensus::{
@@ -45,6 +46,10 @@ const UUID_FILE: &str = "uuid";
 /// A payload index file of the single-node layout before metadata moved into one state.
 const LEGACY_PAYLOAD_SCHEMA_FILE: &str = "payload_schema.json";
 const RECONCILED_FILE: &str = "reconciled_index";
+/// How long `GET /collections/{c}/cluster` waits for another peer's transfer progress.
+const PROGRESS_PATIENCE: Duration = Duration::from_secs(1);
+/// How often the reconcile loop looks again without a change of the state.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(2);
 pub const MAX_COLLECTION_NAME_LEN: usize = 255;
 
 /// Why a metadata operation did not take effect (or was not seen to).
@@ -67,6 +72,8 @@ pub struct TableOfContent {
     env: Arc<Environment>,
     /// The applied index of the newest state a reconcile pass acted on (persisted).
     reconciled: watch::Sender<u64>,
+    /// The transfers this peer sends.
+    transfers: Arc<Transfers>,
 }
 
 pub fn validate_collection_name(name: &str) -> Result<(), CollectionError> {
@@ -198,11 +205,16 @@ impl TableOfContent {
             lifecycle: parking_lot::Mutex::new(()),
             env,
             reconciled: watch::channel(floor).0,
+            transfers: Arc::new(Transfers::new()),
         })
     }
 
     pub fn env(&self) -> &Arc<Environment> {
         &self.env
+    }
+
+    pub fn transfers(&self) -> &Arc<Transfers> {
+        &self.transfers
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Collection>, CollectionError> {
@@ -289,7 +301,7 @@ impl TableOfContent {
     }
 
     /// In a cluster, waits (for a bounded time) until the other peers reconciled `index`.
-    async fn await_peers(&self, index: u64) {
+    pub async fn await_peers(&self, index: u64) {
         let metadata = &self.env.metadata;
         if metadata.consensus().is_none() {
             return;
@@ -308,6 +320,55 @@ impl TableOfContent {
             if !reached {
                 tracing::warn!(peer = %uri, index, "a peer has not applied the operation yet; it will when it can");
             }
+        }
+    }
+
+    /// The progress of every running transfer of `collection`: this peer's own, and those
+    /// the other peers send (asked for with a short timeout; a peer that does not answer in
+    /// time is left out).
+    pub async fn transfer_progress(&self, collection: &str) -> Vec<TransferProgressEntry> {
+        let mut entries = self.transfers.progress(collection);
+        let metadata = &self.env.metadata;
+        let this_peer = metadata.peer_id();
+        let view = metadata.view();
+        let senders: BTreeSet<PeerId> = view
+            .state
+            .collections
+            .get(collection)
+            .map(|c| c.transfers.iter().map(|t| t.from).collect())
+            .unwrap_or_default();
+        let asks = senders
+            .iter()
+            .filter(|p| **p != this_peer)
+            .filter_map(|p| view.state.peers.get(p))
+            .map(|info| self.ask_progress(&info.uri, collection));
+        for remote in futures::future::join_all(asks).await {
+            entries.extend(remote);
+        }
+        entries
+    }
+
+    async fn ask_progress(&self, uri: &str, collection: &str) -> Vec<TransferProgressEntry> {
+        let Ok(channel) = self.env.channel(uri) else {
+            return Vec::new();
+        };
+        let mut request = tonic::Request::new(TransferProgressRequest {
+            collection: collection.to_string(),
+        });
+        request.set_timeout(PROGRESS_PATIENCE);
+        if let Some(key) = &self.env.api_key
+            && let Ok(value) = key.parse()
+        {
+            request.metadata_mut().insert("api-key", value);
+        }
+        let answer = tokio::time::timeout(
+            PROGRESS_PATIENCE,
+            PeerServiceClient::new(channel).transfer_progress(request),
+        )
+        .await;
+        match answer {
+            Ok(Ok(r)) => serde_json::from_slice(&r.into_inner().transfers_json).unwrap_or_default(),
+            _ => Vec::new(),
         }
     }
 
@@ -397,8 +458,18 @@ impl TableOfContent {
                     }
                     Err(e) => tracing::error!(error = %e, "reconcile task panicked"),
                 }
-                if views.changed().await.is_err() {
-                    return;
+                let view = Arc::clone(&views.borrow());
+                let transfers = Arc::clone(&toc.transfers);
+                transfers.sync(&toc, &view).await;
+                // Level-triggered: also look again now and then (a recovery that could not
+                // start yet, a transfer limit that freed up).
+                tokio::select! {
+                    changed = views.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    () = tokio::time::sleep(RESYNC_INTERVAL) => {}
                 }
             }
         });

@@ -178,9 +178,8 @@ impl TransferMethod {
     }
 }
 
-/// A running shard transfer. Registered and finished by operations that a later step adds;
-/// until then the list only exists so that the operations here can refuse to pull a replica out
-/// from under a transfer.
+/// A running shard transfer: registered by [`ClusterOperation::StartTransfer`], ended by
+/// [`ClusterOperation::FinishTransfer`] or [`ClusterOperation::AbortTransfer`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardTransfer {
     pub shard: ShardId,
@@ -193,6 +192,13 @@ pub struct ShardTransfer {
     /// `true` for a replicate (the source keeps its replica), `false` for a move.
     pub sync: bool,
     pub method: TransferMethod,
+    /// The destination replica's state before the transfer (`None`: it had none); an abort
+    /// puts it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_was: Option<ReplicaState>,
+    /// At most this many points per second (`None`: as fast as it goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points_per_second: Option<u32>,
 }
 
 impl ShardTransfer {
@@ -336,6 +342,30 @@ pub enum ClusterOperation {
         collection: String,
         key: ShardKey,
     },
+    /// Registers a transfer and puts the destination replica in the method's state (adding it,
+    /// or taking over a `Dead` one). `max_per_peer` bounds the transfers a peer sends or
+    /// receives at once.
+    StartTransfer {
+        collection: String,
+        transfer: ShardTransfer,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_per_peer: Option<u32>,
+    },
+    /// Ends a transfer successfully: the destination becomes Active; a move drops the source.
+    FinishTransfer {
+        collection: String,
+        shard: ShardId,
+        from: PeerId,
+        to: PeerId,
+    },
+    /// Ends a transfer without effect: the destination replica goes back to what it was before
+    /// (removed when it did not exist).
+    AbortTransfer {
+        collection: String,
+        shard: ShardId,
+        from: PeerId,
+        to: PeerId,
+    },
     /// Declares (`Some`) or removes (`None`) a payload index on `field`.
     SetPayloadIndex {
         collection: String,
@@ -465,6 +495,27 @@ pub enum ClusterError {
         "collection `{collection}` is not custom-sharded; shard keys need `sharding_method: custom`"
     )]
     NotCustomSharded { collection: String },
+    #[error("a transfer needs two different peers; both are {peer}")]
+    SamePeer { peer: PeerId },
+    #[error(
+        "shard {shard} of collection `{collection}` is already being transferred; abort that transfer first"
+    )]
+    TransferExists { collection: String, shard: ShardId },
+    #[error(
+        "no transfer of shard {shard} of collection `{collection}` from peer {from} to peer {to} is running"
+    )]
+    UnknownTransfer {
+        collection: String,
+        shard: ShardId,
+        from: PeerId,
+        to: PeerId,
+    },
+    #[error(
+        "peer {peer} already takes part in {limit} transfer(s), the most allowed; wait for one to finish"
+    )]
+    TransferLimit { peer: PeerId, limit: u32 },
+    #[error("unsupported transfer: {reason}")]
+    UnsupportedTransfer { reason: String },
     #[error("shard key {key} already exists in collection `{collection}`")]
     ShardKeyExists { collection: String, key: ShardKey },
     #[error("shard key {key} does not exist in collection `{collection}`")]
@@ -550,6 +601,23 @@ impl ClusterState {
             ClusterOperation::DropShardKey { collection, key } => {
                 self.drop_shard_key(collection, key)
             }
+            ClusterOperation::StartTransfer {
+                collection,
+                transfer,
+                max_per_peer,
+            } => self.start_transfer(collection, transfer, max_per_peer),
+            ClusterOperation::FinishTransfer {
+                collection,
+                shard,
+                from,
+                to,
+            } => self.end_transfer(collection, shard, from, to, true),
+            ClusterOperation::AbortTransfer {
+                collection,
+                shard,
+                from,
+                to,
+            } => self.end_transfer(collection, shard, from, to, false),
             ClusterOperation::SetPayloadIndex {
                 collection,
                 field,
@@ -631,9 +699,7 @@ impl ClusterState {
             }
             shard.replicas.remove(&peer);
             // The peer's transfers cannot continue without it.
-            collection
-                .transfers
-                .retain(|t| t.from != peer && t.to != peer);
+            cancel_transfers(collection, shard_id, peer);
         }
         self.peers.remove(&peer);
         Ok(ClusterResponse::Done)
@@ -718,6 +784,20 @@ impl ClusterState {
             });
         }
         shard.replicas.insert(peer, state);
+        // A transfer cannot go on once its source stops being active or its destination is
+        // moved to another state by hand.
+        let collection = self.collection_mut(&name)?;
+        if collection.transfers.iter().any(|t| {
+            t.shard == shard_id
+                && ((t.from == peer && !state.is_active_like())
+                    || (t.to == peer && state != t.method.destination_state()))
+        }) {
+            cancel_transfers(collection, shard_id, peer);
+            if let Some(s) = collection.shards.get_mut(&shard_id) {
+                // The replica keeps the state it was explicitly given.
+                s.replicas.insert(peer, state);
+            }
+        }
         Ok(ClusterResponse::Done)
     }
 
@@ -989,6 +1069,134 @@ impl ClusterState {
         Ok(placed)
     }
 
+    fn start_transfer(
+        &mut self,
+        name: String,
+        mut transfer: ShardTransfer,
+        max_per_peer: Option<u32>,
+    ) -> Result<ClusterResponse, ClusterError> {
+        let (shard_id, from, to) = (transfer.shard, transfer.from, transfer.to);
+        if from == to {
+            return Err(ClusterError::SamePeer { peer: from });
+        }
+        self.peer(from)?;
+        self.peer(to)?;
+        if transfer.to_shard.is_some() || transfer.method == TransferMethod::ReshardingStreamRecords
+        {
+            return Err(ClusterError::UnsupportedTransfer {
+                reason: "transfers between shards belong to a resharding".into(),
+            });
+        }
+        if let Some(limit) = max_per_peer {
+            let (mut outgoing, mut incoming) = (0u32, 0u32);
+            for t in self.collections.values().flat_map(|c| &c.transfers) {
+                outgoing += u32::from(t.from == from);
+                incoming += u32::from(t.to == to);
+            }
+            if outgoing >= limit {
+                return Err(ClusterError::TransferLimit { peer: from, limit });
+            }
+            if incoming >= limit {
+                return Err(ClusterError::TransferLimit { peer: to, limit });
+            }
+        }
+        let collection = self.collection_mut(&name)?;
+        if collection.transfers.iter().any(|t| t.shard == shard_id) {
+            return Err(ClusterError::TransferExists {
+                collection: name,
+                shard: shard_id,
+            });
+        }
+        if collection
+            .resharding
+            .as_ref()
+            .is_some_and(|r| r.shard == shard_id)
+        {
+            return Err(ClusterError::ShardInResharding {
+                collection: name,
+                shard: shard_id,
+            });
+        }
+        let shard = shard_mut(collection, &name, shard_id)?;
+        match shard.replicas.get(&from) {
+            None => {
+                return Err(ClusterError::NoReplicaOnPeer {
+                    collection: name,
+                    shard: shard_id,
+                    peer: from,
+                });
+            }
+            Some(state) if !state.is_active_like() => {
+                return Err(ClusterError::ReplicaStateMismatch {
+                    collection: name,
+                    shard: shard_id,
+                    peer: from,
+                    expected: ReplicaState::Active,
+                    actual: *state,
+                });
+            }
+            Some(_) => {}
+        }
+        let before = shard.replicas.get(&to).copied();
+        if let Some(state) = before
+            && state != ReplicaState::Dead
+        {
+            return Err(ClusterError::ReplicaExists {
+                collection: name,
+                shard: shard_id,
+                peer: to,
+                state,
+            });
+        }
+        transfer.destination_was = before;
+        shard
+            .replicas
+            .insert(to, transfer.method.destination_state());
+        collection.transfers.push(transfer);
+        Ok(ClusterResponse::Done)
+    }
+
+    fn end_transfer(
+        &mut self,
+        name: String,
+        shard_id: ShardId,
+        from: PeerId,
+        to: PeerId,
+        finished: bool,
+    ) -> Result<ClusterResponse, ClusterError> {
+        let collection = self.collection_mut(&name)?;
+        let position = collection
+            .transfers
+            .iter()
+            .position(|t| {
+                t.shard == shard_id && t.from == from && t.to == to && t.to_shard.is_none()
+            })
+            .ok_or_else(|| ClusterError::UnknownTransfer {
+                collection: name.clone(),
+                shard: shard_id,
+                from,
+                to,
+            })?;
+        let transfer = collection.transfers.remove(position);
+        let shard = shard_mut(collection, &name, shard_id)?;
+        if finished {
+            shard.replicas.insert(to, ReplicaState::Active);
+            if !transfer.sync {
+                shard.replicas.remove(&from);
+            }
+        } else {
+            match transfer.destination_was {
+                Some(state) => {
+                    shard.replicas.insert(to, state);
+                }
+                None => {
+                    shard.replicas.remove(&to);
+                }
+            }
+        }
+        Ok(ClusterResponse::Done)
+    }
+
     fn peer(&self, peer: PeerId) -> Result<&PeerInfo, ClusterError> {
         self.peers
             .get(&peer)
@@ -1009,6 +1217,28 @@ impl ClusterState {
             .ok_or_else(|| ClusterError::UnknownCollection {
                 collection: name.to_string(),
             })
+    }
+}
+
+/// Ends the transfers of `shard` that involve `peer` without effect: each destination goes
+/// back to its state before the transfer (or is removed).
+fn cancel_transfers(collection: &mut CollectionMeta, shard: ShardId, peer: PeerId) {
+    let (cancelled, kept): (Vec<ShardTransfer>, Vec<ShardTransfer>) = collection
+        .transfers
+        .drain(..)
+        .partition(|t| t.shard == shard && (t.from == peer || t.to == peer));
+    collection.transfers = kept;
+    if let Some(meta) = collection.shards.get_mut(&shard) {
+        for t in cancelled {
+            match t.destination_was {
+                Some(state) => {
+                    meta.replicas.insert(t.to, state);
+                }
+                None => {
+                    meta.replicas.remove(&t.to);
+                }
+            }
+        }
     }
 }
 
@@ -1475,6 +1705,8 @@ mod tests {
             to: PeerId(2),
             sync: true,
             method: TransferMethod::StreamRecords,
+            destination_was: None,
+            points_per_second: None,
         });
         docs.resharding = Some(ReshardingState {
             direction: ReshardingDirection::Up,
@@ -1704,6 +1936,21 @@ mod tests {
     /// Invariants that hold after every operation, accepted or not.
     fn check_invariants(state: &ClusterState) -> Result<(), TestCaseError> {
         for (name, collection) in &state.collections {
+            let mut in_transfer = BTreeSet::new();
+            for t in &collection.transfers {
+                prop_assert!(in_transfer.insert(t.shard), "two transfers of one shard");
+                prop_assert_ne!(t.from, t.to);
+                let replicas = &collection.shards[&t.shard].replicas;
+                prop_assert!(
+                    replicas.get(&t.from).is_some_and(|s| s.is_active_like()),
+                    "a transfer's source holds an active replica"
+                );
+                prop_assert_eq!(
+                    replicas.get(&t.to).copied(),
+                    Some(t.method.destination_state()),
+                    "a transfer's destination is in its method's state"
+                );
+            }
             for (id, shard) in &collection.shards {
                 prop_assert!(
                     !shard.replicas.is_empty(),
@@ -1757,7 +2004,7 @@ mod tests {
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             1 => operation().prop_map(Step::Random),
-            1 => (0u8..6, any::<[usize; 3]>(), replica_state(), any::<bool>()).prop_map(
+            1 => (0u8..9, any::<[usize; 3]>(), replica_state(), any::<bool>()).prop_map(
                 |(kind, pick, state, compare)| Step::Aimed { kind, pick, state, compare }
             ),
         ]
@@ -1843,6 +2090,47 @@ mod tests {
                 peer: any_peer,
                 force: compare,
             },
+            6 => ClusterOperation::StartTransfer {
+                collection,
+                transfer: ShardTransfer {
+                    shard,
+                    to_shard: None,
+                    from: holder,
+                    to: any_peer,
+                    sync: compare,
+                    method: if pick[0] % 2 == 0 {
+                        TransferMethod::StreamRecords
+                    } else {
+                        TransferMethod::WalDelta
+                    },
+                    destination_was: None,
+                    points_per_second: None,
+                },
+                max_per_peer: Some(2),
+            },
+            7 | 8 => {
+                let running = state
+                    .collections
+                    .get(&collection)
+                    .and_then(|c| c.transfers.first().cloned());
+                let (shard, from, to) =
+                    running.map_or((shard, holder, any_peer), |t| (t.shard, t.from, t.to));
+                if kind == 7 {
+                    ClusterOperation::FinishTransfer {
+                        collection,
+                        shard,
+                        from,
+                        to,
+                    }
+                } else {
+                    ClusterOperation::AbortTransfer {
+                        collection,
+                        shard,
+                        from,
+                        to,
+                    }
+                }
+            }
             _ => ClusterOperation::CreateShardKey {
                 collection,
                 key: ShardKey::Number(pick[1] as u64 % 4),

@@ -223,18 +223,40 @@ pub async fn cluster_info(
             }
         }
     }
+    let progress = state.toc.transfer_progress(&name).await;
     let shard_transfers: Vec<serde_json::Value> = meta
         .transfers
         .iter()
         .map(|t| {
-            serde_json::json!({
+            let mut entry = serde_json::json!({
                 "shard_id": t.shard.0,
                 "to_shard_id": t.to_shard.map(|s| s.0),
                 "from": t.from.0,
                 "to": t.to.0,
                 "sync": t.sync,
                 "method": t.method,
-            })
+            });
+            if let Some(p) = progress
+                .iter()
+                .find(|p| p.shard_id == t.shard.0 && p.from == t.from.0 && p.to == t.to.0)
+            {
+                let p = &p.progress;
+                entry["comment"] = serde_json::json!(format!(
+                    "{}: {}/{} points ({:.1}%), {:.0} points/s, ETA {}",
+                    p.stage,
+                    p.points_done,
+                    p.points_total,
+                    p.percent,
+                    p.points_per_second,
+                    p.eta_seconds
+                        .map_or_else(|| "unknown".to_string(), |s| format!("{s:.0}s"))
+                ));
+                entry["progress"] = serde_json::json!(p);
+            }
+            if let Some(pps) = t.points_per_second {
+                entry["rate_limit"] = serde_json::json!({"points_per_second": pps});
+            }
+            entry
         })
         .collect();
     let resharding: Vec<serde_json::Value> = meta

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod collection_cluster;
 pub mod collections;
 pub mod json_body;
 pub mod models;
@@ -77,7 +78,10 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
                 .delete(collections::delete),
         )
         .route(&format!("{c}/exists"), get(collections::exists))
-        .route(&format!("{c}/cluster"), get(collections::cluster_info))
+        .route(
+            &format!("{c}/cluster"),
+            get(collections::cluster_info).post(collection_cluster::update),
+        )
         .route(&format!("{c}/shards"), put(collections::create_shard_key))
         .route(
             &format!("{c}/shards/delete"),

@@ -1,0 +1,221 @@
+//! `POST /collections/{name}/cluster`: Qdrant's collection cluster operations (move, replicate,
+//! abort and restart transfers, drop replicas, shard keys). Each one is checked against the
+//! applied state and proposed through consensus; the sender peer's reconcile loop runs the
+//! transfer.
+
+use axum::extract::State;
+use serde::Deserialize;
+
+use crate::api::rest::AppState;
+use crate::api::rest::cluster::submit_error;
+use crate::api::rest::json_body::{JsonBody, PathParams};
+use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
+use crate::consensus::{
+    ClusterOperation, PeerId, ShardId, ShardKey, ShardTransfer, TransferMethod,
+};
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub points_per_second: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveShard {
+    pub shard_id: u32,
+    pub from_peer_id: u64,
+    pub to_peer_id: u64,
+    pub method: Option<TransferMethod>,
+    /// Shoal's extension: cap the transfer's speed so it cannot starve live traffic.
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbortTransfer {
+    pub shard_id: u32,
+    pub from_peer_id: u64,
+    pub to_peer_id: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartTransfer {
+    pub shard_id: u32,
+    pub from_peer_id: u64,
+    pub to_peer_id: u64,
+    pub method: TransferMethod,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropReplica {
+    pub shard_id: u32,
+    pub peer_id: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateShardingKey {
+    pub shard_key: ShardKey,
+    pub shards_number: Option<u32>,
+    pub replication_factor: Option<u32>,
+    pub placement: Option<Vec<u64>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropShardingKey {
+    pub shard_key: ShardKey,
+}
+
+/// One operation per request, as in Qdrant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClusterOperationRequest {
+    MoveShard(MoveShard),
+    ReplicateShard(MoveShard),
+    AbortTransfer(AbortTransfer),
+    RestartTransfer(RestartTransfer),
+    DropReplica(DropReplica),
+    CreateShardingKey(CreateShardingKey),
+    DropShardingKey(DropShardingKey),
+}
+
+/// The transfer methods this node can run.
+fn check_method(method: TransferMethod) -> Result<(), ApiError> {
+    match method {
+        TransferMethod::StreamRecords => Ok(()),
+        TransferMethod::Snapshot | TransferMethod::WalDelta => Err(ApiError::bad_request(format!(
+            "Wrong input: transfer method `{}` is not implemented yet; use `stream_records`",
+            serde_json::to_value(method)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ))),
+        TransferMethod::ReshardingStreamRecords => Err(ApiError::bad_request(
+            "Wrong input: `resharding_stream_records` is used by resharding, not by shard transfers",
+        )),
+    }
+}
+
+fn start(
+    name: &str,
+    req: &MoveShard,
+    sync: bool,
+    max_per_peer: u32,
+) -> Result<ClusterOperation, ApiError> {
+    let method = req.method.unwrap_or_default();
+    check_method(method)?;
+    if req.rate_limit.is_some_and(|r| r.points_per_second == 0) {
+        return Err(ApiError::unprocessable(
+            "Validation error in JSON body: rate_limit.points_per_second must be at least 1",
+        ));
+    }
+    Ok(ClusterOperation::StartTransfer {
+        collection: name.to_string(),
+        transfer: ShardTransfer {
+            shard: ShardId(req.shard_id),
+            to_shard: None,
+            from: PeerId(req.from_peer_id),
+            to: PeerId(req.to_peer_id),
+            sync,
+            method,
+            destination_was: None,
+            points_per_second: req.rate_limit.map(|r| r.points_per_second),
+        },
+        max_per_peer: Some(max_per_peer),
+    })
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+    JsonBody(body): JsonBody<ClusterOperationRequest>,
+) -> ApiResult<bool> {
+    state.toc.get(&name)?;
+    let max_per_peer = state.toc.env().max_transfers_per_peer;
+    let ops = match body {
+        ClusterOperationRequest::MoveShard(req) => vec![start(&name, &req, false, max_per_peer)?],
+        ClusterOperationRequest::ReplicateShard(req) => {
+            vec![start(&name, &req, true, max_per_peer)?]
+        }
+        ClusterOperationRequest::AbortTransfer(req) => vec![ClusterOperation::AbortTransfer {
+            collection: name.clone(),
+            shard: ShardId(req.shard_id),
+            from: PeerId(req.from_peer_id),
+            to: PeerId(req.to_peer_id),
+        }],
+        ClusterOperationRequest::RestartTransfer(req) => {
+            check_method(req.method)?;
+            let view = state.metadata.view();
+            let running = view
+                .state
+                .collections
+                .get(&name)
+                .and_then(|c| {
+                    c.transfers.iter().find(|t| {
+                        t.shard.0 == req.shard_id
+                            && t.from.0 == req.from_peer_id
+                            && t.to.0 == req.to_peer_id
+                    })
+                })
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::not_found(format!(
+                        "Not found: no transfer of shard {} from peer {} to peer {} is running",
+                        req.shard_id, req.from_peer_id, req.to_peer_id
+                    ))
+                })?;
+            let again = MoveShard {
+                shard_id: req.shard_id,
+                from_peer_id: req.from_peer_id,
+                to_peer_id: req.to_peer_id,
+                method: Some(req.method),
+                rate_limit: running.points_per_second.map(|p| RateLimit {
+                    points_per_second: p,
+                }),
+            };
+            vec![
+                ClusterOperation::AbortTransfer {
+                    collection: name.clone(),
+                    shard: running.shard,
+                    from: running.from,
+                    to: running.to,
+                },
+                start(&name, &again, running.sync, max_per_peer)?,
+            ]
+        }
+        ClusterOperationRequest::DropReplica(req) => vec![ClusterOperation::DropReplica {
+            collection: name.clone(),
+            shard: ShardId(req.shard_id),
+            peer: PeerId(req.peer_id),
+        }],
+        ClusterOperationRequest::CreateShardingKey(req) => {
+            if req.shards_number == Some(0) || req.replication_factor == Some(0) {
+                return Err(ApiError::unprocessable(
+                    "Validation error in JSON body: shards_number and replication_factor must be at least 1",
+                ));
+            }
+            vec![ClusterOperation::CreateShardKey {
+                collection: name.clone(),
+                key: req.shard_key,
+                shard_number: req.shards_number,
+                replication_factor: req.replication_factor,
+                placement: req
+                    .placement
+                    .map(|peers| peers.into_iter().map(PeerId).collect()),
+            }]
+        }
+        ClusterOperationRequest::DropShardingKey(req) => vec![ClusterOperation::DropShardKey {
+            collection: name.clone(),
+            key: req.shard_key,
+        }],
+    };
+    for op in ops {
+        state.toc.submit(op).await.map_err(submit_error)?;
+    }
+    Ok(ApiOk(true, started))
+}

@@ -1,0 +1,506 @@
+//! Shard transfers, the sending side, and automatic recovery.
+//!
+//! Every peer runs [`Transfers::sync`] after each reconcile pass (and on a timer). It starts a
+//! task for every registered transfer whose source is this peer, cancels the tasks of
+//! transfers that left the cluster state (aborted, or cancelled because a replica failed), and
+//! asks for a transfer to every `Dead` replica of this peer from an active one.
+//!
+//! `stream_records`: the task registers an [`Outgoing`] on the source collection, so that from
+//! then on every update applied to the source replica is forwarded to the destination in the
+//! source's order; it clears the destination, then streams every point in id order, in
+//! batches. A batch is read and sent while holding the same order lock as forwarded updates,
+//! so the destination sees one serial history: an update either reached the source before the
+//! batch was read (and the batch carries its result) or is forwarded after the batch. Once the
+//! last batch is acknowledged it proposes `FinishTransfer` and keeps forwarding until every
+//! peer has applied the finish (a peer still routing by the old layout writes only to the
+//! source). Any error proposes `AbortTransfer`, which puts the destination back as it was.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cluster::CollectionError;
+use crate::cluster::collection::Outgoing;
+use crate::cluster::metadata::Metadata;
+use crate::cluster::toc::TableOfContent;
+use crate::consensus::{
+    ClusterOperation, ClusterStateView, PeerId, ReplicaState, ShardId, ShardTransfer,
+    TransferMethod,
+};
+use crate::index::filter::Filter;
+use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
+
+/// How often a sender retries a batch the destination did not take, and how long it waits
+/// between tries.
+const SEND_ATTEMPTS: u32 = 5;
+const SEND_BACKOFF: Duration = Duration::from_millis(500);
+
+/// A transfer, as the cluster state names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TransferKey {
+    pub collection: String,
+    pub shard: u32,
+    pub from: PeerId,
+    pub to: PeerId,
+}
+
+/// What a running transfer reports: stage, points, bytes, rate and an estimate of the rest.
+#[derive(Debug)]
+pub struct Progress {
+    started: Instant,
+    stage: parking_lot::Mutex<&'static str>,
+    points_total: AtomicU64,
+    points_done: AtomicU64,
+    bytes: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ProgressReport {
+    pub stage: String,
+    pub points_done: u64,
+    pub points_total: u64,
+    pub percent: f64,
+    pub bytes: u64,
+    pub points_per_second: f64,
+    /// Seconds left at the current rate; `None` before there is a rate.
+    pub eta_seconds: Option<f64>,
+    pub elapsed_seconds: f64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            started: Instant::now(),
+            stage: parking_lot::Mutex::new("starting"),
+            points_total: AtomicU64::new(0),
+            points_done: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    fn stage(&self, stage: &'static str) {
+        *self.stage.lock() = stage;
+    }
+
+    pub fn report(&self) -> ProgressReport {
+        let done = self.points_done.load(Ordering::Relaxed);
+        let total = self.points_total.load(Ordering::Relaxed).max(done);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let rate = if elapsed > 0.0 {
+            done as f64 / elapsed
+        } else {
+            0.0
+        };
+        ProgressReport {
+            stage: (*self.stage.lock()).to_string(),
+            points_done: done,
+            points_total: total,
+            percent: if total == 0 {
+                100.0
+            } else {
+                (done as f64 * 100.0 / total as f64).min(100.0)
+            },
+            bytes: self.bytes.load(Ordering::Relaxed),
+            points_per_second: rate,
+            eta_seconds: (rate > 0.0).then(|| (total - done) as f64 / rate),
+            elapsed_seconds: elapsed,
+        }
+    }
+}
+
+/// One sent transfer's progress, as peers exchange it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct TransferProgressEntry {
+    pub shard_id: u32,
+    pub from: u64,
+    pub to: u64,
+    pub progress: ProgressReport,
+}
+
+struct Running {
+    progress: Arc<Progress>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// The transfers this peer sends.
+pub struct Transfers {
+    running: parking_lot::Mutex<HashMap<TransferKey, Running>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TransferError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Failed(#[from] CollectionError),
+}
+
+impl Default for Transfers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Transfers {
+    pub fn new() -> Transfers {
+        Transfers {
+            running: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The progress of the transfers this peer sends for `collection`.
+    pub fn progress(&self, collection: &str) -> Vec<TransferProgressEntry> {
+        let mut out: Vec<TransferProgressEntry> = self
+            .running
+            .lock()
+            .iter()
+            .filter(|(k, _)| k.collection == collection)
+            .map(|(k, r)| TransferProgressEntry {
+                shard_id: k.shard,
+                from: k.from.0,
+                to: k.to.0,
+                progress: r.progress.report(),
+            })
+            .collect();
+        out.sort_by_key(|e| (e.shard_id, e.from, e.to));
+        out
+    }
+
+    /// Starts and cancels sender tasks to match `view`, and asks for the recovery of this
+    /// peer's `Dead` replicas.
+    pub async fn sync(self: &Arc<Self>, toc: &Arc<TableOfContent>, view: &ClusterStateView) {
+        let this_peer = toc.env().this_peer();
+        let mut wanted: HashMap<TransferKey, ShardTransfer> = HashMap::new();
+        for (name, meta) in &view.state.collections {
+            for t in &meta.transfers {
+                if t.from == this_peer && t.to_shard.is_none() {
+                    wanted.insert(
+                        TransferKey {
+                            collection: name.clone(),
+                            shard: t.shard.0,
+                            from: t.from,
+                            to: t.to,
+                        },
+                        t.clone(),
+                    );
+                }
+            }
+        }
+        {
+            let mut running = self.running.lock();
+            running.retain(|key, task| {
+                let keep = wanted.contains_key(key);
+                if !keep {
+                    task.cancel.store(true, Ordering::SeqCst);
+                }
+                keep
+            });
+            for (key, transfer) in wanted {
+                if running.contains_key(&key) {
+                    continue;
+                }
+                let Some(uri) = view.state.peers.get(&key.to).map(|p| p.uri.clone()) else {
+                    continue;
+                };
+                let task = Running {
+                    progress: Arc::new(Progress::new()),
+                    cancel: Arc::new(AtomicBool::new(false)),
+                };
+                tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, method = ?transfer.method, "transfer starts");
+                tokio::spawn(Self::run(
+                    Arc::clone(self),
+                    Arc::clone(toc),
+                    key.clone(),
+                    transfer,
+                    uri,
+                    Arc::clone(&task.progress),
+                    Arc::clone(&task.cancel),
+                ));
+                running.insert(key, task);
+            }
+        }
+        self.recover_dead_replicas(toc, view).await;
+    }
+
+    /// For every `Dead` replica of this peer that no transfer fills, proposes a transfer to it
+    /// from an active replica.
+    async fn recover_dead_replicas(&self, toc: &Arc<TableOfContent>, view: &ClusterStateView) {
+        let env = toc.env();
+        let this_peer = env.this_peer();
+        for (name, meta) in &view.state.collections {
+            for (shard, replicas) in &meta.shards {
+                if replicas.replicas.get(&this_peer) != Some(&ReplicaState::Dead)
+                    || meta.transfers.iter().any(|t| t.shard == *shard)
+                    || meta.resharding.as_ref().is_some_and(|r| r.shard == *shard)
+                {
+                    continue;
+                }
+                let Some(source) = replicas
+                    .replicas
+                    .iter()
+                    .find(|(_, s)| **s == ReplicaState::Active)
+                    .map(|(p, _)| *p)
+                else {
+                    continue;
+                };
+                let op = ClusterOperation::StartTransfer {
+                    collection: name.clone(),
+                    transfer: ShardTransfer {
+                        shard: *shard,
+                        to_shard: None,
+                        from: source,
+                        to: this_peer,
+                        sync: true,
+                        method: TransferMethod::StreamRecords,
+                        destination_was: None,
+                        points_per_second: None,
+                    },
+                    max_per_peer: Some(env.max_transfers_per_peer),
+                };
+                match env.metadata.propose(op).await {
+                    Ok((Ok(_), _)) => {
+                        tracing::info!(collection = %name, shard = %shard, from = %source, "recovering a dead replica");
+                    }
+                    Ok((Err(e), _)) => {
+                        tracing::debug!(collection = %name, shard = %shard, error = %e, "recovery not started yet");
+                    }
+                    Err(e) => {
+                        tracing::debug!(collection = %name, shard = %shard, error = %e, "recovery not proposed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        toc: Arc<TableOfContent>,
+        key: TransferKey,
+        transfer: ShardTransfer,
+        uri: String,
+        progress: Arc<Progress>,
+        cancel: Arc<AtomicBool>,
+    ) {
+        let metadata = Arc::clone(&toc.env().metadata);
+        let outcome = stream_records(&toc, &key, &transfer, &uri, &progress, &cancel).await;
+        let (collection, outgoing) = match outcome {
+            Ok(pair) => pair,
+            Err((error, registered)) => {
+                if let Some((collection, out)) = registered {
+                    collection.unregister_outgoing(key.shard, &out);
+                }
+                if let TransferError::Failed(e) = error {
+                    progress.stage("aborting");
+                    tracing::warn!(collection = %key.collection, shard = key.shard, to = %key.to, error = %e, "transfer failed; aborting it");
+                    let op = ClusterOperation::AbortTransfer {
+                        collection: key.collection.clone(),
+                        shard: ShardId(key.shard),
+                        from: key.from,
+                        to: key.to,
+                    };
+                    if let Err(e) = metadata.propose(op).await {
+                        tracing::warn!(error = %e, "could not abort the transfer; the next sync retries");
+                    }
+                }
+                self.forget(&key, &cancel);
+                return;
+            }
+        };
+        progress.stage("finishing");
+        let op = ClusterOperation::FinishTransfer {
+            collection: key.collection.clone(),
+            shard: ShardId(key.shard),
+            from: key.from,
+            to: key.to,
+        };
+        match metadata.propose(op).await {
+            Ok((Ok(_), index)) => {
+                // Peers that still route by the old layout write only to the source: keep
+                // forwarding until they all applied the finish.
+                toc.wait_reconciled(index, Metadata::PEER_APPLY_PATIENCE)
+                    .await;
+                toc.await_peers(index).await;
+                tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, points = progress.report().points_done, "transfer finished");
+            }
+            Ok((Err(e), _)) => {
+                tracing::info!(collection = %key.collection, shard = key.shard, error = %e, "transfer ended elsewhere")
+            }
+            Err(e) => {
+                tracing::warn!(collection = %key.collection, shard = key.shard, error = %e, "could not finish the transfer; aborting");
+                let op = ClusterOperation::AbortTransfer {
+                    collection: key.collection.clone(),
+                    shard: ShardId(key.shard),
+                    from: key.from,
+                    to: key.to,
+                };
+                let _ = metadata.propose(op).await;
+            }
+        }
+        collection.unregister_outgoing(key.shard, &outgoing);
+        self.forget(&key, &cancel);
+    }
+
+    /// Removes a task from the running set, unless a newer task for the same key replaced it.
+    fn forget(&self, key: &TransferKey, cancel: &Arc<AtomicBool>) {
+        let mut running = self.running.lock();
+        if running
+            .get(key)
+            .is_some_and(|r| Arc::ptr_eq(&r.cancel, cancel))
+        {
+            running.remove(key);
+        }
+    }
+}
+
+type Registered = (Arc<crate::cluster::collection::Collection>, Arc<Outgoing>);
+
+/// Streams every point of the local replica to the destination. On success returns the
+/// registration, which the caller ends after finishing; on failure, what to unregister.
+async fn stream_records(
+    toc: &Arc<TableOfContent>,
+    key: &TransferKey,
+    transfer: &ShardTransfer,
+    uri: &str,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<Registered, (TransferError, Option<Registered>)> {
+    let fail = |e: CollectionError| (TransferError::Failed(e), None);
+    let collection = toc.get(&key.collection).map_err(fail)?;
+    let local = collection.local_shard(key.shard).ok_or_else(|| {
+        fail(CollectionError::Storage(format!(
+            "shard {} of `{}` has no replica on this peer",
+            key.shard, key.collection
+        )))
+    })?;
+    if transfer.method != TransferMethod::StreamRecords {
+        return Err(fail(CollectionError::BadInput(format!(
+            "transfer method {:?} is not implemented yet",
+            transfer.method
+        ))));
+    }
+    let destination = toc
+        .env()
+        .remote(uri, &key.collection, key.shard)
+        .map_err(fail)?;
+    let out = Arc::new(Outgoing {
+        to: key.to,
+        destination: destination.clone(),
+        order: tokio::sync::Mutex::new(()),
+        broken: AtomicBool::new(false),
+    });
+    collection.register_outgoing(key.shard, Arc::clone(&out));
+    let registered = (Arc::clone(&collection), Arc::clone(&out));
+    let with_reg = |e: TransferError| (e, Some(registered.clone()));
+
+    let total = {
+        let local = Arc::clone(&local);
+        tokio::task::spawn_blocking(move || local.count(None))
+            .await
+            .unwrap_or(0)
+    };
+    progress.points_total.store(total as u64, Ordering::Relaxed);
+
+    // A destination that was Dead may hold anything: start it empty. Under the order lock, so
+    // no forwarded update lands before the clearing.
+    progress.stage("clearing destination");
+    {
+        let _order = out.order.lock().await;
+        let clear = UpdateRequest::Delete(PointSelection::Filter(Filter::default()));
+        send(&destination, &clear, cancel).await.map_err(with_reg)?;
+    }
+
+    progress.stage("streaming points");
+    let batch_size = toc.env().transfer_batch_points.max(1);
+    let started = Instant::now();
+    let mut offset = None;
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return Err(with_reg(TransferError::Cancelled));
+        }
+        if out.broken.load(Ordering::SeqCst) {
+            return Err(with_reg(TransferError::Failed(
+                CollectionError::Unavailable(
+                    "an update could not be forwarded to the destination".into(),
+                ),
+            )));
+        }
+        let order = out.order.lock().await;
+        let mut records = {
+            let local = Arc::clone(&local);
+            tokio::task::spawn_blocking(move || {
+                local.scroll(offset, batch_size + 1, None, true, true)
+            })
+            .await
+            .map_err(|e| with_reg(CollectionError::Storage(e.to_string()).into()))?
+        };
+        let next = (records.len() > batch_size).then(|| records[batch_size].id);
+        records.truncate(batch_size);
+        let n = records.len() as u64;
+        let points: Vec<PointWrite> = records
+            .into_iter()
+            .map(|r| PointWrite {
+                id: r.id,
+                vector: r.vector.unwrap_or_default(),
+                payload: r.payload.unwrap_or_default(),
+            })
+            .collect();
+        let bytes: u64 = points
+            .iter()
+            .map(|p| (p.vector.len() * 4 + 16) as u64)
+            .sum();
+        if !points.is_empty() {
+            send(&destination, &UpdateRequest::Upsert(points), cancel)
+                .await
+                .map_err(with_reg)?;
+        }
+        drop(order);
+        let done = progress.points_done.fetch_add(n, Ordering::Relaxed) + n;
+        progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(pps) = transfer.points_per_second.filter(|p| *p > 0) {
+            let due = started + Duration::from_secs_f64(done as f64 / f64::from(pps));
+            let now = Instant::now();
+            if due > now {
+                tokio::time::sleep(due - now).await;
+            }
+        }
+        match next {
+            Some(id) => offset = Some(id),
+            None => break,
+        }
+    }
+    if out.broken.load(Ordering::SeqCst) {
+        return Err(with_reg(TransferError::Failed(
+            CollectionError::Unavailable(
+                "an update could not be forwarded to the destination".into(),
+            ),
+        )));
+    }
+    Ok(registered)
+}
+
+/// Sends one request to the destination, retrying a few times (it may be restarting).
+async fn send(
+    destination: &crate::cluster::remote_shard::RemoteShard,
+    request: &UpdateRequest,
+    cancel: &AtomicBool,
+) -> Result<(), TransferError> {
+    let mut attempt = 0;
+    loop {
+        match destination.request(request).await {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                attempt += 1;
+                if attempt >= SEND_ATTEMPTS || matches!(e, CollectionError::BadInput(_)) {
+                    return Err(TransferError::Failed(e));
+                }
+                if cancel.load(Ordering::SeqCst) {
+                    return Err(TransferError::Cancelled);
+                }
+                tokio::time::sleep(SEND_BACKOFF * attempt).await;
+            }
+        }
+    }
+}
