@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/shoal/v1/peer.proto",
         "proto/shoal/v1/cluster.proto",
         "proto/shoal/v1/points.proto",
+        "proto/shoal/v1/admin.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -388,7 +388,7 @@ fn abort_and_invalid_transfers_leave_the_cluster_as_it_was() -> Result<()> {
     )?;
     // A second transfer of the same shard is refused while it runs.
     let other = 3 - from - to;
-    bad(mv(0, ids[from], ids[other]), 400)?;
+    bad(mv(0, ids[from], ids[other]), 409)?;
     let deadline = Instant::now() + CONVERGE;
     loop {
         let v: Value =

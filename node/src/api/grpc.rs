@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use shoal_proto::v1::admin_service_server::AdminServiceServer;
 use shoal_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
 use shoal_proto::v1::peer_service_server::{PeerService, PeerServiceServer};
 use shoal_proto::v1::raft_service_server::{RaftService, RaftServiceServer};
@@ -20,6 +21,7 @@ use shoal_proto::v1::{ShardAnswer, ShardCall};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::api::admin::Admin;
 use crate::api::rest::service::QDRANT_API_VERSION;
 use crate::cluster::CollectionError;
 use crate::cluster::shard_requests::{
@@ -302,7 +304,13 @@ pub fn router(
         guard.clone(),
     ))
     .add_service(InterceptedService::new(
-        ShardServiceServer::new(ShardPoints { toc }),
+        ShardServiceServer::new(ShardPoints {
+            toc: Arc::clone(&toc),
+        }),
+        guard.clone(),
+    ))
+    .add_service(InterceptedService::new(
+        AdminServiceServer::new(Admin { toc }),
         guard.clone(),
     ));
     if let Some(node) = consensus {

@@ -78,16 +78,22 @@ pub struct RemovePeerParams {
     pub timeout: Option<u64>,
 }
 
-/// Maps a rejected cluster operation to a status code: unknown things are 404, the rest 400.
+/// Maps a rejected cluster operation to a status code: unknown things are 404, conflicts with
+/// the current state (worth retrying later) 409, the rest 400.
 pub fn cluster_error(e: ClusterError) -> ApiError {
     let status = match &e {
         ClusterError::UnknownPeer { .. }
         | ClusterError::UnknownCollection { .. }
         | ClusterError::UnknownShard { .. }
         | ClusterError::UnknownShardKey { .. } => StatusCode::NOT_FOUND,
-        ClusterError::CollectionExists { .. } | ClusterError::ShardKeyExists { .. } => {
-            StatusCode::CONFLICT
-        }
+        ClusterError::CollectionExists { .. }
+        | ClusterError::ShardKeyExists { .. }
+        | ClusterError::TransferExists { .. }
+        | ClusterError::TransferLimit { .. }
+        | ClusterError::ReplicaInTransfer { .. }
+        | ClusterError::ShardInResharding { .. }
+        | ClusterError::PeerDrivesResharding { .. }
+        | ClusterError::ReplicaStateMismatch { .. } => StatusCode::CONFLICT,
         _ => StatusCode::BAD_REQUEST,
     };
     ApiError::new(status, format!("Wrong input: {e}"))

@@ -10,6 +10,7 @@ use crate::api::rest::AppState;
 use crate::api::rest::cluster::submit_error;
 use crate::api::rest::json_body::{JsonBody, PathParams};
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
+use crate::cluster::toc::TableOfContent;
 use crate::consensus::{
     ClusterOperation, PeerId, ShardId, ShardKey, ShardTransfer, TransferMethod,
 };
@@ -135,8 +136,20 @@ pub async fn update(
     started: Started,
     JsonBody(body): JsonBody<ClusterOperationRequest>,
 ) -> ApiResult<bool> {
-    state.toc.get(&name)?;
-    let max_per_peer = state.toc.env().max_transfers_per_peer;
+    apply(&state.toc, &name, body).await?;
+    Ok(ApiOk(true, started))
+}
+
+/// Checks one collection cluster operation and carries it out through consensus; shared by
+/// the REST endpoint and the admin gRPC service.
+pub async fn apply(
+    toc: &TableOfContent,
+    name: &str,
+    body: ClusterOperationRequest,
+) -> Result<(), ApiError> {
+    let name = name.to_string();
+    toc.get(&name)?;
+    let max_per_peer = toc.env().max_transfers_per_peer;
     let ops = match body {
         ClusterOperationRequest::MoveShard(req) => vec![start(&name, &req, false, max_per_peer)?],
         ClusterOperationRequest::ReplicateShard(req) => {
@@ -150,7 +163,7 @@ pub async fn update(
         }],
         ClusterOperationRequest::RestartTransfer(req) => {
             check_method(req.method)?;
-            let view = state.metadata.view();
+            let view = toc.env().metadata.view();
             let running = view
                 .state
                 .collections
@@ -215,7 +228,7 @@ pub async fn update(
         }],
     };
     for op in ops {
-        state.toc.submit(op).await.map_err(submit_error)?;
+        toc.submit(op).await.map_err(submit_error)?;
     }
-    Ok(ApiOk(true, started))
+    Ok(())
 }
