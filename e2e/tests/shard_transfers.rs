@@ -465,9 +465,22 @@ fn killing_either_side_mid_transfer_ends_consistently() -> Result<()> {
         matches_model(node, "docs", &model)?;
     }
 
-    // The source dies mid-transfer: after its restart the transfer runs again to the end.
+    // The source dies mid-transfer: after its restart the transfer resumes from its last
+    // acknowledged batch and runs to the end. Writes before the kill reach both sides.
     operate(&nodes[other], "docs", slow_replicate)?;
     std::thread::sleep(Duration::from_millis(1500));
+    for v in 1..=3u64 {
+        let batch: Vec<PointStruct> = (0..200).map(|i| point(i * 50, v)).collect();
+        nodes[other].client().upsert("docs", &batch, true)?;
+        for i in 0..200 {
+            model.insert(i * 50, v);
+        }
+    }
+    let gone: Vec<PointId> = (0..100).map(|i| PointId::Num(i * 50 + 1)).collect();
+    nodes[other].client().delete_points("docs", &gone, true)?;
+    for i in 0..100 {
+        model.remove(&(i * 50 + 1));
+    }
     nodes[from].kill_9()?;
     std::thread::sleep(Duration::from_millis(500));
     nodes[from].restart()?;
@@ -478,6 +491,12 @@ fn killing_either_side_mid_transfer_ends_consistently() -> Result<()> {
     assert!(
         shard0.len() == 2 && shard0.iter().all(|(_, _, s)| s == "Active"),
         "the transfer completed after the source restarted: {after:?}"
+    );
+    assert!(
+        nodes[from]
+            .log_tail(2000)
+            .contains("transfer resumes from its checkpoint"),
+        "the restarted source resumed instead of starting over"
     );
     nodes[from].kill_9()?;
     let deadline = Instant::now() + CONVERGE;

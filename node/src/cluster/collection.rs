@@ -316,12 +316,15 @@ impl Collection {
         }
         *self.layout.write() = Arc::new(layout);
         *self.payload_schema.write() = meta.payload_schema.clone();
-        // ... and replicas that left are dropped after it stopped routing to them.
+        // ... and replicas that left are dropped after it stopped routing to them. A moved
+        // replica whose transfer still forwards (until every peer routes to the new one) stays
+        // until a later pass.
+        let forwarding: BTreeSet<u32> = self.outgoing.lock().keys().copied().collect();
         let gone: Vec<u32> = self
             .local
             .read()
             .keys()
-            .filter(|id| !mine.contains(id))
+            .filter(|id| !mine.contains(id) && !forwarding.contains(id))
             .copied()
             .collect();
         for id in gone {

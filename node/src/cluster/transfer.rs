@@ -14,6 +14,13 @@
 //! last batch is acknowledged it proposes `FinishTransfer` and keeps forwarding until every
 //! peer has applied the finish (a peer still routing by the old layout writes only to the
 //! source). Any error proposes `AbortTransfer`, which puts the destination back as it was.
+//!
+//! Resuming: after every acknowledged batch the sender writes a checkpoint beside the source
+//! replica (the transfer's id, the next id to stream, the source's last operation number). A
+//! sender that restarts mid-transfer finds it and, instead of starting over, first repairs what
+//! a crash between applying an update and forwarding it could have left behind below the
+//! checkpoint (points the source no longer has are deleted on the destination; points changed
+//! after the checkpoint are sent again), then streams on from the checkpoint.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,18 +32,56 @@ use serde::Serialize;
 use crate::cluster::CollectionError;
 use crate::cluster::collection::Outgoing;
 use crate::cluster::metadata::Metadata;
+use crate::cluster::shard_requests::ShardScroll;
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::{
     ClusterOperation, ClusterStateView, PeerId, ReplicaState, ShardId, ShardTransfer,
     TransferMethod,
 };
 use crate::index::filter::Filter;
+use crate::shard::local_shard::{LocalShard, Record};
 use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
+use crate::types::PointId;
 
 /// How often a sender retries a batch the destination did not take, and how long it waits
 /// between tries.
 const SEND_ATTEMPTS: u32 = 5;
 const SEND_BACKOFF: Duration = Duration::from_millis(500);
+/// Ids per page when a resumed transfer compares both sides.
+const CATCH_UP_PAGE: usize = 10_000;
+
+/// Where a sender got to, kept beside the source replica (`transfer-out.json`) after every
+/// acknowledged batch, so that a sender restarted mid-transfer resumes instead of starting
+/// over.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+struct Checkpoint {
+    /// The transfer's id in the cluster state: a new transfer never resumes an old one.
+    transfer: u64,
+    to: u64,
+    /// The first id not streamed yet (`None`: every point was streamed).
+    next: Option<PointId>,
+    /// The source's last operation when the last batch was read: every later change to a
+    /// point below `next` was forwarded, or was in flight when the sender stopped.
+    seq: u64,
+    points_done: u64,
+}
+
+const CHECKPOINT_FILE: &str = "transfer-out.json";
+
+fn read_checkpoint(dir: &std::path::Path) -> Option<Checkpoint> {
+    let bytes = std::fs::read(dir.join(CHECKPOINT_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn write_checkpoint(dir: &std::path::Path, checkpoint: &Checkpoint) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec(checkpoint)?)?;
+    std::fs::rename(&tmp, dir.join(CHECKPOINT_FILE))
+}
+
+fn remove_checkpoint(dir: &std::path::Path) {
+    let _ = std::fs::remove_file(dir.join(CHECKPOINT_FILE));
+}
 
 /// A transfer, as the cluster state names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -257,6 +302,7 @@ impl Transfers {
                         method: TransferMethod::StreamRecords,
                         destination_was: None,
                         points_per_second: None,
+                        id: rand::random(),
                     },
                     max_per_peer: Some(env.max_transfers_per_peer),
                 };
@@ -291,6 +337,9 @@ impl Transfers {
             Err((error, registered)) => {
                 if let Some((collection, out)) = registered {
                     collection.unregister_outgoing(key.shard, &out);
+                    if let Some(local) = collection.local_shard(key.shard) {
+                        remove_checkpoint(local.dir());
+                    }
                 }
                 if let TransferError::Failed(e) = error {
                     progress.stage("aborting");
@@ -340,6 +389,9 @@ impl Transfers {
             }
         }
         collection.unregister_outgoing(key.shard, &outgoing);
+        if let Some(local) = collection.local_shard(key.shard) {
+            remove_checkpoint(local.dir());
+        }
         self.forget(&key, &cancel);
     }
 
@@ -403,20 +455,39 @@ async fn stream_records(
     };
     progress.points_total.store(total as u64, Ordering::Relaxed);
 
-    // A destination that was Dead may hold anything: start it empty. Under the order lock, so
-    // no forwarded update lands before the clearing.
-    progress.stage("clearing destination");
-    {
-        let _order = out.order.lock().await;
-        let clear = UpdateRequest::Delete(PointSelection::Filter(Filter::default()));
-        send(&destination, &clear, cancel).await.map_err(with_reg)?;
+    let dir = local.dir().to_path_buf();
+    let resumed = read_checkpoint(&dir).filter(|c| c.transfer == transfer.id && c.to == key.to.0);
+    let mut offset = None;
+    let mut finished_streaming = false;
+    match resumed {
+        Some(checkpoint) => {
+            progress.stage("resuming");
+            tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, next = ?checkpoint.next, "transfer resumes from its checkpoint");
+            let _order = out.order.lock().await;
+            catch_up(&local, &destination, &checkpoint, cancel)
+                .await
+                .map_err(with_reg)?;
+            progress
+                .points_done
+                .store(checkpoint.points_done, Ordering::Relaxed);
+            offset = checkpoint.next;
+            finished_streaming = checkpoint.next.is_none();
+        }
+        None => {
+            // A destination that was Dead may hold anything: start it empty. Under the order
+            // lock, so no forwarded update lands before the clearing.
+            progress.stage("clearing destination");
+            let _order = out.order.lock().await;
+            let clear = UpdateRequest::Delete(PointSelection::Filter(Filter::default()));
+            send(&destination, &clear, cancel).await.map_err(with_reg)?;
+        }
     }
 
     progress.stage("streaming points");
     let batch_size = toc.env().transfer_batch_points.max(1);
     let started = Instant::now();
-    let mut offset = None;
-    loop {
+    let already = progress.points_done.load(Ordering::Relaxed);
+    while !finished_streaming {
         if cancel.load(Ordering::SeqCst) {
             return Err(with_reg(TransferError::Cancelled));
         }
@@ -427,11 +498,23 @@ async fn stream_records(
                 ),
             )));
         }
+        // The rate limit: the points streamed so far plus this batch may not run ahead of
+        // the allowed pace (checked before the batch, so the first one is paced too).
+        if let Some(pps) = transfer.points_per_second.filter(|p| *p > 0) {
+            let streamed = progress.points_done.load(Ordering::Relaxed) - already;
+            let due = started
+                + Duration::from_secs_f64((streamed + batch_size as u64) as f64 / f64::from(pps));
+            let now = Instant::now();
+            if due > now {
+                tokio::time::sleep(due - now).await;
+            }
+        }
         let order = out.order.lock().await;
-        let mut records = {
+        let (mut records, seq) = {
             let local = Arc::clone(&local);
             tokio::task::spawn_blocking(move || {
-                local.scroll(offset, batch_size + 1, None, true, true)
+                let seq = local.stats().last_seq;
+                (local.scroll(offset, batch_size + 1, None, true, true), seq)
             })
             .await
             .map_err(|e| with_reg(CollectionError::Storage(e.to_string()).into()))?
@@ -459,16 +542,19 @@ async fn stream_records(
         drop(order);
         let done = progress.points_done.fetch_add(n, Ordering::Relaxed) + n;
         progress.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(pps) = transfer.points_per_second.filter(|p| *p > 0) {
-            let due = started + Duration::from_secs_f64(done as f64 / f64::from(pps));
-            let now = Instant::now();
-            if due > now {
-                tokio::time::sleep(due - now).await;
-            }
+        let checkpoint = Checkpoint {
+            transfer: transfer.id,
+            to: key.to.0,
+            next,
+            seq,
+            points_done: done,
+        };
+        if let Err(e) = write_checkpoint(&dir, &checkpoint) {
+            tracing::warn!(error = %e, "cannot write the transfer checkpoint; a restart would start over");
         }
         match next {
             Some(id) => offset = Some(id),
-            None => break,
+            None => finished_streaming = true,
         }
     }
     if out.broken.load(Ordering::SeqCst) {
@@ -479,6 +565,104 @@ async fn stream_records(
         )));
     }
     Ok(registered)
+}
+
+/// Brings the destination's points below the checkpoint's `next` back in line with the
+/// source after the sender stopped: points the source no longer has are deleted, points the
+/// source changed after the checkpoint are sent again. Run under the order lock.
+async fn catch_up(
+    local: &Arc<LocalShard>,
+    destination: &crate::cluster::remote_shard::RemoteShard,
+    checkpoint: &Checkpoint,
+    cancel: &AtomicBool,
+) -> Result<(), TransferError> {
+    let next = checkpoint.next;
+    let below = move |id: &PointId| next.is_none_or(|n| *id < n);
+    let source: Vec<Record> = {
+        let local = Arc::clone(local);
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut from = None;
+            loop {
+                let page = local.scroll(from, CATCH_UP_PAGE + 1, None, false, false);
+                let more = page.len() > CATCH_UP_PAGE;
+                let after = more.then(|| page[CATCH_UP_PAGE].id);
+                out.extend(
+                    page.into_iter()
+                        .take(CATCH_UP_PAGE)
+                        .filter(|r| below(&r.id)),
+                );
+                match after {
+                    Some(id) if below(&id) => from = Some(id),
+                    _ => return out,
+                }
+            }
+        })
+        .await
+        .map_err(|e| TransferError::Failed(CollectionError::Storage(e.to_string())))?
+    };
+    let source_ids: std::collections::HashSet<PointId> = source.iter().map(|r| r.id).collect();
+    let mut from = None;
+    let mut stale = Vec::new();
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return Err(TransferError::Cancelled);
+        }
+        let page = destination
+            .request(&ShardScroll {
+                from,
+                limit: CATCH_UP_PAGE + 1,
+                filter: None,
+                with_payload: false,
+                with_vector: false,
+            })
+            .await?;
+        let after = (page.len() > CATCH_UP_PAGE).then(|| page[CATCH_UP_PAGE].id);
+        stale.extend(
+            page.into_iter()
+                .take(CATCH_UP_PAGE)
+                .filter(|r| below(&r.id) && !source_ids.contains(&r.id))
+                .map(|r| r.id),
+        );
+        match after {
+            Some(id) if below(&id) => from = Some(id),
+            _ => break,
+        }
+    }
+    if !stale.is_empty() {
+        send(
+            destination,
+            &UpdateRequest::Delete(PointSelection::Ids(stale)),
+            cancel,
+        )
+        .await?;
+    }
+    let changed: Vec<PointId> = source
+        .iter()
+        .filter(|r| r.version > checkpoint.seq)
+        .map(|r| r.id)
+        .collect();
+    for chunk in changed.chunks(1000) {
+        let records = {
+            let local = Arc::clone(local);
+            let ids = chunk.to_vec();
+            tokio::task::spawn_blocking(move || local.retrieve(&ids, true, true))
+                .await
+                .map_err(|e| TransferError::Failed(CollectionError::Storage(e.to_string())))?
+        };
+        let points: Vec<PointWrite> = records
+            .into_iter()
+            .map(|r| PointWrite {
+                id: r.id,
+                vector: r.vector.unwrap_or_default(),
+                payload: r.payload.unwrap_or_default(),
+            })
+            .collect();
+        if !points.is_empty() {
+            send(destination, &UpdateRequest::Upsert(points), cancel).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Sends one request to the destination, retrying a few times (it may be restarting).

@@ -199,6 +199,10 @@ pub struct ShardTransfer {
     /// At most this many points per second (`None`: as fast as it goes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub points_per_second: Option<u32>,
+    /// Chosen by the proposer; tells a resumed transfer from a new one of the same shard
+    /// between the same peers.
+    #[serde(default)]
+    pub id: u64,
 }
 
 impl ShardTransfer {
@@ -1707,6 +1711,7 @@ mod tests {
             method: TransferMethod::StreamRecords,
             destination_was: None,
             points_per_second: None,
+            id: 1,
         });
         docs.resharding = Some(ReshardingState {
             direction: ReshardingDirection::Up,
@@ -2105,6 +2110,7 @@ mod tests {
                     },
                     destination_was: None,
                     points_per_second: None,
+                    id: pick[1] as u64,
                 },
                 max_per_peer: Some(2),
             },

@@ -125,6 +125,7 @@ fn start(
             method,
             destination_was: None,
             points_per_second: req.rate_limit.map(|r| r.points_per_second),
+            id: rand::random(),
         },
         max_per_peer: Some(max_per_peer),
     })
