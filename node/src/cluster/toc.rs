@@ -613,3 +613,102 @@ pub async fn open_local_node(dir: &Path) -> Arc<TableOfContent> {
     assert!(toc.wait_reconciled(index, Duration::from_secs(10)).await);
     toc
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::type_config::LogId;
+    use crate::shard::operations::{PointWrite, UpdateRequest};
+    use crate::types::PointId;
+
+    fn config() -> CollectionConfig {
+        let request = serde_json::from_value(serde_json::json!({
+            "vectors": {"size": 2, "distance": "Euclid"},
+            "shard_number": 2,
+        }))
+        .unwrap();
+        crate::api::rest::collections::config_from_request(request).unwrap()
+    }
+
+    async fn create(toc: &TableOfContent, name: &str) {
+        toc.submit(ClusterOperation::CreateCollection {
+            name: name.into(),
+            config: Box::new(config()),
+            uuid: 9,
+        })
+        .await
+        .unwrap();
+    }
+
+    fn view(state: ClusterState, index: u64) -> ClusterStateView {
+        ClusterStateView {
+            state,
+            last_applied: Some(LogId::new(Default::default(), index)),
+        }
+    }
+
+    /// After a restart the Raft state machine may replay an older state first: a collection
+    /// created after that state must survive it, and go only when a newer state drops it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_view_never_drops_a_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let toc = open_local_node(dir.path()).await;
+        create(&toc, "docs").await;
+        let reconciled = toc.reconciled_index();
+        let mut empty = toc.env().metadata.view().state.clone();
+        empty.collections.clear();
+
+        toc.reconcile(&view(empty.clone(), reconciled - 1)).unwrap();
+        assert!(toc.exists("docs"), "an older state changes nothing");
+
+        toc.reconcile(&view(empty, reconciled + 1)).unwrap();
+        assert!(!toc.exists("docs"), "a newer state without it drops it");
+        assert!(!dir.path().join("collections/docs").exists());
+    }
+
+    /// A data directory written before metadata lived in one state (collections on disk, no
+    /// metadata file) keeps its collections and points.
+    #[test]
+    fn a_node_of_the_older_layout_keeps_its_collections() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each phase in its own runtime: dropping it ends every background task, so the files
+        // are free again, as after a process exit.
+        let phase = |work: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(work);
+        };
+        let path = dir.path().to_path_buf();
+        phase(Box::pin(async move {
+            let toc = open_local_node(&path).await;
+            create(&toc, "old").await;
+            let points = (0..50u64)
+                .map(|i| PointWrite {
+                    id: PointId::Num(i),
+                    vector: vec![i as f32, 1.0],
+                    payload: Default::default(),
+                })
+                .collect();
+            let collection = toc.get("old").unwrap();
+            collection
+                .update(UpdateRequest::Upsert(points), None)
+                .await
+                .unwrap();
+            toc.flush_all();
+        }));
+        std::fs::remove_file(dir.path().join("metadata.json")).unwrap();
+        std::fs::remove_file(dir.path().join(RECONCILED_FILE)).unwrap();
+        std::fs::remove_file(dir.path().join("collections/old").join(UUID_FILE)).unwrap();
+
+        let path = dir.path().to_path_buf();
+        phase(Box::pin(async move {
+            let toc = open_local_node(&path).await;
+            let collection = toc.get("old").unwrap();
+            assert_eq!(collection.count(None, None).await.unwrap(), 50);
+            assert_eq!(collection.layout().len(), 2);
+        }));
+    }
+}

@@ -1,0 +1,232 @@
+//! Shard transfer benchmark: two release `shoal-node` peers on loopback, one collection with one
+//! shard on the first peer, a generated dataset; then the shard is moved to the second peer and
+//! back with each transfer method, while one client searches continuously. Reports seconds and
+//! points/s per move, and search latency before and during the transfer.
+//!
+//! ```text
+//! cargo build --release -p shoal-node -p shoal-e2e --bins
+//! target/release/shoal-transfer-bench --points 100000 --dim 128
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+use shoal_e2e::stats::percentile;
+use shoal_e2e::{
+    Client, ClusterRole, ClusteredGaussian, Method, NodeOptions, NodeProcess, PointId, PointStruct,
+    SearchRequest, Vectors,
+};
+
+#[derive(Debug, Parser)]
+#[command(about = "Measures shard transfers between two local shoal-node peers")]
+struct Args {
+    /// The node binary (a release build, for figures worth comparing).
+    #[arg(long, default_value = "target/release/shoal-node")]
+    node_bin: PathBuf,
+    #[arg(long, default_value_t = 100_000)]
+    points: usize,
+    #[arg(long, default_value_t = 128)]
+    dim: usize,
+    #[arg(long, default_value_t = 100)]
+    centres: usize,
+    #[arg(long, default_value_t = 0.3)]
+    sigma: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Searches measured before the transfers.
+    #[arg(long, default_value_t = 1000)]
+    baseline_queries: usize,
+    /// Transfer methods to run, each as a move there and back.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "stream_records,snapshot,wal_delta"
+    )]
+    methods: Vec<String>,
+    /// Longest a transfer may take.
+    #[arg(long, default_value_t = 900)]
+    transfer_timeout_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal-transfer-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: &Args, role: ClusterRole, name: &str) -> Result<NodeProcess> {
+    NodeProcess::start_ready(
+        NodeOptions {
+            binary: Some(args.node_bin.clone()),
+            cluster: Some(role),
+            extra_args: vec!["--peer-name".into(), name.into()],
+            client_timeout: Some(Duration::from_secs(120)),
+            ..NodeOptions::default()
+        },
+        Duration::from_secs(60),
+    )
+}
+
+fn peer_id(node: &NodeProcess) -> Result<u64> {
+    let v: Value = node.client().call(Method::Get, "/cluster", None)?;
+    v["peer_id"].as_u64().context("peer id")
+}
+
+fn holder(node: &NodeProcess) -> Result<u64> {
+    let v: Value = node
+        .client()
+        .call(Method::Get, "/collections/bench/cluster", None)?;
+    let local = v["local_shards"].as_array().cloned().unwrap_or_default();
+    if local.iter().any(|s| s["state"] == "Active") {
+        return Ok(v["peer_id"].as_u64().context("peer id")?);
+    }
+    v["remote_shards"]
+        .as_array()
+        .and_then(|r| r.iter().find(|s| s["state"] == "Active"))
+        .and_then(|s| s["peer_id"].as_u64())
+        .context("an active replica")
+}
+
+/// Latencies (ms) of searches run one after another until `stop` (or `max` searches).
+fn search_loop(client: Client, queries: Vectors, stop: Arc<AtomicBool>, max: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for i in 0..max {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let q = queries.get(i % queries.len());
+        let t = Instant::now();
+        if client
+            .search("bench", &SearchRequest::new(q.to_vec(), 10))
+            .is_ok()
+        {
+            out.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    out
+}
+
+fn summary(samples: &[f64]) -> String {
+    let p = |q| percentile(samples, q).unwrap_or(f64::NAN);
+    format!(
+        "{} searches, p50 {:.2} ms, p99 {:.2} ms",
+        samples.len(),
+        p(50.0),
+        p(99.0)
+    )
+}
+
+fn run(args: &Args) -> Result<()> {
+    let a = start(args, ClusterRole::Found, "bench-0")?;
+    let b = start(args, ClusterRole::Join(a.p2p_uri()), "bench-1")?;
+    let ids = [peer_id(&a)?, peer_id(&b)?];
+    let client = a.client();
+    let _: bool = client.call(
+        Method::Put,
+        "/collections/bench",
+        Some(&json!({"vectors": {"size": args.dim, "distance": "Cosine"}, "shard_number": 1})),
+    )?;
+    let dist = ClusteredGaussian::new(args.dim, args.centres, args.sigma, args.seed)?;
+    let data = dist.sample(args.points, args.seed.wrapping_add(1));
+    let queries = dist.sample(1000, args.seed.wrapping_add(2));
+    let t = Instant::now();
+    for start in (0..args.points).step_by(1000) {
+        let batch: Vec<PointStruct> = (start..(start + 1000).min(args.points))
+            .map(|i| PointStruct {
+                id: PointId::Num(i as u64),
+                vector: data.get(i).to_vec(),
+                payload: Some(json!({"i": i}).as_object().cloned().expect("object")),
+            })
+            .collect();
+        client.upsert("bench", &batch, true)?;
+    }
+    eprintln!(
+        "loaded {} x {} in {:.1?}",
+        args.points,
+        args.dim,
+        t.elapsed()
+    );
+    let t = Instant::now();
+    while client.collection_info("bench")?.status != "green" {
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("the collection did not turn green");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("indexed in {:.1?}", t.elapsed());
+
+    let baseline = search_loop(
+        b.client(),
+        queries.clone(),
+        Arc::new(AtomicBool::new(false)),
+        args.baseline_queries,
+    );
+    println!("| method | direction | seconds | points/s | search during the transfer |");
+    println!("| --- | --- | ---: | ---: | --- |");
+    println!("| (none) | | | | {} |", summary(&baseline));
+
+    for method in &args.methods {
+        for leg in 0..2 {
+            let from = holder(&a)?;
+            let to = if from == ids[0] { ids[1] } else { ids[0] };
+            let stop = Arc::new(AtomicBool::new(false));
+            let searcher = {
+                let (client, queries, stop) = (b.client(), queries.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || search_loop(client, queries, stop, usize::MAX))
+            };
+            let t = Instant::now();
+            let started = client.raw(
+                Method::Post,
+                "/collections/bench/cluster",
+                Some(&json!({"move_shard": {"shard_id": 0, "from_peer_id": from, "to_peer_id": to, "method": method}})),
+            )?;
+            if started.status != 200 {
+                stop.store(true, Ordering::SeqCst);
+                let _ = searcher.join();
+                println!(
+                    "| {method} | | | | not run: HTTP {} {} |",
+                    started.status, started.body
+                );
+                break;
+            }
+            loop {
+                let v: Value = client.call(Method::Get, "/collections/bench/cluster", None)?;
+                if v["shard_transfers"].as_array().is_some_and(Vec::is_empty) {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(args.transfer_timeout_secs) {
+                    bail!("the {method} transfer did not finish: {v}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let secs = t.elapsed().as_secs_f64();
+            stop.store(true, Ordering::SeqCst);
+            let during = searcher.join().unwrap_or_default();
+            if holder(&a)? != to {
+                bail!("the {method} transfer ended without moving the shard");
+            }
+            println!(
+                "| {method} | {} | {secs:.2} | {:.0} | {} |",
+                if leg == 0 {
+                    "peer 0 -> 1"
+                } else {
+                    "peer 1 -> 0"
+                },
+                args.points as f64 / secs,
+                summary(&during)
+            );
+        }
+    }
+    Ok(())
+}
