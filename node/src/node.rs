@@ -166,9 +166,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(TcpIncoming::from(p2p_listener), async move {
-                    let _ = stop.recv().await;
-                })
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(p2p_listener).with_nodelay(Some(true)),
+                    async move {
+                        let _ = stop.recv().await;
+                    },
+                )
                 .await
         })
     };
