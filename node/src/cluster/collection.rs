@@ -218,6 +218,10 @@ pub struct Collection {
     payload_schema: RwLock<BTreeMap<String, PayloadIndexEntry>>,
     /// Transfers sending a local replica, by shard id.
     outgoing: parking_lot::Mutex<HashMap<u32, Arc<Outgoing>>>,
+    /// Local updates hold it shared from looking up a transfer until applied; registering a
+    /// transfer takes it exclusively, so no update can slip between the registration and the
+    /// first batch unforwarded.
+    forwarding_gate: tokio::sync::RwLock<()>,
 }
 
 impl Collection {
@@ -257,6 +261,7 @@ impl Collection {
             local: RwLock::new(local),
             payload_schema: RwLock::new(BTreeMap::new()),
             outgoing: parking_lot::Mutex::new(HashMap::new()),
+            forwarding_gate: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -640,6 +645,7 @@ impl Collection {
                 self.name
             ))
         })?;
+        let _gate = self.forwarding_gate.read().await;
         let outgoing = self.outgoing.lock().get(&shard).cloned();
         let Some(out) = outgoing else {
             let request = Arc::clone(&request);
@@ -665,8 +671,10 @@ impl Collection {
     }
 
     /// Starts forwarding the updates of the local replica of `shard` to a transfer's
-    /// destination.
-    pub fn register_outgoing(&self, shard: u32, outgoing: Arc<Outgoing>) {
+    /// destination. Returns once every update that did not see the registration is applied,
+    /// so whatever the transfer reads next includes them.
+    pub async fn register_outgoing(&self, shard: u32, outgoing: Arc<Outgoing>) {
+        let _exclusive = self.forwarding_gate.write().await;
         self.outgoing.lock().insert(shard, outgoing);
     }
 

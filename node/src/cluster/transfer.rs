@@ -443,7 +443,9 @@ async fn stream_records(
         order: tokio::sync::Mutex::new(()),
         broken: AtomicBool::new(false),
     });
-    collection.register_outgoing(key.shard, Arc::clone(&out));
+    collection
+        .register_outgoing(key.shard, Arc::clone(&out))
+        .await;
     let registered = (Arc::clone(&collection), Arc::clone(&out));
     let with_reg = |e: TransferError| (e, Some(registered.clone()));
 
