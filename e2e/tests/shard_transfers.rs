@@ -188,6 +188,18 @@ fn matches_model(node: &NodeProcess, name: &str, model: &Model) -> Result<()> {
     Ok(())
 }
 
+/// [`matches_model`] within [`CONVERGE`]: after a peer was killed, reads may fail over.
+fn eventually_matches(node: &NodeProcess, model: &Model, what: &str) -> Result<()> {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        match matches_model(node, "docs", model) {
+            Ok(()) => return Ok(()),
+            Err(e) => ensure!(Instant::now() < deadline, "{what}: {e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn operate(node: &NodeProcess, name: &str, body: Value) -> Result<()> {
     let _: bool = node.client().call(
         Method::Post,
@@ -308,15 +320,7 @@ fn transfer_under_writes(sync: bool) -> Result<()> {
         // The destination alone must hold everything: take the source away.
         let mut nodes = nodes;
         nodes[from].kill_9()?;
-        let survivor = &nodes[to];
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            match matches_model(survivor, "docs", &model) {
-                Ok(()) => break,
-                Err(e) => ensure!(Instant::now() < deadline, "destination alone: {e:#}"),
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eventually_matches(&nodes[to], &model, "destination alone")?;
     }
     Ok(())
 }
@@ -499,14 +503,7 @@ fn killing_either_side_mid_transfer_ends_consistently() -> Result<()> {
         "the restarted source resumed instead of starting over"
     );
     nodes[from].kill_9()?;
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        match matches_model(&nodes[to], "docs", &model) {
-            Ok(()) => break,
-            Err(e) => ensure!(Instant::now() < deadline, "destination alone: {e:#}"),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually_matches(&nodes[to], &model, "destination alone")?;
     Ok(())
 }
 
@@ -560,14 +557,7 @@ fn a_dead_replica_recovers_by_itself_after_a_restart() -> Result<()> {
     let model = model.lock().expect("not poisoned").clone();
     // The recovered peer alone with one other: kill the third, reads must still be complete.
     nodes[0].kill_9()?;
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        match matches_model(&nodes[2], "docs", &model) {
-            Ok(()) => break,
-            Err(e) => ensure!(Instant::now() < deadline, "after recovery: {e:#}"),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually_matches(&nodes[2], &model, "after recovery")?;
     assert_eq!(count(&nodes[1], "docs")?, model.len() as u64);
     Ok(())
 }

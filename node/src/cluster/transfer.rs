@@ -524,14 +524,7 @@ async fn stream_records(
         let next = (records.len() > batch_size).then(|| records[batch_size].id);
         records.truncate(batch_size);
         let n = records.len() as u64;
-        let points: Vec<PointWrite> = records
-            .into_iter()
-            .map(|r| PointWrite {
-                id: r.id,
-                vector: r.vector.unwrap_or_default(),
-                payload: r.payload.unwrap_or_default(),
-            })
-            .collect();
+        let points = writes_of(records);
         let bytes: u64 = points
             .iter()
             .map(|p| (p.vector.len() * 4 + 16) as u64)
@@ -652,19 +645,24 @@ async fn catch_up(
                 .await
                 .map_err(|e| TransferError::Failed(CollectionError::Storage(e.to_string())))?
         };
-        let points: Vec<PointWrite> = records
-            .into_iter()
-            .map(|r| PointWrite {
-                id: r.id,
-                vector: r.vector.unwrap_or_default(),
-                payload: r.payload.unwrap_or_default(),
-            })
-            .collect();
+        let points = writes_of(records);
         if !points.is_empty() {
             send(destination, &UpdateRequest::Upsert(points), cancel).await?;
         }
     }
     Ok(())
+}
+
+/// Stored records (with payload and vector) as writes that recreate them.
+fn writes_of(records: Vec<Record>) -> Vec<PointWrite> {
+    records
+        .into_iter()
+        .map(|r| PointWrite {
+            id: r.id,
+            vector: r.vector.unwrap_or_default(),
+            payload: r.payload.unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Sends one request to the destination, retrying a few times (it may be restarting).

@@ -853,16 +853,7 @@ impl ClusterState {
                 peer,
             });
         }
-        if collection
-            .resharding
-            .as_ref()
-            .is_some_and(|r| r.shard == shard_id)
-        {
-            return Err(ClusterError::ShardInResharding {
-                collection: name,
-                shard: shard_id,
-            });
-        }
+        not_resharding(collection, &name, shard_id)?;
         let shard = shard_mut(collection, &name, shard_id)?;
         let state = *shard
             .replicas
@@ -1111,16 +1102,7 @@ impl ClusterState {
                 shard: shard_id,
             });
         }
-        if collection
-            .resharding
-            .as_ref()
-            .is_some_and(|r| r.shard == shard_id)
-        {
-            return Err(ClusterError::ShardInResharding {
-                collection: name,
-                shard: shard_id,
-            });
-        }
+        not_resharding(collection, &name, shard_id)?;
         let shard = shard_mut(collection, &name, shard_id)?;
         match shard.replicas.get(&from) {
             None => {
@@ -1222,6 +1204,25 @@ impl ClusterState {
                 collection: name.to_string(),
             })
     }
+}
+
+/// Refuses to touch a shard that a running resharding adds or drains.
+fn not_resharding(
+    collection: &CollectionMeta,
+    name: &str,
+    shard: ShardId,
+) -> Result<(), ClusterError> {
+    if collection
+        .resharding
+        .as_ref()
+        .is_some_and(|r| r.shard == shard)
+    {
+        return Err(ClusterError::ShardInResharding {
+            collection: name.to_string(),
+            shard,
+        });
+    }
+    Ok(())
 }
 
 /// Ends the transfers of `shard` that involve `peer` without effect: each destination goes

@@ -4,6 +4,9 @@ use axum::extract::State;
 
 use crate::api::rest::AppState;
 use crate::api::rest::cluster::submit_error;
+use crate::api::rest::collection_cluster::{
+    self, ClusterOperationRequest, CreateShardingKey, DropShardingKey,
+};
 use crate::api::rest::json_body::{JsonBody, PathParams};
 use crate::api::rest::models::UpdateResult;
 use crate::api::rest::models::{
@@ -18,7 +21,7 @@ use crate::collection_config::PayloadIndexEntry;
 use crate::collection_config::{
     CollectionConfig, CollectionParams, HnswConfig, OptimizersConfig, WalConfig,
 };
-use crate::consensus::{ClusterError, ClusterOperation, PeerId, ShardKey};
+use crate::consensus::{ClusterError, ClusterOperation};
 use crate::index::filter::Filter;
 use crate::index::payload_path::JsonPath;
 
@@ -285,43 +288,16 @@ pub async fn cluster_info(
     ))
 }
 
-#[derive(Debug, serde::Deserialize)]
-pub struct CreateShardKeyBody {
-    pub shard_key: ShardKey,
-    pub shards_number: Option<u32>,
-    pub replication_factor: Option<u32>,
-    pub placement: Option<Vec<u64>>,
-}
-
 /// `PUT /collections/{name}/shards`: creates the shards of a new shard key.
 pub async fn create_shard_key(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
     started: Started,
-    JsonBody(body): JsonBody<CreateShardKeyBody>,
+    JsonBody(body): JsonBody<CreateShardingKey>,
 ) -> ApiResult<bool> {
-    state.toc.get(&name)?;
-    if body.shards_number == Some(0) || body.replication_factor == Some(0) {
-        return Err(ApiError::unprocessable(
-            "Validation error in JSON body: shards_number and replication_factor must be at least 1",
-        ));
-    }
-    let op = ClusterOperation::CreateShardKey {
-        collection: name,
-        key: body.shard_key,
-        shard_number: body.shards_number,
-        replication_factor: body.replication_factor,
-        placement: body
-            .placement
-            .map(|peers| peers.into_iter().map(PeerId).collect()),
-    };
-    state.toc.submit(op).await.map_err(submit_error)?;
+    let op = ClusterOperationRequest::CreateShardingKey(body);
+    collection_cluster::apply(&state.toc, &name, op).await?;
     Ok(ApiOk(true, started))
-}
-
-#[derive(Debug, serde::Deserialize)]
-pub struct DropShardKeyBody {
-    pub shard_key: ShardKey,
 }
 
 /// `POST /collections/{name}/shards/delete`: drops every shard of a shard key.
@@ -329,14 +305,10 @@ pub async fn delete_shard_key(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
     started: Started,
-    JsonBody(body): JsonBody<DropShardKeyBody>,
+    JsonBody(body): JsonBody<DropShardingKey>,
 ) -> ApiResult<bool> {
-    state.toc.get(&name)?;
-    let op = ClusterOperation::DropShardKey {
-        collection: name,
-        key: body.shard_key,
-    };
-    state.toc.submit(op).await.map_err(submit_error)?;
+    let op = ClusterOperationRequest::DropShardingKey(body);
+    collection_cluster::apply(&state.toc, &name, op).await?;
     Ok(ApiOk(true, started))
 }
 
