@@ -262,7 +262,7 @@ fn shard_zero(nodes: &[NodeProcess], name: &str) -> Result<(Vec<u64>, usize, usi
     Ok((ids, from, to))
 }
 
-fn transfer_under_writes(sync: bool) -> Result<()> {
+fn transfer_under_writes(sync: bool, method: &str) -> Result<()> {
     let nodes = start_cluster(3, &[])?;
     create_collection(
         &nodes[0],
@@ -283,7 +283,7 @@ fn transfer_under_writes(sync: bool) -> Result<()> {
     operate(
         &nodes[writer_node],
         "docs",
-        json!({op: {"shard_id": 0, "from_peer_id": ids[from], "to_peer_id": ids[to], "method": "stream_records"}}),
+        json!({op: {"shard_id": 0, "from_peer_id": ids[from], "to_peer_id": ids[to], "method": method}}),
     )?;
     // Watched through the peer that is neither sender nor receiver.
     let saw_progress = wait_transfers_done(&nodes[writer_node], "docs")?;
@@ -294,10 +294,10 @@ fn transfer_under_writes(sync: bool) -> Result<()> {
         acknowledged >= 20,
         "the writer kept writing ({acknowledged} writes)"
     );
-    eprintln!("{op}: {acknowledged} writes acknowledged during the transfer");
+    eprintln!("{op} ({method}): {acknowledged} writes acknowledged during the transfer");
     assert!(saw_progress, "progress was visible on a third peer");
     let all: Vec<&NodeProcess> = nodes.iter().collect();
-    let replicas = replicas_agree(&all, "docs", &["Partial"])?;
+    let replicas = replicas_agree(&all, "docs", &["Partial", "Recovery"])?;
     let shard0: Vec<(u64, String)> = replicas
         .iter()
         .filter(|(s, _, _)| *s == 0)
@@ -327,12 +327,22 @@ fn transfer_under_writes(sync: bool) -> Result<()> {
 
 #[test]
 fn stream_records_move_under_writes_keeps_every_acknowledged_write() -> Result<()> {
-    transfer_under_writes(false)
+    transfer_under_writes(false, "stream_records")
 }
 
 #[test]
 fn stream_records_replicate_under_writes_gives_an_identical_replica() -> Result<()> {
-    transfer_under_writes(true)
+    transfer_under_writes(true, "stream_records")
+}
+
+#[test]
+fn snapshot_move_under_writes_keeps_every_acknowledged_write() -> Result<()> {
+    transfer_under_writes(false, "snapshot")
+}
+
+#[test]
+fn snapshot_replicate_under_writes_gives_an_identical_replica() -> Result<()> {
+    transfer_under_writes(true, "snapshot")
 }
 
 #[test]
@@ -367,7 +377,7 @@ fn abort_and_invalid_transfers_leave_the_cluster_as_it_was() -> Result<()> {
     bad(mv(0, ids[to], ids[from]), 400)?;
     bad(mv(9, ids[from], ids[to]), 404)?;
     bad(
-        json!({"move_shard": {"shard_id": 0, "from_peer_id": ids[from], "to_peer_id": ids[to], "method": "snapshot"}}),
+        json!({"move_shard": {"shard_id": 0, "from_peer_id": ids[from], "to_peer_id": ids[to], "method": "wal_delta"}}),
         400,
     )?;
     bad(json!({"move_shard": {"shard_id": 0}}), 400)?;

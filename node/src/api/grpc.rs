@@ -12,11 +12,14 @@ use shoal_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServ
 use shoal_proto::v1::peer_service_server::{PeerService, PeerServiceServer};
 use shoal_proto::v1::raft_service_server::{RaftService, RaftServiceServer};
 use shoal_proto::v1::shard_service_server::{ShardService, ShardServiceServer};
+use shoal_proto::v1::snapshot_service_client::SnapshotServiceClient;
+use shoal_proto::v1::snapshot_service_server::{SnapshotService, SnapshotServiceServer};
 use shoal_proto::v1::{
     AwaitReconciledRequest, AwaitReconciledResponse, InfoRequest, InfoResponse, JoinRequest,
     JoinResponse, ProposeRequest, ProposeResponse, RaftPayload, RemoveMemberRequest,
     RemoveMemberResponse, TransferProgressRequest, TransferProgressResponse,
 };
+use shoal_proto::v1::{RecoverRequest, RecoverResponse, SnapshotChunk, SnapshotRef};
 use shoal_proto::v1::{ShardAnswer, ShardCall};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
@@ -28,6 +31,7 @@ use crate::cluster::shard_requests::{
     ShardCount, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
 };
 use crate::cluster::toc::TableOfContent;
+use crate::cluster::transfer::{SNAPSHOTS_DIR, restore_snapshot};
 use crate::consensus::raft_node::{ConsensusError, ConsensusNode};
 use crate::consensus::{ClusterOperation, PeerId, PeerNode};
 use crate::shard::local_shard::{LocalShard, ShardError};
@@ -267,6 +271,143 @@ impl ShardService for ShardPoints {
     }
 }
 
+/// Snapshots of local replicas for the `snapshot` transfer method.
+pub struct Snapshots {
+    toc: Arc<TableOfContent>,
+}
+
+/// A snapshot file of a local replica, named by the transfer that made it.
+fn snapshot_path(
+    toc: &TableOfContent,
+    r: &SnapshotRef,
+) -> Result<(Arc<LocalShard>, std::path::PathBuf), Status> {
+    let plain = !r.name.is_empty()
+        && r.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !r.name.starts_with('.');
+    if !plain {
+        return Err(Status::invalid_argument(format!(
+            "`{}` is not a snapshot name",
+            r.name
+        )));
+    }
+    let collection = toc.get(&r.collection).map_err(collection_status)?;
+    let shard = collection.local_shard(r.shard_id).ok_or_else(|| {
+        Status::not_found(format!(
+            "shard {} of collection `{}` has no replica on this peer",
+            r.shard_id, r.collection
+        ))
+    })?;
+    let path = shard.dir().join(SNAPSHOTS_DIR).join(&r.name);
+    Ok((shard, path))
+}
+
+/// Size of the chunks a snapshot is streamed in.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+#[tonic::async_trait]
+impl SnapshotService for Snapshots {
+    type DownloadStream = tokio_stream::wrappers::ReceiverStream<Result<SnapshotChunk, Status>>;
+
+    async fn download(
+        &self,
+        request: Request<SnapshotRef>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let (_, path) = snapshot_path(&self.toc, &request.into_inner())?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Status::not_found(format!("{}: {e}", path.display())))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            loop {
+                let mut data = vec![0u8; SNAPSHOT_CHUNK];
+                match file.read(&mut data).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        data.truncate(n);
+                        if tx.send(Ok(SnapshotChunk { data })).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn recover(
+        &self,
+        request: Request<RecoverRequest>,
+    ) -> Result<Response<RecoverResponse>, Status> {
+        let request = request.into_inner();
+        let snapshot = request
+            .snapshot
+            .ok_or_else(|| Status::invalid_argument("`snapshot` is required"))?;
+        // Wait a little for the replica this peer is about to create.
+        let call = ShardCall {
+            collection: snapshot.collection.clone(),
+            shard_id: snapshot.shard_id,
+            body_json: Vec::new(),
+        };
+        ShardPoints {
+            toc: Arc::clone(&self.toc),
+        }
+        .replica(&call)
+        .await?;
+        let (shard, path) = snapshot_path(&self.toc, &snapshot)?;
+        let incoming = path.with_extension("incoming");
+        let env = self.toc.env();
+        let channel = env
+            .channel(&request.source_uri)
+            .map_err(collection_status)?;
+        let mut download = tonic::Request::new(snapshot.clone());
+        if let Some(k) = &env.api_key
+            && let Ok(v) = k.parse()
+        {
+            download.metadata_mut().insert("api-key", v);
+        }
+        let mut stream = SnapshotServiceClient::new(channel)
+            .download(download)
+            .await?
+            .into_inner();
+        if let Some(dir) = incoming.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let mut file = tokio::fs::File::create(&incoming)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        {
+            use tokio::io::AsyncWriteExt;
+            while let Some(chunk) = stream.message().await? {
+                file.write_all(&chunk.data)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+            }
+            file.flush()
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        drop(file);
+        let restore_from = incoming.clone();
+        let restored = tokio::task::spawn_blocking(move || restore_snapshot(&shard, &restore_from))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let _ = tokio::fs::remove_file(&incoming).await;
+        let points = restored.map_err(collection_status)?;
+        Ok(Response::new(RecoverResponse { points }))
+    }
+}
+
 /// Refuses calls without the configured API key.
 #[derive(Clone)]
 pub struct RequireKey(Option<Arc<str>>);
@@ -305,6 +446,12 @@ pub fn router(
     ))
     .add_service(InterceptedService::new(
         ShardServiceServer::new(ShardPoints {
+            toc: Arc::clone(&toc),
+        }),
+        guard.clone(),
+    ))
+    .add_service(InterceptedService::new(
+        SnapshotServiceServer::new(Snapshots {
             toc: Arc::clone(&toc),
         }),
         guard.clone(),

@@ -200,6 +200,9 @@ pub struct Outgoing {
     /// Set when an update could not be forwarded: the destination missed it, so the transfer
     /// must not finish.
     pub broken: std::sync::atomic::AtomicBool,
+    /// While `Some`, updates are queued here instead of forwarded (the destination is being
+    /// restored from a snapshot); the transfer replays them in order afterwards.
+    pub queue: parking_lot::Mutex<Option<Vec<Arc<UpdateRequest>>>>,
 }
 
 pub struct Collection {
@@ -660,6 +663,12 @@ impl Collection {
                 .await
                 .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
         };
+        if applied.is_ok()
+            && let Some(queue) = out.queue.lock().as_mut()
+        {
+            queue.push(Arc::clone(&request));
+            return applied;
+        }
         if applied.is_ok()
             && !out.broken.load(std::sync::atomic::Ordering::SeqCst)
             && let Err(e) = out.destination.request(&*request).await

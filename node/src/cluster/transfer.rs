@@ -42,6 +42,8 @@ use crate::index::filter::Filter;
 use crate::shard::local_shard::{LocalShard, Record};
 use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
 use crate::types::PointId;
+use shoal_proto::v1::snapshot_service_client::SnapshotServiceClient;
+use shoal_proto::v1::{RecoverRequest, SnapshotRef};
 
 /// How often a sender retries a batch the destination did not take, and how long it waits
 /// between tries.
@@ -427,12 +429,16 @@ async fn stream_records(
             key.shard, key.collection
         )))
     })?;
-    if transfer.method != TransferMethod::StreamRecords {
+    if !matches!(
+        transfer.method,
+        TransferMethod::StreamRecords | TransferMethod::Snapshot
+    ) {
         return Err(fail(CollectionError::BadInput(format!(
             "transfer method {:?} is not implemented yet",
             transfer.method
         ))));
     }
+    let snapshot = transfer.method == TransferMethod::Snapshot;
     let destination = toc
         .env()
         .remote(uri, &key.collection, key.shard)
@@ -442,6 +448,8 @@ async fn stream_records(
         destination: destination.clone(),
         order: tokio::sync::Mutex::new(()),
         broken: AtomicBool::new(false),
+        // A snapshot transfer queues updates until the destination is restored.
+        queue: parking_lot::Mutex::new(snapshot.then(Vec::new)),
     });
     collection
         .register_outgoing(key.shard, Arc::clone(&out))
@@ -456,6 +464,12 @@ async fn stream_records(
             .unwrap_or(0)
     };
     progress.points_total.store(total as u64, Ordering::Relaxed);
+    if snapshot {
+        snapshot_transfer(toc, key, transfer, &local, &out, progress, cancel)
+            .await
+            .map_err(with_reg)?;
+        return Ok(registered);
+    }
 
     let dir = local.dir().to_path_buf();
     let resumed = read_checkpoint(&dir).filter(|c| c.transfer == transfer.id && c.to == key.to.0);
@@ -652,6 +666,147 @@ async fn catch_up(
     }
     Ok(())
 }
+
+/// The directory of a replica's snapshot files.
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+
+/// Writes every point of `shard` to a snapshot file: JSON lines, each a list of point writes.
+/// Returns the number of points and bytes. Blocking.
+pub fn write_snapshot(shard: &LocalShard, path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::io::Write;
+    const PAGE: usize = 1000;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let (mut points, mut bytes) = (0u64, 0u64);
+    let mut from = None;
+    loop {
+        let mut page = shard.scroll(from, PAGE + 1, None, true, true);
+        let next = (page.len() > PAGE).then(|| page[PAGE].id);
+        page.truncate(PAGE);
+        points += page.len() as u64;
+        let line = serde_json::to_vec(&writes_of(page))?;
+        bytes += line.len() as u64 + 1;
+        file.write_all(&line)?;
+        file.write_all(b"\n")?;
+        match next {
+            Some(id) => from = Some(id),
+            None => break,
+        }
+    }
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok((points, bytes))
+}
+
+/// Replaces the points of `shard` with those of a snapshot file. Blocking.
+pub fn restore_snapshot(
+    shard: &LocalShard,
+    path: &std::path::Path,
+) -> Result<u64, CollectionError> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(CollectionError::storage)?;
+    shard.update(UpdateRequest::Delete(PointSelection::Filter(
+        Filter::default(),
+    )))?;
+    let mut points = 0u64;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(CollectionError::storage)?;
+        if line.is_empty() {
+            continue;
+        }
+        let batch: Vec<PointWrite> = serde_json::from_str(&line)
+            .map_err(|e| CollectionError::Storage(format!("corrupt snapshot: {e}")))?;
+        points += batch.len() as u64;
+        if !batch.is_empty() {
+            shard.update(UpdateRequest::Upsert(batch))?;
+        }
+    }
+    Ok(points)
+}
+
+/// The `snapshot` method: a point-in-time snapshot of the source replica (taken under the
+/// order lock, so updates from then on queue up), downloaded and restored by the destination,
+/// then the queued updates replayed in order and forwarding switched on.
+async fn snapshot_transfer(
+    toc: &Arc<TableOfContent>,
+    key: &TransferKey,
+    transfer: &ShardTransfer,
+    local: &Arc<LocalShard>,
+    out: &Arc<Outgoing>,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<(), TransferError> {
+    let name = format!("transfer-{}.jsonl", transfer.id);
+    let path = local.dir().join(SNAPSHOTS_DIR).join(&name);
+    progress.stage("snapshotting");
+    {
+        let _order = out.order.lock().await;
+        let (shard, file) = (Arc::clone(local), path.clone());
+        let (points, bytes) = tokio::task::spawn_blocking(move || write_snapshot(&shard, &file))
+            .await
+            .map_err(|e| CollectionError::Storage(e.to_string()))?
+            .map_err(CollectionError::storage)?;
+        progress.points_total.store(points, Ordering::Relaxed);
+        progress.bytes.store(bytes, Ordering::Relaxed);
+    }
+    let result = async {
+        if cancel.load(Ordering::SeqCst) {
+            return Err(TransferError::Cancelled);
+        }
+        progress.stage("destination restores the snapshot");
+        let env = toc.env();
+        let view = env.metadata.view();
+        let own_uri = view
+            .state
+            .peers
+            .get(&key.from)
+            .map(|p| p.uri.clone())
+            .ok_or_else(|| CollectionError::Storage("this peer has no URI".into()))?;
+        let dest_uri = view
+            .state
+            .peers
+            .get(&key.to)
+            .map(|p| p.uri.clone())
+            .ok_or_else(|| CollectionError::Storage("the destination has no URI".into()))?;
+        let mut request = tonic::Request::new(RecoverRequest {
+            snapshot: Some(SnapshotRef {
+                collection: key.collection.clone(),
+                shard_id: key.shard,
+                name: name.clone(),
+            }),
+            source_uri: own_uri,
+        });
+        request.set_timeout(SNAPSHOT_PATIENCE);
+        if let Some(k) = &env.api_key
+            && let Ok(v) = k.parse()
+        {
+            request.metadata_mut().insert("api-key", v);
+        }
+        let restored = SnapshotServiceClient::new(env.channel(&dest_uri)?)
+            .recover(request)
+            .await
+            .map_err(|s| {
+                CollectionError::Unavailable(format!("snapshot recovery: {}", s.message()))
+            })?
+            .into_inner()
+            .points;
+        progress.points_done.store(restored, Ordering::Relaxed);
+        progress.stage("replaying queued updates");
+        let _order = out.order.lock().await;
+        let queued = out.queue.lock().take().unwrap_or_default();
+        for update in queued {
+            send(&out.destination, &update, cancel).await?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+/// How long a destination may take to download and restore a snapshot.
+const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(1800);
 
 /// Stored records (with payload and vector) as writes that recreate them.
 fn writes_of(records: Vec<Record>) -> Vec<PointWrite> {

@@ -87,9 +87,9 @@ pub enum ClusterOperationRequest {
 /// The transfer methods this node can run.
 fn check_method(method: TransferMethod) -> Result<(), ApiError> {
     match method {
-        TransferMethod::StreamRecords => Ok(()),
-        TransferMethod::Snapshot | TransferMethod::WalDelta => Err(ApiError::bad_request(format!(
-            "Wrong input: transfer method `{}` is not implemented yet; use `stream_records`",
+        TransferMethod::StreamRecords | TransferMethod::Snapshot => Ok(()),
+        TransferMethod::WalDelta => Err(ApiError::bad_request(format!(
+            "Wrong input: transfer method `{}` is not implemented yet; use `stream_records` or `snapshot`",
             serde_json::to_value(method)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
