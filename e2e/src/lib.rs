@@ -25,6 +25,7 @@ pub mod cluster;
 pub mod dataset;
 pub mod distance;
 pub mod exact_knn;
+pub mod kube_env;
 pub mod node_process;
 pub mod rest_client;
 pub mod stats;

@@ -7,7 +7,7 @@
 //! change here must be followed by `cargo run -p shoal-operator --bin crdgen`.
 //!
 //! It must not contain reconcile logic or talk to a cluster: the planners live in
-//! [`crate::plan`], the controller (not built yet) does the I/O.
+//! [`crate::plan`], the controllers ([`crate::controller`]) do the I/O.
 //!
 //! Spec field names are a public contract (manifests in users' Git repositories depend on
 //! them); rename nothing without a new API version.
