@@ -272,6 +272,32 @@ impl CollectionMeta {
     fn is_custom_sharded(&self) -> bool {
         self.config.params.sharding_method == Some(ShardingMethod::Custom)
     }
+
+    /// The shards, in ring order, that the points of `key` hash over for reads
+    /// (`writes == false`) or writes. During a resharding the shard being added joins, and the
+    /// shard being drained leaves, the read ring once reads are committed and the write ring
+    /// once writes are.
+    pub fn ring(&self, key: Option<&ShardKey>, writes: bool) -> Vec<ShardId> {
+        let committed = |stage: ReshardingStage| {
+            if writes {
+                stage >= ReshardingStage::WriteHashRingCommitted
+            } else {
+                stage >= ReshardingStage::ReadHashRingCommitted
+            }
+        };
+        self.shards
+            .iter()
+            .filter(|(_, s)| s.shard_key.as_ref() == key)
+            .filter(|(id, _)| match &self.resharding {
+                Some(r) if r.shard == **id => match r.direction {
+                    ReshardingDirection::Up => committed(r.stage),
+                    ReshardingDirection::Down => !committed(r.stage),
+                },
+                _ => true,
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
 }
 
 /// The replicated cluster metadata.
@@ -369,6 +395,34 @@ pub enum ClusterOperation {
         shard: ShardId,
         from: PeerId,
         to: PeerId,
+    },
+    /// Starts scaling a collection (with custom sharding: one shard key's shards) up by one
+    /// shard, placed on `peer` or the least loaded peer, or down by one, draining its last
+    /// shard.
+    StartResharding {
+        collection: String,
+        direction: ReshardingDirection,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peer: Option<PeerId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shard_key: Option<ShardKey>,
+    },
+    /// Reads switch to the new hash ring.
+    CommitReadHashRing {
+        collection: String,
+    },
+    /// Writes switch to the new hash ring; from here on the resharding cannot be aborted.
+    CommitWriteHashRing {
+        collection: String,
+    },
+    /// Ends a resharding whose writes use the new ring: a new shard becomes Active, a drained
+    /// shard is dropped.
+    FinishResharding {
+        collection: String,
+    },
+    /// Undoes a resharding whose writes still use the old ring.
+    AbortResharding {
+        collection: String,
     },
     /// Declares (`Some`) or removes (`None`) a payload index on `field`.
     SetPayloadIndex {
@@ -499,6 +553,27 @@ pub enum ClusterError {
         "collection `{collection}` is not custom-sharded; shard keys need `sharding_method: custom`"
     )]
     NotCustomSharded { collection: String },
+    #[error(
+        "collection `{collection}` is already resharding (shard {shard}); finish or abort that first"
+    )]
+    ReshardingRunning { collection: String, shard: ShardId },
+    #[error("collection `{collection}` is not resharding")]
+    NoResharding { collection: String },
+    #[error("the resharding of collection `{collection}` is at stage {actual:?}, not {expected:?}")]
+    ReshardingStageMismatch {
+        collection: String,
+        expected: ReshardingStage,
+        actual: ReshardingStage,
+    },
+    #[error(
+        "the resharding of collection `{collection}` is at stage {stage:?}: writes use the new hash ring, so it can only be finished"
+    )]
+    ReshardingTooFarToAbort {
+        collection: String,
+        stage: ReshardingStage,
+    },
+    #[error("cannot reshard collection `{collection}`: {reason}")]
+    InvalidResharding { collection: String, reason: String },
     #[error("a transfer needs two different peers; both are {peer}")]
     SamePeer { peer: PeerId },
     #[error(
@@ -622,6 +697,28 @@ impl ClusterState {
                 from,
                 to,
             } => self.end_transfer(collection, shard, from, to, false),
+            ClusterOperation::StartResharding {
+                collection,
+                direction,
+                peer,
+                shard_key,
+            } => self.start_resharding(collection, direction, peer, shard_key),
+            ClusterOperation::CommitReadHashRing { collection } => self.advance_resharding(
+                collection,
+                ReshardingStage::MigratingPoints,
+                ReshardingStage::ReadHashRingCommitted,
+            ),
+            ClusterOperation::CommitWriteHashRing { collection } => self.advance_resharding(
+                collection,
+                ReshardingStage::ReadHashRingCommitted,
+                ReshardingStage::WriteHashRingCommitted,
+            ),
+            ClusterOperation::FinishResharding { collection } => {
+                self.end_resharding(collection, true)
+            }
+            ClusterOperation::AbortResharding { collection } => {
+                self.end_resharding(collection, false)
+            }
             ClusterOperation::SetPayloadIndex {
                 collection,
                 field,
@@ -691,10 +788,13 @@ impl ClusterState {
         }
         for (name, shard_id) in held {
             let collection = self.collection_mut(&name)?;
+            // The peer's transfers cannot continue without it (cancelling one may remove its
+            // destination replica, so this comes before counting what is left).
+            cancel_transfers(collection, shard_id, peer);
             // A forced removal may drop active replicas (the peer is gone for good), but never a
             // shard's last replica: that would leave a shard that exists nowhere.
             let shard = shard_mut(collection, &name, shard_id)?;
-            if shard.replicas.len() == 1 {
+            if shard.replicas.len() == 1 && shard.replicas.contains_key(&peer) {
                 return Err(ClusterError::LastReplica {
                     collection: name,
                     shard: shard_id,
@@ -702,8 +802,6 @@ impl ClusterState {
                 });
             }
             shard.replicas.remove(&peer);
-            // The peer's transfers cannot continue without it.
-            cancel_transfers(collection, shard_id, peer);
         }
         self.peers.remove(&peer);
         Ok(ClusterResponse::Done)
@@ -760,6 +858,8 @@ impl ClusterState {
         from_state: Option<ReplicaState>,
     ) -> Result<ClusterResponse, ClusterError> {
         let collection = self.collection_mut(&name)?;
+        // A resharding owns the states of its shard's replicas until it ends.
+        not_resharding(collection, &name, shard_id)?;
         let shard = shard_mut(collection, &name, shard_id)?;
         let current = *shard
             .replicas
@@ -1180,6 +1280,207 @@ impl ClusterState {
                 }
             }
         }
+        Ok(ClusterResponse::Done)
+    }
+
+    fn start_resharding(
+        &mut self,
+        name: String,
+        direction: ReshardingDirection,
+        peer: Option<PeerId>,
+        shard_key: Option<ShardKey>,
+    ) -> Result<ClusterResponse, ClusterError> {
+        let load = self.replicas_per_peer();
+        if let Some(p) = peer {
+            self.peer(p)?;
+        }
+        let collection = self.collection_mut(&name)?;
+        let invalid = |reason: &str| ClusterError::InvalidResharding {
+            collection: name.clone(),
+            reason: reason.to_string(),
+        };
+        if let Some(running) = &collection.resharding {
+            return Err(ClusterError::ReshardingRunning {
+                collection: name.clone(),
+                shard: running.shard,
+            });
+        }
+        match (collection.is_custom_sharded(), &shard_key) {
+            (true, None) => {
+                return Err(invalid(
+                    "the collection uses custom sharding: give a shard_key",
+                ));
+            }
+            (false, Some(_)) => return Err(ClusterError::NotCustomSharded { collection: name }),
+            _ => {}
+        }
+        let group: Vec<ShardId> = collection
+            .shards
+            .iter()
+            .filter(|(_, s)| s.shard_key == shard_key)
+            .map(|(id, _)| *id)
+            .collect();
+        if group.is_empty() {
+            return Err(match shard_key {
+                Some(key) => ClusterError::UnknownShardKey {
+                    collection: name,
+                    key,
+                },
+                None => invalid("the collection has no shards"),
+            });
+        }
+        if let Some(t) = collection.transfers.first() {
+            return Err(ClusterError::TransferExists {
+                collection: name,
+                shard: t.shard,
+            });
+        }
+        let state = match direction {
+            ReshardingDirection::Up => {
+                if collection.shards.len() >= MAX_SHARD_NUMBER as usize {
+                    return Err(invalid(&format!(
+                        "the collection already has {MAX_SHARD_NUMBER} shards, the most allowed"
+                    )));
+                }
+                // The new shard comes last in its group's ring (the highest id), which is what
+                // lets the jump hash move points only into it.
+                let id = collection.shards.keys().next_back().map_or(0, |s| s.0 + 1);
+                let peer = match peer {
+                    Some(p) => p,
+                    None => *load
+                        .iter()
+                        .min_by_key(|(_, n)| **n)
+                        .map(|(p, _)| p)
+                        .ok_or_else(|| invalid("the cluster has no peers"))?,
+                };
+                collection.shards.insert(
+                    ShardId(id),
+                    ShardMeta {
+                        replicas: BTreeMap::from([(peer, ReplicaState::Resharding)]),
+                        shard_key: shard_key.clone(),
+                    },
+                );
+                ReshardingState {
+                    direction,
+                    shard: ShardId(id),
+                    peer,
+                    shard_key,
+                    stage: ReshardingStage::MigratingPoints,
+                }
+            }
+            ReshardingDirection::Down => {
+                if group.len() < 2 {
+                    return Err(invalid("a collection keeps at least one shard"));
+                }
+                let last = *group.last().expect("two or more");
+                let shard = shard_mut(collection, &name, last)?;
+                let driver = match peer {
+                    Some(p) if shard.replicas.get(&p).is_some_and(|s| s.is_active_like()) => p,
+                    Some(p) => {
+                        return Err(ClusterError::NoReplicaOnPeer {
+                            collection: name,
+                            shard: last,
+                            peer: p,
+                        });
+                    }
+                    None => *shard
+                        .replicas
+                        .iter()
+                        .find(|(_, s)| **s == ReplicaState::Active)
+                        .map(|(p, _)| p)
+                        .ok_or_else(|| invalid("the shard to drain has no active replica"))?,
+                };
+                for state in shard.replicas.values_mut() {
+                    if *state == ReplicaState::Active {
+                        *state = ReplicaState::ReshardingScaleDown;
+                    }
+                }
+                ReshardingState {
+                    direction,
+                    shard: last,
+                    peer: driver,
+                    shard_key,
+                    stage: ReshardingStage::MigratingPoints,
+                }
+            }
+        };
+        collection.resharding = Some(state);
+        Ok(ClusterResponse::Done)
+    }
+
+    fn advance_resharding(
+        &mut self,
+        name: String,
+        from: ReshardingStage,
+        to: ReshardingStage,
+    ) -> Result<ClusterResponse, ClusterError> {
+        let collection = self.collection_mut(&name)?;
+        let running = collection
+            .resharding
+            .as_mut()
+            .ok_or_else(|| ClusterError::NoResharding {
+                collection: name.clone(),
+            })?;
+        if running.stage != from {
+            return Err(ClusterError::ReshardingStageMismatch {
+                collection: name,
+                expected: from,
+                actual: running.stage,
+            });
+        }
+        running.stage = to;
+        Ok(ClusterResponse::Done)
+    }
+
+    fn end_resharding(
+        &mut self,
+        name: String,
+        finished: bool,
+    ) -> Result<ClusterResponse, ClusterError> {
+        let collection = self.collection_mut(&name)?;
+        let running = collection
+            .resharding
+            .clone()
+            .ok_or_else(|| ClusterError::NoResharding {
+                collection: name.clone(),
+            })?;
+        if finished && running.stage != ReshardingStage::WriteHashRingCommitted {
+            return Err(ClusterError::ReshardingStageMismatch {
+                collection: name,
+                expected: ReshardingStage::WriteHashRingCommitted,
+                actual: running.stage,
+            });
+        }
+        if !finished && !running.stage.can_abort() {
+            return Err(ClusterError::ReshardingTooFarToAbort {
+                collection: name,
+                stage: running.stage,
+            });
+        }
+        // The resharding's own point streams end with it.
+        collection.transfers.retain(|t| t.to_shard.is_none());
+        match (running.direction, finished) {
+            (ReshardingDirection::Up, true) => {
+                let shard = shard_mut(collection, &name, running.shard)?;
+                for state in shard.replicas.values_mut() {
+                    if *state == ReplicaState::Resharding {
+                        *state = ReplicaState::Active;
+                    }
+                }
+            }
+            (ReshardingDirection::Up, false) | (ReshardingDirection::Down, true) => {
+                collection.shards.remove(&running.shard);
+            }
+            (ReshardingDirection::Down, false) => {
+                let shard = shard_mut(collection, &name, running.shard)?;
+                for state in shard.replicas.values_mut() {
+                    if *state == ReplicaState::ReshardingScaleDown {
+                        *state = ReplicaState::Active;
+                    }
+                }
+            }
+        }
+        collection.resharding = None;
         Ok(ClusterResponse::Done)
     }
 
@@ -1942,6 +2243,27 @@ mod tests {
     /// Invariants that hold after every operation, accepted or not.
     fn check_invariants(state: &ClusterState) -> Result<(), TestCaseError> {
         for (name, collection) in &state.collections {
+            if let Some(r) = &collection.resharding {
+                let shard = collection.shards.get(&r.shard);
+                prop_assert!(shard.is_some(), "the resharded shard of `{}` exists", name);
+                let states: Vec<ReplicaState> = shard
+                    .map(|s| s.replicas.values().copied().collect())
+                    .unwrap_or_default();
+                if r.direction == ReshardingDirection::Up {
+                    prop_assert!(
+                        states.contains(&ReplicaState::Resharding),
+                        "a shard being added has a Resharding replica: {:?}",
+                        states
+                    );
+                }
+                let key = r.shard_key.as_ref();
+                let (read, write) = (collection.ring(key, false), collection.ring(key, true));
+                prop_assert!(
+                    read.len().abs_diff(write.len()) <= 1,
+                    "read and write rings differ by at most the resharded shard"
+                );
+                prop_assert!(!read.is_empty() && !write.is_empty());
+            }
             let mut in_transfer = BTreeSet::new();
             for t in &collection.transfers {
                 prop_assert!(in_transfer.insert(t.shard), "two transfers of one shard");
@@ -2010,7 +2332,7 @@ mod tests {
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             1 => operation().prop_map(Step::Random),
-            1 => (0u8..9, any::<[usize; 3]>(), replica_state(), any::<bool>()).prop_map(
+            1 => (0u8..14, any::<[usize; 3]>(), replica_state(), any::<bool>()).prop_map(
                 |(kind, pick, state, compare)| Step::Aimed { kind, pick, state, compare }
             ),
         ]
@@ -2115,6 +2437,20 @@ mod tests {
                 },
                 max_per_peer: Some(2),
             },
+            9 => ClusterOperation::StartResharding {
+                collection,
+                direction: if compare {
+                    ReshardingDirection::Up
+                } else {
+                    ReshardingDirection::Down
+                },
+                peer: (pick[0] % 2 == 0).then_some(any_peer),
+                shard_key: meta.and_then(|m| m.shard_key.clone()),
+            },
+            10 => ClusterOperation::CommitReadHashRing { collection },
+            11 => ClusterOperation::CommitWriteHashRing { collection },
+            12 => ClusterOperation::FinishResharding { collection },
+            13 => ClusterOperation::AbortResharding { collection },
             7 | 8 => {
                 let running = state
                     .collections

@@ -93,7 +93,11 @@ pub fn cluster_error(e: ClusterError) -> ApiError {
         | ClusterError::ReplicaInTransfer { .. }
         | ClusterError::ShardInResharding { .. }
         | ClusterError::PeerDrivesResharding { .. }
-        | ClusterError::ReplicaStateMismatch { .. } => StatusCode::CONFLICT,
+        | ClusterError::ReplicaStateMismatch { .. }
+        | ClusterError::ReshardingRunning { .. }
+        | ClusterError::ReshardingStageMismatch { .. }
+        | ClusterError::ReshardingTooFarToAbort { .. } => StatusCode::CONFLICT,
+        ClusterError::NoResharding { .. } => StatusCode::NOT_FOUND,
         _ => StatusCode::BAD_REQUEST,
     };
     ApiError::new(status, format!("Wrong input: {e}"))
