@@ -179,6 +179,9 @@ impl Environment {
     }
 }
 
+/// How many 50 ms steps a write that found its replicas gone waits for a newer layout.
+const LAYOUT_PATIENCE_STEPS: usize = 40;
+
 /// Errors that say the request itself is wrong: every replica would answer the same, so they
 /// are returned as they are instead of trying another replica or failing the replica.
 fn is_request_error(e: &CollectionError) -> bool {
@@ -225,6 +228,11 @@ pub struct Collection {
     /// transfer takes it exclusively, so no update can slip between the registration and the
     /// first batch unforwarded.
     forwarding_gate: tokio::sync::RwLock<()>,
+    /// Local replicas that the cluster placed elsewhere (a finished move) but that are kept
+    /// while their transfer still forwards: they take no update of their own any more, so a
+    /// peer still routing by the old layout gets an error instead of an acknowledgement that
+    /// would be lost with the replica.
+    retired: parking_lot::Mutex<BTreeSet<u32>>,
 }
 
 impl Collection {
@@ -265,6 +273,7 @@ impl Collection {
             payload_schema: RwLock::new(BTreeMap::new()),
             outgoing: parking_lot::Mutex::new(HashMap::new()),
             forwarding_gate: tokio::sync::RwLock::new(()),
+            retired: parking_lot::Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -328,12 +337,18 @@ impl Collection {
         // replica whose transfer still forwards (until every peer routes to the new one) stays
         // until a later pass.
         let forwarding: BTreeSet<u32> = self.outgoing.lock().keys().copied().collect();
-        let gone: Vec<u32> = self
-            .local
-            .read()
-            .keys()
+        let held: Vec<u32> = self.local.read().keys().copied().collect();
+        {
+            let mut retired = self.retired.lock();
+            retired.retain(|id| !mine.contains(id));
+            retired.extend(
+                held.iter()
+                    .filter(|id| !mine.contains(id) && forwarding.contains(id)),
+            );
+        }
+        let gone: Vec<u32> = held
+            .into_iter()
             .filter(|id| !mine.contains(id) && !forwarding.contains(id))
-            .copied()
             .collect();
         for id in gone {
             let Some(shard) = self.local.write().remove(&id) else {
@@ -512,17 +527,47 @@ impl Collection {
                 }
             }
         }
+        let per_shard: Vec<(u32, Arc<UpdateRequest>)> = per_shard
+            .into_iter()
+            .map(|(shard, request)| (shard, Arc::new(request)))
+            .collect();
         let results = futures::future::join_all(
             per_shard
-                .into_iter()
-                .map(|(shard, request)| self.update_shard(&layout, shard, request)),
+                .iter()
+                .map(|(shard, request)| self.update_shard(&layout, *shard, Arc::clone(request))),
         )
         .await;
         let mut op_id = 0;
-        for result in results {
-            op_id = op_id.max(result?);
+        for ((shard, request), result) in per_shard.iter().zip(results) {
+            let id = match result {
+                // The replicas this peer wrote to may have moved on (a move that just
+                // finished): once this peer's layout has caught up, try the new ones.
+                Err(CollectionError::Unavailable(reason)) => {
+                    match self.newer_layout(&layout).await {
+                        Some(newer) => {
+                            self.update_shard(&newer, *shard, Arc::clone(request))
+                                .await?
+                        }
+                        None => return Err(CollectionError::Unavailable(reason)),
+                    }
+                }
+                other => other?,
+            };
+            op_id = op_id.max(id);
         }
         Ok(op_id)
+    }
+
+    /// A layout newer than `seen`, waiting a little for this peer to reconcile one.
+    async fn newer_layout(&self, seen: &Arc<Layout>) -> Option<Arc<Layout>> {
+        for _ in 0..LAYOUT_PATIENCE_STEPS {
+            let current = self.layout();
+            if !Arc::ptr_eq(&current, seen) && *current != **seen {
+                return Some(current);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        None
     }
 
     /// Sends an update to every replica of `shard` that takes updates. Replicas that fail
@@ -532,7 +577,7 @@ impl Collection {
         &self,
         layout: &Layout,
         shard: u32,
-        request: UpdateRequest,
+        request: Arc<UpdateRequest>,
     ) -> Result<u64, CollectionError> {
         // A Partial replica is the destination of a streaming transfer: it gets its updates
         // from the transfer's source, in the source's order, never directly.
@@ -551,7 +596,6 @@ impl Collection {
                 self.name
             )));
         }
-        let request = Arc::new(request);
         let results = futures::future::join_all(
             replicas
                 .iter()
@@ -649,6 +693,12 @@ impl Collection {
             ))
         })?;
         let _gate = self.forwarding_gate.read().await;
+        if self.retired.lock().contains(&shard) {
+            return Err(CollectionError::Unavailable(format!(
+                "shard {shard} of `{}` moved away from this peer",
+                self.name
+            )));
+        }
         let outgoing = self.outgoing.lock().get(&shard).cloned();
         let Some(out) = outgoing else {
             let request = Arc::clone(&request);
@@ -687,8 +737,10 @@ impl Collection {
         self.outgoing.lock().insert(shard, outgoing);
     }
 
-    /// Stops forwarding for `shard`, if the registered transfer is still `outgoing`.
-    pub fn unregister_outgoing(&self, shard: u32, outgoing: &Arc<Outgoing>) {
+    /// Stops forwarding for `shard`, if the registered transfer is still `outgoing`. Returns
+    /// once every update that saw the registration has been forwarded.
+    pub async fn unregister_outgoing(&self, shard: u32, outgoing: &Arc<Outgoing>) {
+        let _exclusive = self.forwarding_gate.write().await;
         let mut map = self.outgoing.lock();
         if map.get(&shard).is_some_and(|o| Arc::ptr_eq(o, outgoing)) {
             map.remove(&shard);

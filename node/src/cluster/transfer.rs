@@ -338,7 +338,7 @@ impl Transfers {
             Ok(pair) => pair,
             Err((error, registered)) => {
                 if let Some((collection, out)) = registered {
-                    collection.unregister_outgoing(key.shard, &out);
+                    collection.unregister_outgoing(key.shard, &out).await;
                     if let Some(local) = collection.local_shard(key.shard) {
                         remove_checkpoint(local.dir());
                     }
@@ -390,7 +390,7 @@ impl Transfers {
                 let _ = metadata.propose(op).await;
             }
         }
-        collection.unregister_outgoing(key.shard, &outgoing);
+        collection.unregister_outgoing(key.shard, &outgoing).await;
         if let Some(local) = collection.local_shard(key.shard) {
             remove_checkpoint(local.dir());
         }
