@@ -475,15 +475,16 @@ impl Collection {
         }
     }
 
-    /// Whether point `id` belongs to shard `shard` under the ring of that shard's key.
-    fn owns(layout: &Layout, shard: u32, id: &PointId) -> bool {
+    /// A test of whether a point belongs to `shard` under the ring of that shard's key; the
+    /// ring is computed once, for testing many points.
+    fn owned_by(layout: &Layout, shard: u32) -> impl Fn(&PointId) -> bool {
         let key = layout.get(&shard).and_then(|s| s.key.as_ref());
         let ring: Vec<u32> = layout
             .iter()
             .filter(|(_, s)| s.key.as_ref() == key)
             .map(|(i, _)| *i)
             .collect();
-        !ring.is_empty() && ring[shard_for(id, ring.len() as u32) as usize] == shard
+        move |id| !ring.is_empty() && ring[shard_for(id, ring.len() as u32) as usize] == shard
     }
 
     /// Applies an update on every replica of every shard it concerns; acknowledged once each
@@ -832,14 +833,11 @@ impl Collection {
 
     /// The part of a selection-based update that concerns `shard`.
     fn restrict(layout: &Layout, request: &UpdateRequest, shard: u32) -> Option<UpdateRequest> {
+        let owns = Self::owned_by(layout, shard);
         let narrow = |sel: &PointSelection| -> Option<PointSelection> {
             match sel {
                 PointSelection::Ids(ids) => {
-                    let mine: Vec<PointId> = ids
-                        .iter()
-                        .filter(|id| Self::owns(layout, shard, id))
-                        .copied()
-                        .collect();
+                    let mine: Vec<PointId> = ids.iter().filter(|id| owns(id)).copied().collect();
                     (!mine.is_empty()).then_some(PointSelection::Ids(mine))
                 }
                 PointSelection::Filter(f) => Some(PointSelection::Filter(f.clone())),
@@ -888,11 +886,8 @@ impl Collection {
             .selected_shards(&layout, selector)?
             .into_iter()
             .filter_map(|shard| {
-                let mine: Vec<PointId> = unique
-                    .iter()
-                    .filter(|id| Self::owns(&layout, shard, id))
-                    .copied()
-                    .collect();
+                let owns = Self::owned_by(&layout, shard);
+                let mine: Vec<PointId> = unique.iter().filter(|id| owns(id)).copied().collect();
                 (!mine.is_empty()).then_some((
                     shard,
                     ShardRetrieve {
