@@ -374,6 +374,7 @@ mod tests {
             peer_id: 10,
             shard_key: None,
             stage: "migrating_points".into(),
+            ..Default::default()
         });
         let stage = |i: &pb::CollectionInfoResponse| resharding_progress(i).unwrap().unwrap().stage;
         assert_eq!(stage(&i), ReshardingStage::MigratingPoints);

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::api::rest::collection_cluster::{self, ClusterOperationRequest};
 use crate::api::rest::response::ApiError;
 use crate::cluster::toc::TableOfContent;
+use crate::cluster::transfer::ProgressReport;
 use crate::consensus::ShardKey;
 
 pub struct Admin {
@@ -109,9 +110,12 @@ impl AdminService for Admin {
                         .collect(),
                 })
                 .collect(),
+            // A resharding stream that has moved its points only forwards updates until the
+            // resharding ends; it is reported in the resharding's progress, not as a transfer.
             transfers: meta
                 .transfers
                 .iter()
+                .filter(|t| !t.done)
                 .map(|t| pb::Transfer {
                     shard_id: t.shard.0,
                     to_shard_id: t.to_shard.map(|s| s.0),
@@ -121,17 +125,13 @@ impl AdminService for Admin {
                     method: name_of(&t.method),
                     progress: progress
                         .iter()
-                        .find(|p| p.shard_id == t.shard.0 && p.from == t.from.0 && p.to == t.to.0)
-                        .map(|p| pb::TransferProgress {
-                            stage: p.progress.stage.clone(),
-                            points_done: p.progress.points_done,
-                            points_total: p.progress.points_total,
-                            percent: p.progress.percent,
-                            bytes: p.progress.bytes,
-                            points_per_second: p.progress.points_per_second,
-                            eta_seconds: p.progress.eta_seconds,
-                            elapsed_seconds: p.progress.elapsed_seconds,
-                        }),
+                        .find(|p| {
+                            p.shard_id == t.shard.0
+                                && p.to_shard_id == t.to_shard.map(|s| s.0)
+                                && p.from == t.from.0
+                                && p.to == t.to.0
+                        })
+                        .map(|p| progress_of(&p.progress)),
                     points_per_second_limit: t.points_per_second,
                 })
                 .collect(),
@@ -141,6 +141,10 @@ impl AdminService for Admin {
                 peer_id: r.peer.0,
                 shard_key: r.shard_key.as_ref().map(shard_key),
                 stage: name_of(&r.stage),
+                manual: r.manual,
+                progress: crate::cluster::resharding::progress(&progress)
+                    .as_ref()
+                    .map(progress_of),
             }),
         }))
     }
@@ -156,5 +160,18 @@ impl AdminService for Admin {
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::UpdateCollectionClusterResponse {}))
+    }
+}
+
+fn progress_of(p: &ProgressReport) -> pb::TransferProgress {
+    pb::TransferProgress {
+        stage: p.stage.clone(),
+        points_done: p.points_done,
+        points_total: p.points_total,
+        percent: p.percent,
+        bytes: p.bytes,
+        points_per_second: p.points_per_second,
+        eta_seconds: p.eta_seconds,
+        elapsed_seconds: p.elapsed_seconds,
     }
 }

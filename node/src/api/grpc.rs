@@ -199,6 +199,7 @@ fn collection_status(e: CollectionError) -> Status {
         | CollectionError::Shard(ShardError::WrongDimension { .. } | ShardError::BadInput(_)) => {
             Status::invalid_argument(e.to_string())
         }
+        CollectionError::Moved(_) => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }
@@ -228,10 +229,11 @@ impl ShardPoints {
     /// answer.
     async fn run<R: ShardRequest>(&self, call: ShardCall) -> Result<Response<ShardAnswer>, Status> {
         let request: R = decode(&call.body_json)?;
-        let shard = self.replica(&call).await?;
-        let answer = tokio::task::spawn_blocking(move || request.run_on(&shard))
+        self.replica(&call).await?;
+        let collection = self.toc.get(&call.collection).map_err(collection_status)?;
+        let answer = collection
+            .read_local(call.shard_id, request)
             .await
-            .map_err(|e| Status::internal(format!("shard task failed: {e}")))?
             .map_err(collection_status)?;
         let body_json = serde_json::to_vec(&answer).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ShardAnswer { body_json }))
@@ -540,6 +542,7 @@ mod tests {
             let remote = RemoteShard::new(&uri, "docs", shard_id, Some("secret".into())).unwrap();
             let count = ShardCount {
                 filter: Some(odd.clone()),
+                owner: None,
             };
             assert_eq!(remote.request(&count).await.unwrap(), count.run(local));
             let scroll = ShardScroll {
@@ -548,6 +551,7 @@ mod tests {
                 filter: Some(odd.clone()),
                 with_payload: true,
                 with_vector: true,
+                owner: None,
             };
             assert_eq!(remote.request(&scroll).await.unwrap(), scroll.run(local));
             for target in [
@@ -568,6 +572,7 @@ mod tests {
                     score_threshold: None,
                     with_payload: true,
                     with_vector: false,
+                    owner: None,
                 };
                 let got = remote.request(&search).await.unwrap();
                 assert_eq!(got, search.run(local));
@@ -577,6 +582,7 @@ mod tests {
                 ids: (0..20).map(PointId::Num).collect(),
                 with_payload: true,
                 with_vector: true,
+                owner: None,
             };
             assert_eq!(
                 remote.request(&retrieve).await.unwrap(),
@@ -630,18 +636,31 @@ mod tests {
         );
         let nowhere = RemoteShard::new(&uri, "nope", 0, Some("secret".into())).unwrap();
         assert!(matches!(
-            nowhere.request(&ShardCount { filter: None }).await,
+            nowhere
+                .request(&ShardCount {
+                    filter: None,
+                    owner: None
+                })
+                .await,
             Err(CollectionError::Unavailable(_))
         ));
         let no_shard = RemoteShard::new(&uri, "docs", 7, Some("secret".into())).unwrap();
         assert!(matches!(
-            no_shard.request(&ShardCount { filter: None }).await,
+            no_shard
+                .request(&ShardCount {
+                    filter: None,
+                    owner: None
+                })
+                .await,
             Err(CollectionError::Unavailable(_))
         ));
         let intruder = RemoteShard::new(&uri, "docs", 0, Some("wrong".into())).unwrap();
         assert!(
             intruder
-                .request(&ShardCount { filter: None })
+                .request(&ShardCount {
+                    filter: None,
+                    owner: None
+                })
                 .await
                 .is_err()
         );

@@ -14,12 +14,12 @@ use crate::cluster::hash_ring::shard_for;
 use crate::cluster::metadata::Metadata;
 use crate::cluster::remote_shard::RemoteShard;
 use crate::cluster::shard_requests::{
-    ShardCount, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch, ShardTarget,
+    Ownership, ShardCount, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch, ShardTarget,
 };
 use crate::collection_config::{CollectionConfig, PayloadIndexEntry, ShardingMethod};
 use crate::consensus::{
-    ClusterError, ClusterOperation, CollectionMeta, PeerId, PeerInfo, ReplicaState, ShardId,
-    ShardKey,
+    ClusterError, ClusterOperation, CollectionMeta, PeerId, PeerInfo, ReplicaState,
+    ReshardingDirection, ReshardingStage, ReshardingState, ShardId, ShardKey,
 };
 use crate::index::filter::Filter;
 use crate::shard::local_shard::{
@@ -105,11 +105,15 @@ pub struct ReplicaInfo {
     pub uri: String,
 }
 
-/// One shard of the collection: its key and its replicas, ordered by peer id.
+/// One shard of the collection: its key, its replicas (ordered by peer id), and whether points
+/// hash onto it for reads and for writes (during a resharding the shard being added or drained
+/// is on one ring and not the other).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ShardLayout {
     pub key: Option<ShardKey>,
     pub replicas: Vec<ReplicaInfo>,
+    pub read: bool,
+    pub write: bool,
 }
 
 pub type Layout = BTreeMap<u32, ShardLayout>;
@@ -189,6 +193,7 @@ fn is_request_error(e: &CollectionError) -> bool {
         e,
         CollectionError::BadInput(_)
             | CollectionError::PointNotFound(_)
+            | CollectionError::Moved(_)
             | CollectionError::Shard(ShardError::WrongDimension { .. } | ShardError::BadInput(_))
     )
 }
@@ -199,6 +204,9 @@ fn is_request_error(e: &CollectionError) -> bool {
 pub struct Outgoing {
     pub to: PeerId,
     pub destination: RemoteShard,
+    /// A resharding stream forwards only the part of each update that its destination shard
+    /// owns under the new ring; `None` forwards everything.
+    pub owner: Option<Ownership>,
     pub order: tokio::sync::Mutex<()>,
     /// Set when an update could not be forwarded: the destination missed it, so the transfer
     /// must not finish.
@@ -222,18 +230,32 @@ pub struct Collection {
     /// Declared payload indexes. Filters never depend on them: they are evaluated by scanning
     /// payloads, so results are the same with or without an index.
     payload_schema: RwLock<BTreeMap<String, PayloadIndexEntry>>,
-    /// Transfers sending a local replica, by shard id.
-    outgoing: parking_lot::Mutex<HashMap<u32, Arc<Outgoing>>>,
+    /// Transfers sending a local replica, by shard id (a drained shard sends to several).
+    outgoing: parking_lot::Mutex<HashMap<u32, Vec<Arc<Outgoing>>>>,
     /// Local updates hold it shared from looking up a transfer until applied; registering a
     /// transfer takes it exclusively, so no update can slip between the registration and the
     /// first batch unforwarded.
-    forwarding_gate: tokio::sync::RwLock<()>,
+    /// One per shard: a resharding forwards from one local replica to another, so one gate
+    /// for the whole collection would make a forwarded update wait behind a registration
+    /// that waits for the update that forwards it.
+    forwarding_gates: parking_lot::Mutex<HashMap<u32, Arc<tokio::sync::RwLock<()>>>>,
     /// Local replicas that the cluster placed elsewhere (a finished move) but that are kept
     /// while their transfer still forwards: they take no update of their own any more, so a
     /// peer still routing by the old layout gets an error instead of an acknowledgement that
     /// would be lost with the replica.
     retired: parking_lot::Mutex<BTreeSet<u32>>,
+    /// The running resharding, as of the last reconciled state.
+    resharding: RwLock<Option<ReshardingState>>,
+    /// Local replicas that may hold points another shard owns (points a resharding moved in
+    /// and then gave back), with a counter bumped on every such arrival. Their reads are
+    /// filtered by ownership until a cleanup deletes the strays; see [`foreign`].
+    foreign: parking_lot::Mutex<HashMap<u32, u64>>,
+    /// Local replicas already cleaned for the current write ring of a resharding.
+    cleaned: parking_lot::Mutex<BTreeSet<u32>>,
 }
+
+/// The marker file of a replica that may hold points another shard owns.
+const FOREIGN_FILE: &str = "foreign-points";
 
 impl Collection {
     /// Opens the collection under `dir` with the local replicas found there. The layout stays
@@ -249,6 +271,7 @@ impl Collection {
         let shards_dir = dir.join("shards");
         std::fs::create_dir_all(&shards_dir).map_err(CollectionError::storage)?;
         let mut local = BTreeMap::new();
+        let mut foreign = HashMap::new();
         for entry in std::fs::read_dir(&shards_dir).map_err(CollectionError::storage)? {
             let entry = entry.map_err(CollectionError::storage)?;
             let file_name = entry.file_name().to_string_lossy().into_owned();
@@ -257,6 +280,9 @@ impl Collection {
                 let _ = std::fs::remove_dir_all(entry.path());
                 continue;
             };
+            if entry.path().join(FOREIGN_FILE).exists() {
+                foreign.insert(id, 1);
+            }
             let shard = LocalShard::open(&entry.path(), Arc::clone(&config), env.sync)?;
             let shard = Arc::new(shard);
             maintenance::spawn(Arc::clone(&shard), Arc::clone(&env.builder));
@@ -272,8 +298,11 @@ impl Collection {
             local: RwLock::new(local),
             payload_schema: RwLock::new(BTreeMap::new()),
             outgoing: parking_lot::Mutex::new(HashMap::new()),
-            forwarding_gate: tokio::sync::RwLock::new(()),
+            forwarding_gates: parking_lot::Mutex::new(HashMap::new()),
             retired: parking_lot::Mutex::new(BTreeSet::new()),
+            resharding: RwLock::new(None),
+            foreign: parking_lot::Mutex::new(foreign),
+            cleaned: parking_lot::Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -290,10 +319,21 @@ impl Collection {
         peers: &BTreeMap<PeerId, PeerInfo>,
     ) -> Result<(), CollectionError> {
         let this_peer = self.env.this_peer();
+        let read_rings: HashMap<Option<&ShardKey>, Vec<ShardId>> = meta
+            .shards
+            .values()
+            .map(|s| (s.shard_key.as_ref(), meta.ring(s.shard_key.as_ref(), false)))
+            .collect();
+        let write_rings: HashMap<Option<&ShardKey>, Vec<ShardId>> = meta
+            .shards
+            .values()
+            .map(|s| (s.shard_key.as_ref(), meta.ring(s.shard_key.as_ref(), true)))
+            .collect();
         let layout: Layout = meta
             .shards
             .iter()
             .map(|(id, shard)| {
+                let key = shard.shard_key.as_ref();
                 let replicas = shard
                     .replicas
                     .iter()
@@ -308,6 +348,8 @@ impl Collection {
                     ShardLayout {
                         key: shard.shard_key.clone(),
                         replicas,
+                        read: read_rings.get(&key).is_some_and(|r| r.contains(id)),
+                        write: write_rings.get(&key).is_some_and(|r| r.contains(id)),
                     },
                 )
             })
@@ -332,11 +374,16 @@ impl Collection {
             }
         }
         *self.layout.write() = Arc::new(layout);
+        *self.resharding.write() = meta.resharding.clone();
         *self.payload_schema.write() = meta.payload_schema.clone();
+        self.clean_strays(meta)?;
         // ... and replicas that left are dropped after it stopped routing to them. A moved
         // replica whose transfer still forwards (until every peer routes to the new one) stays
         // until a later pass.
         let forwarding: BTreeSet<u32> = self.outgoing.lock().keys().copied().collect();
+        self.forwarding_gates
+            .lock()
+            .retain(|id, _| mine.contains(id) || forwarding.contains(id));
         let held: Vec<u32> = self.local.read().keys().copied().collect();
         {
             let mut retired = self.retired.lock();
@@ -433,14 +480,15 @@ impl Collection {
         ))
     }
 
-    /// The shards that points hash over for `key`: the shards of that key, or every shard of a
-    /// collection without custom sharding.
-    fn ring(&self, layout: &Layout, key: Option<&ShardKey>) -> Result<Vec<u32>, CollectionError> {
-        let ids: Vec<u32> = layout
-            .iter()
-            .filter(|(_, s)| s.key.as_ref() == key)
-            .map(|(id, _)| *id)
-            .collect();
+    /// The shards that points hash over for `key` (the shards of that key, or every shard of a
+    /// collection without custom sharding), for writes or for reads.
+    fn ring(
+        &self,
+        layout: &Layout,
+        key: Option<&ShardKey>,
+        writes: bool,
+    ) -> Result<Vec<u32>, CollectionError> {
+        let ids = ring_of(layout, key, writes);
         if !ids.is_empty() {
             return Ok(ids);
         }
@@ -457,34 +505,37 @@ impl Collection {
         })
     }
 
-    /// The shards a read or a selection-based write addresses.
+    /// The shards a read (on the read ring) or a selection-based write (on the write ring)
+    /// addresses.
     fn selected_shards(
         &self,
         layout: &Layout,
         selector: Option<&ShardKeySelector>,
+        writes: bool,
     ) -> Result<Vec<u32>, CollectionError> {
         match selector {
-            None => Ok(layout.keys().copied().collect()),
+            None => Ok(layout
+                .iter()
+                .filter(|(_, s)| if writes { s.write } else { s.read })
+                .map(|(id, _)| *id)
+                .collect()),
             Some(selector) => {
                 let mut ids = BTreeSet::new();
                 for key in selector.keys() {
-                    ids.extend(self.ring(layout, Some(&key))?);
+                    ids.extend(self.ring(layout, Some(&key), writes)?);
                 }
                 Ok(ids.into_iter().collect())
             }
         }
     }
 
-    /// A test of whether a point belongs to `shard` under the ring of that shard's key; the
-    /// ring is computed once, for testing many points.
-    fn owned_by(layout: &Layout, shard: u32) -> impl Fn(&PointId) -> bool {
+    /// Which points `shard` owns under its key's read or write ring.
+    fn ownership(layout: &Layout, shard: u32, writes: bool) -> Ownership {
         let key = layout.get(&shard).and_then(|s| s.key.as_ref());
-        let ring: Vec<u32> = layout
-            .iter()
-            .filter(|(_, s)| s.key.as_ref() == key)
-            .map(|(i, _)| *i)
-            .collect();
-        move |id| !ring.is_empty() && ring[shard_for(id, ring.len() as u32) as usize] == shard
+        Ownership {
+            ring: ring_of(layout, key, writes),
+            shard,
+        }
     }
 
     /// Applies an update on every replica of every shard it concerns; acknowledged once each
@@ -495,15 +546,39 @@ impl Collection {
         selector: Option<&ShardKeySelector>,
     ) -> Result<u64, CollectionError> {
         let layout = self.layout();
+        // During a resharding a replica refuses points its shard no longer owns (this peer may
+        // route by an older ring than the replica's peer): then route again, once, by a newer
+        // layout.
+        let again = self.resharding.read().is_some().then(|| request.clone());
+        match self.update_with(&layout, request, selector).await {
+            Err(CollectionError::Moved(reason)) => {
+                match (again, self.newer_layout(&layout).await) {
+                    (Some(request), Some(newer)) => {
+                        self.update_with(&newer, request, selector).await
+                    }
+                    _ => Err(CollectionError::Unavailable(reason)),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn update_with(
+        &self,
+        layout: &Arc<Layout>,
+        request: UpdateRequest,
+        selector: Option<&ShardKeySelector>,
+    ) -> Result<u64, CollectionError> {
+        let layout = Arc::clone(layout);
         let mut per_shard: BTreeMap<u32, UpdateRequest> = BTreeMap::new();
         match request {
             UpdateRequest::Upsert(points) => {
                 let rings: Vec<Vec<u32>> = match selector {
-                    None => vec![self.ring(&layout, None)?],
+                    None => vec![self.ring(&layout, None, true)?],
                     Some(selector) => selector
                         .keys()
                         .iter()
-                        .map(|k| self.ring(&layout, Some(k)))
+                        .map(|k| self.ring(&layout, Some(k), true))
                         .collect::<Result<_, _>>()?,
                 };
                 let mut groups: BTreeMap<u32, Vec<PointWrite>> = BTreeMap::new();
@@ -521,8 +596,9 @@ impl Collection {
                 );
             }
             other => {
-                for shard in self.selected_shards(&layout, selector)? {
-                    if let Some(narrowed) = Self::restrict(&layout, &other, shard) {
+                for shard in self.selected_shards(&layout, selector, true)? {
+                    let owner = Self::ownership(&layout, shard, true);
+                    if let Some(narrowed) = restrict(&other, &owner) {
                         per_shard.insert(shard, narrowed);
                     }
                 }
@@ -680,8 +756,8 @@ impl Collection {
         }
     }
 
-    /// Applies an update on this peer's replica of `shard`, and forwards it to the destination
-    /// of a transfer that sends this replica.
+    /// Applies an update on this peer's replica of `shard`, and forwards it to the destinations
+    /// of the transfers that send this replica.
     pub async fn update_local(
         &self,
         shard: u32,
@@ -693,58 +769,248 @@ impl Collection {
                 self.name
             ))
         })?;
-        let _gate = self.forwarding_gate.read().await;
+        let gate = self.gate(shard);
+        let _gate = gate.read().await;
         if self.retired.lock().contains(&shard) {
             return Err(CollectionError::Unavailable(format!(
                 "shard {shard} of `{}` moved away from this peer",
                 self.name
             )));
         }
-        let outgoing = self.outgoing.lock().get(&shard).cloned();
-        let Some(out) = outgoing else {
-            let request = Arc::clone(&request);
-            return tokio::task::spawn_blocking(move || request.run_on(&local))
-                .await
-                .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?;
-        };
-        let _order = out.order.lock().await;
+        self.check_arrival(shard, &local, &request)?;
+        let outgoing: Vec<Arc<Outgoing>> = self
+            .outgoing
+            .lock()
+            .get(&shard)
+            .cloned()
+            .unwrap_or_default();
+        // Every transfer sees this update in the same place of its stream.
+        let mut orders = Vec::with_capacity(outgoing.len());
+        for out in &outgoing {
+            orders.push(out.order.lock().await);
+        }
         let applied = {
             let request = Arc::clone(&request);
             tokio::task::spawn_blocking(move || request.run_on(&local))
                 .await
                 .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
         };
-        if applied.is_ok()
-            && let Some(queue) = out.queue.lock().as_mut()
-        {
-            queue.push(Arc::clone(&request));
-            return applied;
+        let applied = applied?;
+        for out in &outgoing {
+            let forwarded = match &out.owner {
+                None => Some(Arc::clone(&request)),
+                Some(owner) => restrict(&request, owner).map(Arc::new),
+            };
+            let Some(forwarded) = forwarded else {
+                continue;
+            };
+            if let Some(queue) = out.queue.lock().as_mut() {
+                queue.push(forwarded);
+                continue;
+            }
+            if !out.broken.load(std::sync::atomic::Ordering::SeqCst)
+                && let Err(e) = out.destination.request(&*forwarded).await
+            {
+                tracing::warn!(collection = %self.name, shard, to = %out.to, error = %e, "could not forward an update to a transfer's destination; the transfer will abort");
+                out.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+                // A resharding past its abortable stages cannot drop the destination, so the
+                // update is not acknowledged: the destination shard may not have it.
+                if out.owner.is_some() {
+                    return Err(CollectionError::Unavailable(format!(
+                        "shard {shard} of `{}` could not pass an update on to shard {} on peer {}: {e}",
+                        self.name,
+                        out.destination.shard_id(),
+                        out.to
+                    )));
+                }
+            }
         }
-        if applied.is_ok()
-            && !out.broken.load(std::sync::atomic::Ordering::SeqCst)
-            && let Err(e) = out.destination.request(&*request).await
-        {
-            tracing::warn!(collection = %self.name, shard, to = %out.to, error = %e, "could not forward an update to a transfer's destination; the transfer will abort");
-            out.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(orders);
+        Ok(applied)
+    }
+
+    /// The forwarding gate of `shard` (see `forwarding_gates`).
+    fn gate(&self, shard: u32) -> Arc<tokio::sync::RwLock<()>> {
+        Arc::clone(self.forwarding_gates.lock().entry(shard).or_default())
+    }
+
+    /// Checks an update against what this replica owns during a resharding, before it is
+    /// applied. Once writes use the new ring, a point the replica's shard no longer owns is
+    /// refused (the sender routed by an older ring and routes again). A point it does not own
+    /// under the read ring (one a resharding moves in) marks the replica as holding foreign
+    /// points, durably, before it lands.
+    fn check_arrival(
+        &self,
+        shard: u32,
+        local: &LocalShard,
+        request: &UpdateRequest,
+    ) -> Result<(), CollectionError> {
+        let ids = named_ids(request);
+        if ids.is_empty() {
+            return Ok(());
         }
-        applied
+        let layout = self.layout();
+        let Some(this) = layout.get(&shard) else {
+            return Ok(());
+        };
+        let resharding = self
+            .resharding
+            .read()
+            .clone()
+            .filter(|r| r.shard_key == this.key);
+        if resharding
+            .as_ref()
+            .is_some_and(|r| r.stage == ReshardingStage::WriteHashRingCommitted)
+        {
+            let owner = Self::ownership(&layout, shard, true);
+            if let Some(id) = ids.iter().find(|id| !owner.owns(id)) {
+                return Err(CollectionError::Moved(format!(
+                    "point {id} no longer belongs to shard {shard} of `{}` (resharding)",
+                    self.name
+                )));
+            }
+        }
+        let owner = Self::ownership(&layout, shard, false);
+        if ids.iter().any(|id| !owner.owns(id)) {
+            let mut foreign = self.foreign.lock();
+            let first = !foreign.contains_key(&shard);
+            *foreign.entry(shard).or_insert(0) += 1;
+            if first {
+                std::fs::write(local.dir().join(FOREIGN_FILE), b"")
+                    .map_err(CollectionError::storage)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The ownership filter a read of the local replica of `shard` needs: the caller's, or
+    /// this peer's read ring, while the replica may hold points another shard owns (its
+    /// shards are resharding, or points moved in and were not cleaned up yet); else none.
+    fn read_filter(&self, shard: u32, given: Option<Ownership>) -> Option<Ownership> {
+        let layout = self.layout();
+        let key = layout.get(&shard).map(|s| s.key.clone());
+        let resharding = self
+            .resharding
+            .read()
+            .as_ref()
+            .is_some_and(|r| Some(&r.shard_key) == key.as_ref());
+        if !resharding && !self.foreign.lock().contains_key(&shard) {
+            return None;
+        }
+        Some(given.unwrap_or_else(|| Self::ownership(&layout, shard, false)))
+    }
+
+    /// Runs a read on this peer's replica of `shard`, with the ownership filter it needs.
+    pub async fn read_local<R: ShardRequest>(
+        &self,
+        shard: u32,
+        mut request: R,
+    ) -> Result<R::Answer, CollectionError> {
+        let local = self.local_shard(shard).ok_or_else(|| {
+            CollectionError::Unavailable(format!(
+                "shard {shard} of `{}` has no replica on this peer yet",
+                self.name
+            ))
+        })?;
+        if let Some(slot) = request.owner_mut() {
+            *slot = self.read_filter(shard, slot.take());
+        }
+        tokio::task::spawn_blocking(move || request.run_on(&local))
+            .await
+            .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
+    }
+
+    /// Deletes the points local replicas hold but do not own: after a resharding's writes moved
+    /// to the new ring (the points that moved out), and once no resharding runs (points a
+    /// drained shard moved in before an abort). Blocking; runs in every reconcile pass, so a
+    /// peer that reconciled a state has cleaned up for it.
+    fn clean_strays(&self, meta: &CollectionMeta) -> Result<(), CollectionError> {
+        let layout = self.layout();
+        let resharding = meta.resharding.as_ref();
+        let at_write_ring =
+            resharding.is_some_and(|r| r.stage == ReshardingStage::WriteHashRingCommitted);
+        if resharding.is_none() {
+            self.cleaned.lock().clear();
+        }
+        for (id, local) in self.local_shards() {
+            let Some(this) = layout.get(&id) else {
+                continue;
+            };
+            let group_resharding = resharding.filter(|r| r.shard_key == this.key);
+            let sweep = match group_resharding {
+                // The drained shard goes away as a whole.
+                Some(r) if r.direction == ReshardingDirection::Down && r.shard.0 == id => false,
+                Some(_) => at_write_ring && !self.cleaned.lock().contains(&id),
+                None => self.foreign.lock().contains_key(&id),
+            };
+            if !sweep {
+                continue;
+            }
+            // Every update that was checked against the previous state has been applied once
+            // the barrier is through; later ones are checked against this one.
+            drop(self.gate(id).blocking_write());
+            let generation = self.foreign.lock().get(&id).copied();
+            let owner = Self::ownership(&layout, id, true);
+            let mut strays = Vec::new();
+            let mut from = None;
+            loop {
+                const PAGE: usize = 10_000;
+                let page = local.scroll(from, PAGE + 1, None, false, false);
+                let next = (page.len() > PAGE).then(|| page[PAGE].id);
+                strays.extend(
+                    page.into_iter()
+                        .take(PAGE)
+                        .map(|r| r.id)
+                        .filter(|id| !owner.owns(id)),
+                );
+                match next {
+                    Some(n) => from = Some(n),
+                    None => break,
+                }
+            }
+            let removed = strays.len();
+            for chunk in strays.chunks(1000) {
+                local.update(UpdateRequest::Delete(PointSelection::Ids(chunk.to_vec())))?;
+            }
+            if group_resharding.is_some() {
+                self.cleaned.lock().insert(id);
+            }
+            // Points that arrived while sweeping are swept by the next pass.
+            let mut foreign = self.foreign.lock();
+            if group_resharding.is_none() && foreign.get(&id).copied() == generation {
+                foreign.remove(&id);
+                let _ = std::fs::remove_file(local.dir().join(FOREIGN_FILE));
+            }
+            drop(foreign);
+            tracing::info!(collection = %self.name, shard = id, removed, "removed points the shard no longer owns");
+        }
+        Ok(())
     }
 
     /// Starts forwarding the updates of the local replica of `shard` to a transfer's
     /// destination. Returns once every update that did not see the registration is applied,
     /// so whatever the transfer reads next includes them.
     pub async fn register_outgoing(&self, shard: u32, outgoing: Arc<Outgoing>) {
-        let _exclusive = self.forwarding_gate.write().await;
-        self.outgoing.lock().insert(shard, outgoing);
+        let gate = self.gate(shard);
+        let _exclusive = gate.write().await;
+        self.outgoing
+            .lock()
+            .entry(shard)
+            .or_default()
+            .push(outgoing);
     }
 
-    /// Stops forwarding for `shard`, if the registered transfer is still `outgoing`. Returns
-    /// once every update that saw the registration has been forwarded.
+    /// Stops forwarding for `shard` to `outgoing`'s destination. Returns once every update
+    /// that saw the registration has been forwarded.
     pub async fn unregister_outgoing(&self, shard: u32, outgoing: &Arc<Outgoing>) {
-        let _exclusive = self.forwarding_gate.write().await;
+        let gate = self.gate(shard);
+        let _exclusive = gate.write().await;
         let mut map = self.outgoing.lock();
-        if map.get(&shard).is_some_and(|o| Arc::ptr_eq(o, outgoing)) {
-            map.remove(&shard);
+        if let Some(list) = map.get_mut(&shard) {
+            list.retain(|o| !Arc::ptr_eq(o, outgoing));
+            if list.is_empty() {
+                map.remove(&shard);
+            }
         }
     }
 
@@ -756,15 +1022,7 @@ impl Collection {
         request: Arc<R>,
     ) -> Result<R::Answer, CollectionError> {
         if replica.peer == self.env.this_peer() {
-            let local = self.local_shard(shard).ok_or_else(|| {
-                CollectionError::Unavailable(format!(
-                    "shard {shard} of `{}` has no replica on this peer yet",
-                    self.name
-                ))
-            })?;
-            tokio::task::spawn_blocking(move || request.run_on(&local))
-                .await
-                .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
+            self.read_local(shard, (*request).clone()).await
         } else {
             self.env
                 .remote(&replica.uri, &self.name, shard)?
@@ -782,12 +1040,15 @@ impl Collection {
         shard: u32,
         request: Arc<R>,
     ) -> Result<R::Answer, CollectionError> {
+        // A shard being added is read once reads switched to the new ring.
         let mut readable: Vec<&ReplicaInfo> = layout
             .get(&shard)
             .map(|s| {
                 s.replicas
                     .iter()
-                    .filter(|r| r.state.is_readable())
+                    .filter(|r| {
+                        r.state.is_readable() || (s.read && r.state == ReplicaState::Resharding)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -821,54 +1082,17 @@ impl Collection {
         layout: &Layout,
         requests: Vec<(u32, R)>,
     ) -> Result<Vec<R::Answer>, CollectionError> {
-        futures::future::join_all(
-            requests
-                .into_iter()
-                .map(|(shard, r)| self.read_shard(layout, shard, Arc::new(r))),
-        )
+        // Each shard answers for the points it owns under this peer's read ring, so a point
+        // a resharding is moving is counted once whichever stage each peer is at.
+        futures::future::join_all(requests.into_iter().map(|(shard, mut r)| {
+            if let Some(slot) = r.owner_mut() {
+                *slot = Some(Self::ownership(layout, shard, false));
+            }
+            self.read_shard(layout, shard, Arc::new(r))
+        }))
         .await
         .into_iter()
         .collect()
-    }
-
-    /// The part of a selection-based update that concerns `shard`.
-    fn restrict(layout: &Layout, request: &UpdateRequest, shard: u32) -> Option<UpdateRequest> {
-        let owns = Self::owned_by(layout, shard);
-        let narrow = |sel: &PointSelection| -> Option<PointSelection> {
-            match sel {
-                PointSelection::Ids(ids) => {
-                    let mine: Vec<PointId> = ids.iter().filter(|id| owns(id)).copied().collect();
-                    (!mine.is_empty()).then_some(PointSelection::Ids(mine))
-                }
-                PointSelection::Filter(f) => Some(PointSelection::Filter(f.clone())),
-            }
-        };
-        Some(match request {
-            UpdateRequest::Upsert(_) => unreachable!("upserts are routed point by point"),
-            UpdateRequest::Delete(sel) => UpdateRequest::Delete(narrow(sel)?),
-            UpdateRequest::SetPayload {
-                selection,
-                payload,
-                key,
-            } => UpdateRequest::SetPayload {
-                selection: narrow(selection)?,
-                payload: payload.clone(),
-                key: key.clone(),
-            },
-            UpdateRequest::OverwritePayload { selection, payload } => {
-                UpdateRequest::OverwritePayload {
-                    selection: narrow(selection)?,
-                    payload: payload.clone(),
-                }
-            }
-            UpdateRequest::DeletePayload { selection, keys } => UpdateRequest::DeletePayload {
-                selection: narrow(selection)?,
-                keys: keys.clone(),
-            },
-            UpdateRequest::ClearPayload(selection) => {
-                UpdateRequest::ClearPayload(narrow(selection)?)
-            }
-        })
     }
 
     /// Points by id, in the order asked, each at most once; unknown ids are skipped.
@@ -883,17 +1107,19 @@ impl Collection {
         let mut seen = HashSet::new();
         let unique: Vec<PointId> = ids.iter().filter(|id| seen.insert(**id)).copied().collect();
         let requests: Vec<(u32, ShardRetrieve)> = self
-            .selected_shards(&layout, selector)?
+            .selected_shards(&layout, selector, false)?
             .into_iter()
             .filter_map(|shard| {
-                let owns = Self::owned_by(&layout, shard);
-                let mine: Vec<PointId> = unique.iter().filter(|id| owns(id)).copied().collect();
+                let owner = Self::ownership(&layout, shard, false);
+                let mine: Vec<PointId> =
+                    unique.iter().filter(|id| owner.owns(id)).copied().collect();
                 (!mine.is_empty()).then_some((
                     shard,
                     ShardRetrieve {
                         ids: mine,
                         with_payload,
                         with_vector,
+                        owner: None,
                     },
                 ))
             })
@@ -938,9 +1164,10 @@ impl Collection {
             filter: filter.cloned(),
             with_payload,
             with_vector,
+            owner: None,
         };
         let requests = self
-            .selected_shards(&layout, selector)?
+            .selected_shards(&layout, selector, false)?
             .into_iter()
             .map(|shard| (shard, request.clone()))
             .collect();
@@ -967,9 +1194,10 @@ impl Collection {
         let layout = self.layout();
         let request = ShardCount {
             filter: filter.cloned(),
+            owner: None,
         };
         let requests = self
-            .selected_shards(&layout, selector)?
+            .selected_shards(&layout, selector, false)?
             .into_iter()
             .map(|shard| (shard, request.clone()))
             .collect();
@@ -1012,9 +1240,10 @@ impl Collection {
             score_threshold: request.score_threshold,
             with_payload: request.with_payload,
             with_vector: request.with_vector,
+            owner: None,
         };
         let requests = self
-            .selected_shards(&layout, selector)?
+            .selected_shards(&layout, selector, false)?
             .into_iter()
             .map(|shard| (shard, shard_search.clone()))
             .collect();
@@ -1080,4 +1309,75 @@ impl Collection {
             shard.cancel();
         }
     }
+}
+
+/// The shards of `key`'s ring for reads or writes, in ring order.
+fn ring_of(layout: &Layout, key: Option<&ShardKey>, writes: bool) -> Vec<u32> {
+    layout
+        .iter()
+        .filter(|(_, s)| s.key.as_ref() == key && if writes { s.write } else { s.read })
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// The ids an update names explicitly (none for a filter-based one).
+fn named_ids(request: &UpdateRequest) -> Vec<PointId> {
+    let of = |sel: &PointSelection| match sel {
+        PointSelection::Ids(ids) => ids.clone(),
+        PointSelection::Filter(_) => Vec::new(),
+    };
+    match request {
+        UpdateRequest::Upsert(points) => points.iter().map(|p| p.id).collect(),
+        UpdateRequest::Delete(sel) | UpdateRequest::ClearPayload(sel) => of(sel),
+        UpdateRequest::SetPayload { selection, .. }
+        | UpdateRequest::OverwritePayload { selection, .. }
+        | UpdateRequest::DeletePayload { selection, .. } => of(selection),
+    }
+}
+
+/// The part of an update that concerns the points `owner` owns: upserts and id selections
+/// narrowed to them, filter selections unchanged (every shard applies those to its own
+/// points). `None` when nothing is left.
+pub fn restrict(request: &UpdateRequest, owner: &Ownership) -> Option<UpdateRequest> {
+    let narrow = |sel: &PointSelection| -> Option<PointSelection> {
+        match sel {
+            PointSelection::Ids(ids) => {
+                let mine: Vec<PointId> = ids.iter().filter(|id| owner.owns(id)).copied().collect();
+                (!mine.is_empty()).then_some(PointSelection::Ids(mine))
+            }
+            PointSelection::Filter(f) => Some(PointSelection::Filter(f.clone())),
+        }
+    };
+    Some(match request {
+        UpdateRequest::Upsert(points) => {
+            let mine: Vec<PointWrite> = points
+                .iter()
+                .filter(|p| owner.owns(&p.id))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                return None;
+            }
+            UpdateRequest::Upsert(mine)
+        }
+        UpdateRequest::Delete(sel) => UpdateRequest::Delete(narrow(sel)?),
+        UpdateRequest::SetPayload {
+            selection,
+            payload,
+            key,
+        } => UpdateRequest::SetPayload {
+            selection: narrow(selection)?,
+            payload: payload.clone(),
+            key: key.clone(),
+        },
+        UpdateRequest::OverwritePayload { selection, payload } => UpdateRequest::OverwritePayload {
+            selection: narrow(selection)?,
+            payload: payload.clone(),
+        },
+        UpdateRequest::DeletePayload { selection, keys } => UpdateRequest::DeletePayload {
+            selection: narrow(selection)?,
+            keys: keys.clone(),
+        },
+        UpdateRequest::ClearPayload(selection) => UpdateRequest::ClearPayload(narrow(selection)?),
+    })
 }

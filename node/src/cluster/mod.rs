@@ -5,6 +5,7 @@ pub mod collection;
 pub mod hash_ring;
 pub mod metadata;
 pub mod remote_shard;
+pub mod resharding;
 pub mod shard_requests;
 pub mod toc;
 pub mod transfer;
@@ -30,6 +31,10 @@ pub enum CollectionError {
     /// another replica or later.
     #[error("Service unavailable: {0}")]
     Unavailable(String),
+    /// The replica no longer owns a point the update names: a resharding moved its writes to
+    /// another shard. The sender routes again by a newer layout.
+    #[error("Points moved: {0}")]
+    Moved(String),
 }
 
 impl CollectionError {

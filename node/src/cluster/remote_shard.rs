@@ -24,6 +24,11 @@ pub struct RemoteShard {
 }
 
 impl RemoteShard {
+    /// The shard this handle addresses.
+    pub fn shard_id(&self) -> u32 {
+        self.shard_id
+    }
+
     /// A lazily connecting channel to the peer whose p2p URI is `uri`; share it between
     /// handles.
     pub fn channel(uri: &str) -> Result<Channel, CollectionError> {
@@ -96,6 +101,7 @@ impl RemoteShard {
         };
         let answer = answer.map_err(|status| match status.code() {
             tonic::Code::InvalidArgument => CollectionError::BadInput(status.message().to_string()),
+            tonic::Code::FailedPrecondition => CollectionError::Moved(status.message().to_string()),
             _ => CollectionError::Unavailable(format!(
                 "shard {} of `{}` at {}: {}",
                 self.shard_id,

@@ -28,12 +28,34 @@ pub enum ShardCallKind {
 
 /// A request that one shard replica answers, on this peer or on another: it runs on a local
 /// replica, or travels as JSON to the peer that holds one and runs there.
-pub trait ShardRequest: Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait ShardRequest: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     type Answer: Serialize + DeserializeOwned + Send + 'static;
     const CALL: ShardCallKind;
     /// Whether the request changes the shard (then every replica that takes updates gets it).
     const WRITES: bool = false;
     fn run_on(&self, shard: &LocalShard) -> Result<Self::Answer, CollectionError>;
+    /// The ownership filter of a read (see [`Ownership`]); `None` for requests without one.
+    fn owner_mut(&mut self) -> Option<&mut Option<Ownership>> {
+        None
+    }
+}
+
+/// The points one shard owns under a hash ring: those the ring hashes onto `shard`. A read
+/// carrying one answers only for owned points, so that points a resharding has copied but not
+/// yet removed are never counted by two shards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ownership {
+    /// The ring's shards, in ring order.
+    pub ring: Vec<u32>,
+    pub shard: u32,
+}
+
+impl Ownership {
+    pub fn owns(&self, id: &PointId) -> bool {
+        !self.ring.is_empty()
+            && self.ring[crate::cluster::hash_ring::shard_for(id, self.ring.len() as u32) as usize]
+                == self.shard
+    }
 }
 
 impl ShardRequest for UpdateRequest {
@@ -76,9 +98,14 @@ pub struct ShardSearch {
     pub score_threshold: Option<f32>,
     pub with_payload: bool,
     pub with_vector: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Ownership>,
 }
 
 impl ShardRequest for ShardSearch {
+    fn owner_mut(&mut self) -> Option<&mut Option<Ownership>> {
+        Some(&mut self.owner)
+    }
     type Answer = Vec<ScoredRecord>;
     const CALL: ShardCallKind = ShardCallKind::Search;
     fn run_on(&self, shard: &LocalShard) -> Result<Vec<ScoredRecord>, CollectionError> {
@@ -92,10 +119,13 @@ impl ShardSearch {
         let distance = shard.distance();
         let exclude: HashSet<PointId> = self.exclude.iter().copied().collect();
         let filter = self.filter.as_ref();
+        let owner = self.owner.as_ref();
         let accept = |id: PointId, p: &Payload| {
-            !exclude.contains(&id) && filter.is_none_or(|f| f.check(id, p))
+            !exclude.contains(&id)
+                && owner.is_none_or(|o| o.owns(&id))
+                && filter.is_none_or(|f| f.check(id, p))
         };
-        let needs_accept = filter.is_some() || !exclude.is_empty();
+        let needs_accept = filter.is_some() || !exclude.is_empty() || owner.is_some();
         let accept_ref: Option<PointPredicate<'_>> = needs_accept.then_some(&accept as _);
         // Similarity oriented so that larger is closer, for every distance.
         let sim = |a: &[f32], b: &[f32]| {
@@ -183,9 +213,14 @@ pub struct ShardScroll {
     pub filter: Option<Filter>,
     pub with_payload: bool,
     pub with_vector: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Ownership>,
 }
 
 impl ShardRequest for ShardScroll {
+    fn owner_mut(&mut self) -> Option<&mut Option<Ownership>> {
+        Some(&mut self.owner)
+    }
     type Answer = Vec<Record>;
     const CALL: ShardCallKind = ShardCallKind::Scroll;
     fn run_on(&self, shard: &LocalShard) -> Result<Vec<Record>, CollectionError> {
@@ -196,7 +231,10 @@ impl ShardRequest for ShardScroll {
 impl ShardScroll {
     pub fn run(&self, shard: &LocalShard) -> Vec<Record> {
         let filter = self.filter.as_ref();
-        let accept = |id: PointId, p: &Payload| filter.is_none_or(|f| f.check(id, p));
+        let owner = self.owner.as_ref();
+        let accept = |id: PointId, p: &Payload| {
+            owner.is_none_or(|o| o.owns(&id)) && filter.is_none_or(|f| f.check(id, p))
+        };
         shard.scroll(
             self.from,
             self.limit,
@@ -210,9 +248,14 @@ impl ShardScroll {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardCount {
     pub filter: Option<Filter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Ownership>,
 }
 
 impl ShardRequest for ShardCount {
+    fn owner_mut(&mut self) -> Option<&mut Option<Ownership>> {
+        Some(&mut self.owner)
+    }
     type Answer = usize;
     const CALL: ShardCallKind = ShardCallKind::Count;
     fn run_on(&self, shard: &LocalShard) -> Result<usize, CollectionError> {
@@ -222,9 +265,12 @@ impl ShardRequest for ShardCount {
 
 impl ShardCount {
     pub fn run(&self, shard: &LocalShard) -> usize {
-        match &self.filter {
-            None => shard.count(None),
-            Some(f) => shard.count(Some(&|id: PointId, p: &Payload| f.check(id, p))),
+        let owner = self.owner.as_ref();
+        match (&self.filter, owner) {
+            (None, None) => shard.count(None),
+            (filter, _) => shard.count(Some(&|id: PointId, p: &Payload| {
+                owner.is_none_or(|o| o.owns(&id)) && filter.as_ref().is_none_or(|f| f.check(id, p))
+            })),
         }
     }
 }
@@ -234,9 +280,14 @@ pub struct ShardRetrieve {
     pub ids: Vec<PointId>,
     pub with_payload: bool,
     pub with_vector: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Ownership>,
 }
 
 impl ShardRequest for ShardRetrieve {
+    fn owner_mut(&mut self) -> Option<&mut Option<Ownership>> {
+        Some(&mut self.owner)
+    }
     type Answer = Vec<Record>;
     const CALL: ShardCallKind = ShardCallKind::Retrieve;
     fn run_on(&self, shard: &LocalShard) -> Result<Vec<Record>, CollectionError> {
@@ -246,6 +297,10 @@ impl ShardRequest for ShardRetrieve {
 
 impl ShardRetrieve {
     pub fn run(&self, shard: &LocalShard) -> Vec<Record> {
-        shard.retrieve(&self.ids, self.with_payload, self.with_vector)
+        let mut records = shard.retrieve(&self.ids, self.with_payload, self.with_vector);
+        if let Some(owner) = &self.owner {
+            records.retain(|r| owner.owns(&r.id));
+        }
+        records
     }
 }

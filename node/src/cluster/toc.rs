@@ -61,6 +61,9 @@ pub enum SubmitError {
     Consensus(#[from] ConsensusError),
     #[error("the operation was applied at index {0}, but this peer has not reconciled it yet")]
     NotReconciled(u64),
+    /// A precondition that other peers must reach first (e.g. cleaning up after a resharding).
+    #[error("{0}")]
+    Waiting(String),
 }
 
 pub struct TableOfContent {
@@ -174,6 +177,7 @@ pub fn legacy_state(data_dir: &Path, peer: PeerId, name: &str) -> ClusterState {
                 transfers: Vec::new(),
                 resharding: None,
                 payload_schema,
+                replicating: Default::default(),
                 uuid: c.uuid,
             },
         );
@@ -373,7 +377,7 @@ impl TableOfContent {
     }
 
     /// Whether the peer at `uri` reconciled `index` within the patience.
-    async fn await_peer(&self, uri: &str, index: u64) -> bool {
+    pub(crate) async fn await_peer(&self, uri: &str, index: u64) -> bool {
         let Ok(channel) = self.env.channel(uri) else {
             return false;
         };

@@ -32,7 +32,7 @@ use serde::Serialize;
 use crate::cluster::CollectionError;
 use crate::cluster::collection::Outgoing;
 use crate::cluster::metadata::Metadata;
-use crate::cluster::shard_requests::ShardScroll;
+use crate::cluster::shard_requests::{Ownership, ShardScroll};
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::{
     ClusterOperation, ClusterStateView, PeerId, ReplicaState, ShardId, ShardTransfer,
@@ -90,6 +90,8 @@ fn remove_checkpoint(dir: &std::path::Path) {
 pub struct TransferKey {
     pub collection: String,
     pub shard: u32,
+    /// The destination shard: `shard` itself, except for a resharding stream.
+    pub to_shard: u32,
     pub from: PeerId,
     pub to: PeerId,
 }
@@ -162,6 +164,9 @@ impl Progress {
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TransferProgressEntry {
     pub shard_id: u32,
+    /// The destination shard of a resharding stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_shard_id: Option<u32>,
     pub from: u64,
     pub to: u64,
     pub progress: ProgressReport,
@@ -175,6 +180,8 @@ struct Running {
 /// The transfers this peer sends.
 pub struct Transfers {
     running: parking_lot::Mutex<HashMap<TransferKey, Running>>,
+    /// Collections whose resharding this peer is advancing right now.
+    pub(crate) driving: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +202,7 @@ impl Transfers {
     pub fn new() -> Transfers {
         Transfers {
             running: parking_lot::Mutex::new(HashMap::new()),
+            driving: parking_lot::Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -207,12 +215,13 @@ impl Transfers {
             .filter(|(k, _)| k.collection == collection)
             .map(|(k, r)| TransferProgressEntry {
                 shard_id: k.shard,
+                to_shard_id: (k.to_shard != k.shard).then_some(k.to_shard),
                 from: k.from.0,
                 to: k.to.0,
                 progress: r.progress.report(),
             })
             .collect();
-        out.sort_by_key(|e| (e.shard_id, e.from, e.to));
+        out.sort_by_key(|e| (e.shard_id, e.to_shard_id, e.from, e.to));
         out
     }
 
@@ -223,11 +232,12 @@ impl Transfers {
         let mut wanted: HashMap<TransferKey, ShardTransfer> = HashMap::new();
         for (name, meta) in &view.state.collections {
             for t in &meta.transfers {
-                if t.from == this_peer && t.to_shard.is_none() {
+                if t.from == this_peer {
                     wanted.insert(
                         TransferKey {
                             collection: name.clone(),
                             shard: t.shard.0,
+                            to_shard: t.to_shard.unwrap_or(t.shard).0,
                             from: t.from,
                             to: t.to,
                         },
@@ -270,6 +280,8 @@ impl Transfers {
             }
         }
         self.recover_dead_replicas(toc, view).await;
+        crate::cluster::resharding::drive(self, toc, view);
+        crate::cluster::resharding::replicate_new_shards(toc, view).await;
     }
 
     /// For every `Dead` replica of this peer that no transfer fills, proposes a transfer to it
@@ -305,6 +317,7 @@ impl Transfers {
                         destination_was: None,
                         points_per_second: None,
                         id: rand::random(),
+                        done: false,
                     },
                     max_per_peer: Some(env.max_transfers_per_peer),
                 };
@@ -333,6 +346,40 @@ impl Transfers {
         cancel: Arc<AtomicBool>,
     ) {
         let metadata = Arc::clone(&toc.env().metadata);
+        if transfer.to_shard.is_some() {
+            let mut registered = None;
+            let outcome = resharding_stream(
+                &toc,
+                &key,
+                &transfer,
+                &uri,
+                &progress,
+                &cancel,
+                &mut registered,
+            )
+            .await;
+            if let Some((collection, out)) = registered {
+                collection.unregister_outgoing(key.shard, &out).await;
+            }
+            if let Err(TransferError::Failed(e)) = outcome {
+                progress.stage("aborting");
+                tracing::warn!(collection = %key.collection, shard = key.shard, to_shard = key.to_shard, to = %key.to, error = %e, "resharding stream failed; aborting the resharding");
+                let op = ClusterOperation::AbortResharding {
+                    collection: key.collection.clone(),
+                };
+                match metadata.propose(op).await {
+                    Ok((Ok(_), _)) => {}
+                    Ok((Err(e), _)) => {
+                        tracing::info!(error = %e, "the resharding was not aborted")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not abort the resharding; the next sync retries")
+                    }
+                }
+            }
+            self.forget(&key, &cancel);
+            return;
+        }
         let outcome = stream_records(&toc, &key, &transfer, &uri, &progress, &cancel).await;
         let (collection, outgoing) = match outcome {
             Ok(pair) => pair,
@@ -446,6 +493,7 @@ async fn stream_records(
     let out = Arc::new(Outgoing {
         to: key.to,
         destination: destination.clone(),
+        owner: None,
         order: tokio::sync::Mutex::new(()),
         broken: AtomicBool::new(false),
         // A snapshot transfer queues updates until the destination is restored.
@@ -576,6 +624,160 @@ async fn stream_records(
     Ok(registered)
 }
 
+/// A resharding stream: registers a forwarder that passes on the part of every update of the
+/// local replica that the destination shard owns under the new ring, streams the points it owns
+/// (in batches, under the forwarder's order lock, like `stream_records`), reports the stream
+/// done, and then keeps forwarding until the resharding ends (`cancel`). A stream restarted
+/// after its sender restarted streams again from the start (upserts are idempotent); one that
+/// was done only forwards.
+async fn resharding_stream(
+    toc: &Arc<TableOfContent>,
+    key: &TransferKey,
+    transfer: &ShardTransfer,
+    uri: &str,
+    progress: &Progress,
+    cancel: &AtomicBool,
+    registered: &mut Option<Registered>,
+) -> Result<(), TransferError> {
+    let env = toc.env();
+    let collection = toc.get(&key.collection)?;
+    let local = collection.local_shard(key.shard).ok_or_else(|| {
+        CollectionError::Storage(format!(
+            "shard {} of `{}` has no replica on this peer",
+            key.shard, key.collection
+        ))
+    })?;
+    let ring = env
+        .metadata
+        .view()
+        .state
+        .collections
+        .get(&key.collection)
+        .and_then(|m| m.target_ring())
+        .ok_or(TransferError::Cancelled)?;
+    let owner = Ownership {
+        ring: ring.iter().map(|s| s.0).collect(),
+        shard: key.to_shard,
+    };
+    let destination = env.remote(uri, &key.collection, key.to_shard)?;
+    let out = Arc::new(Outgoing {
+        to: key.to,
+        destination: destination.clone(),
+        owner: Some(owner.clone()),
+        order: tokio::sync::Mutex::new(()),
+        broken: AtomicBool::new(false),
+        queue: parking_lot::Mutex::new(None),
+    });
+    collection
+        .register_outgoing(key.shard, Arc::clone(&out))
+        .await;
+    *registered = Some((Arc::clone(&collection), Arc::clone(&out)));
+    let broken = || {
+        TransferError::Failed(CollectionError::Unavailable(
+            "an update could not be forwarded to the destination".into(),
+        ))
+    };
+    let total = {
+        let (local, owner) = (Arc::clone(&local), owner.clone());
+        tokio::task::spawn_blocking(move || {
+            local.count(Some(&|id: PointId, _: &_| owner.owns(&id)))
+        })
+        .await
+        .unwrap_or(0)
+    };
+    progress.points_total.store(total as u64, Ordering::Relaxed);
+    if transfer.done {
+        progress.points_done.store(total as u64, Ordering::Relaxed);
+    } else {
+        progress.stage("streaming points");
+        let batch_size = env.transfer_batch_points.max(1);
+        let mut offset = None;
+        loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(TransferError::Cancelled);
+            }
+            if out.broken.load(Ordering::SeqCst) {
+                return Err(broken());
+            }
+            let order = out.order.lock().await;
+            let mut records = {
+                let (local, owner) = (Arc::clone(&local), owner.clone());
+                tokio::task::spawn_blocking(move || {
+                    let accept = |id: PointId, _: &crate::types::Payload| owner.owns(&id);
+                    local.scroll(offset, batch_size + 1, Some(&accept), true, true)
+                })
+                .await
+                .map_err(|e| CollectionError::Storage(e.to_string()))?
+            };
+            let next = (records.len() > batch_size).then(|| records[batch_size].id);
+            records.truncate(batch_size);
+            let n = records.len() as u64;
+            let points = writes_of(records);
+            let bytes: u64 = points
+                .iter()
+                .map(|p| (p.vector.len() * 4 + 16) as u64)
+                .sum();
+            if !points.is_empty() {
+                send(&destination, &UpdateRequest::Upsert(points), cancel).await?;
+            }
+            drop(order);
+            progress.points_done.fetch_add(n, Ordering::Relaxed);
+            progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+            match next {
+                Some(id) => offset = Some(id),
+                None => break,
+            }
+        }
+        if out.broken.load(Ordering::SeqCst) {
+            return Err(broken());
+        }
+        progress.stage("reporting done");
+        loop {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(TransferError::Cancelled);
+            }
+            let op = ClusterOperation::ReshardingStreamDone {
+                collection: key.collection.clone(),
+                shard: ShardId(key.shard),
+                to_shard: ShardId(key.to_shard),
+                to: key.to,
+            };
+            match env.metadata.propose(op).await {
+                Ok((Ok(_), _)) => break,
+                // The resharding ended meanwhile.
+                Ok((Err(_), _)) => return Err(TransferError::Cancelled),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot report the stream done yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        tracing::info!(collection = %key.collection, shard = key.shard, to_shard = key.to_shard, to = %key.to, points = progress.report().points_done, "resharding stream done");
+    }
+    progress.stage("forwarding updates");
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return Err(TransferError::Cancelled);
+        }
+        if out.broken.load(Ordering::SeqCst) {
+            // Only a resharding that can still go back needs every forwarded update; past
+            // the write ring the replicas refuse what they no longer own.
+            let abortable = env
+                .metadata
+                .view()
+                .state
+                .collections
+                .get(&key.collection)
+                .and_then(|m| m.resharding.as_ref())
+                .is_some_and(|r| r.stage.can_abort());
+            if abortable {
+                return Err(broken());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Brings the destination's points below the checkpoint's `next` back in line with the
 /// source after the sender stopped: points the source no longer has are deleted, points the
 /// source changed after the checkpoint are sent again. Run under the order lock.
@@ -624,6 +826,7 @@ async fn catch_up(
                 filter: None,
                 with_payload: false,
                 with_vector: false,
+                owner: None,
             })
             .await?;
         let after = (page.len() > CATCH_UP_PAGE).then(|| page[CATCH_UP_PAGE].id);

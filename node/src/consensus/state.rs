@@ -203,6 +203,10 @@ pub struct ShardTransfer {
     /// between the same peers.
     #[serde(default)]
     pub id: u64,
+    /// A resharding stream that has sent every point: it keeps forwarding updates until the
+    /// resharding ends, and reads may switch to the new ring once every stream is done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
 }
 
 impl ShardTransfer {
@@ -248,6 +252,10 @@ pub struct ReshardingState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard_key: Option<ShardKey>,
     pub stage: ReshardingStage,
+    /// The caller advances the stages itself (`commit_read_hash_ring`, ...); otherwise the
+    /// driving peer does once the points have moved.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
 }
 
 /// Everything the cluster knows about one collection.
@@ -262,6 +270,10 @@ pub struct CollectionMeta {
     /// Declared payload indexes, by field.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub payload_schema: BTreeMap<String, PayloadIndexEntry>,
+    /// Shards added by a resharding that still have fewer active replicas than the
+    /// collection's replication factor; a peer holding one copies it to other peers.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub replicating: BTreeSet<ShardId>,
     /// Chosen by the proposer of the creation; tells peers a re-created collection of the
     /// same name from the files of the dropped one.
     #[serde(default)]
@@ -297,6 +309,27 @@ impl CollectionMeta {
             })
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// The ring a running resharding moves points to: its group's shards with the new shard
+    /// (up) or without the drained one (down).
+    pub fn target_ring(&self) -> Option<Vec<ShardId>> {
+        let r = self.resharding.as_ref()?;
+        Some(
+            self.shards
+                .iter()
+                .filter(|(_, s)| s.shard_key == r.shard_key)
+                .map(|(id, _)| *id)
+                .filter(|id| r.direction == ReshardingDirection::Up || *id != r.shard)
+                .collect(),
+        )
+    }
+
+    /// Whether a resharding runs on the shards of `key`.
+    pub fn resharding_of(&self, key: Option<&ShardKey>) -> Option<&ReshardingState> {
+        self.resharding
+            .as_ref()
+            .filter(|r| r.shard_key.as_ref() == key)
     }
 }
 
@@ -406,8 +439,19 @@ pub enum ClusterOperation {
         peer: Option<PeerId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         shard_key: Option<ShardKey>,
+        /// The caller commits the stages itself.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        manual: bool,
     },
-    /// Reads switch to the new hash ring.
+    /// Marks the resharding stream from `shard` into `to_shard` on peer `to` as having sent
+    /// every point.
+    ReshardingStreamDone {
+        collection: String,
+        shard: ShardId,
+        to_shard: ShardId,
+        to: PeerId,
+    },
+    /// Reads switch to the new hash ring; every resharding stream must be done.
     CommitReadHashRing {
         collection: String,
     },
@@ -615,6 +659,15 @@ impl ClusterState {
     pub fn apply(&mut self, op: ClusterOperation) -> Result<ClusterResponse, ClusterError> {
         let mut next = self.clone();
         let response = next.apply_in_place(op)?;
+        for c in next.collections.values_mut() {
+            let wanted = c.config.params.replication_factor.max(1) as usize;
+            let shards = &c.shards;
+            c.replicating.retain(|id| {
+                shards
+                    .get(id)
+                    .is_some_and(|s| s.active_like_count() < wanted)
+            });
+        }
         *self = next;
         Ok(response)
     }
@@ -702,7 +755,23 @@ impl ClusterState {
                 direction,
                 peer,
                 shard_key,
-            } => self.start_resharding(collection, direction, peer, shard_key),
+                manual,
+            } => self.start_resharding(collection, direction, peer, shard_key, manual),
+            ClusterOperation::ReshardingStreamDone {
+                collection,
+                shard,
+                to_shard,
+                to,
+            } => {
+                let meta = self.collection_mut(&collection)?;
+                let stream = meta
+                    .transfers
+                    .iter_mut()
+                    .find(|t| t.shard == shard && t.to_shard == Some(to_shard) && t.to == to)
+                    .ok_or(ClusterError::NoResharding { collection })?;
+                stream.done = true;
+                Ok(ClusterResponse::Done)
+            }
             ClusterOperation::CommitReadHashRing { collection } => self.advance_resharding(
                 collection,
                 ReshardingStage::MigratingPoints,
@@ -788,6 +857,7 @@ impl ClusterState {
         }
         for (name, shard_id) in held {
             let collection = self.collection_mut(&name)?;
+            lose_resharding_streams(collection, shard_id, peer);
             // The peer's transfers cannot continue without it (cancelling one may remove its
             // destination replica, so this comes before counting what is left).
             cancel_transfers(collection, shard_id, peer);
@@ -834,6 +904,7 @@ impl ClusterState {
                 transfers: Vec::new(),
                 resharding: None,
                 payload_schema: BTreeMap::new(),
+                replicating: BTreeSet::new(),
                 uuid,
             },
         );
@@ -888,9 +959,12 @@ impl ClusterState {
             });
         }
         shard.replicas.insert(peer, state);
+        let collection = self.collection_mut(&name)?;
+        if !state.is_active_like() {
+            lose_resharding_streams(collection, shard_id, peer);
+        }
         // A transfer cannot go on once its source stops being active or its destination is
         // moved to another state by hand.
-        let collection = self.collection_mut(&name)?;
         if collection.transfers.iter().any(|t| {
             t.shard == shard_id
                 && ((t.from == peer && !state.is_active_like())
@@ -1196,6 +1270,12 @@ impl ClusterState {
             }
         }
         let collection = self.collection_mut(&name)?;
+        if let Some(r) = &collection.resharding {
+            return Err(ClusterError::ReshardingRunning {
+                collection: name,
+                shard: r.shard,
+            });
+        }
         if collection.transfers.iter().any(|t| t.shard == shard_id) {
             return Err(ClusterError::TransferExists {
                 collection: name,
@@ -1289,6 +1369,7 @@ impl ClusterState {
         direction: ReshardingDirection,
         peer: Option<PeerId>,
         shard_key: Option<ShardKey>,
+        manual: bool,
     ) -> Result<ClusterResponse, ClusterError> {
         let load = self.replicas_per_peer();
         if let Some(p) = peer {
@@ -1360,12 +1441,30 @@ impl ClusterState {
                         shard_key: shard_key.clone(),
                     },
                 );
+                // Every existing shard streams what the new ring gives the new shard, from an
+                // active replica (the driver's own when it has one).
+                for old in &group {
+                    let replicas = &collection.shards[old].replicas;
+                    let from = if replicas.get(&peer) == Some(&ReplicaState::Active) {
+                        peer
+                    } else {
+                        *replicas
+                            .iter()
+                            .find(|(_, s)| **s == ReplicaState::Active)
+                            .map(|(p, _)| p)
+                            .ok_or_else(|| invalid(&format!("shard {old} has no active replica")))?
+                    };
+                    collection
+                        .transfers
+                        .push(resharding_stream(*old, ShardId(id), from, peer));
+                }
                 ReshardingState {
                     direction,
                     shard: ShardId(id),
                     peer,
                     shard_key,
                     stage: ReshardingStage::MigratingPoints,
+                    manual,
                 }
             }
             ReshardingDirection::Down => {
@@ -1395,12 +1494,24 @@ impl ClusterState {
                         *state = ReplicaState::ReshardingScaleDown;
                     }
                 }
+                // The drained shard streams each remaining shard its part, to every replica
+                // of it that takes updates (a Dead one is recovered after the resharding).
+                for other in group.iter().filter(|s| **s != last) {
+                    for (to, state) in &collection.shards[other].replicas {
+                        if state.takes_updates() && *state != ReplicaState::Partial {
+                            collection
+                                .transfers
+                                .push(resharding_stream(last, *other, driver, *to));
+                        }
+                    }
+                }
                 ReshardingState {
                     direction,
                     shard: last,
                     peer: driver,
                     shard_key,
                     stage: ReshardingStage::MigratingPoints,
+                    manual,
                 }
             }
         };
@@ -1421,6 +1532,11 @@ impl ClusterState {
             .ok_or_else(|| ClusterError::NoResharding {
                 collection: name.clone(),
             })?;
+        // Repeating a commit that already happened is harmless (a caller retrying, or the
+        // driver and a manual caller racing).
+        if running.stage >= to {
+            return Ok(ClusterResponse::Done);
+        }
         if running.stage != from {
             return Err(ClusterError::ReshardingStageMismatch {
                 collection: name,
@@ -1428,6 +1544,23 @@ impl ClusterState {
                 actual: running.stage,
             });
         }
+        if to == ReshardingStage::ReadHashRingCommitted
+            && let Some(t) = collection
+                .transfers
+                .iter()
+                .find(|t| t.to_shard.is_some() && !t.done)
+        {
+            return Err(ClusterError::InvalidResharding {
+                collection: name,
+                reason: format!(
+                    "points are still moving (shard {} to shard {} on peer {}); reads switch once every point has moved",
+                    t.shard,
+                    t.to_shard.unwrap_or(t.shard),
+                    t.to
+                ),
+            });
+        }
+        let running = collection.resharding.as_mut().expect("checked above");
         running.stage = to;
         Ok(ClusterResponse::Done)
     }
@@ -1467,6 +1600,8 @@ impl ClusterState {
                         *state = ReplicaState::Active;
                     }
                 }
+                // The new shard has one replica: it is copied up to the replication factor.
+                collection.replicating.insert(running.shard);
             }
             (ReshardingDirection::Up, false) | (ReshardingDirection::Down, true) => {
                 collection.shards.remove(&running.shard);
@@ -1505,6 +1640,63 @@ impl ClusterState {
                 collection: name.to_string(),
             })
     }
+}
+
+/// A stream of a resharding, registered by its start.
+fn resharding_stream(shard: ShardId, to_shard: ShardId, from: PeerId, to: PeerId) -> ShardTransfer {
+    ShardTransfer {
+        shard,
+        to_shard: Some(to_shard),
+        from,
+        to,
+        sync: true,
+        method: TransferMethod::ReshardingStreamRecords,
+        destination_was: None,
+        points_per_second: None,
+        id: u64::from(shard.0) << 32 | u64::from(to_shard.0),
+        done: false,
+    }
+}
+
+/// The replica of `shard` on `peer` stopped taking part (it failed, or its peer is removed):
+/// a resharding stream reading from or writing to it has lost updates, so a resharding that can
+/// still be aborted is; one past that point only needs the streams' forwarding, which it drops.
+fn lose_resharding_streams(collection: &mut CollectionMeta, shard: ShardId, peer: PeerId) {
+    let involved = |t: &ShardTransfer| {
+        t.to_shard.is_some()
+            && ((t.shard == shard && t.from == peer) || (t.to_shard == Some(shard) && t.to == peer))
+    };
+    if !collection.transfers.iter().any(involved) {
+        return;
+    }
+    let Some(running) = collection.resharding.clone() else {
+        return;
+    };
+    if running.stage.can_abort() {
+        collection.transfers.retain(|t| t.to_shard.is_none());
+        undo_resharding(collection, &running);
+    } else {
+        collection.transfers.retain(|t| !involved(t));
+    }
+}
+
+/// Puts a collection back as it was before `running` started (its streams already gone).
+fn undo_resharding(collection: &mut CollectionMeta, running: &ReshardingState) {
+    match running.direction {
+        ReshardingDirection::Up => {
+            collection.shards.remove(&running.shard);
+        }
+        ReshardingDirection::Down => {
+            if let Some(shard) = collection.shards.get_mut(&running.shard) {
+                for state in shard.replicas.values_mut() {
+                    if *state == ReplicaState::ReshardingScaleDown {
+                        *state = ReplicaState::Active;
+                    }
+                }
+            }
+        }
+    }
+    collection.resharding = None;
 }
 
 /// Refuses to touch a shard that a running resharding adds or drains.
@@ -2014,6 +2206,7 @@ mod tests {
             destination_was: None,
             points_per_second: None,
             id: 1,
+            done: false,
         });
         docs.resharding = Some(ReshardingState {
             direction: ReshardingDirection::Up,
@@ -2021,6 +2214,7 @@ mod tests {
             peer: PeerId(2),
             shard_key: None,
             stage: ReshardingStage::MigratingPoints,
+            manual: false,
         });
         let err = rejected(&mut state, drop_replica("docs", 0, 2));
         assert!(
@@ -2264,8 +2458,41 @@ mod tests {
                 );
                 prop_assert!(!read.is_empty() && !write.is_empty());
             }
+            for id in &collection.replicating {
+                prop_assert!(
+                    collection.shards.contains_key(id),
+                    "replicating a shard that exists"
+                );
+            }
             let mut in_transfer = BTreeSet::new();
-            for t in &collection.transfers {
+            for t in collection.transfers.iter().filter(|t| t.to_shard.is_some()) {
+                let r = collection.resharding.as_ref();
+                prop_assert!(r.is_some(), "a resharding stream without a resharding");
+                let r = r.expect("checked");
+                prop_assert_eq!(t.method, TransferMethod::ReshardingStreamRecords);
+                match r.direction {
+                    ReshardingDirection::Up => {
+                        prop_assert_eq!(t.to_shard, Some(r.shard));
+                        prop_assert_eq!(t.to, r.peer);
+                    }
+                    ReshardingDirection::Down => {
+                        prop_assert_eq!(t.shard, r.shard);
+                        prop_assert_eq!(t.from, r.peer);
+                    }
+                }
+                if r.stage >= ReshardingStage::ReadHashRingCommitted {
+                    prop_assert!(t.done, "reads switched before every point moved");
+                }
+                if r.stage.can_abort() {
+                    let source = collection.shards[&t.shard].replicas.get(&t.from).copied();
+                    prop_assert!(
+                        source.is_some_and(|s| s.is_active_like()),
+                        "a resharding stream reads an active replica: {:?}",
+                        source
+                    );
+                }
+            }
+            for t in collection.transfers.iter().filter(|t| t.to_shard.is_none()) {
                 prop_assert!(in_transfer.insert(t.shard), "two transfers of one shard");
                 prop_assert_ne!(t.from, t.to);
                 let replicas = &collection.shards[&t.shard].replicas;
@@ -2332,7 +2559,7 @@ mod tests {
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             1 => operation().prop_map(Step::Random),
-            1 => (0u8..14, any::<[usize; 3]>(), replica_state(), any::<bool>()).prop_map(
+            1 => (0u8..15, any::<[usize; 3]>(), replica_state(), any::<bool>()).prop_map(
                 |(kind, pick, state, compare)| Step::Aimed { kind, pick, state, compare }
             ),
         ]
@@ -2434,6 +2661,7 @@ mod tests {
                     destination_was: None,
                     points_per_second: None,
                     id: pick[1] as u64,
+                    done: false,
                 },
                 max_per_peer: Some(2),
             },
@@ -2446,7 +2674,35 @@ mod tests {
                 },
                 peer: (pick[0] % 2 == 0).then_some(any_peer),
                 shard_key: meta.and_then(|m| m.shard_key.clone()),
+                manual: pick[1] % 2 == 0,
             },
+            14 => {
+                let streams: Vec<ShardTransfer> = state
+                    .collections
+                    .get(&collection)
+                    .map(|c| {
+                        c.transfers
+                            .iter()
+                            .filter(|t| t.to_shard.is_some())
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                match streams.get(nth(pick[2], streams.len())) {
+                    Some(t) => ClusterOperation::ReshardingStreamDone {
+                        collection,
+                        shard: t.shard,
+                        to_shard: t.to_shard.unwrap_or(t.shard),
+                        to: t.to,
+                    },
+                    None => ClusterOperation::ReshardingStreamDone {
+                        collection,
+                        shard,
+                        to_shard: shard,
+                        to: holder,
+                    },
+                }
+            }
             10 => ClusterOperation::CommitReadHashRing { collection },
             11 => ClusterOperation::CommitWriteHashRing { collection },
             12 => ClusterOperation::FinishResharding { collection },

@@ -20,8 +20,10 @@ use crate::status::Report;
 
 /// The operation that carries out `step`, if the step acts.
 pub fn operation(step: ReshardingStep, shard_key: Option<&str>) -> Option<Value> {
+    // `manual`: the operator commits each stage itself, honouring the resource's gates, so the
+    // node does not advance the stages on its own.
     let start = |direction: &str| {
-        let mut body = json!({ "direction": direction });
+        let mut body = json!({ "direction": direction, "manual": true });
         if let Some(key) = shard_key {
             body["shard_key"] = key.into();
         }
@@ -296,6 +298,7 @@ mod tests {
                 peer_id: 10,
                 shard_key: None,
                 stage: stage.into(),
+                ..Default::default()
             }),
             ..Default::default()
         }
@@ -321,7 +324,7 @@ mod tests {
         let obj = resharding(3, Approval::Automatic);
         assert_eq!(
             call(decide_from(&obj, &cluster, &info(2, None, false))),
-            json!({"start_resharding": {"direction": "up"}})
+            json!({"start_resharding": {"direction": "up", "manual": true}})
         );
         let migrating = report(decide_from(
             &obj,
@@ -363,7 +366,7 @@ mod tests {
                 &cluster,
                 &info(2, None, false)
             )),
-            json!({"start_resharding": {"direction": "down"}})
+            json!({"start_resharding": {"direction": "down", "manual": true}})
         );
     }
 
@@ -390,11 +393,13 @@ mod tests {
     fn operations_in_qdrants_shape() {
         assert_eq!(
             operation(ReshardingStep::StartUp, Some("tenant-a")),
-            Some(json!({"start_resharding": {"direction": "up", "shard_key": "tenant-a"}}))
+            Some(
+                json!({"start_resharding": {"direction": "up", "manual": true, "shard_key": "tenant-a"}})
+            )
         );
         assert_eq!(
             operation(ReshardingStep::StartDown, None),
-            Some(json!({"start_resharding": {"direction": "down"}}))
+            Some(json!({"start_resharding": {"direction": "down", "manual": true}}))
         );
         assert_eq!(
             operation(ReshardingStep::CommitRead, None),

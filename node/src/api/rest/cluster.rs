@@ -111,7 +111,7 @@ pub fn submit_error(e: SubmitError) -> ApiError {
         }
         SubmitError::Rejected(e) => cluster_error(e),
         SubmitError::Consensus(e) => consensus_error(e),
-        e @ SubmitError::NotReconciled(_) => ApiError::new(
+        e @ (SubmitError::NotReconciled(_) | SubmitError::Waiting(_)) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("Service internal error: {e}"),
         ),

@@ -12,7 +12,7 @@ use crate::api::rest::json_body::{JsonBody, PathParams};
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::{
-    ClusterOperation, PeerId, ShardId, ShardKey, ShardTransfer, TransferMethod,
+    ClusterOperation, PeerId, ReshardingDirection, ShardId, ShardKey, ShardTransfer, TransferMethod,
 };
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -71,6 +71,23 @@ pub struct DropShardingKey {
     pub shard_key: ShardKey,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartResharding {
+    pub direction: ReshardingDirection,
+    pub peer_id: Option<u64>,
+    pub shard_key: Option<ShardKey>,
+    /// Shoal's extension: the caller commits the stages itself (`commit_read_hash_ring`,
+    /// `commit_write_hash_ring`, `finish_resharding`) instead of the node.
+    #[serde(default)]
+    pub manual: bool,
+}
+
+/// A resharding stage operation; takes no parameters (`{}`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
 /// One operation per request, as in Qdrant.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -82,6 +99,11 @@ pub enum ClusterOperationRequest {
     DropReplica(DropReplica),
     CreateShardingKey(CreateShardingKey),
     DropShardingKey(DropShardingKey),
+    StartResharding(StartResharding),
+    AbortResharding(Empty),
+    CommitReadHashRing(Empty),
+    CommitWriteHashRing(Empty),
+    FinishResharding(Empty),
 }
 
 /// The transfer methods this node can run.
@@ -126,6 +148,7 @@ fn start(
             destination_was: None,
             points_per_second: req.rate_limit.map(|r| r.points_per_second),
             id: rand::random(),
+            done: false,
         },
         max_per_peer: Some(max_per_peer),
     })
@@ -227,6 +250,39 @@ pub async fn apply(
             collection: name.clone(),
             key: req.shard_key,
         }],
+        ClusterOperationRequest::StartResharding(_) if toc.env().metadata.consensus().is_none() => {
+            return Err(ApiError::bad_request(
+                "Wrong input: resharding moves points between peers and needs cluster mode; start the node with a cluster address (see README, \"Cluster\")",
+            ));
+        }
+        ClusterOperationRequest::StartResharding(req) => vec![ClusterOperation::StartResharding {
+            collection: name.clone(),
+            direction: req.direction,
+            peer: req.peer_id.map(PeerId),
+            shard_key: req.shard_key,
+            manual: req.manual,
+        }],
+        ClusterOperationRequest::AbortResharding(_) => {
+            vec![ClusterOperation::AbortResharding {
+                collection: name.clone(),
+            }]
+        }
+        ClusterOperationRequest::CommitReadHashRing(_) => {
+            vec![ClusterOperation::CommitReadHashRing {
+                collection: name.clone(),
+            }]
+        }
+        ClusterOperationRequest::CommitWriteHashRing(_) => {
+            vec![ClusterOperation::CommitWriteHashRing {
+                collection: name.clone(),
+            }]
+        }
+        ClusterOperationRequest::FinishResharding(_) => {
+            // Finishing waits until every replica dropped the points that moved out.
+            return crate::cluster::resharding::finish(toc, &name)
+                .await
+                .map_err(submit_error);
+        }
     };
     for op in ops {
         toc.submit(op).await.map_err(submit_error)?;

@@ -239,10 +239,12 @@ pub async fn cluster_info(
                 "sync": t.sync,
                 "method": t.method,
             });
-            if let Some(p) = progress
-                .iter()
-                .find(|p| p.shard_id == t.shard.0 && p.from == t.from.0 && p.to == t.to.0)
-            {
+            if let Some(p) = progress.iter().find(|p| {
+                p.shard_id == t.shard.0
+                    && p.to_shard_id == t.to_shard.map(|s| s.0)
+                    && p.from == t.from.0
+                    && p.to == t.to.0
+            }) {
                 let p = &p.progress;
                 entry["comment"] = serde_json::json!(format!(
                     "{}: {}/{} points ({:.1}%), {:.0} points/s, ETA {}",
@@ -266,13 +268,29 @@ pub async fn cluster_info(
         .resharding
         .iter()
         .map(|r| {
-            serde_json::json!({
+            let mut entry = serde_json::json!({
                 "direction": r.direction,
                 "shard_id": r.shard.0,
                 "peer_id": r.peer.0,
                 "shard_key": r.shard_key,
                 "stage": r.stage,
-            })
+                "manual": r.manual,
+            });
+            if let Some(p) = crate::cluster::resharding::progress(&progress) {
+                entry["comment"] = serde_json::json!(format!(
+                    "{:?}, {}: {}/{} points ({:.1}%), {:.0} points/s, ETA {}",
+                    r.stage,
+                    p.stage,
+                    p.points_done,
+                    p.points_total,
+                    p.percent,
+                    p.points_per_second,
+                    p.eta_seconds
+                        .map_or_else(|| "unknown".to_string(), |s| format!("{s:.0}s"))
+                ));
+                entry["progress"] = serde_json::json!(p);
+            }
+            entry
         })
         .collect();
     Ok(ApiOk(
