@@ -486,20 +486,48 @@ fn operator_end_to_end() -> Result<()> {
     ensure!(count(node, COLLECTION)? == POINTS, "points lost");
     eprintln!("[{:?}] delete mid-transfer aborted it", started.elapsed());
 
-    // ---- 5. Resharding is wired: planned, submitted, and the node's answer reported. The
-    // nodes do not implement resharding yet (issue 5) and answer INVALID_ARGUMENT, which must
-    // end Degraded with the node's message and change nothing; once they do, it must succeed.
-    let shard_count = || -> Result<usize> { Ok(collection_cluster(node, COLLECTION)?.shard_count) };
-    ensure!(shard_count()? == 2);
-    k8s.apply(
-        &json!({
+    // ---- 5. Resharding from 3 to 4 shards, first held at the read gate, then released.
+    const RESHARDED: &str = "resharded";
+    create_collection(
+        node,
+        RESHARDED,
+        json!({"vectors": {"size": DIM, "distance": "Cosine"}, "shard_number": 3, "replication_factor": 2}),
+    )?;
+    for start in (0..POINTS).step_by(1000) {
+        let batch: Vec<PointStruct> = (start..start + 1000).map(point).collect();
+        node.client().upsert(RESHARDED, &batch, true)?;
+    }
+    let shard_count = || -> Result<usize> { Ok(collection_cluster(node, RESHARDED)?.shard_count) };
+    ensure!(shard_count()? == 3);
+    let resharding = |commit_read: &str| {
+        json!({
             "apiVersion": "shoal.dev/v1alpha1",
             "kind": "Resharding",
             "metadata": {"name": "reshard-up", "namespace": "default"},
-            "spec": {"cluster": {"url": url}, "collection": COLLECTION, "shards": 3},
+            "spec": {"cluster": {"url": url}, "collection": RESHARDED, "shards": 4, "commitRead": commit_read},
         })
-        .to_string(),
+        .to_string()
+    };
+    k8s.apply(&resharding("Manual"))?;
+    let (obj, _) = wait_for_kind(
+        &k8s,
+        "resharding",
+        "reshard-up",
+        "waiting at the read gate",
+        |o| {
+            phase(o) == "Planned"
+                && o["status"]["plan"]
+                    .as_array()
+                    .is_some_and(|p| !p.is_empty())
+        },
     )?;
+    let stage = collection_cluster(node, RESHARDED)?;
+    ensure!(
+        stage.shard_count == 4,
+        "the new shard exists while the gate holds: {obj}"
+    );
+    ensure!(count(node, RESHARDED)? == POINTS, "points while gated");
+    k8s.apply(&resharding("Automatic"))?;
     let (obj, _) = wait_for_kind(
         &k8s,
         "resharding",
@@ -507,26 +535,21 @@ fn operator_end_to_end() -> Result<()> {
         "Succeeded or Failed",
         |o| matches!(phase(o), "Succeeded" | "Failed"),
     )?;
-    if phase(&obj) == "Failed" {
-        let degraded = condition(&obj, "Degraded").context("Degraded condition")?;
-        ensure!(
-            degraded["status"] == "True"
-                && degraded["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("start_resharding")),
-            "{degraded}"
-        );
-        ensure!(
-            shard_count()? == 2,
-            "a rejected resharding changed the shards"
-        );
-        eprintln!(
-            "resharding reported the node's answer: {}",
-            degraded["message"]
-        );
-    } else {
-        ensure!(shard_count()? == 3);
-    }
+    ensure!(phase(&obj) == "Succeeded", "{obj}");
+    ensure!(shard_count()? == 4);
+    ensure!(count(node, RESHARDED)? == POINTS, "points after resharding");
+    let view: Value = node.client().call(
+        Method::Get,
+        &format!("/collections/{RESHARDED}/cluster"),
+        None,
+    )?;
+    ensure!(
+        view["resharding_operations"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "{view}"
+    );
+    eprintln!("[{:?}] resharding 3 -> 4 succeeded", started.elapsed());
     k8s.kubectl(&["delete", "resharding", "reshard-up", "--timeout=30s"])?;
 
     // Metrics.

@@ -345,6 +345,17 @@ fn snapshot_replicate_under_writes_gives_an_identical_replica() -> Result<()> {
     transfer_under_writes(true, "snapshot")
 }
 
+/// `wal_delta` to a peer without a replica has nothing to compare with: it streams every point.
+#[test]
+fn wal_delta_move_under_writes_keeps_every_acknowledged_write() -> Result<()> {
+    transfer_under_writes(false, "wal_delta")
+}
+
+#[test]
+fn wal_delta_replicate_under_writes_gives_an_identical_replica() -> Result<()> {
+    transfer_under_writes(true, "wal_delta")
+}
+
 #[test]
 fn abort_and_invalid_transfers_leave_the_cluster_as_it_was() -> Result<()> {
     let nodes = start_cluster(3, &[])?;
@@ -377,7 +388,11 @@ fn abort_and_invalid_transfers_leave_the_cluster_as_it_was() -> Result<()> {
     bad(mv(0, ids[to], ids[from]), 400)?;
     bad(mv(9, ids[from], ids[to]), 404)?;
     bad(
-        json!({"move_shard": {"shard_id": 0, "from_peer_id": ids[from], "to_peer_id": ids[to], "method": "wal_delta"}}),
+        json!({"move_shard": {"shard_id": 0, "from_peer_id": ids[from], "to_peer_id": ids[to], "rate_limit": {"bytes_per_second": 0}}}),
+        422,
+    )?;
+    bad(
+        json!({"move_shard": {"shard_id": 0, "from_peer_id": ids[from], "to_peer_id": ids[to], "method": "resharding_stream_records"}}),
         400,
     )?;
     bad(json!({"move_shard": {"shard_id": 0}}), 400)?;
@@ -541,6 +556,12 @@ fn a_dead_replica_recovers_by_itself_after_a_restart() -> Result<()> {
                 m.insert(i * 5, v);
             }
         }
+        let gone: Vec<u64> = (0..3000).filter(|i| i % 5 == 1).collect();
+        let ids: Vec<PointId> = gone.iter().map(|i| PointId::Num(*i)).collect();
+        nodes[0].client().delete_points("docs", &ids, true)?;
+        for i in gone {
+            m.remove(&i);
+        }
     }
     let dead_peer = {
         let view = collection_cluster(&nodes[0], "docs")?;
@@ -566,6 +587,14 @@ fn a_dead_replica_recovers_by_itself_after_a_restart() -> Result<()> {
         replicas.iter().filter(|(_, p, _)| *p == dead_peer).count(),
         2
     );
+    // Recovery compared the replicas and sent only the difference (`wal_delta`).
+    let logs: String = nodes.iter().map(|n| n.log_tail(100_000)).collect();
+    let deltas: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("wal_delta: sending the difference"))
+        .collect();
+    assert!(!deltas.is_empty(), "recovery used wal_delta");
+    eprintln!("recovery deltas: {deltas:#?}");
     let model = model.lock().expect("not poisoned").clone();
     // The recovered peer alone with one other: kill the third, reads must still be complete.
     nodes[0].kill_9()?;

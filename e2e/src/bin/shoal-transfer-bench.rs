@@ -3,9 +3,14 @@
 //! back with each transfer method, while one client searches continuously. Reports seconds and
 //! points/s per move, and search latency before and during the transfer.
 //!
+//! With `--reshard`, three peers instead, a collection of three shards, and one resharding
+//! from 3 to 4 shards (driven by the node) while one client searches: seconds, points moved
+//! per second, and search latency before and during.
+//!
 //! ```text
 //! cargo build --release -p shoal-node -p shoal-e2e --bins
 //! target/release/shoal-transfer-bench --points 100000 --dim 128
+//! target/release/shoal-transfer-bench --points 100000 --dim 128 --reshard
 //! ```
 
 use std::path::PathBuf;
@@ -52,6 +57,9 @@ struct Args {
     /// Longest a transfer may take.
     #[arg(long, default_value_t = 900)]
     transfer_timeout_secs: u64,
+    /// Measure a resharding from 3 to 4 shards on three peers instead of transfers.
+    #[arg(long)]
+    reshard: bool,
 }
 
 fn main() -> ExitCode {
@@ -130,12 +138,18 @@ fn summary(samples: &[f64]) -> String {
 fn run(args: &Args) -> Result<()> {
     let a = start(args, ClusterRole::Found, "bench-0")?;
     let b = start(args, ClusterRole::Join(a.p2p_uri()), "bench-1")?;
+    let c = if args.reshard {
+        Some(start(args, ClusterRole::Join(a.p2p_uri()), "bench-2")?)
+    } else {
+        None
+    };
     let ids = [peer_id(&a)?, peer_id(&b)?];
     let client = a.client();
+    let shards = if args.reshard { 3 } else { 1 };
     let _: bool = client.call(
         Method::Put,
         "/collections/bench",
-        Some(&json!({"vectors": {"size": args.dim, "distance": "Cosine"}, "shard_number": 1})),
+        Some(&json!({"vectors": {"size": args.dim, "distance": "Cosine"}, "shard_number": shards})),
     )?;
     let dist = ClusteredGaussian::new(args.dim, args.centres, args.sigma, args.seed)?;
     let data = dist.sample(args.points, args.seed.wrapping_add(1));
@@ -172,6 +186,9 @@ fn run(args: &Args) -> Result<()> {
         Arc::new(AtomicBool::new(false)),
         args.baseline_queries,
     );
+    if c.is_some() {
+        return reshard(args, &client, &b, queries, &baseline);
+    }
     println!("| method | direction | seconds | points/s | search during the transfer |");
     println!("| --- | --- | ---: | ---: | --- |");
     println!("| (none) | | | | {} |", summary(&baseline));
@@ -228,5 +245,60 @@ fn run(args: &Args) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// One resharding from 3 to 4 shards, driven by the node, with a searcher running.
+fn reshard(
+    args: &Args,
+    client: &Client,
+    searcher_node: &NodeProcess,
+    queries: Vectors,
+    baseline: &[f64],
+) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let searcher = {
+        let (client, stop) = (searcher_node.client(), Arc::clone(&stop));
+        std::thread::spawn(move || search_loop(client, queries, stop, usize::MAX))
+    };
+    let t = Instant::now();
+    let _: bool = client.call(
+        Method::Post,
+        "/collections/bench/cluster",
+        Some(&json!({"start_resharding": {"direction": "up"}})),
+    )?;
+    let mut moved = 0u64;
+    loop {
+        let v: Value = client.call(Method::Get, "/collections/bench/cluster", None)?;
+        let ops = v["resharding_operations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if let Some(n) = ops
+            .first()
+            .and_then(|op| op["progress"]["points_total"].as_u64())
+        {
+            moved = moved.max(n);
+        }
+        let transfers = v["shard_transfers"].as_array().map_or(0, Vec::len);
+        if ops.is_empty() && transfers == 0 && v["shard_count"].as_u64() == Some(4) {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(args.transfer_timeout_secs) {
+            bail!("the resharding did not finish: {v}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    let during = searcher.join().unwrap_or_default();
+    println!("| resharding | seconds | points moved | search before | search during |");
+    println!("| --- | ---: | ---: | --- | --- |");
+    println!(
+        "| 3 -> 4 shards, {} points | {secs:.2} | {moved} | {} | {} |",
+        args.points,
+        summary(baseline),
+        summary(&during)
+    );
     Ok(())
 }

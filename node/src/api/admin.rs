@@ -133,6 +133,7 @@ impl AdminService for Admin {
                         })
                         .map(|p| progress_of(&p.progress)),
                     points_per_second_limit: t.points_per_second,
+                    bytes_per_second_limit: t.bytes_per_second,
                 })
                 .collect(),
             resharding: meta.resharding.as_ref().map(|r| pb::Resharding {

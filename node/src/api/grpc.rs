@@ -28,7 +28,7 @@ use crate::api::admin::Admin;
 use crate::api::rest::service::QDRANT_API_VERSION;
 use crate::cluster::CollectionError;
 use crate::cluster::shard_requests::{
-    ShardCount, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
+    ShardCount, ShardDigest, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
 };
 use crate::cluster::toc::TableOfContent;
 use crate::cluster::transfer::{SNAPSHOTS_DIR, restore_snapshot};
@@ -270,6 +270,10 @@ impl ShardService for ShardPoints {
 
     async fn retrieve(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
         self.run::<ShardRetrieve>(request.into_inner()).await
+    }
+
+    async fn digest(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
+        self.run::<ShardDigest>(request.into_inner()).await
     }
 }
 

@@ -98,6 +98,7 @@ impl RemoteShard {
             ShardCallKind::Scroll => client.scroll(call).await,
             ShardCallKind::Count => client.count(call).await,
             ShardCallKind::Retrieve => client.retrieve(call).await,
+            ShardCallKind::Digest => client.digest(call).await,
         };
         let answer = answer.map_err(|status| match status.code() {
             tonic::Code::InvalidArgument => CollectionError::BadInput(status.message().to_string()),

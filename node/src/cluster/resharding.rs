@@ -178,6 +178,7 @@ pub async fn replicate_new_shards(toc: &Arc<TableOfContent>, view: &ClusterState
                     method: TransferMethod::StreamRecords,
                     destination_was: None,
                     points_per_second: None,
+                    bytes_per_second: None,
                     id: rand::random(),
                     done: false,
                 },

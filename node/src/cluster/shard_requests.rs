@@ -24,6 +24,7 @@ pub enum ShardCallKind {
     Scroll,
     Count,
     Retrieve,
+    Digest,
 }
 
 /// A request that one shard replica answers, on this peer or on another: it runs on a local
@@ -303,4 +304,64 @@ impl ShardRetrieve {
         }
         records
     }
+}
+
+/// A page of a replica's points as (id, content hash), in id order, from `from`: what a
+/// `wal_delta` transfer compares to send only the points that differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardDigest {
+    pub from: Option<PointId>,
+    pub limit: usize,
+}
+
+impl ShardRequest for ShardDigest {
+    type Answer = Vec<(PointId, u64)>;
+    const CALL: ShardCallKind = ShardCallKind::Digest;
+    fn run_on(&self, shard: &LocalShard) -> Result<Vec<(PointId, u64)>, CollectionError> {
+        Ok(shard
+            .scroll(self.from, self.limit, None, true, true)
+            .iter()
+            .map(|r| (r.id, content_hash(r)))
+            .collect())
+    }
+}
+
+/// A hash of a point's vector and payload that is the same on every peer running this build
+/// for the same content (payload keys in sorted order, whatever order they were written in).
+pub fn content_hash(record: &Record) -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn value(v: &serde_json::Value, h: &mut std::collections::hash_map::DefaultHasher) {
+        match v {
+            serde_json::Value::Null => 0u8.hash(h),
+            serde_json::Value::Bool(b) => (1u8, b).hash(h),
+            serde_json::Value::Number(n) => (2u8, n.to_string()).hash(h),
+            serde_json::Value::String(s) => (3u8, s).hash(h),
+            serde_json::Value::Array(a) => {
+                (4u8, a.len()).hash(h);
+                a.iter().for_each(|x| value(x, h));
+            }
+            serde_json::Value::Object(o) => {
+                (5u8, o.len()).hash(h);
+                let mut keys: Vec<&String> = o.keys().collect();
+                keys.sort();
+                for k in keys {
+                    k.hash(h);
+                    value(&o[k], h);
+                }
+            }
+        }
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for x in record.vector.as_deref().unwrap_or_default() {
+        x.to_bits().hash(&mut h);
+    }
+    if let Some(payload) = &record.payload {
+        let mut keys: Vec<&String> = payload.keys().collect();
+        keys.sort();
+        for k in keys {
+            k.hash(&mut h);
+            value(&payload[k], &mut h);
+        }
+    }
+    h.finish()
 }

@@ -32,7 +32,7 @@ use serde::Serialize;
 use crate::cluster::CollectionError;
 use crate::cluster::collection::Outgoing;
 use crate::cluster::metadata::Metadata;
-use crate::cluster::shard_requests::{Ownership, ShardScroll};
+use crate::cluster::shard_requests::{Ownership, ShardDigest, ShardScroll, content_hash};
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::{
     ClusterOperation, ClusterStateView, PeerId, ReplicaState, ShardId, ShardTransfer,
@@ -313,9 +313,11 @@ impl Transfers {
                         from: source,
                         to: this_peer,
                         sync: true,
-                        method: TransferMethod::StreamRecords,
+                        // The dead replica holds an older copy: send only what differs.
+                        method: TransferMethod::WalDelta,
                         destination_was: None,
                         points_per_second: None,
+                        bytes_per_second: None,
                         id: rand::random(),
                         done: false,
                     },
@@ -478,7 +480,7 @@ async fn stream_records(
     })?;
     if !matches!(
         transfer.method,
-        TransferMethod::StreamRecords | TransferMethod::Snapshot
+        TransferMethod::StreamRecords | TransferMethod::Snapshot | TransferMethod::WalDelta
     ) {
         return Err(fail(CollectionError::BadInput(format!(
             "transfer method {:?} is not implemented yet",
@@ -519,6 +521,15 @@ async fn stream_records(
         return Ok(registered);
     }
 
+    if transfer.method == TransferMethod::WalDelta {
+        if transfer.destination_was.is_some() {
+            delta_transfer(toc, &local, &out, progress, cancel)
+                .await
+                .map_err(with_reg)?;
+            return Ok(registered);
+        }
+        tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, "wal_delta: the destination has no replica to compare with; streaming every point");
+    }
     let dir = local.dir().to_path_buf();
     let resumed = read_checkpoint(&dir).filter(|c| c.transfer == transfer.id && c.to == key.to.0);
     let mut offset = None;
@@ -551,6 +562,7 @@ async fn stream_records(
     let batch_size = toc.env().transfer_batch_points.max(1);
     let started = Instant::now();
     let already = progress.points_done.load(Ordering::Relaxed);
+    let bytes_before = progress.bytes.load(Ordering::Relaxed);
     while !finished_streaming {
         if cancel.load(Ordering::SeqCst) {
             return Err(with_reg(TransferError::Cancelled));
@@ -568,6 +580,16 @@ async fn stream_records(
             let streamed = progress.points_done.load(Ordering::Relaxed) - already;
             let due = started
                 + Duration::from_secs_f64((streamed + batch_size as u64) as f64 / f64::from(pps));
+            let now = Instant::now();
+            if due > now {
+                tokio::time::sleep(due - now).await;
+            }
+        }
+        // The byte limit paces by what was sent so far (a batch's size is known only once it
+        // is read): the next batch waits until the bytes sent are within the allowance.
+        if let Some(bps) = transfer.bytes_per_second.filter(|b| *b > 0) {
+            let sent = progress.bytes.load(Ordering::Relaxed) - bytes_before;
+            let due = started + Duration::from_secs_f64(sent as f64 / bps as f64);
             let now = Instant::now();
             if due > now {
                 tokio::time::sleep(due - now).await;
@@ -866,6 +888,119 @@ async fn catch_up(
         if !points.is_empty() {
             send(destination, &UpdateRequest::Upsert(points), cancel).await?;
         }
+    }
+    Ok(())
+}
+
+/// The `wal_delta` method, for a destination that holds an older copy of the shard (a `Dead`
+/// replica that missed writes): under the order lock, so the comparison sees one state of both
+/// sides, the destination reports a content hash of each of its points and the source sends
+/// only the difference (points it lacks or holds differently, deletions of points the source no
+/// longer has). Forwarding of later updates then goes on as for `stream_records`.
+///
+/// Replicas number their operations independently, so "what the destination has" is stated in
+/// content hashes, not in positions of the source's write-ahead log.
+async fn delta_transfer(
+    toc: &Arc<TableOfContent>,
+    local: &Arc<LocalShard>,
+    out: &Arc<Outgoing>,
+    progress: &Progress,
+    cancel: &AtomicBool,
+) -> Result<(), TransferError> {
+    progress.stage("comparing replicas");
+    let _order = out.order.lock().await;
+    let source: HashMap<PointId, u64> = {
+        let local = Arc::clone(local);
+        tokio::task::spawn_blocking(move || {
+            let mut out = HashMap::new();
+            let mut from = None;
+            loop {
+                let page = local.scroll(from, CATCH_UP_PAGE + 1, None, true, true);
+                let next = (page.len() > CATCH_UP_PAGE).then(|| page[CATCH_UP_PAGE].id);
+                out.extend(
+                    page.iter()
+                        .take(CATCH_UP_PAGE)
+                        .map(|r| (r.id, content_hash(r))),
+                );
+                match next {
+                    Some(id) => from = Some(id),
+                    None => return out,
+                }
+            }
+        })
+        .await
+        .map_err(|e| CollectionError::Storage(e.to_string()))?
+    };
+    let mut held: HashMap<PointId, u64> = HashMap::new();
+    let mut from = None;
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return Err(TransferError::Cancelled);
+        }
+        let page = out
+            .destination
+            .request(&ShardDigest {
+                from,
+                limit: CATCH_UP_PAGE + 1,
+            })
+            .await?;
+        let next = (page.len() > CATCH_UP_PAGE).then(|| page[CATCH_UP_PAGE].0);
+        held.extend(page.into_iter().take(CATCH_UP_PAGE));
+        match next {
+            Some(id) => from = Some(id),
+            None => break,
+        }
+    }
+    let stale: Vec<PointId> = held
+        .keys()
+        .filter(|id| !source.contains_key(id))
+        .copied()
+        .collect();
+    let mut changed: Vec<PointId> = source
+        .iter()
+        .filter(|(id, hash)| held.get(id) != Some(hash))
+        .map(|(id, _)| *id)
+        .collect();
+    changed.sort();
+    progress
+        .points_total
+        .store((stale.len() + changed.len()) as u64, Ordering::Relaxed);
+    tracing::info!(
+        compared = source.len(),
+        missing_or_changed = changed.len(),
+        stale = stale.len(),
+        "wal_delta: sending the difference"
+    );
+    progress.stage("sending the difference");
+    for chunk in stale.chunks(1000) {
+        send(
+            &out.destination,
+            &UpdateRequest::Delete(PointSelection::Ids(chunk.to_vec())),
+            cancel,
+        )
+        .await?;
+        progress
+            .points_done
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
+    let batch = toc.env().transfer_batch_points.max(1);
+    for chunk in changed.chunks(batch) {
+        let records = {
+            let (local, ids) = (Arc::clone(local), chunk.to_vec());
+            tokio::task::spawn_blocking(move || local.retrieve(&ids, true, true))
+                .await
+                .map_err(|e| CollectionError::Storage(e.to_string()))?
+        };
+        let points = writes_of(records);
+        let bytes: u64 = points
+            .iter()
+            .map(|p| (p.vector.len() * 4 + 16) as u64)
+            .sum();
+        send(&out.destination, &UpdateRequest::Upsert(points), cancel).await?;
+        progress
+            .points_done
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        progress.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
     Ok(())
 }

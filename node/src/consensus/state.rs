@@ -199,6 +199,9 @@ pub struct ShardTransfer {
     /// At most this many points per second (`None`: as fast as it goes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub points_per_second: Option<u32>,
+    /// At most this many bytes (of vectors and payloads) per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_second: Option<u64>,
     /// Chosen by the proposer; tells a resumed transfer from a new one of the same shard
     /// between the same peers.
     #[serde(default)]
@@ -323,13 +326,6 @@ impl CollectionMeta {
                 .filter(|id| r.direction == ReshardingDirection::Up || *id != r.shard)
                 .collect(),
         )
-    }
-
-    /// Whether a resharding runs on the shards of `key`.
-    pub fn resharding_of(&self, key: Option<&ShardKey>) -> Option<&ReshardingState> {
-        self.resharding
-            .as_ref()
-            .filter(|r| r.shard_key.as_ref() == key)
     }
 }
 
@@ -603,6 +599,15 @@ pub enum ClusterError {
     ReshardingRunning { collection: String, shard: ShardId },
     #[error("collection `{collection}` is not resharding")]
     NoResharding { collection: String },
+    #[error(
+        "the resharding of collection `{collection}` is still moving points (shard {shard} to shard {to_shard} on peer {peer}); reads switch once every point has moved"
+    )]
+    ReshardingPointsMoving {
+        collection: String,
+        shard: ShardId,
+        to_shard: ShardId,
+        peer: PeerId,
+    },
     #[error("the resharding of collection `{collection}` is at stage {actual:?}, not {expected:?}")]
     ReshardingStageMismatch {
         collection: String,
@@ -1550,14 +1555,11 @@ impl ClusterState {
                 .iter()
                 .find(|t| t.to_shard.is_some() && !t.done)
         {
-            return Err(ClusterError::InvalidResharding {
+            return Err(ClusterError::ReshardingPointsMoving {
                 collection: name,
-                reason: format!(
-                    "points are still moving (shard {} to shard {} on peer {}); reads switch once every point has moved",
-                    t.shard,
-                    t.to_shard.unwrap_or(t.shard),
-                    t.to
-                ),
+                shard: t.shard,
+                to_shard: t.to_shard.unwrap_or(t.shard),
+                peer: t.to,
             });
         }
         let running = collection.resharding.as_mut().expect("checked above");
@@ -1653,6 +1655,7 @@ fn resharding_stream(shard: ShardId, to_shard: ShardId, from: PeerId, to: PeerId
         method: TransferMethod::ReshardingStreamRecords,
         destination_was: None,
         points_per_second: None,
+        bytes_per_second: None,
         id: u64::from(shard.0) << 32 | u64::from(to_shard.0),
         done: false,
     }
@@ -1875,6 +1878,282 @@ mod tests {
             .iter()
             .map(|(p, s)| (p.0, *s))
             .collect()
+    }
+
+    /// A cluster of `peers` with `docs`: `shards` shards, `rf` replicas each, all Active.
+    fn active_docs(peers: u64, shards: u32, rf: u32) -> ClusterState {
+        let mut state = cluster(peers);
+        state.apply(create("docs", shards, rf)).unwrap();
+        let all: Vec<(u32, u64)> = state.collections["docs"]
+            .shards
+            .iter()
+            .flat_map(|(id, s)| s.replicas.keys().map(move |p| (id.0, p.0)))
+            .collect();
+        for (shard, peer) in all {
+            state
+                .apply(set_state("docs", shard, peer, ReplicaState::Active))
+                .unwrap();
+        }
+        state
+    }
+
+    fn start_reshard(direction: ReshardingDirection) -> ClusterOperation {
+        ClusterOperation::StartResharding {
+            collection: "docs".into(),
+            direction,
+            peer: None,
+            shard_key: None,
+            manual: false,
+        }
+    }
+
+    fn streams(state: &ClusterState) -> Vec<ShardTransfer> {
+        state.collections["docs"]
+            .transfers
+            .iter()
+            .filter(|t| t.to_shard.is_some())
+            .cloned()
+            .collect()
+    }
+
+    fn all_streams_done(state: &mut ClusterState) {
+        for t in streams(state) {
+            state
+                .apply(ClusterOperation::ReshardingStreamDone {
+                    collection: "docs".into(),
+                    shard: t.shard,
+                    to_shard: t.to_shard.unwrap(),
+                    to: t.to,
+                })
+                .unwrap();
+        }
+    }
+
+    fn docs_op(f: fn(String) -> ClusterOperation) -> ClusterOperation {
+        f("docs".into())
+    }
+
+    #[test]
+    fn scale_up_streams_every_shard_then_switches_reads_then_writes() {
+        let mut state = active_docs(3, 3, 2);
+        state.apply(start_reshard(ReshardingDirection::Up)).unwrap();
+        let docs = &state.collections["docs"];
+        let r = docs.resharding.clone().unwrap();
+        assert_eq!(r.shard, ShardId(3));
+        assert_eq!(
+            replicas(&state, "docs", 3),
+            vec![(r.peer.0, ReplicaState::Resharding)]
+        );
+        let s = streams(&state);
+        assert_eq!(
+            s.iter().map(|t| t.shard.0).collect::<Vec<_>>(),
+            vec![0, 1, 2],
+            "every old shard streams once"
+        );
+        assert!(
+            s.iter()
+                .all(|t| t.to == r.peer && t.to_shard == Some(ShardId(3)))
+        );
+        assert_eq!(
+            docs.ring(None, false),
+            vec![ShardId(0), ShardId(1), ShardId(2)]
+        );
+        assert_eq!(
+            docs.ring(None, true),
+            vec![ShardId(0), ShardId(1), ShardId(2)]
+        );
+        assert_eq!(docs.target_ring().unwrap().len(), 4);
+        // Reads cannot switch before the points moved; ordinary transfers wait.
+        let err = rejected(
+            &mut state,
+            docs_op(|c| ClusterOperation::CommitReadHashRing { collection: c }),
+        );
+        assert!(
+            matches!(err, ClusterError::ReshardingPointsMoving { .. }),
+            "{err}"
+        );
+        let holder = replicas(&state, "docs", 0)[0].0;
+        let free = (1..=3).find(|p| !replicas(&state, "docs", 0).iter().any(|(h, _)| h == p));
+        if let Some(to) = free {
+            let err = rejected(
+                &mut state,
+                ClusterOperation::StartTransfer {
+                    collection: "docs".into(),
+                    transfer: ShardTransfer {
+                        shard: ShardId(0),
+                        to_shard: None,
+                        from: PeerId(holder),
+                        to: PeerId(to),
+                        sync: true,
+                        method: TransferMethod::StreamRecords,
+                        destination_was: None,
+                        points_per_second: None,
+                        bytes_per_second: None,
+                        id: 9,
+                        done: false,
+                    },
+                    max_per_peer: None,
+                },
+            );
+            assert!(
+                matches!(err, ClusterError::ReshardingRunning { .. }),
+                "{err}"
+            );
+        }
+        all_streams_done(&mut state);
+        state
+            .apply(docs_op(|c| ClusterOperation::CommitReadHashRing {
+                collection: c,
+            }))
+            .unwrap();
+        // Repeating a commit is harmless.
+        state
+            .apply(docs_op(|c| ClusterOperation::CommitReadHashRing {
+                collection: c,
+            }))
+            .unwrap();
+        let docs = &state.collections["docs"];
+        assert_eq!(docs.ring(None, false).len(), 4);
+        assert_eq!(docs.ring(None, true).len(), 3);
+        state
+            .apply(docs_op(|c| ClusterOperation::CommitWriteHashRing {
+                collection: c,
+            }))
+            .unwrap();
+        let err = rejected(
+            &mut state,
+            docs_op(|c| ClusterOperation::AbortResharding { collection: c }),
+        );
+        assert!(
+            matches!(err, ClusterError::ReshardingTooFarToAbort { .. }),
+            "{err}"
+        );
+        state
+            .apply(docs_op(|c| ClusterOperation::FinishResharding {
+                collection: c,
+            }))
+            .unwrap();
+        let docs = &state.collections["docs"];
+        assert!(docs.resharding.is_none() && docs.transfers.is_empty());
+        assert_eq!(
+            replicas(&state, "docs", 3),
+            vec![(r.peer.0, ReplicaState::Active)]
+        );
+        assert_eq!(docs.replicating, BTreeSet::from([ShardId(3)]));
+        // Copying the new shard to a second peer ends its replication.
+        let to = (1..=3).find(|p| *p != r.peer.0).unwrap();
+        state
+            .apply(ClusterOperation::StartTransfer {
+                collection: "docs".into(),
+                transfer: ShardTransfer {
+                    shard: ShardId(3),
+                    to_shard: None,
+                    from: r.peer,
+                    to: PeerId(to),
+                    sync: true,
+                    method: TransferMethod::StreamRecords,
+                    destination_was: None,
+                    points_per_second: None,
+                    bytes_per_second: None,
+                    id: 10,
+                    done: false,
+                },
+                max_per_peer: None,
+            })
+            .unwrap();
+        assert!(!state.collections["docs"].replicating.is_empty());
+        state
+            .apply(ClusterOperation::FinishTransfer {
+                collection: "docs".into(),
+                shard: ShardId(3),
+                from: r.peer,
+                to: PeerId(to),
+            })
+            .unwrap();
+        assert!(state.collections["docs"].replicating.is_empty());
+    }
+
+    #[test]
+    fn scale_down_streams_the_last_shard_to_every_replica_of_the_others() {
+        let mut state = active_docs(3, 3, 2);
+        state
+            .apply(start_reshard(ReshardingDirection::Down))
+            .unwrap();
+        let r = state.collections["docs"].resharding.clone().unwrap();
+        assert_eq!(r.shard, ShardId(2));
+        assert!(
+            replicas(&state, "docs", 2)
+                .iter()
+                .all(|(_, s)| *s == ReplicaState::ReshardingScaleDown)
+        );
+        let mut targets: Vec<(u32, u64)> = streams(&state)
+            .iter()
+            .map(|t| (t.to_shard.unwrap().0, t.to.0))
+            .collect();
+        targets.sort();
+        let mut expected: Vec<(u32, u64)> = [0, 1]
+            .iter()
+            .flat_map(|s| {
+                replicas(&state, "docs", *s)
+                    .into_iter()
+                    .map(move |(p, _)| (*s, p))
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(targets, expected);
+        assert!(
+            streams(&state)
+                .iter()
+                .all(|t| t.shard == ShardId(2) && t.from == r.peer)
+        );
+        assert_eq!(
+            state.collections["docs"].target_ring().unwrap(),
+            vec![ShardId(0), ShardId(1)]
+        );
+        // Aborted after reads switched: the collection is as it was.
+        let before = active_docs(3, 3, 2);
+        all_streams_done(&mut state);
+        state
+            .apply(docs_op(|c| ClusterOperation::CommitReadHashRing {
+                collection: c,
+            }))
+            .unwrap();
+        assert_eq!(state.collections["docs"].ring(None, false).len(), 2);
+        state
+            .apply(docs_op(|c| ClusterOperation::AbortResharding {
+                collection: c,
+            }))
+            .unwrap();
+        assert_eq!(json(&state), json(&before));
+    }
+
+    #[test]
+    fn a_failed_stream_replica_aborts_a_resharding_that_can_still_go_back() {
+        let mut state = active_docs(3, 3, 2);
+        let before = json(&state);
+        state.apply(start_reshard(ReshardingDirection::Up)).unwrap();
+        let source = streams(&state)[0].clone();
+        state
+            .apply(set_state(
+                "docs",
+                source.shard.0,
+                source.from.0,
+                ReplicaState::Dead,
+            ))
+            .unwrap();
+        let docs = &state.collections["docs"];
+        assert!(docs.resharding.is_none() && docs.transfers.is_empty());
+        assert!(!docs.shards.contains_key(&ShardId(3)));
+        // The same as before, but for the replica that failed.
+        state
+            .apply(set_state(
+                "docs",
+                source.shard.0,
+                source.from.0,
+                ReplicaState::Active,
+            ))
+            .unwrap();
+        assert_eq!(json(&state), before);
     }
 
     #[test]
@@ -2205,6 +2484,7 @@ mod tests {
             method: TransferMethod::StreamRecords,
             destination_was: None,
             points_per_second: None,
+            bytes_per_second: None,
             id: 1,
             done: false,
         });
@@ -2660,6 +2940,7 @@ mod tests {
                     },
                     destination_was: None,
                     points_per_second: None,
+                    bytes_per_second: None,
                     id: pick[1] as u64,
                     done: false,
                 },

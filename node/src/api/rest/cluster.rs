@@ -96,6 +96,7 @@ pub fn cluster_error(e: ClusterError) -> ApiError {
         | ClusterError::ReplicaStateMismatch { .. }
         | ClusterError::ReshardingRunning { .. }
         | ClusterError::ReshardingStageMismatch { .. }
+        | ClusterError::ReshardingPointsMoving { .. }
         | ClusterError::ReshardingTooFarToAbort { .. } => StatusCode::CONFLICT,
         ClusterError::NoResharding { .. } => StatusCode::NOT_FOUND,
         _ => StatusCode::BAD_REQUEST,

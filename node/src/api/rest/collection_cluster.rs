@@ -18,7 +18,8 @@ use crate::consensus::{
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
-    pub points_per_second: u32,
+    pub points_per_second: Option<u32>,
+    pub bytes_per_second: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,14 +110,9 @@ pub enum ClusterOperationRequest {
 /// The transfer methods this node can run.
 fn check_method(method: TransferMethod) -> Result<(), ApiError> {
     match method {
-        TransferMethod::StreamRecords | TransferMethod::Snapshot => Ok(()),
-        TransferMethod::WalDelta => Err(ApiError::bad_request(format!(
-            "Wrong input: transfer method `{}` is not implemented yet; use `stream_records` or `snapshot`",
-            serde_json::to_value(method)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
-        ))),
+        TransferMethod::StreamRecords | TransferMethod::Snapshot | TransferMethod::WalDelta => {
+            Ok(())
+        }
         TransferMethod::ReshardingStreamRecords => Err(ApiError::bad_request(
             "Wrong input: `resharding_stream_records` is used by resharding, not by shard transfers",
         )),
@@ -131,10 +127,17 @@ fn start(
 ) -> Result<ClusterOperation, ApiError> {
     let method = req.method.unwrap_or_default();
     check_method(method)?;
-    if req.rate_limit.is_some_and(|r| r.points_per_second == 0) {
-        return Err(ApiError::unprocessable(
-            "Validation error in JSON body: rate_limit.points_per_second must be at least 1",
-        ));
+    if let Some(r) = req.rate_limit {
+        if r.points_per_second == Some(0) || r.bytes_per_second == Some(0) {
+            return Err(ApiError::unprocessable(
+                "Validation error in JSON body: rate_limit.points_per_second and rate_limit.bytes_per_second must be at least 1",
+            ));
+        }
+        if r.points_per_second.is_none() && r.bytes_per_second.is_none() {
+            return Err(ApiError::unprocessable(
+                "Validation error in JSON body: rate_limit needs points_per_second or bytes_per_second",
+            ));
+        }
     }
     Ok(ClusterOperation::StartTransfer {
         collection: name.to_string(),
@@ -146,7 +149,8 @@ fn start(
             sync,
             method,
             destination_was: None,
-            points_per_second: req.rate_limit.map(|r| r.points_per_second),
+            points_per_second: req.rate_limit.and_then(|r| r.points_per_second),
+            bytes_per_second: req.rate_limit.and_then(|r| r.bytes_per_second),
             id: rand::random(),
             done: false,
         },
@@ -211,8 +215,11 @@ pub async fn apply(
                 from_peer_id: req.from_peer_id,
                 to_peer_id: req.to_peer_id,
                 method: Some(req.method),
-                rate_limit: running.points_per_second.map(|p| RateLimit {
-                    points_per_second: p,
+                rate_limit: (running.points_per_second.is_some()
+                    || running.bytes_per_second.is_some())
+                .then_some(RateLimit {
+                    points_per_second: running.points_per_second,
+                    bytes_per_second: running.bytes_per_second,
                 }),
             };
             vec![

@@ -258,8 +258,11 @@ pub async fn cluster_info(
                 ));
                 entry["progress"] = serde_json::json!(p);
             }
-            if let Some(pps) = t.points_per_second {
-                entry["rate_limit"] = serde_json::json!({"points_per_second": pps});
+            if t.points_per_second.is_some() || t.bytes_per_second.is_some() {
+                entry["rate_limit"] = serde_json::json!({
+                    "points_per_second": t.points_per_second,
+                    "bytes_per_second": t.bytes_per_second,
+                });
             }
             entry
         })
