@@ -171,6 +171,8 @@ fn run(args: &Args) -> Result<()> {
         args.dim,
         t.elapsed()
     );
+    // The optimizer starts a moment after the last write: give it that moment before asking.
+    std::thread::sleep(Duration::from_secs(3));
     let t = Instant::now();
     while client.collection_info("bench")?.status != "green" {
         if t.elapsed() > Duration::from_secs(600) {
