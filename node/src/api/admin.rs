@@ -143,7 +143,7 @@ impl AdminService for Admin {
                 shard_key: r.shard_key.as_ref().map(shard_key),
                 stage: name_of(&r.stage),
                 manual: r.manual,
-                progress: crate::cluster::resharding::progress(&progress)
+                progress: crate::cluster::resharding::progress(meta, &progress)
                     .as_ref()
                     .map(progress_of),
             }),

@@ -200,6 +200,7 @@ fn collection_status(e: CollectionError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         CollectionError::Moved(_) => Status::failed_precondition(e.to_string()),
+        CollectionError::ForwardFailed(_) => Status::aborted(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }

@@ -682,6 +682,7 @@ impl Collection {
         let mut applied = 0usize;
         let mut op_id = 0;
         let mut failed = Vec::new();
+        let mut not_passed_on = None;
         for (replica, result) in replicas.iter().zip(results) {
             match result {
                 Ok(id) => {
@@ -689,6 +690,13 @@ impl Collection {
                     op_id = op_id.max(id);
                 }
                 Err(e) if is_request_error(&e) => return Err(e),
+                Err(CollectionError::ForwardFailed(reason)) => {
+                    // The replica has the update but a resharding's destination may not:
+                    // mark the replica (which aborts a resharding that can still go back)
+                    // and do not acknowledge.
+                    not_passed_on = Some(reason.clone());
+                    failed.push((*replica, CollectionError::ForwardFailed(reason)));
+                }
                 Err(e) => failed.push((*replica, e)),
             }
         }
@@ -734,6 +742,12 @@ impl Collection {
                     )));
                 }
             }
+        }
+        if let Some(reason) = not_passed_on {
+            return Err(CollectionError::Unavailable(format!(
+                "shard {shard} of `{}`: the update was not acknowledged: {reason}",
+                self.name
+            )));
         }
         Ok(op_id)
     }
@@ -816,7 +830,7 @@ impl Collection {
                 // A resharding past its abortable stages cannot drop the destination, so the
                 // update is not acknowledged: the destination shard may not have it.
                 if out.owner.is_some() {
-                    return Err(CollectionError::Unavailable(format!(
+                    return Err(CollectionError::ForwardFailed(format!(
                         "shard {shard} of `{}` could not pass an update on to shard {} on peer {}: {e}",
                         self.name,
                         out.destination.shard_id(),

@@ -35,6 +35,10 @@ pub enum CollectionError {
     /// another shard. The sender routes again by a newer layout.
     #[error("Points moved: {0}")]
     Moved(String),
+    /// The replica applied an update but could not pass it on to a resharding's destination:
+    /// the update must not be acknowledged.
+    #[error("Update not passed on: {0}")]
+    ForwardFailed(String),
 }
 
 impl CollectionError {

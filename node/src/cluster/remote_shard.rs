@@ -103,6 +103,7 @@ impl RemoteShard {
         let answer = answer.map_err(|status| match status.code() {
             tonic::Code::InvalidArgument => CollectionError::BadInput(status.message().to_string()),
             tonic::Code::FailedPrecondition => CollectionError::Moved(status.message().to_string()),
+            tonic::Code::Aborted => CollectionError::ForwardFailed(status.message().to_string()),
             _ => CollectionError::Unavailable(format!(
                 "shard {} of `{}` at {}: {}",
                 self.shard_id,

@@ -13,8 +13,8 @@ use crate::cluster::metadata::Metadata;
 use crate::cluster::toc::{SubmitError, TableOfContent};
 use crate::cluster::transfer::{ProgressReport, TransferProgressEntry, Transfers};
 use crate::consensus::{
-    ClusterError, ClusterOperation, ClusterStateView, ReplicaState, ReshardingStage, ShardTransfer,
-    TransferMethod,
+    ClusterError, ClusterOperation, ClusterStateView, CollectionMeta, ReplicaState,
+    ReshardingStage, ShardTransfer, TransferMethod,
 };
 
 /// Advances, in the background, every resharding that this peer drives and that is not gated
@@ -199,9 +199,14 @@ pub async fn replicate_new_shards(toc: &Arc<TableOfContent>, view: &ClusterState
     }
 }
 
-/// The progress of a resharding's point streams, summed over them: points moved and to move,
-/// rate and an estimate of the rest. `None` when no stream reported.
-pub fn progress(entries: &[TransferProgressEntry]) -> Option<ProgressReport> {
+/// The progress of the resharding of `meta`, summed over its point streams: points moved and
+/// to move, rate and an estimate of the rest. The stage says whether every stream is done, from
+/// the cluster state (a stream that sent its last point may not have reported it yet). `None`
+/// when no stream reported.
+pub fn progress(
+    meta: &CollectionMeta,
+    entries: &[TransferProgressEntry],
+) -> Option<ProgressReport> {
     let streams: Vec<&ProgressReport> = entries
         .iter()
         .filter(|e| e.to_shard_id.is_some())
@@ -217,7 +222,10 @@ pub fn progress(entries: &[TransferProgressEntry]) -> Option<ProgressReport> {
         .sum::<u64>()
         .max(done);
     let rate: f64 = streams.iter().map(|p| p.points_per_second).sum();
-    let streaming = streams.iter().any(|p| p.points_done < p.points_total);
+    let streaming = meta
+        .transfers
+        .iter()
+        .any(|t| t.to_shard.is_some() && !t.done);
     Some(ProgressReport {
         stage: if streaming {
             "migrating points".into()

@@ -483,7 +483,7 @@ async fn stream_records(
         TransferMethod::StreamRecords | TransferMethod::Snapshot | TransferMethod::WalDelta
     ) {
         return Err(fail(CollectionError::BadInput(format!(
-            "transfer method {:?} is not implemented yet",
+            "transfer method {:?} belongs to a resharding, not to a shard transfer",
             transfer.method
         ))));
     }

@@ -3,8 +3,9 @@
 //!
 //! The operations go through `UpdateCollectionCluster` in Qdrant's shape
 //! (`start_resharding`, `commit_read_hash_ring`, `commit_write_hash_ring`,
-//! `finish_resharding`, `abort_resharding`). A node that does not implement them answers
-//! INVALID_ARGUMENT, which is reported as Degraded with the node's message.
+//! `finish_resharding`, `abort_resharding`). The resharding is started with `manual: true`, so
+//! the node leaves every stage to the operator and its gates. A node that rejects an operation
+//! as invalid answers INVALID_ARGUMENT, which is reported as Degraded with the node's message.
 
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};

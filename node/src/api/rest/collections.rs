@@ -279,7 +279,7 @@ pub async fn cluster_info(
                 "stage": r.stage,
                 "manual": r.manual,
             });
-            if let Some(p) = crate::cluster::resharding::progress(&progress) {
+            if let Some(p) = crate::cluster::resharding::progress(meta, &progress) {
                 entry["comment"] = serde_json::json!(format!(
                     "{:?}, {}: {}/{} points ({:.1}%), {:.0} points/s, ETA {}",
                     r.stage,

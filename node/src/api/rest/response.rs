@@ -111,9 +111,9 @@ impl From<CollectionError> for ApiError {
             CollectionError::Shard(_) | CollectionError::Storage(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            CollectionError::Unavailable(_) | CollectionError::Moved(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            CollectionError::Unavailable(_)
+            | CollectionError::Moved(_)
+            | CollectionError::ForwardFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_server_error() {
             tracing::error!(error = %e, "request failed");
