@@ -16,12 +16,26 @@ pub const READY: Duration = Duration::from_secs(30);
 pub const CONVERGE: Duration = Duration::from_secs(45);
 
 pub fn start_peer(role: ClusterRole, name: &str, extra: &[&str]) -> Result<NodeProcess> {
+    start_peer_env(role, name, extra, &[])
+}
+
+/// [`start_peer`] with extra environment variables for the node.
+pub fn start_peer_env(
+    role: ClusterRole,
+    name: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<NodeProcess> {
     let mut extra_args: Vec<String> = vec!["--peer-name".into(), name.into()];
     extra_args.extend(extra.iter().map(|s| s.to_string()));
     NodeProcess::start_ready(
         NodeOptions {
             cluster: Some(role),
             extra_args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..NodeOptions::default()
         },
         READY,
@@ -31,14 +45,24 @@ pub fn start_peer(role: ClusterRole, name: &str, extra: &[&str]) -> Result<NodeP
 /// A founder and `n - 1` joiners (each started with `extra` arguments), every one a voter
 /// before this returns.
 pub fn start_cluster(n: usize, extra: &[&str]) -> Result<Vec<NodeProcess>> {
-    let first = start_peer(ClusterRole::Found, "peer-0", extra)?;
+    start_cluster_env(n, extra, &[])
+}
+
+/// [`start_cluster`] with extra environment variables for every node.
+pub fn start_cluster_env(
+    n: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Vec<NodeProcess>> {
+    let first = start_peer_env(ClusterRole::Found, "peer-0", extra, env)?;
     let bootstrap = first.p2p_uri();
     let mut nodes = vec![first];
     for i in 1..n {
-        nodes.push(start_peer(
+        nodes.push(start_peer_env(
             ClusterRole::Join(bootstrap.clone()),
             &format!("peer-{i}"),
             extra,
+            env,
         )?);
     }
     let deadline = Instant::now() + CONVERGE;

@@ -17,6 +17,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use shoal_e2e::cluster::{
     CONVERGE, READY, collection_cluster, count, create_collection, replicas_agree, start_cluster,
+    start_cluster_env,
 };
 use shoal_e2e::{Client, Method, NodeProcess, PointId, PointStruct};
 
@@ -457,6 +458,84 @@ fn abort_and_invalid_transfers_leave_the_cluster_as_it_was() -> Result<()> {
         json!({"abort_transfer": {"shard_id": 0, "from_peer_id": ids[from], "to_peer_id": ids[to]}}),
         400,
     )?;
+    Ok(())
+}
+
+/// Every stage a sender goes through, held for a while by the nodes' test hook so that the
+/// abort lands in it: an abort leaves the replicas and the points exactly as before.
+#[test]
+fn abort_at_each_stage_leaves_the_cluster_as_it_was() -> Result<()> {
+    const STAGES: [(&str, &str); 6] = [
+        ("stream_records", "clearing destination"),
+        ("stream_records", "streaming points"),
+        ("snapshot", "snapshotting"),
+        ("snapshot", "destination restores the snapshot"),
+        ("snapshot", "replaying queued updates"),
+        ("wal_delta", "streaming points"),
+    ];
+    let pauses: Vec<String> = STAGES.iter().map(|(_, s)| format!("{s}=3000")).collect();
+    let pauses = pauses.join(",");
+    let nodes = start_cluster_env(3, &[], &[("SHOAL_TEST_TRANSFER_PAUSE", pauses.as_str())])?;
+    create_collection(
+        &nodes[0],
+        "docs",
+        json!({"vectors": {"size": DIM, "distance": "Euclid"}, "shard_number": 2}),
+    )?;
+    let mut model = Model::new();
+    load(&nodes[0].client(), "docs", 5_000, &mut model)?;
+    let (ids, from, to) = shard_zero(&nodes, "docs")?;
+    let other = 3 - from - to;
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let before = replicas_agree(&all, "docs", &[])?;
+    for (i, (method, stage)) in STAGES.iter().enumerate() {
+        let op = if i % 2 == 0 {
+            "replicate_shard"
+        } else {
+            "move_shard"
+        };
+        operate(
+            &nodes[other],
+            "docs",
+            json!({op: {"shard_id": 0, "from_peer_id": ids[from], "to_peer_id": ids[to], "method": method}}),
+        )?;
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let v: Value =
+                nodes[other]
+                    .client()
+                    .call(Method::Get, "/collections/docs/cluster", None)?;
+            if v["shard_transfers"][0]["progress"]["stage"] == *stage {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{method} never reached `{stage}`: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        operate(
+            &nodes[other],
+            "docs",
+            json!({"abort_transfer": {"shard_id": 0, "from_peer_id": ids[from], "to_peer_id": ids[to]}}),
+        )?;
+        wait_transfers_done(&nodes[other], "docs")?;
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let now = replicas_agree(&all, "docs", &[])?;
+            if now == before {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{op} ({method}) aborted at `{stage}`: replicas {now:?}, before {before:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for node in &nodes {
+            matches_model(node, "docs", &model)?;
+        }
+        eprintln!("{op} ({method}) aborted at `{stage}`: as before");
+    }
     Ok(())
 }
 

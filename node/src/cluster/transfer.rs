@@ -552,6 +552,9 @@ async fn stream_records(
             // A destination that was Dead may hold anything: start it empty. Under the order
             // lock, so no forwarded update lands before the clearing.
             progress.stage("clearing destination");
+            pause_at("clearing destination", cancel)
+                .await
+                .map_err(with_reg)?;
             let _order = out.order.lock().await;
             let clear = UpdateRequest::Delete(PointSelection::Filter(Filter::default()));
             send(&destination, &clear, cancel).await.map_err(with_reg)?;
@@ -559,6 +562,9 @@ async fn stream_records(
     }
 
     progress.stage("streaming points");
+    pause_at("streaming points", cancel)
+        .await
+        .map_err(with_reg)?;
     let batch_size = toc.env().transfer_batch_points.max(1);
     let started = Instant::now();
     let already = progress.points_done.load(Ordering::Relaxed);
@@ -908,6 +914,7 @@ async fn delta_transfer(
     cancel: &AtomicBool,
 ) -> Result<(), TransferError> {
     progress.stage("comparing replicas");
+    pause_at("comparing replicas", cancel).await?;
     let _order = out.order.lock().await;
     let source: HashMap<PointId, u64> = {
         let local = Arc::clone(local);
@@ -1078,6 +1085,7 @@ async fn snapshot_transfer(
     let name = format!("transfer-{}.jsonl", transfer.id);
     let path = local.dir().join(SNAPSHOTS_DIR).join(&name);
     progress.stage("snapshotting");
+    pause_at("snapshotting", cancel).await?;
     {
         let _order = out.order.lock().await;
         let (shard, file) = (Arc::clone(local), path.clone());
@@ -1093,6 +1101,7 @@ async fn snapshot_transfer(
             return Err(TransferError::Cancelled);
         }
         progress.stage("destination restores the snapshot");
+        pause_at("destination restores the snapshot", cancel).await?;
         let env = toc.env();
         let view = env.metadata.view();
         let own_uri = view
@@ -1131,6 +1140,7 @@ async fn snapshot_transfer(
             .points;
         progress.points_done.store(restored, Ordering::Relaxed);
         progress.stage("replaying queued updates");
+        pause_at("replaying queued updates", cancel).await?;
         let _order = out.order.lock().await;
         let queued = out.queue.lock().take().unwrap_or_default();
         for update in queued {
@@ -1156,6 +1166,34 @@ fn writes_of(records: Vec<Record>) -> Vec<PointWrite> {
             payload: r.payload.unwrap_or_default(),
         })
         .collect()
+}
+
+/// A test hook: `SHOAL_TEST_TRANSFER_PAUSE="stage=ms,..."` holds a sender for `ms` at the start
+/// of each named stage (a cancellation ends the pause), so that tests can abort a transfer at a
+/// chosen stage. Unset, it costs one lookup in an empty map.
+async fn pause_at(stage: &str, cancel: &AtomicBool) -> Result<(), TransferError> {
+    static PAUSES: std::sync::OnceLock<HashMap<String, u64>> = std::sync::OnceLock::new();
+    let pauses = PAUSES.get_or_init(|| {
+        std::env::var("SHOAL_TEST_TRANSFER_PAUSE")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|pair| {
+                let (name, ms) = pair.split_once('=')?;
+                Some((name.trim().to_string(), ms.trim().parse().ok()?))
+            })
+            .collect()
+    });
+    let Some(ms) = pauses.get(stage) else {
+        return Ok(());
+    };
+    let until = Instant::now() + Duration::from_millis(*ms);
+    while Instant::now() < until {
+        if cancel.load(Ordering::SeqCst) {
+            return Err(TransferError::Cancelled);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// Sends one request to the destination, retrying a few times (it may be restarting).
