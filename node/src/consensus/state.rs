@@ -1594,8 +1594,12 @@ impl ClusterState {
         }
         // The resharding's own point streams end with it.
         collection.transfers.retain(|t| t.to_shard.is_none());
-        match (running.direction, finished) {
-            (ReshardingDirection::Up, true) => {
+        if !finished {
+            undo_resharding(collection, &running);
+            return Ok(ClusterResponse::Done);
+        }
+        match running.direction {
+            ReshardingDirection::Up => {
                 let shard = shard_mut(collection, &name, running.shard)?;
                 for state in shard.replicas.values_mut() {
                     if *state == ReplicaState::Resharding {
@@ -1605,16 +1609,8 @@ impl ClusterState {
                 // The new shard has one replica: it is copied up to the replication factor.
                 collection.replicating.insert(running.shard);
             }
-            (ReshardingDirection::Up, false) | (ReshardingDirection::Down, true) => {
+            ReshardingDirection::Down => {
                 collection.shards.remove(&running.shard);
-            }
-            (ReshardingDirection::Down, false) => {
-                let shard = shard_mut(collection, &name, running.shard)?;
-                for state in shard.replicas.values_mut() {
-                    if *state == ReplicaState::ReshardingScaleDown {
-                        *state = ReplicaState::Active;
-                    }
-                }
             }
         }
         collection.resharding = None;

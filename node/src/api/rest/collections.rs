@@ -188,6 +188,20 @@ pub async fn delete(
     }
 }
 
+/// A one-line summary of a transfer's (or a resharding's) progress, for `comment`.
+fn progress_comment(p: &crate::cluster::transfer::ProgressReport) -> String {
+    format!(
+        "{}: {}/{} points ({:.1}%), {:.0} points/s, ETA {}",
+        p.stage,
+        p.points_done,
+        p.points_total,
+        p.percent,
+        p.points_per_second,
+        p.eta_seconds
+            .map_or_else(|| "unknown".to_string(), |s| format!("{s:.0}s"))
+    )
+}
+
 /// `GET /collections/{name}/cluster`: where the collection's shards are and in what state, in
 /// Qdrant's shape, from the applied cluster state.
 pub async fn cluster_info(
@@ -245,18 +259,8 @@ pub async fn cluster_info(
                     && p.from == t.from.0
                     && p.to == t.to.0
             }) {
-                let p = &p.progress;
-                entry["comment"] = serde_json::json!(format!(
-                    "{}: {}/{} points ({:.1}%), {:.0} points/s, ETA {}",
-                    p.stage,
-                    p.points_done,
-                    p.points_total,
-                    p.percent,
-                    p.points_per_second,
-                    p.eta_seconds
-                        .map_or_else(|| "unknown".to_string(), |s| format!("{s:.0}s"))
-                ));
-                entry["progress"] = serde_json::json!(p);
+                entry["comment"] = serde_json::json!(progress_comment(&p.progress));
+                entry["progress"] = serde_json::json!(p.progress);
             }
             if t.points_per_second.is_some() || t.bytes_per_second.is_some() {
                 entry["rate_limit"] = serde_json::json!({
@@ -280,17 +284,8 @@ pub async fn cluster_info(
                 "manual": r.manual,
             });
             if let Some(p) = crate::cluster::resharding::progress(meta, &progress) {
-                entry["comment"] = serde_json::json!(format!(
-                    "{:?}, {}: {}/{} points ({:.1}%), {:.0} points/s, ETA {}",
-                    r.stage,
-                    p.stage,
-                    p.points_done,
-                    p.points_total,
-                    p.percent,
-                    p.points_per_second,
-                    p.eta_seconds
-                        .map_or_else(|| "unknown".to_string(), |s| format!("{s:.0}s"))
-                ));
+                entry["comment"] =
+                    serde_json::json!(format!("{:?}, {}", r.stage, progress_comment(&p)));
                 entry["progress"] = serde_json::json!(p);
             }
             entry
