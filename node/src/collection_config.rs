@@ -2,15 +2,25 @@
 //! "diffs" over the defaults) and what `GET /collections/{name}` reports. Stored with the
 //! collection; every layer below `cluster` reads it, none writes it.
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-use crate::types::Distance;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::types::{DEFAULT_VECTOR, Distance};
 
 /// The largest vector Shoal accepts, as in Qdrant.
 pub const MAX_VECTOR_SIZE: usize = 65_536;
 /// Upper bounds that keep one collection's shards manageable on one node.
 pub const MAX_SHARD_NUMBER: u32 = 1_024;
 
+/// Most named vectors (dense and sparse together) one collection may have.
+pub const MAX_NAMED_VECTORS: usize = 64;
+/// Most sub-vectors in one multivector.
+pub const MAX_MULTIVECTOR_LEN: usize = 4_096;
+/// Most non-zero entries in one sparse vector.
+pub const MAX_SPARSE_ENTRIES: usize = 65_536;
+
+/// One dense (or multi-) vector of a collection, as Qdrant configures it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VectorParams {
     pub size: usize,
@@ -19,6 +29,144 @@ pub struct VectorParams {
     pub on_disk: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hnsw_config: Option<HnswConfigDiff>,
+    /// Stored and reported; search answers as the unquantized search would (see
+    /// [`CollectionConfig::quantization_note`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_config: Option<serde_json::Value>,
+    /// Set for a multivector: a point's vector is a list of `size`-long vectors, scored with
+    /// MaxSim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multivector_config: Option<MultiVectorConfig>,
+    /// The element type Qdrant would store; Shoal stores `float32` for every datatype and
+    /// reports the configured one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datatype: Option<Datatype>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MultiVectorComparator {
+    MaxSim,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultiVectorConfig {
+    pub comparator: MultiVectorComparator,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Datatype {
+    Float32,
+    Float16,
+    Uint8,
+}
+
+/// How a sparse vector's scores are modified: `idf` weighs each dimension by its inverse
+/// document frequency over the collection (Qdrant's BM25-style IDF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modifier {
+    #[default]
+    None,
+    Idf,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SparseIndexParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_scan_threshold: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_disk: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datatype: Option<Datatype>,
+}
+
+/// One sparse vector of a collection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SparseVectorParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<SparseIndexParams>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modifier: Option<Modifier>,
+}
+
+/// A collection's dense vectors: one unnamed vector (Qdrant's single `VectorParams` form, held
+/// under the name `""`), or a map of named ones (which may include `""`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum VectorsConfig {
+    Single(VectorParams),
+    Named(BTreeMap<String, VectorParams>),
+}
+
+impl Default for VectorsConfig {
+    fn default() -> Self {
+        VectorsConfig::Named(BTreeMap::new())
+    }
+}
+
+impl VectorsConfig {
+    /// The parameters of the dense vector called `name`.
+    pub fn get(&self, name: &str) -> Option<&VectorParams> {
+        match self {
+            VectorsConfig::Single(p) => (name == DEFAULT_VECTOR).then_some(p),
+            VectorsConfig::Named(map) => map.get(name),
+        }
+    }
+
+    /// Every dense vector with its name, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &VectorParams)> {
+        let (single, named) = match self {
+            VectorsConfig::Single(p) => (Some((DEFAULT_VECTOR, p)), None),
+            VectorsConfig::Named(map) => (None, Some(map)),
+        };
+        single
+            .into_iter()
+            .chain(named.into_iter().flatten().map(|(k, v)| (k.as_str(), v)))
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            VectorsConfig::Single(_) => 1,
+            VectorsConfig::Named(map) => map.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Serialize for VectorsConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            VectorsConfig::Single(p) => p.serialize(serializer),
+            VectorsConfig::Named(map) => map.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for VectorsConfig {
+    /// An object with `size` or `distance` is the single form; any other object is a map of
+    /// named vectors (as Qdrant tells them apart).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let serde_json::Value::Object(map) = &value else {
+            return Err(D::Error::custom(
+                "`vectors` must be an object: {\"size\": N, \"distance\": ...} or a map of names to such objects",
+            ));
+        };
+        if map.contains_key("size") || map.contains_key("distance") {
+            serde_json::from_value(value)
+                .map(VectorsConfig::Single)
+                .map_err(D::Error::custom)
+        } else {
+            serde_json::from_value(value)
+                .map(VectorsConfig::Named)
+                .map_err(D::Error::custom)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -31,7 +179,10 @@ pub enum ShardingMethod {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectionParams {
-    pub vectors: VectorParams,
+    #[serde(default)]
+    pub vectors: VectorsConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse_vectors: Option<BTreeMap<String, SparseVectorParams>>,
     pub shard_number: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sharding_method: Option<ShardingMethod>,
@@ -217,15 +368,15 @@ impl OptimizersConfig {
         Ok(())
     }
 
-    /// How many points of `dim` dimensions an appendable segment takes before it is sealed and
-    /// indexed, or `None` when indexing is disabled.
-    pub fn indexing_threshold_points(&self, dim: usize) -> Option<usize> {
+    /// How many points of `point_bytes` bytes of vectors an appendable segment takes before it
+    /// is sealed and indexed, or `None` when indexing is disabled.
+    pub fn indexing_threshold_points(&self, point_bytes: usize) -> Option<usize> {
         let kb = self.indexing_threshold?;
         if kb == 0 {
             return None;
         }
         let kb = self.max_segment_size.map_or(kb, |max| kb.min(max.max(1)));
-        Some((kb * 1024 / (dim.max(1) * 4)).max(1))
+        Some((kb * 1024 / point_bytes.max(1)).max(1))
     }
 }
 
@@ -259,32 +410,147 @@ pub struct CollectionConfig {
     pub hnsw_config: HnswConfig,
     pub optimizer_config: OptimizersConfig,
     pub wal_config: WalConfig,
+    /// The collection-wide quantization (per-vector settings take precedence); stored and
+    /// reported, see [`CollectionConfig::quantization_note`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_config: Option<serde_json::Value>,
+    /// Qdrant's `strict_mode_config`: stored, reported, and enforced where Shoal knows the
+    /// setting (see `api::rest::strict_mode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict_mode_config: Option<serde_json::Value>,
+    /// Free-form metadata a client attaches to the collection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// What kind of vector a name refers to, with its parameters.
+#[derive(Debug, Clone, Copy)]
+pub enum VectorKind<'a> {
+    Dense(&'a VectorParams),
+    Multi(&'a VectorParams),
+    Sparse(&'a SparseVectorParams),
 }
 
 impl CollectionConfig {
-    pub fn dim(&self) -> usize {
-        self.params.vectors.size
+    /// A configuration with one unnamed dense vector and Qdrant's defaults otherwise.
+    pub fn single_dense(size: usize, distance: Distance) -> CollectionConfig {
+        CollectionConfig {
+            params: CollectionParams {
+                vectors: VectorsConfig::Single(VectorParams {
+                    size,
+                    distance,
+                    on_disk: None,
+                    hnsw_config: None,
+                    quantization_config: None,
+                    multivector_config: None,
+                    datatype: None,
+                }),
+                sparse_vectors: None,
+                shard_number: 1,
+                sharding_method: None,
+                replication_factor: 1,
+                write_consistency_factor: 1,
+                on_disk_payload: true,
+            },
+            hnsw_config: HnswConfig::default(),
+            optimizer_config: OptimizersConfig::default(),
+            wal_config: WalConfig::default(),
+            quantization_config: None,
+            strict_mode_config: None,
+            metadata: None,
+        }
     }
 
-    pub fn distance(&self) -> Distance {
-        self.params.vectors.distance
+    /// The dense or multi-vector called `name`.
+    pub fn dense(&self, name: &str) -> Option<&VectorParams> {
+        self.params.vectors.get(name)
     }
 
-    /// The graph parameters, with a per-vector `hnsw_config` taking precedence.
-    pub fn effective_hnsw(&self) -> HnswConfig {
+    pub fn sparse(&self, name: &str) -> Option<&SparseVectorParams> {
+        self.params.sparse_vectors.as_ref()?.get(name)
+    }
+
+    /// The vector called `name`, of whatever kind.
+    pub fn vector_kind(&self, name: &str) -> Option<VectorKind<'_>> {
+        if let Some(p) = self.dense(name) {
+            return Some(if p.multivector_config.is_some() {
+                VectorKind::Multi(p)
+            } else {
+                VectorKind::Dense(p)
+            });
+        }
+        self.sparse(name).map(VectorKind::Sparse)
+    }
+
+    /// Every sparse vector with its name, in name order.
+    pub fn sparse_iter(&self) -> impl Iterator<Item = (&str, &SparseVectorParams)> {
+        self.params
+            .sparse_vectors
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The graph parameters of the dense vector `name`, with its own `hnsw_config` taking
+    /// precedence over the collection's.
+    pub fn hnsw_for(&self, name: &str) -> HnswConfig {
         let mut hnsw = self.hnsw_config.clone();
-        if let Some(diff) = &self.params.vectors.hnsw_config {
+        if let Some(diff) = self.dense(name).and_then(|p| p.hnsw_config.as_ref()) {
             hnsw.apply(diff);
         }
         hnsw
     }
 
+    /// Bytes of dense vector data per point, over every dense and multi-vector (a multivector
+    /// counted as one sub-vector): what `indexing_threshold` and segment sizes are measured in.
+    pub fn point_vector_bytes(&self) -> usize {
+        self.params
+            .vectors
+            .iter()
+            .map(|(_, p)| p.size * 4)
+            .sum::<usize>()
+            .max(4)
+    }
+
+    /// Why searches answer exactly although quantization is configured, or `None` when none
+    /// is: Shoal keeps full-precision vectors only.
+    pub fn quantization_note(&self) -> Option<String> {
+        let configured = self
+            .quantization_config
+            .as_ref()
+            .is_some_and(|q| !q.is_null())
+            || self
+                .params
+                .vectors
+                .iter()
+                .any(|(_, p)| p.quantization_config.as_ref().is_some_and(|q| !q.is_null()));
+        configured.then(|| {
+            "quantization is configured but not applied: Shoal searches full-precision \
+             vectors, so answers equal the unquantized search"
+                .to_string()
+        })
+    }
+
     pub fn validate(&self) -> Result<(), String> {
-        let size = self.params.vectors.size;
-        if size == 0 || size > MAX_VECTOR_SIZE {
+        let named = self.params.vectors.len() + self.sparse_iter().count();
+        if named > MAX_NAMED_VECTORS {
             return Err(format!(
-                "vector size must be between 1 and {MAX_VECTOR_SIZE}, got {size}"
+                "a collection has at most {MAX_NAMED_VECTORS} named vectors, got {named}"
             ));
+        }
+        for (name, params) in self.params.vectors.iter() {
+            let size = params.size;
+            if size == 0 || size > MAX_VECTOR_SIZE {
+                return Err(format!(
+                    "vector size must be between 1 and {MAX_VECTOR_SIZE}, got {size} for vector `{name}`"
+                ));
+            }
+            if self.sparse(name).is_some() {
+                return Err(format!(
+                    "vector name `{name}` is used for both a dense and a sparse vector"
+                ));
+            }
+            self.hnsw_for(name).validate()?;
         }
         if self.params.shard_number == 0 || self.params.shard_number > MAX_SHARD_NUMBER {
             return Err(format!(
@@ -301,7 +567,7 @@ impl CollectionConfig {
         if self.wal_config.wal_capacity_mb == 0 {
             return Err("wal_config.wal_capacity_mb must be at least 1".into());
         }
-        self.effective_hnsw().validate()?;
+        self.hnsw_config.validate()?;
         self.optimizer_config.validate()
     }
 }

@@ -13,6 +13,131 @@ pub type Payload = serde_json::Map<String, serde_json::Value>;
 /// A dense vector.
 pub type Vector = Vec<f32>;
 
+/// The name of the unnamed vector: a collection created with one `VectorParams` (not a map)
+/// holds its vector under this name, as Qdrant does.
+pub const DEFAULT_VECTOR: &str = "";
+
+/// A sparse vector as Qdrant defines it: parallel lists of dimension indices and their values.
+///
+/// Stored sorted by index with no duplicates (see [`SparseVector::new`]), so that dot products
+/// are a merge of two sorted lists.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SparseVector {
+    pub indices: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl SparseVector {
+    /// Checks a sparse vector as a client sent it and sorts it by index.
+    ///
+    /// Errors (Qdrant's validation): `indices` and `values` of different lengths, a repeated
+    /// index, or a value that is not finite.
+    pub fn new(indices: Vec<u32>, values: Vec<f32>) -> Result<SparseVector, String> {
+        if indices.len() != values.len() {
+            return Err(format!(
+                "sparse vector has {} indices but {} values: they must have the same length",
+                indices.len(),
+                values.len()
+            ));
+        }
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err("sparse vector values must be finite numbers".into());
+        }
+        let mut pairs: Vec<(u32, f32)> = indices.into_iter().zip(values).collect();
+        pairs.sort_by_key(|p| p.0);
+        if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err("sparse vector indices must be unique".into());
+        }
+        Ok(SparseVector {
+            indices: pairs.iter().map(|p| p.0).collect(),
+            values: pairs.iter().map(|p| p.1).collect(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// The dot product over the indices both vectors have, each weighted by `weight(index)`
+    /// (1 without an IDF modifier). Both must be sorted by index.
+    pub fn weighted_dot(&self, other: &SparseVector, weight: impl Fn(u32) -> f32) -> f32 {
+        let (mut i, mut j, mut sum) = (0, 0, 0.0f32);
+        while i < self.indices.len() && j < other.indices.len() {
+            match self.indices[i].cmp(&other.indices[j]) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    sum += weight(self.indices[i]) * self.values[i] * other.values[j];
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        sum
+    }
+
+    /// Whether the two vectors share at least one index.
+    pub fn overlaps(&self, other: &SparseVector) -> bool {
+        let (mut i, mut j) = (0, 0);
+        while i < self.indices.len() && j < other.indices.len() {
+            match self.indices[i].cmp(&other.indices[j]) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => return true,
+            }
+        }
+        false
+    }
+}
+
+/// One vector of a point: dense, sparse, or a multivector (a list of dense vectors of the same
+/// size, scored with MaxSim).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum VectorData {
+    Dense(Vec<f32>),
+    Sparse(SparseVector),
+    Multi(Vec<Vec<f32>>),
+}
+
+impl VectorData {
+    /// The kind's name, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VectorData::Dense(_) => "dense",
+            VectorData::Sparse(_) => "sparse",
+            VectorData::Multi(_) => "multi",
+        }
+    }
+}
+
+/// A point's vectors by name; the unnamed vector is [`DEFAULT_VECTOR`]. A point may lack any
+/// of its collection's vectors.
+pub type NamedVectors = std::collections::BTreeMap<String, VectorData>;
+
+/// A borrowed view of a stored vector.
+#[derive(Debug, Clone, Copy)]
+pub enum VectorRef<'a> {
+    Dense(&'a [f32]),
+    Sparse(&'a SparseVector),
+    /// A multivector, its sub-vectors of `dim` values each laid end to end.
+    Multi {
+        flat: &'a [f32],
+        dim: usize,
+    },
+}
+
+impl VectorRef<'_> {
+    pub fn to_owned(self) -> VectorData {
+        match self {
+            VectorRef::Dense(v) => VectorData::Dense(v.to_vec()),
+            VectorRef::Sparse(s) => VectorData::Sparse(s.clone()),
+            VectorRef::Multi { flat, dim } => {
+                VectorData::Multi(flat.chunks_exact(dim.max(1)).map(<[f32]>::to_vec).collect())
+            }
+        }
+    }
+}
+
 /// The id of a point, as Qdrant defines it: an unsigned integer or a UUID.
 ///
 /// Ordering puts every integer id before every UUID, the order a scroll returns points in.
@@ -168,6 +293,32 @@ impl Distance {
             Distance::Euclid => squared_euclid(query, stored).sqrt(),
             Distance::Manhattan => manhattan(query, stored),
         }
+    }
+
+    /// The score oriented so that larger is closer, for every distance: the similarity that
+    /// recommendation strategies and MaxSim add up (Qdrant's internal score: negated distances
+    /// for `Euclid` and `Manhattan`, the squared distance for `Euclid`).
+    pub fn similarity(self, query: &[f32], stored: &[f32]) -> f32 {
+        match self {
+            Distance::Cosine | Distance::Dot => dot(query, stored),
+            Distance::Euclid => -squared_euclid(query, stored),
+            Distance::Manhattan => -manhattan(query, stored),
+        }
+    }
+
+    /// Qdrant's MaxSim: for each query sub-vector, the best [`similarity`](Self::similarity)
+    /// to any stored sub-vector, summed. Both are `dim`-sized sub-vectors laid end to end.
+    pub fn max_sim(self, query: &[f32], stored: &[f32], dim: usize) -> f32 {
+        let dim = dim.max(1);
+        query
+            .chunks_exact(dim)
+            .map(|q| {
+                stored
+                    .chunks_exact(dim)
+                    .map(|s| self.similarity(q, s))
+                    .fold(f32::NEG_INFINITY, f32::max)
+            })
+            .sum()
     }
 
     /// Whether score `a` ranks before score `b`.

@@ -27,8 +27,10 @@ use tonic::{Request, Response, Status};
 use crate::api::admin::Admin;
 use crate::api::rest::service::QDRANT_API_VERSION;
 use crate::cluster::CollectionError;
+use crate::cluster::remote_shard::POINT_NOT_FOUND_MARK;
 use crate::cluster::shard_requests::{
     ShardCount, ShardDigest, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
+    ShardSparseStats,
 };
 use crate::cluster::toc::TableOfContent;
 use crate::cluster::transfer::{SNAPSHOTS_DIR, restore_snapshot};
@@ -191,10 +193,22 @@ pub struct ShardPoints {
 }
 
 fn collection_status(e: CollectionError) -> Status {
-    match e {
-        CollectionError::NotFound(_) | CollectionError::PointNotFound(_) => {
-            Status::not_found(e.to_string())
+    let e = match e {
+        CollectionError::Shard(ShardError::PointNotFound(id)) => {
+            CollectionError::PointNotFound(id.to_string())
         }
+        other => other,
+    };
+    match e {
+        CollectionError::PointNotFound(id) => {
+            let mut status = Status::not_found(format!("No point with id {id} found"));
+            status.metadata_mut().insert(
+                POINT_NOT_FOUND_MARK,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            status
+        }
+        CollectionError::NotFound(_) => Status::not_found(e.to_string()),
         CollectionError::BadInput(_)
         | CollectionError::Shard(ShardError::WrongDimension { .. } | ShardError::BadInput(_)) => {
             Status::invalid_argument(e.to_string())
@@ -275,6 +289,13 @@ impl ShardService for ShardPoints {
 
     async fn digest(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
         self.run::<ShardDigest>(request.into_inner()).await
+    }
+
+    async fn sparse_stats(
+        &self,
+        request: Request<ShardCall>,
+    ) -> Result<Response<ShardAnswer>, Status> {
+        self.run::<ShardSparseStats>(request.into_inner()).await
     }
 }
 
@@ -490,18 +511,19 @@ mod tests {
     use crate::cluster::hash_ring::shard_for;
     use crate::cluster::remote_shard::RemoteShard;
     use crate::cluster::shard_requests::ShardTarget;
+    use crate::index::payload_selector::WithVector;
     use crate::shard::operations::{PointSelection, PointWrite};
-    use crate::types::{Payload, PointId};
+    use crate::types::{Payload, PointId, VectorData};
 
     fn point(i: u64) -> PointWrite {
         let mut payload = Payload::new();
         payload.insert("i".into(), serde_json::json!(i));
         payload.insert("odd".into(), serde_json::json!(i % 2 == 1));
-        PointWrite {
-            id: PointId::Num(i),
-            vector: vec![i as f32, (i % 7) as f32, 1.0, -(i as f32) / 3.0],
+        PointWrite::dense(
+            PointId::Num(i),
+            vec![i as f32, (i % 7) as f32, 1.0, -(i as f32) / 3.0],
             payload,
-        }
+        )
     }
 
     /// A remote replica answers every shard request exactly as the local one does, and refuses
@@ -555,19 +577,21 @@ mod tests {
                 limit: 25,
                 filter: Some(odd.clone()),
                 with_payload: true,
-                with_vector: true,
+                with_vector: WithVector::All,
                 owner: None,
             };
             assert_eq!(remote.request(&scroll).await.unwrap(), scroll.run(local));
             for target in [
-                ShardTarget::Nearest(vec![3.0, 1.0, 1.0, -1.0]),
+                ShardTarget::Nearest(VectorData::Dense(vec![3.0, 1.0, 1.0, -1.0])),
                 ShardTarget::BestScore {
-                    positive: vec![vec![5.0, 5.0, 1.0, -1.0]],
-                    negative: vec![vec![0.0, 0.0, 1.0, 0.0]],
+                    positive: vec![VectorData::Dense(vec![5.0, 5.0, 1.0, -1.0])],
+                    negative: vec![VectorData::Dense(vec![0.0, 0.0, 1.0, 0.0])],
                 },
                 ShardTarget::IdOrder,
             ] {
                 let search = ShardSearch {
+                    using: String::new(),
+                    idf: None,
                     target,
                     filter: None,
                     exclude: vec![PointId::Num(3)],
@@ -576,7 +600,7 @@ mod tests {
                     exact: true,
                     score_threshold: None,
                     with_payload: true,
-                    with_vector: false,
+                    with_vector: WithVector::None,
                     owner: None,
                 };
                 let got = remote.request(&search).await.unwrap();
@@ -586,7 +610,7 @@ mod tests {
             let retrieve = ShardRetrieve {
                 ids: (0..20).map(PointId::Num).collect(),
                 with_payload: true,
-                with_vector: true,
+                with_vector: WithVector::All,
                 owner: None,
             };
             assert_eq!(
@@ -606,7 +630,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             collection
-                .retrieve(&[PointId::Num(id)], true, true, None)
+                .retrieve(&[PointId::Num(id)], true, &WithVector::All, None)
                 .await
                 .unwrap()
                 .len(),
@@ -620,7 +644,7 @@ mod tests {
             .unwrap();
         assert!(
             collection
-                .retrieve(&[PointId::Num(id)], false, false, None)
+                .retrieve(&[PointId::Num(id)], false, &WithVector::None, None)
                 .await
                 .unwrap()
                 .is_empty()
@@ -628,7 +652,8 @@ mod tests {
 
         // Refusals: a wrong dimension, an unknown collection or shard, a missing key.
         let mut bad = point(id);
-        bad.vector.pop();
+        bad.vectors
+            .insert(String::new(), VectorData::Dense(vec![1.0]));
         let before = collection.count(None, None).await.unwrap();
         assert!(matches!(
             remote.request(&UpdateRequest::Upsert(vec![bad])).await,

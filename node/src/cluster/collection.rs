@@ -14,43 +14,59 @@ use crate::cluster::hash_ring::shard_for;
 use crate::cluster::metadata::Metadata;
 use crate::cluster::remote_shard::RemoteShard;
 use crate::cluster::shard_requests::{
-    Ownership, ShardCount, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch, ShardTarget,
+    Ownership, ShardCount, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch, ShardSparseStats,
+    ShardTarget,
 };
-use crate::collection_config::{CollectionConfig, PayloadIndexEntry, ShardingMethod};
+use crate::collection_config::{
+    CollectionConfig, MAX_MULTIVECTOR_LEN, MAX_SPARSE_ENTRIES, Modifier, PayloadIndexEntry,
+    ShardingMethod, VectorKind,
+};
 use crate::consensus::{
     ClusterError, ClusterOperation, CollectionMeta, PeerId, PeerInfo, ReplicaState,
     ReshardingDirection, ReshardingStage, ReshardingState, ShardId, ShardKey,
 };
 use crate::index::filter::Filter;
+use crate::index::payload_selector::WithVector;
 use crate::shard::local_shard::{
-    IndexBuilder, LocalShard, OptimizerStatus, Record, ScoredRecord, ShardError,
+    IndexBuilder, LocalShard, OptimizerStatus, Record, ScoredRecord, ShardError, idf,
 };
 use crate::shard::maintenance;
 use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
 use crate::storage::wal::SyncMode;
-use crate::types::{Distance, PointId};
+use crate::types::{NamedVectors, PointId, SparseVector, VectorData};
 
-/// How a search scores points.
+/// How a search scores points. Vectors are raw (as the client sent them, or as stored).
 #[derive(Debug, Clone, PartialEq)]
 pub enum SearchTarget {
-    /// Nearest to this raw (not yet normalised) vector.
-    Vector(Vec<f32>),
-    /// Qdrant's `best_score` recommendation strategy over these raw example vectors.
+    /// Nearest to this vector.
+    Vector(VectorData),
+    /// Qdrant's `best_score` recommendation strategy over these example vectors.
     BestScore {
-        positive: Vec<Vec<f32>>,
-        negative: Vec<Vec<f32>>,
+        positive: Vec<VectorData>,
+        negative: Vec<VectorData>,
     },
     /// No scoring: matching points in id order, each with score 0 (a query without `query`).
     IdOrder,
     /// Qdrant's `sum_scores` strategy: similarity to positives minus similarity to negatives.
     SumScores {
-        positive: Vec<Vec<f32>>,
-        negative: Vec<Vec<f32>>,
+        positive: Vec<VectorData>,
+        negative: Vec<VectorData>,
+    },
+    /// Qdrant's discovery search: a target and context pairs (positive, negative).
+    Discover {
+        target: VectorData,
+        context: Vec<(VectorData, VectorData)>,
+    },
+    /// Qdrant's context search: only context pairs (positive, negative).
+    Context {
+        pairs: Vec<(VectorData, VectorData)>,
     },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchRequest {
+    /// The vector searched (`""` for the unnamed one).
+    pub using: String,
     pub target: SearchTarget,
     pub filter: Option<Filter>,
     /// Points never returned (the examples of a recommendation).
@@ -61,7 +77,7 @@ pub struct SearchRequest {
     pub exact: bool,
     pub score_threshold: Option<f32>,
     pub with_payload: bool,
-    pub with_vector: bool,
+    pub with_vector: WithVector,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +210,11 @@ fn is_request_error(e: &CollectionError) -> bool {
         CollectionError::BadInput(_)
             | CollectionError::PointNotFound(_)
             | CollectionError::Moved(_)
-            | CollectionError::Shard(ShardError::WrongDimension { .. } | ShardError::BadInput(_))
+            | CollectionError::Shard(
+                ShardError::WrongDimension { .. }
+                    | ShardError::BadInput(_)
+                    | ShardError::PointNotFound(_)
+            )
     )
 }
 
@@ -451,26 +471,26 @@ impl Collection {
         self.config.params.sharding_method == Some(ShardingMethod::Custom)
     }
 
-    fn distance(&self) -> Distance {
-        self.config.distance()
+    /// Checks an incoming vector against the collection's vector `name` (kind, size, finite
+    /// values, Qdrant's limits) and brings it into its stored form (Cosine vectors and
+    /// sub-vectors normalised, sparse vectors sorted by index).
+    pub fn prepare_vector(
+        &self,
+        name: &str,
+        vector: VectorData,
+    ) -> Result<VectorData, CollectionError> {
+        prepare_vector(&self.config, name, vector)
     }
 
-    /// Checks and normalises an incoming vector.
-    pub fn prepare_vector(&self, mut vector: Vec<f32>) -> Result<Vec<f32>, CollectionError> {
-        let dim = self.config.dim();
-        if vector.len() != dim {
-            return Err(CollectionError::BadInput(format!(
-                "Vector dimension error: expected dim: {dim}, got {}",
-                vector.len()
-            )));
-        }
-        if vector.iter().any(|x| !x.is_finite()) {
-            return Err(CollectionError::BadInput(
-                "vectors must not contain NaN or infinite values".into(),
-            ));
-        }
-        self.distance().preprocess(&mut vector);
-        Ok(vector)
+    /// Checks and normalises every vector of a point.
+    pub fn prepare_vectors(&self, vectors: NamedVectors) -> Result<NamedVectors, CollectionError> {
+        vectors
+            .into_iter()
+            .map(|(name, v)| {
+                let v = self.prepare_vector(&name, v)?;
+                Ok((name, v))
+            })
+            .collect()
     }
 
     fn unknown_key(&self, key: &ShardKey) -> CollectionError {
@@ -583,7 +603,7 @@ impl Collection {
                 };
                 let mut groups: BTreeMap<u32, Vec<PointWrite>> = BTreeMap::new();
                 for mut p in points {
-                    p.vector = self.prepare_vector(p.vector)?;
+                    p.vectors = self.prepare_vectors(p.vectors)?;
                     for ring in &rings {
                         let shard = ring[shard_for(&p.id, ring.len() as u32) as usize];
                         groups.entry(shard).or_default().push(p.clone());
@@ -811,9 +831,10 @@ impl Collection {
         };
         let applied = applied?;
         for out in &outgoing {
+            // The destination may not hold every point yet: it skips what it lacks.
             let forwarded = match &out.owner {
-                None => Some(Arc::clone(&request)),
-                Some(owner) => restrict(&request, owner).map(Arc::new),
+                None => Some(Arc::new(request.lenient())),
+                Some(owner) => restrict(&request.lenient(), owner).map(Arc::new),
             };
             let Some(forwarded) = forwarded else {
                 continue;
@@ -969,7 +990,7 @@ impl Collection {
             let mut from = None;
             loop {
                 const PAGE: usize = 10_000;
-                let page = local.scroll(from, PAGE + 1, None, false, false);
+                let page = local.scroll(from, PAGE + 1, None, false, &WithVector::None);
                 let next = (page.len() > PAGE).then(|| page[PAGE].id);
                 strays.extend(
                     page.into_iter()
@@ -1114,7 +1135,7 @@ impl Collection {
         &self,
         ids: &[PointId],
         with_payload: bool,
-        with_vector: bool,
+        with_vector: &WithVector,
         selector: Option<&ShardKeySelector>,
     ) -> Result<Vec<Record>, CollectionError> {
         let layout = self.layout();
@@ -1132,7 +1153,7 @@ impl Collection {
                     ShardRetrieve {
                         ids: mine,
                         with_payload,
-                        with_vector,
+                        with_vector: with_vector.clone(),
                         owner: None,
                     },
                 ))
@@ -1147,17 +1168,19 @@ impl Collection {
         Ok(unique.iter().filter_map(|id| found.remove(id)).collect())
     }
 
-    /// The stored vector of a point, or an error naming it.
+    /// The stored vector `name` of a point, or an error naming it.
     pub async fn vector_of(
         &self,
         id: &PointId,
+        name: &str,
         selector: Option<&ShardKeySelector>,
-    ) -> Result<Vec<f32>, CollectionError> {
-        self.retrieve(&[*id], false, true, selector)
+    ) -> Result<VectorData, CollectionError> {
+        let wanted = WithVector::Named(vec![name.to_string()]);
+        self.retrieve(&[*id], false, &wanted, selector)
             .await?
             .into_iter()
             .next()
-            .and_then(|r| r.vector)
+            .and_then(|r| r.vector?.remove(name))
             .ok_or_else(|| CollectionError::PointNotFound(id.to_string()))
     }
 
@@ -1168,7 +1191,7 @@ impl Collection {
         limit: usize,
         filter: Option<&Filter>,
         with_payload: bool,
-        with_vector: bool,
+        with_vector: &WithVector,
         selector: Option<&ShardKeySelector>,
     ) -> Result<(Vec<Record>, Option<PointId>), CollectionError> {
         let layout = self.layout();
@@ -1177,7 +1200,7 @@ impl Collection {
             limit: limit + 1,
             filter: filter.cloned(),
             with_payload,
-            with_vector,
+            with_vector: with_vector.clone(),
             owner: None,
         };
         let requests = self
@@ -1219,22 +1242,79 @@ impl Collection {
     }
 
     /// Checks and normalises the vectors of a search target, for every shard to use as is.
-    fn prepare_target(&self, target: &SearchTarget) -> Result<ShardTarget, CollectionError> {
-        let prep = |vs: &[Vec<f32>]| -> Result<Vec<Vec<f32>>, CollectionError> {
-            vs.iter().map(|v| self.prepare_vector(v.clone())).collect()
+    fn prepare_target(
+        &self,
+        using: &str,
+        target: &SearchTarget,
+    ) -> Result<ShardTarget, CollectionError> {
+        let prep = |v: &VectorData| self.prepare_vector(using, v.clone());
+        let prep_all = |vs: &[VectorData]| -> Result<Vec<VectorData>, CollectionError> {
+            vs.iter().map(prep).collect()
+        };
+        let prep_pairs = |pairs: &[(VectorData, VectorData)]| -> Result<_, CollectionError> {
+            pairs
+                .iter()
+                .map(|(p, n)| Ok((prep(p)?, prep(n)?)))
+                .collect::<Result<Vec<_>, CollectionError>>()
         };
         Ok(match target {
-            SearchTarget::Vector(v) => ShardTarget::Nearest(self.prepare_vector(v.clone())?),
+            SearchTarget::Vector(v) => ShardTarget::Nearest(prep(v)?),
             SearchTarget::BestScore { positive, negative } => ShardTarget::BestScore {
-                positive: prep(positive)?,
-                negative: prep(negative)?,
+                positive: prep_all(positive)?,
+                negative: prep_all(negative)?,
             },
             SearchTarget::SumScores { positive, negative } => ShardTarget::SumScores {
-                positive: prep(positive)?,
-                negative: prep(negative)?,
+                positive: prep_all(positive)?,
+                negative: prep_all(negative)?,
+            },
+            SearchTarget::Discover { target, context } => ShardTarget::Discover {
+                target: prep(target)?,
+                context: prep_pairs(context)?,
+            },
+            SearchTarget::Context { pairs } => ShardTarget::Context {
+                pairs: prep_pairs(pairs)?,
             },
             SearchTarget::IdOrder => ShardTarget::IdOrder,
         })
+    }
+
+    /// IDF weights of a sparse query's dimensions over every selected shard, when the
+    /// searched vector has the `idf` modifier (Qdrant computes IDF over the collection).
+    async fn idf_weights(
+        &self,
+        layout: &Arc<Layout>,
+        shards: &[u32],
+        using: &str,
+        target: &ShardTarget,
+    ) -> Result<Option<Vec<(u32, f32)>>, CollectionError> {
+        let ShardTarget::Nearest(VectorData::Sparse(query)) = target else {
+            return Ok(None);
+        };
+        if self.config.sparse(using).and_then(|p| p.modifier) != Some(Modifier::Idf) {
+            return Ok(None);
+        }
+        let request = ShardSparseStats {
+            using: using.to_string(),
+            dims: query.indices.clone(),
+            owner: None,
+        };
+        let requests = shards.iter().map(|s| (*s, request.clone())).collect();
+        let mut points = 0;
+        let mut df = vec![0usize; query.indices.len()];
+        for (n, counts) in self.read_shards(layout, requests).await? {
+            points += n;
+            for (total, c) in df.iter_mut().zip(counts) {
+                *total += c;
+            }
+        }
+        Ok(Some(
+            query
+                .indices
+                .iter()
+                .zip(df)
+                .map(|(d, df)| (*d, idf(points, df)))
+                .collect(),
+        ))
     }
 
     /// The best `limit` points after skipping `offset`, best first.
@@ -1244,8 +1324,24 @@ impl Collection {
         selector: Option<&ShardKeySelector>,
     ) -> Result<Vec<ScoredRecord>, CollectionError> {
         let layout = self.layout();
+        if self.config.vector_kind(&request.using).is_none() {
+            return Err(CollectionError::BadInput(format!(
+                "Not existing vector name error: {}",
+                if request.using.is_empty() {
+                    "default"
+                } else {
+                    &request.using
+                }
+            )));
+        }
+        let target = self.prepare_target(&request.using, &request.target)?;
+        let shards = self.selected_shards(&layout, selector, false)?;
+        let idf = self
+            .idf_weights(&layout, &shards, &request.using, &target)
+            .await?;
         let shard_search = ShardSearch {
-            target: self.prepare_target(&request.target)?,
+            using: request.using.clone(),
+            target,
             filter: request.filter.clone(),
             exclude: request.exclude.iter().copied().collect(),
             top: request.limit.saturating_add(request.offset),
@@ -1253,11 +1349,11 @@ impl Collection {
             exact: request.exact,
             score_threshold: request.score_threshold,
             with_payload: request.with_payload,
-            with_vector: request.with_vector,
+            with_vector: request.with_vector.clone(),
+            idf,
             owner: None,
         };
-        let requests = self
-            .selected_shards(&layout, selector, false)?
+        let requests = shards
             .into_iter()
             .map(|shard| (shard, shard_search.clone()))
             .collect();
@@ -1267,7 +1363,8 @@ impl Collection {
             .into_iter()
             .flatten()
             .collect();
-        shard_search.sort_merged(self.distance(), &mut merged);
+        let distance = self.config.dense(&request.using).map(|p| p.distance);
+        shard_search.sort_merged(distance, &mut merged);
         merged.dedup_by_key(|r| r.id);
         Ok(merged
             .into_iter()
@@ -1334,14 +1431,103 @@ fn ring_of(layout: &Layout, key: Option<&ShardKey>, writes: bool) -> Vec<u32> {
         .collect()
 }
 
+/// Checks a vector against the configured vector `name` and brings it into its stored form:
+/// the size (and Qdrant's limits) must match, values must be finite; Cosine vectors (and each
+/// Cosine sub-vector) are normalised, sparse vectors sorted by index.
+pub fn prepare_vector(
+    config: &CollectionConfig,
+    name: &str,
+    vector: VectorData,
+) -> Result<VectorData, CollectionError> {
+    let shown = if name.is_empty() { "default" } else { name };
+    let finite = |v: &[f32]| {
+        if v.iter().all(|x| x.is_finite()) {
+            Ok(())
+        } else {
+            Err(CollectionError::BadInput(
+                "vectors must not contain NaN or infinite values".into(),
+            ))
+        }
+    };
+    let size_check = |v: &[f32], size: usize| {
+        if v.len() != size {
+            return Err(CollectionError::BadInput(format!(
+                "Vector dimension error: expected dim: {size}, got {}",
+                v.len()
+            )));
+        }
+        finite(v)
+    };
+    let Some(kind) = config.vector_kind(name) else {
+        return Err(CollectionError::BadInput(format!(
+            "Not existing vector name error: {shown}"
+        )));
+    };
+    match (kind, vector) {
+        (VectorKind::Dense(p), VectorData::Dense(mut v)) => {
+            size_check(&v, p.size)?;
+            p.distance.preprocess(&mut v);
+            Ok(VectorData::Dense(v))
+        }
+        (VectorKind::Multi(p), VectorData::Multi(mut vs)) => {
+            if vs.is_empty() {
+                return Err(CollectionError::BadInput(format!(
+                    "multivector `{shown}` must contain at least one vector"
+                )));
+            }
+            if vs.len() > MAX_MULTIVECTOR_LEN {
+                return Err(CollectionError::BadInput(format!(
+                    "multivector `{shown}` has {} vectors; at most {MAX_MULTIVECTOR_LEN} are allowed",
+                    vs.len()
+                )));
+            }
+            for v in &mut vs {
+                size_check(v, p.size)?;
+                p.distance.preprocess(v);
+            }
+            Ok(VectorData::Multi(vs))
+        }
+        // A dense vector where a multivector is configured is a multivector of one.
+        (VectorKind::Multi(_), VectorData::Dense(v)) => {
+            prepare_vector(config, name, VectorData::Multi(vec![v]))
+        }
+        (VectorKind::Sparse(_), VectorData::Sparse(s)) => {
+            if s.indices.len() > MAX_SPARSE_ENTRIES {
+                return Err(CollectionError::BadInput(format!(
+                    "sparse vector `{shown}` has {} entries; at most {MAX_SPARSE_ENTRIES} are allowed",
+                    s.indices.len()
+                )));
+            }
+            SparseVector::new(s.indices, s.values)
+                .map(VectorData::Sparse)
+                .map_err(|e| CollectionError::BadInput(format!("vector `{shown}`: {e}")))
+        }
+        (kind, given) => {
+            let expected = match kind {
+                VectorKind::Dense(_) => "dense",
+                VectorKind::Multi(_) => "multi",
+                VectorKind::Sparse(_) => "sparse",
+            };
+            Err(CollectionError::BadInput(format!(
+                "Wrong input: vector `{shown}` is a {expected} vector, got a {} vector",
+                given.kind()
+            )))
+        }
+    }
+}
+
 /// The ids an update names explicitly (none for a filter-based one).
 fn named_ids(request: &UpdateRequest) -> Vec<PointId> {
     let of = |sel: &PointSelection| match sel {
-        PointSelection::Ids(ids) => ids.clone(),
+        PointSelection::Ids(ids) | PointSelection::IdsIfPresent(ids) => ids.clone(),
         PointSelection::Filter(_) => Vec::new(),
     };
     match request {
-        UpdateRequest::Upsert(points) => points.iter().map(|p| p.id).collect(),
+        UpdateRequest::Upsert(points) | UpdateRequest::ConditionalUpsert { points, .. } => {
+            points.iter().map(|p| p.id).collect()
+        }
+        UpdateRequest::UpdateVectors { points, .. } => points.iter().map(|p| p.0).collect(),
+        UpdateRequest::DeleteVectors { selection, .. } => of(selection),
         UpdateRequest::Delete(sel) | UpdateRequest::ClearPayload(sel) => of(sel),
         UpdateRequest::SetPayload { selection, .. }
         | UpdateRequest::OverwritePayload { selection, .. }
@@ -1353,27 +1539,59 @@ fn named_ids(request: &UpdateRequest) -> Vec<PointId> {
 /// narrowed to them, filter selections unchanged (every shard applies those to its own
 /// points). `None` when nothing is left.
 pub fn restrict(request: &UpdateRequest, owner: &Ownership) -> Option<UpdateRequest> {
+    let narrow_ids = |ids: &[PointId]| -> Option<Vec<PointId>> {
+        let mine: Vec<PointId> = ids.iter().filter(|id| owner.owns(id)).copied().collect();
+        (!mine.is_empty()).then_some(mine)
+    };
     let narrow = |sel: &PointSelection| -> Option<PointSelection> {
         match sel {
-            PointSelection::Ids(ids) => {
-                let mine: Vec<PointId> = ids.iter().filter(|id| owner.owns(id)).copied().collect();
-                (!mine.is_empty()).then_some(PointSelection::Ids(mine))
-            }
+            PointSelection::Ids(ids) => narrow_ids(ids).map(PointSelection::Ids),
+            PointSelection::IdsIfPresent(ids) => narrow_ids(ids).map(PointSelection::IdsIfPresent),
             PointSelection::Filter(f) => Some(PointSelection::Filter(f.clone())),
         }
     };
+    let narrow_points = |points: &[PointWrite]| -> Option<Vec<PointWrite>> {
+        let mine: Vec<PointWrite> = points
+            .iter()
+            .filter(|p| owner.owns(&p.id))
+            .cloned()
+            .collect();
+        (!mine.is_empty()).then_some(mine)
+    };
     Some(match request {
-        UpdateRequest::Upsert(points) => {
-            let mine: Vec<PointWrite> = points
+        UpdateRequest::Upsert(points) => UpdateRequest::Upsert(narrow_points(points)?),
+        UpdateRequest::ConditionalUpsert {
+            points,
+            mode,
+            filter,
+        } => UpdateRequest::ConditionalUpsert {
+            points: narrow_points(points)?,
+            mode: *mode,
+            filter: filter.clone(),
+        },
+        UpdateRequest::UpdateVectors {
+            points,
+            filter,
+            missing_ok,
+        } => {
+            let mine: Vec<(PointId, NamedVectors)> = points
                 .iter()
-                .filter(|p| owner.owns(&p.id))
+                .filter(|p| owner.owns(&p.0))
                 .cloned()
                 .collect();
             if mine.is_empty() {
                 return None;
             }
-            UpdateRequest::Upsert(mine)
+            UpdateRequest::UpdateVectors {
+                points: mine,
+                filter: filter.clone(),
+                missing_ok: *missing_ok,
+            }
         }
+        UpdateRequest::DeleteVectors { selection, names } => UpdateRequest::DeleteVectors {
+            selection: narrow(selection)?,
+            names: names.clone(),
+        },
         UpdateRequest::Delete(sel) => UpdateRequest::Delete(narrow(sel)?),
         UpdateRequest::SetPayload {
             selection,

@@ -11,6 +11,10 @@ use tonic::transport::{Channel, Endpoint};
 use crate::cluster::CollectionError;
 use crate::cluster::shard_requests::{ShardCallKind, ShardRequest};
 
+/// Metadata that marks a `NotFound` status as "a point the request named does not exist", so
+/// that the caller answers 404 instead of treating the replica as unreachable.
+pub const POINT_NOT_FOUND_MARK: &str = "shoal-point-not-found";
+
 /// How long one shard request to a peer may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -99,8 +103,18 @@ impl RemoteShard {
             ShardCallKind::Count => client.count(call).await,
             ShardCallKind::Retrieve => client.retrieve(call).await,
             ShardCallKind::Digest => client.digest(call).await,
+            ShardCallKind::SparseStats => client.sparse_stats(call).await,
         };
         let answer = answer.map_err(|status| match status.code() {
+            tonic::Code::NotFound if status.metadata().contains_key(POINT_NOT_FOUND_MARK) => {
+                CollectionError::PointNotFound(
+                    status
+                        .message()
+                        .trim_start_matches("No point with id ")
+                        .trim_end_matches(" found")
+                        .to_string(),
+                )
+            }
             tonic::Code::InvalidArgument => CollectionError::BadInput(status.message().to_string()),
             tonic::Code::FailedPrecondition => CollectionError::Moved(status.message().to_string()),
             tonic::Code::Aborted => CollectionError::ForwardFailed(status.message().to_string()),

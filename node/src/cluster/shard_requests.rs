@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::CollectionError;
 use crate::index::filter::Filter;
+use crate::index::filter::HasVector;
+use crate::index::payload_selector::WithVector;
 use crate::shard::local_shard::{
-    LocalShard, PointPredicate, Record, ScoredRecord, Scoring, SearchQuery,
+    LocalShard, PointPredicate, QueryVector, Record, ScoredRecord, Scoring, SearchQuery,
 };
 use crate::shard::operations::UpdateRequest;
-use crate::types::{Distance, Payload, PointId};
+use crate::types::{Distance, Payload, PointId, VectorData, VectorRef};
 
 /// The RPC of the p2p `ShardService` that carries a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +27,7 @@ pub enum ShardCallKind {
     Count,
     Retrieve,
     Digest,
+    SparseStats,
 }
 
 /// A request that one shard replica answers, on this peer or on another: it runs on a local
@@ -68,27 +71,40 @@ impl ShardRequest for UpdateRequest {
     }
 }
 
-/// How a shard scores candidates; vectors are already preprocessed for the collection's
-/// distance.
+/// How a shard scores candidates; vectors are already checked and preprocessed for the
+/// searched vector (its kind, size and distance).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ShardTarget {
-    Nearest(Vec<f32>),
+    Nearest(VectorData),
     /// Qdrant's `best_score` recommendation strategy.
     BestScore {
-        positive: Vec<Vec<f32>>,
-        negative: Vec<Vec<f32>>,
+        positive: Vec<VectorData>,
+        negative: Vec<VectorData>,
     },
     /// Qdrant's `sum_scores` recommendation strategy.
     SumScores {
-        positive: Vec<Vec<f32>>,
-        negative: Vec<Vec<f32>>,
+        positive: Vec<VectorData>,
+        negative: Vec<VectorData>,
     },
-    /// No scoring: matching points in id order with score 0.
+    /// Qdrant's discovery: the target's similarity ranks points within the same count of
+    /// context pairs satisfied (see [`discover_score`]).
+    Discover {
+        target: VectorData,
+        context: Vec<(VectorData, VectorData)>,
+    },
+    /// Qdrant's context search: the sum over pairs of `min(0, sim(positive) - sim(negative))`.
+    Context {
+        pairs: Vec<(VectorData, VectorData)>,
+    },
+    /// No scoring: matching points in id order with score 1 (as Qdrant).
     IdOrder,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardSearch {
+    /// The vector searched (`""` for the unnamed one).
+    #[serde(default)]
+    pub using: String,
     pub target: ShardTarget,
     pub filter: Option<Filter>,
     pub exclude: Vec<PointId>,
@@ -98,7 +114,11 @@ pub struct ShardSearch {
     pub exact: bool,
     pub score_threshold: Option<f32>,
     pub with_payload: bool,
-    pub with_vector: bool,
+    pub with_vector: WithVector,
+    /// IDF weights of the query's sparse dimensions, computed over the whole collection by
+    /// the coordinator (see [`ShardSparseStats`]); `None` without the `idf` modifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idf: Option<Vec<(u32, f32)>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Ownership>,
 }
@@ -114,49 +134,96 @@ impl ShardRequest for ShardSearch {
     }
 }
 
+/// Similarity of a stored vector to an example, oriented so that larger is closer: Qdrant's
+/// internal score (dot product for `Cosine` and `Dot`, negated distance for `Euclid` and
+/// `Manhattan`, MaxSim for multivectors, dot product for sparse vectors).
+pub fn similarity(distance: Option<Distance>, stored: VectorRef<'_>, example: &VectorData) -> f32 {
+    match (stored, example) {
+        (VectorRef::Dense(v), VectorData::Dense(e)) => distance.map_or(0.0, |d| d.similarity(e, v)),
+        (VectorRef::Multi { flat, dim }, VectorData::Multi(e)) => {
+            let q: Vec<f32> = e.iter().flatten().copied().collect();
+            distance.map_or(0.0, |d| d.max_sim(&q, flat, dim))
+        }
+        (VectorRef::Sparse(v), VectorData::Sparse(e)) => e.weighted_dot(v, |_| 1.0),
+        _ => f32::NEG_INFINITY,
+    }
+}
+
+/// Qdrant's discovery score: the context rank (see [`context_rank`]) plus the similarity to
+/// the target squashed into (0, 1), so that it only orders points of the same rank.
+pub fn discover_score(target_sim: f32, rank: i32) -> f32 {
+    rank as f32 + scaled_sigmoid(target_sim)
+}
+
+/// Qdrant's "fast sigmoid" `x / (1 + |x|)`, in (-1, 1).
+fn fast_sigmoid(x: f32) -> f32 {
+    x / (1.0 + x.abs())
+}
+
+/// [`fast_sigmoid`] moved into (0, 1).
+fn scaled_sigmoid(x: f32) -> f32 {
+    0.5 * (fast_sigmoid(x) + 1.0)
+}
+
+/// Qdrant's context-pair rank: for each pair +1 if the positive is more similar than the
+/// negative, -1 if less, 0 on a tie.
+fn context_rank(pairs: &[(VectorData, VectorData)], sim: impl Fn(&VectorData) -> f32) -> i32 {
+    pairs
+        .iter()
+        .map(|(p, n)| match sim(p).partial_cmp(&sim(n)) {
+            Some(std::cmp::Ordering::Greater) => 1,
+            Some(std::cmp::Ordering::Less) => -1,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Qdrant's context score: the sum over pairs of `fast_sigmoid(min(0, sim(positive) -
+/// sim(negative) - EPSILON))`, in (-pairs, 0].
+fn context_loss(pairs: &[(VectorData, VectorData)], sim: impl Fn(&VectorData) -> f32) -> f32 {
+    pairs
+        .iter()
+        .map(|(p, n)| fast_sigmoid((sim(p) - sim(n) - f32::EPSILON).min(0.0)))
+        .sum()
+}
+
 impl ShardSearch {
     /// The best `top` points of `shard`, best first.
     pub fn run(&self, shard: &LocalShard) -> Vec<ScoredRecord> {
-        let distance = shard.distance();
+        let distance = shard.distance(&self.using);
         let exclude: HashSet<PointId> = self.exclude.iter().copied().collect();
         let filter = self.filter.as_ref();
         let owner = self.owner.as_ref();
-        let accept = |id: PointId, p: &Payload| {
+        let accept = |id: PointId, p: &Payload, has: HasVector<'_>| {
             !exclude.contains(&id)
                 && owner.is_none_or(|o| o.owns(&id))
-                && filter.is_none_or(|f| f.check(id, p))
+                && filter.is_none_or(|f| f.check_point(id, p, has))
         };
         let needs_accept = filter.is_some() || !exclude.is_empty() || owner.is_some();
         let accept_ref: Option<PointPredicate<'_>> = needs_accept.then_some(&accept as _);
-        // Similarity oriented so that larger is closer, for every distance.
-        let sim = |a: &[f32], b: &[f32]| {
-            let s = distance.score(a, b);
-            if distance.higher_is_better() { s } else { -s }
-        };
-        let custom = |v: &[f32]| -> f32 {
+        let custom = |v: VectorRef<'_>| -> f32 {
+            let sim = |e: &VectorData| similarity(distance, v, e);
             match &self.target {
                 ShardTarget::SumScores { positive, negative } => {
-                    positive.iter().map(|p| sim(v, p)).sum::<f32>()
-                        - negative.iter().map(|n| sim(v, n)).sum::<f32>()
+                    positive.iter().map(sim).sum::<f32>() - negative.iter().map(sim).sum::<f32>()
                 }
                 ShardTarget::BestScore { positive, negative } => {
-                    let best_pos = positive
-                        .iter()
-                        .map(|p| sim(v, p))
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    let best_neg = negative
-                        .iter()
-                        .map(|n| sim(v, n))
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    if best_pos >= best_neg {
-                        best_pos
+                    let best_pos = positive.iter().map(sim).fold(f32::NEG_INFINITY, f32::max);
+                    let best_neg = negative.iter().map(sim).fold(f32::NEG_INFINITY, f32::max);
+                    if best_pos > best_neg {
+                        scaled_sigmoid(best_pos)
                     } else {
-                        -best_neg
+                        -scaled_sigmoid(best_neg)
                     }
                 }
+                ShardTarget::Discover { target, context } => {
+                    discover_score(sim(target), context_rank(context, sim))
+                }
+                ShardTarget::Context { pairs } => context_loss(pairs, sim),
                 ShardTarget::Nearest(_) | ShardTarget::IdOrder => 0.0,
             }
         };
+        let flat_multi: Vec<f32>;
         let scoring = match &self.target {
             ShardTarget::IdOrder => {
                 return shard
@@ -165,24 +232,29 @@ impl ShardSearch {
                         self.top,
                         accept_ref,
                         self.with_payload,
-                        self.with_vector,
+                        &self.with_vector,
                     )
                     .into_iter()
                     .map(|r| ScoredRecord {
                         id: r.id,
                         version: r.version,
-                        score: 0.0,
+                        // Qdrant scores points returned without a query 1.
+                        score: 1.0,
                         payload: r.payload,
                         vector: r.vector,
                     })
                     .collect();
             }
-            ShardTarget::Nearest(q) => Scoring::Nearest(q),
-            ShardTarget::BestScore { .. } | ShardTarget::SumScores { .. } => {
-                Scoring::Custom(&custom)
+            ShardTarget::Nearest(VectorData::Dense(q)) => Scoring::Nearest(QueryVector::Dense(q)),
+            ShardTarget::Nearest(VectorData::Sparse(q)) => Scoring::Nearest(QueryVector::Sparse(q)),
+            ShardTarget::Nearest(VectorData::Multi(q)) => {
+                flat_multi = q.iter().flatten().copied().collect();
+                Scoring::Nearest(QueryVector::Multi(&flat_multi))
             }
+            _ => Scoring::Custom(&custom),
         };
-        shard.search(&SearchQuery {
+        let query = SearchQuery {
+            using: &self.using,
             scoring,
             accept: accept_ref,
             top: self.top,
@@ -190,19 +262,55 @@ impl ShardSearch {
             exact: self.exact,
             score_threshold: self.score_threshold,
             with_payload: self.with_payload,
-            with_vector: self.with_vector,
-        })
+            with_vector: &self.with_vector,
+        };
+        match &self.idf {
+            Some(weights) => {
+                let weights = weights.iter().copied().collect();
+                shard.search_weighted(&query, Some(&weights))
+            }
+            None => shard.search(&query),
+        }
     }
 
     /// Orders merged answers of several shards, best first.
-    pub fn sort_merged(&self, distance: Distance, merged: &mut [ScoredRecord]) {
+    pub fn sort_merged(&self, distance: Option<Distance>, merged: &mut [ScoredRecord]) {
+        let lower_is_better = matches!(
+            self.target,
+            ShardTarget::Nearest(VectorData::Dense(_) | VectorData::Multi(_))
+        ) && distance.is_some_and(|d| !d.higher_is_better());
         match self.target {
             ShardTarget::IdOrder => merged.sort_by_key(|r| r.id),
-            ShardTarget::Nearest(_) if !distance.higher_is_better() => {
+            _ if lower_is_better => {
                 merged.sort_by(|a, b| a.score.total_cmp(&b.score).then_with(|| a.id.cmp(&b.id)))
             }
             _ => merged.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id))),
         }
+    }
+}
+
+/// For the sparse vector `using`: how many points of the shard have it, and for each of
+/// `dims` how many have a value there. The coordinator sums these over the shards to weigh a
+/// query by IDF over the whole collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardSparseStats {
+    pub using: String,
+    pub dims: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Ownership>,
+}
+
+impl ShardRequest for ShardSparseStats {
+    fn owner_mut(&mut self) -> Option<&mut Option<Ownership>> {
+        Some(&mut self.owner)
+    }
+    type Answer = (usize, Vec<usize>);
+    const CALL: ShardCallKind = ShardCallKind::SparseStats;
+    fn run_on(&self, shard: &LocalShard) -> Result<(usize, Vec<usize>), CollectionError> {
+        let owner = self.owner.as_ref();
+        Ok(shard.sparse_stats(&self.using, &self.dims, &|id| {
+            owner.is_none_or(|o| o.owns(id))
+        }))
     }
 }
 
@@ -213,7 +321,7 @@ pub struct ShardScroll {
     pub limit: usize,
     pub filter: Option<Filter>,
     pub with_payload: bool,
-    pub with_vector: bool,
+    pub with_vector: WithVector,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Ownership>,
 }
@@ -233,15 +341,15 @@ impl ShardScroll {
     pub fn run(&self, shard: &LocalShard) -> Vec<Record> {
         let filter = self.filter.as_ref();
         let owner = self.owner.as_ref();
-        let accept = |id: PointId, p: &Payload| {
-            owner.is_none_or(|o| o.owns(&id)) && filter.is_none_or(|f| f.check(id, p))
+        let accept = |id: PointId, p: &Payload, has: HasVector<'_>| {
+            owner.is_none_or(|o| o.owns(&id)) && filter.is_none_or(|f| f.check_point(id, p, has))
         };
         shard.scroll(
             self.from,
             self.limit,
             Some(&accept),
             self.with_payload,
-            self.with_vector,
+            &self.with_vector,
         )
     }
 }
@@ -269,8 +377,9 @@ impl ShardCount {
         let owner = self.owner.as_ref();
         match (&self.filter, owner) {
             (None, None) => shard.count(None),
-            (filter, _) => shard.count(Some(&|id: PointId, p: &Payload| {
-                owner.is_none_or(|o| o.owns(&id)) && filter.as_ref().is_none_or(|f| f.check(id, p))
+            (filter, _) => shard.count(Some(&|id: PointId, p: &Payload, has: HasVector<'_>| {
+                owner.is_none_or(|o| o.owns(&id))
+                    && filter.as_ref().is_none_or(|f| f.check_point(id, p, has))
             })),
         }
     }
@@ -280,7 +389,7 @@ impl ShardCount {
 pub struct ShardRetrieve {
     pub ids: Vec<PointId>,
     pub with_payload: bool,
-    pub with_vector: bool,
+    pub with_vector: WithVector,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Ownership>,
 }
@@ -298,7 +407,7 @@ impl ShardRequest for ShardRetrieve {
 
 impl ShardRetrieve {
     pub fn run(&self, shard: &LocalShard) -> Vec<Record> {
-        let mut records = shard.retrieve(&self.ids, self.with_payload, self.with_vector);
+        let mut records = shard.retrieve(&self.ids, self.with_payload, &self.with_vector);
         if let Some(owner) = &self.owner {
             records.retain(|r| owner.owns(&r.id));
         }
@@ -319,7 +428,7 @@ impl ShardRequest for ShardDigest {
     const CALL: ShardCallKind = ShardCallKind::Digest;
     fn run_on(&self, shard: &LocalShard) -> Result<Vec<(PointId, u64)>, CollectionError> {
         Ok(shard
-            .scroll(self.from, self.limit, None, true, true)
+            .scroll(self.from, self.limit, None, true, &WithVector::All)
             .iter()
             .map(|r| (r.id, content_hash(r)))
             .collect())
@@ -352,8 +461,22 @@ pub fn content_hash(record: &Record) -> u64 {
         }
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for x in record.vector.as_deref().unwrap_or_default() {
-        x.to_bits().hash(&mut h);
+    for (name, vector) in record.vector.iter().flatten() {
+        name.hash(&mut h);
+        let floats: Box<dyn Iterator<Item = &f32>> = match vector {
+            VectorData::Dense(v) => Box::new(v.iter()),
+            VectorData::Multi(vs) => {
+                vs.len().hash(&mut h);
+                Box::new(vs.iter().flatten())
+            }
+            VectorData::Sparse(s) => {
+                s.indices.hash(&mut h);
+                Box::new(s.values.iter())
+            }
+        };
+        for x in floats {
+            x.to_bits().hash(&mut h);
+        }
     }
     if let Some(payload) = &record.payload {
         let mut keys: Vec<&String> = payload.keys().collect();

@@ -690,10 +690,8 @@ mod tests {
             let toc = open_local_node(&path).await;
             create(&toc, "old").await;
             let points = (0..50u64)
-                .map(|i| PointWrite {
-                    id: PointId::Num(i),
-                    vector: vec![i as f32, 1.0],
-                    payload: Default::default(),
+                .map(|i| {
+                    PointWrite::dense(PointId::Num(i), vec![i as f32, 1.0], Default::default())
                 })
                 .collect();
             let collection = toc.get("old").unwrap();

@@ -38,10 +38,11 @@ use crate::consensus::{
     ClusterOperation, ClusterStateView, PeerId, ReplicaState, ShardId, ShardTransfer,
     TransferMethod,
 };
-use crate::index::filter::Filter;
+use crate::index::filter::{Filter, HasVector};
+use crate::index::payload_selector::WithVector;
 use crate::shard::local_shard::{LocalShard, Record};
 use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
-use crate::types::PointId;
+use crate::types::{PointId, VectorData};
 use shoal_proto::v1::snapshot_service_client::SnapshotServiceClient;
 use shoal_proto::v1::{RecoverRequest, SnapshotRef};
 
@@ -612,7 +613,10 @@ async fn stream_records(
             let local = Arc::clone(&local);
             tokio::task::spawn_blocking(move || {
                 let seq = local.stats().last_seq;
-                (local.scroll(offset, batch_size + 1, None, true, true), seq)
+                (
+                    local.scroll(offset, batch_size + 1, None, true, &WithVector::All),
+                    seq,
+                )
             })
             .await
             .map_err(|e| with_reg(CollectionError::Storage(e.to_string()).into()))?
@@ -621,10 +625,7 @@ async fn stream_records(
         records.truncate(batch_size);
         let n = records.len() as u64;
         let points = writes_of(records);
-        let bytes: u64 = points
-            .iter()
-            .map(|p| (p.vector.len() * 4 + 16) as u64)
-            .sum();
+        let bytes: u64 = points.iter().map(point_bytes).sum();
         if !points.is_empty() {
             send(&destination, &UpdateRequest::Upsert(points), cancel)
                 .await
@@ -714,7 +715,9 @@ async fn resharding_stream(
     let total = {
         let (local, owner) = (Arc::clone(&local), owner.clone());
         tokio::task::spawn_blocking(move || {
-            local.count(Some(&|id: PointId, _: &_| owner.owns(&id)))
+            local.count(Some(&|id: PointId, _: &_, _: HasVector<'_>| {
+                owner.owns(&id)
+            }))
         })
         .await
         .unwrap_or(0)
@@ -737,8 +740,15 @@ async fn resharding_stream(
             let mut records = {
                 let (local, owner) = (Arc::clone(&local), owner.clone());
                 tokio::task::spawn_blocking(move || {
-                    let accept = |id: PointId, _: &crate::types::Payload| owner.owns(&id);
-                    local.scroll(offset, batch_size + 1, Some(&accept), true, true)
+                    let accept =
+                        |id: PointId, _: &crate::types::Payload, _: HasVector<'_>| owner.owns(&id);
+                    local.scroll(
+                        offset,
+                        batch_size + 1,
+                        Some(&accept),
+                        true,
+                        &WithVector::All,
+                    )
                 })
                 .await
                 .map_err(|e| CollectionError::Storage(e.to_string()))?
@@ -747,10 +757,7 @@ async fn resharding_stream(
             records.truncate(batch_size);
             let n = records.len() as u64;
             let points = writes_of(records);
-            let bytes: u64 = points
-                .iter()
-                .map(|p| (p.vector.len() * 4 + 16) as u64)
-                .sum();
+            let bytes: u64 = points.iter().map(point_bytes).sum();
             if !points.is_empty() {
                 send(&destination, &UpdateRequest::Upsert(points), cancel).await?;
             }
@@ -829,7 +836,7 @@ async fn catch_up(
             let mut out = Vec::new();
             let mut from = None;
             loop {
-                let page = local.scroll(from, CATCH_UP_PAGE + 1, None, false, false);
+                let page = local.scroll(from, CATCH_UP_PAGE + 1, None, false, &WithVector::None);
                 let more = page.len() > CATCH_UP_PAGE;
                 let after = more.then(|| page[CATCH_UP_PAGE].id);
                 out.extend(
@@ -859,7 +866,7 @@ async fn catch_up(
                 limit: CATCH_UP_PAGE + 1,
                 filter: None,
                 with_payload: false,
-                with_vector: false,
+                with_vector: WithVector::None,
                 owner: None,
             })
             .await?;
@@ -892,7 +899,7 @@ async fn catch_up(
         let records = {
             let local = Arc::clone(local);
             let ids = chunk.to_vec();
-            tokio::task::spawn_blocking(move || local.retrieve(&ids, true, true))
+            tokio::task::spawn_blocking(move || local.retrieve(&ids, true, &WithVector::All))
                 .await
                 .map_err(|e| TransferError::Failed(CollectionError::Storage(e.to_string())))?
         };
@@ -928,7 +935,7 @@ async fn delta_transfer(
             let mut out = HashMap::new();
             let mut from = None;
             loop {
-                let page = local.scroll(from, CATCH_UP_PAGE + 1, None, true, true);
+                let page = local.scroll(from, CATCH_UP_PAGE + 1, None, true, &WithVector::All);
                 let next = (page.len() > CATCH_UP_PAGE).then(|| page[CATCH_UP_PAGE].id);
                 out.extend(
                     page.iter()
@@ -1000,15 +1007,12 @@ async fn delta_transfer(
     for chunk in changed.chunks(batch) {
         let records = {
             let (local, ids) = (Arc::clone(local), chunk.to_vec());
-            tokio::task::spawn_blocking(move || local.retrieve(&ids, true, true))
+            tokio::task::spawn_blocking(move || local.retrieve(&ids, true, &WithVector::All))
                 .await
                 .map_err(|e| CollectionError::Storage(e.to_string()))?
         };
         let points = writes_of(records);
-        let bytes: u64 = points
-            .iter()
-            .map(|p| (p.vector.len() * 4 + 16) as u64)
-            .sum();
+        let bytes: u64 = points.iter().map(point_bytes).sum();
         send(&out.destination, &UpdateRequest::Upsert(points), cancel).await?;
         progress
             .points_done
@@ -1033,7 +1037,7 @@ pub fn write_snapshot(shard: &LocalShard, path: &std::path::Path) -> std::io::Re
     let (mut points, mut bytes) = (0u64, 0u64);
     let mut from = None;
     loop {
-        let mut page = shard.scroll(from, PAGE + 1, None, true, true);
+        let mut page = shard.scroll(from, PAGE + 1, None, true, &WithVector::All);
         let next = (page.len() > PAGE).then(|| page[PAGE].id);
         page.truncate(PAGE);
         points += page.len() as u64;
@@ -1168,10 +1172,28 @@ fn writes_of(records: Vec<Record>) -> Vec<PointWrite> {
         .into_iter()
         .map(|r| PointWrite {
             id: r.id,
-            vector: r.vector.unwrap_or_default(),
+            vectors: r.vector.unwrap_or_default(),
             payload: r.payload.unwrap_or_default(),
         })
         .collect()
+}
+
+/// Roughly how many bytes a point takes on the wire, for the transfer's byte rate limit and
+/// progress.
+fn point_bytes(p: &PointWrite) -> u64 {
+    let vectors: usize = p
+        .vectors
+        .iter()
+        .map(|(name, v)| {
+            name.len()
+                + match v {
+                    VectorData::Dense(d) => d.len() * 4,
+                    VectorData::Multi(m) => m.iter().map(|d| d.len() * 4).sum(),
+                    VectorData::Sparse(s) => s.indices.len() * 8,
+                }
+        })
+        .sum();
+    (vectors + 16) as u64
 }
 
 /// A test hook: `SHOAL_TEST_TRANSFER_PAUSE="stage=ms,..."` holds a sender for `ms` at the start

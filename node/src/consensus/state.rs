@@ -1779,31 +1779,15 @@ fn validate_collection_name(name: &str) -> Result<(), ClusterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collection_config::{
-        CollectionParams, HnswConfig, OptimizersConfig, VectorParams, WalConfig,
-    };
     use crate::types::Distance;
     use proptest::prelude::*;
 
     fn config(shard_number: u32, replication_factor: u32, custom: bool) -> Box<CollectionConfig> {
-        Box::new(CollectionConfig {
-            params: CollectionParams {
-                vectors: VectorParams {
-                    size: 4,
-                    distance: Distance::Cosine,
-                    on_disk: None,
-                    hnsw_config: None,
-                },
-                shard_number,
-                sharding_method: custom.then_some(ShardingMethod::Custom),
-                replication_factor,
-                write_consistency_factor: 1,
-                on_disk_payload: true,
-            },
-            hnsw_config: HnswConfig::default(),
-            optimizer_config: OptimizersConfig::default(),
-            wal_config: WalConfig::default(),
-        })
+        let mut config = CollectionConfig::single_dense(4, Distance::Cosine);
+        config.params.shard_number = shard_number;
+        config.params.sharding_method = custom.then_some(ShardingMethod::Custom);
+        config.params.replication_factor = replication_factor;
+        Box::new(config)
     }
 
     fn add_peer(id: u64) -> ClusterOperation {

@@ -38,6 +38,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use crate::index::geo::{GeoBoundingBox, GeoPoint, GeoPolygon, GeoRadius};
 use crate::index::payload_path::JsonPath;
 use crate::types::{Payload, PointId};
 
@@ -93,6 +94,8 @@ pub enum Condition {
     HasId(HasIdCondition),
     /// `{"nested": {"key": ..., "filter": {...}}}`
     Nested(NestedCondition),
+    /// `{"has_vector": "name"}`: the point has the named vector (`""` for the unnamed one).
+    HasVector(HasVectorCondition),
     /// A filter used as a condition, e.g. `{"must": [...]}`; `{}` matches everything.
     Filter(Filter),
 }
@@ -113,6 +116,12 @@ pub struct FieldCondition {
     pub is_empty: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub is_null: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo_bounding_box: Option<Box<GeoBoundingBox>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo_radius: Option<Box<GeoRadius>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo_polygon: Option<Box<GeoPolygon>>,
 }
 
 /// The wire form of [`FieldCondition`], checked before it becomes one.
@@ -131,30 +140,30 @@ struct RawFieldCondition {
     #[serde(default)]
     is_null: Option<bool>,
     #[serde(default)]
-    geo_bounding_box: Option<Value>,
+    geo_bounding_box: Option<GeoBoundingBox>,
     #[serde(default)]
-    geo_radius: Option<Value>,
+    geo_radius: Option<GeoRadius>,
     #[serde(default)]
-    geo_polygon: Option<Value>,
+    geo_polygon: Option<GeoPolygon>,
 }
 
 impl TryFrom<RawFieldCondition> for FieldCondition {
     type Error = String;
 
     fn try_from(raw: RawFieldCondition) -> Result<Self, String> {
-        for (name, value) in [
-            ("geo_bounding_box", &raw.geo_bounding_box),
-            ("geo_radius", &raw.geo_radius),
-            ("geo_polygon", &raw.geo_polygon),
-        ] {
-            if value.is_some() {
-                return Err(format!(
-                    "`{name}` conditions (on key `{}`) are not supported by Shoal yet",
-                    raw.key
-                ));
-            }
+        if let Some(g) = &raw.geo_bounding_box {
+            g.validate()?;
+        }
+        if let Some(g) = &raw.geo_radius {
+            g.validate()?;
+        }
+        if let Some(g) = &raw.geo_polygon {
+            g.validate()?;
         }
         let condition = FieldCondition {
+            geo_bounding_box: raw.geo_bounding_box.map(Box::new),
+            geo_radius: raw.geo_radius.map(Box::new),
+            geo_polygon: raw.geo_polygon.map(Box::new),
             key: raw.key,
             r#match: raw.r#match,
             range: raw.range,
@@ -222,6 +231,13 @@ impl HasIdCondition {
 
 fn sorted_ids<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<PointId>, D::Error> {
     Vec::<PointId>::deserialize(deserializer).map(|ids| HasIdCondition::new(ids).has_id)
+}
+
+/// `{"has_vector": "name"}`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HasVectorCondition {
+    pub has_vector: String,
 }
 
 /// `{"nested": {"key": ..., "filter": {...}}}`
@@ -430,7 +446,7 @@ fn parse_condition(value: Value) -> Result<Condition, String> {
         return read(map, "`nested` condition").map(Condition::Nested);
     }
     if map.contains_key("has_vector") {
-        return Err("`has_vector` conditions are not supported by Shoal yet".to_string());
+        return read(map, "`has_vector` condition").map(Condition::HasVector);
     }
     if map
         .keys()
@@ -576,15 +592,33 @@ impl<'de> Deserialize<'de> for Range {
 // allocates nothing.
 // ---------------------------------------------------------------------------------------------
 
+/// Which vectors a point has, for `has_vector`.
+pub type HasVector<'a> = &'a dyn Fn(&str) -> bool;
+
+/// For points that have no vectors (and filters inside `nested`, which see array elements).
+fn no_vectors(_: &str) -> bool {
+    false
+}
+
 impl Filter {
-    /// Whether the point with this id and payload passes the filter.
+    /// Whether the point with this id, payload and vectors passes the filter.
+    pub fn check_point(&self, id: PointId, payload: &Payload, has_vector: HasVector<'_>) -> bool {
+        self.check_with(Some(id), payload, has_vector)
+    }
+
+    /// Whether a point with this id and payload, and no vectors, passes the filter.
     pub fn check(&self, id: PointId, payload: &Payload) -> bool {
-        self.check_with(Some(id), payload)
+        self.check_with(Some(id), payload, &no_vectors)
     }
 
     /// `id` is `None` inside `nested`, where there is no point id to compare with.
-    fn check_with(&self, id: Option<PointId>, payload: &Payload) -> bool {
-        let holds = |c: &Condition| c.check_with(id, payload);
+    fn check_with(
+        &self,
+        id: Option<PointId>,
+        payload: &Payload,
+        has_vector: HasVector<'_>,
+    ) -> bool {
+        let holds = |c: &Condition| c.check_with(id, payload, has_vector);
         self.must.as_deref().is_none_or(|cs| cs.iter().all(holds))
             && self
                 .must_not
@@ -633,19 +667,25 @@ impl Filter {
 }
 
 impl Condition {
-    /// Whether the condition holds for this point.
+    /// Whether the condition holds for a point with this id and payload, and no vectors.
     pub fn check(&self, id: PointId, payload: &Payload) -> bool {
-        self.check_with(Some(id), payload)
+        self.check_with(Some(id), payload, &no_vectors)
     }
 
-    fn check_with(&self, id: Option<PointId>, payload: &Payload) -> bool {
+    fn check_with(
+        &self,
+        id: Option<PointId>,
+        payload: &Payload,
+        has_vector: HasVector<'_>,
+    ) -> bool {
         match self {
+            Condition::HasVector(c) => has_vector(&c.has_vector),
             Condition::Field(field) => field.check(payload),
             Condition::IsEmpty(c) => is_empty(&c.is_empty.key, payload),
             Condition::IsNull(c) => is_null(&c.is_null.key, payload),
             Condition::HasId(c) => id.is_some_and(|id| c.contains(id)),
             Condition::Nested(c) => c.nested.check(payload),
-            Condition::Filter(filter) => filter.check_with(id, payload),
+            Condition::Filter(filter) => filter.check_with(id, payload, has_vector),
         }
     }
 
@@ -665,7 +705,15 @@ impl Condition {
             )),
             Condition::Nested(c) => c.nested.filter.validate_in(Some(&c.nested.key)),
             Condition::Filter(filter) => filter.validate_in(nested_key),
-            Condition::Field(_) | Condition::IsEmpty(_) | Condition::IsNull(_) => Ok(()),
+            Condition::HasVector(_) if nested_key.is_some() => Err(
+                "`has_vector` cannot be used inside `nested`: nested conditions see array \
+                 elements, which have no vectors"
+                    .to_string(),
+            ),
+            Condition::Field(_)
+            | Condition::IsEmpty(_)
+            | Condition::IsNull(_)
+            | Condition::HasVector(_) => Ok(()),
         }
     }
 }
@@ -677,6 +725,9 @@ impl FieldCondition {
             || self.values_count.is_some()
             || self.is_empty.is_some()
             || self.is_null.is_some()
+            || self.geo_bounding_box.is_some()
+            || self.geo_radius.is_some()
+            || self.geo_polygon.is_some()
     }
 
     /// Whether any of the condition's checks holds for the values at its key.
@@ -699,6 +750,21 @@ impl FieldCondition {
             || self
                 .is_null
                 .is_some_and(|want| is_null(key, payload) == want)
+            || self.geo_bounding_box.as_ref().is_some_and(|g| {
+                key.any_value(payload, |v| {
+                    GeoPoint::from_value(v).is_some_and(|p| g.contains(p))
+                })
+            })
+            || self.geo_radius.as_ref().is_some_and(|g| {
+                key.any_value(payload, |v| {
+                    GeoPoint::from_value(v).is_some_and(|p| g.contains(p))
+                })
+            })
+            || self.geo_polygon.as_ref().is_some_and(|g| {
+                key.any_value(payload, |v| {
+                    GeoPoint::from_value(v).is_some_and(|p| g.contains(p))
+                })
+            })
     }
 }
 
@@ -708,8 +774,9 @@ impl Nested {
             .try_for_each_raw(payload, &mut |value| match value {
                 Value::Array(items) => {
                     let hit = items.iter().any(|item| {
-                        item.as_object()
-                            .is_some_and(|element| self.filter.check_with(None, element))
+                        item.as_object().is_some_and(|element| {
+                            self.filter.check_with(None, element, &no_vectors)
+                        })
                     });
                     if hit {
                         ControlFlow::Break(())
@@ -1046,10 +1113,9 @@ mod tests {
                 "unknown field `extra`",
             ),
             (
-                json!({"must": [{"key": "a", "geo_radius": {"center": {"lon": 0, "lat": 0}, "radius": 1}}]}),
-                "not supported",
+                json!({"must": [{"key": "a", "geo_radius": {"center": {"lon": 500, "lat": 0}, "radius": 1}}]}),
+                "longitude must be in",
             ),
-            (json!({"must": [{"has_vector": "image"}]}), "not supported"),
             (
                 json!({"must": [{"is_empty": {"field": "a"}}]}),
                 "invalid `is_empty` condition",

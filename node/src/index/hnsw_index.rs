@@ -19,25 +19,38 @@ pub struct GraphParams {
 }
 
 /// Qdrant scores turned into `hnsw_rs` distances: non-negative, smaller is closer.
+///
+/// With `multi_dim` set, graph items are multivectors (sub-vectors of that size laid end to
+/// end) compared by MaxSim.
 #[derive(Debug, Clone, Copy)]
-pub struct GraphDistance(pub Distance);
+pub struct GraphDistance {
+    pub distance: Distance,
+    pub multi_dim: Option<usize>,
+}
+
+impl GraphDistance {
+    pub fn dense(distance: Distance) -> GraphDistance {
+        GraphDistance {
+            distance,
+            multi_dim: None,
+        }
+    }
+}
+
+/// An unbounded similarity folded onto (0, inf) by a map that is continuous and strictly
+/// decreasing in the similarity.
+fn fold_similarity(s: f32) -> f32 {
+    if s >= 0.0 { 1.0 / (1.0 + s) } else { 1.0 - s }
+}
 
 impl anndists::dist::Distance<f32> for GraphDistance {
     fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        let d = match self.0 {
-            Distance::Cosine => 1.0 - types::dot(a, b),
-            // A raw dot product is unbounded in both directions; fold it onto (0, inf) with a
-            // map that is continuous and strictly decreasing in the dot product.
-            Distance::Dot => {
-                let dot = types::dot(a, b);
-                if dot >= 0.0 {
-                    1.0 / (1.0 + dot)
-                } else {
-                    1.0 - dot
-                }
-            }
-            Distance::Euclid => types::squared_euclid(a, b),
-            Distance::Manhattan => types::manhattan(a, b),
+        let d = match (self.multi_dim, self.distance) {
+            (Some(dim), distance) => fold_similarity(distance.max_sim(a, b, dim)),
+            (None, Distance::Cosine) => 1.0 - types::dot(a, b),
+            (None, Distance::Dot) => fold_similarity(types::dot(a, b)),
+            (None, Distance::Euclid) => types::squared_euclid(a, b),
+            (None, Distance::Manhattan) => types::manhattan(a, b),
         };
         // Rounding can push a cosine distance just below zero; NaN (from NaN input, which the
         // API refuses) must never reach the graph's assertions.
@@ -58,7 +71,7 @@ impl HnswIndex {
     /// Builds a graph over `points` (offset, vector). Returns `None` if `cancel` was raised
     /// before the build finished. Runs on the given rayon pool; call it from a blocking thread.
     pub fn build(
-        distance: Distance,
+        distance: GraphDistance,
         params: GraphParams,
         points: &[(u32, &[f32])],
         pool: &rayon::ThreadPool,
@@ -70,7 +83,7 @@ impl HnswIndex {
             points.len().max(1),
             max_layer,
             params.ef_construct.max(4),
-            GraphDistance(distance),
+            distance,
         );
         for chunk in points.chunks(BUILD_CHUNK) {
             if cancel.load(Ordering::Relaxed) {
@@ -134,14 +147,14 @@ mod tests {
         let near = [1.0, 2.0, -2.5];
         let far = [-1.0, -2.0, 3.0];
         for d in [Distance::Dot, Distance::Euclid, Distance::Manhattan] {
-            let g = GraphDistance(d);
+            let g = GraphDistance::dense(d);
             assert!(g.eval(&a, &far) >= 0.0);
             assert!(g.eval(&a, &near) < g.eval(&a, &far), "{d:?}");
             let better = d.is_better(d.score(&a, &near), d.score(&a, &far));
             assert!(better, "{d:?}");
         }
         // The Dot map is strictly decreasing across zero.
-        let g = GraphDistance(Distance::Dot);
+        let g = GraphDistance::dense(Distance::Dot);
         let (x, y) = ([1.0f32], [0.5f32]);
         assert!(g.eval(&x, &[2.0]) < g.eval(&x, &y));
         assert!(g.eval(&x, &y) < g.eval(&x, &[0.0]));
@@ -165,7 +178,7 @@ mod tests {
             .build()
             .unwrap();
         let index = HnswIndex::build(
-            Distance::Euclid,
+            GraphDistance::dense(Distance::Euclid),
             GraphParams {
                 m: 16,
                 ef_construct: 100,
@@ -193,6 +206,59 @@ mod tests {
         assert!(hits as f64 / 500.0 > 0.9, "recall {hits}/500");
     }
 
+    /// A graph over multivectors finds the points whose MaxSim to the query is best.
+    #[test]
+    fn multivector_graphs_rank_by_max_sim() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let dim = 4;
+        let flats: Vec<Vec<f32>> = (0..600)
+            .map(|i| {
+                let n = 1 + i % 3;
+                (0..n * dim).map(|_| rng.random_range(-1.0..1.0)).collect()
+            })
+            .collect();
+        let points: Vec<(u32, &[f32])> = flats
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u32, v.as_slice()))
+            .collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let distance = GraphDistance {
+            distance: Distance::Dot,
+            multi_dim: Some(dim),
+        };
+        let index = HnswIndex::build(
+            distance,
+            GraphParams {
+                m: 16,
+                ef_construct: 100,
+            },
+            &points,
+            &pool,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        let mut hits = 0;
+        for q in flats.iter().take(20) {
+            let mut exact: Vec<(f32, u32)> = flats
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (-Distance::Dot.max_sim(q, v, dim), i as u32))
+                .collect();
+            exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let truth: Vec<u32> = exact.iter().take(5).map(|e| e.1).collect();
+            hits += index
+                .search(q, 5, 64, &|_| true)
+                .iter()
+                .filter(|o| truth.contains(o))
+                .count();
+        }
+        assert!(hits as f64 / 100.0 > 0.8, "recall {hits}/100");
+    }
+
     #[test]
     fn a_cancelled_build_returns_nothing() {
         let v = vec![0.0f32; 4];
@@ -202,7 +268,7 @@ mod tests {
             .build()
             .unwrap();
         let built = HnswIndex::build(
-            Distance::Cosine,
+            GraphDistance::dense(Distance::Cosine),
             GraphParams {
                 m: 16,
                 ef_construct: 100,

@@ -8,21 +8,25 @@
 //! there. Reads take the read lock and never wait for the optimizer, which builds graphs
 //! outside the lock and only swaps them in under it.
 
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
-use crate::collection_config::CollectionConfig;
-use crate::index::hnsw_index::{GraphParams, HnswIndex};
+use crate::collection_config::{CollectionConfig, Modifier, VectorKind};
+use crate::index::hnsw_index::{GraphDistance, GraphParams, HnswIndex};
 use crate::index::payload_path::JsonPath;
-use crate::shard::operations::{PointSelection, ShardOperation, UpdateRequest};
-use crate::shard::segment::{Segment, SegmentId, SegmentStage};
+use crate::index::payload_selector::WithVector;
+use crate::index::sparse_index::SparseIndex;
+use crate::shard::operations::{
+    PointSelection, PointWrite, ShardOperation, UpdateMode, UpdateRequest,
+};
+use crate::shard::segment::{FrozenColumn, Segment, SegmentId, SegmentIndex, SegmentStage};
 use crate::storage::point_store::{PointStore, StoreError, StoredPoint};
 use crate::storage::wal::{SyncMode, Wal};
-use crate::types::{Distance, Payload, PointId};
+use crate::types::{Distance, NamedVectors, Payload, PointId, SparseVector, VectorData, VectorRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -42,6 +46,9 @@ pub enum ShardError {
     WrongDimension { expected: usize, got: usize },
     #[error("wrong input: {0}")]
     BadInput(String),
+    /// A payload or vector update named a point this shard does not hold (Qdrant answers 404).
+    #[error("No point with id {0} found")]
+    PointNotFound(PointId),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
@@ -55,18 +62,32 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
 /// grow without bound: larger requests are answered exhaustively.
 pub const MAX_GRAPH_TOP: usize = 10_000;
 
-/// Decides whether a point takes part in a read: a compiled filter, exclusions, or both.
-pub type PointPredicate<'a> = &'a (dyn Fn(PointId, &Payload) -> bool + Sync);
+/// What a read's predicate sees of a point: its id, payload, and which vectors it has.
+pub type PointPredicate<'a> =
+    &'a (dyn Fn(PointId, &Payload, crate::index::filter::HasVector<'_>) -> bool + Sync);
+
+/// A query vector, already checked and preprocessed for the vector it searches.
+#[derive(Debug, Clone, Copy)]
+pub enum QueryVector<'a> {
+    Dense(&'a [f32]),
+    Sparse(&'a SparseVector),
+    /// Sub-vectors laid end to end.
+    Multi(&'a [f32]),
+}
 
 /// How candidates are scored.
 pub enum Scoring<'a> {
-    /// Nearest to a (preprocessed) vector by the collection's distance; may use the HNSW graph.
-    Nearest(&'a [f32]),
-    /// Any score where higher is better; always exhaustive.
-    Custom(&'a (dyn Fn(&[f32]) -> f32 + Sync)),
+    /// Nearest to a query vector by the vector's own metric; may use the vector's index. For
+    /// sparse vectors only points sharing a dimension with the query are candidates.
+    Nearest(QueryVector<'a>),
+    /// Any score where higher is better; always exhaustive over the points that have the
+    /// vector.
+    Custom(&'a (dyn Fn(VectorRef<'_>) -> f32 + Sync)),
 }
 
 pub struct SearchQuery<'a> {
+    /// The name of the vector searched (`""` for the unnamed one).
+    pub using: &'a str,
     pub scoring: Scoring<'a>,
     pub accept: Option<PointPredicate<'a>>,
     /// How many best points to return (the API's `limit + offset`).
@@ -75,7 +96,7 @@ pub struct SearchQuery<'a> {
     pub exact: bool,
     pub score_threshold: Option<f32>,
     pub with_payload: bool,
-    pub with_vector: bool,
+    pub with_vector: &'a WithVector,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -84,7 +105,7 @@ pub struct ScoredRecord {
     pub version: u64,
     pub score: f32,
     pub payload: Option<Payload>,
-    pub vector: Option<Vec<f32>>,
+    pub vector: Option<NamedVectors>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -92,7 +113,7 @@ pub struct Record {
     pub id: PointId,
     pub version: u64,
     pub payload: Option<Payload>,
-    pub vector: Option<Vec<f32>>,
+    pub vector: Option<NamedVectors>,
 }
 
 /// Where a live point is.
@@ -103,6 +124,7 @@ struct Location {
 }
 
 struct ShardState {
+    config: Arc<CollectionConfig>,
     segments: BTreeMap<SegmentId, Segment>,
     appendable: SegmentId,
     next_segment_id: SegmentId,
@@ -111,16 +133,23 @@ struct ShardState {
     dirty: HashSet<PointId>,
     last_seq: u64,
     flushed_seq: u64,
-    dim: usize,
     /// Points per segment before it is frozen for indexing; `None` when indexing is off.
     freeze_at: Option<usize>,
+}
+
+fn vectors_wanted(seg: &Segment, offset: u32, with_vector: &WithVector) -> Option<NamedVectors> {
+    match with_vector {
+        WithVector::None => None,
+        WithVector::All => Some(seg.vectors(offset)),
+        WithVector::Named(_) => Some(seg.vectors_where(offset, |n| with_vector.wants(n))),
+    }
 }
 
 impl ShardState {
     fn new_segment(&mut self) -> SegmentId {
         let id = self.next_segment_id;
         self.next_segment_id += 1;
-        self.segments.insert(id, Segment::new(id, self.dim));
+        self.segments.insert(id, Segment::new(id, &self.config));
         id
     }
 
@@ -136,14 +165,20 @@ impl ShardState {
         }
     }
 
-    fn insert_point(&mut self, id: PointId, vector: &[f32], payload: Payload, version: u64) {
+    fn insert_point(
+        &mut self,
+        id: PointId,
+        vectors: &NamedVectors,
+        payload: Payload,
+        version: u64,
+    ) {
         self.remove_point(&id);
         let seg_id = self.appendable;
         let seg = self
             .segments
             .get_mut(&seg_id)
             .expect("appendable segment exists");
-        let offset = seg.push(id, vector, payload, version);
+        let offset = seg.push(id, vectors, payload, version);
         let full = self.freeze_at.is_some_and(|limit| seg.len() >= limit);
         if full {
             seg.freeze();
@@ -179,12 +214,41 @@ impl ShardState {
         }
     }
 
+    /// Rewrites a point with its vectors changed by `edit`: vectors never change in place (see
+    /// `segment`), so the point moves to the appendable segment.
+    fn edit_vectors(&mut self, id: &PointId, seq: u64, edit: impl FnOnce(&mut NamedVectors)) {
+        let Some((seg, offset)) = self.point(id) else {
+            return;
+        };
+        let mut vectors = seg.vectors(offset);
+        let payload = seg.payload(offset).clone();
+        edit(&mut vectors);
+        self.insert_point(*id, &vectors, payload, seq);
+        self.dirty.insert(*id);
+    }
+
     fn apply(&mut self, seq: u64, op: &ShardOperation) {
         match op {
             ShardOperation::Upsert(points) => {
                 for p in points {
-                    self.insert_point(p.id, &p.vector, p.payload.clone(), seq);
+                    self.insert_point(p.id, &p.vectors, p.payload.clone(), seq);
                     self.dirty.insert(p.id);
+                }
+            }
+            ShardOperation::UpdateVectors(points) => {
+                for (id, given) in points {
+                    self.edit_vectors(id, seq, |vectors| {
+                        vectors.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    });
+                }
+            }
+            ShardOperation::DeleteVectors { points, names } => {
+                for id in points {
+                    self.edit_vectors(id, seq, |vectors| {
+                        for name in names {
+                            vectors.remove(name);
+                        }
+                    });
                 }
             }
             ShardOperation::Delete(ids) => {
@@ -223,65 +287,136 @@ impl ShardState {
         self.last_seq = seq;
     }
 
-    fn select(&self, selection: &PointSelection) -> Vec<PointId> {
+    /// Whether the point at `loc` passes `filter`.
+    fn matches(&self, id: &PointId, loc: &Location, filter: &crate::index::filter::Filter) -> bool {
+        let seg = &self.segments[&loc.segment];
+        filter.check_point(*id, seg.payload(loc.offset), &|name| {
+            seg.has_vector(name, loc.offset)
+        })
+    }
+
+    fn select(&self, selection: &PointSelection) -> Result<Vec<PointId>, ShardError> {
         match selection {
-            PointSelection::Ids(ids) => ids.clone(),
-            PointSelection::Filter(filter) => self
+            PointSelection::Ids(ids) => {
+                if let Some(missing) = ids.iter().find(|id| !self.locations.contains_key(id)) {
+                    return Err(ShardError::PointNotFound(*missing));
+                }
+                Ok(ids.clone())
+            }
+            PointSelection::IdsIfPresent(ids) => Ok(ids
+                .iter()
+                .filter(|id| self.locations.contains_key(id))
+                .copied()
+                .collect()),
+            PointSelection::Filter(filter) => Ok(self
                 .locations
                 .iter()
-                .filter(|(id, loc)| {
-                    let seg = &self.segments[&loc.segment];
-                    filter.check(**id, seg.payload(loc.offset))
-                })
+                .filter(|(id, loc)| self.matches(id, loc, filter))
                 .map(|(id, _)| *id)
-                .collect(),
+                .collect()),
         }
     }
 
-    fn resolve(&self, request: UpdateRequest) -> ShardOperation {
-        match request {
+    /// Turns a request into the operation to log, under the write lock: selections become id
+    /// lists, conditional upserts the points they really write. Fails, changing nothing, when
+    /// a payload or vector update names a point that does not exist.
+    fn resolve(&self, request: UpdateRequest) -> Result<ShardOperation, ShardError> {
+        Ok(match request {
             UpdateRequest::Upsert(points) => ShardOperation::Upsert(points),
-            UpdateRequest::Delete(sel) => ShardOperation::Delete(self.select(&sel)),
+            UpdateRequest::ConditionalUpsert {
+                points,
+                mode,
+                filter,
+            } => ShardOperation::Upsert(
+                points
+                    .into_iter()
+                    .filter(|p| match self.locations.get(&p.id) {
+                        None => mode != UpdateMode::UpdateOnly,
+                        Some(loc) => {
+                            mode != UpdateMode::InsertOnly
+                                && filter.as_ref().is_none_or(|f| self.matches(&p.id, loc, f))
+                        }
+                    })
+                    .collect(),
+            ),
+            UpdateRequest::UpdateVectors {
+                points,
+                filter,
+                missing_ok,
+            } => {
+                if !missing_ok
+                    && let Some((missing, _)) = points
+                        .iter()
+                        .find(|(id, _)| !self.locations.contains_key(id))
+                {
+                    return Err(ShardError::PointNotFound(*missing));
+                }
+                ShardOperation::UpdateVectors(
+                    points
+                        .into_iter()
+                        .filter(|(id, _)| {
+                            self.locations.get(id).is_some_and(|loc| {
+                                filter.as_ref().is_none_or(|f| self.matches(id, loc, f))
+                            })
+                        })
+                        .collect(),
+                )
+            }
+            UpdateRequest::DeleteVectors { selection, names } => ShardOperation::DeleteVectors {
+                points: self.select(&selection)?,
+                names,
+            },
+            UpdateRequest::Delete(sel) => ShardOperation::Delete(match sel {
+                // Deleting an absent point is not an error.
+                PointSelection::Ids(ids) => ids,
+                other => self.select(&other)?,
+            }),
             UpdateRequest::SetPayload {
                 selection,
                 payload,
                 key,
             } => ShardOperation::SetPayload {
-                points: self.select(&selection),
+                points: self.select(&selection)?,
                 payload,
                 key,
             },
             UpdateRequest::OverwritePayload { selection, payload } => {
                 ShardOperation::OverwritePayload {
-                    points: self.select(&selection),
+                    points: self.select(&selection)?,
                     payload,
                 }
             }
             UpdateRequest::DeletePayload { selection, keys } => ShardOperation::DeletePayload {
-                points: self.select(&selection),
+                points: self.select(&selection)?,
                 keys,
             },
             UpdateRequest::ClearPayload(selection) => ShardOperation::ClearPayload {
-                points: self.select(&selection),
+                points: self.select(&selection)?,
             },
-        }
+        })
     }
 
     fn stored(&self, id: &PointId) -> Option<StoredPoint> {
         let (seg, offset) = self.point(id)?;
         Some(StoredPoint {
             version: seg.version(offset),
-            vector: seg.vector(offset).to_vec(),
+            vectors: seg.vectors(offset),
             payload: seg.payload(offset).clone(),
         })
     }
 
-    fn record(&self, seg: &Segment, offset: u32, with_payload: bool, with_vector: bool) -> Record {
+    fn record(
+        &self,
+        seg: &Segment,
+        offset: u32,
+        with_payload: bool,
+        with_vector: &WithVector,
+    ) -> Record {
         Record {
             id: seg.id(offset),
             version: seg.version(offset),
             payload: with_payload.then(|| seg.payload(offset).clone()),
-            vector: with_vector.then(|| seg.vector(offset).to_vec()),
+            vector: vectors_wanted(seg, offset, with_vector),
         }
     }
 }
@@ -390,7 +525,6 @@ pub struct ShardStats {
 
 pub struct LocalShard {
     dir: PathBuf,
-    config: Arc<CollectionConfig>,
     state: RwLock<ShardState>,
     wal: Mutex<Wal>,
     store: PointStore,
@@ -400,6 +534,62 @@ pub struct LocalShard {
     /// Optimizer steps in progress.
     optimizing: AtomicUsize,
     pub(crate) wake_optimizer: tokio::sync::Notify,
+}
+
+/// Checks the vectors of a point against the collection's configuration: every name is a
+/// configured vector of the same kind and size.
+pub fn check_vectors(config: &CollectionConfig, vectors: &NamedVectors) -> Result<(), ShardError> {
+    for (name, vector) in vectors {
+        let shown = if name.is_empty() { "default" } else { name };
+        match (config.vector_kind(name), vector) {
+            (None, _) => {
+                return Err(ShardError::BadInput(format!(
+                    "Not existing vector name error: {shown}"
+                )));
+            }
+            (Some(VectorKind::Dense(p)), VectorData::Dense(v)) => {
+                if v.len() != p.size {
+                    return Err(ShardError::WrongDimension {
+                        expected: p.size,
+                        got: v.len(),
+                    });
+                }
+            }
+            (Some(VectorKind::Multi(p)), VectorData::Multi(vs)) => {
+                if vs.is_empty() {
+                    return Err(ShardError::BadInput(format!(
+                        "multivector `{shown}` must contain at least one vector"
+                    )));
+                }
+                if let Some(bad) = vs.iter().find(|v| v.len() != p.size) {
+                    return Err(ShardError::WrongDimension {
+                        expected: p.size,
+                        got: bad.len(),
+                    });
+                }
+            }
+            (Some(VectorKind::Sparse(_)), VectorData::Sparse(_)) => {}
+            (Some(kind), given) => {
+                let expected = match kind {
+                    VectorKind::Dense(_) => "dense",
+                    VectorKind::Multi(_) => "multi",
+                    VectorKind::Sparse(_) => "sparse",
+                };
+                return Err(ShardError::BadInput(format!(
+                    "vector `{shown}` is a {expected} vector, got a {} vector",
+                    given.kind()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Qdrant's IDF of a sparse dimension: `ln(1 + (n - df + 0.5) / (df + 0.5))`, where `n` is the
+/// number of points with the vector and `df` the number of them with a value in the dimension.
+pub fn idf(points: usize, df: usize) -> f32 {
+    let (n, df) = (points as f32, df as f32);
+    (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
 }
 
 impl LocalShard {
@@ -419,8 +609,11 @@ impl LocalShard {
             sync,
         )
         .map_err(io_err(&wal_dir))?;
-        let dim = config.dim();
         let mut state = ShardState {
+            freeze_at: config
+                .optimizer_config
+                .indexing_threshold_points(config.point_vector_bytes()),
+            config: Arc::clone(&config),
             segments: BTreeMap::new(),
             appendable: 0,
             next_segment_id: 1,
@@ -428,21 +621,15 @@ impl LocalShard {
             dirty: HashSet::new(),
             last_seq: 0,
             flushed_seq: 0,
-            dim,
-            freeze_at: config.optimizer_config.indexing_threshold_points(dim),
         };
         state.appendable = state.new_segment();
 
         let (flushed_seq, points) = store.load()?;
         for (id, p) in points {
-            if p.vector.len() != dim {
-                return Err(StoreError::Corrupt(format!(
-                    "point {id} has {} dimensions, expected {dim}",
-                    p.vector.len()
-                ))
-                .into());
-            }
-            state.insert_point(id, &p.vector, p.payload, p.version);
+            check_vectors(&config, &p.vectors).map_err(|e| {
+                StoreError::Corrupt(format!("point {id} does not fit the collection: {e}"))
+            })?;
+            state.insert_point(id, &p.vectors, p.payload, p.version);
         }
         state.last_seq = flushed_seq;
         state.flushed_seq = flushed_seq;
@@ -467,7 +654,6 @@ impl LocalShard {
         );
         Ok(LocalShard {
             dir: dir.to_path_buf(),
-            config,
             state: RwLock::new(state),
             wal: Mutex::new(wal),
             store,
@@ -482,23 +668,30 @@ impl LocalShard {
         &self.dir
     }
 
-    pub fn config(&self) -> &CollectionConfig {
-        &self.config
+    pub fn config(&self) -> Arc<CollectionConfig> {
+        Arc::clone(&self.state.read().config)
     }
 
     /// Applies an update: resolves its selection, appends it to the WAL, applies it. When this
     /// returns `Ok(seq)` the update is durable (in the WAL) and visible to reads.
     pub fn update(&self, request: UpdateRequest) -> Result<u64, ShardError> {
-        if let UpdateRequest::Upsert(points) = &request
-            && let Some(bad) = points.iter().find(|p| p.vector.len() != self.config.dim())
         {
-            return Err(ShardError::WrongDimension {
-                expected: self.config.dim(),
-                got: bad.vector.len(),
-            });
+            let config = self.config();
+            let written: Box<dyn Iterator<Item = &NamedVectors>> = match &request {
+                UpdateRequest::Upsert(points) | UpdateRequest::ConditionalUpsert { points, .. } => {
+                    Box::new(points.iter().map(|p: &PointWrite| &p.vectors))
+                }
+                UpdateRequest::UpdateVectors { points, .. } => {
+                    Box::new(points.iter().map(|p| &p.1))
+                }
+                _ => Box::new(std::iter::empty()),
+            };
+            for vectors in written {
+                check_vectors(&config, vectors)?;
+            }
         }
         let mut state = self.state.write();
-        let op = state.resolve(request);
+        let op = state.resolve(request)?;
         if op.is_empty() {
             return Ok(state.last_seq);
         }
@@ -557,7 +750,12 @@ impl LocalShard {
         }
     }
 
-    pub fn retrieve(&self, ids: &[PointId], with_payload: bool, with_vector: bool) -> Vec<Record> {
+    pub fn retrieve(
+        &self,
+        ids: &[PointId],
+        with_payload: bool,
+        with_vector: &WithVector,
+    ) -> Vec<Record> {
         let state = self.state.read();
         ids.iter()
             .filter_map(|id| {
@@ -574,7 +772,7 @@ impl LocalShard {
         limit: usize,
         accept: Option<PointPredicate<'_>>,
         with_payload: bool,
-        with_vector: bool,
+        with_vector: &WithVector,
     ) -> Vec<Record> {
         let state = self.state.read();
         let range = match from {
@@ -584,8 +782,9 @@ impl LocalShard {
         range
             .filter_map(|(id, loc)| {
                 let seg = &state.segments[&loc.segment];
-                let pass = accept.is_none_or(|f| f(*id, seg.payload(loc.offset)));
-                pass.then(|| state.record(seg, loc.offset, with_payload, with_vector))
+                let o = loc.offset;
+                let pass = accept.is_none_or(|f| f(*id, seg.payload(o), &|n| seg.has_vector(n, o)));
+                pass.then(|| state.record(seg, o, with_payload, with_vector))
             })
             .take(limit)
             .collect()
@@ -598,16 +797,103 @@ impl LocalShard {
             Some(f) => state
                 .locations
                 .iter()
-                .filter(|(id, loc)| f(**id, state.segments[&loc.segment].payload(loc.offset)))
+                .filter(|(id, loc)| {
+                    let seg = &state.segments[&loc.segment];
+                    let o = loc.offset;
+                    f(**id, seg.payload(o), &|n| seg.has_vector(n, o))
+                })
                 .count(),
         }
     }
 
-    /// The `top` best points for the query, best first.
-    pub fn search(&self, query: &SearchQuery<'_>) -> Vec<ScoredRecord> {
-        let distance = self.config.distance();
-        let hnsw = self.config.effective_hnsw();
+    /// For the sparse vector `name`: how many points have it, and for each dimension of
+    /// `dims` how many of them have a value there (the inputs of its IDF).
+    /// Only points that pass `owned` count (a resharding's ownership filter).
+    pub fn sparse_stats(
+        &self,
+        name: &str,
+        dims: &[u32],
+        owned: &dyn Fn(&PointId) -> bool,
+    ) -> (usize, Vec<usize>) {
+        let state = self.state.read();
+        let mut points = 0;
+        let mut df = vec![0usize; dims.len()];
+        for (id, loc) in &state.locations {
+            if !owned(id) {
+                continue;
+            }
+            let seg = &state.segments[&loc.segment];
+            if let Some(VectorRef::Sparse(v)) = seg.vector(name, loc.offset) {
+                points += 1;
+                for (i, d) in dims.iter().enumerate() {
+                    if v.indices.binary_search(d).is_ok() {
+                        df[i] += 1;
+                    }
+                }
+            }
+        }
+        (points, df)
+    }
+
+    /// The `top` best points for the query, best first. `idf` weighs the dimensions of a
+    /// sparse query (computed over the whole collection by the caller); `None` means no
+    /// weights.
+    pub fn search_weighted(
+        &self,
+        query: &SearchQuery<'_>,
+        idf: Option<&HashMap<u32, f32>>,
+    ) -> Vec<ScoredRecord> {
+        let config = self.config();
+        let Some(kind) = config.vector_kind(query.using) else {
+            return Vec::new();
+        };
+        let distance = match kind {
+            VectorKind::Dense(p) | VectorKind::Multi(p) => Some(p.distance),
+            VectorKind::Sparse(_) => None,
+        };
+        let hnsw = config.hnsw_for(query.using);
         let full_scan_bytes = hnsw.full_scan_threshold.saturating_mul(1024);
+        let weight = |d: u32| idf.map_or(1.0, |w| w.get(&d).copied().unwrap_or(0.0));
+        // (score, key): the reported score and the same oriented so that larger is better.
+        let nearest = |q: &QueryVector<'_>, v: VectorRef<'_>| -> Option<(f32, f32)> {
+            match (q, v) {
+                (QueryVector::Dense(q), VectorRef::Dense(v)) => {
+                    let d = distance?;
+                    let s = d.score(q, v);
+                    Some((s, if d.higher_is_better() { s } else { -s }))
+                }
+                (QueryVector::Multi(q), VectorRef::Multi { flat, dim }) => {
+                    // MaxSim sums similarities (negated distances for Euclid and Manhattan);
+                    // Qdrant reports those as distances again.
+                    let d = distance?;
+                    let core = d.max_sim(q, flat, dim);
+                    let shown = match d {
+                        Distance::Cosine | Distance::Dot => core,
+                        Distance::Euclid => core.abs().sqrt(),
+                        Distance::Manhattan => core.abs(),
+                    };
+                    Some((shown, core))
+                }
+                (QueryVector::Sparse(q), VectorRef::Sparse(v)) => {
+                    if !q.overlaps(v) {
+                        return None;
+                    }
+                    let s = q.weighted_dot(v, weight);
+                    Some((s, s))
+                }
+                _ => None,
+            }
+        };
+        let passes = |score: f32| {
+            query
+                .score_threshold
+                .is_none_or(|t| match (&query.scoring, distance) {
+                    (Scoring::Nearest(QueryVector::Dense(_) | QueryVector::Multi(_)), Some(d)) => {
+                        d.passes_threshold(score, t)
+                    }
+                    _ => score >= t,
+                })
+        };
         let state = self.state.read();
         let mut top = TopK::new(query.top);
         if query.top == 0 {
@@ -617,32 +903,27 @@ impl LocalShard {
             if seg.live_count() == 0 {
                 continue;
             }
-            let accept_offset = |o: u32| {
-                seg.is_live(o) && query.accept.is_none_or(|f| f(seg.id(o), seg.payload(o)))
+            let accepted = |o: u32| {
+                query
+                    .accept
+                    .is_none_or(|f| f(seg.id(o), seg.payload(o), &|n| seg.has_vector(n, o)))
             };
             let consider = |o: u32, top: &mut TopK| {
-                let v = seg.vector(o);
-                let (score, key) = match query.scoring {
-                    Scoring::Nearest(q) => {
-                        let s = distance.score(q, v);
-                        (s, if distance.higher_is_better() { s } else { -s })
-                    }
+                let Some(v) = seg.vector(query.using, o) else {
+                    return;
+                };
+                let scored = match &query.scoring {
+                    Scoring::Nearest(q) => nearest(q, v),
                     Scoring::Custom(f) => {
                         let s = f(v);
-                        (s, s)
+                        Some((s, s))
                     }
                 };
-                if score.is_nan() {
+                let Some((score, key)) = scored else {
                     return;
-                }
-                if let Some(t) = query.score_threshold {
-                    let passes = match query.scoring {
-                        Scoring::Nearest(_) => distance.passes_threshold(score, t),
-                        Scoring::Custom(_) => score >= t,
-                    };
-                    if !passes {
-                        return;
-                    }
+                };
+                if score.is_nan() || !passes(score) {
+                    return;
                 }
                 top.push(Candidate {
                     key,
@@ -652,23 +933,42 @@ impl LocalShard {
                     offset: o,
                 });
             };
+            // Sparse: the inverted index gives exactly the candidates a scan would score.
+            if let (Scoring::Nearest(QueryVector::Sparse(q)), Some(index)) = (
+                &query.scoring,
+                seg.index().and_then(|i| i.sparse.get(query.using)),
+            ) {
+                for (o, _) in index.score(q, weight) {
+                    if seg.is_live(o) && accepted(o) {
+                        consider(o, &mut top);
+                    }
+                }
+                continue;
+            }
             let graph = match (&query.scoring, seg.index()) {
-                (Scoring::Nearest(q), Some(index))
-                    if !query.exact
-                        && seg.vector_bytes() >= full_scan_bytes
-                        && query.top <= MAX_GRAPH_TOP =>
+                (
+                    Scoring::Nearest(q @ (QueryVector::Dense(_) | QueryVector::Multi(_))),
+                    Some(index),
+                ) if !query.exact
+                    && seg.vector_bytes() >= full_scan_bytes
+                    && query.top <= MAX_GRAPH_TOP =>
                 {
-                    Some((q, index))
+                    index.graphs.get(query.using).map(|g| (q, g))
                 }
                 _ => None,
             };
             let mut exhaustive = true;
             if let Some((q, index)) = graph {
+                let flat: &[f32] = match q {
+                    QueryVector::Dense(v) | QueryVector::Multi(v) => v,
+                    QueryVector::Sparse(_) => &[],
+                };
                 let ef = query.ef.unwrap_or(hnsw.ef_construct).max(query.top);
-                let found = index.search(q, query.top, ef, &accept_offset);
+                let accept_offset = |o: u32| seg.is_live(o) && accepted(o);
+                let found = index.search(flat, query.top, ef, &accept_offset);
                 // Too few hits means a selective filter starved the graph walk: fall back to
                 // an exhaustive scan so that filtered searches stay complete.
-                exhaustive = found.len() < query.top && found.len() < seg.live_count();
+                exhaustive = found.len() < query.top && found.len() < index.len();
                 if !exhaustive {
                     for o in found {
                         consider(o, &mut top);
@@ -677,7 +977,7 @@ impl LocalShard {
             }
             if exhaustive {
                 for o in seg.live_offsets() {
-                    if query.accept.is_none_or(|f| f(seg.id(o), seg.payload(o))) {
+                    if accepted(o) {
                         consider(o, &mut top);
                     }
                 }
@@ -692,80 +992,47 @@ impl LocalShard {
                     version: seg.version(c.offset),
                     score: c.score,
                     payload: query.with_payload.then(|| seg.payload(c.offset).clone()),
-                    vector: query.with_vector.then(|| seg.vector(c.offset).to_vec()),
+                    vector: vectors_wanted(seg, c.offset, query.with_vector),
                 }
             })
             .collect()
     }
 
-    /// The stored (preprocessed) vector of a point.
-    pub fn vector_of(&self, id: &PointId) -> Option<Vec<f32>> {
-        let state = self.state.read();
-        state.point(id).map(|(seg, o)| seg.vector(o).to_vec())
+    /// The `top` best points for the query, best first; a sparse vector with the `idf`
+    /// modifier is weighted by this shard's own statistics.
+    pub fn search(&self, query: &SearchQuery<'_>) -> Vec<ScoredRecord> {
+        let config = self.config();
+        let idf = match (&query.scoring, config.sparse(query.using)) {
+            (Scoring::Nearest(QueryVector::Sparse(q)), Some(p))
+                if p.modifier == Some(Modifier::Idf) =>
+            {
+                let (n, df) = self.sparse_stats(query.using, &q.indices, &|_| true);
+                Some(
+                    q.indices
+                        .iter()
+                        .zip(df)
+                        .map(|(d, df)| (*d, idf(n, df)))
+                        .collect::<HashMap<u32, f32>>(),
+                )
+            }
+            _ => None,
+        };
+        self.search_weighted(query, idf.as_ref())
     }
 
-    pub fn distance(&self) -> Distance {
-        self.config.distance()
+    /// The stored (preprocessed) vector `name` of a point.
+    pub fn vector_of(&self, id: &PointId, name: &str) -> Option<VectorData> {
+        let state = self.state.read();
+        let (seg, o) = state.point(id)?;
+        seg.vector(name, o).map(VectorRef::to_owned)
+    }
+
+    /// The distance of the dense or multi-vector `name`.
+    pub fn distance(&self, name: &str) -> Option<Distance> {
+        self.config().dense(name).map(|p| p.distance)
     }
 
     // ---- optimizer -------------------------------------------------------------------------
-
-    fn vacuum_candidate(&self, seg: &Segment) -> bool {
-        let cfg = &self.config.optimizer_config;
-        seg.stage() == SegmentStage::Indexed
-            && seg.deleted_count() >= cfg.vacuum_min_vector_number.max(1)
-            && seg.deleted_count() as f64 >= cfg.deleted_threshold * seg.len() as f64
-    }
-
-    /// Points of this collection's dimension that a merged segment may hold.
-    fn merge_limit_points(&self) -> usize {
-        let dim = self.config.dim().max(1);
-        let kb = self
-            .config
-            .optimizer_config
-            .max_segment_size
-            .unwrap_or(DEFAULT_MAX_SEGMENT_KB);
-        (kb.saturating_mul(1024) / (dim * 4)).max(1)
-    }
-
-    /// How many indexed segments the merge step aims for (`default_segment_number`, or the
-    /// number of cores when it is 0, as in Qdrant).
-    fn target_segment_count(&self) -> usize {
-        match self.config.optimizer_config.default_segment_number {
-            0 => std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .max(2),
-            n => n.max(1),
-        }
-    }
-
-    /// When there are more indexed segments than the target, the smallest ones that together
-    /// bring the count back to it (within the size limit): fewer, larger graphs answer searches
-    /// faster, and merging smallest-first keeps the total rebuild work logarithmic per point,
-    /// like an LSM tree (Qdrant's merge optimizer).
-    fn merge_candidates(&self, state: &ShardState) -> Option<Vec<SegmentId>> {
-        let limit = self.merge_limit_points();
-        let mut indexed: Vec<&Segment> = state
-            .segments
-            .values()
-            .filter(|s| s.stage() == SegmentStage::Indexed)
-            .collect();
-        let excess = indexed.len().checked_sub(self.target_segment_count())?;
-        if excess == 0 {
-            return None;
-        }
-        indexed.sort_by_key(|s| (s.live_count(), s.id));
-        let mut total = 0;
-        let mut picked = Vec::new();
-        for seg in indexed.into_iter().take(excess + 1) {
-            if total + seg.live_count() > limit {
-                break;
-            }
-            total += seg.live_count();
-            picked.push(seg.id);
-        }
-        (picked.len() >= 2).then_some(picked)
-    }
 
     /// Whether the optimizer has nothing left to do.
     pub fn optimizer_status(&self) -> OptimizerStatus {
@@ -774,8 +1041,9 @@ impl LocalShard {
         }
         let state = self.state.read();
         let pending = state.segments.values().any(|s| {
-            (s.stage() == SegmentStage::Frozen && s.live_count() > 0) || self.vacuum_candidate(s)
-        }) || self.merge_candidates(&state).is_some();
+            (s.stage() == SegmentStage::Frozen && s.live_count() > 0)
+                || vacuum_candidate(&state.config, s)
+        }) || merge_candidates(&state).is_some();
         if pending {
             OptimizerStatus::Busy
         } else {
@@ -822,9 +1090,9 @@ impl LocalShard {
             }
         }
         // Index first (it makes new data fast to search), then vacuum, then merge.
-        let (job, dim) = {
+        let job = {
             let state = self.state.read();
-            let job = state
+            state
                 .segments
                 .values()
                 .find(|s| s.stage() == SegmentStage::Frozen)
@@ -833,11 +1101,10 @@ impl LocalShard {
                     state
                         .segments
                         .values()
-                        .find(|s| self.vacuum_candidate(s))
+                        .find(|s| vacuum_candidate(&state.config, s))
                         .map(|s| OptimizerJob::Vacuum(s.id))
                 })
-                .or_else(|| self.merge_candidates(&state).map(OptimizerJob::Merge));
-            (job, state.dim)
+                .or_else(|| merge_candidates(&state).map(OptimizerJob::Merge))
         };
         let Some(job) = job else {
             return false;
@@ -846,8 +1113,8 @@ impl LocalShard {
         let started = std::time::Instant::now();
         let done = match &job {
             OptimizerJob::Index(id) => self.index_segment(*id, builder),
-            OptimizerJob::Vacuum(id) => self.rewrite_segments(&[*id], dim, builder),
-            OptimizerJob::Merge(ids) => self.rewrite_segments(ids, dim, builder),
+            OptimizerJob::Vacuum(id) => self.rewrite_segments(&[*id], builder),
+            OptimizerJob::Merge(ids) => self.rewrite_segments(ids, builder),
         };
         tracing::info!(
             dir = %self.dir.display(),
@@ -859,37 +1126,78 @@ impl LocalShard {
         done
     }
 
-    fn graph_params(&self) -> GraphParams {
-        let hnsw = self.config.effective_hnsw();
-        GraphParams {
-            m: hnsw.m,
-            ef_construct: hnsw.ef_construct,
+    /// Builds every index of a frozen segment's points at `offsets`: a graph per dense and
+    /// multi-vector, an inverted index per sparse vector. `None` when cancelled.
+    fn build_index(
+        &self,
+        config: &CollectionConfig,
+        columns: &BTreeMap<String, FrozenColumn>,
+        offsets: &[u32],
+        builder: &IndexBuilder,
+    ) -> Option<SegmentIndex> {
+        let mut index = SegmentIndex::default();
+        for (name, column) in columns {
+            let present: Vec<(u32, VectorRef<'_>)> = offsets
+                .iter()
+                .filter_map(|&o| Some((o, column.get(o)?)))
+                .collect();
+            match column {
+                FrozenColumn::Sparse { .. } => {
+                    let sparse = SparseIndex::build(present.iter().filter_map(|(o, v)| match v {
+                        VectorRef::Sparse(s) => Some((*o, *s)),
+                        _ => None,
+                    }));
+                    index.sparse.insert(name.clone(), sparse);
+                }
+                FrozenColumn::Dense { .. } | FrozenColumn::Multi { .. } => {
+                    let Some(params) = config.dense(name) else {
+                        continue;
+                    };
+                    let multi_dim =
+                        matches!(column, FrozenColumn::Multi { .. }).then_some(params.size);
+                    let points: Vec<(u32, &[f32])> = present
+                        .iter()
+                        .filter_map(|(o, v)| match v {
+                            VectorRef::Dense(d) => Some((*o, *d)),
+                            VectorRef::Multi { flat, .. } => Some((*o, *flat)),
+                            VectorRef::Sparse(_) => None,
+                        })
+                        .collect();
+                    let hnsw = config.hnsw_for(name);
+                    let graph = HnswIndex::build(
+                        GraphDistance {
+                            distance: params.distance,
+                            multi_dim,
+                        },
+                        GraphParams {
+                            m: hnsw.m,
+                            ef_construct: hnsw.ef_construct,
+                        },
+                        &points,
+                        &builder.pool,
+                        &self.cancelled,
+                    )?;
+                    index.graphs.insert(name.clone(), graph);
+                }
+            }
         }
+        Some(index)
     }
 
-    /// Builds the graph of a frozen segment outside the lock and attaches it.
+    /// Builds the indexes of a frozen segment outside the lock and attaches them.
     fn index_segment(&self, segment_id: SegmentId, builder: &IndexBuilder) -> bool {
-        let (vectors, live, dim) = {
+        let (config, columns, live) = {
             let state = self.state.read();
             let Some(seg) = state.segments.get(&segment_id) else {
                 return false;
             };
-            let Some(vectors) = seg.frozen_vectors() else {
-                return false;
-            };
-            (vectors, seg.live_offsets().collect::<Vec<u32>>(), seg.dim())
+            (
+                Arc::clone(&state.config),
+                seg.frozen_columns(),
+                seg.live_offsets().collect::<Vec<u32>>(),
+            )
         };
-        let points: Vec<(u32, &[f32])> = live
-            .iter()
-            .map(|&o| (o, &vectors[o as usize * dim..(o as usize + 1) * dim]))
-            .collect();
-        let Some(index) = HnswIndex::build(
-            self.distance(),
-            self.graph_params(),
-            &points,
-            &builder.pool,
-            &self.cancelled,
-        ) else {
+        let Some(index) = self.build_index(&config, &columns, &live, builder) else {
             return false;
         };
         let mut state = self.state.write();
@@ -899,16 +1207,16 @@ impl LocalShard {
         true
     }
 
-    /// Rewrites segments into one compact segment with a fresh graph (dropping tombstones, and
+    /// Rewrites segments into one compact segment with fresh indexes (dropping tombstones, and
     /// merging when there are several), then swaps it in, carrying over every change made to
     /// their points in the meantime. Cancel-safe: until the swap nothing changes.
-    fn rewrite_segments(&self, sources: &[SegmentId], dim: usize, builder: &IndexBuilder) -> bool {
-        let (mut fresh, origin) = {
+    fn rewrite_segments(&self, sources: &[SegmentId], builder: &IndexBuilder) -> bool {
+        let (mut fresh, origin, config) = {
             let mut state = self.state.write();
             let new_id = state.next_segment_id;
             state.next_segment_id += 1;
             let state = RwLockWriteGuard::downgrade(state);
-            let mut fresh = Segment::new(new_id, dim);
+            let mut fresh = Segment::new(new_id, &state.config);
             let mut origin: Vec<Location> = Vec::new();
             for source in sources {
                 let Some(seg) = state.segments.get(source) else {
@@ -917,7 +1225,7 @@ impl LocalShard {
                 for o in seg.live_offsets() {
                     fresh.push(
                         seg.id(o),
-                        seg.vector(o),
+                        &seg.vectors(o),
                         seg.payload(o).clone(),
                         seg.version(o),
                     );
@@ -928,21 +1236,14 @@ impl LocalShard {
                 }
             }
             fresh.freeze();
-            (fresh, origin)
+            (fresh, origin, Arc::clone(&state.config))
         };
-        let vectors = fresh.frozen_vectors().expect("frozen above");
-        let points: Vec<(u32, &[f32])> = (0..origin.len() as u32)
-            .map(|o| (o, &vectors[o as usize * dim..(o as usize + 1) * dim]))
-            .collect();
-        let Some(index) = HnswIndex::build(
-            self.distance(),
-            self.graph_params(),
-            &points,
-            &builder.pool,
-            &self.cancelled,
-        ) else {
+        let columns = fresh.frozen_columns();
+        let all: Vec<u32> = (0..origin.len() as u32).collect();
+        let Some(index) = self.build_index(&config, &columns, &all, builder) else {
             return false;
         };
+        drop(columns);
         fresh.set_index(Arc::new(index));
         let mut state = self.state.write();
         if !sources.iter().all(|s| state.segments.contains_key(s)) {
@@ -976,6 +1277,63 @@ impl LocalShard {
     }
 }
 
+fn vacuum_candidate(config: &CollectionConfig, seg: &Segment) -> bool {
+    let cfg = &config.optimizer_config;
+    seg.stage() == SegmentStage::Indexed
+        && seg.deleted_count() >= cfg.vacuum_min_vector_number.max(1)
+        && seg.deleted_count() as f64 >= cfg.deleted_threshold * seg.len() as f64
+}
+
+/// Points a merged segment may hold.
+fn merge_limit_points(config: &CollectionConfig) -> usize {
+    let kb = config
+        .optimizer_config
+        .max_segment_size
+        .unwrap_or(DEFAULT_MAX_SEGMENT_KB);
+    (kb.saturating_mul(1024) / config.point_vector_bytes()).max(1)
+}
+
+/// How many indexed segments the merge step aims for (`default_segment_number`, or the
+/// number of cores when it is 0, as in Qdrant).
+fn target_segment_count(config: &CollectionConfig) -> usize {
+    match config.optimizer_config.default_segment_number {
+        0 => std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2),
+        n => n.max(1),
+    }
+}
+
+/// When there are more indexed segments than the target, the smallest ones that together
+/// bring the count back to it (within the size limit): fewer, larger graphs answer searches
+/// faster, and merging smallest-first keeps the total rebuild work logarithmic per point,
+/// like an LSM tree (Qdrant's merge optimizer).
+fn merge_candidates(state: &ShardState) -> Option<Vec<SegmentId>> {
+    let limit = merge_limit_points(&state.config);
+    let mut indexed: Vec<&Segment> = state
+        .segments
+        .values()
+        .filter(|s| s.stage() == SegmentStage::Indexed)
+        .collect();
+    let excess = indexed
+        .len()
+        .checked_sub(target_segment_count(&state.config))?;
+    if excess == 0 {
+        return None;
+    }
+    indexed.sort_by_key(|s| (s.live_count(), s.id));
+    let mut total = 0;
+    let mut picked = Vec::new();
+    for seg in indexed.into_iter().take(excess + 1) {
+        if total + seg.live_count() > limit {
+            break;
+        }
+        total += seg.live_count();
+        picked.push(seg.id);
+    }
+    (picked.len() >= 2).then_some(picked)
+}
+
 /// One unit of optimizer work.
 #[derive(Debug)]
 enum OptimizerJob {
@@ -996,38 +1354,15 @@ impl Drop for LocalShard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collection_config::{
-        CollectionParams, HnswConfig, OptimizersConfig, VectorParams, WalConfig,
-    };
     use crate::shard::operations::PointWrite;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     fn config(dim: usize, indexing_threshold_kb: usize) -> Arc<CollectionConfig> {
-        Arc::new(CollectionConfig {
-            params: CollectionParams {
-                vectors: VectorParams {
-                    size: dim,
-                    distance: Distance::Euclid,
-                    on_disk: None,
-                    hnsw_config: None,
-                },
-                shard_number: 1,
-                sharding_method: None,
-                replication_factor: 1,
-                write_consistency_factor: 1,
-                on_disk_payload: true,
-            },
-            hnsw_config: HnswConfig {
-                full_scan_threshold: 0,
-                ..HnswConfig::default()
-            },
-            optimizer_config: OptimizersConfig {
-                indexing_threshold: Some(indexing_threshold_kb),
-                vacuum_min_vector_number: 10,
-                ..OptimizersConfig::default()
-            },
-            wal_config: WalConfig::default(),
-        })
+        let mut config = CollectionConfig::single_dense(dim, Distance::Euclid);
+        config.hnsw_config.full_scan_threshold = 0;
+        config.optimizer_config.indexing_threshold = Some(indexing_threshold_kb);
+        config.optimizer_config.vacuum_min_vector_number = 10;
+        Arc::new(config)
     }
 
     fn points(range: std::ops::Range<u64>, dim: usize, rng: &mut StdRng) -> Vec<PointWrite> {
@@ -1036,25 +1371,26 @@ mod tests {
                 let mut payload = Payload::new();
                 payload.insert("i".into(), serde_json::json!(i));
                 payload.insert("even".into(), serde_json::json!(i % 2 == 0));
-                PointWrite {
-                    id: PointId::Num(i),
-                    vector: (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect(),
+                PointWrite::dense(
+                    PointId::Num(i),
+                    (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect(),
                     payload,
-                }
+                )
             })
             .collect()
     }
 
     fn exact_query<'a>(q: &'a [f32], top: usize) -> SearchQuery<'a> {
         SearchQuery {
-            scoring: Scoring::Nearest(q),
+            using: "",
+            scoring: Scoring::Nearest(QueryVector::Dense(q)),
             accept: None,
             top,
             ef: None,
             exact: true,
             score_threshold: None,
             with_payload: false,
-            with_vector: false,
+            with_vector: &WithVector::None,
         }
     }
 
@@ -1089,11 +1425,11 @@ mod tests {
         let got = shard.retrieve(
             &[PointId::Num(5), PointId::Num(3), PointId::Num(7)],
             true,
-            true,
+            &WithVector::All,
         );
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].payload.as_ref().unwrap()["tag"], "x");
-        assert_eq!(got[1].vector.as_ref().unwrap(), &first[7].vector);
+        assert_eq!(got[1].vector.as_ref().unwrap(), &first[7].vectors);
         let stats = shard.stats();
         assert_eq!(stats.flushed_seq, 1);
         assert_eq!(stats.last_seq, 3);
@@ -1109,11 +1445,7 @@ mod tests {
     fn a_wrong_dimension_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let shard = LocalShard::open(dir.path(), config(4, 1), SyncMode::Os).unwrap();
-        let bad = PointWrite {
-            id: PointId::Num(1),
-            vector: vec![1.0; 3],
-            payload: Payload::new(),
-        };
+        let bad = PointWrite::dense(PointId::Num(1), vec![1.0; 3], Payload::new());
         assert!(matches!(
             shard.update(UpdateRequest::Upsert(vec![bad])),
             Err(ShardError::WrongDimension {
@@ -1160,7 +1492,7 @@ mod tests {
         let mut rounds = 0;
         loop {
             let finished = optimizer.is_finished();
-            let all = shard.scroll(None, usize::MAX, None, false, false);
+            let all = shard.scroll(None, usize::MAX, None, false, &WithVector::None);
             let ids: Vec<u64> = all
                 .iter()
                 .map(|r| match r.id {
@@ -1259,17 +1591,18 @@ mod tests {
             .update(UpdateRequest::Upsert(points(0..1000, dim, &mut rng)))
             .unwrap();
         while shard.optimize_step(&builder) {}
-        let rare = |id: PointId, _: &Payload| matches!(id, PointId::Num(n) if n % 100 == 7);
+        let rare = |id: PointId, _: &Payload, _: crate::index::filter::HasVector<'_>| matches!(id, PointId::Num(n) if n % 100 == 7);
         let q = vec![0.0; dim];
         let hits = shard.search(&SearchQuery {
-            scoring: Scoring::Nearest(&q),
+            using: "",
+            scoring: Scoring::Nearest(QueryVector::Dense(&q)),
             accept: Some(&rare),
             top: 20,
             ef: Some(16),
             exact: false,
             score_threshold: None,
             with_payload: false,
-            with_vector: false,
+            with_vector: &WithVector::None,
         });
         assert_eq!(
             hits.len(),
@@ -1325,12 +1658,198 @@ mod tests {
                 PointId::Num(3),
             ],
             true,
-            false,
+            &WithVector::None,
         );
         let payloads: Vec<&Payload> = got.iter().map(|r| r.payload.as_ref().unwrap()).collect();
         assert_eq!(payloads[0]["nested"], serde_json::json!({}));
         assert!(payloads[1].is_empty());
         assert_eq!(payloads[2]["nested"], serde_json::json!({"k": 1}));
         assert!(!payloads[3].contains_key("nested"));
+    }
+    /// A collection with a named dense vector, a sparse vector and a multivector: points may
+    /// lack any of them, every kind is searched through its index after optimization and
+    /// exhaustively before, vector updates and deletes apply and survive a reopen, and updates
+    /// of missing points fail without changing anything.
+    #[test]
+    fn named_sparse_and_multi_vectors_round_trip_and_search() {
+        use crate::collection_config::{
+            MultiVectorComparator, MultiVectorConfig, SparseVectorParams, VectorParams,
+            VectorsConfig,
+        };
+        use crate::types::{NamedVectors, SparseVector, VectorData};
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = (*config(4, 1)).clone();
+        let params = |multi: bool| VectorParams {
+            size: 4,
+            distance: Distance::Dot,
+            on_disk: None,
+            hnsw_config: None,
+            quantization_config: None,
+            multivector_config: multi.then_some(MultiVectorConfig {
+                comparator: MultiVectorComparator::MaxSim,
+            }),
+            datatype: None,
+        };
+        cfg.params.vectors = VectorsConfig::Named(BTreeMap::from([
+            ("text".to_string(), params(false)),
+            ("multi".to_string(), params(true)),
+        ]));
+        cfg.params.sparse_vectors = Some(BTreeMap::from([(
+            "sparse".to_string(),
+            SparseVectorParams::default(),
+        )]));
+        let cfg = Arc::new(cfg);
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut v = || -> Vec<f32> { (0..4).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        let points: Vec<PointWrite> = (0..300u64)
+            .map(|i| {
+                let mut vectors = NamedVectors::new();
+                if i % 3 != 0 {
+                    vectors.insert("text".into(), VectorData::Dense(v()));
+                }
+                vectors.insert("multi".into(), VectorData::Multi(vec![v(), v()]));
+                let dims = vec![(i % 10) as u32, 10 + (i % 7) as u32];
+                vectors.insert(
+                    "sparse".into(),
+                    VectorData::Sparse(SparseVector::new(dims, vec![1.0, i as f32]).unwrap()),
+                );
+                PointWrite {
+                    id: PointId::Num(i),
+                    vectors,
+                    payload: Payload::new(),
+                }
+            })
+            .collect();
+        let search = |shard: &LocalShard, using: &str, q: QueryVector<'_>, exact: bool| {
+            shard
+                .search(&SearchQuery {
+                    using,
+                    scoring: Scoring::Nearest(q),
+                    accept: None,
+                    top: 5,
+                    ef: Some(200),
+                    exact,
+                    score_threshold: None,
+                    with_payload: false,
+                    with_vector: &WithVector::Named(vec![using.to_string()]),
+                })
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>()
+        };
+        let sparse_q = SparseVector::new(vec![3, 12], vec![1.0, 1.0]).unwrap();
+        let multi_q: Vec<f32> = v().into_iter().chain(v()).collect();
+        let dense_q = v();
+        {
+            let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+            shard.update(UpdateRequest::Upsert(points)).unwrap();
+            let before = (
+                search(&shard, "sparse", QueryVector::Sparse(&sparse_q), true),
+                search(&shard, "multi", QueryVector::Multi(&multi_q), true),
+                search(&shard, "text", QueryVector::Dense(&dense_q), true),
+            );
+            let builder = IndexBuilder::new(1);
+            while shard.optimize_step(&builder) {}
+            assert!(shard.stats().indexed_vectors > 0);
+            // The sparse index is exact; the graphs find the true neighbours here.
+            assert_eq!(
+                search(&shard, "sparse", QueryVector::Sparse(&sparse_q), false),
+                before.0
+            );
+            assert_eq!(
+                search(&shard, "multi", QueryVector::Multi(&multi_q), false),
+                before.1
+            );
+            assert_eq!(
+                search(&shard, "text", QueryVector::Dense(&dense_q), false),
+                before.2
+            );
+            // Only points sharing a dimension with the query are sparse hits, best first: the
+            // ones with dimension 12 (i % 7 == 2) have the largest values.
+            assert!(
+                before
+                    .0
+                    .iter()
+                    .all(|id| matches!(id, PointId::Num(n) if n % 7 == 2))
+            );
+            // Points without `text` are never dense hits.
+            assert!(
+                before
+                    .2
+                    .iter()
+                    .all(|id| matches!(id, PointId::Num(n) if n % 3 != 0))
+            );
+            let has_text = crate::index::filter::Filter {
+                must: Some(vec![
+                    serde_json::from_value(serde_json::json!({"has_vector": "text"})).unwrap(),
+                ]),
+                ..Default::default()
+            };
+            let accept = |id: PointId, p: &Payload, has: crate::index::filter::HasVector<'_>| {
+                has_text.check_point(id, p, has)
+            };
+            assert_eq!(shard.count(Some(&accept)), 200);
+            // Vector updates: one replaced, one deleted; a missing point fails the update.
+            shard
+                .update(UpdateRequest::UpdateVectors {
+                    points: vec![(
+                        PointId::Num(0),
+                        NamedVectors::from([("text".into(), VectorData::Dense(vec![1.0; 4]))]),
+                    )],
+                    filter: None,
+                    missing_ok: false,
+                })
+                .unwrap();
+            shard
+                .update(UpdateRequest::DeleteVectors {
+                    selection: PointSelection::Ids(vec![PointId::Num(1)]),
+                    names: vec!["multi".into(), "sparse".into()],
+                })
+                .unwrap();
+            let seq = shard.stats().last_seq;
+            assert!(matches!(
+                shard.update(UpdateRequest::UpdateVectors {
+                    points: vec![(
+                        PointId::Num(999),
+                        NamedVectors::from([("text".into(), VectorData::Dense(vec![1.0; 4]))]),
+                    )],
+                    filter: None,
+                    missing_ok: false,
+                }),
+                Err(ShardError::PointNotFound(PointId::Num(999)))
+            ));
+            assert!(matches!(
+                shard.update(UpdateRequest::SetPayload {
+                    selection: PointSelection::Ids(vec![PointId::Num(2), PointId::Num(999)]),
+                    payload: Payload::new(),
+                    key: None,
+                }),
+                Err(ShardError::PointNotFound(_))
+            ));
+            assert_eq!(
+                shard.stats().last_seq,
+                seq,
+                "a refused update is not logged"
+            );
+            // A vector of the wrong kind is refused.
+            let wrong = PointWrite {
+                id: PointId::Num(5),
+                vectors: NamedVectors::from([("sparse".into(), VectorData::Dense(vec![1.0; 4]))]),
+                payload: Payload::new(),
+            };
+            assert!(shard.update(UpdateRequest::Upsert(vec![wrong])).is_err());
+            shard.flush().unwrap();
+        }
+        let shard = LocalShard::open(dir.path(), cfg, SyncMode::Os).unwrap();
+        let got = shard.retrieve(&[PointId::Num(0), PointId::Num(1)], false, &WithVector::All);
+        assert_eq!(
+            got[0].vector.as_ref().unwrap()["text"],
+            VectorData::Dense(vec![1.0; 4])
+        );
+        let one = got[1].vector.as_ref().unwrap();
+        assert!(
+            one.contains_key("text") && !one.contains_key("multi") && !one.contains_key("sparse")
+        );
+        assert_eq!(shard.count(None), 300);
     }
 }

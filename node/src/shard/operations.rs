@@ -7,21 +7,51 @@
 use serde::{Deserialize, Serialize};
 
 use crate::index::filter::Filter;
-use crate::types::{Payload, PointId};
+use crate::types::{DEFAULT_VECTOR, NamedVectors, Payload, PointId, VectorData};
 
-/// A point as written by an upsert.
+/// A point as written by an upsert: its id, any of the collection's vectors by name, and its
+/// payload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PointWrite {
     pub id: PointId,
-    pub vector: Vec<f32>,
+    pub vectors: NamedVectors,
     #[serde(with = "crate::storage::json_blob")]
     pub payload: Payload,
+}
+
+impl PointWrite {
+    /// A point with only the unnamed dense vector.
+    pub fn dense(id: PointId, vector: Vec<f32>, payload: Payload) -> PointWrite {
+        PointWrite {
+            id,
+            vectors: NamedVectors::from([(DEFAULT_VECTOR.to_string(), VectorData::Dense(vector))]),
+            payload,
+        }
+    }
+}
+
+/// Qdrant's `update_mode` of an upsert: which points it may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateMode {
+    /// Insert new points and overwrite existing ones.
+    #[default]
+    Upsert,
+    /// Only insert points whose id is new; existing points stay as they are.
+    InsertOnly,
+    /// Only overwrite points that exist; new ids are ignored.
+    UpdateOnly,
 }
 
 /// How an update picks its points.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PointSelection {
+    /// These ids; a payload or vector update fails with `No point with id N found` when one
+    /// is missing (Qdrant's answer).
     Ids(Vec<PointId>),
+    /// These ids, skipping any that are missing: the form an update takes when it is passed on
+    /// to a transfer's destination, which may not hold every point yet.
+    IdsIfPresent(Vec<PointId>),
     Filter(Filter),
 }
 
@@ -29,6 +59,27 @@ pub enum PointSelection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UpdateRequest {
     Upsert(Vec<PointWrite>),
+    /// An upsert with Qdrant's `update_mode` and `update_filter`: an existing point is
+    /// overwritten only if it matches the filter; new points are always inserted (unless the
+    /// mode says otherwise).
+    ConditionalUpsert {
+        points: Vec<PointWrite>,
+        mode: UpdateMode,
+        filter: Option<Filter>,
+    },
+    /// Replaces the named vectors given for each point, keeping its other vectors and payload.
+    /// Every point must exist (else `No point with id N found`).
+    UpdateVectors {
+        points: Vec<(PointId, NamedVectors)>,
+        filter: Option<Filter>,
+        /// Skip missing points instead of failing (see [`PointSelection::IdsIfPresent`]).
+        missing_ok: bool,
+    },
+    /// Removes the named vectors from the selected points.
+    DeleteVectors {
+        selection: PointSelection,
+        names: Vec<String>,
+    },
     Delete(PointSelection),
     SetPayload {
         selection: PointSelection,
@@ -48,10 +99,59 @@ pub enum UpdateRequest {
     ClearPayload(PointSelection),
 }
 
+impl UpdateRequest {
+    /// The form of this update that a transfer's destination applies: selections by id skip
+    /// points the destination does not hold yet (the transfer's stream brings them, already
+    /// updated), instead of failing the update the source has applied.
+    pub fn lenient(&self) -> UpdateRequest {
+        let relax = |sel: &PointSelection| match sel {
+            PointSelection::Ids(ids) => PointSelection::IdsIfPresent(ids.clone()),
+            other => other.clone(),
+        };
+        match self {
+            UpdateRequest::UpdateVectors { points, filter, .. } => UpdateRequest::UpdateVectors {
+                points: points.clone(),
+                filter: filter.clone(),
+                missing_ok: true,
+            },
+            UpdateRequest::DeleteVectors { selection, names } => UpdateRequest::DeleteVectors {
+                selection: relax(selection),
+                names: names.clone(),
+            },
+            UpdateRequest::SetPayload {
+                selection,
+                payload,
+                key,
+            } => UpdateRequest::SetPayload {
+                selection: relax(selection),
+                payload: payload.clone(),
+                key: key.clone(),
+            },
+            UpdateRequest::OverwritePayload { selection, payload } => {
+                UpdateRequest::OverwritePayload {
+                    selection: relax(selection),
+                    payload: payload.clone(),
+                }
+            }
+            UpdateRequest::DeletePayload { selection, keys } => UpdateRequest::DeletePayload {
+                selection: relax(selection),
+                keys: keys.clone(),
+            },
+            UpdateRequest::ClearPayload(selection) => UpdateRequest::ClearPayload(relax(selection)),
+            other => other.clone(),
+        }
+    }
+}
+
 /// An update as logged and applied: every selection is a list of ids.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ShardOperation {
     Upsert(Vec<PointWrite>),
+    UpdateVectors(Vec<(PointId, NamedVectors)>),
+    DeleteVectors {
+        points: Vec<PointId>,
+        names: Vec<String>,
+    },
     Delete(Vec<PointId>),
     SetPayload {
         points: Vec<PointId>,
@@ -73,20 +173,97 @@ pub enum ShardOperation {
     },
 }
 
+/// The first byte of a WAL record in the current encoding. Records written before named
+/// vectors existed start with their variant index (0 to 5) instead, and decode as
+/// [`LegacyOperation`].
+const FORMAT_NAMED_VECTORS: u8 = 0x40;
+
+/// The WAL encoding of the single-vector data model (one unnamed dense vector per point),
+/// kept so that a shard written by an older Shoal replays.
+#[derive(Deserialize)]
+enum LegacyOperation {
+    Upsert(Vec<LegacyPointWrite>),
+    Delete(Vec<PointId>),
+    SetPayload {
+        points: Vec<PointId>,
+        #[serde(with = "crate::storage::json_blob")]
+        payload: Payload,
+        key: Option<String>,
+    },
+    OverwritePayload {
+        points: Vec<PointId>,
+        #[serde(with = "crate::storage::json_blob")]
+        payload: Payload,
+    },
+    DeletePayload {
+        points: Vec<PointId>,
+        keys: Vec<String>,
+    },
+    ClearPayload {
+        points: Vec<PointId>,
+    },
+}
+
+#[derive(Deserialize)]
+struct LegacyPointWrite {
+    id: PointId,
+    vector: Vec<f32>,
+    #[serde(with = "crate::storage::json_blob")]
+    payload: Payload,
+}
+
+impl From<LegacyOperation> for ShardOperation {
+    fn from(op: LegacyOperation) -> ShardOperation {
+        match op {
+            LegacyOperation::Upsert(points) => ShardOperation::Upsert(
+                points
+                    .into_iter()
+                    .map(|p| PointWrite::dense(p.id, p.vector, p.payload))
+                    .collect(),
+            ),
+            LegacyOperation::Delete(ids) => ShardOperation::Delete(ids),
+            LegacyOperation::SetPayload {
+                points,
+                payload,
+                key,
+            } => ShardOperation::SetPayload {
+                points,
+                payload,
+                key,
+            },
+            LegacyOperation::OverwritePayload { points, payload } => {
+                ShardOperation::OverwritePayload { points, payload }
+            }
+            LegacyOperation::DeletePayload { points, keys } => {
+                ShardOperation::DeletePayload { points, keys }
+            }
+            LegacyOperation::ClearPayload { points } => ShardOperation::ClearPayload { points },
+        }
+    }
+}
+
 impl ShardOperation {
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("shard operations always encode")
+        let mut out = vec![FORMAT_NAMED_VECTORS];
+        postcard::to_io(self, &mut out).expect("shard operations always encode");
+        out
     }
 
+    /// Decodes a WAL record of this or the previous (single-vector) encoding.
     pub fn decode(bytes: &[u8]) -> Result<ShardOperation, postcard::Error> {
-        postcard::from_bytes(bytes)
+        match bytes.split_first() {
+            Some((&FORMAT_NAMED_VECTORS, rest)) => postcard::from_bytes(rest),
+            _ => postcard::from_bytes::<LegacyOperation>(bytes).map(ShardOperation::from),
+        }
     }
 
     /// How many points the operation touches.
     pub fn len(&self) -> usize {
         match self {
             ShardOperation::Upsert(p) => p.len(),
+            ShardOperation::UpdateVectors(p) => p.len(),
             ShardOperation::Delete(ids) => ids.len(),
+            ShardOperation::DeleteVectors { points, .. } => points.len(),
             ShardOperation::SetPayload { points, .. }
             | ShardOperation::OverwritePayload { points, .. }
             | ShardOperation::DeletePayload { points, .. }
@@ -110,12 +287,29 @@ mod tests {
             "k".into(),
             serde_json::json!({"deep": [1, "two", null, 3.5]}),
         );
+        let mut vectors = NamedVectors::new();
+        vectors.insert("text".into(), VectorData::Dense(vec![0.25, -1.5]));
+        vectors.insert(
+            "sparse".into(),
+            VectorData::Sparse(
+                crate::types::SparseVector::new(vec![7, 2], vec![1.0, 0.5]).unwrap(),
+            ),
+        );
+        vectors.insert(
+            "multi".into(),
+            VectorData::Multi(vec![vec![1.0, 2.0], vec![3.0, 4.0]]),
+        );
         let ops = vec![
             ShardOperation::Upsert(vec![PointWrite {
                 id: PointId::Uuid(uuid::Uuid::from_u128(99)),
-                vector: vec![0.25, -1.5],
+                vectors: vectors.clone(),
                 payload: payload.clone(),
             }]),
+            ShardOperation::UpdateVectors(vec![(PointId::Num(4), vectors)]),
+            ShardOperation::DeleteVectors {
+                points: vec![PointId::Num(4)],
+                names: vec!["text".into()],
+            },
             ShardOperation::Delete(vec![PointId::Num(1), PointId::Num(u64::MAX)]),
             ShardOperation::SetPayload {
                 points: vec![PointId::Num(3)],
@@ -130,5 +324,41 @@ mod tests {
         for op in ops {
             assert_eq!(ShardOperation::decode(&op.encode()).unwrap(), op);
         }
+    }
+
+    /// A WAL written before named vectors existed replays as upserts of the unnamed vector.
+    #[test]
+    fn legacy_records_decode_as_unnamed_vectors() {
+        #[derive(Serialize)]
+        enum OldOperation {
+            Upsert(Vec<OldPointWrite>),
+            Delete(Vec<PointId>),
+        }
+        #[derive(Serialize)]
+        struct OldPointWrite {
+            id: PointId,
+            vector: Vec<f32>,
+            #[serde(with = "crate::storage::json_blob")]
+            payload: Payload,
+        }
+        let old = postcard::to_allocvec(&OldOperation::Upsert(vec![OldPointWrite {
+            id: PointId::Num(5),
+            vector: vec![1.0, 2.0],
+            payload: Payload::new(),
+        }]))
+        .unwrap();
+        assert_eq!(
+            ShardOperation::decode(&old).unwrap(),
+            ShardOperation::Upsert(vec![PointWrite::dense(
+                PointId::Num(5),
+                vec![1.0, 2.0],
+                Payload::new()
+            )])
+        );
+        let old = postcard::to_allocvec(&OldOperation::Delete(vec![PointId::Num(9)])).unwrap();
+        assert_eq!(
+            ShardOperation::decode(&old).unwrap(),
+            ShardOperation::Delete(vec![PointId::Num(9)])
+        );
     }
 }

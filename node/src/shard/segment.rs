@@ -2,15 +2,21 @@
 //!
 //! A segment starts *appendable* (new points go to its end), is *frozen* once it is large enough
 //! (no more appends: its vectors never change again), and becomes *indexed* when the optimizer
-//! has built an HNSW graph over it. A vector at an offset never changes: an upsert of an existing
-//! point writes a new offset (usually in another segment) and tombstones the old one, so a graph
-//! built from a frozen segment stays valid for as long as the segment lives. Payloads are not
-//! part of the graph and change in place.
+//! has built its indexes: an HNSW graph per dense and multi-vector, an inverted index per sparse
+//! vector. A vector at an offset never changes: an upsert of an existing point, or an update of
+//! one of its vectors, writes a new offset (usually in another segment) and tombstones the old
+//! one, so an index built from a frozen segment stays valid for as long as the segment lives.
+//! Payloads are not part of any index and change in place.
+//!
+//! Each named vector is a column of its own ([`VectorColumn`]); a point may lack any of them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::collection_config::{CollectionConfig, VectorKind};
 use crate::index::hnsw_index::HnswIndex;
-use crate::types::{Payload, PointId};
+use crate::index::sparse_index::SparseIndex;
+use crate::types::{NamedVectors, Payload, PointId, SparseVector, VectorData, VectorRef};
 
 pub type SegmentId = u64;
 
@@ -21,39 +27,227 @@ pub enum SegmentStage {
     Indexed,
 }
 
-enum Vectors {
-    Growing(Vec<f32>),
-    Frozen(Arc<Vec<f32>>),
+/// Growing while the segment is appendable; shared (with index builders) once frozen.
+enum Cells<T> {
+    Growing(Vec<T>),
+    Frozen(Arc<Vec<T>>),
 }
 
-impl Vectors {
-    fn as_slice(&self) -> &[f32] {
+impl<T> Cells<T> {
+    fn as_slice(&self) -> &[T] {
         match self {
-            Vectors::Growing(v) => v,
-            Vectors::Frozen(v) => v,
+            Cells::Growing(v) => v,
+            Cells::Frozen(v) => v,
         }
+    }
+
+    fn push(&mut self, value: T) {
+        match self {
+            Cells::Growing(v) => v.push(value),
+            Cells::Frozen(_) => unreachable!("frozen columns take no new points"),
+        }
+    }
+
+    fn freeze(&mut self) {
+        if let Cells::Growing(v) = self {
+            let mut v = std::mem::take(v);
+            v.shrink_to_fit();
+            *self = Cells::Frozen(Arc::new(v));
+        }
+    }
+
+    fn shared(&self) -> Option<Arc<Vec<T>>> {
+        match self {
+            Cells::Frozen(v) => Some(Arc::clone(v)),
+            Cells::Growing(_) => None,
+        }
+    }
+}
+
+/// The stored values of one named vector, one cell per offset.
+enum VectorColumn {
+    /// Dense vectors laid end to end, `dim` values per offset (zeros where absent).
+    Dense {
+        dim: usize,
+        data: Cells<f32>,
+        present: Vec<bool>,
+    },
+    /// Each offset's sub-vectors laid end to end, `dim` values each.
+    Multi {
+        dim: usize,
+        data: Cells<Option<Box<[f32]>>>,
+    },
+    Sparse {
+        data: Cells<Option<SparseVector>>,
+    },
+}
+
+impl VectorColumn {
+    fn push(&mut self, value: Option<&VectorData>) {
+        match (self, value) {
+            (
+                VectorColumn::Dense {
+                    dim,
+                    data: Cells::Growing(data),
+                    present,
+                },
+                value,
+            ) => match value {
+                Some(VectorData::Dense(v)) if v.len() == *dim => {
+                    data.extend_from_slice(v);
+                    present.push(true);
+                }
+                _ => {
+                    data.resize(data.len() + *dim, 0.0);
+                    present.push(false);
+                }
+            },
+            (VectorColumn::Dense { .. }, _) => unreachable!("frozen columns take no new points"),
+            (VectorColumn::Multi { dim, data }, value) => {
+                let cell = match value {
+                    Some(VectorData::Multi(vs)) if !vs.is_empty() => Some(
+                        vs.iter()
+                            .flat_map(|v| {
+                                v.iter().copied().chain(std::iter::repeat(0.0)).take(*dim)
+                            })
+                            .collect::<Box<[f32]>>(),
+                    ),
+                    _ => None,
+                };
+                data.push(cell);
+            }
+            (VectorColumn::Sparse { data }, value) => {
+                let cell = match value {
+                    Some(VectorData::Sparse(s)) => Some(s.clone()),
+                    _ => None,
+                };
+                data.push(cell);
+            }
+        }
+    }
+
+    fn freeze(&mut self) {
+        match self {
+            VectorColumn::Dense { data, present, .. } => {
+                data.freeze();
+                present.shrink_to_fit();
+            }
+            VectorColumn::Multi { data, .. } => data.freeze(),
+            VectorColumn::Sparse { data } => data.freeze(),
+        }
+    }
+
+    fn get(&self, offset: u32) -> Option<VectorRef<'_>> {
+        let o = offset as usize;
+        match self {
+            VectorColumn::Dense { dim, data, present } => {
+                present[o].then(|| VectorRef::Dense(&data.as_slice()[o * dim..(o + 1) * dim]))
+            }
+            VectorColumn::Multi { dim, data } => data.as_slice()[o]
+                .as_deref()
+                .map(|flat| VectorRef::Multi { flat, dim: *dim }),
+            VectorColumn::Sparse { data } => data.as_slice()[o].as_ref().map(VectorRef::Sparse),
+        }
+    }
+}
+
+/// The frozen values of one vector, shared with an index builder outside the shard's lock.
+pub enum FrozenColumn {
+    Dense {
+        dim: usize,
+        data: Arc<Vec<f32>>,
+        present: Vec<bool>,
+    },
+    Multi {
+        dim: usize,
+        data: Arc<Vec<Option<Box<[f32]>>>>,
+    },
+    Sparse {
+        data: Arc<Vec<Option<SparseVector>>>,
+    },
+}
+
+impl FrozenColumn {
+    /// The vector at `offset`, if the point has one.
+    pub fn get(&self, offset: u32) -> Option<VectorRef<'_>> {
+        let o = offset as usize;
+        match self {
+            FrozenColumn::Dense { dim, data, present } => {
+                present[o].then(|| VectorRef::Dense(&data[o * dim..(o + 1) * dim]))
+            }
+            FrozenColumn::Multi { dim, data } => data[o]
+                .as_deref()
+                .map(|flat| VectorRef::Multi { flat, dim: *dim }),
+            FrozenColumn::Sparse { data } => data[o].as_ref().map(VectorRef::Sparse),
+        }
+    }
+}
+
+/// The indexes of an indexed segment, per vector name.
+#[derive(Default)]
+pub struct SegmentIndex {
+    pub graphs: BTreeMap<String, HnswIndex>,
+    pub sparse: BTreeMap<String, SparseIndex>,
+}
+
+impl SegmentIndex {
+    /// Points in the largest index (for `indexed_vectors_count`).
+    pub fn indexed_points(&self) -> usize {
+        self.graphs
+            .values()
+            .map(HnswIndex::len)
+            .chain(self.sparse.values().map(SparseIndex::len))
+            .max()
+            .unwrap_or(0)
     }
 }
 
 pub struct Segment {
     pub id: SegmentId,
-    dim: usize,
     ids: Vec<PointId>,
-    vectors: Vectors,
+    columns: BTreeMap<String, VectorColumn>,
+    frozen: bool,
+    /// Bytes of dense vector data per offset, for size thresholds.
+    point_bytes: usize,
     payloads: Vec<Payload>,
     versions: Vec<u64>,
     deleted: Vec<bool>,
     deleted_count: usize,
-    index: Option<Arc<HnswIndex>>,
+    index: Option<Arc<SegmentIndex>>,
 }
 
 impl Segment {
-    pub fn new(id: SegmentId, dim: usize) -> Segment {
+    /// An empty appendable segment with a column for every vector of `config`.
+    pub fn new(id: SegmentId, config: &CollectionConfig) -> Segment {
+        let mut columns = BTreeMap::new();
+        for (name, params) in config.params.vectors.iter() {
+            let column = match params.multivector_config {
+                Some(_) => VectorColumn::Multi {
+                    dim: params.size,
+                    data: Cells::Growing(Vec::new()),
+                },
+                None => VectorColumn::Dense {
+                    dim: params.size,
+                    data: Cells::Growing(Vec::new()),
+                    present: Vec::new(),
+                },
+            };
+            columns.insert(name.to_string(), column);
+        }
+        for (name, _) in config.sparse_iter() {
+            columns.insert(
+                name.to_string(),
+                VectorColumn::Sparse {
+                    data: Cells::Growing(Vec::new()),
+                },
+            );
+        }
         Segment {
             id,
-            dim,
             ids: Vec::new(),
-            vectors: Vectors::Growing(Vec::new()),
+            columns,
+            frozen: false,
+            point_bytes: config.point_vector_bytes(),
             payloads: Vec::new(),
             versions: Vec::new(),
             deleted: Vec::new(),
@@ -63,20 +257,30 @@ impl Segment {
     }
 
     pub fn stage(&self) -> SegmentStage {
-        match (&self.vectors, &self.index) {
-            (Vectors::Growing(_), _) => SegmentStage::Appendable,
-            (Vectors::Frozen(_), None) => SegmentStage::Frozen,
-            (Vectors::Frozen(_), Some(_)) => SegmentStage::Indexed,
+        match (self.frozen, &self.index) {
+            (false, _) => SegmentStage::Appendable,
+            (true, None) => SegmentStage::Frozen,
+            (true, Some(_)) => SegmentStage::Indexed,
         }
     }
 
-    /// Appends a point and returns its offset. Only appendable segments take points.
-    pub fn push(&mut self, id: PointId, vector: &[f32], payload: Payload, version: u64) -> u32 {
-        debug_assert_eq!(vector.len(), self.dim);
-        let Vectors::Growing(vectors) = &mut self.vectors else {
-            panic!("segment {} is frozen and takes no new points", self.id);
-        };
-        vectors.extend_from_slice(vector);
+    /// Appends a point and returns its offset. Only appendable segments take points; vectors
+    /// this segment has no column for are not stored (the collection checks names first).
+    pub fn push(
+        &mut self,
+        id: PointId,
+        vectors: &NamedVectors,
+        payload: Payload,
+        version: u64,
+    ) -> u32 {
+        assert!(
+            !self.frozen,
+            "segment {} is frozen and takes no new points",
+            self.id
+        );
+        for (name, column) in &mut self.columns {
+            column.push(vectors.get(name));
+        }
         self.ids.push(id);
         self.payloads.push(payload);
         self.versions.push(version);
@@ -86,34 +290,44 @@ impl Segment {
 
     /// Stops appends: from now on the vectors are immutable and can be shared with a builder.
     pub fn freeze(&mut self) {
-        if let Vectors::Growing(v) = &mut self.vectors {
-            let mut v = std::mem::take(v);
-            v.shrink_to_fit();
-            self.vectors = Vectors::Frozen(Arc::new(v));
-        }
+        self.columns.values_mut().for_each(VectorColumn::freeze);
+        self.frozen = true;
     }
 
-    pub fn frozen_vectors(&self) -> Option<Arc<Vec<f32>>> {
-        match &self.vectors {
-            Vectors::Frozen(v) => Some(Arc::clone(v)),
-            Vectors::Growing(_) => None,
+    /// The frozen columns, by vector name (empty while the segment is appendable).
+    pub fn frozen_columns(&self) -> BTreeMap<String, FrozenColumn> {
+        if !self.frozen {
+            return BTreeMap::new();
         }
+        self.columns
+            .iter()
+            .filter_map(|(name, column)| {
+                let frozen = match column {
+                    VectorColumn::Dense { dim, data, present } => FrozenColumn::Dense {
+                        dim: *dim,
+                        data: data.shared()?,
+                        present: present.clone(),
+                    },
+                    VectorColumn::Multi { dim, data } => FrozenColumn::Multi {
+                        dim: *dim,
+                        data: data.shared()?,
+                    },
+                    VectorColumn::Sparse { data } => FrozenColumn::Sparse {
+                        data: data.shared()?,
+                    },
+                };
+                Some((name.clone(), frozen))
+            })
+            .collect()
     }
 
-    pub fn set_index(&mut self, index: Arc<HnswIndex>) {
-        assert!(
-            matches!(self.vectors, Vectors::Frozen(_)),
-            "only frozen segments are indexed"
-        );
+    pub fn set_index(&mut self, index: Arc<SegmentIndex>) {
+        assert!(self.frozen, "only frozen segments are indexed");
         self.index = Some(index);
     }
 
-    pub fn index(&self) -> Option<&Arc<HnswIndex>> {
+    pub fn index(&self) -> Option<&Arc<SegmentIndex>> {
         self.index.as_ref()
-    }
-
-    pub fn dim(&self) -> usize {
-        self.dim
     }
 
     /// Number of offsets, deleted or not.
@@ -133,8 +347,9 @@ impl Segment {
         self.deleted_count
     }
 
+    /// Bytes of dense vectors, for size thresholds.
     pub fn vector_bytes(&self) -> usize {
-        self.ids.len() * self.dim * 4
+        self.ids.len() * self.point_bytes
     }
 
     pub fn is_live(&self, offset: u32) -> bool {
@@ -153,9 +368,31 @@ impl Segment {
         self.ids[offset as usize]
     }
 
-    pub fn vector(&self, offset: u32) -> &[f32] {
-        let start = offset as usize * self.dim;
-        &self.vectors.as_slice()[start..start + self.dim]
+    /// The vector `name` of the point at `offset`, if it has one.
+    pub fn vector(&self, name: &str, offset: u32) -> Option<VectorRef<'_>> {
+        self.columns.get(name)?.get(offset)
+    }
+
+    /// Whether the point at `offset` has the vector `name`.
+    pub fn has_vector(&self, name: &str, offset: u32) -> bool {
+        self.vector(name, offset).is_some()
+    }
+
+    /// Every vector of the point at `offset`, by name.
+    pub fn vectors(&self, offset: u32) -> NamedVectors {
+        self.columns
+            .iter()
+            .filter_map(|(name, column)| Some((name.clone(), column.get(offset)?.to_owned())))
+            .collect()
+    }
+
+    /// The vectors of the point at `offset` whose names pass `wanted`.
+    pub fn vectors_where(&self, offset: u32, wanted: impl Fn(&str) -> bool) -> NamedVectors {
+        self.columns
+            .iter()
+            .filter(|(name, _)| wanted(name))
+            .filter_map(|(name, column)| Some((name.clone(), column.get(offset)?.to_owned())))
+            .collect()
     }
 
     pub fn payload(&self, offset: u32) -> &Payload {
@@ -182,24 +419,105 @@ impl Segment {
             .filter(|(_, d)| !**d)
             .map(|(o, _)| o as u32)
     }
+
+    /// The names and kinds of this segment's vectors, as the collection configures them.
+    pub fn vector_names(&self) -> impl Iterator<Item = &str> {
+        self.columns.keys().map(String::as_str)
+    }
+}
+
+/// Whether a stored vector fits the configured kind and size of `name` (used when a segment
+/// is rewritten after the collection's vectors changed).
+pub fn fits(config: &CollectionConfig, name: &str, vector: &VectorData) -> bool {
+    match (config.vector_kind(name), vector) {
+        (Some(VectorKind::Dense(p)), VectorData::Dense(v)) => v.len() == p.size,
+        (Some(VectorKind::Multi(p)), VectorData::Multi(vs)) => vs.iter().all(|v| v.len() == p.size),
+        (Some(VectorKind::Sparse(_)), VectorData::Sparse(_)) => true,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collection_config::{
+        CollectionParams, HnswConfig, MultiVectorComparator, MultiVectorConfig, OptimizersConfig,
+        SparseVectorParams, VectorParams, VectorsConfig, WalConfig,
+    };
+    use crate::types::Distance;
+
+    fn params(size: usize, multi: bool) -> VectorParams {
+        VectorParams {
+            size,
+            distance: Distance::Dot,
+            on_disk: None,
+            hnsw_config: None,
+            quantization_config: None,
+            multivector_config: multi.then_some(MultiVectorConfig {
+                comparator: MultiVectorComparator::MaxSim,
+            }),
+            datatype: None,
+        }
+    }
+
+    pub fn config() -> CollectionConfig {
+        CollectionConfig {
+            params: CollectionParams {
+                vectors: VectorsConfig::Named(BTreeMap::from([
+                    ("a".to_string(), params(2, false)),
+                    ("m".to_string(), params(2, true)),
+                ])),
+                sparse_vectors: Some(BTreeMap::from([(
+                    "s".to_string(),
+                    SparseVectorParams::default(),
+                )])),
+                shard_number: 1,
+                sharding_method: None,
+                replication_factor: 1,
+                write_consistency_factor: 1,
+                on_disk_payload: true,
+            },
+            hnsw_config: HnswConfig::default(),
+            optimizer_config: OptimizersConfig::default(),
+            wal_config: WalConfig::default(),
+            quantization_config: None,
+            strict_mode_config: None,
+            metadata: None,
+        }
+    }
 
     #[test]
-    fn lifecycle_keeps_offsets_stable() {
-        let mut s = Segment::new(1, 2);
+    fn lifecycle_keeps_offsets_and_optional_vectors() {
+        let mut s = Segment::new(1, &config());
         assert_eq!(s.stage(), SegmentStage::Appendable);
-        let a = s.push(PointId::Num(1), &[1.0, 2.0], Payload::new(), 1);
-        let b = s.push(PointId::Num(2), &[3.0, 4.0], Payload::new(), 2);
+        let full = NamedVectors::from([
+            ("a".to_string(), VectorData::Dense(vec![1.0, 2.0])),
+            (
+                "m".to_string(),
+                VectorData::Multi(vec![vec![1.0, 0.0], vec![0.0, 1.0]]),
+            ),
+            (
+                "s".to_string(),
+                VectorData::Sparse(SparseVector::new(vec![3], vec![0.5]).unwrap()),
+            ),
+        ]);
+        let a = s.push(PointId::Num(1), &full, Payload::new(), 1);
+        let b = s.push(PointId::Num(2), &NamedVectors::new(), Payload::new(), 2);
+        assert_eq!(s.vectors(a), full);
+        assert!(s.vectors(b).is_empty());
+        assert!(s.has_vector("m", a) && !s.has_vector("m", b));
         s.delete(a);
         s.delete(a);
         assert_eq!(s.live_count(), 1);
         s.freeze();
         assert_eq!(s.stage(), SegmentStage::Frozen);
-        assert_eq!(s.vector(b), &[3.0, 4.0]);
+        let frozen = s.frozen_columns();
+        assert_eq!(frozen.len(), 3);
+        assert!(frozen["a"].get(b).is_none());
+        assert!(matches!(
+            frozen["a"].get(a),
+            Some(VectorRef::Dense(&[1.0, 2.0]))
+        ));
         assert_eq!(s.live_offsets().collect::<Vec<_>>(), vec![b]);
         assert_eq!(s.id(b), PointId::Num(2));
     }

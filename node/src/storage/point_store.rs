@@ -8,12 +8,16 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Payload, PointId};
+use crate::types::{NamedVectors, Payload, PointId};
 
-const POINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("points");
+/// Points of the single-vector data model (one unnamed dense vector each), written by older
+/// Shoal versions: read on load, emptied as those points are written again.
+const LEGACY_POINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("points");
+/// Points with named vectors ([`StoredPoint`]).
+const POINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("points_v2");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const FLUSHED_SEQ: &str = "flushed_seq";
 
@@ -33,9 +37,18 @@ fn redb_err(e: impl std::fmt::Display) -> StoreError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredPoint {
     pub version: u64,
-    pub vector: Vec<f32>,
+    pub vectors: NamedVectors,
     #[serde(with = "crate::storage::json_blob")]
     pub payload: Payload,
+}
+
+/// A point as the single-vector data model stored it.
+#[derive(Deserialize)]
+struct LegacyStoredPoint {
+    version: u64,
+    vector: Vec<f32>,
+    #[serde(with = "crate::storage::json_blob")]
+    payload: Payload,
 }
 
 /// The flushed state of a shard.
@@ -75,6 +88,7 @@ impl PointStore {
         // Make sure the tables exist, so that readers never see "table does not exist".
         let txn = db.begin_write().map_err(redb_err)?;
         txn.open_table(POINTS).map_err(redb_err)?;
+        txn.open_table(LEGACY_POINTS).map_err(redb_err)?;
         txn.open_table(META).map_err(redb_err)?;
         txn.commit().map_err(redb_err)?;
         Ok(PointStore { db })
@@ -88,17 +102,35 @@ impl PointStore {
             .get(FLUSHED_SEQ)
             .map_err(redb_err)?
             .map_or(0, |v| v.value());
+        let mut points = std::collections::BTreeMap::new();
+        let legacy = txn.open_table(LEGACY_POINTS).map_err(redb_err)?;
+        for entry in legacy.iter().map_err(redb_err)? {
+            let (key, value) = entry.map_err(redb_err)?;
+            let id = decode_id(key.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("bad key {:?}", key.value())))?;
+            let old: LegacyStoredPoint = postcard::from_bytes(value.value())
+                .map_err(|e| StoreError::Corrupt(format!("point {id}: {e}")))?;
+            let vectors = NamedVectors::from([(
+                crate::types::DEFAULT_VECTOR.to_string(),
+                crate::types::VectorData::Dense(old.vector),
+            )]);
+            let point = StoredPoint {
+                version: old.version,
+                vectors,
+                payload: old.payload,
+            };
+            points.insert(id, point);
+        }
         let table = txn.open_table(POINTS).map_err(redb_err)?;
-        let mut points = Vec::new();
         for entry in table.iter().map_err(redb_err)? {
             let (key, value) = entry.map_err(redb_err)?;
             let id = decode_id(key.value())
                 .ok_or_else(|| StoreError::Corrupt(format!("bad key {:?}", key.value())))?;
             let point: StoredPoint = postcard::from_bytes(value.value())
                 .map_err(|e| StoreError::Corrupt(format!("point {id}: {e}")))?;
-            points.push((id, point));
+            points.insert(id, point);
         }
-        Ok((flushed, points))
+        Ok((flushed, points.into_iter().collect()))
     }
 
     /// Atomically writes `changes` (a `None` deletes the point) and records that the stored
@@ -111,8 +143,13 @@ impl PointStore {
         let txn = self.db.begin_write().map_err(redb_err)?;
         {
             let mut table = txn.open_table(POINTS).map_err(redb_err)?;
+            let mut legacy = txn.open_table(LEGACY_POINTS).map_err(redb_err)?;
+            let legacy_empty = legacy.is_empty().map_err(redb_err)?;
             for (id, point) in changes {
                 let key = encode_id(id);
+                if !legacy_empty {
+                    legacy.remove(key.as_slice()).map_err(redb_err)?;
+                }
                 match point {
                     Some(point) => {
                         let bytes = postcard::to_allocvec(point)
@@ -143,7 +180,10 @@ mod tests {
         payload.insert("nested".into(), serde_json::json!({"a": [1, 2.5, null]}));
         StoredPoint {
             version,
-            vector: vec![x, -x, 0.5],
+            vectors: NamedVectors::from([(
+                "v".to_string(),
+                crate::types::VectorData::Dense(vec![x, -x, 0.5]),
+            )]),
             payload,
         }
     }

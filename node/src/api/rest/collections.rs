@@ -11,7 +11,7 @@ use crate::api::rest::json_body::{JsonBody, PathParams};
 use crate::api::rest::models::UpdateResult;
 use crate::api::rest::models::{
     CollectionDescription, CollectionExistence, CollectionInfo, CollectionsResponse,
-    CreateCollection, VectorsConfig,
+    CreateCollection,
 };
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
 use crate::cluster::CollectionError;
@@ -27,34 +27,23 @@ use crate::index::payload_path::JsonPath;
 
 /// Turns a create request into a full configuration: Qdrant's defaults plus the given diffs.
 pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, ApiError> {
-    let vectors = match req.vectors {
-        Some(VectorsConfig::Single(v)) => v,
-        Some(VectorsConfig::Named(_)) => {
-            return Err(ApiError::bad_request(
-                "Wrong input: named vectors are not supported yet; configure one unnamed vector: \
-                 {\"vectors\": {\"size\": N, \"distance\": \"Cosine\"}}",
-            ));
-        }
-        None => {
-            return Err(ApiError::bad_request(
-                "Wrong input: `vectors` is required: {\"vectors\": {\"size\": N, \"distance\": \"Cosine\"}}",
-            ));
-        }
-    };
-    if req.sparse_vectors.as_ref().is_some_and(|s| !s.is_empty()) {
+    let vectors = req.vectors.unwrap_or_default();
+    let sparse_vectors = req.sparse_vectors.filter(|s| !s.is_empty());
+    if vectors.is_empty() && sparse_vectors.is_none() {
         return Err(ApiError::bad_request(
-            "Wrong input: sparse vectors are not supported yet",
+            "Wrong input: give `vectors` ({\"size\": N, \"distance\": \"Cosine\"} or a map of \
+             names to such objects) or `sparse_vectors`",
         ));
     }
-    if req
-        .quantization_config
-        .as_ref()
-        .is_some_and(|q| !q.is_null())
+    let quantization_config = req.quantization_config.filter(|q| !q.is_null());
+    if let Some(q) = &quantization_config
+        && !q.is_object()
     {
-        return Err(ApiError::bad_request(
-            "Wrong input: quantization is not supported yet",
+        return Err(ApiError::unprocessable(
+            "Validation error in JSON body: quantization_config must be an object",
         ));
     }
+    let strict_mode_config = req.strict_mode_config.filter(|q| !q.is_null());
     if req.init_from.as_ref().is_some_and(|q| !q.is_null()) {
         return Err(ApiError::bad_request(
             "Wrong input: `init_from` is not supported",
@@ -80,6 +69,7 @@ pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, Ap
     let config = CollectionConfig {
         params: CollectionParams {
             vectors,
+            sparse_vectors,
             shard_number: req.shard_number.unwrap_or(1),
             sharding_method: req.sharding_method,
             replication_factor: req.replication_factor.unwrap_or(1),
@@ -89,6 +79,9 @@ pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, Ap
         hnsw_config,
         optimizer_config,
         wal_config,
+        quantization_config,
+        strict_mode_config,
+        metadata: req.metadata,
     };
     config
         .validate()

@@ -110,6 +110,12 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
             &format!("{c}/points/payload/clear"),
             post(points::clear_payload),
         )
+        .route(&format!("{c}/points/vectors"), put(points::update_vectors))
+        .route(
+            &format!("{c}/points/vectors/delete"),
+            post(points::delete_vectors),
+        )
+        .route(&format!("{c}/points/batch"), post(points::batch_update))
         .route(&format!("{c}/points/scroll"), post(points::scroll))
         .route(&format!("{c}/points/count"), post(points::count))
         .route(&format!("{c}/points/search"), post(search::search))

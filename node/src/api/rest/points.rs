@@ -5,17 +5,18 @@ use axum::extract::State;
 use crate::api::rest::AppState;
 use crate::api::rest::json_body::{JsonBody, PathParams, QueryParams};
 use crate::api::rest::models::{
-    CountRequest, CountResult, DeletePayload, MAX_PAGE, MAX_UPSERT_POINTS, PointInsert,
-    PointInsertOperations, PointRequest, PointsSelector, RecordOut, ScrollRequest, ScrollResult,
-    SetPayload, UpdateResult, WaitParam,
+    CountRequest, CountResult, DeletePayload, DeleteVectors, MAX_PAGE, MAX_UPSERT_POINTS,
+    PointInsert, PointInsertOperations, PointRequest, PointsSelector, RecordOut, ScrollRequest,
+    ScrollResult, SetPayload, UpdateOperation, UpdateOperations, UpdateResult, UpdateVectors,
+    VectorStructOut, WaitParam,
 };
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
-use crate::cluster::collection::ShardKeySelector;
+use crate::cluster::collection::{Collection, ShardKeySelector};
 use crate::index::filter::Filter;
 use crate::index::payload_path::JsonPath;
 use crate::index::payload_selector::{WithPayload, WithVector};
 use crate::shard::local_shard::Record;
-use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
+use crate::shard::operations::{PointSelection, PointWrite, UpdateMode, UpdateRequest};
 use crate::types::PointId;
 
 pub fn validate_filter(filter: Option<&Filter>) -> Result<(), ApiError> {
@@ -50,7 +51,7 @@ pub fn record_out(r: Record, with_payload: &WithPayload) -> RecordOut {
     RecordOut {
         id: r.id,
         payload: r.payload.and_then(|p| with_payload.select(&p)),
-        vector: r.vector,
+        vector: r.vector.map(VectorStructOut),
         shard_key: None,
         order_value: None,
     }
@@ -79,43 +80,29 @@ async fn run_update(
     ))
 }
 
-pub async fn upsert(
-    State(state): State<AppState>,
-    PathParams(name): PathParams<String>,
-    QueryParams(wait): QueryParams<WaitParam>,
-    started: Started,
-    JsonBody(body): JsonBody<PointInsertOperations>,
-) -> ApiResult<UpdateResult> {
+/// An update and the shard keys it is addressed to.
+type Addressed = (UpdateRequest, Option<ShardKeySelector>);
+
+fn upsert_request(body: PointInsertOperations) -> Result<Addressed, ApiError> {
     let points: Vec<PointWrite> = match body.points {
         PointInsert::Points(points) => points
             .into_iter()
             .map(|p| PointWrite {
                 id: p.id,
-                vector: p.vector.0,
+                vectors: p.vector.0,
                 payload: p.payload.unwrap_or_default(),
             })
             .collect(),
-        PointInsert::Batch(batch) => {
-            let n = batch.ids.len();
-            if batch.vectors.len() != n || batch.payloads.as_ref().is_some_and(|p| p.len() != n) {
-                return Err(ApiError::bad_request(format!(
-                    "Wrong input: the batch has {n} ids, {} vectors and {} payloads; they must be equally many",
-                    batch.vectors.len(),
-                    batch.payloads.as_ref().map_or(n, Vec::len)
-                )));
-            }
-            let mut payloads = batch.payloads.unwrap_or_default().into_iter();
-            batch
-                .ids
-                .into_iter()
-                .zip(batch.vectors)
-                .map(|(id, vector)| PointWrite {
-                    id,
-                    vector: vector.0,
-                    payload: payloads.next().flatten().unwrap_or_default(),
-                })
-                .collect()
-        }
+        PointInsert::Batch(batch) => batch
+            .into_points()
+            .map_err(|e| ApiError::bad_request(format!("Wrong input: {e}")))?
+            .into_iter()
+            .map(|(id, vectors, payload)| PointWrite {
+                id,
+                vectors,
+                payload,
+            })
+            .collect(),
     };
     if points.len() > MAX_UPSERT_POINTS {
         return Err(ApiError::bad_request(format!(
@@ -123,14 +110,34 @@ pub async fn upsert(
             points.len()
         )));
     }
-    run_update(
-        &state,
-        &name,
-        wait,
-        (UpdateRequest::Upsert(points), body.shard_key),
-        started,
-    )
-    .await
+    validate_filter(body.update_filter.as_ref())?;
+    let mode = body.update_mode.unwrap_or_default();
+    let request = if body.update_filter.is_none() && mode == UpdateMode::Upsert {
+        UpdateRequest::Upsert(points)
+    } else {
+        UpdateRequest::ConditionalUpsert {
+            points,
+            mode,
+            filter: body.update_filter,
+        }
+    };
+    Ok((request, body.shard_key))
+}
+
+pub async fn upsert(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    QueryParams(wait): QueryParams<WaitParam>,
+    started: Started,
+    JsonBody(body): JsonBody<PointInsertOperations>,
+) -> ApiResult<UpdateResult> {
+    let request = upsert_request(body)?;
+    run_update(&state, &name, wait, request, started).await
+}
+
+fn delete_request(body: PointsSelector) -> Result<Addressed, ApiError> {
+    let sel = selection(body.points, body.filter)?;
+    Ok((UpdateRequest::Delete(sel), body.shard_key))
 }
 
 pub async fn delete(
@@ -140,8 +147,7 @@ pub async fn delete(
     started: Started,
     JsonBody(body): JsonBody<PointsSelector>,
 ) -> ApiResult<UpdateResult> {
-    let sel = selection(body.points, body.filter)?;
-    let request = (UpdateRequest::Delete(sel), body.shard_key);
+    let request = delete_request(body)?;
     run_update(&state, &name, wait, request, started).await
 }
 
@@ -151,13 +157,7 @@ fn check_key(key: &str) -> Result<(), ApiError> {
     })
 }
 
-pub async fn set_payload(
-    State(state): State<AppState>,
-    PathParams(name): PathParams<String>,
-    QueryParams(wait): QueryParams<WaitParam>,
-    started: Started,
-    JsonBody(body): JsonBody<SetPayload>,
-) -> ApiResult<UpdateResult> {
+fn set_payload_request(body: SetPayload) -> Result<Addressed, ApiError> {
     if let Some(key) = &body.key {
         check_key(key)?;
     }
@@ -166,17 +166,21 @@ pub async fn set_payload(
         payload: body.payload,
         key: body.key,
     };
-    let request = (request, body.shard_key);
-    run_update(&state, &name, wait, request, started).await
+    Ok((request, body.shard_key))
 }
 
-pub async fn overwrite_payload(
+pub async fn set_payload(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
     QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<SetPayload>,
 ) -> ApiResult<UpdateResult> {
+    let request = set_payload_request(body)?;
+    run_update(&state, &name, wait, request, started).await
+}
+
+fn overwrite_payload_request(body: SetPayload) -> Result<Addressed, ApiError> {
     if body.key.is_some() {
         return Err(ApiError::bad_request(
             "Wrong input: overwrite_payload takes no `key`; use set_payload",
@@ -186,8 +190,29 @@ pub async fn overwrite_payload(
         selection: selection(body.points, body.filter)?,
         payload: body.payload,
     };
-    let request = (request, body.shard_key);
+    Ok((request, body.shard_key))
+}
+
+pub async fn overwrite_payload(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    QueryParams(wait): QueryParams<WaitParam>,
+    started: Started,
+    JsonBody(body): JsonBody<SetPayload>,
+) -> ApiResult<UpdateResult> {
+    let request = overwrite_payload_request(body)?;
     run_update(&state, &name, wait, request, started).await
+}
+
+fn delete_payload_request(body: DeletePayload) -> Result<Addressed, ApiError> {
+    for key in &body.keys {
+        check_key(key)?;
+    }
+    let request = UpdateRequest::DeletePayload {
+        selection: selection(body.points, body.filter)?,
+        keys: body.keys,
+    };
+    Ok((request, body.shard_key))
 }
 
 pub async fn delete_payload(
@@ -197,15 +222,15 @@ pub async fn delete_payload(
     started: Started,
     JsonBody(body): JsonBody<DeletePayload>,
 ) -> ApiResult<UpdateResult> {
-    for key in &body.keys {
-        check_key(key)?;
-    }
-    let request = UpdateRequest::DeletePayload {
-        selection: selection(body.points, body.filter)?,
-        keys: body.keys,
-    };
-    let request = (request, body.shard_key);
+    let request = delete_payload_request(body)?;
     run_update(&state, &name, wait, request, started).await
+}
+
+fn clear_payload_request(body: PointsSelector) -> Result<Addressed, ApiError> {
+    Ok((
+        UpdateRequest::ClearPayload(selection(body.points, body.filter)?),
+        body.shard_key,
+    ))
 }
 
 pub async fn clear_payload(
@@ -215,11 +240,129 @@ pub async fn clear_payload(
     started: Started,
     JsonBody(body): JsonBody<PointsSelector>,
 ) -> ApiResult<UpdateResult> {
-    let request = (
-        UpdateRequest::ClearPayload(selection(body.points, body.filter)?),
-        body.shard_key,
-    );
+    let request = clear_payload_request(body)?;
     run_update(&state, &name, wait, request, started).await
+}
+
+fn update_vectors_request(body: UpdateVectors) -> Result<Addressed, ApiError> {
+    if body.points.len() > MAX_UPSERT_POINTS {
+        return Err(ApiError::bad_request(format!(
+            "Wrong input: at most {MAX_UPSERT_POINTS} points per request, got {}",
+            body.points.len()
+        )));
+    }
+    if let Some(p) = body.points.iter().find(|p| p.vector.0.is_empty()) {
+        return Err(ApiError::unprocessable(format!(
+            "Validation error in JSON body: point {} has no vectors to update",
+            p.id
+        )));
+    }
+    validate_filter(body.update_filter.as_ref())?;
+    let request = UpdateRequest::UpdateVectors {
+        points: body
+            .points
+            .into_iter()
+            .map(|p| (p.id, p.vector.0))
+            .collect(),
+        filter: body.update_filter,
+        missing_ok: false,
+    };
+    Ok((request, body.shard_key))
+}
+
+/// `PUT /collections/{c}/points/vectors`: replaces the given named vectors of existing points
+/// (Qdrant answers 404 for a point that does not exist).
+pub async fn update_vectors(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    QueryParams(wait): QueryParams<WaitParam>,
+    started: Started,
+    JsonBody(body): JsonBody<UpdateVectors>,
+) -> ApiResult<UpdateResult> {
+    let request = update_vectors_request(body)?;
+    run_update(&state, &name, wait, request, started).await
+}
+
+fn delete_vectors_request(
+    collection: &Collection,
+    body: DeleteVectors,
+) -> Result<Addressed, ApiError> {
+    for name in &body.vector {
+        if collection.config().vector_kind(name).is_none() {
+            return Err(ApiError::bad_request(format!(
+                "Wrong input: Not existing vector name error: {}",
+                if name.is_empty() { "default" } else { name }
+            )));
+        }
+    }
+    let request = UpdateRequest::DeleteVectors {
+        selection: selection(body.points, body.filter)?,
+        names: body.vector,
+    };
+    Ok((request, body.shard_key))
+}
+
+/// `POST /collections/{c}/points/vectors/delete`: removes named vectors from points.
+pub async fn delete_vectors(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    QueryParams(wait): QueryParams<WaitParam>,
+    started: Started,
+    JsonBody(body): JsonBody<DeleteVectors>,
+) -> ApiResult<UpdateResult> {
+    let collection = state.toc.get(&name)?;
+    let request = delete_vectors_request(&collection, body)?;
+    run_update(&state, &name, wait, request, started).await
+}
+
+/// Most operations in one `points/batch` request.
+pub const MAX_BATCH_OPERATIONS: usize = 1_000;
+
+/// `POST /collections/{c}/points/batch`: operations applied one after another, in order; the
+/// first that fails stops the batch (those before it stay applied, as in Qdrant). Every
+/// operation is parsed and its shape checked before the first is applied.
+pub async fn batch_update(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    QueryParams(wait): QueryParams<WaitParam>,
+    started: Started,
+    JsonBody(body): JsonBody<UpdateOperations>,
+) -> ApiResult<Vec<UpdateResult>> {
+    if body.operations.len() > MAX_BATCH_OPERATIONS {
+        return Err(ApiError::bad_request(format!(
+            "Wrong input: at most {MAX_BATCH_OPERATIONS} operations per batch, got {}",
+            body.operations.len()
+        )));
+    }
+    let collection = state.toc.get(&name)?;
+    let requests = body
+        .operations
+        .into_iter()
+        .map(|op| match op {
+            UpdateOperation::Upsert(b) => upsert_request(b),
+            UpdateOperation::Delete(b) => delete_request(b),
+            UpdateOperation::SetPayload(b) => set_payload_request(b),
+            UpdateOperation::OverwritePayload(b) => overwrite_payload_request(b),
+            UpdateOperation::DeletePayload(b) => delete_payload_request(b),
+            UpdateOperation::ClearPayload(b) => clear_payload_request(b),
+            UpdateOperation::UpdateVectors(b) => update_vectors_request(b),
+            UpdateOperation::DeleteVectors(b) => delete_vectors_request(&collection, b),
+        })
+        .collect::<Result<Vec<Addressed>, ApiError>>()?;
+    let status = if wait.wait.unwrap_or(false) {
+        "completed"
+    } else {
+        "acknowledged"
+    };
+    let mut results = Vec::with_capacity(requests.len());
+    for (request, shard_key) in requests {
+        let operation_id = collection.update(request, shard_key.as_ref()).await?;
+        results.push(UpdateResult {
+            operation_id,
+            status,
+        });
+    }
+    Ok(ApiOk(results, started))
 }
 
 pub async fn retrieve(
@@ -236,10 +379,10 @@ pub async fn retrieve(
     }
     let collection = state.toc.get(&name)?;
     let with_payload = body.with_payload.unwrap_or(WithPayload::All);
-    let with_vector = body.with_vector.unwrap_or(WithVector::None).is_requested();
+    let with_vector = body.with_vector.unwrap_or(WithVector::None);
     let (wp, ids) = (with_payload.is_requested(), body.ids);
     let records = collection
-        .retrieve(&ids, wp, with_vector, body.shard_key.as_ref())
+        .retrieve(&ids, wp, &with_vector, body.shard_key.as_ref())
         .await?;
     Ok(ApiOk(
         records
@@ -259,7 +402,9 @@ pub async fn get_point(
         .parse()
         .map_err(|e: String| ApiError::bad_request(format!("Wrong input: {e}")))?;
     let collection = state.toc.get(&name)?;
-    let mut records = collection.retrieve(&[id], true, true, None).await?;
+    let mut records = collection
+        .retrieve(&[id], true, &WithVector::All, None)
+        .await?;
     match records.pop() {
         Some(r) => Ok(ApiOk(record_out(r, &WithPayload::All), started)),
         None => Err(ApiError::not_found(format!(
@@ -290,7 +435,7 @@ pub async fn scroll(
     validate_filter(body.filter.as_ref())?;
     let collection = state.toc.get(&name)?;
     let with_payload = body.with_payload.unwrap_or(WithPayload::All);
-    let with_vector = body.with_vector.unwrap_or(WithVector::None).is_requested();
+    let with_vector = body.with_vector.unwrap_or(WithVector::None);
     let wp = with_payload.is_requested();
     let (offset, filter) = (body.offset, body.filter);
     let (records, next) = collection
@@ -299,7 +444,7 @@ pub async fn scroll(
             limit,
             filter.as_ref(),
             wp,
-            with_vector,
+            &with_vector,
             body.shard_key.as_ref(),
         )
         .await?;

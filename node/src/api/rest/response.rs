@@ -100,9 +100,9 @@ impl IntoResponse for ApiError {
 impl From<CollectionError> for ApiError {
     fn from(e: CollectionError) -> ApiError {
         let status = match &e {
-            CollectionError::NotFound(_) | CollectionError::PointNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            CollectionError::NotFound(_)
+            | CollectionError::PointNotFound(_)
+            | CollectionError::Shard(ShardError::PointNotFound(_)) => StatusCode::NOT_FOUND,
             CollectionError::AlreadyExists(_) => StatusCode::CONFLICT,
             CollectionError::BadInput(_) => StatusCode::BAD_REQUEST,
             CollectionError::Shard(ShardError::WrongDimension { .. } | ShardError::BadInput(_)) => {
@@ -123,7 +123,8 @@ impl From<CollectionError> for ApiError {
             CollectionError::AlreadyExists(name) => {
                 format!("Wrong input: Collection `{name}` already exists!")
             }
-            CollectionError::PointNotFound(_) => format!("Not found: {e}"),
+            CollectionError::PointNotFound(_)
+            | CollectionError::Shard(ShardError::PointNotFound(_)) => format!("Not found: {e}"),
             _ => e.to_string(),
         };
         ApiError::new(status, message)

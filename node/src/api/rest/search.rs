@@ -1,4 +1,5 @@
-//! Search, recommend and the universal query endpoint.
+//! Search, recommend, discover and the universal query endpoint (prefetch, fusion, MMR), in
+//! Qdrant's semantics (see `qdrant-openapi-v1.18.3.json` and Qdrant's `collection_query`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,21 +9,34 @@ use axum::extract::State;
 use crate::api::rest::AppState;
 use crate::api::rest::json_body::{JsonBody, PathParams};
 use crate::api::rest::models::{
-    MAX_BATCH_SEARCHES, MAX_EXAMPLES, MAX_HNSW_EF, MAX_SEARCH_WINDOW, QueryInterface, QueryRequest,
-    QueryRequestBatch, QueryResponse, RecommendRequest, RecommendRequestBatch, RecommendStrategy,
-    ScoredPointOut, SearchParams, SearchRequest as SearchBody, SearchRequestBatch, VectorInput,
+    ContextPair, Fusion, LookupLocation, MAX_BATCH_SEARCHES, MAX_EXAMPLES, MAX_HNSW_EF,
+    MAX_SEARCH_WINDOW, Mmr, Prefetch, QueryInterface, QueryRequest, QueryRequestBatch,
+    QueryResponse, RecommendRequest, RecommendRequestBatch, RecommendStrategy, ScoredPointOut,
+    SearchParams, SearchRequest as SearchBody, SearchRequestBatch, VectorInput, VectorStructOut,
 };
 use crate::api::rest::points::validate_filter;
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
-use crate::cluster::CollectionError;
 use crate::cluster::collection::{Collection, SearchRequest, SearchTarget, ShardKeySelector};
-use crate::index::filter::Filter;
+use crate::cluster::shard_requests::similarity;
+use crate::cluster::toc::TableOfContent;
+use crate::index::filter::{Condition, Filter, HasIdCondition};
 use crate::index::payload_selector::{WithPayload, WithVector};
 use crate::shard::local_shard::ScoredRecord;
-use crate::types::PointId;
+use crate::types::{PointId, SparseVector, VectorData};
+
+/// Most prefetches in one query, counted over every level.
+pub const MAX_PREFETCHES: usize = 64;
+/// Deepest nesting of prefetches.
+pub const MAX_PREFETCH_DEPTH: usize = 8;
+/// Most candidates an MMR query re-ranks (each pair is compared).
+pub const MAX_MMR_CANDIDATES: usize = 2_000;
+/// Most points a random sample draws from.
+pub const MAX_SAMPLE_POOL: usize = 100_000;
 
 /// The parts every kind of search shares, checked.
+#[derive(Clone)]
 struct Common {
+    using: String,
     filter: Option<Filter>,
     limit: usize,
     offset: usize,
@@ -33,7 +47,9 @@ struct Common {
 }
 
 impl Common {
+    #[allow(clippy::too_many_arguments)]
     fn new(
+        using: Option<String>,
         filter: Option<Filter>,
         limit: usize,
         offset: Option<usize>,
@@ -69,6 +85,7 @@ impl Common {
         }
         validate_filter(filter.as_ref())?;
         Ok(Common {
+            using: using.unwrap_or_default(),
             filter,
             limit,
             offset,
@@ -81,6 +98,7 @@ impl Common {
 
     fn request(&self, target: SearchTarget, exclude: HashSet<PointId>) -> SearchRequest {
         SearchRequest {
+            using: self.using.clone(),
             target,
             filter: self.filter.clone(),
             exclude,
@@ -90,86 +108,88 @@ impl Common {
             exact: self.params.exact.unwrap_or(false),
             score_threshold: self.score_threshold,
             with_payload: self.with_payload.is_requested(),
-            with_vector: self.with_vector.is_requested(),
+            with_vector: self.with_vector.clone(),
         }
     }
 }
 
-/// One prepared search and how to render its answer.
-struct Prepared {
-    request: SearchRequest,
-    with_payload: WithPayload,
-    shard_key: Option<ShardKeySelector>,
+fn vector_name(name: &str) -> &str {
+    if name.is_empty() { "default" } else { name }
 }
 
-/// Example vectors looked up by id before a request is prepared.
-type Examples = HashMap<PointId, Vec<f32>>;
-
-fn example(examples: &Examples, id: &PointId) -> Result<Vec<f32>, ApiError> {
-    examples
-        .get(id)
-        .cloned()
-        .ok_or_else(|| CollectionError::PointNotFound(id.to_string()).into())
+/// Resolves example ids to stored vectors: from the searched collection (the ids are then
+/// excluded from the answer, as in Qdrant), or from `lookup_from`'s collection.
+struct Examples<'a> {
+    toc: &'a TableOfContent,
+    collection: &'a Arc<Collection>,
+    using: &'a str,
+    lookup: Option<&'a LookupLocation>,
+    shard_key: Option<&'a ShardKeySelector>,
+    exclude: HashSet<PointId>,
 }
 
-/// A kind of search body: which stored vectors it refers to, and how it becomes a search.
-trait SearchBodyKind: Send + 'static {
-    fn example_ids(&self) -> Vec<PointId>;
-    fn shard_key(&self) -> Option<&ShardKeySelector>;
-    fn prepare(self, collection: &Collection, examples: &Examples) -> Result<Prepared, ApiError>;
-}
-
-fn ids_of(inputs: &[VectorInput]) -> impl Iterator<Item = PointId> + '_ {
-    inputs.iter().filter_map(|i| match i {
-        VectorInput::Id(id) => Some(*id),
-        VectorInput::Vector(_) => None,
-    })
-}
-
-impl SearchBodyKind for SearchBody {
-    fn example_ids(&self) -> Vec<PointId> {
-        Vec::new()
-    }
-    fn shard_key(&self) -> Option<&ShardKeySelector> {
-        self.shard_key.as_ref()
-    }
-    fn prepare(self, _: &Collection, _: &Examples) -> Result<Prepared, ApiError> {
-        prepare_search(self)
-    }
-}
-
-impl SearchBodyKind for RecommendRequest {
-    fn example_ids(&self) -> Vec<PointId> {
-        ids_of(&self.positive)
-            .chain(ids_of(&self.negative))
-            .collect()
-    }
-    fn shard_key(&self) -> Option<&ShardKeySelector> {
-        self.shard_key.as_ref()
-    }
-    fn prepare(self, collection: &Collection, examples: &Examples) -> Result<Prepared, ApiError> {
-        prepare_recommend(collection, examples, self)
-    }
-}
-
-impl SearchBodyKind for QueryRequest {
-    fn example_ids(&self) -> Vec<PointId> {
-        match &self.query {
-            Some(QueryInterface::Nearest(VectorInput::Id(id))) => vec![*id],
-            Some(QueryInterface::Recommend(r)) => {
-                ids_of(&r.positive).chain(ids_of(&r.negative)).collect()
+impl Examples<'_> {
+    async fn resolve(&mut self, input: &VectorInput) -> Result<VectorData, ApiError> {
+        let id = match input {
+            VectorInput::Vector(v) => return Ok(v.clone()),
+            VectorInput::Id(id) => *id,
+        };
+        let (collection, name, shard_key) = match self.lookup {
+            Some(lookup) => {
+                let other = self.toc.get(&lookup.collection)?;
+                let name = lookup
+                    .vector
+                    .clone()
+                    .unwrap_or_else(|| self.using.to_string());
+                (other, name, lookup.shard_key.as_ref())
             }
-            _ => Vec::new(),
+            None => {
+                self.exclude.insert(id);
+                (
+                    Arc::clone(self.collection),
+                    self.using.to_string(),
+                    self.shard_key,
+                )
+            }
+        };
+        if collection.config().vector_kind(&name).is_none() {
+            return Err(ApiError::bad_request(format!(
+                "Wrong input: Not existing vector name error: {}",
+                vector_name(&name)
+            )));
         }
+        Ok(collection.vector_of(&id, &name, shard_key).await?)
     }
-    fn shard_key(&self) -> Option<&ShardKeySelector> {
-        self.shard_key.as_ref()
+
+    async fn resolve_all(&mut self, inputs: &[VectorInput]) -> Result<Vec<VectorData>, ApiError> {
+        let mut out = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            out.push(self.resolve(input).await?);
+        }
+        Ok(out)
     }
-    fn prepare(self, collection: &Collection, examples: &Examples) -> Result<Prepared, ApiError> {
-        prepare_query(collection, examples, self)
+
+    async fn resolve_pairs(
+        &mut self,
+        pairs: &[ContextPair],
+    ) -> Result<Vec<(VectorData, VectorData)>, ApiError> {
+        if pairs.len() > MAX_EXAMPLES {
+            return Err(ApiError::bad_request(format!(
+                "Wrong input: at most {MAX_EXAMPLES} context pairs"
+            )));
+        }
+        let mut out = Vec::with_capacity(pairs.len());
+        for pair in pairs {
+            out.push((
+                self.resolve(&pair.positive).await?,
+                self.resolve(&pair.negative).await?,
+            ));
+        }
+        Ok(out)
     }
 }
 
+/// Turns a search's output into Qdrant's shape.
 fn render(records: Vec<ScoredRecord>, with_payload: &WithPayload) -> Vec<ScoredPointOut> {
     records
         .into_iter()
@@ -178,42 +198,16 @@ fn render(records: Vec<ScoredRecord>, with_payload: &WithPayload) -> Vec<ScoredP
             version: r.version,
             score: r.score,
             payload: r.payload.and_then(|p| with_payload.select(&p)),
-            vector: r.vector,
+            vector: r.vector.map(VectorStructOut),
             shard_key: None,
             order_value: None,
         })
         .collect()
 }
 
-fn check_using(using: Option<&str>) -> Result<(), ApiError> {
-    match using {
-        Some(name) if !name.is_empty() => Err(ApiError::bad_request(format!(
-            "Wrong input: vector `{name}` does not exist: this collection has one unnamed vector"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// Resolves examples (ids or vectors) to vectors; the ids are also returned so that the
-/// examples can be excluded from the answer.
-fn resolve_examples(
-    stored: &Examples,
-    examples: &[VectorInput],
-    ids: &mut HashSet<PointId>,
-) -> Result<Vec<Vec<f32>>, ApiError> {
-    examples
-        .iter()
-        .map(|e| match e {
-            VectorInput::Vector(v) => Ok(v.clone()),
-            VectorInput::Id(id) => {
-                ids.insert(*id);
-                example(stored, id)
-            }
-        })
-        .collect()
-}
-
-fn average(vectors: &[Vec<f32>], dim: usize) -> Vec<f32> {
+/// The element-wise mean of dense vectors.
+fn mean(vectors: &[Vec<f32>]) -> Vec<f32> {
+    let dim = vectors.iter().map(Vec::len).max().unwrap_or(0);
     let mut avg = vec![0.0f32; dim];
     for v in vectors {
         for (a, x) in avg.iter_mut().zip(v) {
@@ -225,45 +219,109 @@ fn average(vectors: &[Vec<f32>], dim: usize) -> Vec<f32> {
     avg
 }
 
-fn recommend_target(
-    collection: &Collection,
-    stored: &Examples,
+/// The mean of sparse vectors over the union of their indices (missing entries count as 0).
+fn sparse_mean(vectors: &[SparseVector]) -> HashMap<u32, f32> {
+    let mut sum: HashMap<u32, f32> = HashMap::new();
+    for v in vectors {
+        for (i, x) in v.indices.iter().zip(&v.values) {
+            *sum.entry(*i).or_insert(0.0) += x;
+        }
+    }
+    let n = vectors.len().max(1) as f32;
+    sum.values_mut().for_each(|x| *x /= n);
+    sum
+}
+
+/// Qdrant's `average_vector` recommendation query: `2 * mean(positive) - mean(negative)` for
+/// dense and sparse vectors (just the mean without negatives); for multivectors every positive
+/// row followed by every negative row negated.
+fn average_vector(
+    positive: Vec<VectorData>,
+    negative: Vec<VectorData>,
+) -> Result<VectorData, ApiError> {
+    let mixed = || ApiError::bad_request("Wrong input: examples must all be of the searched kind");
+    match positive.first() {
+        Some(VectorData::Dense(_)) => {
+            let dense = |vs: Vec<VectorData>| {
+                vs.into_iter()
+                    .map(|v| match v {
+                        VectorData::Dense(d) => Ok(d),
+                        _ => Err(mixed()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let (pos, neg) = (mean(&dense(positive)?), dense(negative)?);
+            if neg.is_empty() {
+                return Ok(VectorData::Dense(pos));
+            }
+            let neg = mean(&neg);
+            Ok(VectorData::Dense(
+                pos.iter().zip(&neg).map(|(p, n)| p + p - n).collect(),
+            ))
+        }
+        Some(VectorData::Sparse(_)) => {
+            let sparse = |vs: Vec<VectorData>| {
+                vs.into_iter()
+                    .map(|v| match v {
+                        VectorData::Sparse(s) => Ok(s),
+                        _ => Err(mixed()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            let pos = sparse_mean(&sparse(positive)?);
+            let neg = sparse(negative)?;
+            let merged: HashMap<u32, f32> = if neg.is_empty() {
+                pos
+            } else {
+                let neg = sparse_mean(&neg);
+                let mut merged: HashMap<u32, f32> = pos.iter().map(|(i, p)| (*i, p + p)).collect();
+                for (i, n) in neg {
+                    *merged.entry(i).or_insert(0.0) -= n;
+                }
+                merged
+            };
+            let (indices, values) = merged.into_iter().unzip();
+            SparseVector::new(indices, values)
+                .map(VectorData::Sparse)
+                .map_err(|e| ApiError::bad_request(format!("Wrong input: {e}")))
+        }
+        Some(VectorData::Multi(_)) => {
+            let mut rows = Vec::new();
+            for v in positive {
+                let VectorData::Multi(m) = v else {
+                    return Err(mixed());
+                };
+                rows.extend(m);
+            }
+            for v in negative {
+                let VectorData::Multi(m) = v else {
+                    return Err(mixed());
+                };
+                rows.extend(m.into_iter().map(|r| r.into_iter().map(|x| -x).collect()));
+            }
+            Ok(VectorData::Multi(rows))
+        }
+        None => Err(ApiError::bad_request(
+            "Wrong input: Positive list is empty: the average_vector strategy needs at least one positive example",
+        )),
+    }
+}
+
+async fn recommend_target(
+    examples: &mut Examples<'_>,
     positive: &[VectorInput],
     negative: &[VectorInput],
     strategy: RecommendStrategy,
-    exclude: &mut HashSet<PointId>,
 ) -> Result<SearchTarget, ApiError> {
     if positive.len() + negative.len() > MAX_EXAMPLES {
         return Err(ApiError::bad_request(format!(
             "Wrong input: at most {MAX_EXAMPLES} examples per recommendation"
         )));
     }
-    let pos = resolve_examples(stored, positive, exclude)?;
-    let neg = resolve_examples(stored, negative, exclude)?;
-    for v in pos.iter().chain(&neg) {
-        collection.prepare_vector(v.clone())?;
-    }
+    let pos = examples.resolve_all(positive).await?;
+    let neg = examples.resolve_all(negative).await?;
     match strategy {
-        RecommendStrategy::AverageVector => {
-            if pos.is_empty() {
-                return Err(ApiError::bad_request(
-                    "Wrong input: the average_vector strategy needs at least one positive example",
-                ));
-            }
-            let dim = collection.config().dim();
-            let avg_pos = average(&pos, dim);
-            let target = if neg.is_empty() {
-                avg_pos
-            } else {
-                let avg_neg = average(&neg, dim);
-                avg_pos
-                    .iter()
-                    .zip(&avg_neg)
-                    .map(|(p, n)| p + p - n)
-                    .collect()
-            };
-            Ok(SearchTarget::Vector(target))
-        }
+        RecommendStrategy::AverageVector => Ok(SearchTarget::Vector(average_vector(pos, neg)?)),
         RecommendStrategy::BestScore | RecommendStrategy::SumScores => {
             if pos.is_empty() && neg.is_empty() {
                 return Err(ApiError::bad_request(
@@ -285,111 +343,14 @@ fn recommend_target(
     }
 }
 
-fn prepare_search(body: SearchBody) -> Result<Prepared, ApiError> {
-    let common = Common::new(
-        body.filter,
-        body.limit,
-        body.offset,
-        body.params,
-        body.score_threshold,
-        body.with_payload,
-        body.with_vector,
-    )?;
-    Ok(Prepared {
-        request: common.request(SearchTarget::Vector(body.vector.0), HashSet::new()),
-        with_payload: common.with_payload,
-        shard_key: body.shard_key,
-    })
-}
-
-fn prepare_recommend(
-    collection: &Collection,
-    stored: &Examples,
-    body: RecommendRequest,
-) -> Result<Prepared, ApiError> {
-    check_using(body.using.as_deref())?;
-    if body.lookup_from.as_ref().is_some_and(|l| !l.is_null()) {
-        return Err(ApiError::bad_request(
-            "Wrong input: `lookup_from` is not supported yet",
-        ));
+fn check_using(collection: &Collection, using: &str) -> Result<(), ApiError> {
+    if collection.config().vector_kind(using).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "Wrong input: Not existing vector name error: {}",
+            vector_name(using)
+        )));
     }
-    let common = Common::new(
-        body.filter,
-        body.limit,
-        body.offset,
-        body.params,
-        body.score_threshold,
-        body.with_payload,
-        body.with_vector,
-    )?;
-    let mut exclude = HashSet::new();
-    let target = recommend_target(
-        collection,
-        stored,
-        &body.positive,
-        &body.negative,
-        body.strategy.unwrap_or_default(),
-        &mut exclude,
-    )?;
-    Ok(Prepared {
-        request: common.request(target, exclude),
-        with_payload: common.with_payload,
-        shard_key: body.shard_key,
-    })
-}
-
-/// `None` when the query has no `query`: Qdrant then returns points in id order.
-fn prepare_query(
-    collection: &Collection,
-    stored: &Examples,
-    body: QueryRequest,
-) -> Result<Prepared, ApiError> {
-    check_using(body.using.as_deref())?;
-    if body
-        .prefetch
-        .as_ref()
-        .is_some_and(|p| !p.is_null() && p.as_array().is_none_or(|a| !a.is_empty()))
-    {
-        return Err(ApiError::bad_request(
-            "Wrong input: `prefetch` is not supported yet",
-        ));
-    }
-    if body.lookup_from.as_ref().is_some_and(|l| !l.is_null()) {
-        return Err(ApiError::bad_request(
-            "Wrong input: `lookup_from` is not supported yet",
-        ));
-    }
-    let common = Common::new(
-        body.filter,
-        body.limit.unwrap_or(10),
-        body.offset,
-        body.params,
-        body.score_threshold,
-        body.with_payload,
-        body.with_vector,
-    )?;
-    let mut exclude = HashSet::new();
-    let target = match body.query {
-        Some(QueryInterface::Nearest(VectorInput::Vector(v))) => SearchTarget::Vector(v),
-        Some(QueryInterface::Nearest(VectorInput::Id(id))) => {
-            exclude.insert(id);
-            SearchTarget::Vector(example(stored, &id)?)
-        }
-        Some(QueryInterface::Recommend(r)) => recommend_target(
-            collection,
-            stored,
-            &r.positive,
-            &r.negative,
-            r.strategy.unwrap_or_default(),
-            &mut exclude,
-        )?,
-        None => SearchTarget::IdOrder,
-    };
-    Ok(Prepared {
-        request: common.request(target, exclude),
-        with_payload: common.with_payload,
-        shard_key: body.shard_key,
-    })
+    Ok(())
 }
 
 fn check_batch(n: usize) -> Result<(), ApiError> {
@@ -401,37 +362,508 @@ fn check_batch(n: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Looks up the stored vectors each body refers to, prepares every body (so that a bad one
-/// fails the batch before anything runs), then runs the searches.
-async fn run_batch<B: SearchBodyKind>(
-    collection: Arc<Collection>,
-    bodies: Vec<B>,
-) -> Result<Vec<Vec<ScoredPointOut>>, ApiError> {
-    let mut prepared = Vec::with_capacity(bodies.len());
-    for body in bodies {
-        let ids = body.example_ids();
-        let mut examples = Examples::new();
-        if !ids.is_empty() {
-            for r in collection
-                .retrieve(&ids, false, true, body.shard_key())
-                .await?
+async fn run_search(
+    collection: &Collection,
+    body: SearchBody,
+) -> Result<Vec<ScoredPointOut>, ApiError> {
+    let common = Common::new(
+        Some(body.vector.name.clone()),
+        body.filter,
+        body.limit,
+        body.offset,
+        body.params,
+        body.score_threshold,
+        body.with_payload,
+        body.with_vector,
+    )?;
+    check_using(collection, &common.using)?;
+    let request = common.request(SearchTarget::Vector(body.vector.vector), HashSet::new());
+    let records = collection.search(&request, body.shard_key.as_ref()).await?;
+    Ok(render(records, &common.with_payload))
+}
+
+async fn run_recommend(
+    toc: &TableOfContent,
+    collection: &Arc<Collection>,
+    body: RecommendRequest,
+) -> Result<Vec<ScoredPointOut>, ApiError> {
+    let common = Common::new(
+        body.using,
+        body.filter,
+        body.limit,
+        body.offset,
+        body.params,
+        body.score_threshold,
+        body.with_payload,
+        body.with_vector,
+    )?;
+    check_using(collection, &common.using)?;
+    let mut examples = Examples {
+        toc,
+        collection,
+        using: &common.using,
+        lookup: body.lookup_from.as_ref(),
+        shard_key: body.shard_key.as_ref(),
+        exclude: HashSet::new(),
+    };
+    let target = recommend_target(
+        &mut examples,
+        &body.positive,
+        &body.negative,
+        body.strategy.unwrap_or_default(),
+    )
+    .await?;
+    let exclude = examples.exclude;
+    let request = common.request(target, exclude);
+    let records = collection.search(&request, body.shard_key.as_ref()).await?;
+    Ok(render(records, &common.with_payload))
+}
+
+/// One level of a universal query: the root request or a prefetch.
+struct Level {
+    prefetch: Vec<Prefetch>,
+    query: Option<QueryInterface>,
+    common: Common,
+    lookup_from: Option<LookupLocation>,
+}
+
+/// Merges two filters into one that requires both.
+fn both(a: Option<Filter>, b: Option<Filter>) -> Option<Filter> {
+    match (a, b) {
+        (None, b) => b,
+        (a, None) => a,
+        (Some(a), Some(b)) => Some(Filter {
+            must: Some(vec![Condition::Filter(a), Condition::Filter(b)]),
+            ..Filter::default()
+        }),
+    }
+}
+
+fn count_prefetches(prefetch: &[Prefetch], depth: usize) -> Result<usize, ApiError> {
+    if depth > MAX_PREFETCH_DEPTH {
+        return Err(ApiError::bad_request(format!(
+            "Wrong input: prefetches nest at most {MAX_PREFETCH_DEPTH} levels deep"
+        )));
+    }
+    let mut n = prefetch.len();
+    for p in prefetch {
+        n += count_prefetches(&p.prefetch, depth + 1)?;
+    }
+    Ok(n)
+}
+
+/// Runs one level of a query and returns its `limit + offset` best points, best first, before
+/// `offset` is applied (the caller skips it at the root). Prefetches inherit the level's filter
+/// (Qdrant pushes the root filter down to every prefetch).
+fn run_level<'a>(
+    toc: &'a TableOfContent,
+    collection: &'a Arc<Collection>,
+    level: Level,
+    shard_key: Option<&'a ShardKeySelector>,
+) -> futures::future::BoxFuture<'a, Result<Vec<ScoredRecord>, ApiError>> {
+    Box::pin(async move {
+        let Level {
+            prefetch,
+            query,
+            mut common,
+            lookup_from,
+        } = level;
+        let window = common.limit.saturating_add(common.offset);
+        if !prefetch.is_empty() {
+            let mut sources = Vec::with_capacity(prefetch.len());
+            for p in prefetch {
+                let inner = Common::new(
+                    p.using,
+                    both(common.filter.clone(), p.filter),
+                    p.limit.unwrap_or(10),
+                    None,
+                    p.params,
+                    p.score_threshold,
+                    Some(WithPayload::None),
+                    Some(WithVector::None),
+                )?;
+                let level = Level {
+                    prefetch: p.prefetch,
+                    query: p.query,
+                    common: inner,
+                    lookup_from: p.lookup_from,
+                };
+                sources.push(run_level(toc, collection, level, shard_key).await?);
+            }
+            let Some(query) = query else {
+                return Err(ApiError::bad_request(
+                    "Wrong input: a query is required to merge prefetches",
+                ));
+            };
+            if let QueryInterface::Fusion(fusion) = &query {
+                let fused = fuse(fusion, &sources, window, common.score_threshold)?;
+                return fetch(collection, fused, &common, shard_key).await;
+            }
+            // Rescoring: the outer query ranks the union of what the prefetches found.
+            let union: Vec<PointId> = sources.iter().flatten().map(|r| r.id).collect();
+            if union.is_empty() {
+                return Ok(Vec::new());
+            }
+            let only = Filter {
+                must: Some(vec![Condition::HasId(HasIdCondition::new(union))]),
+                ..Filter::default()
+            };
+            common.filter = both(common.filter.take(), Some(only));
+            return run_leaf(toc, collection, query, common, lookup_from, shard_key).await;
+        }
+        match query {
+            None => {
+                let request = common.request(SearchTarget::IdOrder, HashSet::new());
+                Ok(collection.search(&request, shard_key).await?)
+            }
+            Some(QueryInterface::Fusion(_)) => Err(ApiError::bad_request(
+                "Wrong input: cannot apply Fusion without prefetches",
+            )),
+            Some(query) => run_leaf(toc, collection, query, common, lookup_from, shard_key).await,
+        }
+    })
+}
+
+/// A query over the collection (no prefetch left to merge).
+async fn run_leaf(
+    toc: &TableOfContent,
+    collection: &Arc<Collection>,
+    query: QueryInterface,
+    mut common: Common,
+    lookup_from: Option<LookupLocation>,
+    shard_key: Option<&ShardKeySelector>,
+) -> Result<Vec<ScoredRecord>, ApiError> {
+    if !matches!(query, QueryInterface::Sample | QueryInterface::OrderBy(_)) {
+        check_using(collection, &common.using)?;
+    }
+    let using = common.using.clone();
+    let mut examples = Examples {
+        toc,
+        collection,
+        using: &using,
+        lookup: lookup_from.as_ref(),
+        shard_key,
+        exclude: HashSet::new(),
+    };
+    let target = match query {
+        QueryInterface::Nearest(input, Some(mmr)) => {
+            let vector = examples.resolve(&input).await?;
+            let exclude = examples.exclude;
+            return run_mmr(collection, vector, mmr, common, exclude, shard_key).await;
+        }
+        QueryInterface::Nearest(input, None) => {
+            SearchTarget::Vector(examples.resolve(&input).await?)
+        }
+        QueryInterface::Recommend(r) => {
+            recommend_target(
+                &mut examples,
+                &r.positive,
+                &r.negative,
+                r.strategy.unwrap_or_default(),
+            )
+            .await?
+        }
+        QueryInterface::Discover(d) => SearchTarget::Discover {
+            target: examples.resolve(&d.target).await?,
+            context: examples.resolve_pairs(&d.context).await?,
+        },
+        QueryInterface::Context(pairs) => SearchTarget::Context {
+            pairs: examples.resolve_pairs(&pairs).await?,
+        },
+        QueryInterface::Sample => {
+            return sample(collection, common, shard_key).await;
+        }
+        QueryInterface::OrderBy(_) => {
+            return Err(ApiError::bad_request(
+                "Wrong input: `order_by` queries are not supported by Shoal yet",
+            ));
+        }
+        QueryInterface::Fusion(_) => unreachable!("handled by the caller"),
+    };
+    let exclude = examples.exclude;
+    // The root skips `offset` itself, after every level is merged.
+    let window = common.limit.saturating_add(common.offset);
+    common.limit = window;
+    common.offset = 0;
+    let request = common.request(target, exclude);
+    Ok(collection.search(&request, shard_key).await?)
+}
+
+/// Qdrant's maximal marginal relevance: candidates from a plain search (`candidates_limit`,
+/// default `limit`), then repeatedly the candidate with the best
+/// `lambda * sim(query, c) - (1 - lambda) * max sim(c, selected)`, `lambda = 1 - diversity`
+/// (default 0.5). Points come in selection order with their search scores.
+async fn run_mmr(
+    collection: &Collection,
+    query: VectorData,
+    mmr: Mmr,
+    mut common: Common,
+    exclude: HashSet<PointId>,
+    shard_key: Option<&ShardKeySelector>,
+) -> Result<Vec<ScoredRecord>, ApiError> {
+    let diversity = mmr.diversity.unwrap_or(0.5);
+    if !(0.0..=1.0).contains(&diversity) {
+        return Err(ApiError::unprocessable(
+            "Validation error in JSON body: mmr.diversity must be between 0 and 1",
+        ));
+    }
+    let window = common.limit.saturating_add(common.offset);
+    let candidates_limit = mmr.candidates_limit.unwrap_or(window).max(window);
+    if candidates_limit > MAX_MMR_CANDIDATES {
+        return Err(ApiError::unprocessable(format!(
+            "Validation error in JSON body: mmr.candidates_limit must not exceed {MAX_MMR_CANDIDATES}"
+        )));
+    }
+    let wanted = common.with_vector.clone();
+    common.limit = candidates_limit;
+    common.offset = 0;
+    common.with_vector = WithVector::Named(vec![common.using.clone()]);
+    let request = common.request(SearchTarget::Vector(query.clone()), exclude);
+    let candidates = collection.search(&request, shard_key).await?;
+    if candidates.is_empty() {
+        return Ok(candidates);
+    }
+    let config = collection.config();
+    let distance = config.dense(&common.using).map(|p| p.distance);
+    let query = crate::cluster::collection::prepare_vector(config, &common.using, query)?;
+    let stored: Vec<Option<VectorData>> = candidates
+        .iter()
+        .map(|c| {
+            c.vector
+                .as_ref()
+                .and_then(|v| v.get(&common.using).cloned())
+        })
+        .collect();
+    let sim = |a: &VectorData, b: &VectorData| {
+        let view = match a {
+            VectorData::Dense(d) => crate::types::VectorRef::Dense(d),
+            VectorData::Sparse(s) => crate::types::VectorRef::Sparse(s),
+            VectorData::Multi(_) => return multi_sim(distance, a, b),
+        };
+        similarity(distance, view, b)
+    };
+    let relevance: Vec<f32> = stored
+        .iter()
+        .map(|v| v.as_ref().map_or(f32::NEG_INFINITY, |v| sim(v, &query)))
+        .collect();
+    let lambda = 1.0 - diversity;
+    let mut selected = vec![0usize];
+    let mut remaining: Vec<usize> = (1..candidates.len()).collect();
+    let mut max_sim_to_selected: Vec<f32> = vec![f32::NEG_INFINITY; candidates.len()];
+    while selected.len() < window && !remaining.is_empty() {
+        let last = *selected.last().expect("one selected");
+        let mut best: Option<(usize, f32)> = None;
+        for (pos, &c) in remaining.iter().enumerate() {
+            if let (Some(a), Some(b)) = (&stored[c], &stored[last]) {
+                max_sim_to_selected[c] = max_sim_to_selected[c].max(sim(a, b));
+            }
+            let score = lambda * relevance[c] - (1.0 - lambda) * max_sim_to_selected[c];
+            if best.is_none_or(|(_, s)| score > s) {
+                best = Some((pos, score));
+            }
+        }
+        let (pos, _) = best.expect("remaining is not empty");
+        selected.push(remaining.remove(pos));
+    }
+    let mut candidates: Vec<Option<ScoredRecord>> = candidates.into_iter().map(Some).collect();
+    Ok(selected
+        .into_iter()
+        .filter_map(|i| candidates[i].take())
+        .map(|mut r| {
+            r.vector = match &wanted {
+                WithVector::None => None,
+                _ => r.vector.map(|mut v| {
+                    v.retain(|name, _| wanted.wants(name));
+                    v
+                }),
+            };
+            r
+        })
+        .collect())
+}
+
+fn multi_sim(distance: Option<crate::types::Distance>, a: &VectorData, b: &VectorData) -> f32 {
+    let (VectorData::Multi(a), VectorData::Multi(b)) = (a, b) else {
+        return f32::NEG_INFINITY;
+    };
+    let dim = a.first().map_or(1, Vec::len);
+    let fa: Vec<f32> = a.iter().flatten().copied().collect();
+    let fb: Vec<f32> = b.iter().flatten().copied().collect();
+    distance.map_or(0.0, |d| d.max_sim(&fb, &fa, dim))
+}
+
+/// Qdrant's `sample: random`: `limit` matching points in random order, each with score 1.
+async fn sample(
+    collection: &Collection,
+    common: Common,
+    shard_key: Option<&ShardKeySelector>,
+) -> Result<Vec<ScoredRecord>, ApiError> {
+    use rand::seq::SliceRandom;
+    let (records, _) = collection
+        .scroll(
+            None,
+            MAX_SAMPLE_POOL,
+            common.filter.as_ref(),
+            common.with_payload.is_requested(),
+            &common.with_vector,
+            shard_key,
+        )
+        .await?;
+    let mut records: Vec<ScoredRecord> = records
+        .into_iter()
+        .map(|r| ScoredRecord {
+            id: r.id,
+            version: r.version,
+            score: 1.0,
+            payload: r.payload,
+            vector: r.vector,
+        })
+        .collect();
+    records.shuffle(&mut rand::rng());
+    // Qdrant ignores `offset` for a random sample: the root skips none.
+    records.truncate(common.limit);
+    Ok(records)
+}
+
+/// Fuses the prefetches' lists (each best first) into the `window` best points.
+fn fuse(
+    fusion: &Fusion,
+    sources: &[Vec<ScoredRecord>],
+    window: usize,
+    score_threshold: Option<f32>,
+) -> Result<Vec<ScoredRecord>, ApiError> {
+    let mut scores: HashMap<PointId, f32> = HashMap::new();
+    let mut order: Vec<PointId> = Vec::new();
+    let mut add = |id: PointId, s: f32| {
+        let slot = scores.entry(id).or_insert_with(|| {
+            order.push(id);
+            0.0
+        });
+        *slot += s;
+    };
+    match fusion {
+        Fusion::Rrf { k, weights } => {
+            if let Some(w) = weights
+                && w.len() != sources.len()
             {
-                if let Some(v) = r.vector {
-                    examples.insert(r.id, v);
+                return Err(ApiError::bad_request(format!(
+                    "Wrong input: rrf has {} weights for {} prefetches",
+                    w.len(),
+                    sources.len()
+                )));
+            }
+            for (i, source) in sources.iter().enumerate() {
+                let weight = weights.as_ref().map_or(1.0, |w| w[i]);
+                for (rank, r) in source.iter().enumerate() {
+                    let s = if weight <= 0.0 {
+                        0.0
+                    } else {
+                        1.0 / ((rank as f32 + 1.0) / weight + *k as f32 - 1.0)
+                    };
+                    add(r.id, s);
                 }
             }
         }
-        prepared.push(body.prepare(&collection, &examples)?);
+        Fusion::Dbsf => {
+            for source in sources.iter().filter(|s| !s.is_empty()) {
+                let n = source.len();
+                let mean = source.iter().map(|r| r.score).sum::<f32>() / n as f32;
+                let variance = if n > 1 {
+                    source.iter().map(|r| (r.score - mean).powi(2)).sum::<f32>() / (n - 1) as f32
+                } else {
+                    0.0
+                };
+                let sd = variance.sqrt();
+                for r in source {
+                    let s = if n == 1 || variance == 0.0 {
+                        0.5
+                    } else {
+                        (r.score - (mean - 3.0 * sd)) / (6.0 * sd)
+                    };
+                    add(r.id, s);
+                }
+            }
+        }
     }
-    let searches = prepared
-        .iter()
-        .map(|p| collection.search(&p.request, p.shard_key.as_ref()));
-    let answers = futures::future::join_all(searches).await;
-    prepared
-        .iter()
-        .zip(answers)
-        .map(|(p, records)| Ok(render(records?, &p.with_payload)))
-        .collect()
+    let mut fused: Vec<(PointId, f32)> = order.into_iter().map(|id| (id, scores[&id])).collect();
+    fused.sort_by(|a, b| b.1.total_cmp(&a.1));
+    fused.truncate(window);
+    Ok(fused
+        .into_iter()
+        .filter(|(_, s)| score_threshold.is_none_or(|t| *s >= t))
+        .map(|(id, score)| ScoredRecord {
+            id,
+            version: 0,
+            score,
+            payload: None,
+            vector: None,
+        })
+        .collect())
+}
+
+/// Adds the payloads and vectors a level asks for to fused points.
+async fn fetch(
+    collection: &Collection,
+    mut fused: Vec<ScoredRecord>,
+    common: &Common,
+    shard_key: Option<&ShardKeySelector>,
+) -> Result<Vec<ScoredRecord>, ApiError> {
+    let ids: Vec<PointId> = fused.iter().map(|r| r.id).collect();
+    let records = collection
+        .retrieve(
+            &ids,
+            common.with_payload.is_requested(),
+            &common.with_vector,
+            shard_key,
+        )
+        .await?;
+    let mut by_id: HashMap<PointId, _> = records.into_iter().map(|r| (r.id, r)).collect();
+    fused.retain_mut(|r| match by_id.remove(&r.id) {
+        Some(found) => {
+            r.version = found.version;
+            r.payload = found.payload;
+            r.vector = found.vector;
+            true
+        }
+        None => false,
+    });
+    Ok(fused)
+}
+
+async fn run_query(
+    toc: &TableOfContent,
+    collection: &Arc<Collection>,
+    body: QueryRequest,
+) -> Result<Vec<ScoredPointOut>, ApiError> {
+    if count_prefetches(&body.prefetch, 1)? > MAX_PREFETCHES {
+        return Err(ApiError::bad_request(format!(
+            "Wrong input: at most {MAX_PREFETCHES} prefetches per query"
+        )));
+    }
+    let common = Common::new(
+        body.using,
+        body.filter,
+        body.limit.unwrap_or(10),
+        body.offset,
+        body.params,
+        body.score_threshold,
+        body.with_payload,
+        body.with_vector,
+    )?;
+    let offset = match body.query {
+        Some(QueryInterface::Sample) => 0,
+        _ => common.offset,
+    };
+    let with_payload = common.with_payload.clone();
+    let level = Level {
+        prefetch: body.prefetch,
+        query: body.query,
+        common,
+        lookup_from: body.lookup_from,
+    };
+    let mut records = run_level(toc, collection, level, body.shard_key.as_ref()).await?;
+    let records: Vec<ScoredRecord> = records.drain(..).skip(offset).collect();
+    Ok(render(records, &with_payload))
 }
 
 pub async fn search(
@@ -441,8 +873,7 @@ pub async fn search(
     JsonBody(body): JsonBody<SearchBody>,
 ) -> ApiResult<Vec<ScoredPointOut>> {
     let collection = state.toc.get(&name)?;
-    let mut out = run_batch(collection, vec![body]).await?;
-    Ok(ApiOk(out.pop().unwrap_or_default(), started))
+    Ok(ApiOk(run_search(&collection, body).await?, started))
 }
 
 pub async fn search_batch(
@@ -453,7 +884,16 @@ pub async fn search_batch(
 ) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
     check_batch(body.searches.len())?;
     let collection = state.toc.get(&name)?;
-    Ok(ApiOk(run_batch(collection, body.searches).await?, started))
+    let answers = futures::future::join_all(
+        body.searches
+            .into_iter()
+            .map(|b| run_search(&collection, b)),
+    )
+    .await;
+    Ok(ApiOk(
+        answers.into_iter().collect::<Result<_, _>>()?,
+        started,
+    ))
 }
 
 pub async fn recommend(
@@ -463,8 +903,10 @@ pub async fn recommend(
     JsonBody(body): JsonBody<RecommendRequest>,
 ) -> ApiResult<Vec<ScoredPointOut>> {
     let collection = state.toc.get(&name)?;
-    let mut out = run_batch(collection, vec![body]).await?;
-    Ok(ApiOk(out.pop().unwrap_or_default(), started))
+    Ok(ApiOk(
+        run_recommend(&state.toc, &collection, body).await?,
+        started,
+    ))
 }
 
 pub async fn recommend_batch(
@@ -475,7 +917,16 @@ pub async fn recommend_batch(
 ) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
     check_batch(body.searches.len())?;
     let collection = state.toc.get(&name)?;
-    Ok(ApiOk(run_batch(collection, body.searches).await?, started))
+    let answers = futures::future::join_all(
+        body.searches
+            .into_iter()
+            .map(|b| run_recommend(&state.toc, &collection, b)),
+    )
+    .await;
+    Ok(ApiOk(
+        answers.into_iter().collect::<Result<_, _>>()?,
+        started,
+    ))
 }
 
 pub async fn query(
@@ -485,13 +936,8 @@ pub async fn query(
     JsonBody(body): JsonBody<QueryRequest>,
 ) -> ApiResult<QueryResponse> {
     let collection = state.toc.get(&name)?;
-    let mut out = run_batch(collection, vec![body]).await?;
-    Ok(ApiOk(
-        QueryResponse {
-            points: out.pop().unwrap_or_default(),
-        },
-        started,
-    ))
+    let points = run_query(&state.toc, &collection, body).await?;
+    Ok(ApiOk(QueryResponse { points }, started))
 }
 
 pub async fn query_batch(
@@ -502,11 +948,97 @@ pub async fn query_batch(
 ) -> ApiResult<Vec<QueryResponse>> {
     check_batch(body.searches.len())?;
     let collection = state.toc.get(&name)?;
-    let out = run_batch(collection, body.searches).await?;
-    Ok(ApiOk(
-        out.into_iter()
-            .map(|points| QueryResponse { points })
-            .collect(),
-        started,
-    ))
+    let answers = futures::future::join_all(
+        body.searches
+            .into_iter()
+            .map(|b| run_query(&state.toc, &collection, b)),
+    )
+    .await;
+    let mut out = Vec::with_capacity(answers.len());
+    for points in answers {
+        out.push(QueryResponse { points: points? });
+    }
+    Ok(ApiOk(out, started))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(id: u64, score: f32) -> ScoredRecord {
+        ScoredRecord {
+            id: PointId::Num(id),
+            version: 0,
+            score,
+            payload: None,
+            vector: None,
+        }
+    }
+
+    /// RRF with Qdrant's default k = 2: ranks 0, 1, 2 contribute 1/2, 1/3, 1/4.
+    #[test]
+    fn rrf_adds_reciprocal_ranks() {
+        let a = vec![scored(1, 0.9), scored(2, 0.8)];
+        let b = vec![scored(2, 5.0), scored(3, 4.0)];
+        let fused = fuse(
+            &Fusion::Rrf {
+                k: 2,
+                weights: None,
+            },
+            &[a, b],
+            10,
+            None,
+        )
+        .unwrap();
+        let got: Vec<(PointId, f32)> = fused.iter().map(|r| (r.id, r.score)).collect();
+        assert_eq!(got[0], (PointId::Num(2), 1.0 / 3.0 + 0.5));
+        assert_eq!(got[1], (PointId::Num(1), 0.5));
+        assert_eq!(got[2], (PointId::Num(3), 1.0 / 3.0));
+    }
+
+    /// DBSF normalises each list by mean +- 3 sample standard deviations; a single result
+    /// scores 0.5.
+    #[test]
+    fn dbsf_normalises_each_list() {
+        let a = vec![scored(1, 3.0), scored(2, 1.0)];
+        let b = vec![scored(3, 7.0)];
+        let fused = fuse(&Fusion::Dbsf, &[a, b], 10, None).unwrap();
+        let by_id: HashMap<PointId, f32> = fused.iter().map(|r| (r.id, r.score)).collect();
+        let sd = 2.0f32.sqrt();
+        assert!((by_id[&PointId::Num(1)] - (3.0 - (2.0 - 3.0 * sd)) / (6.0 * sd)).abs() < 1e-6);
+        assert_eq!(by_id[&PointId::Num(3)], 0.5);
+    }
+
+    #[test]
+    fn average_vector_follows_qdrant_for_every_kind() {
+        let dense = average_vector(
+            vec![VectorData::Dense(vec![0.0, 0.0])],
+            vec![VectorData::Dense(vec![1.0, 0.0])],
+        )
+        .unwrap();
+        assert_eq!(dense, VectorData::Dense(vec![-1.0, 0.0]));
+        let sparse = average_vector(
+            vec![VectorData::Sparse(
+                SparseVector::new(vec![3], vec![1.0]).unwrap(),
+            )],
+            vec![VectorData::Sparse(
+                SparseVector::new(vec![7], vec![1.0]).unwrap(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            sparse,
+            VectorData::Sparse(SparseVector::new(vec![3, 7], vec![2.0, -1.0]).unwrap())
+        );
+        let multi = average_vector(
+            vec![VectorData::Multi(vec![vec![1.0, 2.0]])],
+            vec![VectorData::Multi(vec![vec![3.0, 4.0]])],
+        )
+        .unwrap();
+        assert_eq!(
+            multi,
+            VectorData::Multi(vec![vec![1.0, 2.0], vec![-3.0, -4.0]])
+        );
+        assert!(average_vector(Vec::new(), Vec::new()).is_err());
+    }
 }
