@@ -414,8 +414,8 @@ pub struct CollectionConfig {
     /// reported, see [`CollectionConfig::quantization_note`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization_config: Option<serde_json::Value>,
-    /// Qdrant's `strict_mode_config`: stored, reported, and enforced where Shoal knows the
-    /// setting (see `api::rest::strict_mode`).
+    /// Qdrant's `strict_mode_config`: stored and reported; not enforced yet (Shoal's own
+    /// request limits apply to every collection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict_mode_config: Option<serde_json::Value>,
     /// Free-form metadata a client attaches to the collection.

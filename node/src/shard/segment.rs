@@ -441,8 +441,7 @@ pub fn fits(config: &CollectionConfig, name: &str, vector: &VectorData) -> bool 
 mod tests {
     use super::*;
     use crate::collection_config::{
-        CollectionParams, HnswConfig, MultiVectorComparator, MultiVectorConfig, OptimizersConfig,
-        SparseVectorParams, VectorParams, VectorsConfig, WalConfig,
+        MultiVectorComparator, MultiVectorConfig, SparseVectorParams, VectorParams, VectorsConfig,
     };
     use crate::types::Distance;
 
@@ -461,29 +460,16 @@ mod tests {
     }
 
     pub fn config() -> CollectionConfig {
-        CollectionConfig {
-            params: CollectionParams {
-                vectors: VectorsConfig::Named(BTreeMap::from([
-                    ("a".to_string(), params(2, false)),
-                    ("m".to_string(), params(2, true)),
-                ])),
-                sparse_vectors: Some(BTreeMap::from([(
-                    "s".to_string(),
-                    SparseVectorParams::default(),
-                )])),
-                shard_number: 1,
-                sharding_method: None,
-                replication_factor: 1,
-                write_consistency_factor: 1,
-                on_disk_payload: true,
-            },
-            hnsw_config: HnswConfig::default(),
-            optimizer_config: OptimizersConfig::default(),
-            wal_config: WalConfig::default(),
-            quantization_config: None,
-            strict_mode_config: None,
-            metadata: None,
-        }
+        let mut config = CollectionConfig::single_dense(2, Distance::Dot);
+        config.params.vectors = VectorsConfig::Named(BTreeMap::from([
+            ("a".to_string(), params(2, false)),
+            ("m".to_string(), params(2, true)),
+        ]));
+        config.params.sparse_vectors = Some(BTreeMap::from([(
+            "s".to_string(),
+            SparseVectorParams::default(),
+        )]));
+        config
     }
 
     #[test]
