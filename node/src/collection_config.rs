@@ -29,8 +29,8 @@ pub struct VectorParams {
     pub on_disk: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hnsw_config: Option<HnswConfigDiff>,
-    /// Stored and reported; search answers as the unquantized search would (see
-    /// [`CollectionConfig::quantization_note`]).
+    /// Stored and reported; searches answer as the unquantized search would (Shoal keeps
+    /// full-precision vectors only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization_config: Option<serde_json::Value>,
     /// Set for a multivector: a point's vector is a list of `size`-long vectors, scored with
@@ -41,6 +41,24 @@ pub struct VectorParams {
     /// reports the configured one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datatype: Option<Datatype>,
+}
+
+impl VectorParams {
+    /// A dense vector of `size` dimensions (a multivector with `multi`), every optional
+    /// setting left to the collection's defaults.
+    pub fn new(size: usize, distance: Distance, multi: bool) -> VectorParams {
+        VectorParams {
+            size,
+            distance,
+            on_disk: None,
+            hnsw_config: None,
+            quantization_config: None,
+            multivector_config: multi.then_some(MultiVectorConfig {
+                comparator: MultiVectorComparator::MaxSim,
+            }),
+            datatype: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -411,7 +429,7 @@ pub struct CollectionConfig {
     pub optimizer_config: OptimizersConfig,
     pub wal_config: WalConfig,
     /// The collection-wide quantization (per-vector settings take precedence); stored and
-    /// reported, see [`CollectionConfig::quantization_note`].
+    /// reported, not applied: searches use full-precision vectors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization_config: Option<serde_json::Value>,
     /// Qdrant's `strict_mode_config`: stored and reported; not enforced yet (Shoal's own
@@ -436,15 +454,7 @@ impl CollectionConfig {
     pub fn single_dense(size: usize, distance: Distance) -> CollectionConfig {
         CollectionConfig {
             params: CollectionParams {
-                vectors: VectorsConfig::Single(VectorParams {
-                    size,
-                    distance,
-                    on_disk: None,
-                    hnsw_config: None,
-                    quantization_config: None,
-                    multivector_config: None,
-                    datatype: None,
-                }),
+                vectors: VectorsConfig::Single(VectorParams::new(size, distance, false)),
                 sparse_vectors: None,
                 shard_number: 1,
                 sharding_method: None,
@@ -510,25 +520,6 @@ impl CollectionConfig {
             .map(|(_, p)| p.size * 4)
             .sum::<usize>()
             .max(4)
-    }
-
-    /// Why searches answer exactly although quantization is configured, or `None` when none
-    /// is: Shoal keeps full-precision vectors only.
-    pub fn quantization_note(&self) -> Option<String> {
-        let configured = self
-            .quantization_config
-            .as_ref()
-            .is_some_and(|q| !q.is_null())
-            || self
-                .params
-                .vectors
-                .iter()
-                .any(|(_, p)| p.quantization_config.as_ref().is_some_and(|q| !q.is_null()));
-        configured.then(|| {
-            "quantization is configured but not applied: Shoal searches full-precision \
-             vectors, so answers equal the unquantized search"
-                .to_string()
-        })
     }
 
     pub fn validate(&self) -> Result<(), String> {

@@ -310,11 +310,20 @@ impl Distance {
     /// to any stored sub-vector, summed. Both are `dim`-sized sub-vectors laid end to end.
     pub fn max_sim(self, query: &[f32], stored: &[f32], dim: usize) -> f32 {
         let dim = dim.max(1);
+        self.max_sim_rows(query.chunks_exact(dim), stored.chunks_exact(dim))
+    }
+
+    /// [`max_sim`](Self::max_sim) over sub-vectors given as rows, however they are held.
+    pub fn max_sim_rows<'a, 'b>(
+        self,
+        query: impl IntoIterator<Item = &'a [f32]>,
+        stored: impl Iterator<Item = &'b [f32]> + Clone,
+    ) -> f32 {
         query
-            .chunks_exact(dim)
+            .into_iter()
             .map(|q| {
                 stored
-                    .chunks_exact(dim)
+                    .clone()
                     .map(|s| self.similarity(q, s))
                     .fold(f32::NEG_INFINITY, f32::max)
             })

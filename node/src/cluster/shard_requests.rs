@@ -140,12 +140,25 @@ impl ShardRequest for ShardSearch {
 pub fn similarity(distance: Option<Distance>, stored: VectorRef<'_>, example: &VectorData) -> f32 {
     match (stored, example) {
         (VectorRef::Dense(v), VectorData::Dense(e)) => distance.map_or(0.0, |d| d.similarity(e, v)),
-        (VectorRef::Multi { flat, dim }, VectorData::Multi(e)) => {
-            let q: Vec<f32> = e.iter().flatten().copied().collect();
-            distance.map_or(0.0, |d| d.max_sim(&q, flat, dim))
-        }
+        (VectorRef::Multi { flat, dim }, VectorData::Multi(e)) => distance.map_or(0.0, |d| {
+            d.max_sim_rows(e.iter().map(Vec::as_slice), flat.chunks_exact(dim.max(1)))
+        }),
         (VectorRef::Sparse(v), VectorData::Sparse(e)) => e.weighted_dot(v, |_| 1.0),
         _ => f32::NEG_INFINITY,
+    }
+}
+
+/// [`similarity`] between two owned vectors (`stored` as a point holds it).
+pub fn similarity_of(distance: Option<Distance>, stored: &VectorData, example: &VectorData) -> f32 {
+    match stored {
+        VectorData::Dense(v) => similarity(distance, VectorRef::Dense(v), example),
+        VectorData::Sparse(s) => similarity(distance, VectorRef::Sparse(s), example),
+        VectorData::Multi(rows) => match example {
+            VectorData::Multi(e) => distance.map_or(0.0, |d| {
+                d.max_sim_rows(e.iter().map(Vec::as_slice), rows.iter().map(Vec::as_slice))
+            }),
+            _ => f32::NEG_INFINITY,
+        },
     }
 }
 
@@ -235,14 +248,7 @@ impl ShardSearch {
                         &self.with_vector,
                     )
                     .into_iter()
-                    .map(|r| ScoredRecord {
-                        id: r.id,
-                        version: r.version,
-                        // Qdrant scores points returned without a query 1.
-                        score: 1.0,
-                        payload: r.payload,
-                        vector: r.vector,
-                    })
+                    .map(ScoredRecord::unscored)
                     .collect();
             }
             ShardTarget::Nearest(VectorData::Dense(q)) => Scoring::Nearest(QueryVector::Dense(q)),

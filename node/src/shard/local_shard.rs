@@ -108,6 +108,19 @@ pub struct ScoredRecord {
     pub vector: Option<NamedVectors>,
 }
 
+impl ScoredRecord {
+    /// A point returned without a query to score it: Qdrant gives it score 1.
+    pub fn unscored(r: Record) -> ScoredRecord {
+        ScoredRecord {
+            id: r.id,
+            version: r.version,
+            score: 1.0,
+            payload: r.payload,
+            vector: r.vector,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     pub id: PointId,
@@ -1672,24 +1685,11 @@ mod tests {
     /// of missing points fail without changing anything.
     #[test]
     fn named_sparse_and_multi_vectors_round_trip_and_search() {
-        use crate::collection_config::{
-            MultiVectorComparator, MultiVectorConfig, SparseVectorParams, VectorParams,
-            VectorsConfig,
-        };
+        use crate::collection_config::{SparseVectorParams, VectorParams, VectorsConfig};
         use crate::types::{NamedVectors, SparseVector, VectorData};
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = (*config(4, 1)).clone();
-        let params = |multi: bool| VectorParams {
-            size: 4,
-            distance: Distance::Dot,
-            on_disk: None,
-            hnsw_config: None,
-            quantization_config: None,
-            multivector_config: multi.then_some(MultiVectorConfig {
-                comparator: MultiVectorComparator::MaxSim,
-            }),
-            datatype: None,
-        };
+        let params = |multi: bool| VectorParams::new(4, Distance::Dot, multi);
         cfg.params.vectors = VectorsConfig::Named(BTreeMap::from([
             ("text".to_string(), params(false)),
             ("multi".to_string(), params(true)),

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::collection_config::{CollectionConfig, VectorKind};
+use crate::collection_config::CollectionConfig;
 use crate::index::hnsw_index::HnswIndex;
 use crate::index::sparse_index::SparseIndex;
 use crate::types::{NamedVectors, Payload, PointId, SparseVector, VectorData, VectorRef};
@@ -190,17 +190,7 @@ pub struct SegmentIndex {
     pub sparse: BTreeMap<String, SparseIndex>,
 }
 
-impl SegmentIndex {
-    /// Points in the largest index (for `indexed_vectors_count`).
-    pub fn indexed_points(&self) -> usize {
-        self.graphs
-            .values()
-            .map(HnswIndex::len)
-            .chain(self.sparse.values().map(SparseIndex::len))
-            .max()
-            .unwrap_or(0)
-    }
-}
+impl SegmentIndex {}
 
 pub struct Segment {
     pub id: SegmentId,
@@ -419,44 +409,16 @@ impl Segment {
             .filter(|(_, d)| !**d)
             .map(|(o, _)| o as u32)
     }
-
-    /// The names and kinds of this segment's vectors, as the collection configures them.
-    pub fn vector_names(&self) -> impl Iterator<Item = &str> {
-        self.columns.keys().map(String::as_str)
-    }
-}
-
-/// Whether a stored vector fits the configured kind and size of `name` (used when a segment
-/// is rewritten after the collection's vectors changed).
-pub fn fits(config: &CollectionConfig, name: &str, vector: &VectorData) -> bool {
-    match (config.vector_kind(name), vector) {
-        (Some(VectorKind::Dense(p)), VectorData::Dense(v)) => v.len() == p.size,
-        (Some(VectorKind::Multi(p)), VectorData::Multi(vs)) => vs.iter().all(|v| v.len() == p.size),
-        (Some(VectorKind::Sparse(_)), VectorData::Sparse(_)) => true,
-        _ => false,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collection_config::{
-        MultiVectorComparator, MultiVectorConfig, SparseVectorParams, VectorParams, VectorsConfig,
-    };
+    use crate::collection_config::{SparseVectorParams, VectorParams, VectorsConfig};
     use crate::types::Distance;
 
     fn params(size: usize, multi: bool) -> VectorParams {
-        VectorParams {
-            size,
-            distance: Distance::Dot,
-            on_disk: None,
-            hnsw_config: None,
-            quantization_config: None,
-            multivector_config: multi.then_some(MultiVectorConfig {
-                comparator: MultiVectorComparator::MaxSim,
-            }),
-            datatype: None,
-        }
+        VectorParams::new(size, Distance::Dot, multi)
     }
 
     pub fn config() -> CollectionConfig {

@@ -17,7 +17,7 @@ use crate::api::rest::models::{
 use crate::api::rest::points::validate_filter;
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
 use crate::cluster::collection::{Collection, SearchRequest, SearchTarget, ShardKeySelector};
-use crate::cluster::shard_requests::similarity;
+use crate::cluster::shard_requests::similarity_of;
 use crate::cluster::toc::TableOfContent;
 use crate::index::filter::{Condition, Filter, HasIdCondition};
 use crate::index::payload_selector::{WithPayload, WithVector};
@@ -239,18 +239,40 @@ fn average_vector(
     positive: Vec<VectorData>,
     negative: Vec<VectorData>,
 ) -> Result<VectorData, ApiError> {
-    let mixed = || ApiError::bad_request("Wrong input: examples must all be of the searched kind");
+    /// The examples as one kind, or a 400 when they mix kinds.
+    fn all_of<T>(
+        vs: Vec<VectorData>,
+        pick: fn(VectorData) -> Option<T>,
+    ) -> Result<Vec<T>, ApiError> {
+        vs.into_iter()
+            .map(|v| {
+                pick(v).ok_or_else(|| {
+                    ApiError::bad_request("Wrong input: examples must all be of the searched kind")
+                })
+            })
+            .collect()
+    }
+    fn dense(v: VectorData) -> Option<Vec<f32>> {
+        match v {
+            VectorData::Dense(d) => Some(d),
+            _ => None,
+        }
+    }
+    fn sparse(v: VectorData) -> Option<SparseVector> {
+        match v {
+            VectorData::Sparse(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn multi(v: VectorData) -> Option<Vec<Vec<f32>>> {
+        match v {
+            VectorData::Multi(m) => Some(m),
+            _ => None,
+        }
+    }
     match positive.first() {
         Some(VectorData::Dense(_)) => {
-            let dense = |vs: Vec<VectorData>| {
-                vs.into_iter()
-                    .map(|v| match v {
-                        VectorData::Dense(d) => Ok(d),
-                        _ => Err(mixed()),
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            };
-            let (pos, neg) = (mean(&dense(positive)?), dense(negative)?);
+            let (pos, neg) = (mean(&all_of(positive, dense)?), all_of(negative, dense)?);
             if neg.is_empty() {
                 return Ok(VectorData::Dense(pos));
             }
@@ -260,16 +282,8 @@ fn average_vector(
             ))
         }
         Some(VectorData::Sparse(_)) => {
-            let sparse = |vs: Vec<VectorData>| {
-                vs.into_iter()
-                    .map(|v| match v {
-                        VectorData::Sparse(s) => Ok(s),
-                        _ => Err(mixed()),
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            };
-            let pos = sparse_mean(&sparse(positive)?);
-            let neg = sparse(negative)?;
+            let pos = sparse_mean(&all_of(positive, sparse)?);
+            let neg = all_of(negative, sparse)?;
             let merged: HashMap<u32, f32> = if neg.is_empty() {
                 pos
             } else {
@@ -286,17 +300,8 @@ fn average_vector(
                 .map_err(|e| ApiError::bad_request(format!("Wrong input: {e}")))
         }
         Some(VectorData::Multi(_)) => {
-            let mut rows = Vec::new();
-            for v in positive {
-                let VectorData::Multi(m) = v else {
-                    return Err(mixed());
-                };
-                rows.extend(m);
-            }
-            for v in negative {
-                let VectorData::Multi(m) = v else {
-                    return Err(mixed());
-                };
+            let mut rows: Vec<Vec<f32>> = all_of(positive, multi)?.into_iter().flatten().collect();
+            for m in all_of(negative, multi)? {
                 rows.extend(m.into_iter().map(|r| r.into_iter().map(|x| -x).collect()));
             }
             Ok(VectorData::Multi(rows))
@@ -634,14 +639,7 @@ async fn run_mmr(
                 .and_then(|v| v.get(&common.using).cloned())
         })
         .collect();
-    let sim = |a: &VectorData, b: &VectorData| {
-        let view = match a {
-            VectorData::Dense(d) => crate::types::VectorRef::Dense(d),
-            VectorData::Sparse(s) => crate::types::VectorRef::Sparse(s),
-            VectorData::Multi(_) => return multi_sim(distance, a, b),
-        };
-        similarity(distance, view, b)
-    };
+    let sim = |a: &VectorData, b: &VectorData| similarity_of(distance, a, b);
     let relevance: Vec<f32> = stored
         .iter()
         .map(|v| v.as_ref().map_or(f32::NEG_INFINITY, |v| sim(v, &query)))
@@ -682,16 +680,6 @@ async fn run_mmr(
         .collect())
 }
 
-fn multi_sim(distance: Option<crate::types::Distance>, a: &VectorData, b: &VectorData) -> f32 {
-    let (VectorData::Multi(a), VectorData::Multi(b)) = (a, b) else {
-        return f32::NEG_INFINITY;
-    };
-    let dim = a.first().map_or(1, Vec::len);
-    let fa: Vec<f32> = a.iter().flatten().copied().collect();
-    let fb: Vec<f32> = b.iter().flatten().copied().collect();
-    distance.map_or(0.0, |d| d.max_sim(&fb, &fa, dim))
-}
-
 /// Qdrant's `sample: random`: `limit` matching points in random order, each with score 1.
 async fn sample(
     collection: &Collection,
@@ -709,16 +697,7 @@ async fn sample(
             shard_key,
         )
         .await?;
-    let mut records: Vec<ScoredRecord> = records
-        .into_iter()
-        .map(|r| ScoredRecord {
-            id: r.id,
-            version: r.version,
-            score: 1.0,
-            payload: r.payload,
-            vector: r.vector,
-        })
-        .collect();
+    let mut records: Vec<ScoredRecord> = records.into_iter().map(ScoredRecord::unscored).collect();
     records.shuffle(&mut rand::rng());
     // Qdrant ignores `offset` for a random sample: the root skips none.
     records.truncate(common.limit);
