@@ -521,3 +521,60 @@ def test_scroll_pages_are_capped_but_paging_reaches_every_point(client, collecti
     assert [r.id for r in recs + rest] == list(range(n))
     recs, nxt = client.scroll(name, limit=n - 1, with_payload=False)
     assert len(recs) == 10_000 and nxt == 10_000
+
+
+# --------------------------------------------------------------------------- vector updates, payload-only collections
+
+
+def test_vector_updates_are_normalised_like_upserts(client, collection):
+    """`update_vectors` (alone and inside `points/batch`) stores a Cosine vector normalised, as
+    an upsert does (Qdrant normalises every Cosine vector it stores)."""
+    name = collection(size=3, distance=models.Distance.COSINE)
+    client.upsert(name, points=[models.PointStruct(id=i, vector=[1.0, 0.0, 0.0]) for i in (1, 2)], wait=True)
+    client.update_vectors(name, points=[models.PointVectors(id=1, vector=[3.0, 4.0, 0.0])], wait=True)
+    client.batch_update_points(
+        name,
+        update_operations=[
+            models.UpdateVectorsOperation(
+                update_vectors=models.UpdateVectors(points=[models.PointVectors(id=2, vector=[0.0, 0.0, 2.0])])
+            )
+        ],
+        wait=True,
+    )
+    got = by_id(client.retrieve(name, ids=[1, 2], with_vectors=True))
+    assert close(got[1].vector, [0.6, 0.8, 0.0])
+    assert close(got[2].vector, [0.0, 0.0, 1.0])
+
+
+def test_collection_without_vectors_holds_payloads(client):
+    """`"vectors": {}` makes a payload-only collection (as in Qdrant): `"vector": []` or `{}`
+    upserts a point without vectors; a real vector is refused with Qdrant's error; scroll,
+    count and a query without `query` (id order, score 1.0) work."""
+    name = f"novec_{uuid.uuid4().hex[:10]}"
+    assert client.create_collection(name, vectors_config={})
+    try:
+        client.upsert(
+            name,
+            points=[
+                models.PointStruct(id=1, vector=[], payload={"a": 1}),
+                models.PointStruct(id=2, vector={}, payload={"a": 2}),
+            ],
+            wait=True,
+        )
+        with pytest.raises(Exception, match="Not existing vector name error"):
+            client.upsert(name, points=[models.PointStruct(id=3, vector=[0.1, 0.2])], wait=True)
+        assert client.count(name, exact=True).count == 2
+        points = client.query_points(name, limit=10).points
+        assert [(p.id, p.score) for p in points] == [(1, 1.0), (2, 1.0)]
+        assert [r.payload for r in client.retrieve(name, ids=[1, 2])] == [{"a": 1}, {"a": 2}]
+    finally:
+        client.delete_collection(name)
+
+
+def test_set_payload_with_an_index_past_the_end_changes_nothing(client, euclid8):
+    """Qdrant's `set_payload` with `key: "nest[1]"` on a one-element array sets nothing."""
+    client.upsert(euclid8, points=[models.PointStruct(id=1, vector=[0.0] * 8, payload={"nest": [{"a": "1"}]})], wait=True)
+    client.set_payload(euclid8, payload={"d": "4"}, points=[1], key="nest[1]", wait=True)
+    assert client.retrieve(euclid8, ids=[1])[0].payload == {"nest": [{"a": "1"}]}
+    client.set_payload(euclid8, payload={"d": "4"}, points=[1], key="nest[0]", wait=True)
+    assert client.retrieve(euclid8, ids=[1])[0].payload == {"nest": [{"a": "1", "d": "4"}]}

@@ -33,7 +33,7 @@ use crate::shard::local_shard::{
 use crate::shard::maintenance;
 use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
 use crate::storage::wal::SyncMode;
-use crate::types::{NamedVectors, PointId, SparseVector, VectorData};
+use crate::types::{DEFAULT_VECTOR, NamedVectors, PointId, SparseVector, VectorData};
 
 /// How a search scores points. Vectors are raw (as the client sent them, or as stored).
 #[derive(Debug, Clone, PartialEq)]
@@ -482,15 +482,60 @@ impl Collection {
         prepare_vector(&self.config, name, vector)
     }
 
-    /// Checks and normalises every vector of a point.
+    /// Checks and normalises every vector of a point. An empty unnamed vector (`"vector": []`)
+    /// in a collection without an unnamed vector means no vector, as Qdrant reads it.
     pub fn prepare_vectors(&self, vectors: NamedVectors) -> Result<NamedVectors, CollectionError> {
         vectors
             .into_iter()
+            .filter(|(name, v)| {
+                !(name.as_str() == DEFAULT_VECTOR
+                    && matches!(v, VectorData::Dense(d) if d.is_empty())
+                    && self.config.vector_kind(DEFAULT_VECTOR).is_none())
+            })
             .map(|(name, v)| {
                 let v = self.prepare_vector(&name, v)?;
                 Ok((name, v))
             })
             .collect()
+    }
+
+    /// Checks and brings into stored form every vector an update carries (see
+    /// [`prepare_vector`]): upserts, conditional upserts and vector updates alike.
+    fn prepare_request(&self, request: UpdateRequest) -> Result<UpdateRequest, CollectionError> {
+        let prepare_all = |points: Vec<PointWrite>| {
+            points
+                .into_iter()
+                .map(|mut p| {
+                    p.vectors = self.prepare_vectors(p.vectors)?;
+                    Ok(p)
+                })
+                .collect::<Result<Vec<_>, CollectionError>>()
+        };
+        Ok(match request {
+            UpdateRequest::Upsert(points) => UpdateRequest::Upsert(prepare_all(points)?),
+            UpdateRequest::ConditionalUpsert {
+                points,
+                mode,
+                filter,
+            } => UpdateRequest::ConditionalUpsert {
+                points: prepare_all(points)?,
+                mode,
+                filter,
+            },
+            UpdateRequest::UpdateVectors {
+                points,
+                filter,
+                missing_ok,
+            } => UpdateRequest::UpdateVectors {
+                points: points
+                    .into_iter()
+                    .map(|(id, v)| Ok((id, self.prepare_vectors(v)?)))
+                    .collect::<Result<_, CollectionError>>()?,
+                filter,
+                missing_ok,
+            },
+            other => other,
+        })
     }
 
     fn unknown_key(&self, key: &ShardKey) -> CollectionError {
@@ -565,6 +610,7 @@ impl Collection {
         request: UpdateRequest,
         selector: Option<&ShardKeySelector>,
     ) -> Result<u64, CollectionError> {
+        let request = self.prepare_request(request)?;
         let layout = self.layout();
         // During a resharding a replica refuses points its shard no longer owns (this peer may
         // route by an older ring than the replica's peer): then route again, once, by a newer
@@ -602,8 +648,7 @@ impl Collection {
                         .collect::<Result<_, _>>()?,
                 };
                 let mut groups: BTreeMap<u32, Vec<PointWrite>> = BTreeMap::new();
-                for mut p in points {
-                    p.vectors = self.prepare_vectors(p.vectors)?;
+                for p in points {
                     for ring in &rings {
                         let shard = ring[shard_for(&p.id, ring.len() as u32) as usize];
                         groups.entry(shard).or_default().push(p.clone());
@@ -1324,7 +1369,10 @@ impl Collection {
         selector: Option<&ShardKeySelector>,
     ) -> Result<Vec<ScoredRecord>, CollectionError> {
         let layout = self.layout();
-        if self.config.vector_kind(&request.using).is_none() {
+        // An id-ordered read (a query with no query) compares no vectors, so it names none.
+        if !matches!(request.target, SearchTarget::IdOrder)
+            && self.config.vector_kind(&request.using).is_none()
+        {
             return Err(CollectionError::BadInput(format!(
                 "Not existing vector name error: {}",
                 if request.using.is_empty() {

@@ -12,16 +12,17 @@
 //!   checker); `min_should`: at least `min_count` of its conditions
 //!   match (so an empty list with `min_count > 0` matches nothing).
 //! - A field condition matches when any value at its key matches (arrays at the end of the path
-//!   count element by element). A missing key matches nothing — not even `except` — except for
-//!   `values_count` (a missing key has 0 values) and the `is_empty` / `is_null` forms.
+//!   count element by element). A missing key matches nothing — not even `except` or a
+//!   `values_count` bound — except for the `is_empty` / `is_null` forms.
 //! - `match.value`: same JSON type and equal value (an integer never matches a float payload,
 //!   even `1.0`). `text` / `phrase`: case-sensitive substring. `text_any`: any whitespace-separated
 //!   token is a substring. `except`: some value is not in the list; `null` values never match,
 //!   values of another type (a bool, a float, a string against integers) always do.
 //! - `range`: numeric payload values (integers and floats); with datetime bounds, RFC 3339-like
 //!   string payload values.
-//! - `values_count`: the number of values at the key (array length, 0 for null or missing, else 1),
-//!   summed over every place the path reaches.
+//! - `values_count`: each value the path reaches counts on its own (array length, 0 for null,
+//!   else 1; never summed across `a[].b`), and each bound holds if some value's count satisfies
+//!   it (as qdrant-client's local mode checks it).
 //! - `is_empty`: every value at the key is null or `[]` (a missing key is empty; `[null]` is not).
 //!   `is_null`: some value at the key is exactly `null` (`[null]` is not null, a missing key is
 //!   not null). The field-condition forms `{"key": k, "is_empty": b}` / `{"key": k, "is_null": b}`
@@ -743,7 +744,7 @@ impl FieldCondition {
             || self
                 .values_count
                 .as_ref()
-                .is_some_and(|c| c.contains(&values_count(key, payload)))
+                .is_some_and(|c| values_count_matches(c, key, payload))
             || self
                 .is_empty
                 .is_some_and(|want| is_empty(key, payload) == want)
@@ -869,17 +870,26 @@ fn is_null(key: &JsonPath, payload: &Payload) -> bool {
     .is_break()
 }
 
-fn values_count(key: &JsonPath, payload: &Payload) -> usize {
-    let mut count = 0;
+/// `values_count`, as Qdrant's reference implementation (qdrant-client's local mode) checks it:
+/// each value found at the key counts on its own (an array its length, `null` 0, anything else
+/// 1; `a[].b` yields one value per element, not their sum), and each bound holds if some value's
+/// count satisfies it. A key with no values matches no bound, so `lt` never matches a missing key.
+fn values_count_matches(bounds: &ValuesCount, key: &JsonPath, payload: &Payload) -> bool {
+    let mut counts = Vec::new();
     let _ = key.try_for_each_raw(payload, &mut |value| {
-        count += match value {
+        counts.push(match value {
             Value::Null => 0,
             Value::Array(items) => items.len(),
             _ => 1,
-        };
+        });
         ControlFlow::<()>::Continue(())
     });
-    count
+    let some = |holds: &dyn Fn(usize) -> bool| counts.iter().any(|c| holds(*c));
+    !counts.is_empty()
+        && bounds.gt.is_none_or(|b| some(&|c| c > b))
+        && bounds.gte.is_none_or(|b| some(&|c| c >= b))
+        && bounds.lt.is_none_or(|b| some(&|c| c < b))
+        && bounds.lte.is_none_or(|b| some(&|c| c <= b))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1401,7 +1411,8 @@ mod tests {
                 &filter(json!({"must": {"key": "c", "values_count": {"lt": 1}}})),
                 &points
             ),
-            vec![3, 4, 5]
+            vec![3, 4],
+            "a missing key matches no bound, not even `lt`"
         );
         assert_eq!(
             passing(
@@ -1410,9 +1421,14 @@ mod tests {
             ),
             vec![2, 6]
         );
+        // `a[].s` counts each element's value on its own (2 and 1), never their sum.
         let nested = json!({"a": [{"s": [1, 2]}, {"s": 3}, {"t": 1}]});
+        assert!(!check(
+            json!({"must": {"key": "a[].s", "values_count": {"gte": 3}}}),
+            nested.clone()
+        ));
         assert!(check(
-            json!({"must": {"key": "a[].s", "values_count": {"gte": 3, "lte": 3}}}),
+            json!({"must": {"key": "a[].s", "values_count": {"gte": 2, "lt": 2}}}),
             nested
         ));
     }

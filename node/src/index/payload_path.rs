@@ -18,8 +18,8 @@ use serde_json::Value;
 
 use crate::types::Payload;
 
-/// The largest array index a path may name. `set` pads an array with nulls up to the index it
-/// writes, so an unbounded index in a request would let one call allocate without limit.
+/// The largest array index a path may name (Qdrant's paths take any `usize`; no real payload
+/// holds an array this long, and a bound keeps path parsing and printing cheap).
 pub const MAX_ARRAY_INDEX: usize = 65_535;
 
 /// One step of a path after its first key.
@@ -131,9 +131,10 @@ impl JsonPath {
     }
 
     /// Merges `value` into the object(s) the path points at (`set_payload` with `key`), as Qdrant
-    /// does: missing keys and non-object values on the way are replaced by objects, `[N]` pads a
-    /// missing array with nulls up to `N`, `[]` merges into every element of an existing array
-    /// (and leaves an empty array where there was none).
+    /// does: missing keys and non-object values on the way are replaced by objects, `[N]` descends
+    /// into element `N` of an existing array (and changes nothing past its end), `[]` merges into
+    /// every element of an existing array; `[N]` or `[]` where there is no array leaves an empty
+    /// array there.
     pub fn set(&self, payload: &mut Payload, value: Payload) {
         let slot = payload.entry(self.head.clone()).or_insert(Value::Null);
         set_in(slot, &self.tail, &value);
@@ -211,17 +212,15 @@ fn set_in(dest: &mut Value, rest: &[PathSegment], src: &Payload) {
             let slot = as_object(dest).entry(key.clone()).or_insert(Value::Null);
             set_in(slot, rest, src);
         }
-        PathSegment::Index(index) => {
-            if !dest.is_array() {
-                *dest = Value::Array(Vec::new());
-            }
-            if let Value::Array(items) = dest {
-                if items.len() <= *index {
-                    items.resize(*index + 1, Value::Null);
+        PathSegment::Index(index) => match dest {
+            // Past the end: nothing is set (Qdrant does not grow arrays).
+            Value::Array(items) => {
+                if let Some(item) = items.get_mut(*index) {
+                    set_in(item, rest, src);
                 }
-                set_in(&mut items[*index], rest, src);
             }
-        }
+            other => *other = Value::Array(Vec::new()),
+        },
         PathSegment::EachElement => match dest {
             Value::Array(items) => items.iter_mut().for_each(|item| set_in(item, rest, src)),
             other => *other = Value::Array(Vec::new()),
@@ -582,6 +581,7 @@ mod tests {
         path("new.deep").set(&mut p, payload(json!({"z": 3})));
         path("s.t").set(&mut p, payload(json!({"w": 4})));
         path("list[2]").set(&mut p, payload(json!({"v": 5})));
+        path("a.b[7]").set(&mut p, payload(json!({"past": "end"})));
         path("empty[].q").set(&mut p, payload(json!({"u": 6})));
         assert_eq!(
             Value::Object(p),
@@ -593,10 +593,59 @@ mod tests {
                 },
                 "s": {"t": {"w": 4}},
                 "new": {"deep": {"z": 3}},
-                "list": [null, null, {"v": 5}],
+                "list": [],
                 "empty": []
             })
         );
+    }
+
+    /// Qdrant's `set_payload` with `key` (as its reference implementation, qdrant-client's local
+    /// mode, answers): an index past the end of an array, or into an empty array, sets nothing.
+    #[test]
+    fn set_with_an_index_past_the_end_changes_nothing() {
+        let cases = [
+            (
+                json!({"nest": [{"a": "100"}]}),
+                "nest[1]",
+                json!({"d": "404"}),
+                json!({"nest": [{"a": "100"}]}),
+            ),
+            (
+                json!({"nest": [{"a": "100"}]}),
+                "nest[0]",
+                json!({"a": "101"}),
+                json!({"nest": [{"a": "101"}]}),
+            ),
+            (
+                json!({"nest": [{"a": [], "b": "2"}]}),
+                "nest[0].a[]",
+                json!({"a": "1"}),
+                json!({"nest": [{"a": [], "b": "2"}]}),
+            ),
+            (
+                json!({"a": []}),
+                "a.b[0]",
+                json!({}),
+                json!({"a": {"b": []}}),
+            ),
+            (
+                json!({"x": [1, 2]}),
+                "x[5]",
+                json!({"k": 1}),
+                json!({"x": [1, 2]}),
+            ),
+            (
+                json!({"a": {"c": [{"d": 1}]}}),
+                "a.c[][]",
+                json!({"a": 1}),
+                json!({"a": {"c": [[]]}}),
+            ),
+        ];
+        for (before, key, set, after) in cases {
+            let mut p = payload(before);
+            path(key).set(&mut p, payload(set));
+            assert_eq!(Value::Object(p), after, "set at {key}");
+        }
     }
 
     fn arb_key() -> impl Strategy<Value = String> {

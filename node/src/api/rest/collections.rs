@@ -28,13 +28,9 @@ use crate::index::payload_path::JsonPath;
 /// Turns a create request into a full configuration: Qdrant's defaults plus the given diffs.
 pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, ApiError> {
     let vectors = req.vectors.unwrap_or_default();
+    // A collection may have no vectors at all (Qdrant allows `"vectors": {}`): its points hold
+    // payloads only, read by scroll, count, filters and ordering.
     let sparse_vectors = req.sparse_vectors.filter(|s| !s.is_empty());
-    if vectors.is_empty() && sparse_vectors.is_none() {
-        return Err(ApiError::bad_request(
-            "Wrong input: give `vectors` ({\"size\": N, \"distance\": \"Cosine\"} or a map of \
-             names to such objects) or `sparse_vectors`",
-        ));
-    }
     let quantization_config = req.quantization_config.filter(|q| !q.is_null());
     if let Some(q) = &quantization_config
         && !q.is_object()

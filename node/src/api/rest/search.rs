@@ -652,8 +652,10 @@ async fn run_mmr(
         let last = *selected.last().expect("one selected");
         let mut best: Option<(usize, f32)> = None;
         for (pos, &c) in remaining.iter().enumerate() {
-            if let (Some(a), Some(b)) = (&stored[c], &stored[last]) {
-                max_sim_to_selected[c] = max_sim_to_selected[c].max(sim(a, b));
+            // The candidate is the query side of the pair, as Qdrant computes it (MaxSim is
+            // not symmetric).
+            if let (Some(candidate), Some(picked)) = (&stored[c], &stored[last]) {
+                max_sim_to_selected[c] = max_sim_to_selected[c].max(sim(picked, candidate));
             }
             let score = lambda * relevance[c] - (1.0 - lambda) * max_sim_to_selected[c];
             if best.is_none_or(|(_, s)| score > s) {
