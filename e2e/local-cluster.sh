@@ -23,8 +23,9 @@ trap cleanup EXIT INT TERM
 
 for ((i = 0; i < n; i++)); do
     http=$((6333 + 10 * i))
+    grpc=$((6334 + 10 * i))
     p2p=$((6335 + 10 * i))
-    args=(--host 127.0.0.1 --data-dir "data/peer-$i" --http-port "$http" --p2p-port "$p2p"
+    args=(--host 127.0.0.1 --data-dir "data/peer-$i" --http-port "$http" --grpc-port "$grpc" --p2p-port "$p2p"
           --uri "http://127.0.0.1:$p2p" --peer-name "peer-$i")
     if ((i > 0)); then
         args+=(--bootstrap "http://127.0.0.1:6335")
@@ -32,7 +33,7 @@ for ((i = 0; i < n; i++)); do
     mkdir -p "data/peer-$i"
     "$bin" "${args[@]}" > "data/peer-$i.log" 2>&1 &
     pids+=($!)
-    echo "peer-$i: REST http://127.0.0.1:$http  p2p http://127.0.0.1:$p2p  log data/peer-$i.log"
+    echo "peer-$i: REST http://127.0.0.1:$http  gRPC http://127.0.0.1:$grpc  p2p http://127.0.0.1:$p2p  log data/peer-$i.log"
     if ((i == 0)); then
         # Let the founder come up before the others bootstrap from it.
         for _ in $(seq 50); do

@@ -54,15 +54,16 @@ fail() {
 read -r -a ports < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(6):
+for _ in range(9):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 )
-http_port() { echo "${ports[$((2 * $1))]}"; }
-p2p_port() { echo "${ports[$((2 * $1 + 1))]}"; }
+http_port() { echo "${ports[$((3 * $1))]}"; }
+p2p_port() { echo "${ports[$((3 * $1 + 1))]}"; }
+grpc_port() { echo "${ports[$((3 * $1 + 2))]}"; }
 
 # start ORDINAL: the environment the StatefulSet gives pod shoal-ORDINAL, with loopback
 # addresses and per-pod ports instead of the pod's DNS name and the fixed container ports. In
@@ -80,7 +81,8 @@ start() {
         export SHOAL__SERVICE__HOST=127.0.0.1
         SHOAL__SERVICE__HTTP_PORT="$(http_port "$i")"
         SHOAL__CLUSTER__P2P_PORT="$(p2p_port "$i")"
-        export SHOAL__SERVICE__HTTP_PORT SHOAL__CLUSTER__P2P_PORT
+        SHOAL__SERVICE__GRPC_PORT="$(grpc_port "$i")"
+        export SHOAL__SERVICE__HTTP_PORT SHOAL__CLUSTER__P2P_PORT SHOAL__SERVICE__GRPC_PORT
         if ((i != 0)); then
             SHOAL_BOOTSTRAP_URI="http://127.0.0.1:$(p2p_port 0)"
             export SHOAL_BOOTSTRAP_URI

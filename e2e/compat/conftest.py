@@ -71,6 +71,7 @@ class NodeProcess:
         self.log_path = self.tmp / "node.log"
         self.http_port = free_port()
         self.p2p_port = free_port()
+        self.grpc_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.http_port}"
         self.proc: subprocess.Popen | None = None
         self._log_file = None
@@ -84,6 +85,7 @@ class NodeProcess:
             "--data-dir", str(self.data_dir),
             "--http-port", str(self.http_port),
             "--p2p-port", str(self.p2p_port),
+            "--grpc-port", str(self.grpc_port),
             *self.extra_args,
         ]
         self._log_file = open(self.log_path, "wb")

@@ -119,6 +119,8 @@ pub struct NodeProcess {
     log_path: PathBuf,
     http_port: u16,
     p2p_port: u16,
+    /// Qdrant's client gRPC API.
+    grpc_port: u16,
     api_key: Option<String>,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
@@ -157,7 +159,7 @@ impl NodeProcess {
                 d
             }
         };
-        let ports = free_ports(2)?;
+        let ports = free_ports(3)?;
         let mut node = Self {
             binary,
             log_path: work_path.join("node.log"),
@@ -166,6 +168,7 @@ impl NodeProcess {
             data_dir,
             http_port: ports[0],
             p2p_port: ports[1],
+            grpc_port: ports[2],
             api_key: opts.api_key,
             extra_args: opts.extra_args,
             env: opts.env,
@@ -214,7 +217,9 @@ impl NodeProcess {
             .arg("--http-port")
             .arg(self.http_port.to_string())
             .arg("--p2p-port")
-            .arg(self.p2p_port.to_string());
+            .arg(self.p2p_port.to_string())
+            .arg("--grpc-port")
+            .arg(self.grpc_port.to_string());
         if let Some(key) = &self.api_key {
             cmd.arg("--api-key").arg(key);
         }
@@ -350,6 +355,16 @@ impl NodeProcess {
 
     pub fn p2p_port(&self) -> u16 {
         self.p2p_port
+    }
+
+    /// The port of Qdrant's client gRPC API on this node.
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
+    }
+
+    /// `http://127.0.0.1:<grpc port>`, for the `qdrant-client` crate.
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -9,10 +9,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::api::grpc;
 use crate::api::metrics::Metrics;
 use crate::api::rest::auth::ApiKeys;
 use crate::api::rest::{self, AppState};
+use crate::api::{client_grpc, grpc};
 use crate::cluster::collection::Environment;
 use crate::cluster::metadata::{LocalMetadata, Metadata};
 use crate::cluster::toc::{TableOfContent, legacy_state};
@@ -65,6 +65,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let p2p_listener = TcpListener::bind(p2p_addr)
         .await
         .with_context(|| format!("cannot listen on {p2p_addr} (p2p gRPC)"))?;
+    let client_grpc_listener = match settings.service.grpc_port {
+        0 => None,
+        port => {
+            let addr: SocketAddr = format!("{host}:{port}").parse()?;
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (client gRPC)"))?,
+            )
+        }
+    };
 
     // Cluster mode is on when this peer knows its own p2p URI, as in Qdrant.
     let data_dir = &settings.storage.data_dir;
@@ -142,6 +153,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         read_write: settings.service.api_key.clone(),
         read_only: settings.service.read_only_api_key.clone(),
     };
+    let client_routes = client_grpc::routes(
+        state.clone(),
+        keys.clone(),
+        settings
+            .service
+            .max_request_size_mb
+            .saturating_mul(1024 * 1024),
+    );
     let app = rest::router(state, keys, settings.service.max_request_size_mb);
 
     // One sender, a receiver per server: both stop on the same signal.
@@ -175,6 +194,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 .await
         })
     };
+    let client_grpc = client_grpc_listener.map(|listener| {
+        let mut stop = shutdown.subscribe();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_routes(client_routes)
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    async move {
+                        let _ = stop.recv().await;
+                    },
+                )
+                .await
+        })
+    });
     if let Some(node) = &consensus {
         // The p2p service is up, so peers can reach this one while it joins.
         node.bootstrap()
@@ -198,6 +231,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("shutting down: finishing requests, then flushing shards");
     let _ = shutdown.send(());
     let _ = http.await;
+    if let Some(client_grpc) = client_grpc {
+        let _ = client_grpc.await;
+    }
     if let Some(node) = &consensus {
         node.shutdown().await;
     }

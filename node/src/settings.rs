@@ -13,6 +13,7 @@ SHOAL__<SECTION>__<KEY>. Precedence: flags > environment > file > defaults.
   section.key                  environment variable                  default
   service.host                 SHOAL__SERVICE__HOST                  0.0.0.0
   service.http_port            SHOAL__SERVICE__HTTP_PORT             6333
+  service.grpc_port            SHOAL__SERVICE__GRPC_PORT             6334 (0 = off)
   service.api_key              SHOAL__SERVICE__API_KEY               (none)
   service.read_only_api_key    SHOAL__SERVICE__READ_ONLY_API_KEY     (none)
   service.max_request_size_mb  SHOAL__SERVICE__MAX_REQUEST_SIZE_MB   32
@@ -38,6 +39,9 @@ pub struct Cli {
     /// Port of the REST API [default: 6333]
     #[arg(long, value_name = "PORT")]
     pub http_port: Option<u16>,
+    /// Port of Qdrant's client gRPC API; 0 turns it off [default: 6334]
+    #[arg(long, value_name = "PORT")]
+    pub grpc_port: Option<u16>,
     /// Port of the internal gRPC service (peers and the operator) [default: 6335]
     #[arg(long, value_name = "PORT")]
     pub p2p_port: Option<u16>,
@@ -72,6 +76,9 @@ pub struct Cli {
 pub struct ServiceSettings {
     pub host: String,
     pub http_port: u16,
+    /// Port of Qdrant's client gRPC API (`qdrant.Points`, `qdrant.Collections`, ...); 0 turns
+    /// it off.
+    pub grpc_port: u16,
     pub api_key: Option<String>,
     pub read_only_api_key: Option<String>,
     pub max_request_size_mb: usize,
@@ -82,6 +89,7 @@ impl Default for ServiceSettings {
         ServiceSettings {
             host: "0.0.0.0".into(),
             http_port: 6333,
+            grpc_port: 6334,
             api_key: None,
             read_only_api_key: None,
             max_request_size_mb: 32,
@@ -198,6 +206,9 @@ impl Settings {
         if let Some(v) = cli.http_port {
             s.service.http_port = v;
         }
+        if let Some(v) = cli.grpc_port {
+            s.service.grpc_port = v;
+        }
         if let Some(v) = cli.p2p_port {
             s.cluster.p2p_port = v;
         }
@@ -249,6 +260,7 @@ mod tests {
     fn defaults_match_the_documented_ones() {
         let s = Settings::load_from(&Cli::default(), env(&[])).unwrap();
         assert_eq!(s.service.http_port, 6333);
+        assert_eq!(s.service.grpc_port, 6334);
         assert_eq!(s.cluster.p2p_port, 6335);
         assert_eq!(s.storage.data_dir, PathBuf::from("./data"));
         assert!(s.service.api_key.is_none());

@@ -2,6 +2,7 @@
 //! layer: it calls into `cluster` and nothing calls into it.
 
 pub mod admin;
+pub mod client_grpc;
 pub mod grpc;
 pub mod metrics;
 pub mod rest;

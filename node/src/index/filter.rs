@@ -21,8 +21,8 @@
 //! - `range`: numeric payload values (integers and floats); with datetime bounds, RFC 3339-like
 //!   string payload values.
 //! - `values_count`: each value the path reaches counts on its own (array length, 0 for null,
-//!   else 1; never summed across `a[].b`), and each bound holds if some value's count satisfies
-//!   it (as qdrant-client's local mode checks it).
+//!   else 1; never summed across `a[].b`); the condition holds if one value's count satisfies
+//!   every bound.
 //! - `is_empty`: every value at the key is null or `[]` (a missing key is empty; `[null]` is not).
 //!   `is_null`: some value at the key is exactly `null` (`[null]` is not null, a missing key is
 //!   not null). The field-condition forms `{"key": k, "is_empty": b}` / `{"key": k, "is_null": b}`
@@ -870,10 +870,10 @@ fn is_null(key: &JsonPath, payload: &Payload) -> bool {
     .is_break()
 }
 
-/// `values_count`, as Qdrant's reference implementation (qdrant-client's local mode) checks it:
-/// each value found at the key counts on its own (an array its length, `null` 0, anything else
-/// 1; `a[].b` yields one value per element, not their sum), and each bound holds if some value's
-/// count satisfies it. A key with no values matches no bound, so `lt` never matches a missing key.
+/// `values_count`, as Qdrant checks it: each value found at the key counts on its own (an array
+/// its length, `null` 0, anything else 1; `a[].b` yields one value per element, not their sum),
+/// and the condition holds if one value's count satisfies every bound. A key with no values
+/// matches nothing, so `lt` never matches a missing key.
 fn values_count_matches(bounds: &ValuesCount, key: &JsonPath, payload: &Payload) -> bool {
     let mut counts = Vec::new();
     let _ = key.try_for_each_raw(payload, &mut |value| {
@@ -884,12 +884,7 @@ fn values_count_matches(bounds: &ValuesCount, key: &JsonPath, payload: &Payload)
         });
         ControlFlow::<()>::Continue(())
     });
-    let some = |holds: &dyn Fn(usize) -> bool| counts.iter().any(|c| holds(*c));
-    !counts.is_empty()
-        && bounds.gt.is_none_or(|b| some(&|c| c > b))
-        && bounds.gte.is_none_or(|b| some(&|c| c >= b))
-        && bounds.lt.is_none_or(|b| some(&|c| c < b))
-        && bounds.lte.is_none_or(|b| some(&|c| c <= b))
+    counts.iter().any(|c| bounds.contains(c))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1427,8 +1422,13 @@ mod tests {
             json!({"must": {"key": "a[].s", "values_count": {"gte": 3}}}),
             nested.clone()
         ));
-        assert!(check(
+        // One element's count must satisfy both bounds (Qdrant), not one bound each.
+        assert!(!check(
             json!({"must": {"key": "a[].s", "values_count": {"gte": 2, "lt": 2}}}),
+            nested.clone()
+        ));
+        assert!(check(
+            json!({"must": {"key": "a[].s", "values_count": {"gt": 0, "lt": 2}}}),
             nested
         ));
     }

@@ -118,8 +118,7 @@ impl JsonPath {
     }
 
     /// Deletes what the path points at (`delete_payload` with `keys`): a final `.key` removes the
-    /// member, a final `[N]` removes that element (later ones shift down), a final `[]` empties
-    /// the array. Nothing is created on the way; a path that reaches nothing changes nothing.
+    /// member, a final `[]` empties the array, a final `[N]` changes nothing (as in Qdrant). Nothing is created on the way; a path that reaches nothing changes nothing.
     pub fn remove(&self, payload: &mut Payload) {
         let Some((last, before)) = self.tail.split_last() else {
             payload.remove(&self.head);
@@ -191,20 +190,30 @@ fn remove_in(value: &mut Value, before: &[PathSegment], last: &PathSegment) {
         (PathSegment::Key(key), Value::Object(map)) => {
             map.remove(key);
         }
-        (PathSegment::Index(index), Value::Array(items)) if *index < items.len() => {
-            items.remove(*index);
-        }
+        // Qdrant deletes no array element by index (`a[0]` as the last step changes nothing).
+        (PathSegment::Index(_), _) => {}
         (PathSegment::EachElement, Value::Array(items)) => items.clear(),
         _ => {}
     }
 }
 
+/// Qdrant's `set_payload` merge: each key of `src` is set in `dest`, and a `null` value
+/// removes the key instead; nested values are copied as they are. (Qdrant stores the nulls as
+/// sent in one case, right after `clear_payload` when it holds no payload object at all; Shoal
+/// treats a cleared payload like any empty one.)
+pub fn merge_payload(dest: &mut Payload, src: &Payload) {
+    for (key, value) in src {
+        if value.is_null() {
+            dest.remove(key);
+        } else {
+            dest.insert(key.clone(), value.clone());
+        }
+    }
+}
+
 fn set_in(dest: &mut Value, rest: &[PathSegment], src: &Payload) {
     let Some((segment, rest)) = rest.split_first() else {
-        let map = as_object(dest);
-        for (key, value) in src {
-            map.insert(key.clone(), value.clone());
-        }
+        merge_payload(as_object(dest), src);
         return;
     };
     match segment {
@@ -549,7 +558,7 @@ mod tests {
     }
 
     #[test]
-    fn remove_deletes_nested_keys_elements_and_arrays() {
+    fn remove_deletes_nested_keys_and_arrays_but_no_element_by_index() {
         let mut p = payload(json!({
             "a": 1,
             "b": {"c": 2, "d": {"e": [1, 2, 3], "f": [{"g": 1, "h": 2}, {"g": 3}]}}
@@ -562,14 +571,31 @@ mod tests {
         path("b.d.e[7]").remove(&mut p);
         assert_eq!(
             Value::Object(p.clone()),
-            json!({"a": 1, "b": {"d": {"e": [1, 3], "f": [{"h": 2}, {}]}}})
+            json!({"a": 1, "b": {"d": {"e": [1, 2, 3], "f": [{"h": 2}, {}]}}})
         );
         path("b.d.f[]").remove(&mut p);
         path("a").remove(&mut p);
         assert_eq!(
             Value::Object(p),
-            json!({"b": {"d": {"e": [1, 3], "f": []}}})
+            json!({"b": {"d": {"e": [1, 2, 3], "f": []}}})
         );
+    }
+
+    /// Qdrant's `set_payload` merge: a top-level `null` removes the key, nested nulls stay.
+    #[test]
+    fn merge_payload_removes_keys_set_to_null() {
+        let mut p = payload(json!({"k": 1, "x": 2}));
+        merge_payload(&mut p, &payload(json!({"k": null, "n": {"inner": null}})));
+        assert_eq!(Value::Object(p), json!({"x": 2, "n": {"inner": null}}));
+        let mut empty = Payload::new();
+        merge_payload(&mut empty, &payload(json!({"k": null, "j": 1})));
+        assert_eq!(Value::Object(empty), json!({"j": 1}));
+        let mut keyed = payload(json!({"k": {"a": 1, "b": 2}}));
+        path("k").set(&mut keyed, payload(json!({"a": null, "c": 3})));
+        assert_eq!(Value::Object(keyed), json!({"k": {"b": 2, "c": 3}}));
+        let mut fresh = payload(json!({"x": 1}));
+        path("new.deep").set(&mut fresh, payload(json!({"a": null})));
+        assert_eq!(Value::Object(fresh), json!({"x": 1, "new": {"deep": {}}}));
     }
 
     #[test]

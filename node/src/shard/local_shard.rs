@@ -17,7 +17,7 @@ use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 
 use crate::collection_config::{CollectionConfig, Modifier, VectorKind};
 use crate::index::hnsw_index::{GraphDistance, GraphParams, HnswIndex};
-use crate::index::payload_path::JsonPath;
+use crate::index::payload_path::{JsonPath, merge_payload};
 use crate::index::payload_selector::WithVector;
 use crate::index::sparse_index::SparseIndex;
 use crate::shard::operations::{
@@ -279,7 +279,7 @@ impl ShardState {
                 let path = key.as_deref().and_then(|k| k.parse::<JsonPath>().ok());
                 self.edit_payload(points, seq, |current| match &path {
                     Some(path) => path.set(current, payload.clone()),
-                    None => current.extend(payload.iter().map(|(k, v)| (k.clone(), v.clone()))),
+                    None => merge_payload(current, payload),
                 });
             }
             ShardOperation::OverwritePayload { points, payload } => {

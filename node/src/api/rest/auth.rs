@@ -79,7 +79,12 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 pub fn access(keys: &ApiKeys, headers: &HeaderMap) -> Access {
-    let Some(key) = presented_key(headers) else {
+    access_for_key(keys, presented_key(headers))
+}
+
+/// What a presented key (or none) may do; shared by REST and the client gRPC API.
+pub fn access_for_key(keys: &ApiKeys, key: Option<&str>) -> Access {
+    let Some(key) = key else {
         return Access::Denied;
     };
     if keys

@@ -518,6 +518,9 @@ fn run_level<'a>(
         }
         match query {
             None => {
+                // The root skips `offset` itself, after every level is merged.
+                common.limit = window;
+                common.offset = 0;
                 let request = common.request(SearchTarget::IdOrder, HashSet::new());
                 Ok(collection.search(&request, shard_key).await?)
             }

@@ -10,9 +10,14 @@ use crate::api::rest::AppState;
 /// The Qdrant version whose REST API Shoal speaks; clients compare it with their own.
 pub const QDRANT_API_VERSION: &str = "1.18.3";
 
+/// The title Qdrant answers on `/` and in the gRPC health check. Clients compare it with their
+/// own (qdrant-client's local mode answers the same), so Shoal answers it too and names itself
+/// in `shoal_version`.
+pub const QDRANT_TITLE: &str = "qdrant - vector search engine";
+
 pub async fn root() -> impl IntoResponse {
     axum::Json(json!({
-        "title": "shoal - vector search engine (Qdrant-compatible)",
+        "title": QDRANT_TITLE,
         "version": QDRANT_API_VERSION,
         "shoal_version": env!("CARGO_PKG_VERSION"),
         "commit": null,
