@@ -140,14 +140,22 @@ for d in docs:
     if d["kind"] == "StatefulSet":
         d["spec"]["replica"] = 3          # a typo the schema must catch
         d["spec"]["replicas"] = 2         # not what the values say
-        d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] = "/"
+        c = d["spec"]["template"]["spec"]["containers"][0]
+        c["readinessProbe"]["httpGet"]["path"] = "/"
+        c["ports"] = [p for p in c["ports"] if p["name"] != "grpc"]   # gRPC port lost
+        for e in c["env"]:
+            if e["name"] == "SHOAL__SERVICE__GRPC_PORT":
+                e["value"] = "6333"                                   # the REST port
+    if d["kind"] == "Service" and d["metadata"]["name"] == "shoal":
+        d["spec"]["ports"] = [p for p in d["spec"]["ports"] if p["name"] != "grpc"]
 yaml.safe_dump_all(docs, open(sys.argv[1], "w"))
 EOF
 if "$py" "$here/validate.py" rendered --manifest "$rendered/broken.yaml" --values "$here/values/default.yaml" \
     --kube-version 1.35.0 2> "$rendered/broken.log"; then
     die "validate.py accepted a broken StatefulSet"
 fi
-for want in "Additional properties" "StatefulSet replicas 2 != 3" "readiness probe is not /readyz"; do
+for want in "Additional properties" "StatefulSet replicas 2 != 3" "readiness probe is not /readyz" \
+    "container ports" "client Service ports" "SHOAL__SERVICE__GRPC_PORT is '6333'"; do
     grep -q "$want" "$rendered/broken.log" || die "validate.py did not report: $want"
 done
 bad_sets=(

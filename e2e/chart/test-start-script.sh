@@ -50,7 +50,7 @@ fail() {
     exit 1
 }
 
-# Six ports that are free now: REST and p2p for each of the three pods.
+# Nine ports that are free now: REST, p2p and client gRPC for each of the three pods.
 read -r -a ports < <(python3 - <<'EOF'
 import socket
 socks = []

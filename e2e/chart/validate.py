@@ -7,7 +7,7 @@
 `rendered` validates every built-in object against the Kubernetes JSON schemas of each given
 version (kubernetes-validate, strict: unknown fields fail) and the fields of ServiceMonitors
 (whose schema validate-servicemonitors.mjs checks), then checks that the objects say what
-the values asked for (replicas, keys, anti-affinity, monitors, RBAC, …), and runs the node start
+the values asked for (replicas, ports, keys, anti-affinity, monitors, RBAC, …), and runs the node start
 script from the rendered ConfigMap with the rendered environment (shoal-node replaced by `echo`)
 to see which flags pod 0 and the last pod would get.
 
@@ -138,6 +138,12 @@ def check_invariants(objs, values, release, namespace):
     check(spec["podManagementPolicy"] == node["podManagementPolicy"], "podManagementPolicy")
     check(pod.get("automountServiceAccountToken") is False, "node pods mount a ServiceAccount token")
 
+    # The node's ports by name: REST, Qdrant's client gRPC (absent when node.ports.grpc is 0, which
+    # turns it off) and p2p. The container, both Services and the environment must agree on them.
+    want_ports = {"http": node["ports"]["http"], "p2p": node["ports"]["p2p"]}
+    if node["ports"]["grpc"]:
+        want_ports["grpc"] = node["ports"]["grpc"]
+
     # Services: the headless one governs the StatefulSet and publishes pods that are not ready.
     services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
     headless = services.get(spec["serviceName"])
@@ -146,17 +152,31 @@ def check_invariants(objs, values, release, namespace):
         check(headless["spec"].get("publishNotReadyAddresses") is True,
               "headless Service must publish not-ready pods (joining peers are not ready)")
     client = services.get(sts["metadata"]["name"])
-    if check(client is not None, "no client Service named like the StatefulSet"):
-        ports = {p["name"]: p["port"] for p in client["spec"]["ports"]}
-        check(ports == {"http": node["ports"]["http"], "p2p": node["ports"]["p2p"]}, f"client Service ports {ports}")
+    check(client is not None, "no client Service named like the StatefulSet")
+    for what, svc in (("client", client), ("headless", headless)):
+        if svc is None:
+            continue
+        ports = {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+        check(ports == want_ports, f"{what} Service ports {ports}, want {want_ports}")
+        for p in svc["spec"]["ports"]:
+            check(p.get("targetPort") == p["name"], f"{what} Service port {p['name']} targets {p.get('targetPort')}")
+            if p["name"] in ("grpc", "p2p"):
+                check(p.get("appProtocol") == "grpc", f"{what} Service port {p['name']} has no appProtocol grpc")
 
     # Probes on the node's health endpoints, on the REST port.
     check(c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/readyz", "readiness probe is not /readyz")
     check(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/livez", "liveness probe is not /livez")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if probe in c:
+            check(c[probe].get("httpGet", {}).get("port") in ("http", node["ports"]["http"]),
+                  f"{probe} is not on the REST port: {c[probe]}")
     cports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    check(cports == {"http": node["ports"]["http"], "p2p": node["ports"]["p2p"]}, f"container ports {cports}")
-    check(env["SHOAL__SERVICE__HTTP_PORT"]["value"] == str(node["ports"]["http"]), "HTTP port env")
-    check(env["SHOAL__CLUSTER__P2P_PORT"]["value"] == str(node["ports"]["p2p"]), "p2p port env")
+    check(cports == want_ports, f"container ports {cports}, want {want_ports}")
+    # The gRPC variable is set even when 0: without it the node would listen on its default 6334.
+    for var, port in (("SHOAL__SERVICE__HTTP_PORT", "http"), ("SHOAL__SERVICE__GRPC_PORT", "grpc"),
+                      ("SHOAL__CLUSTER__P2P_PORT", "p2p")):
+        got = env.get(var, {}).get("value")
+        check(got == str(node["ports"][port]), f"{var} is {got!r}, want {str(node['ports'][port])!r} (node.ports.{port})")
 
     # Storage.
     claims = spec.get("volumeClaimTemplates", [])

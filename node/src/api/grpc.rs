@@ -29,7 +29,7 @@ use crate::api::rest::service::QDRANT_API_VERSION;
 use crate::cluster::CollectionError;
 use crate::cluster::remote_shard::POINT_NOT_FOUND_MARK;
 use crate::cluster::shard_requests::{
-    ShardCount, ShardDigest, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
+    ShardCount, ShardDigest, ShardOrderBy, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
     ShardSparseStats,
 };
 use crate::cluster::toc::TableOfContent;
@@ -296,6 +296,10 @@ impl ShardService for ShardPoints {
         request: Request<ShardCall>,
     ) -> Result<Response<ShardAnswer>, Status> {
         self.run::<ShardSparseStats>(request.into_inner()).await
+    }
+
+    async fn order_by(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
+        self.run::<ShardOrderBy>(request.into_inner()).await
     }
 }
 

@@ -14,8 +14,8 @@ use crate::cluster::hash_ring::shard_for;
 use crate::cluster::metadata::Metadata;
 use crate::cluster::remote_shard::RemoteShard;
 use crate::cluster::shard_requests::{
-    Ownership, ShardCount, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch, ShardSparseStats,
-    ShardTarget,
+    OrderValue, Ownership, ShardCount, ShardOrderBy, ShardRequest, ShardRetrieve, ShardScroll,
+    ShardSearch, ShardSparseStats, ShardTarget,
 };
 use crate::collection_config::{
     CollectionConfig, MAX_MULTIVECTOR_LEN, MAX_SPARSE_ENTRIES, Modifier, PayloadIndexEntry,
@@ -1265,6 +1265,32 @@ impl Collection {
         let next = (all.len() > limit).then(|| all[limit].id);
         all.truncate(limit);
         Ok((all, next))
+    }
+
+    /// Qdrant's `order_by` over the selected shards: the first `request.limit` (value, point)
+    /// pairs, merged from every shard's own first `limit`.
+    pub async fn order_by(
+        &self,
+        request: ShardOrderBy,
+        selector: Option<&ShardKeySelector>,
+    ) -> Result<Vec<(OrderValue, Record)>, CollectionError> {
+        let layout = self.layout();
+        let requests = self
+            .selected_shards(&layout, selector, false)?
+            .into_iter()
+            .map(|shard| (shard, request.clone()))
+            .collect();
+        let mut all: Vec<(OrderValue, Record)> = self
+            .read_shards(&layout, requests)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        all.sort_by(|a, b| request.order(&(a.0, a.1.id), &(b.0, b.1.id)));
+        // A point upserted under several shard keys lives in several shards.
+        all.dedup_by(|a, b| a.1.id == b.1.id && a.0.total_cmp(&b.0).is_eq());
+        all.truncate(request.limit);
+        Ok(all)
     }
 
     /// The exact number of points (matching `filter`) over the selected shards.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::CollectionError;
 use crate::index::filter::Filter;
 use crate::index::filter::HasVector;
+use crate::index::payload_path::JsonPath;
 use crate::index::payload_selector::WithVector;
 use crate::shard::local_shard::{
     LocalShard, PointPredicate, QueryVector, Record, ScoredRecord, Scoring, SearchQuery,
@@ -28,6 +29,7 @@ pub enum ShardCallKind {
     Retrieve,
     Digest,
     SparseStats,
+    OrderBy,
 }
 
 /// A request that one shard replica answers, on this peer or on another: it runs on a local
@@ -357,6 +359,108 @@ impl ShardScroll {
             self.with_payload,
             &self.with_vector,
         )
+    }
+}
+
+/// A payload value points are ordered by (Qdrant's `OrderValue`): an integer, or a float.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OrderValue {
+    Int(i64),
+    Float(f64),
+}
+
+impl OrderValue {
+    /// The number a payload value orders by, as Qdrant reads it: integers and floats as they
+    /// are, RFC 3339 datetime strings as microseconds since the Unix epoch (UTC); anything else
+    /// does not order.
+    pub fn of(value: &serde_json::Value) -> Option<OrderValue> {
+        match value {
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Some(OrderValue::Int(i)),
+                None => n.as_f64().map(OrderValue::Float),
+            },
+            serde_json::Value::String(s) => {
+                crate::index::filter::parse_datetime_micros(s).map(OrderValue::Int)
+            }
+            _ => None,
+        }
+    }
+
+    /// Total order: integers exactly, mixed pairs and floats by value (`total_cmp`).
+    pub fn total_cmp(&self, other: &OrderValue) -> std::cmp::Ordering {
+        match (self, other) {
+            (OrderValue::Int(a), OrderValue::Int(b)) => a.cmp(b),
+            (a, b) => a.as_f64().total_cmp(&b.as_f64()),
+        }
+    }
+
+    pub fn as_f64(&self) -> f64 {
+        match self {
+            OrderValue::Int(i) => *i as f64,
+            OrderValue::Float(f) => *f,
+        }
+    }
+}
+
+/// Qdrant's `order_by` on one shard: the first `limit` (value, point) pairs by a payload
+/// key's numeric values, ascending or descending, from `start_from` on (inclusive). A point
+/// appears once per distinct value it has at the key (arrays count element by element).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardOrderBy {
+    pub key: JsonPath,
+    pub descending: bool,
+    pub start_from: Option<OrderValue>,
+    pub limit: usize,
+    pub filter: Option<Filter>,
+    pub with_payload: bool,
+    pub with_vector: WithVector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Ownership>,
+}
+
+impl ShardRequest for ShardOrderBy {
+    fn owner_mut(&mut self) -> Option<&mut Option<Ownership>> {
+        Some(&mut self.owner)
+    }
+    type Answer = Vec<(OrderValue, Record)>;
+    const CALL: ShardCallKind = ShardCallKind::OrderBy;
+    fn run_on(&self, shard: &LocalShard) -> Result<Self::Answer, CollectionError> {
+        let filter = self.filter.as_ref();
+        let owner = self.owner.as_ref();
+        let accept = |id: PointId, p: &Payload, has: HasVector<'_>| {
+            owner.is_none_or(|o| o.owns(&id)) && filter.is_none_or(|f| f.check_point(id, p, has))
+        };
+        Ok(shard.order_by(self, &accept))
+    }
+}
+
+impl ShardOrderBy {
+    /// Whether `a` comes before `b` in this order (ties by point id, ascending).
+    pub fn order(
+        &self,
+        a: &(OrderValue, PointId),
+        b: &(OrderValue, PointId),
+    ) -> std::cmp::Ordering {
+        let by_value = a.0.total_cmp(&b.0);
+        let by_value = if self.descending {
+            by_value.reverse()
+        } else {
+            by_value
+        };
+        by_value.then(a.1.cmp(&b.1))
+    }
+
+    /// Whether `value` is at or after `start_from` in this order.
+    pub fn starts_before(&self, value: &OrderValue) -> bool {
+        self.start_from.is_some_and(|start| {
+            let c = value.total_cmp(&start);
+            if self.descending {
+                c.is_gt()
+            } else {
+                c.is_lt()
+            }
+        })
     }
 }
 

@@ -893,7 +893,7 @@ fn values_count_matches(bounds: &ValuesCount, key: &JsonPath, payload: &Payload)
 
 /// Parses `YYYY-MM-DD`, optionally followed by `T`/`t`/space, `HH:MM[:SS[.fraction]]` and a
 /// zone (`Z`, `z`, `±HH:MM`, `±HHMM`; none means UTC). Returns microseconds since the epoch.
-fn parse_datetime_micros(text: &str) -> Option<i64> {
+pub(crate) fn parse_datetime_micros(text: &str) -> Option<i64> {
     use chrono::{DateTime, NaiveDate, NaiveDateTime};
     // Normalise the spellings RFC 3339 allows (`t`, `z`, a space) to one, then let chrono parse.
     // chrono also takes unpadded fields (`2023-2-8`); RFC 3339 does not.

@@ -106,6 +106,9 @@ pub struct ScoredRecord {
     pub score: f32,
     pub payload: Option<Payload>,
     pub vector: Option<NamedVectors>,
+    /// The payload value an `order_by` query ordered this point by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_value: Option<crate::cluster::shard_requests::OrderValue>,
 }
 
 impl ScoredRecord {
@@ -117,6 +120,7 @@ impl ScoredRecord {
             score: 1.0,
             payload: r.payload,
             vector: r.vector,
+            order_value: None,
         }
     }
 }
@@ -803,6 +807,54 @@ impl LocalShard {
             .collect()
     }
 
+    /// The first `request.limit` (value, point) pairs of Qdrant's `order_by` among the points
+    /// `accept` passes (see [`ShardOrderBy`]). Scans the shard once; keeps at most `limit`
+    /// candidates in memory beyond the scan's own (value, id) list.
+    pub fn order_by(
+        &self,
+        request: &crate::cluster::shard_requests::ShardOrderBy,
+        accept: PointPredicate<'_>,
+    ) -> Vec<(crate::cluster::shard_requests::OrderValue, Record)> {
+        use crate::cluster::shard_requests::OrderValue;
+        let state = self.state.read();
+        let mut entries: Vec<(OrderValue, PointId)> = Vec::new();
+        for (id, loc) in &state.locations {
+            let seg = &state.segments[&loc.segment];
+            let o = loc.offset;
+            let payload = seg.payload(o);
+            if !accept(*id, payload, &|n| seg.has_vector(n, o)) {
+                continue;
+            }
+            let mut values: Vec<OrderValue> = request
+                .key
+                .values(payload)
+                .into_iter()
+                .filter_map(OrderValue::of)
+                .filter(|v| !request.starts_before(v))
+                .collect();
+            values.sort_by(|a, b| a.total_cmp(b));
+            values.dedup_by(|a, b| a.total_cmp(b).is_eq());
+            entries.extend(values.into_iter().map(|v| (v, *id)));
+        }
+        let limit = request.limit.min(entries.len());
+        if limit < entries.len() {
+            entries.select_nth_unstable_by(limit, |a, b| request.order(a, b));
+            entries.truncate(limit);
+        }
+        entries.sort_by(|a, b| request.order(a, b));
+        entries
+            .into_iter()
+            .filter_map(|(value, id)| {
+                let loc = state.locations.get(&id)?;
+                let seg = &state.segments[&loc.segment];
+                Some((
+                    value,
+                    state.record(seg, loc.offset, request.with_payload, &request.with_vector),
+                ))
+            })
+            .collect()
+    }
+
     pub fn count(&self, accept: Option<PointPredicate<'_>>) -> usize {
         let state = self.state.read();
         match accept {
@@ -1006,6 +1058,7 @@ impl LocalShard {
                     score: c.score,
                     payload: query.with_payload.then(|| seg.payload(c.offset).clone()),
                     vector: vectors_wanted(seg, c.offset, query.with_vector),
+                    order_value: None,
                 }
             })
             .collect()

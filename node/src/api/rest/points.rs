@@ -5,19 +5,21 @@ use axum::extract::State;
 use crate::api::rest::AppState;
 use crate::api::rest::json_body::{JsonBody, PathParams, QueryParams};
 use crate::api::rest::models::{
-    CountRequest, CountResult, DeletePayload, DeleteVectors, MAX_PAGE, MAX_UPSERT_POINTS,
-    PointInsert, PointInsertOperations, PointRequest, PointsSelector, RecordOut, ScrollRequest,
-    ScrollResult, SetPayload, UpdateOperation, UpdateOperations, UpdateResult, UpdateVectors,
-    VectorStructOut, WaitParam,
+    CountRequest, CountResult, DeletePayload, DeleteVectors, Direction, MAX_PAGE,
+    MAX_UPSERT_POINTS, OrderBy, PointInsert, PointInsertOperations, PointRequest, PointsSelector,
+    RecordOut, ScrollRequest, ScrollResult, SetPayload, UpdateOperation, UpdateOperations,
+    UpdateResult, UpdateVectors, VectorStructOut, WaitParam,
 };
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
 use crate::cluster::collection::{Collection, ShardKeySelector};
+use crate::cluster::shard_requests::{OrderValue, ShardOrderBy};
 use crate::index::filter::Filter;
 use crate::index::payload_path::JsonPath;
 use crate::index::payload_selector::{WithPayload, WithVector};
 use crate::shard::local_shard::Record;
 use crate::shard::operations::{PointSelection, PointWrite, UpdateMode, UpdateRequest};
 use crate::types::PointId;
+use serde_json::Value;
 
 pub fn validate_filter(filter: Option<&Filter>) -> Result<(), ApiError> {
     if let Some(f) = filter {
@@ -413,17 +415,74 @@ pub async fn get_point(
     }
 }
 
+/// Qdrant's `order_by` (in scroll and in the query API) as a shard request: the key must carry
+/// a payload index that supports ranges (integer, float or datetime), as Qdrant requires;
+/// `start_from` is a number or a datetime.
+pub fn order_by_request(
+    collection: &Collection,
+    order_by: &OrderBy,
+    limit: usize,
+    filter: Option<Filter>,
+    with_payload: bool,
+    with_vector: WithVector,
+) -> Result<ShardOrderBy, ApiError> {
+    let key: JsonPath = order_by.key.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "Wrong input: invalid `order_by` key `{}`: {e}",
+            order_by.key
+        ))
+    })?;
+    let ranged = collection
+        .payload_schema()
+        .get(&order_by.key)
+        .is_some_and(|e| matches!(e.data_type.as_str(), "integer" | "float" | "datetime"));
+    if !ranged {
+        return Err(ApiError::bad_request(format!(
+            "Bad request: No range index for `order_by` key: `{}`. Please create one to use \
+             `order_by`. Integer, float and datetime payload indexes support it.",
+            order_by.key
+        )));
+    }
+    let start_from = match &order_by.start_from {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(OrderValue::of(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Wrong input: `start_from` must be a number or an RFC 3339 datetime, got {v}"
+            ))
+        })?),
+    };
+    Ok(ShardOrderBy {
+        key,
+        descending: order_by.direction == Some(Direction::Desc),
+        start_from,
+        limit,
+        filter,
+        with_payload,
+        with_vector,
+        owner: None,
+    })
+}
+
+/// `order_by` as REST takes it: a key, or `{key, direction, start_from}`.
+pub fn parse_order_by(value: &Value) -> Result<OrderBy, ApiError> {
+    match value {
+        Value::String(key) => Ok(OrderBy {
+            key: key.clone(),
+            direction: None,
+            start_from: None,
+        }),
+        other => serde_json::from_value(other.clone()).map_err(|e| {
+            ApiError::unprocessable(format!("Validation error in JSON body: order_by: {e}"))
+        }),
+    }
+}
+
 pub async fn scroll(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
     started: Started,
     JsonBody(body): JsonBody<ScrollRequest>,
 ) -> ApiResult<ScrollResult> {
-    if body.order_by.as_ref().is_some_and(|o| !o.is_null()) {
-        return Err(ApiError::bad_request(
-            "Wrong input: scroll `order_by` is not supported yet; points come in id order",
-        ));
-    }
     let limit = body.limit.unwrap_or(10);
     if limit == 0 {
         return Err(ApiError::unprocessable(
@@ -438,6 +497,33 @@ pub async fn scroll(
     let with_vector = body.with_vector.unwrap_or(WithVector::None);
     let wp = with_payload.is_requested();
     let (offset, filter) = (body.offset, body.filter);
+    if let Some(order_by) = body.order_by.as_ref().filter(|o| !o.is_null()) {
+        if offset.is_some() {
+            return Err(ApiError::bad_request(
+                "Wrong input: `offset` cannot be used with `order_by`; use `start_from`",
+            ));
+        }
+        let order_by = parse_order_by(order_by)?;
+        let request = order_by_request(&collection, &order_by, limit, filter, wp, with_vector)?;
+        let ordered = collection
+            .order_by(request, body.shard_key.as_ref())
+            .await?;
+        // Qdrant gives no next page for ordered scrolls: `start_from` continues one.
+        return Ok(ApiOk(
+            ScrollResult {
+                points: ordered
+                    .into_iter()
+                    .map(|(value, r)| {
+                        let mut out = record_out(r, &with_payload);
+                        out.order_value = Some(serde_json::to_value(value).unwrap_or(Value::Null));
+                        out
+                    })
+                    .collect(),
+                next_page_offset: None,
+            },
+            started,
+        ));
+    }
     let (records, next) = collection
         .scroll(
             offset,

@@ -200,7 +200,7 @@ fn render(records: Vec<ScoredRecord>, with_payload: &WithPayload) -> Vec<ScoredP
             payload: r.payload.and_then(|p| with_payload.select(&p)),
             vector: r.vector.map(VectorStructOut),
             shard_key: None,
-            order_value: None,
+            order_value: r.order_value.and_then(|v| serde_json::to_value(v).ok()),
         })
         .collect()
 }
@@ -581,10 +581,34 @@ async fn run_leaf(
         QueryInterface::Sample => {
             return sample(collection, common, shard_key).await;
         }
-        QueryInterface::OrderBy(_) => {
-            return Err(ApiError::bad_request(
-                "Wrong input: `order_by` queries are not supported by Shoal yet",
-            ));
+        QueryInterface::OrderBy(order_by) => {
+            if common.score_threshold.is_some() {
+                return Err(ApiError::bad_request(
+                    "Wrong input: `score_threshold` cannot be used with `order_by`",
+                ));
+            }
+            // The root skips `offset` itself, after every level is merged.
+            let window = common.limit.saturating_add(common.offset);
+            let request = crate::api::rest::points::order_by_request(
+                collection,
+                &order_by,
+                window,
+                common.filter.clone(),
+                common.with_payload.is_requested(),
+                common.with_vector.clone(),
+            )?;
+            let ordered = collection.order_by(request, shard_key).await?;
+            return Ok(ordered
+                .into_iter()
+                .map(|(value, r)| ScoredRecord {
+                    id: r.id,
+                    version: r.version,
+                    score: 1.0,
+                    payload: r.payload,
+                    vector: r.vector,
+                    order_value: Some(value),
+                })
+                .collect());
         }
         QueryInterface::Fusion(_) => unreachable!("handled by the caller"),
     };
@@ -781,6 +805,7 @@ fn fuse(
             score,
             payload: None,
             vector: None,
+            order_value: None,
         })
         .collect())
 }
@@ -956,6 +981,7 @@ mod tests {
             score,
             payload: None,
             vector: None,
+            order_value: None,
         }
     }
 
