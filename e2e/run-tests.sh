@@ -37,3 +37,7 @@ e2e/compat/run.sh
 
 step "Qdrant client compatibility suite against a 3-peer cluster"
 SHOAL_COMPAT_CLUSTER=3 e2e/compat/run.sh
+
+step "qdrant-client's own congruence suite, REST and gRPC (../shared/conformance; skipped when absent)"
+# Needs 127.0.0.1:6333 and :6334 for itself: it runs alone, after everything else.
+e2e/conformance/run.sh
