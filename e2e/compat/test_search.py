@@ -472,3 +472,26 @@ def test_indexed_collection_recall_and_exact(client, collection):
         fres = client.query_points(name, query=q, limit=K, query_filter=flt).points
         assert len(fres) == K and all(p.id % 4 == 3 for p in fres)
     assert hits / total >= 0.9, f"HNSW recall@{K} too low: {hits / total:.2f}"
+
+
+def test_relevance_feedback_reorders_by_feedback_pairs(client, collection):
+    """Qdrant's naive relevance feedback: score = a * sim(target) + sum over pairs (better,
+    worse) of (score difference)^b * c * (sim(better) - sim(worse)); example ids are excluded."""
+    name = collection(size=2, distance=models.Distance.DOT)
+    vectors = {1: [1.0, 0.0], 2: [0.0, 1.0], 3: [0.7, 0.7], 4: [-1.0, 0.0]}
+    client.upsert(name, points=[models.PointStruct(id=i, vector=v) for i, v in vectors.items()], wait=True)
+    plain = client.query_points(name, query=[1.0, 0.0], limit=2).points
+    assert [p.id for p in plain] == [1, 3]
+    got = client.query_points(
+        name,
+        query=models.RelevanceFeedbackQuery(
+            relevance_feedback=models.RelevanceFeedbackInput(
+                target=[1.0, 0.0],
+                feedback=[models.FeedbackItem(example=2, score=0.9), models.FeedbackItem(example=4, score=0.1)],
+                strategy=models.NaiveFeedbackStrategy(naive=models.NaiveFeedbackStrategyParams(a=0.5, b=1.0, c=1.0)),
+            )
+        ),
+        limit=10,
+    ).points
+    assert [p.id for p in got] == [3, 1]
+    assert abs(got[0].score - (0.35 + 0.8 * 1.4)) < 1e-4 and abs(got[1].score - 1.3) < 1e-4

@@ -89,6 +89,13 @@ struct Args {
     /// Seconds to wait for the started node's /readyz.
     #[arg(long, default_value_t = 60)]
     ready_timeout_secs: u64,
+    /// Also upload the same points over Qdrant's client gRPC API (the official Rust client)
+    /// into a second collection and search it over gRPC, next to the REST figures.
+    #[arg(long)]
+    grpc: bool,
+    /// gRPC address of the node behind --url (default: its host on port 6334).
+    #[arg(long, requires = "url")]
+    grpc_url: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -127,7 +134,18 @@ struct Report {
     upsert_batch_latency: Option<LatencySummary>,
     index: IndexWait,
     search: Vec<SearchRow>,
+    grpc: Option<GrpcReport>,
     peak_rss_bytes: Option<u64>,
+}
+
+/// The same upload and searches over the client gRPC API.
+#[derive(Debug, Serialize)]
+struct GrpcReport {
+    upsert_seconds: f64,
+    upsert_points_per_sec: f64,
+    upsert_batch_latency: Option<LatencySummary>,
+    index: IndexWait,
+    search: Vec<SearchRow>,
 }
 
 fn main() -> ExitCode {
@@ -214,7 +232,13 @@ fn run(args: &Args) -> Result<()> {
     };
     let pid = node.as_ref().and_then(NodeProcess::pid).or(args.node_pid);
 
-    let result = bench(args, &client, &points, &queries, &truth, pid);
+    let grpc_url = match (&node, &args.grpc_url, &args.url) {
+        (Some(n), _, _) => n.grpc_url(),
+        (None, Some(g), _) => g.clone(),
+        (None, None, Some(url)) => grpc_url_of(url),
+        (None, None, None) => unreachable!("a node is started whenever --url is absent"),
+    };
+    let result = bench(args, &client, &grpc_url, &points, &queries, &truth, pid);
     if let (Err(_), Some(n)) = (&result, &node) {
         eprintln!(
             "---- node log tail ({}) ----\n{}",
@@ -230,9 +254,19 @@ fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// `http://host:6333` → `http://host:6334` (Qdrant's default ports).
+fn grpc_url_of(rest_url: &str) -> String {
+    let base = rest_url.trim_end_matches('/');
+    match base.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => format!("{host}:6334"),
+        _ => format!("{base}:6334"),
+    }
+}
+
 fn bench(
     args: &Args,
     client: &Client,
+    grpc_url: &str,
     points: &shoal_e2e::Vectors,
     queries: &shoal_e2e::Vectors,
     truth: &[Vec<u64>],
@@ -311,6 +345,12 @@ fn bench(
         search.push(row);
     }
 
+    let grpc = if args.grpc {
+        Some(bench_grpc(args, client, grpc_url, points, queries, truth)?)
+    } else {
+        None
+    };
+
     let peak_rss_bytes = match pid {
         Some(pid) => match proc_status_kib(pid, "VmHWM") {
             Ok(kib) => Some(kib * 1024),
@@ -339,7 +379,127 @@ fn bench(
         upsert_batch_latency: LatencySummary::from_durations(&batch_latencies),
         index,
         search,
+        grpc,
         peak_rss_bytes,
+    })
+}
+
+/// Upload and search over gRPC into `<collection>-grpc`, created over REST with the same
+/// parameters.
+fn bench_grpc(
+    args: &Args,
+    client: &Client,
+    grpc_url: &str,
+    points: &shoal_e2e::Vectors,
+    queries: &shoal_e2e::Vectors,
+    truth: &[Vec<u64>],
+) -> Result<GrpcReport> {
+    use qdrant_client::qdrant as q;
+    let name = format!("{}-grpc", args.collection);
+    if client.collection_exists(&name)? {
+        client.delete_collection(&name)?;
+    }
+    client.create_collection(
+        &name,
+        &CollectionParams::new(args.dim, args.distance).hnsw(args.m, args.ef_construct),
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let grpc = qdrant_client::Qdrant::from_url(grpc_url)
+        .api_key(args.api_key.clone())
+        .timeout(Duration::from_secs(args.request_timeout_secs))
+        .skip_compatibility_check()
+        .build()?;
+    let t = Instant::now();
+    let mut batch_latencies = Vec::new();
+    for first in (0..points.len()).step_by(args.batch) {
+        let last = (first + args.batch).min(points.len());
+        let request = q::UpsertPoints {
+            collection_name: name.clone(),
+            wait: Some(true),
+            points: (first..last)
+                .map(|i| q::PointStruct {
+                    id: Some(q::PointId {
+                        point_id_options: Some(q::point_id::PointIdOptions::Num(i as u64)),
+                    }),
+                    payload: Default::default(),
+                    vectors: Some(q::Vectors {
+                        vectors_options: Some(q::vectors::VectorsOptions::Vector(q::Vector {
+                            vector: Some(q::vector::Vector::Dense(q::DenseVector {
+                                data: points.get(i).to_vec(),
+                            })),
+                            ..Default::default()
+                        })),
+                    }),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let sent = Instant::now();
+        rt.block_on(grpc.upsert_points(request))
+            .with_context(|| format!("gRPC upsert of points {first}..{last}"))?;
+        batch_latencies.push(sent.elapsed());
+    }
+    let upsert_seconds = t.elapsed().as_secs_f64();
+    let upsert_pps = points.len() as f64 / upsert_seconds;
+    eprintln!("gRPC upsert: {upsert_pps:.0} points/s over {upsert_seconds:.2} s");
+    let index = wait_indexed(client, &name, points.len() as u64, args)?;
+    let mut search = Vec::new();
+    for &ef in &args.ef {
+        let request = |i: usize| q::SearchPoints {
+            collection_name: name.clone(),
+            vector: queries.get(i).to_vec(),
+            limit: args.k as u64,
+            params: Some(q::SearchParams {
+                hnsw_ef: Some(ef as u64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        for i in 0..args.warmup.min(queries.len()) {
+            rt.block_on(grpc.search_points(request(i)))?;
+        }
+        let mut latencies = Vec::with_capacity(queries.len());
+        let mut recall_sum = 0.0;
+        let started = Instant::now();
+        for (i, want) in truth.iter().enumerate() {
+            let sent = Instant::now();
+            let hits = rt
+                .block_on(grpc.search_points(request(i)))
+                .with_context(|| format!("gRPC search {i} (ef {ef})"))?;
+            latencies.push(sent.elapsed());
+            let got: Vec<u64> = hits
+                .result
+                .iter()
+                .filter_map(|h| match h.id.as_ref()?.point_id_options {
+                    Some(q::point_id::PointIdOptions::Num(n)) => Some(n),
+                    _ => None,
+                })
+                .collect();
+            recall_sum += recall_at_k(want, &got, args.k);
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let row = SearchRow {
+            mode: "hnsw (gRPC)".to_owned(),
+            ef: Some(ef),
+            qps: queries.len() as f64 / wall,
+            recall: recall_sum / queries.len() as f64,
+            latency: LatencySummary::from_durations(&latencies)
+                .context("no queries were measured")?,
+        };
+        eprintln!(
+            "gRPC ef {ef}: {:.0} QPS, recall@{} {:.4}, p50 {:.2} ms, p99 {:.2} ms",
+            row.qps, args.k, row.recall, row.latency.p50_ms, row.latency.p99_ms
+        );
+        search.push(row);
+    }
+    Ok(GrpcReport {
+        upsert_seconds,
+        upsert_points_per_sec: upsert_pps,
+        upsert_batch_latency: LatencySummary::from_durations(&batch_latencies),
+        index,
+        search,
     })
 }
 
@@ -518,4 +678,38 @@ fn print_markdown(r: &Report) {
         );
     }
     println!();
+    if let Some(g) = &r.grpc {
+        println!("| over gRPC | value |\n| --- | --- |");
+        println!(
+            "| upsert throughput | {:.0} points/s (batch {}, wait=true, {:.2} s; REST: {:.0} points/s) |",
+            g.upsert_points_per_sec, r.batch, g.upsert_seconds, r.upsert_points_per_sec
+        );
+        if let Some(l) = &g.upsert_batch_latency {
+            println!(
+                "| upsert batch latency | p50 {:.1} ms, p99 {:.1} ms |",
+                l.p50_ms, l.p99_ms
+            );
+        }
+        println!();
+        println!(
+            "| search over gRPC ({} queries, 1 client) | QPS | REST QPS | recall@{} | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: | ---: | ---: |",
+            r.queries, r.k
+        );
+        for s in &g.search {
+            let rest_qps = r
+                .search
+                .iter()
+                .find(|x| x.ef == s.ef)
+                .map_or("?".to_owned(), |x| format!("{:.0}", x.qps));
+            println!(
+                "| hnsw ef={} | {:.0} | {rest_qps} | {:.4} | {:.2} | {:.2} |",
+                s.ef.unwrap_or(0),
+                s.qps,
+                s.recall,
+                s.latency.p50_ms,
+                s.latency.p99_ms
+            );
+        }
+        println!();
+    }
 }

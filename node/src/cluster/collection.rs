@@ -57,6 +57,12 @@ pub enum SearchTarget {
         target: VectorData,
         context: Vec<(VectorData, VectorData)>,
     },
+    /// Qdrant's naive relevance feedback (see [`ShardTarget::RelevanceFeedback`]).
+    RelevanceFeedback {
+        target: VectorData,
+        a: f32,
+        pairs: Vec<(VectorData, VectorData, f32)>,
+    },
     /// Qdrant's context search: only context pairs (positive, negative).
     Context {
         pairs: Vec<(VectorData, VectorData)>,
@@ -1345,6 +1351,16 @@ impl Collection {
             SearchTarget::Context { pairs } => ShardTarget::Context {
                 pairs: prep_pairs(pairs)?,
             },
+            SearchTarget::RelevanceFeedback { target, a, pairs } => {
+                ShardTarget::RelevanceFeedback {
+                    target: prep(target)?,
+                    a: *a,
+                    pairs: pairs
+                        .iter()
+                        .map(|(b, w, weight)| Ok((prep(b)?, prep(w)?, *weight)))
+                        .collect::<Result<_, CollectionError>>()?,
+                }
+            }
             SearchTarget::IdOrder => ShardTarget::IdOrder,
         })
     }

@@ -98,6 +98,14 @@ pub enum ShardTarget {
     Context {
         pairs: Vec<(VectorData, VectorData)>,
     },
+    /// Qdrant's naive relevance feedback: `a * sim(target)` plus, for every pair of feedback
+    /// examples (better, worse) with its weight `(score difference)^b * c`,
+    /// `weight * (sim(better) - sim(worse))`.
+    RelevanceFeedback {
+        target: VectorData,
+        a: f32,
+        pairs: Vec<(VectorData, VectorData, f32)>,
+    },
     /// No scoring: matching points in id order with score 1 (as Qdrant).
     IdOrder,
 }
@@ -235,6 +243,13 @@ impl ShardSearch {
                     discover_score(sim(target), context_rank(context, sim))
                 }
                 ShardTarget::Context { pairs } => context_loss(pairs, sim),
+                ShardTarget::RelevanceFeedback { target, a, pairs } => {
+                    a * sim(target)
+                        + pairs
+                            .iter()
+                            .map(|(better, worse, w)| w * (sim(better) - sim(worse)))
+                            .sum::<f32>()
+                }
                 ShardTarget::Nearest(_) | ShardTarget::IdOrder => 0.0,
             }
         };

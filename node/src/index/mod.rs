@@ -3,6 +3,7 @@
 //! only `types`.
 
 pub mod filter;
+pub mod formula;
 pub mod geo;
 pub mod hnsw_index;
 pub mod payload_path;

@@ -804,6 +804,35 @@ pub struct DiscoverInput {
 }
 
 /// Qdrant's `mmr` parameters of a nearest query.
+/// One example of a relevance-feedback query and how relevant the client judged it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FeedbackItem {
+    pub example: VectorInput,
+    pub score: f32,
+}
+
+/// Qdrant's naive feedback strategy parameters.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct NaiveFeedback {
+    pub a: f32,
+    pub b: f32,
+    pub c: f32,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct FeedbackStrategy {
+    pub naive: NaiveFeedback,
+}
+
+/// `{"relevance_feedback": {target, feedback, strategy}}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RelevanceFeedbackInput {
+    pub target: VectorInput,
+    #[serde(default)]
+    pub feedback: Vec<FeedbackItem>,
+    pub strategy: FeedbackStrategy,
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 pub struct Mmr {
     pub diversity: Option<f32>,
@@ -852,6 +881,7 @@ pub enum QueryInterface {
     Fusion(Fusion),
     OrderBy(OrderBy),
     Sample,
+    RelevanceFeedback(RelevanceFeedbackInput),
 }
 
 impl<'de> Deserialize<'de> for QueryInterface {
@@ -928,8 +958,13 @@ impl<'de> Deserialize<'de> for QueryInterface {
                     _ => Err(D::Error::custom("`sample` must be \"random\"")),
                 };
             }
+            if let Some(feedback) = map.get("relevance_feedback") {
+                return RelevanceFeedbackInput::deserialize(feedback.clone())
+                    .map(QueryInterface::RelevanceFeedback)
+                    .map_err(D::Error::custom);
+            }
             if let Some(kind) = map.keys().next()
-                && ["formula", "relevance_feedback"].contains(&kind.as_str())
+                && ["formula"].contains(&kind.as_str())
             {
                 return Err(D::Error::custom(format!(
                     "query `{kind}` is not supported by Shoal yet"

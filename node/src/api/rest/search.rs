@@ -578,6 +578,9 @@ async fn run_leaf(
         QueryInterface::Context(pairs) => SearchTarget::Context {
             pairs: examples.resolve_pairs(&pairs).await?,
         },
+        QueryInterface::RelevanceFeedback(input) => {
+            relevance_feedback_target(&mut examples, input).await?
+        }
         QueryInterface::Sample => {
             return sample(collection, common, shard_key).await;
         }
@@ -620,6 +623,54 @@ async fn run_leaf(
     let request = common.request(target, exclude);
     Ok(collection.search(&request, shard_key).await?)
 }
+
+/// Qdrant's naive relevance feedback: every ordered pair of feedback examples whose scores
+/// differ (the better first) weighs `(score difference)^b * c`; the target weighs `a`. Example
+/// ids are excluded from the answer like other examples.
+async fn relevance_feedback_target(
+    examples: &mut Examples<'_>,
+    input: crate::api::rest::models::RelevanceFeedbackInput,
+) -> Result<SearchTarget, ApiError> {
+    if input.feedback.len() > MAX_FEEDBACK_EXAMPLES {
+        return Err(ApiError::bad_request(format!(
+            "Wrong input: at most {MAX_FEEDBACK_EXAMPLES} feedback examples"
+        )));
+    }
+    let naive = input.strategy.naive;
+    if ![naive.a, naive.b, naive.c].iter().all(|x| x.is_finite()) {
+        return Err(ApiError::bad_request(
+            "Wrong input: feedback strategy parameters must be finite numbers",
+        ));
+    }
+    let target = examples.resolve(&input.target).await?;
+    let mut resolved = Vec::with_capacity(input.feedback.len());
+    for item in &input.feedback {
+        if !item.score.is_finite() {
+            return Err(ApiError::bad_request(
+                "Wrong input: feedback scores must be finite numbers",
+            ));
+        }
+        resolved.push((examples.resolve(&item.example).await?, item.score));
+    }
+    let mut pairs = Vec::new();
+    for (better, better_score) in &resolved {
+        for (worse, worse_score) in &resolved {
+            let confidence = better_score - worse_score;
+            if confidence > 0.0 {
+                let weight = confidence.powf(naive.b) * naive.c;
+                pairs.push((better.clone(), worse.clone(), weight));
+            }
+        }
+    }
+    Ok(SearchTarget::RelevanceFeedback {
+        target,
+        a: naive.a,
+        pairs,
+    })
+}
+
+/// Most feedback examples in one relevance-feedback query (their pairs grow quadratically).
+const MAX_FEEDBACK_EXAMPLES: usize = 64;
 
 /// Qdrant's maximal marginal relevance: candidates from a plain search (`candidates_limit`,
 /// default `limit`), then repeatedly the candidate with the best
