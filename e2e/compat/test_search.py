@@ -495,3 +495,60 @@ def test_relevance_feedback_reorders_by_feedback_pairs(client, collection):
     ).points
     assert [p.id for p in got] == [3, 1]
     assert abs(got[0].score - (0.35 + 0.8 * 1.4)) < 1e-4 and abs(got[1].score - 1.3) < 1e-4
+
+
+def test_query_groups_by_payload_value_with_lookup(client, collection):
+    """Grouped query: groups in the order of their best hit, `group_size` hits each (best
+    first), a point with several values in several groups, and each group's id looked up in
+    another collection."""
+    name = collection(size=2, distance=models.Distance.DOT)
+    cities = collection(size=2, distance=models.Distance.DOT)
+    points = [
+        (1, [0.9, 0.0], "a"), (2, [0.8, 0.0], "b"), (3, [0.7, 0.0], "a"),
+        (4, [0.6, 0.0], ["b", "c"]), (5, [0.5, 0.0], "a"), (6, [0.4, 0.0], 7),
+    ]
+    client.upsert(
+        name, points=[models.PointStruct(id=i, vector=v, payload={"g": g}) for i, v, g in points], wait=True
+    )
+    client.upsert(cities, points=[models.PointStruct(id=7, vector=[0.0, 1.0], payload={"city": "seven"})], wait=True)
+    got = client.query_points_groups(
+        name, query=[1.0, 0.0], group_by="g", group_size=2, limit=4, with_payload=False, with_lookup=cities
+    ).groups
+    assert [(g.id, [h.id for h in g.hits]) for g in got] == [("a", [1, 3]), ("b", [2, 4]), ("c", [4]), (7, [6])]
+    assert got[3].lookup is not None and got[3].lookup.payload == {"city": "seven"}
+    assert got[0].lookup is None
+    assert got[0].hits[0].payload is None
+
+
+def test_formula_rescores_prefetched_points(client, collection):
+    """Score boosting: `$score` plus a payload value times a weight plus a condition, over the
+    points the prefetch found; errors in the formula are 400s."""
+    name = collection(size=2, distance=models.Distance.DOT)
+    client.upsert(
+        name,
+        points=[
+            models.PointStruct(id=1, vector=[1.0, 0.0], payload={"boost": 0.0, "tag": "x"}),
+            models.PointStruct(id=2, vector=[0.5, 0.0], payload={"boost": 2.0}),
+            models.PointStruct(id=3, vector=[0.1, 0.0], payload={}),
+        ],
+        wait=True,
+    )
+    got = client.query_points(
+        name,
+        prefetch=models.Prefetch(query=[1.0, 0.0], limit=10),
+        query=models.FormulaQuery(
+            formula=models.SumExpression(
+                sum=["$score", models.MultExpression(mult=[0.5, "boost"]),
+                     models.FieldCondition(key="tag", match=models.MatchValue(value="x"))]
+            ),
+            defaults={"boost": 10.0},
+        ),
+        limit=3,
+    ).points
+    assert [(p.id, round(p.score, 4)) for p in got] == [(3, 5.1), (1, 2.0), (2, 1.5)]
+    with pytest.raises(Exception, match="non-finite|in the payload"):
+        client.query_points(
+            name,
+            prefetch=models.Prefetch(query=[1.0, 0.0], limit=10),
+            query=models.FormulaQuery(formula=models.DivExpression(div=models.DivParams(left=1.0, right="boost"))),
+        )

@@ -925,6 +925,148 @@ pub fn discover_points(r: q::DiscoverPoints) -> Result<Value, Status> {
     Ok(Value::Object(out))
 }
 
+// ---- groups ------------------------------------------------------------------------------
+
+fn with_lookup(l: Option<q::WithLookup>) -> Option<Value> {
+    let l = l?;
+    let mut out = Map::new();
+    out.insert("collection".into(), Value::String(l.collection));
+    put_opt(&mut out, "with_payload", with_payload(l.with_payload));
+    put_opt(&mut out, "with_vectors", with_vectors(l.with_vectors));
+    Some(Value::Object(out))
+}
+
+fn group_fields(
+    out: &mut Map<String, Value>,
+    group_by: String,
+    group_size: Option<u64>,
+    lookup: Option<q::WithLookup>,
+) {
+    out.insert("group_by".into(), Value::String(group_by));
+    put_opt(out, "group_size", group_size.map(Value::from));
+    put_opt(out, "with_lookup", with_lookup(lookup));
+}
+
+/// `QueryPointGroups` as REST's `query/groups` body.
+pub fn query_point_groups(r: q::QueryPointGroups) -> Result<Value, Status> {
+    let Value::Object(mut out) = query_points(q::QueryPoints {
+        collection_name: r.collection_name,
+        prefetch: r.prefetch,
+        query: r.query,
+        using: r.using,
+        filter: r.filter,
+        params: r.params,
+        score_threshold: r.score_threshold,
+        limit: r.limit,
+        with_vectors: r.with_vectors,
+        with_payload: r.with_payload,
+        lookup_from: r.lookup_from,
+        shard_key_selector: r.shard_key_selector,
+        ..Default::default()
+    })?
+    else {
+        unreachable!("query_points builds an object")
+    };
+    group_fields(&mut out, r.group_by, r.group_size, r.with_lookup);
+    Ok(Value::Object(out))
+}
+
+/// `SearchPointGroups` as the grouped query it is.
+pub fn search_point_groups(r: q::SearchPointGroups) -> Result<Value, Status> {
+    let v = match r.sparse_indices {
+        Some(indices) => sparse(indices.data, r.vector)?,
+        None => VectorData::Dense(r.vector),
+    };
+    let mut out = Map::new();
+    out.insert("query".into(), vector_json(&v));
+    put_opt(&mut out, "using", r.vector_name.map(Value::String));
+    out.insert("limit".into(), r.limit.into());
+    put_opt(&mut out, "filter", opt_filter(r.filter)?);
+    put_opt(&mut out, "params", search_params(r.params));
+    put_opt(
+        &mut out,
+        "score_threshold",
+        r.score_threshold.map(Value::from),
+    );
+    put_opt(&mut out, "with_vector", with_vectors(r.with_vectors));
+    put_opt(&mut out, "with_payload", with_payload(r.with_payload));
+    put_opt(
+        &mut out,
+        "shard_key",
+        shard_key_selector(r.shard_key_selector)?,
+    );
+    group_fields(
+        &mut out,
+        r.group_by,
+        Some(r.group_size.into()),
+        r.with_lookup,
+    );
+    Ok(Value::Object(out))
+}
+
+/// `RecommendPointGroups` as the grouped recommend query it is.
+pub fn recommend_point_groups(r: q::RecommendPointGroups) -> Result<Value, Status> {
+    let Value::Object(mut out) = recommend_points(q::RecommendPoints {
+        collection_name: r.collection_name,
+        positive: r.positive,
+        negative: r.negative,
+        filter: r.filter,
+        limit: r.limit.into(),
+        with_payload: r.with_payload,
+        params: r.params,
+        score_threshold: r.score_threshold,
+        using: r.using,
+        with_vectors: r.with_vectors,
+        lookup_from: r.lookup_from,
+        strategy: r.strategy,
+        positive_vectors: r.positive_vectors,
+        negative_vectors: r.negative_vectors,
+        shard_key_selector: r.shard_key_selector,
+        ..Default::default()
+    })?
+    else {
+        unreachable!("recommend_points builds an object")
+    };
+    let recommend = json!({
+        "positive": out.remove("positive").unwrap_or(Value::Array(Vec::new())),
+        "negative": out.remove("negative").unwrap_or(Value::Array(Vec::new())),
+        "strategy": out.remove("strategy"),
+    });
+    out.insert("query".into(), json!({ "recommend": recommend }));
+    group_fields(
+        &mut out,
+        r.group_by,
+        Some(r.group_size.into()),
+        r.with_lookup,
+    );
+    Ok(Value::Object(out))
+}
+
+/// REST's groups answer as the wire one.
+pub fn groups_out(r: crate::api::rest::models::GroupsResult) -> q::GroupsResult {
+    use q::group_id::Kind;
+    q::GroupsResult {
+        groups: r
+            .groups
+            .into_iter()
+            .map(|g| q::PointGroup {
+                id: Some(q::GroupId {
+                    kind: match &g.id {
+                        Value::String(s) => Some(Kind::StringValue(s.clone())),
+                        v => match (v.as_u64(), v.as_i64()) {
+                            (Some(u), _) => Some(Kind::UnsignedValue(u)),
+                            (None, Some(i)) => Some(Kind::IntegerValue(i)),
+                            _ => None,
+                        },
+                    },
+                }),
+                hits: g.hits.into_iter().map(scored_point_out).collect(),
+                lookup: g.lookup.map(retrieved_point_out),
+            })
+            .collect(),
+    }
+}
+
 // ---- updates -----------------------------------------------------------------------------
 
 pub fn update_mode(mode: Option<i32>) -> Result<Option<Value>, Status> {

@@ -731,9 +731,20 @@ impl Points for ClientApi {
         request: Request<q::SearchPointGroups>,
     ) -> Result<Response<q::SearchGroupsResponse>, Status> {
         self.authorize(&request, READ)?;
-        Err(Status::unimplemented(
-            "grouped search is not supported yet (as over REST)",
-        ))
+        let t = Instant::now();
+        let r = request.into_inner();
+        let name = r.collection_name.clone();
+        let body = from_json(convert::search_point_groups(r)?)?;
+        let groups =
+            ok(
+                search::query_groups(self.state(), PathParams(name), started(), JsonBody(body))
+                    .await,
+            )?;
+        Ok(Response::new(q::SearchGroupsResponse {
+            result: Some(convert::groups_out(groups)),
+            time: secs(t),
+            usage: None,
+        }))
     }
 
     async fn scroll(
@@ -838,9 +849,20 @@ impl Points for ClientApi {
         request: Request<q::RecommendPointGroups>,
     ) -> Result<Response<q::RecommendGroupsResponse>, Status> {
         self.authorize(&request, READ)?;
-        Err(Status::unimplemented(
-            "grouped recommendations are not supported yet (as over REST)",
-        ))
+        let t = Instant::now();
+        let r = request.into_inner();
+        let name = r.collection_name.clone();
+        let body = from_json(convert::recommend_point_groups(r)?)?;
+        let groups =
+            ok(
+                search::query_groups(self.state(), PathParams(name), started(), JsonBody(body))
+                    .await,
+            )?;
+        Ok(Response::new(q::RecommendGroupsResponse {
+            result: Some(convert::groups_out(groups)),
+            time: secs(t),
+            usage: None,
+        }))
     }
 
     async fn discover(
@@ -1009,9 +1031,20 @@ impl Points for ClientApi {
         request: Request<q::QueryPointGroups>,
     ) -> Result<Response<q::QueryGroupsResponse>, Status> {
         self.authorize(&request, READ)?;
-        Err(Status::unimplemented(
-            "grouped queries are not supported yet (as over REST)",
-        ))
+        let t = Instant::now();
+        let r = request.into_inner();
+        let name = r.collection_name.clone();
+        let body = from_json(convert::query_point_groups(r)?)?;
+        let groups =
+            ok(
+                search::query_groups(self.state(), PathParams(name), started(), JsonBody(body))
+                    .await,
+            )?;
+        Ok(Response::new(q::QueryGroupsResponse {
+            result: Some(convert::groups_out(groups)),
+            time: secs(t),
+            usage: None,
+        }))
     }
 
     async fn facet(

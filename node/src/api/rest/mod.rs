@@ -130,6 +130,10 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
         )
         .route(&format!("{c}/points/query"), post(search::query))
         .route(
+            &format!("{c}/points/query/groups"),
+            post(search::query_groups),
+        )
+        .route(
             &format!("{c}/points/query/batch"),
             post(search::query_batch),
         )

@@ -882,6 +882,8 @@ pub enum QueryInterface {
     OrderBy(OrderBy),
     Sample,
     RelevanceFeedback(RelevanceFeedbackInput),
+    /// Qdrant's score boosting: a formula over prefetch scores, payload values and conditions.
+    Formula(crate::index::formula::Formula),
 }
 
 impl<'de> Deserialize<'de> for QueryInterface {
@@ -963,12 +965,19 @@ impl<'de> Deserialize<'de> for QueryInterface {
                     .map(QueryInterface::RelevanceFeedback)
                     .map_err(D::Error::custom);
             }
-            if let Some(kind) = map.keys().next()
-                && ["formula"].contains(&kind.as_str())
-            {
-                return Err(D::Error::custom(format!(
-                    "query `{kind}` is not supported by Shoal yet"
-                )));
+            if let Some(formula) = map.get("formula") {
+                let defaults = match map.get("defaults") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::Object(d)) => Some(d),
+                    Some(other) => {
+                        return Err(D::Error::custom(format!(
+                            "formula `defaults` must be an object, got {other}"
+                        )));
+                    }
+                };
+                return crate::index::formula::Formula::parse(formula, defaults)
+                    .map(QueryInterface::Formula)
+                    .map_err(D::Error::custom);
             }
         }
         VectorInput::deserialize(value)
@@ -1008,6 +1017,32 @@ pub struct QueryRequest {
     pub lookup_from: Option<LookupLocation>,
     #[serde(default)]
     pub shard_key: Option<ShardKeySelector>,
+}
+
+/// `POST /collections/{c}/points/query/groups`: a query whose hits are grouped by a payload
+/// key (Qdrant's `QueryGroupsRequest`); `limit` counts groups.
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueryGroupsRequest {
+    #[serde(flatten)]
+    pub query: QueryRequest,
+    pub group_by: String,
+    pub group_size: Option<usize>,
+    /// A collection name, or `{"collection", "with_payload", "with_vectors"}`: each group's
+    /// id is looked up there.
+    pub with_lookup: Option<Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PointGroupOut {
+    pub id: Value,
+    pub hits: Vec<ScoredPointOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<RecordOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GroupsResult {
+    pub groups: Vec<PointGroupOut>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

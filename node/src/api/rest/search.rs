@@ -9,10 +9,11 @@ use axum::extract::State;
 use crate::api::rest::AppState;
 use crate::api::rest::json_body::{JsonBody, PathParams};
 use crate::api::rest::models::{
-    ContextPair, Fusion, LookupLocation, MAX_BATCH_SEARCHES, MAX_EXAMPLES, MAX_HNSW_EF,
-    MAX_SEARCH_WINDOW, Mmr, Prefetch, QueryInterface, QueryRequest, QueryRequestBatch,
-    QueryResponse, RecommendRequest, RecommendRequestBatch, RecommendStrategy, ScoredPointOut,
-    SearchParams, SearchRequest as SearchBody, SearchRequestBatch, VectorInput, VectorStructOut,
+    ContextPair, Fusion, GroupsResult, LookupLocation, MAX_BATCH_SEARCHES, MAX_EXAMPLES,
+    MAX_HNSW_EF, MAX_SEARCH_WINDOW, Mmr, PointGroupOut, Prefetch, QueryGroupsRequest,
+    QueryInterface, QueryRequest, QueryRequestBatch, QueryResponse, RecommendRequest,
+    RecommendRequestBatch, RecommendStrategy, ScoredPointOut, SearchParams,
+    SearchRequest as SearchBody, SearchRequestBatch, VectorInput, VectorStructOut,
 };
 use crate::api::rest::points::validate_filter;
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
@@ -20,9 +21,10 @@ use crate::cluster::collection::{Collection, SearchRequest, SearchTarget, ShardK
 use crate::cluster::shard_requests::similarity_of;
 use crate::cluster::toc::TableOfContent;
 use crate::index::filter::{Condition, Filter, HasIdCondition};
+use crate::index::payload_path::JsonPath;
 use crate::index::payload_selector::{WithPayload, WithVector};
 use crate::shard::local_shard::ScoredRecord;
-use crate::types::{PointId, SparseVector, VectorData};
+use crate::types::{Payload, PointId, SparseVector, VectorData};
 
 /// Most prefetches in one query, counted over every level.
 pub const MAX_PREFETCHES: usize = 64;
@@ -504,6 +506,12 @@ fn run_level<'a>(
                 let fused = fuse(fusion, &sources, window, common.score_threshold)?;
                 return fetch(collection, fused, &common, shard_key).await;
             }
+            if let QueryInterface::Formula(formula) = &query {
+                return rescore_with_formula(
+                    collection, formula, &sources, window, &common, shard_key,
+                )
+                .await;
+            }
             // Rescoring: the outer query ranks the union of what the prefetches found.
             let union: Vec<PointId> = sources.iter().flatten().map(|r| r.id).collect();
             if union.is_empty() {
@@ -526,6 +534,9 @@ fn run_level<'a>(
             }
             Some(QueryInterface::Fusion(_)) => Err(ApiError::bad_request(
                 "Wrong input: cannot apply Fusion without prefetches",
+            )),
+            Some(QueryInterface::Formula(_)) => Err(ApiError::bad_request(
+                "Wrong input: cannot apply Formula without prefetches",
             )),
             Some(query) => run_leaf(toc, collection, query, common, lookup_from, shard_key).await,
         }
@@ -613,7 +624,9 @@ async fn run_leaf(
                 })
                 .collect());
         }
-        QueryInterface::Fusion(_) => unreachable!("handled by the caller"),
+        QueryInterface::Fusion(_) | QueryInterface::Formula(_) => {
+            unreachable!("handled by the caller")
+        }
     };
     let exclude = examples.exclude;
     // The root skips `offset` itself, after every level is merged.
@@ -861,6 +874,62 @@ fn fuse(
         .collect())
 }
 
+/// Qdrant's score boosting: every point any prefetch found is scored by the formula (with its
+/// score in each prefetch, its whole payload and which vectors it has), best first; the first
+/// `window` are kept, then those below `score_threshold` dropped. An error evaluating the formula
+/// for one point fails the query, as in Qdrant.
+async fn rescore_with_formula(
+    collection: &Collection,
+    formula: &crate::index::formula::Formula,
+    sources: &[Vec<ScoredRecord>],
+    window: usize,
+    common: &Common,
+    shard_key: Option<&ShardKeySelector>,
+) -> Result<Vec<ScoredRecord>, ApiError> {
+    let mut ids: Vec<PointId> = Vec::new();
+    let mut scores: HashMap<PointId, Vec<Option<f32>>> = HashMap::new();
+    for (i, source) in sources.iter().enumerate() {
+        for r in source {
+            let slot = scores.entry(r.id).or_insert_with(|| {
+                ids.push(r.id);
+                vec![None; sources.len()]
+            });
+            slot[i].get_or_insert(r.score);
+        }
+    }
+    // The whole payload and the names of the vectors each point has; what the level asks for
+    // is fetched afterwards.
+    let records = collection
+        .retrieve(&ids, true, &WithVector::All, shard_key)
+        .await?;
+    let empty = Payload::new();
+    let mut scored = Vec::with_capacity(records.len());
+    for r in records {
+        let names: Vec<&String> = r.vector.iter().flat_map(|v| v.keys()).collect();
+        let has_vector = |name: &str| names.iter().any(|n| n.as_str() == name);
+        let score = formula
+            .evaluate(
+                r.id,
+                r.payload.as_ref().unwrap_or(&empty),
+                &has_vector,
+                &scores[&r.id],
+            )
+            .map_err(|e| ApiError::bad_request(format!("Wrong input: {e}")))?;
+        scored.push(ScoredRecord {
+            id: r.id,
+            version: r.version,
+            score,
+            payload: None,
+            vector: None,
+            order_value: None,
+        });
+    }
+    scored.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.id.cmp(&b.id)));
+    scored.truncate(window);
+    scored.retain(|r| common.score_threshold.is_none_or(|t| r.score >= t));
+    fetch(collection, scored, common, shard_key).await
+}
+
 /// Adds the payloads and vectors a level asks for to fused points.
 async fn fetch(
     collection: &Collection,
@@ -895,6 +964,17 @@ async fn run_query(
     collection: &Arc<Collection>,
     body: QueryRequest,
 ) -> Result<Vec<ScoredPointOut>, ApiError> {
+    let with_payload = body.with_payload.clone().unwrap_or(WithPayload::None);
+    let records = run_query_records(toc, collection, body).await?;
+    Ok(render(records, &with_payload))
+}
+
+/// [`run_query`] before the payload selection: the records with the payload they carry.
+async fn run_query_records(
+    toc: &TableOfContent,
+    collection: &Arc<Collection>,
+    body: QueryRequest,
+) -> Result<Vec<ScoredRecord>, ApiError> {
     if count_prefetches(&body.prefetch, 1)? > MAX_PREFETCHES {
         return Err(ApiError::bad_request(format!(
             "Wrong input: at most {MAX_PREFETCHES} prefetches per query"
@@ -921,9 +1001,162 @@ async fn run_query(
         common,
         lookup_from: body.lookup_from,
     };
+    let _ = with_payload;
     let mut records = run_level(toc, collection, level, body.shard_key.as_ref()).await?;
-    let records: Vec<ScoredRecord> = records.drain(..).skip(offset).collect();
-    Ok(render(records, &with_payload))
+    Ok(records.drain(..).skip(offset).collect())
+}
+
+/// Most groups times group size a grouped query may ask for.
+const MAX_GROUPED_HITS: usize = 10_000;
+
+/// The group ids a payload value gives a point: strings and integers, one level of array
+/// elements (Qdrant groups by those only; a point with several values joins several groups).
+fn group_ids(key: &JsonPath, payload: Option<&Payload>) -> Vec<serde_json::Value> {
+    let Some(payload) = payload else {
+        return Vec::new();
+    };
+    let mut out: Vec<serde_json::Value> = Vec::new();
+    for v in key.values(payload) {
+        let usable = v.is_string() || v.as_i64().is_some() || v.as_u64().is_some();
+        if usable && !out.contains(v) {
+            out.push(v.clone());
+        }
+    }
+    out
+}
+
+/// Qdrant's grouped query: the query runs over a growing window of hits until `limit` groups
+/// of `group_size` are filled or the hits run out; groups come in the order of their best hit,
+/// each with its hits best first.
+async fn run_query_groups(
+    toc: &TableOfContent,
+    collection: &Arc<Collection>,
+    body: QueryGroupsRequest,
+) -> Result<GroupsResult, ApiError> {
+    let key: JsonPath = body.group_by.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "Wrong input: invalid `group_by` key `{}`: {e}",
+            body.group_by
+        ))
+    })?;
+    let group_size = body.group_size.unwrap_or(3);
+    let limit = body.query.limit.unwrap_or(10);
+    if group_size == 0 || limit == 0 {
+        return Err(ApiError::unprocessable(
+            "Validation error in JSON body: limit and group_size must be at least 1",
+        ));
+    }
+    if limit.saturating_mul(group_size) > MAX_GROUPED_HITS {
+        return Err(ApiError::unprocessable(format!(
+            "Validation error in JSON body: limit * group_size must not exceed {MAX_GROUPED_HITS}"
+        )));
+    }
+    if body.query.offset.is_some_and(|o| o > 0) {
+        return Err(ApiError::bad_request(
+            "Wrong input: `offset` is not supported for grouped queries",
+        ));
+    }
+    let lookup = match &body.with_lookup {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(name)) => {
+            Some((name.clone(), WithPayload::All, WithVector::None))
+        }
+        Some(other) => {
+            #[derive(serde::Deserialize)]
+            struct Lookup {
+                collection: String,
+                with_payload: Option<WithPayload>,
+                with_vectors: Option<WithVector>,
+            }
+            let l: Lookup = serde_json::from_value(other.clone()).map_err(|e| {
+                ApiError::unprocessable(format!("Validation error in JSON body: with_lookup: {e}"))
+            })?;
+            Some((
+                l.collection,
+                l.with_payload.unwrap_or(WithPayload::All),
+                l.with_vectors.unwrap_or(WithVector::None),
+            ))
+        }
+    };
+    let lookup_collection = match &lookup {
+        Some((name, _, _)) => Some(toc.get(name)?),
+        None => None,
+    };
+    let with_payload = body.query.with_payload.clone().unwrap_or(WithPayload::None);
+    let mut request = body.query;
+    request.with_payload = Some(WithPayload::All);
+    request.offset = None;
+    let mut window = limit * group_size;
+    let original_prefetch = request.prefetch.clone();
+    let groups = loop {
+        request.limit = Some(window);
+        // Prefetches grow with the window (as Qdrant's grouping does), so that rescoring sees
+        // enough candidates to fill the groups.
+        request.prefetch = original_prefetch.clone();
+        raise_prefetch_limits(&mut request.prefetch, window);
+        let hits = run_query_records(toc, collection, request.clone()).await?;
+        let exhausted = hits.len() < window;
+        let mut groups: Vec<(serde_json::Value, Vec<ScoredRecord>)> = Vec::new();
+        for hit in hits {
+            for id in group_ids(&key, hit.payload.as_ref()) {
+                match groups.iter().position(|(g, _)| *g == id) {
+                    Some(at) if groups[at].1.len() < group_size => {
+                        groups[at].1.push(hit.clone());
+                    }
+                    Some(_) => {}
+                    None if groups.len() < limit => groups.push((id, vec![hit.clone()])),
+                    None => {}
+                }
+            }
+        }
+        let full = groups.len() == limit && groups.iter().all(|(_, m)| m.len() == group_size);
+        if full || exhausted || window >= MAX_SEARCH_WINDOW {
+            break groups;
+        }
+        window = (window * 4).min(MAX_SEARCH_WINDOW);
+    };
+    let mut out = Vec::with_capacity(groups.len());
+    for (id, hits) in groups {
+        let lookup = match (&lookup, &lookup_collection) {
+            (Some((_, wp, wv)), Some(other)) => match serde_json::from_value::<PointId>(id.clone())
+            {
+                Ok(point) => other
+                    .retrieve(&[point], wp.is_requested(), wv, None)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .map(|r| crate::api::rest::points::record_out(r, wp)),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        out.push(PointGroupOut {
+            id,
+            hits: render(hits, &with_payload),
+            lookup,
+        });
+    }
+    Ok(GroupsResult { groups: out })
+}
+
+fn raise_prefetch_limits(prefetch: &mut [Prefetch], at_least: usize) {
+    for p in prefetch {
+        p.limit = Some(p.limit.unwrap_or(10).max(at_least));
+        raise_prefetch_limits(&mut p.prefetch, at_least);
+    }
+}
+
+pub async fn query_groups(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+    JsonBody(body): JsonBody<QueryGroupsRequest>,
+) -> ApiResult<GroupsResult> {
+    let collection = state.toc.get(&name)?;
+    Ok(ApiOk(
+        run_query_groups(&state.toc, &collection, body).await?,
+        started,
+    ))
 }
 
 pub async fn search(
