@@ -552,3 +552,35 @@ def test_formula_rescores_prefetched_points(client, collection):
             prefetch=models.Prefetch(query=[1.0, 0.0], limit=10),
             query=models.FormulaQuery(formula=models.DivExpression(div=models.DivParams(left=1.0, right="boost"))),
         )
+
+
+def test_facet_counts_values_most_frequent_first(client, collection, http):
+    name = collection(size=2, distance=models.Distance.DOT)
+    tags = [["a", "b"], "a", ["a", "a"], "c", 5, None]
+    client.upsert(
+        name, points=[models.PointStruct(id=i + 1, vector=[1.0, 0.0], payload={"t": t}) for i, t in enumerate(tags)],
+        wait=True,
+    )
+    r = http.post(f"/collections/{name}/facet", json={"key": "t"})
+    assert r.status_code == 400 and "Index required" in r.text
+    client.create_payload_index(name, "t", models.PayloadSchemaType.KEYWORD, wait=True)
+    hits = client.facet(name, key="t").hits
+    assert [(h.value, h.count) for h in hits] == [("a", 3), ("b", 1), ("c", 1), (5, 1)]
+    flt = models.Filter(must_not=[models.HasIdCondition(has_id=[1])])
+    assert [(h.value, h.count) for h in client.facet(name, key="t", facet_filter=flt, limit=1).hits] == [("a", 2)]
+
+
+def test_distance_matrix_pairs_and_offsets_agree(client, collection):
+    name = collection(size=2, distance=models.Distance.DOT)
+    client.upsert(
+        name, points=[models.PointStruct(id=i, vector=[float(i), 1.0]) for i in range(1, 6)], wait=True
+    )
+    pairs = client.search_matrix_pairs(name, sample=5, limit=2).pairs
+    assert len(pairs) == 10
+    # Dot: point 5 is everyone's nearest, then 4 (and 4 for point 5 itself).
+    assert [(p.a, p.b) for p in pairs if p.a == 1] == [(1, 5), (1, 4)]
+    assert [(p.a, p.b, p.score) for p in pairs if p.a == 5] == [(5, 4, 21.0), (5, 3, 16.0)]
+    offsets = client.search_matrix_offsets(name, sample=5, limit=2)
+    assert offsets.ids == [1, 2, 3, 4, 5]
+    got = [(offsets.ids[r], offsets.ids[c], s) for r, c, s in zip(offsets.offsets_row, offsets.offsets_col, offsets.scores)]
+    assert got == [(p.a, p.b, p.score) for p in pairs]

@@ -29,8 +29,8 @@ use crate::api::rest::service::QDRANT_API_VERSION;
 use crate::cluster::CollectionError;
 use crate::cluster::remote_shard::POINT_NOT_FOUND_MARK;
 use crate::cluster::shard_requests::{
-    ShardCount, ShardDigest, ShardOrderBy, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
-    ShardSparseStats,
+    ShardCount, ShardDigest, ShardFacet, ShardOrderBy, ShardRequest, ShardRetrieve, ShardScroll,
+    ShardSearch, ShardSparseStats,
 };
 use crate::cluster::toc::TableOfContent;
 use crate::cluster::transfer::{SNAPSHOTS_DIR, restore_snapshot};
@@ -300,6 +300,10 @@ impl ShardService for ShardPoints {
 
     async fn order_by(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
         self.run::<ShardOrderBy>(request.into_inner()).await
+    }
+
+    async fn facet(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
+        self.run::<ShardFacet>(request.into_inner()).await
     }
 }
 

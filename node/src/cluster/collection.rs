@@ -14,8 +14,8 @@ use crate::cluster::hash_ring::shard_for;
 use crate::cluster::metadata::Metadata;
 use crate::cluster::remote_shard::RemoteShard;
 use crate::cluster::shard_requests::{
-    OrderValue, Ownership, ShardCount, ShardOrderBy, ShardRequest, ShardRetrieve, ShardScroll,
-    ShardSearch, ShardSparseStats, ShardTarget,
+    OrderValue, Ownership, ShardCount, ShardFacet, ShardOrderBy, ShardRequest, ShardRetrieve,
+    ShardScroll, ShardSearch, ShardSparseStats, ShardTarget,
 };
 use crate::collection_config::{
     CollectionConfig, MAX_MULTIVECTOR_LEN, MAX_SPARSE_ENTRIES, Modifier, PayloadIndexEntry,
@@ -1299,6 +1299,38 @@ impl Collection {
         Ok(all)
     }
 
+    /// Qdrant's facet counts over the selected shards: (value, number of points), most
+    /// frequent first, then by value; at most `limit`.
+    pub async fn facet(
+        &self,
+        request: ShardFacet,
+        limit: usize,
+        selector: Option<&ShardKeySelector>,
+    ) -> Result<Vec<(serde_json::Value, usize)>, CollectionError> {
+        let layout = self.layout();
+        let requests = self
+            .selected_shards(&layout, selector, false)?
+            .into_iter()
+            .map(|shard| (shard, request.clone()))
+            .collect();
+        let mut totals: BTreeMap<String, (serde_json::Value, usize)> = BTreeMap::new();
+        for (value, count) in self
+            .read_shards(&layout, requests)
+            .await?
+            .into_iter()
+            .flatten()
+        {
+            totals
+                .entry(value.to_string())
+                .or_insert_with(|| (value, 0))
+                .1 += count;
+        }
+        let mut hits: Vec<(serde_json::Value, usize)> = totals.into_values().collect();
+        hits.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| facet_value_order(&a.0, &b.0)));
+        hits.truncate(limit);
+        Ok(hits)
+    }
+
     /// The exact number of points (matching `filter`) over the selected shards.
     pub async fn count(
         &self,
@@ -1519,6 +1551,23 @@ fn ring_of(layout: &Layout, key: Option<&ShardKey>, writes: bool) -> Vec<u32> {
         .filter(|(_, s)| s.key.as_ref() == key && if writes { s.write } else { s.read })
         .map(|(id, _)| *id)
         .collect()
+}
+
+/// The order of facet values of equal counts, as Qdrant's facet value type orders them:
+/// strings, then integers, then booleans, each in its natural order.
+fn facet_value_order(a: &serde_json::Value, b: &serde_json::Value) -> std::cmp::Ordering {
+    use serde_json::Value;
+    let rank = |v: &Value| match v {
+        Value::String(_) => 0,
+        Value::Number(_) => 1,
+        _ => 2,
+    };
+    match (a, b) {
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::Number(x), Value::Number(y)) => x.as_i64().cmp(&y.as_i64()),
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        _ => rank(a).cmp(&rank(b)),
+    }
 }
 
 /// Checks a vector against the configured vector `name` and brings it into its stored form:

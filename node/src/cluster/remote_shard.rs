@@ -105,6 +105,7 @@ impl RemoteShard {
             ShardCallKind::Digest => client.digest(call).await,
             ShardCallKind::SparseStats => client.sparse_stats(call).await,
             ShardCallKind::OrderBy => client.order_by(call).await,
+            ShardCallKind::Facet => client.facet(call).await,
         };
         let answer = answer.map_err(|status| match status.code() {
             tonic::Code::NotFound if status.metadata().contains_key(POINT_NOT_FOUND_MARK) => {

@@ -30,6 +30,7 @@ pub enum ShardCallKind {
     Digest,
     SparseStats,
     OrderBy,
+    Facet,
 }
 
 /// A request that one shard replica answers, on this peer or on another: it runs on a local
@@ -476,6 +477,62 @@ impl ShardOrderBy {
                 c.is_lt()
             }
         })
+    }
+}
+
+/// Qdrant's facet counts on one shard: for each distinct string, integer or boolean value at
+/// `key` (arrays element by element), how many points matching `filter` have it (a point counts
+/// once per distinct value).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardFacet {
+    pub key: JsonPath,
+    pub filter: Option<Filter>,
+    /// The key holds UUIDs (a uuid index): strings that parse as one count in their hyphenated
+    /// form, whatever form was stored.
+    #[serde(default)]
+    pub uuids: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Ownership>,
+}
+
+impl ShardRequest for ShardFacet {
+    fn owner_mut(&mut self) -> Option<&mut Option<Ownership>> {
+        Some(&mut self.owner)
+    }
+    type Answer = Vec<(serde_json::Value, usize)>;
+    const CALL: ShardCallKind = ShardCallKind::Facet;
+    fn run_on(&self, shard: &LocalShard) -> Result<Self::Answer, CollectionError> {
+        let filter = self.filter.as_ref();
+        let owner = self.owner.as_ref();
+        let accept = |id: PointId, p: &Payload, has: HasVector<'_>| {
+            owner.is_none_or(|o| o.owns(&id)) && filter.is_none_or(|f| f.check_point(id, p, has))
+        };
+        let mut counts: std::collections::HashMap<String, (serde_json::Value, usize)> =
+            std::collections::HashMap::new();
+        shard.for_each_payload(&accept, &mut |payload| {
+            let mut seen: Vec<serde_json::Value> = Vec::new();
+            for v in self.key.values(payload) {
+                let facetable = v.is_string() || v.is_boolean() || v.as_i64().is_some();
+                if !facetable {
+                    continue;
+                }
+                let v = match v.as_str().filter(|_| self.uuids) {
+                    Some(s) => match uuid::Uuid::parse_str(s) {
+                        Ok(u) => serde_json::Value::String(u.hyphenated().to_string()),
+                        Err(_) => v.clone(),
+                    },
+                    None => v.clone(),
+                };
+                if !seen.contains(&v) {
+                    counts
+                        .entry(v.to_string())
+                        .or_insert_with(|| (v.clone(), 0))
+                        .1 += 1;
+                    seen.push(v);
+                }
+            }
+        });
+        Ok(counts.into_values().collect())
     }
 }
 

@@ -855,6 +855,19 @@ impl LocalShard {
             .collect()
     }
 
+    /// Calls `visit` with the payload of every point `accept` passes.
+    pub fn for_each_payload(&self, accept: PointPredicate<'_>, visit: &mut dyn FnMut(&Payload)) {
+        let state = self.state.read();
+        for (id, loc) in &state.locations {
+            let seg = &state.segments[&loc.segment];
+            let o = loc.offset;
+            let payload = seg.payload(o);
+            if accept(*id, payload, &|n| seg.has_vector(n, o)) {
+                visit(payload);
+            }
+        }
+    }
+
     pub fn count(&self, accept: Option<PointPredicate<'_>>) -> usize {
         let state = self.state.read();
         match accept {

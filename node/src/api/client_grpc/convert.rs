@@ -1067,6 +1067,36 @@ pub fn groups_out(r: crate::api::rest::models::GroupsResult) -> q::GroupsResult 
     }
 }
 
+// ---- facets and matrices -----------------------------------------------------------------
+
+/// A facet value (string, integer or boolean) as the wire one.
+pub fn facet_value_out(v: &Value) -> Option<q::FacetValue> {
+    use q::facet_value::Variant;
+    let variant = match v {
+        Value::String(s) => Variant::StringValue(s.clone()),
+        Value::Bool(b) => Variant::BoolValue(*b),
+        other => Variant::IntegerValue(other.as_i64()?),
+    };
+    Some(q::FacetValue {
+        variant: Some(variant),
+    })
+}
+
+/// `SearchMatrixPoints` as REST's matrix body.
+pub fn search_matrix(r: q::SearchMatrixPoints) -> Result<Value, Status> {
+    let mut out = Map::new();
+    put_opt(&mut out, "filter", opt_filter(r.filter)?);
+    put_opt(&mut out, "sample", r.sample.map(Value::from));
+    put_opt(&mut out, "limit", r.limit.map(Value::from));
+    put_opt(&mut out, "using", r.using.map(Value::String));
+    put_opt(
+        &mut out,
+        "shard_key",
+        shard_key_selector(r.shard_key_selector)?,
+    );
+    Ok(Value::Object(out))
+}
+
 // ---- updates -----------------------------------------------------------------------------
 
 pub fn update_mode(mode: Option<i32>) -> Result<Option<Value>, Status> {

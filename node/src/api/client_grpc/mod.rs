@@ -31,7 +31,7 @@ use crate::api::rest::json_body::{JsonBody, PathParams, QueryParams};
 use crate::api::rest::models::WaitParam;
 use crate::api::rest::response::{ApiError, ApiOk, Started};
 use crate::api::rest::service::{QDRANT_API_VERSION, QDRANT_TITLE};
-use crate::api::rest::{AppState, collection_cluster, collections, points, search};
+use crate::api::rest::{AppState, collection_cluster, collections, matrix, points, search};
 use convert::{from_json, put_opt};
 
 /// The routes of the four services, each taking messages of at most `max_message_bytes`.
@@ -1052,9 +1052,35 @@ impl Points for ClientApi {
         request: Request<q::FacetCounts>,
     ) -> Result<Response<q::FacetResponse>, Status> {
         self.authorize(&request, READ)?;
-        Err(Status::unimplemented(
-            "facets are not supported yet (as over REST)",
-        ))
+        let t = Instant::now();
+        let r = request.into_inner();
+        let mut body = Map::new();
+        body.insert("key".into(), Value::String(r.key));
+        if let Some(f) = r.filter {
+            body.insert("filter".into(), convert::filter(f)?);
+        }
+        put_opt(&mut body, "limit", r.limit.map(Value::from));
+        put_opt(&mut body, "exact", r.exact.map(Value::from));
+        let body = convert::with_shard_key(body, r.shard_key_selector)?;
+        let answer = ok(points::facet(
+            self.state(),
+            PathParams(r.collection_name),
+            started(),
+            JsonBody(from_json(body)?),
+        )
+        .await)?;
+        Ok(Response::new(q::FacetResponse {
+            hits: answer
+                .hits
+                .into_iter()
+                .map(|h| q::FacetHit {
+                    value: convert::facet_value_out(&h.value),
+                    count: h.count as u64,
+                })
+                .collect(),
+            time: secs(t),
+            usage: None,
+        }))
     }
 
     async fn search_matrix_pairs(
@@ -1062,9 +1088,27 @@ impl Points for ClientApi {
         request: Request<q::SearchMatrixPoints>,
     ) -> Result<Response<q::SearchMatrixPairsResponse>, Status> {
         self.authorize(&request, READ)?;
-        Err(Status::unimplemented(
-            "distance matrices are not supported yet (as over REST)",
-        ))
+        let t = Instant::now();
+        let r = request.into_inner();
+        let name = r.collection_name.clone();
+        let body = from_json(convert::search_matrix(r)?)?;
+        let answer =
+            ok(matrix::pairs(self.state(), PathParams(name), started(), JsonBody(body)).await)?;
+        Ok(Response::new(q::SearchMatrixPairsResponse {
+            result: Some(q::SearchMatrixPairs {
+                pairs: answer
+                    .pairs
+                    .into_iter()
+                    .map(|p| q::SearchMatrixPair {
+                        a: Some(convert::point_id_out(&p.a)),
+                        b: Some(convert::point_id_out(&p.b)),
+                        score: p.score,
+                    })
+                    .collect(),
+            }),
+            time: secs(t),
+            usage: None,
+        }))
     }
 
     async fn search_matrix_offsets(
@@ -1072,9 +1116,22 @@ impl Points for ClientApi {
         request: Request<q::SearchMatrixPoints>,
     ) -> Result<Response<q::SearchMatrixOffsetsResponse>, Status> {
         self.authorize(&request, READ)?;
-        Err(Status::unimplemented(
-            "distance matrices are not supported yet (as over REST)",
-        ))
+        let t = Instant::now();
+        let r = request.into_inner();
+        let name = r.collection_name.clone();
+        let body = from_json(convert::search_matrix(r)?)?;
+        let answer =
+            ok(matrix::offsets(self.state(), PathParams(name), started(), JsonBody(body)).await)?;
+        Ok(Response::new(q::SearchMatrixOffsetsResponse {
+            result: Some(q::SearchMatrixOffsets {
+                offsets_row: answer.offsets_row,
+                offsets_col: answer.offsets_col,
+                scores: answer.scores,
+                ids: answer.ids.iter().map(convert::point_id_out).collect(),
+            }),
+            time: secs(t),
+            usage: None,
+        }))
     }
 }
 

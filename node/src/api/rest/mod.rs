@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod collection_cluster;
 pub mod collections;
 pub mod json_body;
+pub mod matrix;
 pub mod models;
 pub mod points;
 pub mod response;
@@ -129,6 +130,15 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
             post(search::recommend_batch),
         )
         .route(&format!("{c}/points/query"), post(search::query))
+        .route(
+            &format!("{c}/points/search/matrix/pairs"),
+            post(matrix::pairs),
+        )
+        .route(
+            &format!("{c}/points/search/matrix/offsets"),
+            post(matrix::offsets),
+        )
+        .route(&format!("{c}/facet"), post(points::facet))
         .route(
             &format!("{c}/points/query/groups"),
             post(search::query_groups),

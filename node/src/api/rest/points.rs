@@ -559,3 +559,86 @@ pub async fn count(
         .await?;
     Ok(ApiOk(CountResult { count }, started))
 }
+
+/// `POST /collections/{c}/facet`: how many points (matching `filter`) have each value at `key`,
+/// most frequent first (Qdrant's facet counts; the key needs a keyword, integer, boolean or
+/// uuid payload index, as in Qdrant).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct FacetRequest {
+    pub key: String,
+    pub filter: Option<Filter>,
+    pub limit: Option<usize>,
+    pub exact: Option<bool>,
+    #[serde(default)]
+    pub shard_key: Option<ShardKeySelector>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct FacetHit {
+    pub value: Value,
+    pub count: usize,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct FacetResponse {
+    pub hits: Vec<FacetHit>,
+}
+
+/// Most facet values one request returns.
+pub const MAX_FACET_LIMIT: usize = 10_000;
+
+pub async fn facet(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+    JsonBody(body): JsonBody<FacetRequest>,
+) -> ApiResult<FacetResponse> {
+    let limit = body.limit.unwrap_or(10);
+    if limit == 0 || limit > MAX_FACET_LIMIT {
+        return Err(ApiError::unprocessable(format!(
+            "Validation error in JSON body: limit must be in 1..={MAX_FACET_LIMIT}"
+        )));
+    }
+    validate_filter(body.filter.as_ref())?;
+    let key: JsonPath = body.key.parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "Wrong input: invalid facet key `{}`: {e}",
+            body.key
+        ))
+    })?;
+    let collection = state.toc.get(&name)?;
+    let index_type = collection
+        .payload_schema()
+        .get(&body.key)
+        .map(|e| e.data_type.clone());
+    let indexed = index_type
+        .as_deref()
+        .is_some_and(|t| matches!(t, "keyword" | "integer" | "bool" | "uuid"));
+    if !indexed {
+        return Err(ApiError::bad_request(format!(
+            "Bad request: Index required but not found for \"{}\" of one of the following types: \
+             [keyword, integer, bool, uuid]. Help: Create an index for this key or use a different \
+             filter.",
+            body.key
+        )));
+    }
+    let request = crate::cluster::shard_requests::ShardFacet {
+        key,
+        filter: body.filter,
+        // A uuid index holds UUIDs, answered in their hyphenated form.
+        uuids: index_type.as_deref() == Some("uuid"),
+        owner: None,
+    };
+    let hits = collection
+        .facet(request, limit, body.shard_key.as_ref())
+        .await?;
+    Ok(ApiOk(
+        FacetResponse {
+            hits: hits
+                .into_iter()
+                .map(|(value, count)| FacetHit { value, count })
+                .collect(),
+        },
+        started,
+    ))
+}
