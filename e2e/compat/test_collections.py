@@ -187,3 +187,23 @@ def test_bad_payload_index_requests_change_nothing(http, collection):
     assert r.status_code == 404
     info = http.get(f"/collections/{name}").json()["result"]
     assert info["payload_schema"] == {}
+
+
+def test_aliases_resolve_everywhere_and_go_with_their_collection(client, collection):
+    from qdrant_client import models as m
+
+    name = collection(size=2)
+    client.upsert(name, points=[m.PointStruct(id=1, vector=[1.0, 0.0])], wait=True)
+    alias = f"{name}_alias"
+    assert client.update_collection_aliases(
+        change_aliases_operations=[m.CreateAliasOperation(create_alias=m.CreateAlias(collection_name=name, alias_name=alias))]
+    )
+    assert [(a.alias_name, a.collection_name) for a in client.get_collection_aliases(name).aliases] == [(alias, name)]
+    assert [p.id for p in client.query_points(alias, query=[1.0, 0.0]).points] == [1]
+    assert client.count(alias).count == 1
+    with pytest.raises(Exception):
+        client.update_collection_aliases(
+            change_aliases_operations=[m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name="no-such-alias"))]
+        )
+    client.delete_collection(name)
+    assert alias not in [a.alias_name for a in client.get_aliases().aliases]

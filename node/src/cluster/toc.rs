@@ -221,12 +221,28 @@ impl TableOfContent {
         &self.transfers
     }
 
+    /// The collection `name`, or the collection the alias `name` points at (Qdrant resolves
+    /// aliases wherever a collection name is taken).
     pub fn get(&self, name: &str) -> Result<Arc<Collection>, CollectionError> {
-        self.collections
-            .read()
-            .get(name)
-            .cloned()
+        if let Some(c) = self.collections.read().get(name) {
+            return Ok(Arc::clone(c));
+        }
+        let target = self.env.metadata.view().state.aliases.get(name).cloned();
+        target
+            .and_then(|t| self.collections.read().get(&t).cloned())
             .ok_or_else(|| CollectionError::NotFound(name.to_string()))
+    }
+
+    /// Every alias as (alias, collection), by alias name.
+    pub fn aliases(&self) -> Vec<(String, String)> {
+        self.env
+            .metadata
+            .view()
+            .state
+            .aliases
+            .iter()
+            .map(|(a, c)| (a.clone(), c.clone()))
+            .collect()
     }
 
     pub fn exists(&self, name: &str) -> bool {

@@ -334,6 +334,28 @@ impl CollectionMeta {
 pub struct ClusterState {
     pub peers: BTreeMap<PeerId, PeerInfo>,
     pub collections: BTreeMap<String, CollectionMeta>,
+    /// Collection aliases (Qdrant's): alias name → collection name. A name is either a
+    /// collection or an alias, never both.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aliases: BTreeMap<String, String>,
+}
+
+/// One step of Qdrant's `POST /collections/aliases`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AliasAction {
+    /// Points `alias` at `collection` (an existing alias is re-pointed).
+    Create {
+        collection: String,
+        alias: String,
+    },
+    Delete {
+        alias: String,
+    },
+    Rename {
+        old: String,
+        new: String,
+    },
 }
 
 /// A change to the cluster state, proposed through Raft and applied by every peer.
@@ -350,6 +372,10 @@ pub enum ClusterOperation {
     RemovePeer {
         peer: PeerId,
         force: bool,
+    },
+    /// Applies alias changes in order, all or none (Qdrant's `POST /collections/aliases`).
+    ChangeAliases {
+        actions: Vec<AliasAction>,
     },
     /// Creates a collection and, unless it is custom-sharded, places its shards on the peers.
     CreateCollection {
@@ -512,6 +538,10 @@ pub enum ClusterError {
     CollectionExists { collection: String },
     #[error("collection `{collection}` does not exist")]
     UnknownCollection { collection: String },
+    #[error("Alias {alias} does not exists!")]
+    UnknownAlias { alias: String },
+    #[error("`{alias}` is already an alias; delete the alias first")]
+    AliasExists { alias: String },
     #[error("invalid collection name `{collection}`: {reason}")]
     InvalidCollectionName { collection: String, reason: String },
     #[error("invalid configuration for collection `{collection}`: {reason}")]
@@ -705,9 +735,14 @@ impl ClusterState {
             ClusterOperation::DeleteCollection { name } => {
                 self.collections
                     .remove(&name)
-                    .ok_or(ClusterError::UnknownCollection { collection: name })?;
+                    .ok_or(ClusterError::UnknownCollection {
+                        collection: name.clone(),
+                    })?;
+                // Qdrant drops a collection's aliases with it.
+                self.aliases.retain(|_, target| *target != name);
                 Ok(ClusterResponse::Done)
             }
+            ClusterOperation::ChangeAliases { actions } => self.change_aliases(actions),
             ClusterOperation::SetReplicaState {
                 collection,
                 shard,
@@ -882,6 +917,43 @@ impl ClusterState {
         Ok(ClusterResponse::Done)
     }
 
+    fn change_aliases(
+        &mut self,
+        actions: Vec<AliasAction>,
+    ) -> Result<ClusterResponse, ClusterError> {
+        for action in actions {
+            match action {
+                AliasAction::Create { collection, alias } => {
+                    if !self.collections.contains_key(&collection) {
+                        return Err(ClusterError::UnknownCollection { collection });
+                    }
+                    validate_collection_name(&alias)?;
+                    if self.collections.contains_key(&alias) {
+                        return Err(ClusterError::CollectionExists { collection: alias });
+                    }
+                    self.aliases.insert(alias, collection);
+                }
+                AliasAction::Delete { alias } => {
+                    self.aliases
+                        .remove(&alias)
+                        .ok_or(ClusterError::UnknownAlias { alias })?;
+                }
+                AliasAction::Rename { old, new } => {
+                    validate_collection_name(&new)?;
+                    if self.collections.contains_key(&new) {
+                        return Err(ClusterError::CollectionExists { collection: new });
+                    }
+                    let target = self
+                        .aliases
+                        .remove(&old)
+                        .ok_or(ClusterError::UnknownAlias { alias: old })?;
+                    self.aliases.insert(new, target);
+                }
+            }
+        }
+        Ok(ClusterResponse::Done)
+    }
+
     fn create_collection(
         &mut self,
         name: String,
@@ -891,6 +963,9 @@ impl ClusterState {
         validate_collection_name(&name)?;
         if self.collections.contains_key(&name) {
             return Err(ClusterError::CollectionExists { collection: name });
+        }
+        if self.aliases.contains_key(&name) {
+            return Err(ClusterError::AliasExists { alias: name });
         }
         config
             .validate()
@@ -2240,6 +2315,57 @@ mod tests {
         for shard in 0..3 {
             assert_eq!(replicas(&state, "docs", shard).len(), 2);
         }
+    }
+
+    /// Aliases change all or none, never shadow a collection, and go with their collection.
+    #[test]
+    fn aliases_change_atomically_and_follow_their_collection() {
+        let mut state = cluster(1);
+        state.apply(create("docs", 1, 1)).unwrap();
+        let alias = |actions: Vec<AliasAction>| ClusterOperation::ChangeAliases { actions };
+        let create_alias = |c: &str, a: &str| AliasAction::Create {
+            collection: c.into(),
+            alias: a.into(),
+        };
+        state
+            .apply(alias(vec![create_alias("docs", "live")]))
+            .unwrap();
+        // One bad action rejects the whole request.
+        let err = rejected(
+            &mut state,
+            alias(vec![
+                create_alias("docs", "other"),
+                AliasAction::Delete {
+                    alias: "missing".into(),
+                },
+            ]),
+        );
+        assert!(matches!(err, ClusterError::UnknownAlias { .. }));
+        assert!(!state.aliases.contains_key("other"));
+        assert!(matches!(
+            rejected(&mut state, alias(vec![create_alias("docs", "docs")])),
+            ClusterError::CollectionExists { .. }
+        ));
+        assert!(matches!(
+            rejected(&mut state, create("live", 1, 1)),
+            ClusterError::AliasExists { .. }
+        ));
+        state
+            .apply(alias(vec![AliasAction::Rename {
+                old: "live".into(),
+                new: "current".into(),
+            }]))
+            .unwrap();
+        assert_eq!(
+            state.aliases.get("current").map(String::as_str),
+            Some("docs")
+        );
+        state
+            .apply(ClusterOperation::DeleteCollection {
+                name: "docs".into(),
+            })
+            .unwrap();
+        assert!(state.aliases.is_empty());
     }
 
     #[test]

@@ -1747,6 +1747,40 @@ pub fn collection_info_out(info: &Value) -> q::CollectionInfo {
     }
 }
 
+// ---- aliases -----------------------------------------------------------------------------
+
+/// `ChangeAliases` as REST's alias-actions body.
+pub fn change_aliases(r: q::ChangeAliases) -> Result<Value, Status> {
+    use q::alias_operations::Action;
+    let actions = r
+        .actions
+        .into_iter()
+        .map(|a| match a.action {
+            Some(Action::CreateAlias(c)) => Ok(json!({"create_alias": {
+                "collection_name": c.collection_name, "alias_name": c.alias_name,
+            }})),
+            Some(Action::DeleteAlias(d)) => {
+                Ok(json!({"delete_alias": {"alias_name": d.alias_name}}))
+            }
+            Some(Action::RenameAlias(r)) => Ok(json!({"rename_alias": {
+                "old_alias_name": r.old_alias_name, "new_alias_name": r.new_alias_name,
+            }})),
+            None => Err(invalid("alias action is empty")),
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    Ok(json!({ "actions": actions }))
+}
+
+pub fn aliases_out(r: crate::api::rest::collections::AliasesResponse) -> Vec<q::AliasDescription> {
+    r.aliases
+        .into_iter()
+        .map(|a| q::AliasDescription {
+            alias_name: a.alias_name,
+            collection_name: a.collection_name,
+        })
+        .collect()
+}
+
 // ---- cluster -----------------------------------------------------------------------------
 
 /// A wire shard key as REST's JSON shard key.

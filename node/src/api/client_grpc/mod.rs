@@ -277,9 +277,14 @@ impl Collections for ClientApi {
         request: Request<q::ChangeAliases>,
     ) -> Result<Response<q::CollectionOperationResponse>, Status> {
         self.authorize(&request, WRITE)?;
-        Err(Status::unimplemented(
-            "aliases are not supported yet (as over REST)",
-        ))
+        let t = Instant::now();
+        let body = from_json(convert::change_aliases(request.into_inner())?)?;
+        let result =
+            ok(collections::update_aliases(self.state(), started(), JsonBody(body)).await)?;
+        Ok(Response::new(q::CollectionOperationResponse {
+            result,
+            time: secs(t),
+        }))
     }
 
     async fn list_collection_aliases(
@@ -289,9 +294,10 @@ impl Collections for ClientApi {
         self.authorize(&request, READ)?;
         let t = Instant::now();
         let name = request.into_inner().collection_name;
-        self.state.toc.get(&name).map_err(|e| status_of(e.into()))?;
+        let answer =
+            ok(collections::collection_aliases(self.state(), PathParams(name), started()).await)?;
         Ok(Response::new(q::ListAliasesResponse {
-            aliases: Vec::new(),
+            aliases: convert::aliases_out(answer),
             time: secs(t),
         }))
     }
@@ -301,9 +307,11 @@ impl Collections for ClientApi {
         request: Request<q::ListAliasesRequest>,
     ) -> Result<Response<q::ListAliasesResponse>, Status> {
         self.authorize(&request, READ)?;
+        let t = Instant::now();
+        let answer = ok(collections::list_aliases(self.state(), started()).await)?;
         Ok(Response::new(q::ListAliasesResponse {
-            aliases: Vec::new(),
-            time: 0.0,
+            aliases: convert::aliases_out(answer),
+            time: secs(t),
         }))
     }
 

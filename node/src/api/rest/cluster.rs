@@ -84,9 +84,11 @@ pub fn cluster_error(e: ClusterError) -> ApiError {
     let status = match &e {
         ClusterError::UnknownPeer { .. }
         | ClusterError::UnknownCollection { .. }
+        | ClusterError::UnknownAlias { .. }
         | ClusterError::UnknownShard { .. }
         | ClusterError::UnknownShardKey { .. } => StatusCode::NOT_FOUND,
         ClusterError::CollectionExists { .. }
+        | ClusterError::AliasExists { .. }
         | ClusterError::ShardKeyExists { .. }
         | ClusterError::TransferExists { .. }
         | ClusterError::TransferLimit { .. }

@@ -430,3 +430,120 @@ async fn payload_schema_info(
     }
     out
 }
+
+/// `POST /collections/aliases`: `{"actions": [{"create_alias": {"collection_name", "alias_name"}},
+/// {"delete_alias": {"alias_name"}}, {"rename_alias": {"old_alias_name", "new_alias_name"}}]}`,
+/// applied in order, all or none (as in Qdrant).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ChangeAliases {
+    pub actions: Vec<AliasOperation>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AliasOperation {
+    CreateAlias {
+        collection_name: String,
+        alias_name: String,
+    },
+    DeleteAlias {
+        alias_name: String,
+    },
+    RenameAlias {
+        old_alias_name: String,
+        new_alias_name: String,
+    },
+}
+
+/// Most alias changes in one request.
+pub const MAX_ALIAS_ACTIONS: usize = 1_000;
+
+pub async fn update_aliases(
+    State(state): State<AppState>,
+    started: Started,
+    JsonBody(body): JsonBody<ChangeAliases>,
+) -> ApiResult<bool> {
+    use crate::consensus::AliasAction;
+    if body.actions.len() > MAX_ALIAS_ACTIONS {
+        return Err(ApiError::bad_request(format!(
+            "Wrong input: at most {MAX_ALIAS_ACTIONS} alias actions per request"
+        )));
+    }
+    let actions = body
+        .actions
+        .into_iter()
+        .map(|a| match a {
+            AliasOperation::CreateAlias {
+                collection_name,
+                alias_name,
+            } => AliasAction::Create {
+                collection: collection_name,
+                alias: alias_name,
+            },
+            AliasOperation::DeleteAlias { alias_name } => AliasAction::Delete { alias: alias_name },
+            AliasOperation::RenameAlias {
+                old_alias_name,
+                new_alias_name,
+            } => AliasAction::Rename {
+                old: old_alias_name,
+                new: new_alias_name,
+            },
+        })
+        .collect();
+    state
+        .toc
+        .submit(ClusterOperation::ChangeAliases { actions })
+        .await
+        .map_err(submit_error)?;
+    Ok(ApiOk(true, started))
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct AliasDescription {
+    pub alias_name: String,
+    pub collection_name: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct AliasesResponse {
+    pub aliases: Vec<AliasDescription>,
+}
+
+/// `GET /aliases`: every alias.
+pub async fn list_aliases(
+    State(state): State<AppState>,
+    started: Started,
+) -> ApiResult<AliasesResponse> {
+    let aliases = state
+        .toc
+        .aliases()
+        .into_iter()
+        .map(|(alias_name, collection_name)| AliasDescription {
+            alias_name,
+            collection_name,
+        })
+        .collect();
+    Ok(ApiOk(AliasesResponse { aliases }, started))
+}
+
+/// `GET /collections/{c}/aliases`: the aliases of one collection.
+pub async fn collection_aliases(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+) -> ApiResult<AliasesResponse> {
+    if !state.toc.exists(&name) {
+        return Err(CollectionError::NotFound(name).into());
+    }
+    let aliases = state
+        .toc
+        .aliases()
+        .into_iter()
+        .filter(|(_, c)| *c == name)
+        .map(|(alias_name, collection_name)| AliasDescription {
+            alias_name,
+            collection_name,
+        })
+        .collect();
+    Ok(ApiOk(AliasesResponse { aliases }, started))
+}

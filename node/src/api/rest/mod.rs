@@ -72,6 +72,12 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
             axum::routing::delete(cluster::remove_peer),
         )
         .route("/collections", get(collections::list))
+        .route("/collections/aliases", post(collections::update_aliases))
+        .route("/aliases", get(collections::list_aliases))
+        .route(
+            &format!("{c}/aliases"),
+            get(collections::collection_aliases),
+        )
         .route(
             c,
             put(collections::create)
