@@ -207,3 +207,30 @@ def test_aliases_resolve_everywhere_and_go_with_their_collection(client, collect
         )
     client.delete_collection(name)
     assert alias not in [a.alias_name for a in client.get_aliases().aliases]
+
+
+def test_named_vectors_are_added_and_removed_on_a_live_collection(client, collection, http):
+    from qdrant_client import models as m
+
+    name = collection(size=2)
+    client.upsert(name, points=[m.PointStruct(id=1, vector=[1.0, 0.0], payload={"a": 1})], wait=True)
+    r = http.put(f"/collections/{name}/vectors/extra", json={"dense": {"size": 3, "distance": "Dot"}})
+    assert r.status_code == 200, r.text
+    r = http.put(f"/collections/{name}/vectors/sp", json={"sparse": {"modifier": "idf"}})
+    assert r.status_code == 200, r.text
+    params = client.get_collection(name).config.params
+    assert params.vectors["extra"].size == 3 and "sp" in params.sparse_vectors
+    # Existing points lack the new vectors; new writes carry them.
+    assert not client.retrieve(name, ids=[1], with_vectors=["extra"])[0].vector
+    client.update_vectors(name, points=[m.PointVectors(id=1, vector={"extra": [0.0, 1.0, 0.0]})], wait=True)
+    client.upsert(name, points=[m.PointStruct(id=2, vector={"": [0.0, 1.0], "extra": [1.0, 0.0, 0.0]})], wait=True)
+    hits = client.query_points(name, query=[0.0, 1.0, 0.0], using="extra").points
+    assert [p.id for p in hits] == [1, 2]
+    # A duplicate is refused; removing drops every point's value.
+    r = http.put(f"/collections/{name}/vectors/extra", json={"dense": {"size": 3, "distance": "Dot"}})
+    assert r.status_code == 400
+    assert http.delete(f"/collections/{name}/vectors/extra").status_code == 200
+    vectors = client.retrieve(name, ids=[1, 2], with_vectors=True)
+    assert all("extra" not in (v.vector or {}) for v in vectors)
+    r = http.post(f"/collections/{name}/points/query", json={"query": [0.0, 1.0, 0.0], "using": "extra"})
+    assert r.status_code == 400 and "Not existing vector name" in r.text

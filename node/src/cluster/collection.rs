@@ -245,7 +245,8 @@ pub struct Outgoing {
 pub struct Collection {
     name: String,
     dir: PathBuf,
-    config: Arc<CollectionConfig>,
+    /// Replaced when the cluster changes the configuration (named vectors added or removed).
+    config: RwLock<Arc<CollectionConfig>>,
     /// Set by whoever created the collection; tells a re-created collection of the same name
     /// from the one whose files are on disk.
     uuid: u64,
@@ -317,7 +318,7 @@ impl Collection {
         Ok(Collection {
             name: name.to_string(),
             dir: dir.to_path_buf(),
-            config,
+            config: RwLock::new(config),
             uuid,
             env,
             layout: RwLock::new(Arc::new(Layout::new())),
@@ -345,6 +346,15 @@ impl Collection {
         peers: &BTreeMap<PeerId, PeerInfo>,
     ) -> Result<(), CollectionError> {
         let this_peer = self.env.this_peer();
+        if **self.config.read() != meta.config {
+            // Named vectors were added or removed: every local replica adopts the new
+            // configuration before anything is routed by it.
+            let config = Arc::new(meta.config.clone());
+            for shard in self.local.read().values() {
+                shard.set_config(Arc::clone(&config));
+            }
+            *self.config.write() = config;
+        }
         let read_rings: HashMap<Option<&ShardKey>, Vec<ShardId>> = meta
             .shards
             .values()
@@ -391,7 +401,7 @@ impl Collection {
             if !self.local.read().contains_key(id) {
                 let shard = Arc::new(LocalShard::open(
                     &self.dir.join("shards").join(id.to_string()),
-                    Arc::clone(&self.config),
+                    self.config(),
                     self.env.sync,
                 )?);
                 maintenance::spawn(Arc::clone(&shard), Arc::clone(&self.env.builder));
@@ -450,8 +460,9 @@ impl Collection {
         &self.name
     }
 
-    pub fn config(&self) -> &CollectionConfig {
-        &self.config
+    /// The configuration as of the last reconciled cluster state.
+    pub fn config(&self) -> Arc<CollectionConfig> {
+        Arc::clone(&self.config.read())
     }
 
     /// The shards and their replicas as of the last reconciled cluster state.
@@ -474,7 +485,7 @@ impl Collection {
     }
 
     fn is_custom_sharded(&self) -> bool {
-        self.config.params.sharding_method == Some(ShardingMethod::Custom)
+        self.config().params.sharding_method == Some(ShardingMethod::Custom)
     }
 
     /// Checks an incoming vector against the collection's vector `name` (kind, size, finite
@@ -485,7 +496,7 @@ impl Collection {
         name: &str,
         vector: VectorData,
     ) -> Result<VectorData, CollectionError> {
-        prepare_vector(&self.config, name, vector)
+        prepare_vector(&self.config(), name, vector)
     }
 
     /// Checks and normalises every vector of a point. An empty unnamed vector (`"vector": []`)
@@ -496,7 +507,7 @@ impl Collection {
             .filter(|(name, v)| {
                 !(name.as_str() == DEFAULT_VECTOR
                     && matches!(v, VectorData::Dense(d) if d.is_empty())
-                    && self.config.vector_kind(DEFAULT_VECTOR).is_none())
+                    && self.config().vector_kind(DEFAULT_VECTOR).is_none())
             })
             .map(|(name, v)| {
                 let v = self.prepare_vector(&name, v)?;
@@ -772,7 +783,7 @@ impl Collection {
             }
         }
         let needed =
-            (self.config.params.write_consistency_factor as usize).clamp(1, replicas.len());
+            (self.config().params.write_consistency_factor as usize).clamp(1, replicas.len());
         if applied < needed {
             let (_, first) = failed.swap_remove(0);
             return Err(CollectionError::Unavailable(format!(
@@ -1409,7 +1420,7 @@ impl Collection {
         let ShardTarget::Nearest(VectorData::Sparse(query)) = target else {
             return Ok(None);
         };
-        if self.config.sparse(using).and_then(|p| p.modifier) != Some(Modifier::Idf) {
+        if self.config().sparse(using).and_then(|p| p.modifier) != Some(Modifier::Idf) {
             return Ok(None);
         }
         let request = ShardSparseStats {
@@ -1445,7 +1456,7 @@ impl Collection {
         let layout = self.layout();
         // An id-ordered read (a query with no query) compares no vectors, so it names none.
         if !matches!(request.target, SearchTarget::IdOrder)
-            && self.config.vector_kind(&request.using).is_none()
+            && self.config().vector_kind(&request.using).is_none()
         {
             return Err(CollectionError::BadInput(format!(
                 "Not existing vector name error: {}",
@@ -1485,7 +1496,7 @@ impl Collection {
             .into_iter()
             .flatten()
             .collect();
-        let distance = self.config.dense(&request.using).map(|p| p.distance);
+        let distance = self.config().dense(&request.using).map(|p| p.distance);
         shard_search.sort_merged(distance, &mut merged);
         merged.dedup_by_key(|r| r.id);
         Ok(merged

@@ -24,8 +24,8 @@ use std::path::Path;
 pub use log_store::LogStore;
 pub use state::{
     AliasAction, ClusterError, ClusterOperation, ClusterResponse, ClusterState, CollectionMeta,
-    PeerId, PeerInfo, ReplicaState, ReshardingDirection, ReshardingStage, ReshardingState, ShardId,
-    ShardKey, ShardMeta, ShardTransfer, TransferMethod,
+    NewVector, PeerId, PeerInfo, ReplicaState, ReshardingDirection, ReshardingStage,
+    ReshardingState, ShardId, ShardKey, ShardMeta, ShardTransfer, TransferMethod,
 };
 pub use state_machine::{ClusterStateView, StateMachineStore, wait_for_applied};
 pub use type_config::{ClusterResult, PeerNode, TypeConfig};

@@ -340,6 +340,14 @@ pub struct ClusterState {
     pub aliases: BTreeMap<String, String>,
 }
 
+/// The parameters of a named vector added to a live collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NewVector {
+    Dense(crate::collection_config::VectorParams),
+    Sparse(crate::collection_config::SparseVectorParams),
+}
+
 /// One step of Qdrant's `POST /collections/aliases`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -376,6 +384,18 @@ pub enum ClusterOperation {
     /// Applies alias changes in order, all or none (Qdrant's `POST /collections/aliases`).
     ChangeAliases {
         actions: Vec<AliasAction>,
+    },
+    /// Adds a named vector to a collection (Qdrant's `PUT /collections/{c}/vectors/{name}`):
+    /// every existing point lacks it until written with it.
+    CreateVectorName {
+        collection: String,
+        name: String,
+        params: NewVector,
+    },
+    /// Removes a named vector, and every point's value of it, from a collection.
+    DeleteVectorName {
+        collection: String,
+        name: String,
     },
     /// Creates a collection and, unless it is custom-sharded, places its shards on the peers.
     CreateCollection {
@@ -743,6 +763,14 @@ impl ClusterState {
                 Ok(ClusterResponse::Done)
             }
             ClusterOperation::ChangeAliases { actions } => self.change_aliases(actions),
+            ClusterOperation::CreateVectorName {
+                collection,
+                name,
+                params,
+            } => self.create_vector_name(collection, name, params),
+            ClusterOperation::DeleteVectorName { collection, name } => {
+                self.delete_vector_name(collection, name)
+            }
             ClusterOperation::SetReplicaState {
                 collection,
                 shard,
@@ -914,6 +942,82 @@ impl ClusterState {
             shard.replicas.remove(&peer);
         }
         self.peers.remove(&peer);
+        Ok(ClusterResponse::Done)
+    }
+
+    fn create_vector_name(
+        &mut self,
+        collection: String,
+        name: String,
+        params: NewVector,
+    ) -> Result<ClusterResponse, ClusterError> {
+        use crate::collection_config::VectorsConfig;
+        let meta = self.collections.get_mut(&collection).ok_or_else(|| {
+            ClusterError::UnknownCollection {
+                collection: collection.clone(),
+            }
+        })?;
+        let config = &mut meta.config;
+        if config.vector_kind(&name).is_some() {
+            return Err(ClusterError::InvalidConfig {
+                collection,
+                reason: format!("vector `{name}` already exists"),
+            });
+        }
+        match params {
+            NewVector::Dense(p) => {
+                let mut named = match std::mem::replace(
+                    &mut config.params.vectors,
+                    VectorsConfig::Named(Default::default()),
+                ) {
+                    VectorsConfig::Single(unnamed) => {
+                        BTreeMap::from([(crate::types::DEFAULT_VECTOR.to_string(), unnamed)])
+                    }
+                    VectorsConfig::Named(map) => map,
+                };
+                named.insert(name, p);
+                config.params.vectors = VectorsConfig::Named(named);
+            }
+            NewVector::Sparse(p) => {
+                config
+                    .params
+                    .sparse_vectors
+                    .get_or_insert_with(Default::default)
+                    .insert(name, p);
+            }
+        }
+        config
+            .validate()
+            .map_err(|reason| ClusterError::InvalidConfig { collection, reason })?;
+        Ok(ClusterResponse::Done)
+    }
+
+    fn delete_vector_name(
+        &mut self,
+        collection: String,
+        name: String,
+    ) -> Result<ClusterResponse, ClusterError> {
+        use crate::collection_config::VectorsConfig;
+        let meta = self.collections.get_mut(&collection).ok_or_else(|| {
+            ClusterError::UnknownCollection {
+                collection: collection.clone(),
+            }
+        })?;
+        let config = &mut meta.config;
+        let removed = match &mut config.params.vectors {
+            VectorsConfig::Named(map) => map.remove(&name).is_some(),
+            VectorsConfig::Single(_) => false,
+        } || config
+            .params
+            .sparse_vectors
+            .as_mut()
+            .is_some_and(|m| m.remove(&name).is_some());
+        if !removed {
+            return Err(ClusterError::InvalidConfig {
+                collection,
+                reason: format!("Not existing vector name error: {name}"),
+            });
+        }
         Ok(ClusterResponse::Done)
     }
 
@@ -2315,6 +2419,52 @@ mod tests {
         for shard in 0..3 {
             assert_eq!(replicas(&state, "docs", shard).len(), 2);
         }
+    }
+
+    /// Named vectors are added (the unnamed form turns into a map with `""`) and removed; a
+    /// duplicate or unknown name is refused and changes nothing.
+    #[test]
+    fn vector_names_are_added_and_removed() {
+        use crate::collection_config::{VectorParams, VectorsConfig};
+        let mut state = cluster(1);
+        state.apply(create("docs", 1, 1)).unwrap();
+        let add = |name: &str| ClusterOperation::CreateVectorName {
+            collection: "docs".into(),
+            name: name.into(),
+            params: NewVector::Dense(VectorParams::new(3, crate::types::Distance::Dot, false)),
+        };
+        state.apply(add("extra")).unwrap();
+        let VectorsConfig::Named(map) = &state.collections["docs"].config.params.vectors else {
+            panic!("named config expected")
+        };
+        assert!(map.contains_key("") && map.contains_key("extra"));
+        assert!(matches!(
+            rejected(&mut state, add("extra")),
+            ClusterError::InvalidConfig { .. }
+        ));
+        state
+            .apply(ClusterOperation::CreateVectorName {
+                collection: "docs".into(),
+                name: "sparse".into(),
+                params: NewVector::Sparse(Default::default()),
+            })
+            .unwrap();
+        let delete = |name: &str| ClusterOperation::DeleteVectorName {
+            collection: "docs".into(),
+            name: name.into(),
+        };
+        state.apply(delete("sparse")).unwrap();
+        state.apply(delete("extra")).unwrap();
+        assert!(
+            state.collections["docs"]
+                .config
+                .vector_kind("extra")
+                .is_none()
+        );
+        assert!(matches!(
+            rejected(&mut state, delete("extra")),
+            ClusterError::InvalidConfig { .. }
+        ));
     }
 
     /// Aliases change all or none, never shadow a collection, and go with their collection.

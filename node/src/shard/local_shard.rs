@@ -689,6 +689,19 @@ impl LocalShard {
         Arc::clone(&self.state.read().config)
     }
 
+    /// Adopts a changed configuration (named vectors added or removed): every segment conforms
+    /// to it (see [`Segment::conform`]), and the optimizer re-indexes segments whose index was
+    /// dropped.
+    pub fn set_config(&self, config: Arc<CollectionConfig>) {
+        let mut state = self.state.write();
+        for seg in state.segments.values_mut() {
+            seg.conform(&config);
+        }
+        state.config = config;
+        drop(state);
+        self.wake_optimizer.notify_one();
+    }
+
     /// Applies an update: resolves its selection, appends it to the WAL, applies it. When this
     /// returns `Ok(seq)` the update is durable (in the WAL) and visible to reads.
     pub fn update(&self, request: UpdateRequest) -> Result<u64, ShardError> {
@@ -1280,8 +1293,11 @@ impl LocalShard {
             return false;
         };
         let mut state = self.state.write();
+        let config = Arc::clone(&state.config);
         if let Some(seg) = state.segments.get_mut(&segment_id) {
             seg.set_index(Arc::new(index));
+            // The configuration may have changed while the index was built.
+            seg.conform(&config);
         }
         true
     }
@@ -1351,6 +1367,9 @@ impl LocalShard {
                 fresh.delete(new_offset);
             }
         }
+        // The configuration may have changed while the segment was rebuilt.
+        let config = Arc::clone(&state.config);
+        fresh.conform(&config);
         state.segments.insert(fresh.id, fresh);
         true
     }

@@ -183,6 +183,58 @@ impl FrozenColumn {
     }
 }
 
+/// What a column holds: its kind and dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColumnShape {
+    Dense(usize),
+    Multi(usize),
+    Sparse,
+}
+
+impl ColumnShape {
+    fn of(column: &VectorColumn) -> ColumnShape {
+        match column {
+            VectorColumn::Dense { dim, .. } => ColumnShape::Dense(*dim),
+            VectorColumn::Multi { dim, .. } => ColumnShape::Multi(*dim),
+            VectorColumn::Sparse { .. } => ColumnShape::Sparse,
+        }
+    }
+
+    /// A growing column of `len` cells, none holding a vector.
+    fn empty_column(self, len: usize) -> VectorColumn {
+        match self {
+            ColumnShape::Dense(dim) => VectorColumn::Dense {
+                dim,
+                data: Cells::Growing(vec![0.0; len * dim]),
+                present: vec![false; len],
+            },
+            ColumnShape::Multi(dim) => VectorColumn::Multi {
+                dim,
+                data: Cells::Growing(vec![None; len]),
+            },
+            ColumnShape::Sparse => VectorColumn::Sparse {
+                data: Cells::Growing(vec![None; len]),
+            },
+        }
+    }
+}
+
+/// The column every vector of `config` needs, by name.
+fn wanted_columns(config: &CollectionConfig) -> BTreeMap<String, ColumnShape> {
+    let mut out = BTreeMap::new();
+    for (name, params) in config.params.vectors.iter() {
+        let shape = match params.multivector_config {
+            Some(_) => ColumnShape::Multi(params.size),
+            None => ColumnShape::Dense(params.size),
+        };
+        out.insert(name.to_string(), shape);
+    }
+    for (name, _) in config.sparse_iter() {
+        out.insert(name.to_string(), ColumnShape::Sparse);
+    }
+    out
+}
+
 /// The indexes of an indexed segment, per vector name.
 #[derive(Default)]
 pub struct SegmentIndex {
@@ -209,29 +261,10 @@ pub struct Segment {
 impl Segment {
     /// An empty appendable segment with a column for every vector of `config`.
     pub fn new(id: SegmentId, config: &CollectionConfig) -> Segment {
-        let mut columns = BTreeMap::new();
-        for (name, params) in config.params.vectors.iter() {
-            let column = match params.multivector_config {
-                Some(_) => VectorColumn::Multi {
-                    dim: params.size,
-                    data: Cells::Growing(Vec::new()),
-                },
-                None => VectorColumn::Dense {
-                    dim: params.size,
-                    data: Cells::Growing(Vec::new()),
-                    present: Vec::new(),
-                },
-            };
-            columns.insert(name.to_string(), column);
-        }
-        for (name, _) in config.sparse_iter() {
-            columns.insert(
-                name.to_string(),
-                VectorColumn::Sparse {
-                    data: Cells::Growing(Vec::new()),
-                },
-            );
-        }
+        let columns = wanted_columns(config)
+            .into_iter()
+            .map(|(name, shape)| (name, shape.empty_column(0)))
+            .collect();
         Segment {
             id,
             ids: Vec::new(),
@@ -244,6 +277,50 @@ impl Segment {
             deleted_count: 0,
             index: None,
         }
+    }
+
+    /// Brings the segment to a changed configuration (a named vector added or removed): columns
+    /// and indexes of vectors `config` no longer has (or has with another shape) are dropped; an
+    /// appendable segment gets an empty column for each new vector (its points lack it). A
+    /// frozen segment gets none: its points cannot have a vector added after they were written.
+    /// An index shared with a search in flight is dropped whole, to be rebuilt.
+    pub fn conform(&mut self, config: &CollectionConfig) {
+        let wanted = wanted_columns(config);
+        let stale: Vec<String> = self
+            .columns
+            .iter()
+            .filter(|(name, column)| wanted.get(*name) != Some(&ColumnShape::of(column)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &stale {
+            self.columns.remove(name);
+        }
+        let index_stale = self.index.as_ref().is_some_and(|index| {
+            index
+                .graphs
+                .keys()
+                .chain(index.sparse.keys())
+                .any(|name| !self.columns.contains_key(name))
+        });
+        if index_stale && let Some(shared) = self.index.as_mut() {
+            match Arc::get_mut(shared) {
+                Some(index) => {
+                    let columns = &self.columns;
+                    index.graphs.retain(|name, _| columns.contains_key(name));
+                    index.sparse.retain(|name, _| columns.contains_key(name));
+                }
+                None => self.index = None,
+            }
+        }
+        if !self.frozen {
+            let len = self.ids.len();
+            for (name, shape) in wanted {
+                self.columns
+                    .entry(name)
+                    .or_insert_with(|| shape.empty_column(len));
+            }
+        }
+        self.point_bytes = config.point_vector_bytes();
     }
 
     pub fn stage(&self) -> SegmentStage {
@@ -432,6 +509,47 @@ mod tests {
             SparseVectorParams::default(),
         )]));
         config
+    }
+
+    #[test]
+    fn conform_adds_empty_columns_and_drops_removed_or_reshaped_ones() {
+        let mut s = Segment::new(1, &config());
+        let a = s.push(
+            PointId::Num(1),
+            &NamedVectors::from([("a".to_string(), VectorData::Dense(vec![1.0, 2.0]))]),
+            Payload::new(),
+            1,
+        );
+        let mut changed = config();
+        let VectorsConfig::Named(map) = &mut changed.params.vectors else {
+            panic!("named config expected")
+        };
+        map.remove("m");
+        map.insert("new".into(), params(3, false));
+        changed.params.sparse_vectors = None;
+        s.conform(&changed);
+        // The point keeps `a`, lacks the new vector, and `m` and `s` are gone.
+        assert_eq!(
+            s.vectors(a).keys().collect::<Vec<_>>(),
+            vec![&"a".to_string()]
+        );
+        assert!(!s.has_vector("new", a));
+        let b = s.push(
+            PointId::Num(2),
+            &NamedVectors::from([("new".to_string(), VectorData::Dense(vec![1.0, 0.0, 0.0]))]),
+            Payload::new(),
+            2,
+        );
+        assert!(s.has_vector("new", b) && !s.has_vector("new", a));
+        // Re-created with another size: the old values are dropped, not misread.
+        let VectorsConfig::Named(map) = &mut changed.params.vectors else {
+            panic!("named config expected")
+        };
+        map.insert("a".into(), params(4, false));
+        s.conform(&changed);
+        assert!(!s.has_vector("a", a));
+        s.freeze();
+        assert_eq!(s.frozen_columns().len(), 2);
     }
 
     #[test]

@@ -1361,6 +1361,44 @@ fn sparse_params_json(p: q::SparseVectorParams) -> Value {
     Value::Object(out)
 }
 
+/// A `CreateVectorNameRequest`'s vector configuration as REST's `{"dense": ...}` /
+/// `{"sparse": ...}` body.
+pub fn vector_name_config(
+    c: Option<q::create_vector_name_request::VectorConfig>,
+) -> Result<Value, Status> {
+    use q::create_vector_name_request::VectorConfig;
+    match c.ok_or_else(|| invalid("vector config is missing"))? {
+        VectorConfig::DenseConfig(d) => {
+            let mut out = Map::new();
+            out.insert("size".into(), d.size.into());
+            out.insert("distance".into(), distance_name(d.distance)?.into());
+            put_opt(&mut out, "datatype", datatype_name(d.datatype)?);
+            if let Some(m) = d.multivector_config {
+                if m.comparator != q::MultiVectorComparator::MaxSim as i32 {
+                    return Err(invalid("unknown multivector comparator"));
+                }
+                out.insert(
+                    "multivector_config".into(),
+                    json!({"comparator": "max_sim"}),
+                );
+            }
+            Ok(json!({ "dense": out }))
+        }
+        VectorConfig::SparseConfig(sp) => {
+            let mut out = Map::new();
+            if let Some(m) = sp.modifier {
+                let name = if m == q::Modifier::Idf as i32 {
+                    "idf"
+                } else {
+                    "none"
+                };
+                out.insert("modifier".into(), name.into());
+            }
+            Ok(json!({ "sparse": out }))
+        }
+    }
+}
+
 /// `CreateCollection` as REST's create body.
 pub fn create_collection(c: q::CreateCollection) -> Result<Value, Status> {
     use q::vectors_config::Config;

@@ -669,9 +669,21 @@ impl Points for ClientApi {
         request: Request<q::CreateVectorNameRequest>,
     ) -> Result<Response<q::PointsOperationResponse>, Status> {
         self.authorize(&request, WRITE)?;
-        Err(Status::unimplemented(
-            "adding a named vector to a collection is not supported yet (as over REST)",
-        ))
+        let t = Instant::now();
+        let r = request.into_inner();
+        let body = from_json(convert::vector_name_config(r.vector_config)?)?;
+        let result = ok(collections::create_vector_name(
+            self.state(),
+            PathParams((r.collection_name, r.vector_name)),
+            started(),
+            JsonBody(body),
+        )
+        .await)?;
+        Ok(Response::new(q::PointsOperationResponse {
+            result: Some(convert::update_result(&result)),
+            time: secs(t),
+            usage: None,
+        }))
     }
 
     async fn delete_vector_name(
@@ -679,9 +691,19 @@ impl Points for ClientApi {
         request: Request<q::DeleteVectorNameRequest>,
     ) -> Result<Response<q::PointsOperationResponse>, Status> {
         self.authorize(&request, WRITE)?;
-        Err(Status::unimplemented(
-            "removing a named vector from a collection is not supported yet (as over REST)",
-        ))
+        let t = Instant::now();
+        let r = request.into_inner();
+        let result = ok(collections::delete_vector_name(
+            self.state(),
+            PathParams((r.collection_name, r.vector_name)),
+            started(),
+        )
+        .await)?;
+        Ok(Response::new(q::PointsOperationResponse {
+            result: Some(convert::update_result(&result)),
+            time: secs(t),
+            usage: None,
+        }))
     }
 
     async fn search(

@@ -126,7 +126,7 @@ pub async fn get(
             indexed_vectors_count: stats.indexed_vectors,
             points_count: stats.points,
             segments_count: stats.segments,
-            config: collection.config().clone(),
+            config: (*collection.config()).clone(),
             payload_schema,
         },
         started,
@@ -546,4 +546,62 @@ pub async fn collection_aliases(
         })
         .collect();
     Ok(ApiOk(AliasesResponse { aliases }, started))
+}
+
+/// `PUT /collections/{c}/vectors/{name}`: `{"dense": {"size", "distance", ...}}` or
+/// `{"sparse": {"modifier", ...}}`, Qdrant's `VectorNameConfig`. The new vector starts absent on
+/// every point.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum NewVectorRequest {
+    Dense(crate::collection_config::VectorParams),
+    Sparse(crate::collection_config::SparseVectorParams),
+}
+
+pub async fn create_vector_name(
+    State(state): State<AppState>,
+    PathParams((name, vector)): PathParams<(String, String)>,
+    started: Started,
+    JsonBody(body): JsonBody<NewVectorRequest>,
+) -> ApiResult<UpdateResult> {
+    let collection = state.toc.get(&name)?;
+    let params = match body {
+        NewVectorRequest::Dense(p) => crate::consensus::NewVector::Dense(p),
+        NewVectorRequest::Sparse(p) => crate::consensus::NewVector::Sparse(p),
+    };
+    let op = ClusterOperation::CreateVectorName {
+        collection: collection.name().to_string(),
+        name: vector,
+        params,
+    };
+    state.toc.submit(op).await.map_err(submit_error)?;
+    Ok(ApiOk(
+        UpdateResult {
+            operation_id: 0,
+            status: "completed",
+        },
+        started,
+    ))
+}
+
+/// `DELETE /collections/{c}/vectors/{name}`: removes the named vector and every point's value
+/// of it.
+pub async fn delete_vector_name(
+    State(state): State<AppState>,
+    PathParams((name, vector)): PathParams<(String, String)>,
+    started: Started,
+) -> ApiResult<UpdateResult> {
+    let collection = state.toc.get(&name)?;
+    let op = ClusterOperation::DeleteVectorName {
+        collection: collection.name().to_string(),
+        name: vector,
+    };
+    state.toc.submit(op).await.map_err(submit_error)?;
+    Ok(ApiOk(
+        UpdateResult {
+            operation_id: 0,
+            status: "completed",
+        },
+        started,
+    ))
 }

@@ -96,6 +96,10 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
         )
         .route(&format!("{c}/index"), put(collections::create_index))
         .route(
+            &format!("{c}/vectors/{{vector_name}}"),
+            put(collections::create_vector_name).delete(collections::delete_vector_name),
+        )
+        .route(
             &format!("{c}/index/{{field_name}}"),
             axum::routing::delete(collections::delete_index),
         )

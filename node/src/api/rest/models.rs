@@ -1171,7 +1171,14 @@ mod tests {
                 weights: None
             })
         ));
-        let err = serde_json::from_str::<QueryInterface>(r#"{"formula": {}}"#).unwrap_err();
-        assert!(err.to_string().contains("not supported"), "{err}");
+        let q: QueryInterface =
+            serde_json::from_str(r#"{"formula": {"sum": ["$score", 1.5]}, "defaults": {}}"#)
+                .unwrap();
+        assert!(matches!(q, QueryInterface::Formula(_)));
+        let err = serde_json::from_str::<QueryInterface>(
+            r#"{"formula": {"lin_decay": {"x": 1, "midpoint": 2.0}}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("midpoint"), "{err}");
     }
 }

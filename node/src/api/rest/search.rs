@@ -721,7 +721,7 @@ async fn run_mmr(
     }
     let config = collection.config();
     let distance = config.dense(&common.using).map(|p| p.distance);
-    let query = crate::cluster::collection::prepare_vector(config, &common.using, query)?;
+    let query = crate::cluster::collection::prepare_vector(&config, &common.using, query)?;
     let stored: Vec<Option<VectorData>> = candidates
         .iter()
         .map(|c| {
