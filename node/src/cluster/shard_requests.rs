@@ -57,6 +57,16 @@ pub struct Ownership {
     pub shard: u32,
 }
 
+/// The points a read sees: those `owner` owns (all without one) that pass `filter`.
+fn owned_and_matching<'a>(
+    owner: Option<&'a Ownership>,
+    filter: Option<&'a Filter>,
+) -> impl Fn(PointId, &Payload, HasVector<'_>) -> bool + 'a {
+    move |id, p, has| {
+        owner.is_none_or(|o| o.owns(&id)) && filter.is_none_or(|f| f.check_point(id, p, has))
+    }
+}
+
 impl Ownership {
     pub fn owns(&self, id: &PointId) -> bool {
         !self.ring.is_empty()
@@ -363,11 +373,7 @@ impl ShardRequest for ShardScroll {
 
 impl ShardScroll {
     pub fn run(&self, shard: &LocalShard) -> Vec<Record> {
-        let filter = self.filter.as_ref();
-        let owner = self.owner.as_ref();
-        let accept = |id: PointId, p: &Payload, has: HasVector<'_>| {
-            owner.is_none_or(|o| o.owns(&id)) && filter.is_none_or(|f| f.check_point(id, p, has))
-        };
+        let accept = owned_and_matching(self.owner.as_ref(), self.filter.as_ref());
         shard.scroll(
             self.from,
             self.limit,
@@ -442,11 +448,7 @@ impl ShardRequest for ShardOrderBy {
     type Answer = Vec<(OrderValue, Record)>;
     const CALL: ShardCallKind = ShardCallKind::OrderBy;
     fn run_on(&self, shard: &LocalShard) -> Result<Self::Answer, CollectionError> {
-        let filter = self.filter.as_ref();
-        let owner = self.owner.as_ref();
-        let accept = |id: PointId, p: &Payload, has: HasVector<'_>| {
-            owner.is_none_or(|o| o.owns(&id)) && filter.is_none_or(|f| f.check_point(id, p, has))
-        };
+        let accept = owned_and_matching(self.owner.as_ref(), self.filter.as_ref());
         Ok(shard.order_by(self, &accept))
     }
 }
@@ -502,11 +504,7 @@ impl ShardRequest for ShardFacet {
     type Answer = Vec<(serde_json::Value, usize)>;
     const CALL: ShardCallKind = ShardCallKind::Facet;
     fn run_on(&self, shard: &LocalShard) -> Result<Self::Answer, CollectionError> {
-        let filter = self.filter.as_ref();
-        let owner = self.owner.as_ref();
-        let accept = |id: PointId, p: &Payload, has: HasVector<'_>| {
-            owner.is_none_or(|o| o.owns(&id)) && filter.is_none_or(|f| f.check_point(id, p, has))
-        };
+        let accept = owned_and_matching(self.owner.as_ref(), self.filter.as_ref());
         let mut counts: std::collections::HashMap<String, (serde_json::Value, usize)> =
             std::collections::HashMap::new();
         shard.for_each_payload(&accept, &mut |payload| {

@@ -952,12 +952,7 @@ impl ClusterState {
         params: NewVector,
     ) -> Result<ClusterResponse, ClusterError> {
         use crate::collection_config::VectorsConfig;
-        let meta = self.collections.get_mut(&collection).ok_or_else(|| {
-            ClusterError::UnknownCollection {
-                collection: collection.clone(),
-            }
-        })?;
-        let config = &mut meta.config;
+        let config = &mut self.collection_mut(&collection)?.config;
         if config.vector_kind(&name).is_some() {
             return Err(ClusterError::InvalidConfig {
                 collection,
@@ -998,12 +993,7 @@ impl ClusterState {
         name: String,
     ) -> Result<ClusterResponse, ClusterError> {
         use crate::collection_config::VectorsConfig;
-        let meta = self.collections.get_mut(&collection).ok_or_else(|| {
-            ClusterError::UnknownCollection {
-                collection: collection.clone(),
-            }
-        })?;
-        let config = &mut meta.config;
+        let config = &mut self.collection_mut(&collection)?.config;
         let removed = match &mut config.params.vectors {
             VectorsConfig::Named(map) => map.remove(&name).is_some(),
             VectorsConfig::Single(_) => false,

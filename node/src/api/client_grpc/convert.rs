@@ -1330,16 +1330,22 @@ fn vector_params_json(p: q::VectorParams) -> Result<Value, Status> {
     );
     put_opt(&mut out, "on_disk", p.on_disk.map(Value::from));
     put_opt(&mut out, "datatype", datatype_name(p.datatype)?);
-    if let Some(m) = p.multivector_config {
-        if m.comparator != q::MultiVectorComparator::MaxSim as i32 {
-            return Err(invalid("unknown multivector comparator"));
-        }
-        out.insert(
-            "multivector_config".into(),
-            json!({"comparator": "max_sim"}),
-        );
-    }
+    put_opt(
+        &mut out,
+        "multivector_config",
+        multivector_json(p.multivector_config)?,
+    );
     Ok(Value::Object(out))
+}
+
+fn multivector_json(m: Option<q::MultiVectorConfig>) -> Result<Option<Value>, Status> {
+    match m {
+        None => Ok(None),
+        Some(m) if m.comparator == q::MultiVectorComparator::MaxSim as i32 => {
+            Ok(Some(json!({"comparator": "max_sim"})))
+        }
+        Some(_) => Err(invalid("unknown multivector comparator")),
+    }
 }
 
 fn sparse_params_json(p: q::SparseVectorParams) -> Value {
@@ -1373,15 +1379,11 @@ pub fn vector_name_config(
             out.insert("size".into(), d.size.into());
             out.insert("distance".into(), distance_name(d.distance)?.into());
             put_opt(&mut out, "datatype", datatype_name(d.datatype)?);
-            if let Some(m) = d.multivector_config {
-                if m.comparator != q::MultiVectorComparator::MaxSim as i32 {
-                    return Err(invalid("unknown multivector comparator"));
-                }
-                out.insert(
-                    "multivector_config".into(),
-                    json!({"comparator": "max_sim"}),
-                );
-            }
+            put_opt(
+                &mut out,
+                "multivector_config",
+                multivector_json(d.multivector_config)?,
+            );
             Ok(json!({ "dense": out }))
         }
         VectorConfig::SparseConfig(sp) => {

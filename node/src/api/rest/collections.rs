@@ -377,6 +377,16 @@ pub async fn create_index(
         field: body.field_name,
         entry: Some(entry),
     };
+    submit_completed(&state, op, started).await
+}
+
+/// Carries out a collection change through consensus and answers as Qdrant does for such
+/// changes: `{"operation_id": 0, "status": "completed"}` once applied.
+async fn submit_completed(
+    state: &AppState,
+    op: ClusterOperation,
+    started: Started,
+) -> ApiResult<UpdateResult> {
     state.toc.submit(op).await.map_err(submit_error)?;
     Ok(ApiOk(
         UpdateResult {
@@ -398,14 +408,7 @@ pub async fn delete_index(
         field,
         entry: None,
     };
-    state.toc.submit(op).await.map_err(submit_error)?;
-    Ok(ApiOk(
-        UpdateResult {
-            operation_id: 0,
-            status: "completed",
-        },
-        started,
-    ))
+    submit_completed(&state, op, started).await
 }
 
 /// `payload_schema` of the collection info: each declared index with the number of points
@@ -574,14 +577,7 @@ pub async fn create_vector_name(
         name: vector,
         params,
     };
-    state.toc.submit(op).await.map_err(submit_error)?;
-    Ok(ApiOk(
-        UpdateResult {
-            operation_id: 0,
-            status: "completed",
-        },
-        started,
-    ))
+    submit_completed(&state, op, started).await
 }
 
 /// `DELETE /collections/{c}/vectors/{name}`: removes the named vector and every point's value
@@ -596,12 +592,5 @@ pub async fn delete_vector_name(
         collection: collection.name().to_string(),
         name: vector,
     };
-    state.toc.submit(op).await.map_err(submit_error)?;
-    Ok(ApiOk(
-        UpdateResult {
-            operation_id: 0,
-            status: "completed",
-        },
-        started,
-    ))
+    submit_completed(&state, op, started).await
 }
