@@ -690,13 +690,17 @@ impl LocalShard {
     }
 
     /// Adopts a changed configuration (named vectors added or removed): every segment conforms
-    /// to it (see [`Segment::conform`]), and the optimizer re-indexes segments whose index was
-    /// dropped.
+    /// to it (see [`Segment::conform`]), points that lost a vector are stored again without it
+    /// at the next flush, and the optimizer re-indexes segments whose index was dropped.
     pub fn set_config(&self, config: Arc<CollectionConfig>) {
         let mut state = self.state.write();
+        let mut changed = Vec::new();
         for seg in state.segments.values_mut() {
-            seg.conform(&config);
+            for o in seg.conform(&config) {
+                changed.push(seg.id(o));
+            }
         }
+        state.dirty.extend(changed);
         state.config = config;
         drop(state);
         self.wake_optimizer.notify_one();
@@ -1296,7 +1300,8 @@ impl LocalShard {
         let config = Arc::clone(&state.config);
         if let Some(seg) = state.segments.get_mut(&segment_id) {
             seg.set_index(Arc::new(index));
-            // The configuration may have changed while the index was built.
+            // The configuration may have changed while the index was built (its points were
+            // already conformed: only the index can be stale).
             seg.conform(&config);
         }
         true
@@ -1369,7 +1374,12 @@ impl LocalShard {
         }
         // The configuration may have changed while the segment was rebuilt.
         let config = Arc::clone(&state.config);
-        fresh.conform(&config);
+        let lost: Vec<PointId> = fresh
+            .conform(&config)
+            .into_iter()
+            .map(|o| fresh.id(o))
+            .collect();
+        state.dirty.extend(lost);
         state.segments.insert(fresh.id, fresh);
         true
     }

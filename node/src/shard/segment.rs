@@ -283,14 +283,19 @@ impl Segment {
     /// and indexes of vectors `config` no longer has (or has with another shape) are dropped; an
     /// appendable segment gets an empty column for each new vector (its points lack it). A
     /// frozen segment gets none: its points cannot have a vector added after they were written.
-    /// An index shared with a search in flight is dropped whole, to be rebuilt.
-    pub fn conform(&mut self, config: &CollectionConfig) {
+    /// An index shared with a search in flight is dropped whole, to be rebuilt. Returns the
+    /// live offsets whose points lost a vector (their stored form must be written again).
+    pub fn conform(&mut self, config: &CollectionConfig) -> Vec<u32> {
         let wanted = wanted_columns(config);
         let stale: Vec<String> = self
             .columns
             .iter()
             .filter(|(name, column)| wanted.get(*name) != Some(&ColumnShape::of(column)))
             .map(|(name, _)| name.clone())
+            .collect();
+        let changed: Vec<u32> = self
+            .live_offsets()
+            .filter(|o| stale.iter().any(|name| self.has_vector(name, *o)))
             .collect();
         for name in &stale {
             self.columns.remove(name);
@@ -321,6 +326,7 @@ impl Segment {
             }
         }
         self.point_bytes = config.point_vector_bytes();
+        changed
     }
 
     pub fn stage(&self) -> SegmentStage {
@@ -527,7 +533,7 @@ mod tests {
         map.remove("m");
         map.insert("new".into(), params(3, false));
         changed.params.sparse_vectors = None;
-        s.conform(&changed);
+        assert!(s.conform(&changed).is_empty(), "no point had `m` or `s`");
         // The point keeps `a`, lacks the new vector, and `m` and `s` are gone.
         assert_eq!(
             s.vectors(a).keys().collect::<Vec<_>>(),
@@ -546,7 +552,7 @@ mod tests {
             panic!("named config expected")
         };
         map.insert("a".into(), params(4, false));
-        s.conform(&changed);
+        assert_eq!(s.conform(&changed), vec![a], "the point with `a` lost it");
         assert!(!s.has_vector("a", a));
         s.freeze();
         assert_eq!(s.frozen_columns().len(), 2);
