@@ -168,7 +168,16 @@ fn three_peers_form_a_cluster_and_survive_losing_the_leader() -> Result<()> {
         assert_eq!(answer.status, 404, "{}", answer.body);
         assert!(answer.body.contains("4242"), "{}", answer.body);
     }
-    let after = cluster_info(survivors[0])?.raft_info.commit;
+    // A follower learns the leader's commit index with the next heartbeat or append: poll
+    // (bounded) rather than read once.
+    let deadline = Instant::now() + CONVERGE;
+    let after = loop {
+        let after = cluster_info(survivors[0])?.raft_info.commit;
+        if after >= before + 2 || Instant::now() >= deadline {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         after >= before + 2,
         "the rejected proposals were committed ({before} -> {after})"
