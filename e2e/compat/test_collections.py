@@ -234,3 +234,20 @@ def test_named_vectors_are_added_and_removed_on_a_live_collection(client, collec
     assert all("extra" not in (v.vector or {}) for v in vectors)
     r = http.post(f"/collections/{name}/points/query", json={"query": [0.0, 1.0, 0.0], "using": "extra"})
     assert r.status_code == 400 and "Not existing vector name" in r.text
+
+
+def test_collection_info_warns_about_settings_not_applied(client, http):
+    import uuid as _uuid
+
+    name = f"warn_{_uuid.uuid4().hex[:10]}"
+    r = http.put(
+        f"/collections/{name}",
+        json={"vectors": {"size": 4, "distance": "Dot"}, "quantization_config": {"scalar": {"type": "int8"}}},
+    )
+    assert r.status_code == 200, r.text
+    try:
+        info = http.get(f"/collections/{name}").json()["result"]
+        assert any("quantization" in w["message"] for w in info["warnings"])
+        assert info["config"]["quantization_config"] == {"scalar": {"type": "int8"}}
+    finally:
+        client.delete_collection(name)

@@ -584,3 +584,31 @@ def test_distance_matrix_pairs_and_offsets_agree(client, collection):
     assert offsets.ids == [1, 2, 3, 4, 5]
     got = [(offsets.ids[r], offsets.ids[c], s) for r, c, s in zip(offsets.offsets_row, offsets.offsets_col, offsets.scores)]
     assert got == [(p.a, p.b, p.score) for p in pairs]
+
+
+def test_legacy_discover_and_group_endpoints_answer_as_the_query_api(client, collection, http):
+    """`points/discover`, `points/discover/batch`, `points/search/groups` and
+    `points/recommend/groups` give what the equivalent query-API request gives."""
+    name = collection(size=2, distance=models.Distance.DOT)
+    client.upsert(
+        name,
+        points=[models.PointStruct(id=i, vector=[float(i), 1.0], payload={"g": i % 2}) for i in range(1, 7)],
+        wait=True,
+    )
+    base = f"/collections/{name}/points"
+    disc = {"target": [1.0, 0.0], "context": [{"positive": 6, "negative": 1}], "limit": 3}
+    legacy = http.post(f"{base}/discover", json=disc).json()["result"]
+    query = http.post(
+        f"{base}/query", json={"query": {"discover": {"target": [1.0, 0.0], "context": disc["context"]}}, "limit": 3}
+    ).json()["result"]["points"]
+    assert [p["id"] for p in legacy] == [p["id"] for p in query] and legacy
+    batch = http.post(f"{base}/discover/batch", json={"searches": [disc, {"context": disc["context"], "limit": 2}]})
+    assert batch.status_code == 200 and [len(r) for r in batch.json()["result"]] == [3, 2]
+    groups = http.post(
+        f"{base}/search/groups", json={"vector": [1.0, 0.0], "group_by": "g", "group_size": 2, "limit": 2}
+    ).json()["result"]["groups"]
+    assert [(g["id"], [h["id"] for h in g["hits"]]) for g in groups] == [(0, [6, 4]), (1, [5, 3])]
+    rec = http.post(
+        f"{base}/recommend/groups", json={"positive": [6], "group_by": "g", "group_size": 1, "limit": 2}
+    ).json()["result"]["groups"]
+    assert [(g["id"], [h["id"] for h in g["hits"]]) for g in rec] == [(1, [5]), (0, [4])]

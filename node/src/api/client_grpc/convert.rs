@@ -1783,6 +1783,15 @@ pub fn collection_info_out(info: &Value) -> q::CollectionInfo {
             strict_mode_config: None,
             metadata,
         }),
+        warnings: info["warnings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| w["message"].as_str())
+            .map(|m| q::CollectionWarning {
+                message: m.to_string(),
+            })
+            .collect(),
         ..Default::default()
     }
 }

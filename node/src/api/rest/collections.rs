@@ -126,11 +126,38 @@ pub async fn get(
             indexed_vectors_count: stats.indexed_vectors,
             points_count: stats.points,
             segments_count: stats.segments,
+            warnings: warnings(&collection.config()),
             config: (*collection.config()).clone(),
             payload_schema,
         },
         started,
     ))
+}
+
+/// What the configuration asks for that Shoal stores but does not apply yet.
+fn warnings(config: &CollectionConfig) -> Vec<crate::api::rest::models::CollectionWarning> {
+    let quantized = config.quantization_config.is_some()
+        || config
+            .params
+            .vectors
+            .iter()
+            .any(|(_, p)| p.quantization_config.is_some());
+    let mut out = Vec::new();
+    if quantized {
+        out.push(crate::api::rest::models::CollectionWarning {
+            message: "quantization_config is stored but not applied yet: searches use the \
+                      full-precision vectors (and answer as an unquantized search would)"
+                .into(),
+        });
+    }
+    if config.strict_mode_config.is_some() {
+        out.push(crate::api::rest::models::CollectionWarning {
+            message: "strict_mode_config is stored but not enforced yet; Shoal's own request \
+                      limits apply"
+                .into(),
+        });
+    }
+    out
 }
 
 pub async fn list(

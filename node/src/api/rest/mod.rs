@@ -153,6 +153,19 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
             &format!("{c}/points/query/groups"),
             post(search::query_groups),
         )
+        .route(&format!("{c}/points/discover"), post(search::discover))
+        .route(
+            &format!("{c}/points/discover/batch"),
+            post(search::discover_batch),
+        )
+        .route(
+            &format!("{c}/points/search/groups"),
+            post(search::search_groups),
+        )
+        .route(
+            &format!("{c}/points/recommend/groups"),
+            post(search::recommend_groups),
+        )
         .route(
             &format!("{c}/points/query/batch"),
             post(search::query_batch),

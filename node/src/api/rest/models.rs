@@ -63,6 +63,14 @@ pub struct CollectionInfo {
     pub segments_count: usize,
     pub config: CollectionConfig,
     pub payload_schema: serde_json::Map<String, Value>,
+    /// Qdrant's collection warnings: what the configuration asks for that Shoal does not do.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<CollectionWarning>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CollectionWarning {
+    pub message: String,
 }
 
 #[derive(Debug, Serialize)]

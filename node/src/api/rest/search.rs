@@ -1254,6 +1254,147 @@ pub async fn query_batch(
     Ok(ApiOk(out, started))
 }
 
+/// Reads a legacy request (already rewritten into its query-API form) the way a body is read.
+fn legacy<T: serde::de::DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
+    serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("Json deserialize error: {e}")))
+}
+
+/// Moves `from` of a legacy body into `query` as `{kind: {...members}}`.
+fn legacy_query(
+    mut body: serde_json::Value,
+    kind: &str,
+    members: &[&str],
+) -> Result<serde_json::Value, ApiError> {
+    let Some(map) = body.as_object_mut() else {
+        return Err(ApiError::bad_request(
+            "Json deserialize error: the body must be an object",
+        ));
+    };
+    let mut inner = serde_json::Map::new();
+    for m in members {
+        if let Some(v) = map.remove(*m) {
+            inner.insert((*m).to_string(), v);
+        }
+    }
+    map.insert("query".into(), serde_json::json!({ kind: inner }));
+    Ok(body)
+}
+
+/// Qdrant's legacy discover request as the query it is: `{"discover": {target, context}}`,
+/// or `{"context": ...}` without a target.
+fn discover_as_query(body: serde_json::Value) -> Result<QueryRequest, ApiError> {
+    let has_target = body.get("target").is_some_and(|t| !t.is_null());
+    let body = if has_target {
+        legacy_query(body, "discover", &["target", "context"])?
+    } else {
+        let mut body = body;
+        if let Some(map) = body.as_object_mut() {
+            let context = map
+                .remove("context")
+                .unwrap_or(serde_json::Value::Array(Vec::new()));
+            map.remove("target");
+            map.insert("query".into(), serde_json::json!({ "context": context }));
+        }
+        body
+    };
+    legacy(body)
+}
+
+/// `POST /collections/{c}/points/discover` (Qdrant's legacy discovery endpoint).
+pub async fn discover(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult<Vec<ScoredPointOut>> {
+    let collection = state.toc.get(&name)?;
+    let request = discover_as_query(body)?;
+    Ok(ApiOk(
+        run_query(&state.toc, &collection, request).await?,
+        started,
+    ))
+}
+
+/// `POST /collections/{c}/points/discover/batch`.
+pub async fn discover_batch(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
+    let searches = match body.get("searches") {
+        Some(serde_json::Value::Array(items)) => items.clone(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "Json deserialize error: missing field `searches`",
+            ));
+        }
+    };
+    check_batch(searches.len())?;
+    let collection = state.toc.get(&name)?;
+    let requests = searches
+        .into_iter()
+        .map(discover_as_query)
+        .collect::<Result<Vec<_>, _>>()?;
+    let answers = futures::future::join_all(
+        requests
+            .into_iter()
+            .map(|r| run_query(&state.toc, &collection, r)),
+    )
+    .await;
+    Ok(ApiOk(
+        answers.into_iter().collect::<Result<_, _>>()?,
+        started,
+    ))
+}
+
+/// `POST /collections/{c}/points/search/groups`: a grouped nearest search (`vector` is a
+/// vector or `{name, vector}`).
+pub async fn search_groups(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+    JsonBody(mut body): JsonBody<serde_json::Value>,
+) -> ApiResult<GroupsResult> {
+    let collection = state.toc.get(&name)?;
+    if let Some(map) = body.as_object_mut() {
+        let vector = map.remove("vector").unwrap_or(serde_json::Value::Null);
+        let (using, vector) = match vector {
+            serde_json::Value::Object(mut named) if named.contains_key("vector") => (
+                named.remove("name").unwrap_or(serde_json::Value::Null),
+                named.remove("vector").unwrap_or(serde_json::Value::Null),
+            ),
+            other => (serde_json::Value::Null, other),
+        };
+        map.insert("query".into(), vector);
+        if !using.is_null() {
+            map.insert("using".into(), using);
+        }
+    }
+    let request: QueryGroupsRequest = legacy(body)?;
+    Ok(ApiOk(
+        run_query_groups(&state.toc, &collection, request).await?,
+        started,
+    ))
+}
+
+/// `POST /collections/{c}/points/recommend/groups`: grouped recommendations.
+pub async fn recommend_groups(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> ApiResult<GroupsResult> {
+    let collection = state.toc.get(&name)?;
+    let body = legacy_query(body, "recommend", &["positive", "negative", "strategy"])?;
+    let request: QueryGroupsRequest = legacy(body)?;
+    Ok(ApiOk(
+        run_query_groups(&state.toc, &collection, request).await?,
+        started,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
