@@ -499,31 +499,16 @@ impl Collection {
         prepare_vector(&self.config(), name, vector)
     }
 
-    /// Checks and normalises every vector of a point. An empty unnamed vector (`"vector": []`)
-    /// in a collection without an unnamed vector means no vector, as Qdrant reads it.
-    pub fn prepare_vectors(&self, vectors: NamedVectors) -> Result<NamedVectors, CollectionError> {
-        vectors
-            .into_iter()
-            .filter(|(name, v)| {
-                !(name.as_str() == DEFAULT_VECTOR
-                    && matches!(v, VectorData::Dense(d) if d.is_empty())
-                    && self.config().vector_kind(DEFAULT_VECTOR).is_none())
-            })
-            .map(|(name, v)| {
-                let v = self.prepare_vector(&name, v)?;
-                Ok((name, v))
-            })
-            .collect()
-    }
-
     /// Checks and brings into stored form every vector an update carries (see
     /// [`prepare_vector`]): upserts, conditional upserts and vector updates alike.
     fn prepare_request(&self, request: UpdateRequest) -> Result<UpdateRequest, CollectionError> {
+        // One configuration for the whole request (it can change between two reads).
+        let config = self.config();
         let prepare_all = |points: Vec<PointWrite>| {
             points
                 .into_iter()
                 .map(|mut p| {
-                    p.vectors = self.prepare_vectors(p.vectors)?;
+                    p.vectors = prepare_vectors(&config, p.vectors)?;
                     Ok(p)
                 })
                 .collect::<Result<Vec<_>, CollectionError>>()
@@ -546,7 +531,7 @@ impl Collection {
             } => UpdateRequest::UpdateVectors {
                 points: points
                     .into_iter()
-                    .map(|(id, v)| Ok((id, self.prepare_vectors(v)?)))
+                    .map(|(id, v)| Ok((id, prepare_vectors(&config, v)?)))
                     .collect::<Result<_, CollectionError>>()?,
                 filter,
                 missing_ok,
@@ -1579,6 +1564,24 @@ fn facet_value_order(a: &serde_json::Value, b: &serde_json::Value) -> std::cmp::
         (Value::String(x), Value::String(y)) => x.cmp(y),
         _ => rank(a).cmp(&rank(b)),
     }
+}
+
+/// [`prepare_vector`] for every vector of a point. An empty unnamed vector (`"vector": []`) in
+/// a collection without an unnamed vector means no vector, as Qdrant reads it.
+fn prepare_vectors(
+    config: &CollectionConfig,
+    vectors: NamedVectors,
+) -> Result<NamedVectors, CollectionError> {
+    let no_unnamed = config.vector_kind(DEFAULT_VECTOR).is_none();
+    vectors
+        .into_iter()
+        .filter(|(name, v)| {
+            !(no_unnamed
+                && name.as_str() == DEFAULT_VECTOR
+                && matches!(v, VectorData::Dense(d) if d.is_empty()))
+        })
+        .map(|(name, v)| Ok((name.clone(), prepare_vector(config, &name, v)?)))
+        .collect()
 }
 
 /// Checks a vector against the configured vector `name` and brings it into its stored form:

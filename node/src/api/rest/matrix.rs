@@ -15,6 +15,7 @@ use crate::api::rest::AppState;
 use crate::api::rest::json_body::{JsonBody, PathParams};
 use crate::api::rest::points::validate_filter;
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
+use crate::api::rest::search::both;
 use crate::cluster::collection::{Collection, SearchRequest, SearchTarget, ShardKeySelector};
 use crate::index::filter::{Condition, Filter, HasIdCondition};
 use crate::index::payload_selector::WithVector;
@@ -84,12 +85,12 @@ async fn distance_matrix(
         must: Some(vec![has_vector]),
         ..Filter::default()
     };
-    let pool_filter = both(body.filter.clone(), with_vector);
+    let pool_filter = both(body.filter.clone(), Some(with_vector));
     let (pool, _) = collection
         .scroll(
             None,
             MAX_MATRIX_POOL,
-            Some(&pool_filter),
+            pool_filter.as_ref(),
             false,
             &WithVector::Named(vec![using.clone()]),
             body.shard_key.as_ref(),
@@ -121,7 +122,7 @@ async fn distance_matrix(
         let request = SearchRequest {
             using: using.clone(),
             target: SearchTarget::Vector(vector.clone()),
-            filter: Some(both(body.filter.clone(), only_others)),
+            filter: both(body.filter.clone(), Some(only_others)),
             exclude: Default::default(),
             limit,
             offset: 0,
@@ -135,16 +136,6 @@ async fn distance_matrix(
         rows.push(found.into_iter().map(|r| (r.id, r.score)).collect());
     }
     Ok((ids, rows))
-}
-
-fn both(a: Option<Filter>, b: Filter) -> Filter {
-    match a {
-        None => b,
-        Some(a) => Filter {
-            must: Some(vec![Condition::Filter(a), Condition::Filter(b)]),
-            ..Filter::default()
-        },
-    }
 }
 
 pub async fn pairs(

@@ -435,7 +435,8 @@ struct Level {
 }
 
 /// Merges two filters into one that requires both.
-fn both(a: Option<Filter>, b: Option<Filter>) -> Option<Filter> {
+/// Both filters (either alone when the other is absent).
+pub(crate) fn both(a: Option<Filter>, b: Option<Filter>) -> Option<Filter> {
     match (a, b) {
         (None, b) => b,
         (a, None) => a,
@@ -994,14 +995,12 @@ async fn run_query_records(
         Some(QueryInterface::Sample) => 0,
         _ => common.offset,
     };
-    let with_payload = common.with_payload.clone();
     let level = Level {
         prefetch: body.prefetch,
         query: body.query,
         common,
         lookup_from: body.lookup_from,
     };
-    let _ = with_payload;
     let mut records = run_level(toc, collection, level, body.shard_key.as_ref()).await?;
     Ok(records.drain(..).skip(offset).collect())
 }
