@@ -251,3 +251,81 @@ def test_collection_info_warns_about_settings_not_applied(client, http):
         assert info["config"]["quantization_config"] == {"scalar": {"type": "int8"}}
     finally:
         client.delete_collection(name)
+
+
+def test_update_collection_changes_a_live_collection_as_qdrant_does(client, collection, http):
+    from qdrant_client import models as m
+
+    name = collection(size=4, distance=m.Distance.DOT, metadata={"owner": "search", "tier": 1})
+    client.upsert(name, points=[m.PointStruct(id=i, vector=[float(i), 1.0, 0.0, 0.0]) for i in range(1, 6)], wait=True)
+    assert client.update_collection(
+        name,
+        vectors_config={"": m.VectorParamsDiff(hnsw_config=m.HnswConfigDiff(m=8), on_disk=True)},
+        hnsw_config=m.HnswConfigDiff(ef_construct=64),
+        optimizers_config=m.OptimizersConfigDiff(indexing_threshold=0),
+        collection_params=m.CollectionParamsDiff(write_consistency_factor=1, read_fan_out_factor=1),
+        quantization_config=m.ScalarQuantization(scalar=m.ScalarQuantizationConfig(type=m.ScalarType.INT8)),
+        strict_mode_config=m.StrictModeConfig(enabled=False, max_query_limit=100),
+        metadata={"tier": None, "region": "eu"},
+    )
+    config = http.get(f"/collections/{name}").json()["result"]["config"]
+    assert config["params"]["vectors"]["hnsw_config"]["m"] == 8
+    assert config["params"]["vectors"]["on_disk"] is True
+    assert config["params"]["read_fan_out_factor"] == 1
+    assert config["hnsw_config"]["ef_construct"] == 64
+    assert config["optimizer_config"]["indexing_threshold"] == 0
+    assert config["quantization_config"] == {"scalar": {"type": "int8"}}
+    assert config["strict_mode_config"]["max_query_limit"] == 100
+    assert config["metadata"] == {"owner": "search", "region": "eu"}
+    # The points and their answers are unchanged.
+    assert [p.id for p in client.query_points(name, query=[1.0, 0.0, 0.0, 0.0], limit=2).points] == [5, 4]
+    # "Disabled" removes quantization; `{}` unsets a vector's own graph parameters.
+    r = http.patch(
+        f"/collections/{name}",
+        json={"quantization_config": "Disabled", "vectors": {"": {"hnsw_config": {}}}},
+    )
+    assert r.status_code == 200 and r.json()["result"] is True, r.text
+    config = http.get(f"/collections/{name}").json()["result"]["config"]
+    assert "quantization_config" not in config or config["quantization_config"] is None
+    assert "hnsw_config" not in config["params"]["vectors"]
+
+
+def test_update_collection_refusals_change_nothing(http, collection):
+    name = collection(size=2)
+    before = http.get(f"/collections/{name}").json()["result"]["config"]
+    for body, status, needle in (
+        ({"vectors": {"nope": {"on_disk": True}}}, 400, "Not existing vector name"),
+        ({"sparse_vectors": {"nope": {}}}, 400, "Not existing vector name"),
+        ({"params": {"replication_factor": 0}}, 422, "replication_factor"),
+        ({"hnsw_config": {"m": 100000}}, 422, "hnsw_config.m"),
+        ({"params": {"shard_number": 4}}, 400, "shard_number"),
+        ({"quantization_config": "Enabled"}, 422, "quantization_config"),
+    ):
+        r = http.patch(f"/collections/{name}", json=body)
+        assert r.status_code == status, (body, r.status_code, r.text)
+        assert needle in r.json()["status"]["error"], (body, r.text)
+    assert http.get(f"/collections/{name}").json()["result"]["config"] == before
+    r = http.patch("/collections/does-not-exist", json={"metadata": {"a": 1}})
+    assert r.status_code == 404
+
+
+def test_update_collection_over_grpc(node, collection):
+    from qdrant_client import QdrantClient, models as m
+
+    name = collection(size=2)
+    grpc = QdrantClient(host="127.0.0.1", port=node.http_port, grpc_port=node.grpc_port, prefer_grpc=True, check_compatibility=False)
+    try:
+        assert grpc.update_collection(
+            name,
+            hnsw_config=m.HnswConfigDiff(m=12),
+            collection_params=m.CollectionParamsDiff(replication_factor=1, read_fan_out_factor=2),
+            metadata={"k": "v"},
+        )
+        info = grpc.get_collection(name)
+        assert info.config.hnsw_config.m == 12
+        assert info.config.metadata == {"k": "v"}
+        with pytest.raises(Exception) as refused:
+            grpc.update_collection(name, vectors_config={"nope": m.VectorParamsDiff(on_disk=True)})
+        assert "Not existing vector name" in str(refused.value)
+    finally:
+        grpc.close()

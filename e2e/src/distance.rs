@@ -64,6 +64,17 @@ impl Distance {
         }
     }
 
+    /// Qdrant's internal score, where larger is always closer: what MaxSim adds up over
+    /// sub-vectors. Cosine and Dot as [`Distance::score`]; Euclid the *squared* distance and
+    /// Manhattan the distance, both negated.
+    pub fn similarity(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            Distance::Cosine | Distance::Dot => self.score(a, b),
+            Distance::Euclid => -a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>(),
+            Distance::Manhattan => -self.score(a, b),
+        }
+    }
+
     /// Ranking key where lower is always better, so one top-k routine serves every metric.
     pub fn cost(self, score: f32) -> f32 {
         if self.higher_is_better() {
@@ -142,6 +153,16 @@ mod tests {
                 "{d} ranks the far vector first"
             );
         }
+    }
+
+    #[test]
+    fn similarity_is_larger_for_closer_vectors() {
+        let a = [1.0, 0.0];
+        let b = [3.0, 4.0];
+        assert_eq!(Distance::Dot.similarity(&a, &b), 3.0);
+        assert!((Distance::Cosine.similarity(&a, &b) - 0.6).abs() < 1e-6);
+        assert_eq!(Distance::Euclid.similarity(&a, &b), -20.0);
+        assert_eq!(Distance::Manhattan.similarity(&a, &b), -6.0);
     }
 
     #[test]

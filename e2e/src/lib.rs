@@ -6,6 +6,8 @@
 //! to judge search quality. It never links against the node crate: the node is a black box
 //! reached only through its binary and its HTTP API, exactly as a user would reach it.
 //!
+//! - [`acknowledged_writes`]: the model of acknowledged writes (all three vector kinds) that
+//!   transfer and resharding tests compare replicas with, and a background writer.
 //! - [`node_process`]: spawn / wait ready / kill -9 / restart a node binary; never leaks a process.
 //! - [`rest_client`]: a small typed, blocking REST client with a timeout on every request.
 //! - [`distance`], [`dataset`], [`exact_knn`], [`stats`]: pure pieces (no I/O), unit-tested.
@@ -21,6 +23,7 @@
 //! cargo run --release -p shoal-e2e --bin shoal-bench -- --points 100000 --also-exact
 //! ```
 
+pub mod acknowledged_writes;
 pub mod cluster;
 pub mod dataset;
 pub mod distance;
@@ -30,9 +33,9 @@ pub mod node_process;
 pub mod rest_client;
 pub mod stats;
 
-pub use dataset::{ClusteredGaussian, Vectors};
+pub use dataset::{ClusteredGaussian, SparseVector, Vectors, ZipfSparse};
 pub use distance::Distance;
-pub use exact_knn::ExactIndex;
+pub use exact_knn::{ExactIndex, MultiExactIndex, SparseExactIndex};
 pub use node_process::{
     ClusterRole, NodeOptions, NodeProcess, free_ports, proc_status_kib, resolve_node_binary,
     workspace_root,

@@ -3,12 +3,14 @@
 //! SIGKILL of the new shard's peer and of the Raft leader, and resharding one shard key of a
 //! custom-sharded collection.
 //!
-//! The points are in two sets. The static set (ids below `STATIC`, payload `static: true`) is
-//! loaded once and never written again, so at any moment a reader knows exactly what it must
-//! see: every static point exactly once in a full scroll, an exact filtered count, and exact
-//! filtered search equal to brute force. The writer upserts and deletes only above `STATIC`,
-//! sequentially, so the acknowledged writes are a model that the whole collection must equal
-//! once writing stops.
+//! The collection has every vector kind, each optional: a named dense vector, a sparse vector
+//! (with the `idf` modifier) and a multivector. The points are in two sets. The static set (ids
+//! below `STATIC`, payload `static: true`) is loaded once and never written again, so at any
+//! moment a reader knows exactly what it must see: every static point exactly once in a full
+//! scroll, an exact filtered count, and exact filtered search on the dense vector equal to brute
+//! force. The writer upserts, deletes, sets and removes named vectors only above `STATIC`,
+//! sequentially, so the acknowledged writes are a model that the whole collection (every named
+//! vector of every point) must equal once writing stops.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -17,62 +19,36 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+use shoal_e2e::acknowledged_writes::{
+    Kind, Model, Write, Writer, WriterPlan, all_match_model, collection_body, dense, has_vector,
+    load,
+};
 use shoal_e2e::cluster::{CONVERGE, READY, collection_cluster, create_collection, start_cluster};
-use shoal_e2e::{Client, Method, NodeProcess, PointId, PointStruct};
+use shoal_e2e::{Client, Method, NodeProcess};
 
-const DIM: usize = 8;
 const STATIC: u64 = 30_000;
 /// The writer's ids: `STATIC..STATIC + DYNAMIC`.
 const DYNAMIC: u64 = 5_000;
 /// How long one resharding may take before the test gives up.
 const RESHARD: Duration = Duration::from_secs(240);
 
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+/// The payload fields (beside `v`) of the static points, or of the others.
+fn static_payload(is_static: bool) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("static".into(), json!(is_static));
+    m
 }
 
-/// The vector of point `id` at version `v`: pseudo-random, so exact-search ties do not occur.
-fn vector(id: u64, v: u64) -> Vec<f32> {
-    (0..DIM as u64)
-        .map(|d| {
-            (mix(id.wrapping_mul(1_000_003) ^ v.wrapping_mul(7919) ^ d) % 10_000) as f32 / 100.0
-        })
-        .collect()
-}
-
-fn point(id: u64, v: u64) -> PointStruct {
-    PointStruct {
-        id: PointId::Num(id),
-        vector: vector(id, v),
-        payload: Some(
-            json!({"v": v, "static": id < STATIC})
-                .as_object()
-                .cloned()
-                .expect("an object"),
-        ),
+/// The writer of the resharding tests: every write kind over the dynamic ids, paced, bounded
+/// in steps and time.
+fn writer_plan() -> WriterPlan {
+    WriterPlan {
+        ids: STATIC..STATIC + DYNAMIC,
+        max_steps: 50_000,
+        max_time: Duration::from_secs(600),
+        pause: Duration::from_millis(5),
     }
-}
-
-/// What the acknowledged writes say each point holds: its version, or absent.
-type Model = BTreeMap<u64, u64>;
-
-/// What a write that failed may have left behind, per point, until an acknowledged write
-/// settles it: a version, or `None` (deleted). A write that fails is not acknowledged, so it may
-/// or may not have taken effect.
-type Maybe = BTreeMap<u64, BTreeSet<Option<u64>>>;
-
-fn load(client: &Client, name: &str, ids: std::ops::Range<u64>, model: &mut Model) -> Result<()> {
-    let all: Vec<u64> = ids.collect();
-    for chunk in all.chunks(1000) {
-        let batch: Vec<PointStruct> = chunk.iter().map(|i| point(*i, 0)).collect();
-        client.upsert(name, &batch, true)?;
-        model.extend(chunk.iter().map(|i| (*i, 0)));
-    }
-    Ok(())
 }
 
 fn operate(node: &NodeProcess, name: &str, body: Value) -> Result<()> {
@@ -182,7 +158,8 @@ fn shard_ids(node: &NodeProcess, name: &str) -> Result<BTreeSet<u32>> {
 
 /// The reads a client must be able to rely on at any moment, checked through `client`: a full
 /// scroll returns every static point exactly once, the filtered count is exact, and exact
-/// filtered search equals brute force over the static points.
+/// filtered search on the `dense` vector equals brute force over the static points that have
+/// one.
 fn check_reads(client: &Client, name: &str, query_seed: u64) -> Result<()> {
     let records = client.scroll_all(name, 2000, 200, true, false)?;
     let mut seen = BTreeSet::new();
@@ -208,16 +185,22 @@ fn check_reads(client: &Client, name: &str, query_seed: u64) -> Result<()> {
         counted["count"].as_u64() == Some(STATIC),
         "count of static points: {counted}"
     );
-    let query = vector(1_000_000 + query_seed, 0);
+    let query = dense(1_000_000 + query_seed, 0);
     let found: Vec<Value> = client.call(
         Method::Post,
         &format!("/collections/{name}/points/search"),
-        Some(&json!({"vector": query, "limit": 10, "filter": filter, "params": {"exact": true}})),
+        Some(&json!({
+            "vector": {"name": Kind::Dense.name(), "vector": query},
+            "limit": 10,
+            "filter": filter,
+            "params": {"exact": true},
+        })),
     )?;
     let found: Vec<u64> = found.iter().filter_map(|p| p["id"].as_u64()).collect();
     let mut reference: Vec<(f32, u64)> = (0..STATIC)
+        .filter(|id| has_vector(*id, 0, Kind::Dense))
         .map(|id| {
-            let d: f32 = vector(id, 0)
+            let d: f32 = dense(id, 0)
                 .iter()
                 .zip(&query)
                 .map(|(a, b)| (a - b) * (a - b))
@@ -234,161 +217,23 @@ fn check_reads(client: &Client, name: &str, query_seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Every point of the collection, read through `node`, equals the model (or, for a point that
-/// a failed write touched, what that write would have left).
-fn matches_model(node: &NodeProcess, name: &str, model: &Model, maybe: &Maybe) -> Result<()> {
-    let records = node.client().scroll_all(name, 5000, 200, true, true)?;
-    let mut seen = BTreeMap::new();
-    for r in records {
-        let id = r.id.as_num().context("numeric ids")?;
-        let v = r
-            .payload
-            .as_ref()
-            .and_then(|p| p.get("v"))
-            .and_then(Value::as_u64)
-            .context("payload v")?;
-        let stored: Vec<f32> = serde_json::from_value(r.vector.clone().context("a vector")?)?;
-        ensure!(
-            stored
-                .iter()
-                .zip(vector(id, v))
-                .all(|(a, b)| (a - b).abs() < 1e-3),
-            "point {id}: vector does not match version {v}"
-        );
-        ensure!(seen.insert(id, v).is_none(), "point {id} returned twice");
-    }
-    let allowed = |id: &u64, got: Option<u64>| {
-        model.get(id).copied() == got || maybe.get(id).is_some_and(|m| m.contains(&got))
-    };
-    let missing: Vec<_> = model
-        .keys()
-        .filter(|id| !seen.contains_key(id) && !allowed(id, None))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = seen
-        .iter()
-        .filter(|(id, v)| !model.contains_key(id) && !allowed(id, Some(**v)))
-        .map(|(id, _)| id)
-        .take(5)
-        .collect();
-    let stale: Vec<_> = model
-        .iter()
-        .filter(|(id, v)| {
-            seen.get(id)
-                .is_some_and(|s| s != *v && !allowed(id, Some(*s)))
-        })
-        .take(5)
-        .collect();
-    ensure!(
-        missing.is_empty() && extra.is_empty() && stale.is_empty(),
-        "{} points read, {} expected; missing {missing:?}, unexpected {extra:?}, stale {stale:?}",
-        seen.len(),
-        model.len()
-    );
-    Ok(())
+/// Every point of the collection, read through each node (at once), is in a state the model
+/// allows: the acknowledged one, or for a point that a failed write touched, what that write
+/// would have left.
+fn all_match(nodes: &[NodeProcess], name: &str, model: &Model) -> Result<()> {
+    let clients: Vec<Client> = nodes.iter().map(NodeProcess::client).collect();
+    all_match_model(&clients, name, model)
 }
 
-fn eventually_matches(node: &NodeProcess, name: &str, model: &Model, maybe: &Maybe) -> Result<()> {
+/// [`all_match`] within [`CONVERGE`]: after a peer was killed, reads may fail over.
+fn eventually_all_match(nodes: &[NodeProcess], name: &str, model: &Model) -> Result<()> {
     let deadline = Instant::now() + CONVERGE;
     loop {
-        match matches_model(node, name, model, maybe) {
+        match all_match(nodes, name, model) {
             Ok(()) => return Ok(()),
             Err(e) => ensure!(Instant::now() < deadline, "{e:#}"),
         }
         std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// What the writer did: the model, what failed writes may have left, failed and acknowledged
-/// writes.
-type Written = (Model, Maybe, usize, usize);
-
-/// A sequential writer of the dynamic ids, bounded in steps and time. Only acknowledged writes
-/// enter the model.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Written>>,
-}
-
-impl Writer {
-    fn start(client: Client, name: &str, model: Model) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let name = name.to_string();
-        let handle = std::thread::spawn(move || {
-            let mut model = model;
-            let mut maybe = Maybe::new();
-            let (mut failed, mut acknowledged) = (0usize, 0usize);
-            let deadline = Instant::now() + Duration::from_secs(600);
-            let mut step = 1u64;
-            while !flag.load(Ordering::SeqCst) && Instant::now() < deadline && step < 50_000 {
-                let base = STATIC + (step * 7919) % DYNAMIC;
-                let at = |k: u64| STATIC + (base + k * 101) % DYNAMIC;
-                if step.is_multiple_of(4) {
-                    let ids: Vec<u64> = (0..5).map(at).collect();
-                    let pids: Vec<PointId> = ids.iter().map(|i| PointId::Num(*i)).collect();
-                    match client.delete_points(&name, &pids, true) {
-                        Ok(_) => {
-                            acknowledged += 1;
-                            for id in ids {
-                                model.remove(&id);
-                                maybe.remove(&id);
-                            }
-                        }
-                        Err(e) => {
-                            for id in ids {
-                                maybe.entry(id).or_default().insert(None);
-                            }
-                            failed += 1;
-                            if failed <= 3 {
-                                eprintln!("writer: a delete failed: {e:#}");
-                            }
-                        }
-                    }
-                } else {
-                    let batch: Vec<PointStruct> = (0..20).map(|k| point(at(k), step)).collect();
-                    match client.upsert(&name, &batch, true) {
-                        Ok(_) => {
-                            acknowledged += 1;
-                            for k in 0..20 {
-                                model.insert(at(k), step);
-                                maybe.remove(&at(k));
-                            }
-                        }
-                        Err(e) => {
-                            for k in 0..20 {
-                                maybe.entry(at(k)).or_default().insert(Some(step));
-                            }
-                            failed += 1;
-                            if failed <= 3 {
-                                eprintln!("writer: an upsert failed: {e:#}");
-                            }
-                        }
-                    }
-                }
-                step += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            (model, maybe, failed, acknowledged)
-        });
-        Writer {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn finish(mut self) -> Result<Written> {
-        self.stop.store(true, Ordering::SeqCst);
-        match self.handle.take().expect("joined once").join() {
-            Ok(r) => Ok(r),
-            Err(_) => bail!("the writer panicked"),
-        }
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -458,10 +303,16 @@ fn setup() -> Result<(Vec<NodeProcess>, Model)> {
     create_collection(
         &nodes[0],
         "docs",
-        json!({"vectors": {"size": DIM, "distance": "Euclid"}, "shard_number": 3, "replication_factor": 2}),
+        collection_body(true, json!({"shard_number": 3, "replication_factor": 2})),
     )?;
     let mut model = Model::new();
-    load(&nodes[0].client(), "docs", 0..STATIC, &mut model)?;
+    load(
+        &nodes[0].client(),
+        "docs",
+        0..STATIC,
+        &static_payload(true),
+        &mut model,
+    )?;
     Ok((nodes, model))
 }
 
@@ -486,10 +337,11 @@ fn scale_up_and_down_under_traffic_loses_and_doubles_nothing() -> Result<()> {
         &nodes[0].client(),
         "docs",
         STATIC..STATIC + DYNAMIC / 2,
+        &static_payload(false),
         &mut model,
     )?;
     let all: Vec<&NodeProcess> = nodes.iter().collect();
-    let writer = Writer::start(nodes[0].client(), "docs", model);
+    let writer = Writer::start(nodes[0].client(), "docs", model, writer_plan());
     let reader = Reader::start(
         vec![nodes[1].client(), nodes[2].client()],
         nodes[1].client(),
@@ -541,24 +393,32 @@ fn scale_up_and_down_under_traffic_loses_and_doubles_nothing() -> Result<()> {
     assert_eq!(shard_ids(&nodes[0], "docs")?, BTreeSet::from([0, 1, 2]));
 
     std::thread::sleep(Duration::from_millis(300));
-    let (model, maybe, failed, acknowledged) = writer.finish()?;
+    let written = writer.finish()?;
     let (rounds, failures) = reader.finish()?;
     eprintln!(
-        "writer: {acknowledged} acknowledged, {failed} failed; reader rounds by stage: {rounds:?}"
+        "writer: {:?} acknowledged, {:?} failed {:#?}; reader rounds by stage: {rounds:?}",
+        written.acknowledged, written.failed, written.errors
     );
     assert!(failures.is_empty(), "reads went wrong: {failures:#?}");
-    assert!(acknowledged >= 20, "the writer kept writing");
+    assert!(
+        written.acknowledged_total() >= 20 && written.acknowledged.len() == 4,
+        "the writer kept writing, every kind of write: {:?}",
+        written.acknowledged
+    );
+    let model = written.model;
     assert!(
         rounds.len() >= 3,
         "the reader ran during several stages: {rounds:?}"
     );
-    for node in &nodes {
-        matches_model(node, "docs", &model, &maybe)?;
-    }
+    all_match(&nodes, "docs", &model)?;
     // The points are where the 3-shard ring puts them: about a third each.
     let per_shard = points_per_shard(&nodes, "docs")?;
     let total: u64 = per_shard.values().sum();
-    assert_eq!(total, model.len() as u64, "{per_shard:?}");
+    assert!(
+        model.count_range().contains(&total),
+        "{per_shard:?}: {total} points, the model allows {:?}",
+        model.count_range()
+    );
     for (shard, n) in &per_shard {
         assert!(
             (*n as f64) > total as f64 * 0.25 && (*n as f64) < total as f64 * 0.42,
@@ -568,26 +428,12 @@ fn scale_up_and_down_under_traffic_loses_and_doubles_nothing() -> Result<()> {
     Ok(())
 }
 
-/// Everything a client can see of the collection: points with vectors and payloads.
-fn contents(node: &NodeProcess, name: &str) -> Result<Vec<(u64, String)>> {
-    let records = node.client().scroll_all(name, 5000, 200, true, true)?;
-    records
-        .into_iter()
-        .map(|r| {
-            Ok((
-                r.id.as_num().context("numeric ids")?,
-                format!("{:?}{:?}", r.payload, r.vector),
-            ))
-        })
-        .collect()
-}
-
 #[test]
 fn abort_leaves_the_collection_as_it_was() -> Result<()> {
-    let (nodes, _model) = setup()?;
+    let (nodes, model) = setup()?;
     let all: Vec<&NodeProcess> = nodes.iter().collect();
     let before_layout = layout(&nodes[0], "docs")?;
-    let before = contents(&nodes[0], "docs")?;
+    all_match(&nodes, "docs", &model)?;
     let same = |what: &str| -> Result<()> {
         wait_settled(&all, "docs")?;
         for node in &nodes {
@@ -595,9 +441,8 @@ fn abort_leaves_the_collection_as_it_was() -> Result<()> {
                 layout(node, "docs")? == before_layout,
                 "{what}: layout changed"
             );
-            ensure!(contents(node, "docs")? == before, "{what}: points changed");
         }
-        Ok(())
+        all_match(&nodes, "docs", &model).with_context(|| format!("{what}: points changed"))
     };
     // Up, aborted while points move.
     operate(
@@ -685,7 +530,7 @@ fn sigkill_of_the_new_shards_peer_and_of_the_leader_loses_nothing() -> Result<()
     let (mut nodes, model) = setup()?;
     let ids: Vec<u64> = nodes.iter().map(peer_id).collect::<Result<_>>()?;
     // Through peer 1: peer 2 is killed first, and the leader is usually the founder, peer 0.
-    let writer = Writer::start(nodes[1].client(), "docs", model);
+    let writer = Writer::start(nodes[1].client(), "docs", model, writer_plan());
 
     // The new shard on peer 2, killed while the stage is MigratingPoints: the forwarding to it
     // fails, the resharding aborts, and the restarted peer drops its half-filled shard.
@@ -742,10 +587,19 @@ fn sigkill_of_the_new_shards_peer_and_of_the_leader_loses_nothing() -> Result<()
     wait_settled(&all, "docs")?;
     assert_eq!(shard_ids(&nodes[0], "docs")?, BTreeSet::from([0, 1, 2, 3]));
 
-    let (model, maybe, failed, acknowledged) = writer.finish()?;
-    eprintln!("writer: {acknowledged} acknowledged, {failed} failed");
+    let written = writer.finish()?;
+    eprintln!(
+        "writer: {:?} acknowledged, {:?} failed {:#?}",
+        written.acknowledged, written.failed, written.errors
+    );
+    assert!(
+        written.acknowledged.len() == 4,
+        "every kind of write was acknowledged at some point: {:?}",
+        written.acknowledged
+    );
+    let model = written.model;
+    eventually_all_match(&nodes, "docs", &model)?;
     for node in &nodes {
-        eventually_matches(node, "docs", &model, &maybe)?;
         check_reads(&node.client(), "docs", 11)?;
     }
     Ok(())
@@ -757,7 +611,10 @@ fn resharding_one_shard_key_leaves_the_others_untouched() -> Result<()> {
     create_collection(
         &nodes[0],
         "keyed",
-        json!({"vectors": {"size": DIM, "distance": "Euclid"}, "sharding_method": "custom", "replication_factor": 2}),
+        collection_body(
+            true,
+            json!({"sharding_method": "custom", "replication_factor": 2}),
+        ),
     )?;
     for (key, shards) in [("a", 2), ("b", 1)] {
         let _: bool = nodes[0].client().call(
@@ -770,16 +627,16 @@ fn resharding_one_shard_key_leaves_the_others_untouched() -> Result<()> {
     for (key, range) in [("a", 0..6000u64), ("b", 6000..9000u64)] {
         let all: Vec<u64> = range.collect();
         for chunk in all.chunks(1000) {
-            let points: Vec<Value> = chunk
-                .iter()
-                .map(|i| json!({"id": i, "vector": vector(*i, 0), "payload": {"v": 0, "static": false}}))
-                .collect();
-            let _: Value = nodes[0].client().call(
-                Method::Put,
-                "/collections/keyed/points?wait=true",
-                Some(&json!({"points": points, "shard_key": key})),
-            )?;
-            model.extend(chunk.iter().map(|i| (*i, 0)));
+            let write = Write::Upsert {
+                ids: chunk.to_vec(),
+                v: 0,
+                payload: static_payload(false),
+            };
+            let (method, path, mut body) = write.request("keyed");
+            body["shard_key"] = json!(key);
+            let result: Value = nodes[0].client().call(method, &path, Some(&body))?;
+            ensure!(result["status"] == "completed", "{path}: {result}");
+            model.record(&write, true);
         }
     }
     let b_before: BTreeSet<(u32, u64, String)> = {
@@ -834,8 +691,6 @@ fn resharding_one_shard_key_leaves_the_others_untouched() -> Result<()> {
     assert_eq!(b_before, b_after, "the shards of key b did not change");
     assert_eq!(count_key("a")?, 6000);
     assert_eq!(count_key("b")?, 3000);
-    for node in &nodes {
-        eventually_matches(node, "keyed", &model, &Maybe::new())?;
-    }
+    eventually_all_match(&nodes, "keyed", &model)?;
     Ok(())
 }

@@ -2,9 +2,13 @@
 //! "diffs" over the defaults) and what `GET /collections/{name}` reports. Stored with the
 //! collection; every layer below `cluster` reads it, none writes it.
 
+pub mod strict_mode;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use strict_mode::{StrictModeConfig, StrictModeMultivector, StrictModeSparse};
 
 use crate::types::{DEFAULT_VECTOR, Distance};
 
@@ -206,6 +210,14 @@ pub struct CollectionParams {
     pub sharding_method: Option<ShardingMethod>,
     pub replication_factor: u32,
     pub write_consistency_factor: u32,
+    /// Reads of a shard go to this many replicas beyond the first (after
+    /// `read_fan_out_delay_ms`); the first answer wins (Qdrant's hedged reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_fan_out_factor: Option<u32>,
+    /// How long a read waits for its first replica before fanning out, in milliseconds
+    /// (0 or absent: at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_fan_out_delay_ms: Option<u64>,
     pub on_disk_payload: bool,
 }
 
@@ -244,6 +256,24 @@ pub struct HnswConfigDiff {
     pub on_disk: Option<bool>,
     pub payload_m: Option<usize>,
     pub inline_storage: Option<bool>,
+}
+
+impl HnswConfigDiff {
+    /// Overlays the fields `other` sets.
+    pub fn merge(&mut self, other: &HnswConfigDiff) {
+        fn set<T: Clone>(into: &mut Option<T>, from: &Option<T>) {
+            if from.is_some() {
+                *into = from.clone();
+            }
+        }
+        set(&mut self.m, &other.m);
+        set(&mut self.ef_construct, &other.ef_construct);
+        set(&mut self.full_scan_threshold, &other.full_scan_threshold);
+        set(&mut self.max_indexing_threads, &other.max_indexing_threads);
+        set(&mut self.on_disk, &other.on_disk);
+        set(&mut self.payload_m, &other.payload_m);
+        set(&mut self.inline_storage, &other.inline_storage);
+    }
 }
 
 impl HnswConfig {
@@ -432,10 +462,14 @@ pub struct CollectionConfig {
     /// reported, not applied: searches use full-precision vectors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization_config: Option<serde_json::Value>,
-    /// Qdrant's `strict_mode_config`: stored and reported; not enforced yet (Shoal's own
-    /// request limits apply to every collection).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub strict_mode_config: Option<serde_json::Value>,
+    /// Qdrant's `strict_mode_config`: request limits, enforced while `enabled` (see
+    /// `api::rest::strict_mode`). Read leniently from storage ([`strict_mode::from_stored`]).
+    #[serde(
+        default,
+        deserialize_with = "strict_mode::from_stored",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub strict_mode_config: Option<StrictModeConfig>,
     /// Free-form metadata a client attaches to the collection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
@@ -460,6 +494,8 @@ impl CollectionConfig {
                 sharding_method: None,
                 replication_factor: 1,
                 write_consistency_factor: 1,
+                read_fan_out_factor: None,
+                read_fan_out_delay_ms: None,
                 on_disk_payload: true,
             },
             hnsw_config: HnswConfig::default(),
@@ -563,10 +599,326 @@ impl CollectionConfig {
     }
 }
 
+/// One named dense vector's part of a collection update (Qdrant's `VectorParamsDiff`): only
+/// what can change on a live collection. Size, distance and datatype are fixed at creation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VectorParamsDiff {
+    /// Merged into the vector's own graph parameters; `{}` removes them (the collection's
+    /// then apply), as in Qdrant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hnsw_config: Option<HnswConfigDiff>,
+    /// A quantization object replaces the vector's, `"Disabled"` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_config: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_disk: Option<bool>,
+}
+
+/// The `params` of a collection update (Qdrant's `CollectionParamsDiff`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionParamsDiff {
+    /// Raising it copies every shard to more peers; lowering it drops replicas (see
+    /// `ClusterState`'s replica reconciliation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_consistency_factor: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_fan_out_factor: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_fan_out_delay_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_disk_payload: Option<bool>,
+}
+
+/// Qdrant's `PATCH /collections/{c}` body (`UpdateCollection`): every part is optional and
+/// absent parts stay as they are. Applied by the cluster state machine, so every peer
+/// computes the same configuration from the same log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionUpdate {
+    /// Per existing dense vector (`""` for the unnamed one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<BTreeMap<String, VectorParamsDiff>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizers_config: Option<OptimizersConfigDiff>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<CollectionParamsDiff>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hnsw_config: Option<HnswConfigDiff>,
+    /// A quantization object replaces the collection's, `"Disabled"` removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization_config: Option<serde_json::Value>,
+    /// Per existing sparse vector: the given `index` fields and `modifier` replace the
+    /// current ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse_vectors: Option<BTreeMap<String, SparseVectorParams>>,
+    /// Field by field over the current strict mode configuration (a `null` field is left as
+    /// it is), as Qdrant's `StrictModeConfig::update`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict_mode_config: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Merged key by key into the metadata; a `null` value removes its key (Qdrant's
+    /// `merge_map`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl CollectionUpdate {
+    /// Whether the update changes nothing at all (Qdrant answers such a request with 200).
+    pub fn is_empty(&self) -> bool {
+        *self == CollectionUpdate::default()
+    }
+}
+
+/// A quantization diff as Qdrant reads it: an object sets, `"Disabled"` clears.
+fn quantization_diff(
+    diff: &serde_json::Value,
+    what: &str,
+) -> Result<Option<serde_json::Value>, String> {
+    match diff {
+        serde_json::Value::Object(_) => Ok(Some(diff.clone())),
+        serde_json::Value::String(s) if s == "Disabled" => Ok(None),
+        _ => Err(format!(
+            "{what} must be a quantization object or \"Disabled\""
+        )),
+    }
+}
+
+impl CollectionConfig {
+    /// Applies a [`CollectionUpdate`], then validates the result. On error `self` may be
+    /// half-updated: callers apply to a copy (the cluster state machine does).
+    ///
+    /// Errors name the offending part: an unknown vector name (Qdrant's "Not existing vector
+    /// name"), a malformed quantization diff, a strict mode field of the wrong type, or any
+    /// [`CollectionConfig::validate`] failure.
+    pub fn apply_update(&mut self, update: &CollectionUpdate) -> Result<(), String> {
+        for (name, diff) in update.vectors.iter().flatten() {
+            let params = match &mut self.params.vectors {
+                VectorsConfig::Single(p) if name == DEFAULT_VECTOR => Some(p),
+                VectorsConfig::Single(_) => None,
+                VectorsConfig::Named(map) => map.get_mut(name),
+            }
+            .ok_or_else(|| format!("Not existing vector name error: {name}"))?;
+            if let Some(hnsw) = &diff.hnsw_config {
+                params.hnsw_config = if *hnsw == HnswConfigDiff::default() {
+                    None
+                } else {
+                    let mut merged = params.hnsw_config.clone().unwrap_or_default();
+                    merged.merge(hnsw);
+                    Some(merged)
+                };
+            }
+            if let Some(q) = &diff.quantization_config {
+                params.quantization_config =
+                    quantization_diff(q, &format!("vectors.{name}.quantization_config"))?;
+            }
+            if let Some(on_disk) = diff.on_disk {
+                params.on_disk = Some(on_disk);
+            }
+        }
+        for (name, diff) in update.sparse_vectors.iter().flatten() {
+            let params = self
+                .params
+                .sparse_vectors
+                .as_mut()
+                .and_then(|m| m.get_mut(name))
+                .ok_or_else(|| format!("Not existing vector name error: {name}"))?;
+            if let Some(index) = &diff.index {
+                let current = params.index.get_or_insert_with(SparseIndexParams::default);
+                if index.full_scan_threshold.is_some() {
+                    current.full_scan_threshold = index.full_scan_threshold;
+                }
+                if index.on_disk.is_some() {
+                    current.on_disk = index.on_disk;
+                }
+                if index.datatype.is_some() {
+                    current.datatype = index.datatype;
+                }
+            }
+            if diff.modifier.is_some() {
+                params.modifier = diff.modifier;
+            }
+        }
+        if let Some(diff) = &update.optimizers_config {
+            self.optimizer_config.apply(diff);
+        }
+        if let Some(diff) = &update.hnsw_config {
+            self.hnsw_config.apply(diff);
+        }
+        if let Some(diff) = &update.params {
+            let p = &mut self.params;
+            if let Some(v) = diff.replication_factor {
+                p.replication_factor = v;
+            }
+            if let Some(v) = diff.write_consistency_factor {
+                p.write_consistency_factor = v;
+            }
+            if diff.read_fan_out_factor.is_some() {
+                p.read_fan_out_factor = diff.read_fan_out_factor;
+            }
+            if diff.read_fan_out_delay_ms.is_some() {
+                p.read_fan_out_delay_ms = diff.read_fan_out_delay_ms;
+            }
+            if let Some(v) = diff.on_disk_payload {
+                p.on_disk_payload = v;
+            }
+        }
+        if let Some(q) = &update.quantization_config {
+            self.quantization_config = quantization_diff(q, "quantization_config")?;
+        }
+        if let Some(diff) = &update.strict_mode_config {
+            // Field by field through JSON, so the merge follows the stored type's own
+            // (de)serialisation and its validation.
+            let mut merged = match serde_json::to_value(&self.strict_mode_config) {
+                Ok(serde_json::Value::Object(map)) => map,
+                _ => serde_json::Map::new(),
+            };
+            for (k, v) in diff {
+                if !v.is_null() {
+                    merged.insert(k.clone(), v.clone());
+                }
+            }
+            self.strict_mode_config = serde_json::from_value(serde_json::Value::Object(merged))
+                .map_err(|e| format!("strict_mode_config: {e}"))?;
+            // Here and at creation only, not in `validate`: configurations applied before the
+            // type existed must keep replaying the same way.
+            if let Some(strict) = &self.strict_mode_config {
+                strict.validate()?;
+            }
+        }
+        if let Some(diff) = &update.metadata {
+            let metadata = self.metadata.get_or_insert_with(serde_json::Map::new);
+            for (k, v) in diff {
+                if v.is_null() {
+                    metadata.remove(k);
+                } else {
+                    metadata.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        self.validate()
+    }
+}
+
 /// A declared payload index: its type and parameters, as given.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PayloadIndexEntry {
     pub data_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn named() -> CollectionConfig {
+        let mut config = CollectionConfig::single_dense(4, Distance::Dot);
+        config.params.vectors = VectorsConfig::Named(BTreeMap::from([(
+            "text".to_string(),
+            VectorParams::new(4, Distance::Cosine, false),
+        )]));
+        config.params.sparse_vectors = Some(BTreeMap::from([(
+            "bm25".to_string(),
+            SparseVectorParams::default(),
+        )]));
+        config
+    }
+
+    fn update(body: serde_json::Value) -> CollectionUpdate {
+        serde_json::from_value(body).expect("a valid update body")
+    }
+
+    #[test]
+    fn updates_follow_qdrant_diff_rules() {
+        let mut config = named();
+        config
+            .apply_update(&update(json!({
+                "vectors": {"text": {"hnsw_config": {"m": 32}, "on_disk": true,
+                                     "quantization_config": {"scalar": {"type": "int8"}}}},
+                "sparse_vectors": {"bm25": {"modifier": "idf", "index": {"on_disk": true}}},
+                "hnsw_config": {"ef_construct": 200},
+                "optimizers_config": {"indexing_threshold": 0},
+                "params": {"replication_factor": 2, "read_fan_out_factor": 1},
+                "quantization_config": {"binary": {}},
+                "metadata": {"owner": "search", "tier": 1},
+            })))
+            .unwrap();
+        assert_eq!(config.hnsw_for("text").m, 32);
+        assert_eq!(config.hnsw_for("text").ef_construct, 200);
+        let text = config.dense("text").unwrap();
+        assert_eq!(text.on_disk, Some(true));
+        assert!(text.quantization_config.is_some());
+        let bm25 = config.sparse("bm25").unwrap();
+        assert_eq!(bm25.modifier, Some(Modifier::Idf));
+        assert_eq!(bm25.index.as_ref().unwrap().on_disk, Some(true));
+        assert_eq!(config.optimizer_config.indexing_threshold, Some(0));
+        assert_eq!(config.params.replication_factor, 2);
+        assert_eq!(config.params.read_fan_out_factor, Some(1));
+        // `{}` unsets a vector's own graph parameters, "Disabled" its quantization; metadata
+        // merges key by key and `null` removes a key.
+        config
+            .apply_update(&update(json!({
+                "vectors": {"text": {"hnsw_config": {}, "quantization_config": "Disabled"}},
+                "quantization_config": "Disabled",
+                "metadata": {"tier": null, "region": "eu"},
+            })))
+            .unwrap();
+        assert_eq!(config.hnsw_for("text").m, 16);
+        assert!(config.dense("text").unwrap().quantization_config.is_none());
+        assert!(config.quantization_config.is_none());
+        assert_eq!(
+            serde_json::Value::Object(config.metadata.clone().unwrap()),
+            json!({"owner": "search", "region": "eu"})
+        );
+    }
+
+    #[test]
+    fn strict_mode_updates_merge_field_by_field() {
+        let mut config = named();
+        config
+            .apply_update(&update(json!({
+                "strict_mode_config": {"enabled": true, "max_query_limit": 10}
+            })))
+            .unwrap();
+        config
+            .apply_update(&update(json!({
+                "strict_mode_config": {"max_timeout": 5, "max_query_limit": null}
+            })))
+            .unwrap();
+        let strict = serde_json::to_value(&config.strict_mode_config).unwrap();
+        assert_eq!(strict["enabled"], json!(true));
+        assert_eq!(strict["max_query_limit"], json!(10));
+        assert_eq!(strict["max_timeout"], json!(5));
+    }
+
+    #[test]
+    fn invalid_updates_are_refused_with_the_reason() {
+        let cases = [
+            (json!({"vectors": {"nope": {"on_disk": true}}}), "nope"),
+            (json!({"sparse_vectors": {"text": {}}}), "text"),
+            (
+                json!({"params": {"replication_factor": 0}}),
+                "replication_factor",
+            ),
+            (json!({"hnsw_config": {"m": 1000}}), "hnsw_config.m"),
+            (
+                json!({"quantization_config": "Enabled"}),
+                "quantization_config",
+            ),
+        ];
+        for (body, needle) in cases {
+            let mut config = named();
+            let err = config.apply_update(&update(body.clone())).unwrap_err();
+            assert!(err.contains(needle), "{body}: {err}");
+        }
+        assert!(
+            serde_json::from_value::<CollectionUpdate>(json!({"params": {"shard_number": 3}}))
+                .is_err(),
+            "shard_number cannot change through an update"
+        );
+    }
 }

@@ -11,6 +11,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::api::metrics::Metrics;
 use crate::api::rest::auth::ApiKeys;
+use crate::api::rest::strict_mode::StrictModeState;
 use crate::api::rest::{self, AppState};
 use crate::api::{client_grpc, grpc};
 use crate::cluster::collection::Environment;
@@ -147,6 +148,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         metadata: Arc::clone(&metadata),
         consensus: consensus.clone(),
         ready: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        strict_mode: Arc::new(StrictModeState::new(data_dir.clone())),
     };
     let ready = Arc::clone(&state.ready);
     let keys = ApiKeys {

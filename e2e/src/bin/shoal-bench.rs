@@ -6,19 +6,39 @@
 //! same generated vectors, so recall does not trust the node's own exact search (which is
 //! measured separately with `--also-exact`, and should itself reach recall 1.0).
 //!
+//! By default the collection has one unnamed dense vector, searched through
+//! `points/search`. Three other workloads go through the query API (`points/query`):
+//!
+//! - `--named`: two named dense vectors, `image` (`--dim`) and `text` (`--text-dim`), each
+//!   searched in turn with `using`; one table row per vector and `hnsw_ef`.
+//! - `--sparse`: one sparse vector `sparse` (optionally `--idf`), Zipf-distributed terms over
+//!   `--vocab`; searched once (sparse search has no `hnsw_ef`, and is exact in Qdrant). A
+//!   returned point counts as a hit when its (locally computed) score ties the k-th true one,
+//!   since many points can share a score.
+//! - `--multivector`: one dense multivector (`max_sim`) of `--multi-count` sub-vectors of
+//!   `--dim` per point, queried with `--query-multi-count` sub-vectors.
+//!
 //! Progress goes to stderr; the Markdown report and one JSON line go to stdout.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 use shoal_e2e::{
-    Client, ClusteredGaussian, CollectionParams, Distance, ExactIndex, LatencySummary, NodeOptions,
-    NodeProcess, PointId, PointStruct, SearchRequest, proc_status_kib, recall_at_k,
+    Client, ClusteredGaussian, Distance, ExactIndex, LatencySummary, Method, MultiExactIndex,
+    NodeOptions, NodeProcess, ScoredPoint, SearchRequest, SparseExactIndex, SparseVector,
+    UpdateResult, Vectors, ZipfSparse, proc_status_kib, recall_at_k,
 };
+
+/// The Zipf exponent of `--sparse` term frequencies (1: word frequencies in natural text).
+const ZIPF_EXPONENT: f64 = 1.0;
+/// A sparse hit counts when its score is at least the k-th true score less this fraction.
+const SPARSE_SCORE_TOLERANCE: f32 = 1e-4;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,10 +116,526 @@ struct Args {
     /// gRPC address of the node behind --url (default: its host on port 6334).
     #[arg(long, requires = "url")]
     grpc_url: Option<String>,
+    /// `optimizers_config.indexing_threshold` of the collection, in KB (default: the node's),
+    /// e.g. to have a small dataset indexed at all.
+    #[arg(long)]
+    indexing_threshold: Option<usize>,
+    /// `hnsw_config.full_scan_threshold` in KB (default: the node's): segments whose vectors
+    /// take less than this are scanned rather than searched through HNSW, so a small dataset
+    /// only exercises the graphs with a small value here.
+    #[arg(long)]
+    full_scan_threshold: Option<usize>,
+    /// Two named dense vectors, `image` (--dim) and `text` (--text-dim), searched in turn.
+    #[arg(long, group = "workload")]
+    named: bool,
+    /// Dimension of the `text` vector with --named.
+    #[arg(long, default_value_t = 64)]
+    text_dim: usize,
+    /// One sparse vector `sparse` with Zipf-distributed terms (dot product).
+    #[arg(long, group = "workload")]
+    sparse: bool,
+    /// With --sparse: `modifier: idf` (Qdrant's IDF weighs the query's values).
+    #[arg(long, requires = "sparse")]
+    idf: bool,
+    /// With --sparse: the vocabulary (term ids 0..vocab).
+    #[arg(long, default_value_t = 30_000)]
+    vocab: usize,
+    /// With --sparse: mean non-zeros per point (each point has 0.5x to 1.5x this many).
+    #[arg(long, default_value_t = 40)]
+    nnz: usize,
+    /// With --sparse: mean non-zeros per query.
+    #[arg(long, default_value_t = 10)]
+    query_nnz: usize,
+    /// One dense multivector (MaxSim) of --multi-count sub-vectors of --dim per point.
+    #[arg(long, group = "workload")]
+    multivector: bool,
+    /// With --multivector: sub-vectors per point.
+    #[arg(long, default_value_t = 8)]
+    multi_count: usize,
+    /// With --multivector: sub-vectors per query.
+    #[arg(long, default_value_t = 4)]
+    query_multi_count: usize,
+}
+
+/// What the collection holds, with the parameters that shape it beyond the dense ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+enum Mode {
+    /// One unnamed dense vector, searched through `points/search`.
+    Dense,
+    Named {
+        text_dim: usize,
+    },
+    Sparse {
+        vocab: usize,
+        nnz: usize,
+        query_nnz: usize,
+        idf: bool,
+    },
+    Multivector {
+        multi_count: usize,
+        query_multi_count: usize,
+    },
+}
+
+impl Mode {
+    fn of(args: &Args) -> Self {
+        if args.named {
+            Mode::Named {
+                text_dim: args.text_dim,
+            }
+        } else if args.sparse {
+            Mode::Sparse {
+                vocab: args.vocab,
+                nnz: args.nnz,
+                query_nnz: args.query_nnz,
+                idf: args.idf,
+            }
+        } else if args.multivector {
+            Mode::Multivector {
+                multi_count: args.multi_count,
+                query_multi_count: args.query_multi_count,
+            }
+        } else {
+            Mode::Dense
+        }
+    }
+
+    fn is_dense(&self) -> bool {
+        *self == Mode::Dense
+    }
+}
+
+/// The generated points and queries of one vector of the collection.
+enum FieldData {
+    Dense {
+        points: Vectors,
+        queries: Vectors,
+        distance: Distance,
+    },
+    /// Point `i` is rows `i * per_point ..`, query `j` rows `j * per_query ..`.
+    Multi {
+        points: Vectors,
+        per_point: usize,
+        queries: Vectors,
+        per_query: usize,
+        distance: Distance,
+    },
+    /// `exact` holds the points, and also judges answers: it scores any point for a query
+    /// as the node should.
+    Sparse {
+        queries: Vec<SparseVector>,
+        exact: SparseExactIndex,
+    },
+}
+
+impl FieldData {
+    /// The vector's parameters, as they go under `vectors` or `sparse_vectors`.
+    fn params_json(&self) -> Value {
+        match self {
+            FieldData::Dense {
+                points, distance, ..
+            } => json!({"size": points.dim(), "distance": distance.as_str()}),
+            FieldData::Multi {
+                points, distance, ..
+            } => json!({
+                "size": points.dim(),
+                "distance": distance.as_str(),
+                "multivector_config": {"comparator": "max_sim"},
+            }),
+            FieldData::Sparse { exact, .. } if exact.has_idf() => json!({"modifier": "idf"}),
+            FieldData::Sparse { .. } => json!({}),
+        }
+    }
+
+    fn is_sparse(&self) -> bool {
+        matches!(self, FieldData::Sparse { .. })
+    }
+
+    fn point_json(&self, i: usize) -> Value {
+        match self {
+            FieldData::Dense { points, .. } => json!(points.get(i)),
+            FieldData::Multi {
+                points, per_point, ..
+            } => json!(rows(points, *per_point, i)),
+            FieldData::Sparse { exact, .. } => sparse_json(&exact.points()[i]),
+        }
+    }
+
+    fn query_json(&self, i: usize) -> Value {
+        match self {
+            FieldData::Dense { queries, .. } => json!(queries.get(i)),
+            FieldData::Multi {
+                queries, per_query, ..
+            } => json!(rows(queries, *per_query, i)),
+            FieldData::Sparse { queries, .. } => sparse_json(&queries[i]),
+        }
+    }
+
+    fn point_grpc(&self, i: usize) -> qdrant_client::qdrant::Vector {
+        use qdrant_client::qdrant::Vector;
+        match self {
+            FieldData::Dense { points, .. } => Vector::new_dense(points.get(i).to_vec()),
+            FieldData::Multi {
+                points, per_point, ..
+            } => Vector::new_multi(owned_rows(points, *per_point, i)),
+            FieldData::Sparse { exact, .. } => {
+                let point = &exact.points()[i];
+                Vector::new_sparse(point.indices.clone(), point.values.clone())
+            }
+        }
+    }
+
+    fn query_grpc(&self, i: usize) -> qdrant_client::qdrant::VectorInput {
+        use qdrant_client::qdrant::VectorInput;
+        match self {
+            FieldData::Dense { queries, .. } => VectorInput::new_dense(queries.get(i).to_vec()),
+            FieldData::Multi {
+                queries, per_query, ..
+            } => VectorInput::new_multi(owned_rows(queries, *per_query, i)),
+            FieldData::Sparse { queries, .. } => {
+                VectorInput::new_sparse(queries[i].indices.clone(), queries[i].values.clone())
+            }
+        }
+    }
+
+    /// The series measured for this vector: HNSW per `hnsw_ef` for dense vectors, the
+    /// inverted index once for sparse ones; then an exact scan if asked (never over gRPC).
+    fn series(&self, args: &Args, with_exact: bool) -> Vec<Series> {
+        let mut series = if self.is_sparse() {
+            vec![Series::SparseIndex]
+        } else {
+            args.ef.iter().map(|&ef| Series::Hnsw(ef)).collect()
+        };
+        if with_exact {
+            series.push(Series::Exact);
+        }
+        series
+    }
+
+    /// recall@k of the ids `got` for query `i` whose true top-k is `want`.
+    fn recall(&self, i: usize, want: &[u64], got: &[u64], k: usize) -> f64 {
+        match self {
+            FieldData::Sparse { queries, exact } => tie_aware_recall(want, got, k, |id| {
+                (id < exact.len() as u64).then(|| exact.score(&queries[i], id as usize))
+            }),
+            _ => recall_at_k(want, got, k),
+        }
+    }
+
+    /// The locally computed score of point `id` for query `i` when the node's `reported`
+    /// one differs from it (checked for sparse vectors only, where the node applies IDF).
+    fn score_mismatch(&self, i: usize, id: u64, reported: f32) -> Option<f32> {
+        match self {
+            FieldData::Sparse { queries, exact } if id < exact.len() as u64 => {
+                let local = exact.score(&queries[i], id as usize);
+                ((reported - local).abs() > 1e-3 * local.abs().max(1e-6)).then_some(local)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The sub-vectors of multivector `i`, `per` consecutive rows of `vectors` to a multivector.
+fn rows(vectors: &Vectors, per: usize, i: usize) -> Vec<&[f32]> {
+    (i * per..(i + 1) * per).map(|r| vectors.get(r)).collect()
+}
+
+fn owned_rows(vectors: &Vectors, per: usize, i: usize) -> Vec<Vec<f32>> {
+    rows(vectors, per, i)
+        .into_iter()
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
+fn sparse_json(v: &SparseVector) -> Value {
+    json!({"indices": v.indices, "values": v.values})
+}
+
+/// recall@k where a returned point counts when its score is at least the k-th true score
+/// (less a relative tolerance): with ties at the k-th place any of the tied points is right.
+/// `score` gives a point's true score, `None` for an id that is not a point of the dataset.
+fn tie_aware_recall(
+    want: &[u64],
+    got: &[u64],
+    k: usize,
+    score: impl Fn(u64) -> Option<f32>,
+) -> f64 {
+    let want = &want[..want.len().min(k)];
+    let Some(kth) = want.last().and_then(|&id| score(id)) else {
+        return 1.0;
+    };
+    let floor = kth - SPARSE_SCORE_TOLERANCE * kth.abs();
+    let hits = got
+        .iter()
+        .take(k)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .filter(|&&id| score(id).is_some_and(|s| s >= floor))
+        .count();
+    hits.min(want.len()) as f64 / want.len() as f64
+}
+
+/// One vector of the collection, its data and the exact top-k ids of each query.
+struct Field {
+    /// `None` for the unnamed vector, which is then the collection's only one.
+    name: Option<&'static str>,
+    data: FieldData,
+    truth: Vec<Vec<u64>>,
+}
+
+/// The generated dataset of one run: every vector of the collection, with ground truth.
+struct Workload {
+    mode: Mode,
+    points: usize,
+    fields: Vec<Field>,
+}
+
+impl Workload {
+    /// Generates data and computes ground truth (every core; before the node is measured).
+    fn generate(args: &Args) -> Result<Self> {
+        let mode = Mode::of(args);
+        let seed = args.seed;
+        let fields = match mode {
+            Mode::Dense => vec![dense_field(args, None, args.dim, seed)?],
+            Mode::Named { text_dim } => vec![
+                // Seeded as the default mode's vector, so `image` is the same dataset.
+                dense_field(args, Some("image"), args.dim, seed)?,
+                dense_field(args, Some("text"), text_dim, seed.wrapping_add(3))?,
+            ],
+            Mode::Sparse {
+                vocab,
+                nnz,
+                query_nnz,
+                idf,
+            } => {
+                let t = Instant::now();
+                let terms = ZipfSparse::new(vocab, ZIPF_EXPONENT, seed)?;
+                let points = terms.sample(args.points, nnz, seed.wrapping_add(1));
+                let queries = terms.sample(args.queries, query_nnz, seed.wrapping_add(2));
+                eprintln!(
+                    "generated {} sparse points (~{nnz} terms) and {} queries (~{query_nnz}) \
+                     over {vocab} terms in {:.1?}",
+                    args.points,
+                    queries.len(),
+                    t.elapsed()
+                );
+                let t = Instant::now();
+                let exact = SparseExactIndex::new(points, idf)?;
+                let truth = ids(exact.search_batch(&queries, args.k, 0));
+                eprintln!(
+                    "exact sparse ground truth (k={}, idf {idf}) in {:.1?}",
+                    args.k,
+                    t.elapsed()
+                );
+                vec![Field {
+                    name: Some("sparse"),
+                    data: FieldData::Sparse { queries, exact },
+                    truth,
+                }]
+            }
+            Mode::Multivector {
+                multi_count,
+                query_multi_count,
+            } => {
+                let t = Instant::now();
+                let dist = ClusteredGaussian::new(args.dim, args.centres, args.sigma, seed)?;
+                let points = dist.sample(args.points * multi_count, seed.wrapping_add(1));
+                let queries = dist.sample(args.queries * query_multi_count, seed.wrapping_add(2));
+                eprintln!(
+                    "generated {} points of {multi_count} and {} queries of {query_multi_count} \
+                     sub-vectors (dim {}) in {:.1?}",
+                    args.points,
+                    args.queries,
+                    args.dim,
+                    t.elapsed()
+                );
+                let t = Instant::now();
+                let truth = ids(MultiExactIndex::new(&points, multi_count, args.distance)?
+                    .search_batch(&queries, query_multi_count, args.k, 0));
+                eprintln!(
+                    "exact MaxSim ground truth (k={}) in {:.1?}",
+                    args.k,
+                    t.elapsed()
+                );
+                vec![Field {
+                    name: None,
+                    data: FieldData::Multi {
+                        points,
+                        per_point: multi_count,
+                        queries,
+                        per_query: query_multi_count,
+                        distance: args.distance,
+                    },
+                    truth,
+                }]
+            }
+        };
+        Ok(Self {
+            mode,
+            points: args.points,
+            fields,
+        })
+    }
+
+    /// The collection as `PUT /collections/{c}` takes it.
+    fn collection_json(&self, args: &Args) -> Value {
+        let mut body = json!({
+            "hnsw_config": {"m": args.m, "ef_construct": args.ef_construct}
+        });
+        if let Some(kb) = args.full_scan_threshold {
+            body["hnsw_config"]["full_scan_threshold"] = kb.into();
+        }
+        if let Some(kb) = args.indexing_threshold {
+            body["optimizers_config"] = json!({ "indexing_threshold": kb });
+        }
+        if let Some(data) = self.unnamed() {
+            body["vectors"] = data.params_json();
+            return body;
+        }
+        let (mut dense, mut sparse) = (Map::new(), Map::new());
+        for (name, field) in self.named() {
+            let to = if field.data.is_sparse() {
+                &mut sparse
+            } else {
+                &mut dense
+            };
+            to.insert(name.to_owned(), field.data.params_json());
+        }
+        body["vectors"] = Value::Object(dense);
+        if !sparse.is_empty() {
+            body["sparse_vectors"] = Value::Object(sparse);
+        }
+        body
+    }
+
+    /// The collection's only vector when it is the unnamed one, which Qdrant spells apart.
+    fn unnamed(&self) -> Option<&FieldData> {
+        match self.fields.as_slice() {
+            [f] if f.name.is_none() => Some(&f.data),
+            _ => None,
+        }
+    }
+
+    fn named(&self) -> impl Iterator<Item = (&'static str, &Field)> {
+        self.fields.iter().filter_map(|f| Some((f.name?, f)))
+    }
+
+    /// Point `i` as the REST upsert takes it.
+    fn point_json(&self, i: usize) -> Value {
+        let vector = match self.unnamed() {
+            Some(data) => data.point_json(i),
+            None => Value::Object(
+                self.named()
+                    .map(|(name, f)| (name.to_owned(), f.data.point_json(i)))
+                    .collect(),
+            ),
+        };
+        json!({"id": i, "vector": vector})
+    }
+
+    /// Point `i` as the gRPC upsert takes it.
+    fn point_grpc(&self, i: usize) -> qdrant_client::qdrant::PointStruct {
+        use qdrant_client::qdrant as q;
+        let vectors: q::Vectors = match self.unnamed() {
+            Some(data) => data.point_grpc(i).into(),
+            None => self
+                .named()
+                .fold(q::NamedVectors::default(), |named, (name, f)| {
+                    named.add_vector(name, f.data.point_grpc(i))
+                })
+                .into(),
+        };
+        q::PointStruct {
+            id: Some(q::PointId {
+                point_id_options: Some(q::point_id::PointIdOptions::Num(i as u64)),
+            }),
+            payload: Default::default(),
+            vectors: Some(vectors),
+        }
+    }
+
+    /// What `indexed_vectors_count` reaches once everything is indexed: Qdrant counts each
+    /// named vector of a point.
+    fn expected_indexed(&self) -> u64 {
+        (self.points * self.fields.len()) as u64
+    }
+}
+
+fn dense_field(args: &Args, name: Option<&'static str>, dim: usize, seed: u64) -> Result<Field> {
+    let t = Instant::now();
+    let dist = ClusteredGaussian::new(dim, args.centres, args.sigma, seed)?;
+    let points = dist.sample(args.points, seed.wrapping_add(1));
+    let queries = dist.sample(args.queries, seed.wrapping_add(2));
+    let what = name.map_or(String::new(), |n| format!(" `{n}`"));
+    eprintln!(
+        "generated{what} {} points and {} queries (dim {dim}) in {:.1?}",
+        points.len(),
+        queries.len(),
+        t.elapsed()
+    );
+    let t = Instant::now();
+    let truth = ids(ExactIndex::new(&points, args.distance).search_batch(&queries, args.k, 0));
+    eprintln!("exact ground truth (k={}) in {:.1?}", args.k, t.elapsed());
+    Ok(Field {
+        name,
+        data: FieldData::Dense {
+            points,
+            queries,
+            distance: args.distance,
+        },
+        truth,
+    })
+}
+
+fn ids(hits: Vec<Vec<shoal_e2e::exact_knn::Neighbour>>) -> Vec<Vec<u64>> {
+    hits.into_iter()
+        .map(|hits| hits.into_iter().map(|h| h.index as u64).collect())
+        .collect()
+}
+
+/// One measured series of searches of one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Series {
+    /// Approximate search through HNSW with this `hnsw_ef`.
+    Hnsw(usize),
+    /// A sparse vector's inverted index, searched with no parameters (exact in Qdrant).
+    SparseIndex,
+    /// `exact: true`: a full scan on the node.
+    Exact,
+}
+
+impl Series {
+    fn mode(self) -> &'static str {
+        match self {
+            Series::Hnsw(_) => "hnsw",
+            Series::SparseIndex => "inverted index",
+            Series::Exact => "exact",
+        }
+    }
+
+    fn ef(self) -> Option<usize> {
+        match self {
+            Series::Hnsw(ef) => Some(ef),
+            Series::SparseIndex | Series::Exact => None,
+        }
+    }
+
+    /// `params` of a query-API request.
+    fn params_json(self) -> Option<Value> {
+        match self {
+            Series::Hnsw(ef) => Some(json!({"hnsw_ef": ef, "exact": false})),
+            Series::SparseIndex => None,
+            Series::Exact => Some(json!({"exact": true})),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
 struct SearchRow {
+    /// The named vector searched (`using`); absent for the unnamed vector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vector: Option<String>,
     mode: String,
     ef: Option<usize>,
     qps: f64,
@@ -136,6 +672,12 @@ struct Report {
     search: Vec<SearchRow>,
     grpc: Option<GrpcReport>,
     peak_rss_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Mode::is_dense")]
+    workload: Mode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    indexing_threshold_kb: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    full_scan_threshold_kb: Option<usize>,
 }
 
 /// The same upload and searches over the client gRPC API.
@@ -169,6 +711,26 @@ fn validate(args: &Args) -> Result<()> {
         "--batch, --k and --centres must be positive"
     );
     ensure!(!args.ef.is_empty(), "--ef needs at least one value");
+    match Mode::of(args) {
+        Mode::Dense => {}
+        Mode::Named { text_dim } => ensure!(text_dim > 0, "--text-dim must be positive"),
+        Mode::Sparse {
+            vocab,
+            nnz,
+            query_nnz,
+            ..
+        } => ensure!(
+            vocab > 0 && nnz > 0 && query_nnz > 0,
+            "--vocab, --nnz and --query-nnz must be positive"
+        ),
+        Mode::Multivector {
+            multi_count,
+            query_multi_count,
+        } => ensure!(
+            multi_count > 0 && query_multi_count > 0,
+            "--multi-count and --query-multi-count must be positive"
+        ),
+    }
     Ok(())
 }
 
@@ -178,24 +740,7 @@ fn run(args: &Args) -> Result<()> {
 
     // Data and ground truth first: brute force uses every core and must not compete with
     // the node while it is being measured.
-    let t = Instant::now();
-    let dist = ClusteredGaussian::new(args.dim, args.centres, args.sigma, args.seed)?;
-    let points = dist.sample(args.points, args.seed.wrapping_add(1));
-    let queries = dist.sample(args.queries, args.seed.wrapping_add(2));
-    eprintln!(
-        "generated {} points and {} queries (dim {}) in {:.1?}",
-        points.len(),
-        queries.len(),
-        args.dim,
-        t.elapsed()
-    );
-    let t = Instant::now();
-    let truth: Vec<Vec<u64>> = ExactIndex::new(&points, args.distance)
-        .search_batch(&queries, args.k, 0)
-        .into_iter()
-        .map(|hits| hits.into_iter().map(|h| h.index as u64).collect())
-        .collect();
-    eprintln!("exact ground truth (k={}) in {:.1?}", args.k, t.elapsed());
+    let workload = Workload::generate(args)?;
 
     let node = match &args.url {
         Some(_) => None,
@@ -238,7 +783,7 @@ fn run(args: &Args) -> Result<()> {
         (None, None, Some(url)) => grpc_url_of(url),
         (None, None, None) => unreachable!("a node is started whenever --url is absent"),
     };
-    let result = bench(args, &client, &grpc_url, &points, &queries, &truth, pid);
+    let result = bench(args, &client, &grpc_url, &workload, pid);
     if let (Err(_), Some(n)) = (&result, &node) {
         eprintln!(
             "---- node log tail ({}) ----\n{}",
@@ -263,18 +808,17 @@ fn grpc_url_of(rest_url: &str) -> String {
     }
 }
 
-fn bench(
-    args: &Args,
+/// Deletes `name` if it exists (refusing to with `--url` unless `--recreate`, for the
+/// benchmark's own collection) and creates it for `workload` over REST.
+fn create_collection(
     client: &Client,
-    grpc_url: &str,
-    points: &shoal_e2e::Vectors,
-    queries: &shoal_e2e::Vectors,
-    truth: &[Vec<u64>],
-    pid: Option<u32>,
-) -> Result<Report> {
-    let name = args.collection.as_str();
+    name: &str,
+    workload: &Workload,
+    args: &Args,
+    may_replace: bool,
+) -> Result<()> {
     if client.collection_exists(name)? {
-        if args.url.is_some() && !args.recreate {
+        if !may_replace {
             bail!(
                 "collection `{name}` already exists on {}; pass --recreate to replace it",
                 client.base_url()
@@ -282,71 +826,110 @@ fn bench(
         }
         client.delete_collection(name)?;
     }
-    client.create_collection(
-        name,
-        &CollectionParams::new(args.dim, args.distance).hnsw(args.m, args.ef_construct),
+    let _: Value = client.call(
+        Method::Put,
+        &format!("/collections/{name}"),
+        Some(&workload.collection_json(args)),
     )?;
+    Ok(())
+}
 
-    // Upsert.
+/// Upload throughput of one transport.
+struct Upload {
+    seconds: f64,
+    points_per_sec: f64,
+    batch_latency: Option<LatencySummary>,
+}
+
+/// Sends every point in batches of `--batch`: `build(first, last)` makes a request (timed
+/// as part of throughput, as a client would have to), `send` delivers it (also timed alone).
+fn upload<B>(
+    args: &Args,
+    label: &str,
+    points: usize,
+    build: impl Fn(usize, usize) -> B,
+    mut send: impl FnMut(B) -> Result<()>,
+) -> Result<Upload> {
     let t = Instant::now();
     let mut batch_latencies = Vec::new();
-    let n_batches = points.len().div_ceil(args.batch);
-    for (b, first) in (0..points.len()).step_by(args.batch).enumerate() {
-        let last = (first + args.batch).min(points.len());
-        let batch: Vec<PointStruct> = (first..last)
-            .map(|i| PointStruct {
-                id: PointId::Num(i as u64),
-                vector: points.get(i).to_vec(),
-                payload: None,
-            })
-            .collect();
+    let n_batches = points.div_ceil(args.batch);
+    for (b, first) in (0..points).step_by(args.batch).enumerate() {
+        let last = (first + args.batch).min(points);
+        let batch = build(first, last);
         let sent = Instant::now();
-        let ack = client
-            .upsert(name, &batch, true)
-            .with_context(|| format!("upserting batch {b} (points {first}..{last})"))?;
+        send(batch)
+            .with_context(|| format!("{label}upsert of batch {b} (points {first}..{last})"))?;
         batch_latencies.push(sent.elapsed());
-        ensure!(
-            ack.is_completed(),
-            "wait=true upsert of batch {b} answered {ack:?}"
-        );
         if (b + 1) % 20 == 0 || b + 1 == n_batches {
-            eprintln!("upserted {last}/{} points", points.len());
+            eprintln!("{label}upserted {last}/{points} points");
         }
     }
-    let upsert_seconds = t.elapsed().as_secs_f64();
-    let upsert_pps = points.len() as f64 / upsert_seconds;
-    eprintln!("upsert: {upsert_pps:.0} points/s over {upsert_seconds:.2} s");
+    let seconds = t.elapsed().as_secs_f64();
+    let points_per_sec = points as f64 / seconds;
+    eprintln!("{label}upsert: {points_per_sec:.0} points/s over {seconds:.2} s");
+    Ok(Upload {
+        seconds,
+        points_per_sec,
+        batch_latency: LatencySummary::from_durations(&batch_latencies),
+    })
+}
 
-    let index = wait_indexed(client, name, points.len() as u64, args)?;
+fn bench(
+    args: &Args,
+    client: &Client,
+    grpc_url: &str,
+    workload: &Workload,
+    pid: Option<u32>,
+) -> Result<Report> {
+    let name = args.collection.as_str();
+    create_collection(
+        client,
+        name,
+        workload,
+        args,
+        args.url.is_none() || args.recreate,
+    )?;
 
-    // Search.
+    let up = upload(
+        args,
+        "",
+        workload.points,
+        |first, last| {
+            let points: Vec<Value> = (first..last).map(|i| workload.point_json(i)).collect();
+            json!({ "points": points })
+        },
+        |body| {
+            let ack: UpdateResult = client.call(
+                Method::Put,
+                &format!("/collections/{name}/points?wait=true"),
+                Some(&body),
+            )?;
+            ensure!(ack.is_completed(), "wait=true upsert answered {ack:?}");
+            Ok(())
+        },
+    )?;
+
+    let index = wait_indexed(client, name, workload, args)?;
+
     let mut search = Vec::new();
-    for &ef in &args.ef {
-        let row = measure_search(client, name, queries, truth, args, Some(ef))?;
-        eprintln!(
-            "ef {ef}: {:.0} QPS, recall@{} {:.4}, p50 {:.2} ms, p99 {:.2} ms",
-            row.qps, args.k, row.recall, row.latency.p50_ms, row.latency.p99_ms
-        );
-        search.push(row);
-    }
-    if args.also_exact {
-        let row = measure_search(client, name, queries, truth, args, None)?;
-        eprintln!(
-            "exact: {:.0} QPS, recall@{} {:.4}, p50 {:.2} ms, p99 {:.2} ms",
-            row.qps, args.k, row.recall, row.latency.p50_ms, row.latency.p99_ms
-        );
-        if row.recall < 0.99 {
-            eprintln!(
-                "WARNING: exact search on the node disagrees with local brute force \
-                 (recall {:.4}); likely a node bug in exact search or scoring",
-                row.recall
-            );
+    for field in &workload.fields {
+        for series in field.data.series(args, args.also_exact) {
+            let row = measure(args, field, series, "", |i| {
+                rest_search(client, name, workload.mode, field, series, i, args.k)
+            })?;
+            if series == Series::Exact && row.recall < 0.99 {
+                eprintln!(
+                    "WARNING: exact search on the node disagrees with local brute force \
+                     (recall {:.4}); likely a node bug in exact search or scoring",
+                    row.recall
+                );
+            }
+            search.push(row);
         }
-        search.push(row);
     }
 
     let grpc = if args.grpc {
-        Some(bench_grpc(args, client, grpc_url, points, queries, truth)?)
+        Some(bench_grpc(args, client, grpc_url, workload)?)
     } else {
         None
     };
@@ -374,14 +957,68 @@ fn bench(
         k: args.k,
         m: args.m,
         ef_construct: args.ef_construct,
-        upsert_seconds,
-        upsert_points_per_sec: upsert_pps,
-        upsert_batch_latency: LatencySummary::from_durations(&batch_latencies),
+        upsert_seconds: up.seconds,
+        upsert_points_per_sec: up.points_per_sec,
+        upsert_batch_latency: up.batch_latency,
         index,
         search,
         grpc,
         peak_rss_bytes,
+        workload: workload.mode,
+        indexing_threshold_kb: args.indexing_threshold,
+        full_scan_threshold_kb: args.full_scan_threshold,
     })
+}
+
+/// `result` of `points/query`.
+#[derive(Deserialize)]
+struct QueryResult {
+    points: Vec<ScoredPoint>,
+}
+
+/// One search over REST: `points/search` for the default mode's unnamed vector (as the
+/// figures in BENCHMARKS.md were measured), the query API with `using` otherwise.
+fn rest_search(
+    client: &Client,
+    name: &str,
+    mode: Mode,
+    field: &Field,
+    series: Series,
+    i: usize,
+    k: usize,
+) -> Result<Vec<(u64, f32)>> {
+    let hits = match (mode, &field.data) {
+        (Mode::Dense, FieldData::Dense { queries, .. }) => {
+            let mut request = SearchRequest::new(queries.get(i).to_vec(), k);
+            request.hnsw_ef = series.ef();
+            request.exact = series == Series::Exact;
+            client.search(name, &request)?
+        }
+        _ => {
+            let mut body = json!({
+                "query": field.data.query_json(i),
+                "limit": k,
+                "with_payload": false,
+                "with_vector": false,
+            });
+            if let Some(using) = field.name {
+                body["using"] = using.into();
+            }
+            if let Some(params) = series.params_json() {
+                body["params"] = params;
+            }
+            let result: QueryResult = client.call(
+                Method::Post,
+                &format!("/collections/{name}/points/query"),
+                Some(&body),
+            )?;
+            result.points
+        }
+    };
+    Ok(hits
+        .iter()
+        .filter_map(|h| Some((h.id.as_num()?, h.score)))
+        .collect())
 }
 
 /// Upload and search over gRPC into `<collection>-grpc`, created over REST with the same
@@ -390,128 +1027,129 @@ fn bench_grpc(
     args: &Args,
     client: &Client,
     grpc_url: &str,
-    points: &shoal_e2e::Vectors,
-    queries: &shoal_e2e::Vectors,
-    truth: &[Vec<u64>],
+    workload: &Workload,
 ) -> Result<GrpcReport> {
     use qdrant_client::qdrant as q;
     let name = format!("{}-grpc", args.collection);
-    if client.collection_exists(&name)? {
-        client.delete_collection(&name)?;
-    }
-    client.create_collection(
-        &name,
-        &CollectionParams::new(args.dim, args.distance).hnsw(args.m, args.ef_construct),
-    )?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let grpc = qdrant_client::Qdrant::from_url(grpc_url)
-        .api_key(args.api_key.clone())
-        .timeout(Duration::from_secs(args.request_timeout_secs))
-        .skip_compatibility_check()
-        .build()?;
-    let t = Instant::now();
-    let mut batch_latencies = Vec::new();
-    for first in (0..points.len()).step_by(args.batch) {
-        let last = (first + args.batch).min(points.len());
-        let request = q::UpsertPoints {
+    create_collection(client, &name, workload, args, true)?;
+    let grpc = GrpcClient {
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        client: qdrant_client::Qdrant::from_url(grpc_url)
+            .api_key(args.api_key.clone())
+            .timeout(Duration::from_secs(args.request_timeout_secs))
+            .skip_compatibility_check()
+            .build()?,
+    };
+    let up = upload(
+        args,
+        "gRPC ",
+        workload.points,
+        |first, last| q::UpsertPoints {
             collection_name: name.clone(),
             wait: Some(true),
-            points: (first..last)
-                .map(|i| q::PointStruct {
-                    id: Some(q::PointId {
-                        point_id_options: Some(q::point_id::PointIdOptions::Num(i as u64)),
-                    }),
-                    payload: Default::default(),
-                    vectors: Some(q::Vectors {
-                        vectors_options: Some(q::vectors::VectorsOptions::Vector(q::Vector {
-                            vector: Some(q::vector::Vector::Dense(q::DenseVector {
-                                data: points.get(i).to_vec(),
-                            })),
-                            ..Default::default()
-                        })),
-                    }),
-                })
-                .collect(),
+            points: (first..last).map(|i| workload.point_grpc(i)).collect(),
             ..Default::default()
-        };
-        let sent = Instant::now();
-        rt.block_on(grpc.upsert_points(request))
-            .with_context(|| format!("gRPC upsert of points {first}..{last}"))?;
-        batch_latencies.push(sent.elapsed());
-    }
-    let upsert_seconds = t.elapsed().as_secs_f64();
-    let upsert_pps = points.len() as f64 / upsert_seconds;
-    eprintln!("gRPC upsert: {upsert_pps:.0} points/s over {upsert_seconds:.2} s");
-    let index = wait_indexed(client, &name, points.len() as u64, args)?;
+        },
+        |request| {
+            grpc.rt.block_on(grpc.client.upsert_points(request))?;
+            Ok(())
+        },
+    )?;
+    let index = wait_indexed(client, &name, workload, args)?;
     let mut search = Vec::new();
-    for &ef in &args.ef {
-        let request = |i: usize| q::SearchPoints {
-            collection_name: name.clone(),
-            vector: queries.get(i).to_vec(),
-            limit: args.k as u64,
-            params: Some(q::SearchParams {
-                hnsw_ef: Some(ef as u64),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        for i in 0..args.warmup.min(queries.len()) {
-            rt.block_on(grpc.search_points(request(i)))?;
+    for field in &workload.fields {
+        for series in field.data.series(args, false) {
+            let row = measure(args, field, series, "gRPC ", |i| {
+                grpc_search(&grpc, &name, workload.mode, field, series, i, args.k)
+            })?;
+            search.push(row);
         }
-        let mut latencies = Vec::with_capacity(queries.len());
-        let mut recall_sum = 0.0;
-        let started = Instant::now();
-        for (i, want) in truth.iter().enumerate() {
-            let sent = Instant::now();
-            let hits = rt
-                .block_on(grpc.search_points(request(i)))
-                .with_context(|| format!("gRPC search {i} (ef {ef})"))?;
-            latencies.push(sent.elapsed());
-            let got: Vec<u64> = hits
-                .result
-                .iter()
-                .filter_map(|h| match h.id.as_ref()?.point_id_options {
-                    Some(q::point_id::PointIdOptions::Num(n)) => Some(n),
-                    _ => None,
-                })
-                .collect();
-            recall_sum += recall_at_k(want, &got, args.k);
-        }
-        let wall = started.elapsed().as_secs_f64();
-        let row = SearchRow {
-            mode: "hnsw (gRPC)".to_owned(),
-            ef: Some(ef),
-            qps: queries.len() as f64 / wall,
-            recall: recall_sum / queries.len() as f64,
-            latency: LatencySummary::from_durations(&latencies)
-                .context("no queries were measured")?,
-        };
-        eprintln!(
-            "gRPC ef {ef}: {:.0} QPS, recall@{} {:.4}, p50 {:.2} ms, p99 {:.2} ms",
-            row.qps, args.k, row.recall, row.latency.p50_ms, row.latency.p99_ms
-        );
-        search.push(row);
     }
     Ok(GrpcReport {
-        upsert_seconds,
-        upsert_points_per_sec: upsert_pps,
-        upsert_batch_latency: LatencySummary::from_durations(&batch_latencies),
+        upsert_seconds: up.seconds,
+        upsert_points_per_sec: up.points_per_sec,
+        upsert_batch_latency: up.batch_latency,
         index,
         search,
     })
 }
 
-/// Polls the collection until it is green with every point indexed. A node may legitimately
-/// leave small collections unindexed (green, indexed < points); green with an unchanged
-/// indexed count for `SETTLE` also counts as done.
+/// Qdrant's Rust client, with the runtime its calls are blocked on.
+struct GrpcClient {
+    rt: tokio::runtime::Runtime,
+    client: qdrant_client::Qdrant,
+}
+
+/// One search over gRPC: the classic `Search` call for the default mode's unnamed vector,
+/// `Query` with `using` otherwise (as over REST).
+fn grpc_search(
+    grpc: &GrpcClient,
+    name: &str,
+    mode: Mode,
+    field: &Field,
+    series: Series,
+    i: usize,
+    k: usize,
+) -> Result<Vec<(u64, f32)>> {
+    use qdrant_client::qdrant as q;
+    let params = match series {
+        Series::Hnsw(ef) => Some(q::SearchParams {
+            hnsw_ef: Some(ef as u64),
+            ..Default::default()
+        }),
+        Series::Exact => Some(q::SearchParams {
+            exact: Some(true),
+            ..Default::default()
+        }),
+        Series::SparseIndex => None,
+    };
+    let hits = match (mode, &field.data) {
+        (Mode::Dense, FieldData::Dense { queries, .. }) => {
+            let request = q::SearchPoints {
+                collection_name: name.to_owned(),
+                vector: queries.get(i).to_vec(),
+                limit: k as u64,
+                params,
+                ..Default::default()
+            };
+            grpc.rt.block_on(grpc.client.search_points(request))?.result
+        }
+        _ => {
+            let mut request = q::QueryPointsBuilder::new(name)
+                .query(q::Query::new_nearest(field.data.query_grpc(i)))
+                .limit(k as u64);
+            if let Some(using) = field.name {
+                request = request.using(using);
+            }
+            if let Some(params) = params {
+                request = request.params(params);
+            }
+            grpc.rt.block_on(grpc.client.query(request))?.result
+        }
+    };
+    Ok(hits
+        .iter()
+        .filter_map(|h| match h.id.as_ref()?.point_id_options {
+            Some(q::point_id::PointIdOptions::Num(n)) => Some((n, h.score)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Polls the collection until it is green with every vector indexed. A node may legitimately
+/// leave small collections unindexed (green, indexed < points), or count indexed vectors
+/// differently (per point rather than per named vector); green with an unchanged indexed
+/// count for `SETTLE` also counts as done.
 fn wait_indexed(
     client: &Client,
     name: &str,
-    expected_points: u64,
+    workload: &Workload,
     args: &Args,
 ) -> Result<IndexWait> {
+    let expected_points = workload.points as u64;
+    let expected_indexed = workload.expected_indexed();
     const POLL: Duration = Duration::from_millis(200);
     const SETTLE: Duration = Duration::from_secs(3);
     let started = Instant::now();
@@ -524,7 +1162,7 @@ fn wait_indexed(
         let fully = info.status == "green"
             && info
                 .indexed_vectors_count
-                .is_some_and(|n| n >= expected_points);
+                .is_some_and(|n| n >= expected_indexed);
         let settled = match (info.status == "green", stable_since) {
             (true, Some((since, count))) if count == info.indexed_vectors_count => {
                 now - since >= SETTLE
@@ -585,52 +1223,129 @@ fn wait_indexed(
     }
 }
 
-/// Sequential single-client searches: `ef = None` means exact search.
-fn measure_search(
-    client: &Client,
-    name: &str,
-    queries: &shoal_e2e::Vectors,
-    truth: &[Vec<u64>],
+/// Sequential single-client searches of every query of `field`, after `--warmup` unmeasured
+/// ones. `send(i)` answers query `i` with (point id, score), best first.
+fn measure(
     args: &Args,
-    ef: Option<usize>,
+    field: &Field,
+    series: Series,
+    transport: &str,
+    mut send: impl FnMut(usize) -> Result<Vec<(u64, f32)>>,
 ) -> Result<SearchRow> {
-    let request = |i: usize| {
-        let mut r = SearchRequest::new(queries.get(i).to_vec(), args.k);
-        r.hnsw_ef = ef;
-        r.exact = ef.is_none();
-        r
+    let vector = field.name.map_or(String::new(), |n| format!("`{n}` "));
+    let what = match series {
+        Series::Hnsw(ef) => format!("{transport}{vector}ef {ef}"),
+        _ => format!("{transport}{vector}{}", series.mode()),
     };
-    for i in 0..args.warmup.min(queries.len()) {
-        client.search(name, &request(i))?;
+    let queries = field.truth.len();
+    for i in 0..args.warmup.min(queries) {
+        send(i).with_context(|| format!("{what}: warm-up search {i}"))?;
     }
-    let mut latencies = Vec::with_capacity(queries.len());
+    let mut latencies = Vec::with_capacity(queries);
     let mut recall_sum = 0.0;
+    let mut mismatches = 0usize;
+    let mut first_mismatch = None;
     let started = Instant::now();
-    for (i, want) in truth.iter().enumerate() {
-        let req = request(i);
+    for (i, want) in field.truth.iter().enumerate() {
         let sent = Instant::now();
-        let hits = client
-            .search(name, &req)
-            .with_context(|| format!("search {i} (ef {ef:?})"))?;
+        let hits = send(i).with_context(|| format!("{what}: search {i}"))?;
         latencies.push(sent.elapsed());
-        let got: Vec<u64> = hits.iter().filter_map(|h| h.id.as_num()).collect();
-        recall_sum += recall_at_k(want, &got, args.k);
+        let got: Vec<u64> = hits.iter().map(|&(id, _)| id).collect();
+        recall_sum += field.data.recall(i, want, &got, args.k);
+        for &(id, reported) in &hits {
+            if let Some(local) = field.data.score_mismatch(i, id, reported) {
+                mismatches += 1;
+                first_mismatch.get_or_insert((i, id, reported, local));
+            }
+        }
     }
     let wall = started.elapsed().as_secs_f64();
-    Ok(SearchRow {
-        mode: if ef.is_some() { "hnsw" } else { "exact" }.to_owned(),
-        ef,
-        qps: queries.len() as f64 / wall,
-        recall: recall_sum / queries.len() as f64,
+    if let Some((i, id, reported, local)) = first_mismatch {
+        eprintln!(
+            "WARNING: {what}: {mismatches} hits scored differently from local brute force, \
+             e.g. query {i}: point {id} scored {reported}, expected {local}"
+        );
+    }
+    let row = SearchRow {
+        vector: field.name.map(str::to_owned),
+        mode: if transport.is_empty() {
+            series.mode().to_owned()
+        } else {
+            format!("{} ({})", series.mode(), transport.trim_end())
+        },
+        ef: series.ef(),
+        qps: queries as f64 / wall,
+        recall: recall_sum / queries as f64,
         latency: LatencySummary::from_durations(&latencies).context("no queries were measured")?,
-    })
+    };
+    eprintln!(
+        "{what}: {:.0} QPS, recall@{} {:.4}, p50 {:.2} ms, p99 {:.2} ms",
+        row.qps, args.k, row.recall, row.latency.p50_ms, row.latency.p99_ms
+    );
+    Ok(row)
+}
+
+/// The table label of a search row: `hnsw ef=64`, `exact`, `sparse index`, prefixed by the
+/// vector's name when it has one.
+fn row_label(s: &SearchRow) -> String {
+    let what = match s.ef {
+        Some(ef) => format!("hnsw ef={ef}"),
+        None => s.mode.trim_end_matches(" (gRPC)").to_owned(),
+    };
+    match &s.vector {
+        Some(v) => format!("`{v}` {what}"),
+        None => what,
+    }
+}
+
+fn print_title(r: &Report) {
+    // Thresholds only when set, so the default title reads as it always did.
+    let thresholds = [
+        ("full_scan_threshold", r.full_scan_threshold_kb),
+        ("indexing_threshold", r.indexing_threshold_kb),
+    ]
+    .iter()
+    .filter_map(|(what, kb)| Some(format!(", {what} {} KB", (*kb)?)))
+    .collect::<String>();
+    let hnsw = format!("m {}, ef_construct {}{thresholds}", r.m, r.ef_construct);
+    let dense = format!("{} centres, sigma {}, seed {}", r.centres, r.sigma, r.seed);
+    match r.workload {
+        Mode::Dense => println!(
+            "## shoal-bench: {} x {} {}, {dense}; {hnsw}\n",
+            r.points, r.dim, r.distance
+        ),
+        Mode::Named { text_dim } => println!(
+            "## shoal-bench --named: {} points, `image` {} + `text` {text_dim} {}, {dense}; \
+             {hnsw}\n",
+            r.points, r.dim, r.distance
+        ),
+        Mode::Sparse {
+            vocab,
+            nnz,
+            query_nnz,
+            idf,
+        } => println!(
+            "## shoal-bench --sparse{}: {} points, ~{nnz} of {vocab} Zipf-distributed terms \
+             each, queries of ~{query_nnz}, seed {}{}\n",
+            if idf { " --idf" } else { "" },
+            r.points,
+            r.seed,
+            r.indexing_threshold_kb
+                .map_or(String::new(), |kb| format!("; indexing_threshold {kb} KB")),
+        ),
+        Mode::Multivector {
+            multi_count,
+            query_multi_count,
+        } => println!(
+            "## shoal-bench --multivector: {} points x {multi_count} x {} {} (MaxSim), queries \
+             of {query_multi_count}, {dense}; {hnsw}\n",
+            r.points, r.dim, r.distance
+        ),
+    }
 }
 
 fn print_markdown(r: &Report) {
-    println!(
-        "## shoal-bench: {} x {} {}, {} centres, sigma {}, seed {}; m {}, ef_construct {}\n",
-        r.points, r.dim, r.distance, r.centres, r.sigma, r.seed, r.m, r.ef_construct
-    );
+    print_title(r);
     println!("| metric | value |\n| --- | --- |");
     println!(
         "| upsert throughput | {:.0} points/s (batch {}, wait=true, {:.2} s) |",
@@ -668,13 +1383,13 @@ fn print_markdown(r: &Report) {
         r.queries, r.k
     );
     for s in &r.search {
-        let label = match s.ef {
-            Some(ef) => format!("hnsw ef={ef}"),
-            None => "exact".to_owned(),
-        };
         println!(
-            "| {label} | {:.0} | {:.4} | {:.2} | {:.2} |",
-            s.qps, s.recall, s.latency.p50_ms, s.latency.p99_ms
+            "| {} | {:.0} | {:.4} | {:.2} | {:.2} |",
+            row_label(s),
+            s.qps,
+            s.recall,
+            s.latency.p50_ms,
+            s.latency.p99_ms
         );
     }
     println!();
@@ -699,11 +1414,11 @@ fn print_markdown(r: &Report) {
             let rest_qps = r
                 .search
                 .iter()
-                .find(|x| x.ef == s.ef)
+                .find(|x| row_label(x) == row_label(s))
                 .map_or("?".to_owned(), |x| format!("{:.0}", x.qps));
             println!(
-                "| hnsw ef={} | {:.0} | {rest_qps} | {:.4} | {:.2} | {:.2} |",
-                s.ef.unwrap_or(0),
+                "| {} | {:.0} | {rest_qps} | {:.4} | {:.2} | {:.2} |",
+                row_label(s),
                 s.qps,
                 s.recall,
                 s.latency.p50_ms,
@@ -711,5 +1426,137 @@ fn print_markdown(r: &Report) {
             );
         }
         println!();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_e2e::{CollectionParams, PointId, PointStruct};
+
+    use super::*;
+
+    fn workload(extra: &[&str]) -> (Args, Workload) {
+        let base = [
+            "shoal-bench",
+            "--points",
+            "40",
+            "--dim",
+            "4",
+            "--queries",
+            "3",
+        ];
+        let args = Args::parse_from(base.iter().chain(extra));
+        let w = Workload::generate(&args).unwrap();
+        (args, w)
+    }
+
+    #[test]
+    fn default_mode_sends_the_bodies_it_always_sent() {
+        let (args, w) = workload(&[]);
+        assert_eq!(
+            w.collection_json(&args),
+            CollectionParams::new(4, Distance::Cosine)
+                .hnsw(16, 100)
+                .to_json()
+        );
+        let FieldData::Dense { points, .. } = &w.fields[0].data else {
+            panic!("default mode is one dense vector");
+        };
+        let old = PointStruct {
+            id: PointId::Num(7),
+            vector: points.get(7).to_vec(),
+            payload: None,
+        };
+        assert_eq!(w.point_json(7), serde_json::to_value(&old).unwrap());
+        assert_eq!(w.expected_indexed(), 40);
+        let report_mode = serde_json::to_value(Mode::of(&args)).unwrap();
+        assert_eq!(report_mode, json!({"mode": "dense"}));
+    }
+
+    #[test]
+    fn named_mode_has_two_named_vectors() {
+        let (args, w) = workload(&["--named", "--text-dim", "3", "--distance", "Dot"]);
+        assert_eq!(
+            w.collection_json(&args),
+            json!({
+                "vectors": {"image": {"size": 4, "distance": "Dot"},
+                            "text": {"size": 3, "distance": "Dot"}},
+                "hnsw_config": {"m": 16, "ef_construct": 100},
+            })
+        );
+        let p = w.point_json(2);
+        assert_eq!(p["vector"]["image"].as_array().unwrap().len(), 4);
+        assert_eq!(p["vector"]["text"].as_array().unwrap().len(), 3);
+        assert_eq!(w.expected_indexed(), 80);
+        // `image` is the default mode's dataset.
+        let (_, dense) = workload(&["--distance", "Dot"]);
+        assert_eq!(dense.point_json(2)["vector"], p["vector"]["image"]);
+        assert_eq!(dense.fields[0].truth, w.fields[0].truth);
+    }
+
+    #[test]
+    fn sparse_and_multivector_bodies() {
+        let (args, w) = workload(&["--sparse", "--idf", "--vocab", "50", "--nnz", "6"]);
+        assert_eq!(
+            w.collection_json(&args),
+            json!({
+                "vectors": {},
+                "sparse_vectors": {"sparse": {"modifier": "idf"}},
+                "hnsw_config": {"m": 16, "ef_construct": 100},
+            })
+        );
+        let v = &w.point_json(0)["vector"]["sparse"];
+        assert_eq!(
+            v["indices"].as_array().unwrap().len(),
+            v["values"].as_array().unwrap().len()
+        );
+        assert_eq!(
+            w.fields[0].data.series(&args, true),
+            [Series::SparseIndex, Series::Exact]
+        );
+
+        let (args, w) = workload(&["--multivector", "--multi-count", "3"]);
+        assert_eq!(
+            w.collection_json(&args)["vectors"],
+            json!({"size": 4, "distance": "Cosine",
+                   "multivector_config": {"comparator": "max_sim"}})
+        );
+        let rows = w.point_json(5)["vector"].as_array().unwrap().clone();
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.as_array().unwrap().len() == 4));
+        assert_eq!(
+            w.fields[0].data.query_json(1).as_array().unwrap().len(),
+            4,
+            "queries have --query-multi-count sub-vectors"
+        );
+    }
+
+    #[test]
+    fn modes_are_exclusive_and_idf_needs_sparse() {
+        assert!(Args::try_parse_from(["shoal-bench", "--named", "--sparse"]).is_err());
+        assert!(Args::try_parse_from(["shoal-bench", "--multivector", "--named"]).is_err());
+        assert!(Args::try_parse_from(["shoal-bench", "--idf"]).is_err());
+        assert!(Args::try_parse_from(["shoal-bench", "--sparse", "--idf"]).is_ok());
+    }
+
+    #[test]
+    fn tie_aware_recall_accepts_any_point_tied_at_k() {
+        // Scores: 0 → 5, 1 → 4, 2 → 3, 3 → 3 (tied with 2), 4 → 1.
+        let score = |id: u64| [5.0, 4.0, 3.0, 3.0, 1.0].get(id as usize).copied();
+        assert_eq!(tie_aware_recall(&[0, 1, 2], &[0, 1, 3], 3, score), 1.0);
+        assert_eq!(
+            tie_aware_recall(&[0, 1, 2], &[0, 1, 4], 3, score),
+            2.0 / 3.0
+        );
+        // Duplicates and unknown ids do not count; fewer true answers than k shrink the
+        // denominator; none at all is a perfect answer.
+        assert_eq!(
+            tie_aware_recall(&[0, 1, 2], &[0, 0, 99], 3, score),
+            1.0 / 3.0
+        );
+        assert_eq!(tie_aware_recall(&[0], &[0, 4], 3, score), 1.0);
+        assert_eq!(tie_aware_recall(&[], &[4], 3, score), 1.0);
+        // Only the first k returned count.
+        assert_eq!(tie_aware_recall(&[0, 1], &[4, 4, 0], 2, score), 0.0);
     }
 }

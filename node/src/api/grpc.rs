@@ -19,18 +19,23 @@ use shoal_proto::v1::{
     JoinResponse, ProposeRequest, ProposeResponse, RaftPayload, RemoveMemberRequest,
     RemoveMemberResponse, TransferProgressRequest, TransferProgressResponse,
 };
+use shoal_proto::v1::{
+    OptimizationsRequest, OptimizationsResponse, RecoverySnapshotRequest, RecoverySnapshotResponse,
+    TelemetryRequest, TelemetryResponse,
+};
 use shoal_proto::v1::{RecoverRequest, RecoverResponse, SnapshotChunk, SnapshotRef};
 use shoal_proto::v1::{ShardAnswer, ShardCall};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::api::admin::Admin;
+use crate::api::rest::introspection;
 use crate::api::rest::service::QDRANT_API_VERSION;
 use crate::cluster::CollectionError;
-use crate::cluster::remote_shard::POINT_NOT_FOUND_MARK;
+use crate::cluster::remote_shard::{POINT_NOT_FOUND_MARK, STALE_LAYOUT_MARK};
 use crate::cluster::shard_requests::{
-    ShardCount, ShardDigest, ShardFacet, ShardOrderBy, ShardRequest, ShardRetrieve, ShardScroll,
-    ShardSearch, ShardSparseStats,
+    FencedUpdate, ShardCount, ShardDigest, ShardFacet, ShardOrderBy, ShardRequest, ShardRetrieve,
+    ShardScroll, ShardSearch, ShardSparseStats,
 };
 use crate::cluster::toc::TableOfContent;
 use crate::cluster::transfer::{SNAPSHOTS_DIR, restore_snapshot};
@@ -76,8 +81,48 @@ impl PeerService for Peer {
             serde_json::to_vec(&entries).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(TransferProgressResponse { transfers_json }))
     }
+
+    async fn telemetry(
+        &self,
+        request: Request<TelemetryRequest>,
+    ) -> Result<Response<TelemetryResponse>, Status> {
+        let level = request.into_inner().details_level as usize;
+        let data = introspection::telemetry::collect(&self.toc, None, level)
+            .await
+            .map_err(|e| Status::internal(e.message))?;
+        let telemetry_json =
+            serde_json::to_vec(&data).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(TelemetryResponse { telemetry_json }))
+    }
+
+    async fn optimizations(
+        &self,
+        request: Request<OptimizationsRequest>,
+    ) -> Result<Response<OptimizationsResponse>, Status> {
+        let request = request.into_inner();
+        let options = introspection::optimizations::Options::parse(
+            Some(&request.with),
+            Some(request.completed_limit as usize),
+        )
+        .map_err(Status::invalid_argument)?;
+        let collection = self
+            .toc
+            .get(&request.collection)
+            .map_err(collection_status)?;
+        let peer = self.toc.env().this_peer();
+        let answer = tokio::task::spawn_blocking(move || {
+            introspection::optimizations::local_optimizations(&collection, peer, options)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let optimizations_json =
+            serde_json::to_vec(&answer).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(OptimizationsResponse { optimizations_json }))
+    }
 }
 
+/// How long the leader may take to build a snapshot for a recovering peer.
+const RECOVERY_SNAPSHOT_PATIENCE: Duration = Duration::from_secs(20);
 /// The longest a caller may make `AwaitReconciled` wait.
 const MAX_AWAIT_MS: u64 = 60_000;
 /// How long a shard request waits for this peer to learn of a collection or replica that the
@@ -129,6 +174,49 @@ impl RaftService for RaftTransport {
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc = decode(&request.into_inner().json)?;
         encode(&self.node.raft.install_snapshot(rpc).await)
+    }
+
+    /// Builds a snapshot of everything applied so far and sends it with the leader's vote.
+    async fn recovery_snapshot(
+        &self,
+        request: Request<RecoverySnapshotRequest>,
+    ) -> Result<Response<RecoverySnapshotResponse>, Status> {
+        let asking = request.into_inner().peer_id;
+        let raft = &self.node.raft;
+        if raft.current_leader().await != Some(self.node.peer_id.0) {
+            return Err(Status::failed_precondition(
+                "this peer is not the Raft leader; ask the leader",
+            ));
+        }
+        let applied = raft.metrics().borrow().last_applied;
+        raft.trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if let Some(applied) = applied {
+            raft.wait(Some(RECOVERY_SNAPSHOT_PATIENCE))
+                .metrics(
+                    |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
+                    "a snapshot of the applied state",
+                )
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+        }
+        let snapshot = raft
+            .get_snapshot()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::unavailable("the leader has no snapshot yet"))?;
+        let vote = raft.metrics().borrow().vote;
+        let vote_json = serde_json::to_vec(&vote).map_err(|e| Status::internal(e.to_string()))?;
+        let meta_json =
+            serde_json::to_vec(&snapshot.meta).map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(peer = asking, snapshot = ?snapshot.meta.last_log_id, "sending a snapshot for recovery");
+        Ok(Response::new(RecoverySnapshotResponse {
+            vote_json,
+            meta_json,
+            data: snapshot.snapshot.into_inner(),
+        }))
     }
 }
 
@@ -214,6 +302,14 @@ fn collection_status(e: CollectionError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         CollectionError::Moved(_) => Status::failed_precondition(e.to_string()),
+        CollectionError::StaleLayout(_) => {
+            let mut status = Status::failed_precondition(e.to_string());
+            status.metadata_mut().insert(
+                STALE_LAYOUT_MARK,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            status
+        }
         CollectionError::ForwardFailed(_) => Status::aborted(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
@@ -259,12 +355,17 @@ impl ShardPoints {
 impl ShardService for ShardPoints {
     async fn update(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
         // Through the collection, so that a transfer sending this replica forwards it.
+        // A coordinator's update carries the layout version it was routed by; a forwarded
+        // copy is a bare update.
         let call = request.into_inner();
-        let update: UpdateRequest = decode(&call.body_json)?;
+        let (update, routed_by) = match decode::<FencedUpdate>(&call.body_json) {
+            Ok(fenced) => (fenced.update, Some(fenced.layout_version)),
+            Err(_) => (decode::<UpdateRequest>(&call.body_json)?, None),
+        };
         self.replica(&call).await?;
         let collection = self.toc.get(&call.collection).map_err(collection_status)?;
         let answer = collection
-            .update_local(call.shard_id, Arc::new(update))
+            .update_local(call.shard_id, Arc::new(update), routed_by)
             .await
             .map_err(collection_status)?;
         let body_json = serde_json::to_vec(&answer).map_err(|e| Status::internal(e.to_string()))?;

@@ -80,6 +80,47 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// The REST requests answered so far, per method, endpoint and status, with the time
+    /// spent per method and endpoint (the latency histogram has no status label). For
+    /// `GET /telemetry`.
+    pub fn request_counts(&self) -> Vec<RequestCount> {
+        use prometheus::core::Collector;
+        let label = |m: &prometheus::proto::Metric, name: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value().to_string())
+                .unwrap_or_default()
+        };
+        let mut time: std::collections::HashMap<(String, String), (u64, f64)> =
+            std::collections::HashMap::new();
+        for family in self.latency.collect() {
+            for m in family.get_metric() {
+                let h = m.get_histogram();
+                time.insert(
+                    (label(m, "method"), label(m, "endpoint")),
+                    (h.get_sample_count(), h.get_sample_sum()),
+                );
+            }
+        }
+        let mut out = Vec::new();
+        for family in self.requests.collect() {
+            for m in family.get_metric() {
+                let (method, endpoint) = (label(m, "method"), label(m, "endpoint"));
+                let timing = time.get(&(method.clone(), endpoint.clone())).copied();
+                out.push(RequestCount {
+                    status: label(m, "status").parse().unwrap_or(0),
+                    count: m.get_counter().get_value() as u64,
+                    endpoint_count: timing.map_or(0, |t| t.0),
+                    endpoint_seconds: timing.map_or(0.0, |t| t.1),
+                    method,
+                    endpoint,
+                });
+            }
+        }
+        out
+    }
+
     /// The text exposition of every metric, with collection gauges refreshed first.
     pub fn render(&self, toc: &TableOfContent) -> Result<String, String> {
         self.collection_points.reset();
@@ -105,6 +146,20 @@ impl Metrics {
             .map_err(|e| e.to_string())?;
         String::from_utf8(out).map_err(|e| e.to_string())
     }
+}
+
+/// How many REST requests got one status from one endpoint (see
+/// [`Metrics::request_counts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestCount {
+    pub method: String,
+    /// The matched route, e.g. `/collections/{collection_name}/points/search`.
+    pub endpoint: String,
+    pub status: u16,
+    pub count: u64,
+    /// Requests to the endpoint with any status, and the seconds they took in total.
+    pub endpoint_count: u64,
+    pub endpoint_seconds: f64,
 }
 
 impl Default for Metrics {

@@ -14,8 +14,8 @@ use crate::cluster::hash_ring::shard_for;
 use crate::cluster::metadata::Metadata;
 use crate::cluster::remote_shard::RemoteShard;
 use crate::cluster::shard_requests::{
-    OrderValue, Ownership, ShardCount, ShardFacet, ShardOrderBy, ShardRequest, ShardRetrieve,
-    ShardScroll, ShardSearch, ShardSparseStats, ShardTarget,
+    FencedUpdate, OrderValue, Ownership, ShardCount, ShardFacet, ShardOrderBy, ShardRequest,
+    ShardRetrieve, ShardScroll, ShardSearch, ShardSparseStats, ShardTarget,
 };
 use crate::collection_config::{
     CollectionConfig, MAX_MULTIVECTOR_LEN, MAX_SPARSE_ENTRIES, Modifier, PayloadIndexEntry,
@@ -136,6 +136,8 @@ pub struct ShardLayout {
     pub replicas: Vec<ReplicaInfo>,
     pub read: bool,
     pub write: bool,
+    /// The shard's layout version in the cluster state (`ShardMeta::version`).
+    pub version: u64,
 }
 
 pub type Layout = BTreeMap<u32, ShardLayout>;
@@ -386,6 +388,7 @@ impl Collection {
                         replicas,
                         read: read_rings.get(&key).is_some_and(|r| r.contains(id)),
                         write: write_rings.get(&key).is_some_and(|r| r.contains(id)),
+                        version: shard.version,
                     },
                 )
             })
@@ -581,6 +584,16 @@ impl Collection {
         writes: bool,
     ) -> Result<Vec<u32>, CollectionError> {
         match selector {
+            // Every auto-sharded collection has shards: none in this peer's view means it has
+            // not reconciled the collection yet (just restarted, or just created elsewhere),
+            // and an empty answer would pass for an empty collection. (A custom-sharded one
+            // without shard keys is empty indeed.)
+            None if layout.is_empty() && !self.is_custom_sharded() => {
+                Err(CollectionError::Unavailable(format!(
+                    "collection `{}` has no shards yet on this peer's view of the cluster",
+                    self.name
+                )))
+            }
             None => Ok(layout
                 .iter()
                 .filter(|(_, s)| if writes { s.write } else { s.read })
@@ -685,16 +698,17 @@ impl Collection {
         for ((shard, request), result) in per_shard.iter().zip(results) {
             let id = match result {
                 // The replicas this peer wrote to may have moved on (a move that just
-                // finished): once this peer's layout has caught up, try the new ones.
-                Err(CollectionError::Unavailable(reason)) => {
-                    match self.newer_layout(&layout).await {
-                        Some(newer) => {
-                            self.update_shard(&newer, *shard, Arc::clone(request))
-                                .await?
-                        }
-                        None => return Err(CollectionError::Unavailable(reason)),
+                // finished), or a replica knows a newer layout of the shard: once this peer's
+                // layout has caught up, try again by it.
+                Err(
+                    CollectionError::Unavailable(reason) | CollectionError::StaleLayout(reason),
+                ) => match self.newer_layout(&layout).await {
+                    Some(newer) => {
+                        self.update_shard(&newer, *shard, Arc::clone(request))
+                            .await?
                     }
-                }
+                    None => return Err(CollectionError::Unavailable(reason)),
+                },
                 other => other?,
             };
             op_id = op_id.max(id);
@@ -740,10 +754,11 @@ impl Collection {
                 self.name
             )));
         }
+        let version = layout.get(&shard).map_or(0, |s| s.version);
         let results = futures::future::join_all(
             replicas
                 .iter()
-                .map(|r| self.update_on(shard, r, Arc::clone(&request))),
+                .map(|r| self.update_on(shard, r, Arc::clone(&request), version)),
         )
         .await;
         let mut applied = 0usize;
@@ -757,6 +772,8 @@ impl Collection {
                     op_id = op_id.max(id);
                 }
                 Err(e) if is_request_error(&e) => return Err(e),
+                // Routed by an old layout: nothing is marked, the caller routes it again.
+                Err(e @ CollectionError::StaleLayout(_)) => return Err(e),
                 Err(CollectionError::ForwardFailed(reason)) => {
                     // The replica has the update but a resharding's destination may not:
                     // mark the replica (which aborts a resharding that can still go back)
@@ -826,23 +843,37 @@ impl Collection {
         shard: u32,
         replica: &ReplicaInfo,
         request: Arc<UpdateRequest>,
+        layout_version: u64,
     ) -> Result<u64, CollectionError> {
         if replica.peer == self.env.this_peer() {
-            self.update_local(shard, request).await
+            self.update_local(shard, request, Some(layout_version))
+                .await
         } else {
             self.env
                 .remote(&replica.uri, &self.name, shard)?
-                .request(&*request)
+                .request(&FencedUpdate {
+                    layout_version,
+                    update: (*request).clone(),
+                })
                 .await
         }
     }
 
     /// Applies an update on this peer's replica of `shard`, and forwards it to the destinations
     /// of the transfers that send this replica.
+    ///
+    /// `routed_by` is the layout version of the shard that the coordinator routed the update
+    /// by (`None` for copies a transfer or resharding forwards, which follow the source's
+    /// order instead). When this peer has applied a newer layout for the shard, the update is
+    /// refused with [`CollectionError::StaleLayout`] and changes nothing: the coordinator routes
+    /// it again. The check runs under the shard's forwarding gate, which a finishing transfer
+    /// takes exclusively before it stops forwarding; so an update is either forwarded by the
+    /// transfer or refused, never silently kept from a new replica.
     pub async fn update_local(
         &self,
         shard: u32,
         request: Arc<UpdateRequest>,
+        routed_by: Option<u64>,
     ) -> Result<u64, CollectionError> {
         let local = self.local_shard(shard).ok_or_else(|| {
             CollectionError::Unavailable(format!(
@@ -852,6 +883,15 @@ impl Collection {
         })?;
         let gate = self.gate(shard);
         let _gate = gate.read().await;
+        if let Some(routed_by) = routed_by {
+            let current = self.layout().get(&shard).map_or(0, |s| s.version);
+            if routed_by < current {
+                return Err(CollectionError::StaleLayout(format!(
+                    "shard {shard} of `{}` is at layout version {current}; the update was routed by version {routed_by}",
+                    self.name
+                )));
+            }
+        }
         if self.retired.lock().contains(&shard) {
             return Err(CollectionError::Unavailable(format!(
                 "shard {shard} of `{}` moved away from this peer",
@@ -1139,7 +1179,22 @@ impl Collection {
             readable.rotate_left(turn);
         }
         let mut last_error = None;
-        for replica in readable {
+        let params = &self.config().params;
+        let fan_out = params.read_fan_out_factor.unwrap_or(0) as usize;
+        let rest = if fan_out > 0 && readable.len() > 1 {
+            let wave = readable.len().min(1 + fan_out);
+            let delay = std::time::Duration::from_millis(params.read_fan_out_delay_ms.unwrap_or(0));
+            match self
+                .hedged_read(shard, &readable[..wave], delay, &request, &mut last_error)
+                .await
+            {
+                Some(answer) => return answer,
+                None => readable.split_off(wave),
+            }
+        } else {
+            readable
+        };
+        for replica in rest {
             match self.run_on(shard, replica, Arc::clone(&request)).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) if is_request_error(&e) => return Err(e),
@@ -1156,6 +1211,59 @@ impl Collection {
             ),
             None => format!("shard {shard} of `{}` has no readable replica", self.name),
         }))
+    }
+
+    /// Qdrant's read fan-out: asks `replicas[0]`, and after `delay` (or as soon as it fails)
+    /// the others too; the first answer wins. `None` when every replica failed with a
+    /// replica error (the last one kept in `last_error`); a request error ends the read.
+    async fn hedged_read<R: ShardRequest>(
+        &self,
+        shard: u32,
+        replicas: &[&ReplicaInfo],
+        delay: std::time::Duration,
+        request: &Arc<R>,
+        last_error: &mut Option<CollectionError>,
+    ) -> Option<Result<R::Answer, CollectionError>> {
+        use futures::StreamExt;
+        let ask = |i: usize| {
+            let replica = replicas[i];
+            let peer = replica.peer;
+            let read = self.run_on(shard, replica, Arc::clone(request));
+            async move { (peer, read.await) }
+        };
+        let mut pending = futures::stream::FuturesUnordered::new();
+        pending.push(ask(0));
+        let mut waiting = 1..replicas.len();
+        let timer = tokio::time::sleep(delay);
+        tokio::pin!(timer);
+        let mut fanned_out = false;
+        loop {
+            tokio::select! {
+                next = pending.next() => {
+                    let Some((peer, answer)) = next else {
+                        if fanned_out {
+                            return None;
+                        }
+                        // The first replica failed before the delay: fan out now.
+                        fanned_out = true;
+                        pending.extend(waiting.by_ref().map(ask));
+                        continue;
+                    };
+                    match answer {
+                        Ok(answer) => return Some(Ok(answer)),
+                        Err(e) if is_request_error(&e) => return Some(Err(e)),
+                        Err(e) => {
+                            tracing::warn!(collection = %self.name, shard, %peer, error = %e, "replica failed a fanned-out read");
+                            *last_error = Some(e);
+                        }
+                    }
+                }
+                () = &mut timer, if !fanned_out => {
+                    fanned_out = true;
+                    pending.extend(waiting.by_ref().map(ask));
+                }
+            }
+        }
     }
 
     /// Runs one request per shard, concurrently, and returns the answers in shard order.

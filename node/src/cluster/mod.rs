@@ -39,6 +39,10 @@ pub enum CollectionError {
     /// the update must not be acknowledged.
     #[error("Update not passed on: {0}")]
     ForwardFailed(String),
+    /// The replica has applied a newer layout of the shard than the one the update was routed
+    /// by; nothing changed. The sender routes again by a newer layout.
+    #[error("Routed by an old layout: {0}")]
+    StaleLayout(String),
 }
 
 impl CollectionError {

@@ -14,6 +14,9 @@ use crate::cluster::shard_requests::{ShardCallKind, ShardRequest};
 /// Metadata that marks a `NotFound` status as "a point the request named does not exist", so
 /// that the caller answers 404 instead of treating the replica as unreachable.
 pub const POINT_NOT_FOUND_MARK: &str = "shoal-point-not-found";
+/// Metadata key on a `FailedPrecondition` status meaning [`CollectionError::StaleLayout`]
+/// (without it, the status means [`CollectionError::Moved`]).
+pub const STALE_LAYOUT_MARK: &str = "shoal-stale-layout";
 
 /// How long one shard request to a peer may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -118,6 +121,11 @@ impl RemoteShard {
                 )
             }
             tonic::Code::InvalidArgument => CollectionError::BadInput(status.message().to_string()),
+            tonic::Code::FailedPrecondition
+                if status.metadata().contains_key(STALE_LAYOUT_MARK) =>
+            {
+                CollectionError::StaleLayout(status.message().to_string())
+            }
             tonic::Code::FailedPrecondition => CollectionError::Moved(status.message().to_string()),
             tonic::Code::Aborted => CollectionError::ForwardFailed(status.message().to_string()),
             _ => CollectionError::Unavailable(format!(

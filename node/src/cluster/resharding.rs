@@ -183,6 +183,7 @@ pub async fn replicate_new_shards(toc: &Arc<TableOfContent>, view: &ClusterState
                     done: false,
                 },
                 max_per_peer: Some(env.max_transfers_per_peer),
+                destination_must_be: None,
             };
             match env.metadata.propose(op).await {
                 Ok((Ok(_), _)) => {

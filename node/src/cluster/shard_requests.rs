@@ -84,6 +84,24 @@ impl ShardRequest for UpdateRequest {
     }
 }
 
+/// An update with the layout version of its shard that the coordinator routed it by (see
+/// `Collection::update_local`). Travels as `ShardService.Update`, like a bare
+/// [`UpdateRequest`], which is what forwarded copies are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FencedUpdate {
+    pub layout_version: u64,
+    pub update: UpdateRequest,
+}
+
+impl ShardRequest for FencedUpdate {
+    type Answer = u64;
+    const CALL: ShardCallKind = ShardCallKind::Update;
+    const WRITES: bool = true;
+    fn run_on(&self, shard: &LocalShard) -> Result<u64, CollectionError> {
+        Ok(shard.update(self.update.clone())?)
+    }
+}
+
 /// How a shard scores candidates; vectors are already checked and preprocessed for the
 /// searched vector (its kind, size and distance).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

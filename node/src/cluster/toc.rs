@@ -165,6 +165,7 @@ pub fn legacy_state(data_dir: &Path, peer: PeerId, name: &str) -> ClusterState {
                     ShardMeta {
                         replicas: BTreeMap::from([(peer, ReplicaState::Active)]),
                         shard_key: None,
+                        version: 0,
                     },
                 )
             })
@@ -177,6 +178,7 @@ pub fn legacy_state(data_dir: &Path, peer: PeerId, name: &str) -> ClusterState {
                 transfers: Vec::new(),
                 resharding: None,
                 payload_schema,
+                trimming: Default::default(),
                 replicating: Default::default(),
                 uuid: c.uuid,
             },
@@ -219,6 +221,11 @@ impl TableOfContent {
 
     pub fn transfers(&self) -> &Arc<Transfers> {
         &self.transfers
+    }
+
+    /// The node's data directory (collections, WAL, cluster state).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// The collection `name`, or the collection the alias `name` points at (Qdrant resolves
@@ -684,6 +691,63 @@ mod tests {
         toc.reconcile(&view(empty, reconciled + 1)).unwrap();
         assert!(!toc.exists("docs"), "a newer state without it drops it");
         assert!(!dir.path().join("collections/docs").exists());
+    }
+
+    /// The write fence: a replica that applied a newer layout of a shard refuses an update
+    /// routed by an older one (and changes nothing), takes it when routed by the current one,
+    /// and takes forwarded copies (no version) as they come.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_update_routed_by_an_older_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let toc = open_local_node(dir.path()).await;
+        create(&toc, "docs").await;
+        let collection = toc.get("docs").unwrap();
+        let old = collection.layout()[&0].version;
+        let mut newer = toc.env().metadata.view().state.clone();
+        newer
+            .collections
+            .get_mut("docs")
+            .unwrap()
+            .shards
+            .get_mut(&crate::consensus::ShardId(0))
+            .unwrap()
+            .version = old + 1;
+        toc.reconcile(&view(newer, toc.reconciled_index() + 1))
+            .unwrap();
+        assert_eq!(collection.layout()[&0].version, old + 1);
+        let upsert = |id: u64| {
+            Arc::new(UpdateRequest::Upsert(vec![PointWrite::dense(
+                PointId::Num(id),
+                vec![1.0, 2.0],
+                Default::default(),
+            )]))
+        };
+        let refused = collection.update_local(0, upsert(1), Some(old)).await;
+        assert!(
+            matches!(refused, Err(CollectionError::StaleLayout(_))),
+            "{refused:?}"
+        );
+        let local = collection.local_shard(0).unwrap();
+        assert!(
+            local
+                .retrieve(&[PointId::Num(1)], false, &Default::default())
+                .is_empty()
+        );
+        collection
+            .update_local(0, upsert(2), Some(old + 1))
+            .await
+            .unwrap();
+        collection.update_local(0, upsert(3), None).await.unwrap();
+        assert_eq!(
+            local
+                .retrieve(
+                    &[PointId::Num(2), PointId::Num(3)],
+                    false,
+                    &Default::default()
+                )
+                .len(),
+            2
+        );
     }
 
     /// A data directory written before metadata lived in one state (collections on disk, no

@@ -50,8 +50,6 @@ use shoal_proto::v1::{RecoverRequest, SnapshotRef};
 /// between tries.
 const SEND_ATTEMPTS: u32 = 5;
 const SEND_BACKOFF: Duration = Duration::from_millis(500);
-/// How long a finished transfer keeps forwarding after every peer applied the finish.
-const FORWARD_GRACE: Duration = Duration::from_secs(2);
 /// Ids per page when a resumed transfer compares both sides.
 const CATCH_UP_PAGE: usize = 10_000;
 
@@ -325,6 +323,9 @@ impl Transfers {
                         done: false,
                     },
                     max_per_peer: Some(env.max_transfers_per_peer),
+                    // Only if the replica is still Dead when this applies: a drop or another
+                    // recovery since this peer's view wins.
+                    destination_must_be: Some(ReplicaState::Dead),
                 };
                 match env.metadata.propose(op).await {
                     Ok((Ok(_), _)) => {
@@ -426,10 +427,9 @@ impl Transfers {
                 toc.wait_reconciled(index, Metadata::PEER_APPLY_PATIENCE)
                     .await;
                 toc.await_peers(index).await;
-                // A write whose coordinator took its layout before applying the finish may
-                // still be on its way to the source alone; forward a little longer for it.
-                // (Bounded, not proven: writes do not carry the layout they were routed by.)
-                tokio::time::sleep(FORWARD_GRACE).await;
+                // A write a coordinator routed by the layout before the finish, arriving
+                // after this, is refused by the source (it carries the older layout version)
+                // and routed again: see `Collection::update_local`. No grace period.
                 tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, points = progress.report().points_done, "transfer finished");
             }
             Ok((Err(e), _)) => {

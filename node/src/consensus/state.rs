@@ -144,6 +144,18 @@ pub struct ShardMeta {
     pub replicas: BTreeMap<PeerId, ReplicaState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard_key: Option<ShardKey>,
+    /// The shard's layout version: bumped by every applied operation that changes where its
+    /// writes go (its replicas and their states, a transfer into or out of it, a resharding
+    /// of its collection). Updates carry the version they were routed by, and a replica that
+    /// knows a newer one refuses them, so a coordinator routing by an old layout retries
+    /// by the new one instead of reaching a replica that no longer forwards (see
+    /// `Collection::update_local`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl ShardMeta {
@@ -277,6 +289,12 @@ pub struct CollectionMeta {
     /// collection's replication factor; a peer holding one copies it to other peers.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub replicating: BTreeSet<ShardId>,
+    /// Shards with more replicas than a lowered replication factor asks for. The state
+    /// machine drops the surplus as soon as no transfer or resharding involves the shard;
+    /// replicas a user added beyond the factor by hand are kept (only a change of the factor
+    /// puts shards here).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub trimming: BTreeSet<ShardId>,
     /// Chosen by the proposer of the creation; tells peers a re-created collection of the
     /// same name from the files of the dropped one.
     #[serde(default)]
@@ -326,6 +344,113 @@ impl CollectionMeta {
                 .filter(|id| r.direction == ReshardingDirection::Up || *id != r.shard)
                 .collect(),
         )
+    }
+}
+
+/// Drops the surplus replicas of `c`'s shards in [`CollectionMeta::trimming`] whose replicas
+/// no transfer or resharding involves (the others wait for a later operation). Keeps active
+/// replicas before others, then those on the least loaded peers (by `load`), then lower
+/// peer ids, so every peer computes the same choice and an active replica always survives.
+fn trim_replicas(c: &mut CollectionMeta, load: &BTreeMap<PeerId, usize>) {
+    if c.trimming.is_empty() {
+        return;
+    }
+    let wanted = c.config.params.replication_factor.max(1) as usize;
+    let busy = |id: &ShardId| {
+        c.resharding.is_some()
+            || c.transfers
+                .iter()
+                .any(|t| t.shard == *id || t.to_shard == Some(*id))
+    };
+    let mut done = BTreeSet::new();
+    let mut drops: Vec<(ShardId, Vec<PeerId>)> = Vec::new();
+    for id in &c.trimming {
+        let Some(shard) = c.shards.get(id) else {
+            done.insert(*id);
+            continue;
+        };
+        if shard.replicas.len() <= wanted {
+            done.insert(*id);
+            continue;
+        }
+        if busy(id) {
+            continue;
+        }
+        let mut ranked: Vec<(PeerId, ReplicaState)> =
+            shard.replicas.iter().map(|(p, s)| (*p, *s)).collect();
+        ranked.sort_by_key(|(peer, state)| {
+            (
+                !state.is_active_like(),
+                load.get(peer).copied().unwrap_or(0),
+                *peer,
+            )
+        });
+        drops.push((
+            *id,
+            ranked
+                .split_off(wanted)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect(),
+        ));
+        done.insert(*id);
+    }
+    for (id, peers) in drops {
+        if let Some(shard) = c.shards.get_mut(&id) {
+            for peer in peers {
+                shard.replicas.remove(&peer);
+            }
+        }
+    }
+    c.trimming.retain(|id| !done.contains(id));
+}
+
+/// What decides where a shard's writes go: its replicas with their states, the transfers
+/// into or out of it, and its collection's resharding.
+fn write_routing<'a>(
+    c: &'a CollectionMeta,
+    id: ShardId,
+    shard: &'a ShardMeta,
+) -> (
+    &'a BTreeMap<PeerId, ReplicaState>,
+    Vec<&'a ShardTransfer>,
+    Option<&'a ReshardingState>,
+) {
+    (
+        &shard.replicas,
+        c.transfers
+            .iter()
+            .filter(|t| t.shard == id || t.to_shard == Some(id))
+            .collect(),
+        c.resharding.as_ref(),
+    )
+}
+
+/// Bumps the layout version of every shard of `next` whose write routing differs from
+/// `before` (the same collection before the operation; `None` when it is new).
+fn bump_layout_versions(before: Option<&CollectionMeta>, next: &mut CollectionMeta) {
+    // A new shard (possibly reusing the id of a dropped one) starts above the versions of the
+    // collection's other shards.
+    let newest = before
+        .into_iter()
+        .flat_map(|b| b.shards.values().map(|s| s.version))
+        .max()
+        .unwrap_or(0);
+    let mut bumped = Vec::new();
+    for (id, shard) in &next.shards {
+        let old = before.and_then(|b| b.shards.get(id).map(|s| (b, s)));
+        match old {
+            Some((b, s)) if write_routing(b, *id, s) != write_routing(next, *id, shard) => {
+                bumped.push((*id, s.version + 1));
+            }
+            Some(_) => {}
+            None => bumped.push((*id, newest + 1)),
+        }
+    }
+    for (id, version) in bumped {
+        if let Some(shard) = next.shards.get_mut(&id) {
+            shard.version = version;
+        }
     }
 }
 
@@ -392,6 +517,14 @@ pub enum ClusterOperation {
         name: String,
         params: NewVector,
     },
+    /// Changes a live collection's configuration (Qdrant's `PATCH /collections/{c}`). A
+    /// higher replication factor makes the holders of each shard copy it to more peers; a
+    /// lower one drops surplus replicas.
+    UpdateCollection {
+        collection: String,
+        // Boxed: like a configuration, an update dwarfs every other operation.
+        update: Box<crate::collection_config::CollectionUpdate>,
+    },
     /// Removes a named vector, and every point's value of it, from a collection.
     DeleteVectorName {
         collection: String,
@@ -441,6 +574,11 @@ pub enum ClusterOperation {
         replication_factor: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         placement: Option<Vec<PeerId>>,
+        /// Qdrant's `initial_state`: `Active` makes the new (empty) replicas serve at once
+        /// instead of going through `Initializing`; no other state is accepted, since nothing
+        /// would bring such replicas to a sound end.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        initial_state: Option<ReplicaState>,
     },
     /// Drops every shard of a shard key.
     DropShardKey {
@@ -455,6 +593,12 @@ pub enum ClusterOperation {
         transfer: ShardTransfer,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_per_peer: Option<u32>,
+        /// Compare-and-set for transfers a peer starts by itself (recovering its `Dead`
+        /// replica): the destination replica must exist in this state when the operation is
+        /// applied, so a decision taken on a stale view (the replica was dropped meanwhile)
+        /// is rejected instead of re-creating the replica.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        destination_must_be: Option<ReplicaState>,
     },
     /// Ends a transfer successfully: the destination becomes Active; a move drops the source.
     FinishTransfer {
@@ -714,7 +858,10 @@ impl ClusterState {
     pub fn apply(&mut self, op: ClusterOperation) -> Result<ClusterResponse, ClusterError> {
         let mut next = self.clone();
         let response = next.apply_in_place(op)?;
-        for c in next.collections.values_mut() {
+        let load = next.replicas_per_peer();
+        for (name, c) in next.collections.iter_mut() {
+            trim_replicas(c, &load);
+            bump_layout_versions(self.collections.get(name), c);
             let wanted = c.config.params.replication_factor.max(1) as usize;
             let shards = &c.shards;
             c.replicating.retain(|id| {
@@ -771,6 +918,9 @@ impl ClusterState {
             ClusterOperation::DeleteVectorName { collection, name } => {
                 self.delete_vector_name(collection, name)
             }
+            ClusterOperation::UpdateCollection { collection, update } => {
+                self.update_collection(collection, &update)
+            }
             ClusterOperation::SetReplicaState {
                 collection,
                 shard,
@@ -795,9 +945,15 @@ impl ClusterState {
                 shard_number,
                 replication_factor,
                 placement,
-            } => {
-                self.create_shard_key(collection, key, shard_number, replication_factor, placement)
-            }
+                initial_state,
+            } => self.create_shard_key(
+                collection,
+                key,
+                shard_number,
+                replication_factor,
+                placement,
+                initial_state,
+            ),
             ClusterOperation::DropShardKey { collection, key } => {
                 self.drop_shard_key(collection, key)
             }
@@ -805,7 +961,8 @@ impl ClusterState {
                 collection,
                 transfer,
                 max_per_peer,
-            } => self.start_transfer(collection, transfer, max_per_peer),
+                destination_must_be,
+            } => self.start_transfer(collection, transfer, max_per_peer, destination_must_be),
             ClusterOperation::FinishTransfer {
                 collection,
                 shard,
@@ -987,6 +1144,29 @@ impl ClusterState {
         Ok(ClusterResponse::Done)
     }
 
+    fn update_collection(
+        &mut self,
+        collection: String,
+        update: &crate::collection_config::CollectionUpdate,
+    ) -> Result<ClusterResponse, ClusterError> {
+        let meta = self.collection_mut(&collection)?;
+        let before = meta.config.params.replication_factor;
+        meta.config
+            .apply_update(update)
+            .map_err(|reason| ClusterError::InvalidConfig {
+                collection: collection.clone(),
+                reason,
+            })?;
+        let after = meta.config.params.replication_factor;
+        let shards = meta.shards.keys().copied();
+        if after > before {
+            meta.replicating.extend(shards);
+        } else if after < before {
+            meta.trimming.extend(shards);
+        }
+        Ok(ClusterResponse::Done)
+    }
+
     fn delete_vector_name(
         &mut self,
         collection: String,
@@ -1079,6 +1259,7 @@ impl ClusterState {
                 resharding: None,
                 payload_schema: BTreeMap::new(),
                 replicating: BTreeSet::new(),
+                trimming: BTreeSet::new(),
                 uuid,
             },
         );
@@ -1189,6 +1370,21 @@ impl ClusterState {
         shard_id: ShardId,
         peer: PeerId,
     ) -> Result<ClusterResponse, ClusterError> {
+        // Dropping the destination of a running transfer aborts the transfer in the same
+        // operation, as Qdrant does; a destination the transfer created is then gone already.
+        let filling = self
+            .collection(&name)?
+            .transfers
+            .iter()
+            .find(|t| t.to_shard.is_none() && t.shard == shard_id && t.to == peer)
+            .map(|t| t.from);
+        if let Some(from) = filling {
+            self.end_transfer(name.clone(), shard_id, from, peer, false)?;
+            let shard = shard_mut(self.collection_mut(&name)?, &name, shard_id)?;
+            if !shard.replicas.contains_key(&peer) {
+                return Ok(ClusterResponse::Done);
+            }
+        }
         let collection = self.collection_mut(&name)?;
         if collection
             .transfers
@@ -1236,6 +1432,7 @@ impl ClusterState {
         shard_number: Option<u32>,
         replication_factor: Option<u32>,
         placement: Option<Vec<PeerId>>,
+        initial_state: Option<ReplicaState>,
     ) -> Result<ClusterResponse, ClusterError> {
         let collection = self.collection(&name)?;
         if !collection.is_custom_sharded() {
@@ -1256,6 +1453,14 @@ impl ClusterState {
             key: key.clone(),
             reason,
         };
+        if let Some(state) = initial_state
+            && !matches!(state, ReplicaState::Active | ReplicaState::Initializing)
+        {
+            return Err(invalid(format!(
+                "initial_state {state} is not supported: new shards start Initializing (the \
+                 default) or Active"
+            )));
+        }
         let shard_number = shard_number.unwrap_or(collection.config.params.shard_number);
         if shard_number == 0 || shard_number > MAX_SHARD_NUMBER {
             return Err(invalid(format!(
@@ -1295,6 +1500,17 @@ impl ClusterState {
             replication_factor,
             &candidates,
         )?;
+        if initial_state == Some(ReplicaState::Active) {
+            let collection = self.collection_mut(&name)?;
+            for id in shards.keys() {
+                if let Some(shard) = collection.shards.get_mut(id) {
+                    shard
+                        .replicas
+                        .values_mut()
+                        .for_each(|s| *s = ReplicaState::Active);
+                }
+            }
+        }
         Ok(ClusterResponse::ShardsPlaced { shards })
     }
 
@@ -1405,6 +1621,7 @@ impl ClusterState {
                         .map(|p| (*p, ReplicaState::Initializing))
                         .collect(),
                     shard_key: shard_key.clone(),
+                    version: 0,
                 },
             );
             placed.insert(shard_id, chosen);
@@ -1417,6 +1634,7 @@ impl ClusterState {
         name: String,
         mut transfer: ShardTransfer,
         max_per_peer: Option<u32>,
+        destination_must_be: Option<ReplicaState>,
     ) -> Result<ClusterResponse, ClusterError> {
         let (shard_id, from, to) = (transfer.shard, transfer.from, transfer.to);
         if from == to {
@@ -1478,6 +1696,27 @@ impl ClusterState {
             Some(_) => {}
         }
         let before = shard.replicas.get(&to).copied();
+        if let Some(expected) = destination_must_be {
+            match before {
+                None => {
+                    return Err(ClusterError::NoReplicaOnPeer {
+                        collection: name,
+                        shard: shard_id,
+                        peer: to,
+                    });
+                }
+                Some(actual) if actual != expected => {
+                    return Err(ClusterError::ReplicaStateMismatch {
+                        collection: name,
+                        shard: shard_id,
+                        peer: to,
+                        expected,
+                        actual,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
         if let Some(state) = before
             && state != ReplicaState::Dead
         {
@@ -1613,6 +1852,7 @@ impl ClusterState {
                     ShardMeta {
                         replicas: BTreeMap::from([(peer, ReplicaState::Resharding)]),
                         shard_key: shard_key.clone(),
+                        version: 0,
                     },
                 );
                 // Every existing shard streams what the new ring gives the new shard, from an
@@ -1781,6 +2021,11 @@ impl ClusterState {
             ReshardingDirection::Down => {
                 collection.shards.remove(&running.shard);
             }
+        }
+        // The configuration reports the shards the collection now has, as Qdrant's does (with
+        // custom sharding, `shard_number` is the default for new shard keys and stays).
+        if running.shard_key.is_none() && !collection.is_custom_sharded() {
+            collection.config.params.shard_number = collection.shards.len() as u32;
         }
         collection.resharding = None;
         Ok(ClusterResponse::Done)
@@ -2009,6 +2254,20 @@ mod tests {
         serde_json::to_string(state).expect("cluster state serialises")
     }
 
+    /// [`json`] without the layout versions, which only ever move forward: a collection
+    /// "as it was" has the same replicas and configuration, at newer versions.
+    fn json_unversioned(state: &ClusterState) -> String {
+        let mut state = state.clone();
+        for shard in state
+            .collections
+            .values_mut()
+            .flat_map(|c| c.shards.values_mut())
+        {
+            shard.version = 0;
+        }
+        json(&state)
+    }
+
     /// Applies `op`, expects a rejection, and checks that the state did not change at all.
     fn rejected(state: &mut ClusterState, op: ClusterOperation) -> ClusterError {
         let before = json(state);
@@ -2142,6 +2401,7 @@ mod tests {
                         done: false,
                     },
                     max_per_peer: None,
+                    destination_must_be: None,
                 },
             );
             assert!(
@@ -2185,6 +2445,10 @@ mod tests {
         let docs = &state.collections["docs"];
         assert!(docs.resharding.is_none() && docs.transfers.is_empty());
         assert_eq!(
+            docs.config.params.shard_number, 4,
+            "the config reports the new shard"
+        );
+        assert_eq!(
             replicas(&state, "docs", 3),
             vec![(r.peer.0, ReplicaState::Active)]
         );
@@ -2208,6 +2472,7 @@ mod tests {
                     done: false,
                 },
                 max_per_peer: None,
+                destination_must_be: None,
             })
             .unwrap();
         assert!(!state.collections["docs"].replicating.is_empty());
@@ -2273,13 +2538,35 @@ mod tests {
                 collection: c,
             }))
             .unwrap();
-        assert_eq!(json(&state), json(&before));
+        assert_eq!(json_unversioned(&state), json_unversioned(&before));
+    }
+
+    #[test]
+    fn a_finished_scale_down_reports_one_shard_fewer() {
+        let mut state = active_docs(3, 3, 2);
+        state
+            .apply(start_reshard(ReshardingDirection::Down))
+            .unwrap();
+        all_streams_done(&mut state);
+        for op in [
+            docs_op(|c| ClusterOperation::CommitReadHashRing { collection: c }),
+            docs_op(|c| ClusterOperation::CommitWriteHashRing { collection: c }),
+            docs_op(|c| ClusterOperation::FinishResharding { collection: c }),
+        ] {
+            state.apply(op).unwrap();
+        }
+        let docs = &state.collections["docs"];
+        assert_eq!(docs.shards.len(), 2);
+        assert_eq!(
+            docs.config.params.shard_number, 2,
+            "the config reports the drained shard gone"
+        );
     }
 
     #[test]
     fn a_failed_stream_replica_aborts_a_resharding_that_can_still_go_back() {
         let mut state = active_docs(3, 3, 2);
-        let before = json(&state);
+        let before = json_unversioned(&state);
         state.apply(start_reshard(ReshardingDirection::Up)).unwrap();
         let source = streams(&state)[0].clone();
         state
@@ -2302,7 +2589,7 @@ mod tests {
                 ReplicaState::Active,
             ))
             .unwrap();
-        assert_eq!(json(&state), before);
+        assert_eq!(json_unversioned(&state), before);
     }
 
     #[test]
@@ -2716,6 +3003,292 @@ mod tests {
         );
     }
 
+    fn update(f: impl FnOnce(&mut crate::collection_config::CollectionUpdate)) -> ClusterOperation {
+        let mut update = crate::collection_config::CollectionUpdate::default();
+        f(&mut update);
+        ClusterOperation::UpdateCollection {
+            collection: "docs".into(),
+            update: Box::new(update),
+        }
+    }
+
+    fn replication_factor(rf: u32) -> ClusterOperation {
+        update(|u| {
+            u.params = Some(crate::collection_config::CollectionParamsDiff {
+                replication_factor: Some(rf),
+                ..Default::default()
+            })
+        })
+    }
+
+    #[test]
+    fn raising_the_replication_factor_marks_every_short_shard_for_copying() {
+        let mut state = active_docs(3, 2, 1);
+        state.apply(replication_factor(2)).unwrap();
+        let docs = &state.collections["docs"];
+        assert_eq!(docs.config.params.replication_factor, 2);
+        assert_eq!(docs.replicating, BTreeSet::from([ShardId(0), ShardId(1)]));
+        assert!(docs.trimming.is_empty());
+        // Shards already at the factor are not copied: back to 1 clears the marks.
+        state.apply(replication_factor(1)).unwrap();
+        let docs = &state.collections["docs"];
+        assert!(docs.replicating.is_empty() && docs.trimming.is_empty());
+    }
+
+    #[test]
+    fn lowering_the_replication_factor_drops_surplus_replicas_keeping_active_ones() {
+        let mut state = active_docs(3, 3, 3);
+        // One replica of shard 0 is Dead: it goes first.
+        state
+            .apply(set_state("docs", 0, 2, ReplicaState::Dead))
+            .unwrap();
+        // A transfer into shard 1 holds its trimming back until it ends.
+        let transfer = ShardTransfer {
+            shard: ShardId(1),
+            to_shard: None,
+            from: PeerId(1),
+            to: PeerId(2),
+            sync: true,
+            method: TransferMethod::StreamRecords,
+            destination_was: None,
+            points_per_second: None,
+            bytes_per_second: None,
+            id: 7,
+            done: false,
+        };
+        state
+            .collections
+            .get_mut("docs")
+            .unwrap()
+            .transfers
+            .push(transfer);
+        state.apply(replication_factor(1)).unwrap();
+        let docs = &state.collections["docs"];
+        assert_eq!(docs.trimming, BTreeSet::from([ShardId(1)]));
+        let zero = replicas(&state, "docs", 0);
+        assert_eq!(zero.len(), 1);
+        assert_eq!(zero[0].1, ReplicaState::Active, "{zero:?}");
+        assert_eq!(replicas(&state, "docs", 1).len(), 3);
+        assert_eq!(replicas(&state, "docs", 2).len(), 1);
+        // Every peer computes the same choice from the same state.
+        let mut again = active_docs(3, 3, 3);
+        again
+            .apply(set_state("docs", 0, 2, ReplicaState::Dead))
+            .unwrap();
+        again.collections.get_mut("docs").unwrap().transfers =
+            state.collections["docs"].transfers.clone();
+        again.apply(replication_factor(1)).unwrap();
+        assert_eq!(json(&again), json(&state));
+        // The next operation after the transfer ends trims shard 1 too.
+        state
+            .apply(ClusterOperation::AbortTransfer {
+                collection: "docs".into(),
+                shard: ShardId(1),
+                from: PeerId(1),
+                to: PeerId(2),
+            })
+            .unwrap();
+        let docs = &state.collections["docs"];
+        assert!(docs.trimming.is_empty());
+        assert_eq!(replicas(&state, "docs", 1).len(), 1);
+        // Replicas added by hand beyond the factor later are left alone.
+        let free = (1..=3)
+            .find(|p| replicas(&state, "docs", 2).iter().all(|(q, _)| q != p))
+            .unwrap();
+        state
+            .apply(ClusterOperation::AddReplica {
+                collection: "docs".into(),
+                shard: ShardId(2),
+                peer: PeerId(free),
+                state: ReplicaState::Listener,
+            })
+            .unwrap();
+        let before = replicas(&state, "docs", 2);
+        state
+            .apply(update(|u| u.metadata = Some(Default::default())))
+            .unwrap();
+        assert_eq!(replicas(&state, "docs", 2), before);
+    }
+
+    #[test]
+    fn invalid_collection_updates_change_nothing() {
+        let mut state = active_docs(2, 1, 1);
+        let err = rejected(&mut state, replication_factor(0));
+        assert!(matches!(err, ClusterError::InvalidConfig { .. }), "{err}");
+        let err = rejected(
+            &mut state,
+            update(|u| {
+                u.vectors = Some(BTreeMap::from([(
+                    "nope".to_string(),
+                    crate::collection_config::VectorParamsDiff::default(),
+                )]))
+            }),
+        );
+        assert!(err.to_string().contains("nope"), "{err}");
+        let err = rejected(
+            &mut state,
+            update(|u| u.quantization_config = Some(serde_json::json!(3))),
+        );
+        assert!(err.to_string().contains("quantization"), "{err}");
+        let err = rejected(&mut state, {
+            let mut op = replication_factor(2);
+            if let ClusterOperation::UpdateCollection { collection, .. } = &mut op {
+                *collection = "missing".into();
+            }
+            op
+        });
+        assert!(
+            matches!(err, ClusterError::UnknownCollection { .. }),
+            "{err}"
+        );
+    }
+
+    fn transfer_op(from: u64, to: u64, must_be: Option<ReplicaState>) -> ClusterOperation {
+        ClusterOperation::StartTransfer {
+            collection: "docs".into(),
+            transfer: ShardTransfer {
+                shard: ShardId(0),
+                to_shard: None,
+                from: PeerId(from),
+                to: PeerId(to),
+                sync: true,
+                method: TransferMethod::StreamRecords,
+                destination_was: None,
+                points_per_second: None,
+                bytes_per_second: None,
+                id: 3,
+                done: false,
+            },
+            max_per_peer: None,
+            destination_must_be: must_be,
+        }
+    }
+
+    #[test]
+    fn shard_keys_may_start_active_but_in_no_other_state() {
+        let mut state = cluster(2);
+        state
+            .apply(ClusterOperation::CreateCollection {
+                name: "docs".into(),
+                config: config(1, 2, true),
+                uuid: 1,
+            })
+            .unwrap();
+        let key = |k: u64, initial_state| ClusterOperation::CreateShardKey {
+            collection: "docs".into(),
+            key: ShardKey::Number(k),
+            shard_number: None,
+            replication_factor: None,
+            placement: None,
+            initial_state,
+        };
+        let err = rejected(&mut state, key(1, Some(ReplicaState::Partial)));
+        assert!(err.to_string().contains("initial_state"), "{err}");
+        state.apply(key(1, Some(ReplicaState::Active))).unwrap();
+        state.apply(key(2, None)).unwrap();
+        let by_key = |k: u64| -> Vec<ReplicaState> {
+            state.collections["docs"]
+                .shards
+                .values()
+                .filter(|s| s.shard_key == Some(ShardKey::Number(k)))
+                .flat_map(|s| s.replicas.values().copied())
+                .collect()
+        };
+        assert_eq!(by_key(1), vec![ReplicaState::Active; 2]);
+        assert_eq!(by_key(2), vec![ReplicaState::Initializing; 2]);
+    }
+
+    #[test]
+    fn layout_versions_move_exactly_when_a_shards_write_routing_changes() {
+        let versions = |state: &ClusterState| -> Vec<u64> {
+            state.collections["docs"]
+                .shards
+                .values()
+                .map(|s| s.version)
+                .collect()
+        };
+        let mut state = cluster(3);
+        state.apply(create("docs", 2, 1)).unwrap();
+        let created = versions(&state);
+        assert!(created.iter().all(|v| *v > 0), "{created:?}");
+        // A configuration change routes nothing differently.
+        state
+            .apply(update(|u| u.metadata = Some(Default::default())))
+            .unwrap();
+        assert_eq!(versions(&state), created);
+        // A state change of shard 0's replica moves shard 0 only, and only forward.
+        let peer = replicas(&state, "docs", 0)[0].0;
+        state
+            .apply(set_state("docs", 0, peer, ReplicaState::Active))
+            .unwrap();
+        let after = versions(&state);
+        assert!(after[0] > created[0] && after[1] == created[1], "{after:?}");
+        // A transfer out of shard 0 moves it at its start and again at its end.
+        let to = (1..=3).find(|p| *p != peer).unwrap();
+        state.apply(transfer_op(peer, to, None)).unwrap();
+        let started = versions(&state);
+        assert!(started[0] > after[0] && started[1] == after[1]);
+        state
+            .apply(ClusterOperation::FinishTransfer {
+                collection: "docs".into(),
+                shard: ShardId(0),
+                from: PeerId(peer),
+                to: PeerId(to),
+            })
+            .unwrap();
+        assert!(versions(&state)[0] > started[0]);
+        // A rejected operation changes no version.
+        rejected(&mut state, drop_replica("docs", 1, 99));
+    }
+
+    #[test]
+    fn dropping_a_transfer_destination_aborts_the_transfer_in_the_same_operation() {
+        let mut state = active_docs(3, 1, 2);
+        let held: Vec<u64> = replicas(&state, "docs", 0)
+            .iter()
+            .map(|(p, _)| *p)
+            .collect();
+        let (a, b) = (held[0], held[1]);
+        let c = (1..=3).find(|p| !held.contains(p)).unwrap();
+        // A replication into a new replica: dropping it aborts and the replica is gone.
+        state.apply(transfer_op(a, c, None)).unwrap();
+        state.apply(drop_replica("docs", 0, c)).unwrap();
+        assert!(state.collections["docs"].transfers.is_empty());
+        assert_eq!(
+            replicas(&state, "docs", 0),
+            vec![(a, ReplicaState::Active), (b, ReplicaState::Active)]
+        );
+        // A recovery of a Dead replica: the abort restores Dead, then the replica is dropped.
+        state
+            .apply(set_state("docs", 0, b, ReplicaState::Dead))
+            .unwrap();
+        state
+            .apply(transfer_op(a, b, Some(ReplicaState::Dead)))
+            .unwrap();
+        state.apply(drop_replica("docs", 0, b)).unwrap();
+        assert!(state.collections["docs"].transfers.is_empty());
+        assert_eq!(replicas(&state, "docs", 0), vec![(a, ReplicaState::Active)]);
+        // The dropped peer's recovery, decided on its stale view, is refused: the replica is
+        // not re-created.
+        let err = rejected(&mut state, transfer_op(a, b, Some(ReplicaState::Dead)));
+        assert!(matches!(err, ClusterError::NoReplicaOnPeer { .. }), "{err}");
+        // Nor does it take over a replica in another state.
+        state.apply(transfer_op(a, b, None)).unwrap();
+        state
+            .apply(ClusterOperation::FinishTransfer {
+                collection: "docs".into(),
+                shard: ShardId(0),
+                from: PeerId(a),
+                to: PeerId(b),
+            })
+            .unwrap();
+        let err = rejected(&mut state, transfer_op(a, b, Some(ReplicaState::Dead)));
+        assert!(
+            matches!(err, ClusterError::ReplicaStateMismatch { .. }),
+            "{err}"
+        );
+    }
+
     #[test]
     fn replicas_in_a_transfer_or_resharding_cannot_be_dropped() {
         let mut state = cluster(2);
@@ -2742,7 +3315,8 @@ mod tests {
             stage: ReshardingStage::MigratingPoints,
             manual: false,
         });
-        let err = rejected(&mut state, drop_replica("docs", 0, 2));
+        // The source of a transfer stays; dropping its destination aborts it (below).
+        let err = rejected(&mut state, drop_replica("docs", 0, 1));
         assert!(
             matches!(err, ClusterError::ReplicaInTransfer { .. }),
             "{err}"
@@ -2778,6 +3352,7 @@ mod tests {
                 shard_number: None,
                 replication_factor: None,
                 placement: None,
+                initial_state: None,
             },
         );
         assert!(matches!(err, ClusterError::UnknownCollection { .. }));
@@ -2790,6 +3365,7 @@ mod tests {
                 shard_number: None,
                 replication_factor: None,
                 placement: None,
+                initial_state: None,
             },
         );
         assert!(matches!(err, ClusterError::NotCustomSharded { .. }));
@@ -2815,6 +3391,7 @@ mod tests {
                 shard_number: None,
                 replication_factor: Some(2),
                 placement,
+                initial_state: None,
             };
         let response = state
             .apply(create_key(tenant.clone(), Some(vec![PeerId(3), PeerId(2)])))
@@ -2953,6 +3530,7 @@ mod tests {
                 .prop_map(|(collection, key, shard_number, replication_factor, placement)| {
                     ClusterOperation::CreateShardKey {
                         collection, key, shard_number, replication_factor, placement,
+                        initial_state: None,
                     }
                 }),
             1 => (name(), shard_key())
@@ -3191,6 +3769,7 @@ mod tests {
                     done: false,
                 },
                 max_per_peer: Some(2),
+                destination_must_be: None,
             },
             9 => ClusterOperation::StartResharding {
                 collection,
@@ -3263,6 +3842,7 @@ mod tests {
                 shard_number: Some(1 + (pick[0] % 3) as u32),
                 replication_factor: None,
                 placement: None,
+                initial_state: None,
             },
         }
     }

@@ -278,6 +278,60 @@ impl Formula {
             Err(non_finite(format_args!("{value:?} as f32 = {score:?}")))
         }
     }
+
+    /// What the formula reads from payloads, in expression order (defaults aside): for callers
+    /// that check payload indexes, such as strict mode.
+    pub fn payload_uses(&self) -> Vec<PayloadUse<'_>> {
+        let mut out = Vec::new();
+        self.expression.payload_uses(&mut out);
+        out
+    }
+}
+
+/// One way a formula reads the payload (see [`Formula::payload_uses`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PayloadUse<'a> {
+    /// A number at a key (a payload variable).
+    Number(&'a JsonPath),
+    /// A geo point at a key (`geo_distance`'s `to`).
+    GeoPoint(&'a JsonPath),
+    /// A datetime at a key (`datetime_key`).
+    Datetime(&'a JsonPath),
+    /// A filter condition, kept as a filter with that one `must` condition.
+    Condition(&'a Filter),
+}
+
+impl Expr {
+    fn payload_uses<'a>(&'a self, out: &mut Vec<PayloadUse<'a>>) {
+        match self {
+            Expr::Constant(_) | Expr::Score(_) | Expr::Datetime(_) => {}
+            Expr::Payload(key) => out.push(PayloadUse::Number(key)),
+            Expr::Condition(filter) => out.push(PayloadUse::Condition(filter)),
+            Expr::GeoDistance { to, .. } => out.push(PayloadUse::GeoPoint(to)),
+            Expr::DatetimeKey(key) => out.push(PayloadUse::Datetime(key)),
+            Expr::Mult(xs) | Expr::Sum(xs) => xs.iter().for_each(|x| x.payload_uses(out)),
+            Expr::Neg(x)
+            | Expr::Abs(x)
+            | Expr::Sqrt(x)
+            | Expr::Exp(x)
+            | Expr::Log10(x)
+            | Expr::Ln(x) => x.payload_uses(out),
+            Expr::Div { left, right, .. } => {
+                left.payload_uses(out);
+                right.payload_uses(out);
+            }
+            Expr::Pow { base, exponent } => {
+                base.payload_uses(out);
+                exponent.payload_uses(out);
+            }
+            Expr::Decay { x, target, .. } => {
+                x.payload_uses(out);
+                if let Some(t) = target {
+                    t.payload_uses(out);
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -881,6 +935,43 @@ mod tests {
     fn eval(expression: Value) -> f32 {
         eval_with(&formula(expression.clone()), json!({}), &[])
             .unwrap_or_else(|e| panic!("{expression}: {e}"))
+    }
+
+    #[test]
+    fn payload_uses_list_every_key_the_formula_reads() {
+        let f = formula(json!({"sum": [
+            "$score",
+            {"mult": ["price", {"key": "city", "match": {"value": "Berlin"}}]},
+            {"geo_distance": {"origin": {"lat": 1.0, "lon": 2.0}, "to": "loc"}},
+            {"gauss_decay": {"x": {"datetime_key": "updated"}, "target": {"neg": "base"}}},
+            {"div": {"left": 1, "right": {"pow": {"base": "a.b", "exponent": 2}}}},
+        ]}));
+        let keys: Vec<String> = f
+            .payload_uses()
+            .iter()
+            .map(|u| match u {
+                PayloadUse::Number(k) => format!("number {k}"),
+                PayloadUse::GeoPoint(k) => format!("geo {k}"),
+                PayloadUse::Datetime(k) => format!("datetime {k}"),
+                PayloadUse::Condition(c) => format!("condition {c}"),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "number price",
+                r#"condition {"must":[{"key":"city","match":{"value":"Berlin"}}]}"#,
+                "geo loc",
+                "datetime updated",
+                "number base",
+                "number a.b",
+            ]
+        );
+        assert!(
+            formula(json!({"sum": ["$score", 1]}))
+                .payload_uses()
+                .is_empty()
+        );
     }
 
     fn eval_err(f: &Formula, p: Value) -> String {

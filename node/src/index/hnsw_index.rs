@@ -62,6 +62,7 @@ impl anndists::dist::Distance<f32> for GraphDistance {
 pub struct HnswIndex {
     graph: Hnsw<'static, f32, GraphDistance>,
     len: usize,
+    params: GraphParams,
 }
 
 /// Inserting in chunks lets a build notice cancellation and keeps rayon's batches useful.
@@ -98,7 +99,14 @@ impl HnswIndex {
         Some(HnswIndex {
             graph,
             len: points.len(),
+            params,
         })
+    }
+
+    /// The parameters the graph was built with: a segment whose configuration asks for
+    /// others is indexed again (as Qdrant's optimizer does after an `hnsw_config` update).
+    pub fn params(&self) -> GraphParams {
+        self.params
     }
 
     pub fn len(&self) -> usize {

@@ -550,6 +550,8 @@ pub struct LocalShard {
     cancelled: AtomicBool,
     /// Optimizer steps in progress.
     optimizing: AtomicUsize,
+    /// What the optimizer ran and runs, for introspection only (nothing reads it to decide).
+    optimizations: Mutex<OptimizationLog>,
     pub(crate) wake_optimizer: tokio::sync::Notify,
 }
 
@@ -677,6 +679,7 @@ impl LocalShard {
             flush_lock: Mutex::new(()),
             cancelled: AtomicBool::new(false),
             optimizing: AtomicUsize::new(0),
+            optimizations: Mutex::new(OptimizationLog::default()),
             wake_optimizer: tokio::sync::Notify::new(),
         })
     }
@@ -1147,6 +1150,79 @@ impl LocalShard {
         }
     }
 
+    /// What the optimizer runs, ran (the last [`KEEP_COMPLETED_OPTIMIZATIONS`] since the
+    /// shard was opened) and would run next, and the segments it has nothing to do for. Read
+    /// only: the estimate of the queue uses the same candidate rules as the optimizer, over
+    /// the segments as they are now.
+    pub fn optimizer_view(&self) -> OptimizerView {
+        let (running, completed, totals) = {
+            let log = self.optimizations.lock();
+            (
+                log.running.clone(),
+                log.completed.iter().rev().cloned().collect::<Vec<_>>(),
+                log.totals.clone(),
+            )
+        };
+        let state = self.state.read();
+        let brief = |id: &SegmentId| SegmentBrief {
+            id: *id,
+            points: state.segments.get(id).map_or(0, Segment::live_count),
+        };
+        let mut taken: HashSet<SegmentId> = running
+            .iter()
+            .flat_map(|r| r.segments.iter().map(|s| s.id))
+            .collect();
+        let queued: Vec<PlannedOptimization> = planned_optimizations(&state, &mut taken)
+            .into_iter()
+            .map(|(optimizer, ids)| PlannedOptimization {
+                optimizer,
+                segments: ids.iter().map(brief).collect(),
+            })
+            .collect();
+        let idle = state
+            .segments
+            .keys()
+            .filter(|id| !taken.contains(id))
+            .map(brief)
+            .collect();
+        OptimizerView {
+            running,
+            completed,
+            queued,
+            idle,
+            totals,
+        }
+    }
+
+    /// How many live points hold each vector of the configuration, by name (Qdrant's
+    /// `num_vectors_by_name`). Scans the shard under its read lock.
+    pub fn vector_counts(&self) -> BTreeMap<String, usize> {
+        let state = self.state.read();
+        let names: Vec<String> = state
+            .config
+            .params
+            .vectors
+            .iter()
+            .map(|(name, _)| name.to_string())
+            .chain(state.config.sparse_iter().map(|(name, _)| name.to_string()))
+            .collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let count = state
+                    .segments
+                    .values()
+                    .map(|seg| {
+                        seg.live_offsets()
+                            .filter(|&o| seg.has_vector(&name, o))
+                            .count()
+                    })
+                    .sum();
+                (name, count)
+            })
+            .collect()
+    }
+
     /// Stops background work at the next opportunity.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
@@ -1207,11 +1283,16 @@ impl LocalShard {
         };
         let _slot = builder.slot.lock();
         let started = std::time::Instant::now();
+        let sources = job.describe(&self.state.read());
+        let seq = self.optimizations.lock().start(sources);
         let done = match &job {
             OptimizerJob::Index(id) => self.index_segment(*id, builder),
             OptimizerJob::Vacuum(id) => self.rewrite_segments(&[*id], builder),
             OptimizerJob::Merge(ids) => self.rewrite_segments(ids, builder),
         };
+        self.optimizations
+            .lock()
+            .finish(seq, done, started.elapsed());
         tracing::info!(
             dir = %self.dir.display(),
             ?job,
@@ -1450,6 +1531,191 @@ enum OptimizerJob {
     Merge(Vec<SegmentId>),
 }
 
+impl OptimizerJob {
+    /// The optimizer's name for the job and the segments it reads, with their live points now.
+    fn describe(&self, state: &ShardState) -> (OptimizerName, Vec<SegmentBrief>) {
+        let (name, ids): (OptimizerName, &[SegmentId]) = match self {
+            OptimizerJob::Index(id) => (OptimizerName::Indexing, std::slice::from_ref(id)),
+            OptimizerJob::Vacuum(id) => (OptimizerName::Vacuum, std::slice::from_ref(id)),
+            OptimizerJob::Merge(ids) => (OptimizerName::Merge, ids),
+        };
+        let segments = ids
+            .iter()
+            .map(|id| SegmentBrief {
+                id: *id,
+                points: state.segments.get(id).map_or(0, Segment::live_count),
+            })
+            .collect();
+        (name, segments)
+    }
+}
+
+/// Every optimization the optimizer would run over the segments as they are now, in its
+/// order (index, then vacuum, then merge), leaving out segments in `taken` and adding the ones
+/// it plans to `taken`: no segment is planned twice.
+fn planned_optimizations(
+    state: &ShardState,
+    taken: &mut HashSet<SegmentId>,
+) -> Vec<(OptimizerName, Vec<SegmentId>)> {
+    let mut planned = Vec::new();
+    for seg in state.segments.values() {
+        if seg.stage() == SegmentStage::Frozen && seg.live_count() > 0 && taken.insert(seg.id) {
+            planned.push((OptimizerName::Indexing, vec![seg.id]));
+        }
+    }
+    for seg in state.segments.values() {
+        if vacuum_candidate(&state.config, seg) && taken.insert(seg.id) {
+            planned.push((OptimizerName::Vacuum, vec![seg.id]));
+        }
+    }
+    if let Some(ids) = merge_candidates(state) {
+        let free: Vec<SegmentId> = ids.into_iter().filter(|id| !taken.contains(id)).collect();
+        if free.len() >= 2 {
+            taken.extend(free.iter().copied());
+            planned.push((OptimizerName::Merge, free));
+        }
+    }
+    planned
+}
+
+/// The optimizers of a shard, by Qdrant's names for the same work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizerName {
+    /// Builds the indexes of a sealed segment.
+    Indexing,
+    /// Rewrites a segment without its deleted points.
+    Vacuum,
+    /// Rewrites small indexed segments into one.
+    Merge,
+}
+
+impl OptimizerName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OptimizerName::Indexing => "indexing",
+            OptimizerName::Vacuum => "vacuum",
+            OptimizerName::Merge => "merge",
+        }
+    }
+}
+
+/// A segment of a shard and its live points at the time it was looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentBrief {
+    pub id: SegmentId,
+    pub points: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptimizationOutcome {
+    Running,
+    Done {
+        elapsed: std::time::Duration,
+    },
+    /// The shard was cancelled, or its segments changed under the optimization, which then
+    /// changed nothing.
+    Cancelled {
+        elapsed: std::time::Duration,
+    },
+}
+
+/// One optimization the optimizer started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizationRecord {
+    /// Unique within the shard while it is open, increasing.
+    pub seq: u64,
+    pub optimizer: OptimizerName,
+    /// The segments it reads, with their live points when it started.
+    pub segments: Vec<SegmentBrief>,
+    pub started_at: std::time::SystemTime,
+    pub outcome: OptimizationOutcome,
+}
+
+/// Totals over every optimization that finished since the shard was opened.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OptimizationTotals {
+    pub done: usize,
+    pub cancelled: usize,
+    /// Time spent in the optimizations that were done.
+    pub total: std::time::Duration,
+    pub min: Option<std::time::Duration>,
+    pub max: Option<std::time::Duration>,
+    pub last_finished_at: Option<std::time::SystemTime>,
+    /// Live points of the segments the done optimizations read (Qdrant's
+    /// `total_optimized_points`).
+    pub optimized_points: usize,
+}
+
+/// An optimization the optimizer would run next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedOptimization {
+    pub optimizer: OptimizerName,
+    pub segments: Vec<SegmentBrief>,
+}
+
+/// See [`LocalShard::optimizer_view`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerView {
+    pub running: Vec<OptimizationRecord>,
+    /// Newest first.
+    pub completed: Vec<OptimizationRecord>,
+    pub queued: Vec<PlannedOptimization>,
+    /// Segments that no running or queued optimization reads.
+    pub idle: Vec<SegmentBrief>,
+    pub totals: OptimizationTotals,
+}
+
+/// Finished optimizations kept per shard (Qdrant keeps 16 too).
+pub const KEEP_COMPLETED_OPTIMIZATIONS: usize = 16;
+
+/// The optimizations of one shard since it was opened, in memory only.
+#[derive(Debug, Default)]
+struct OptimizationLog {
+    next_seq: u64,
+    running: Vec<OptimizationRecord>,
+    completed: std::collections::VecDeque<OptimizationRecord>,
+    totals: OptimizationTotals,
+}
+
+impl OptimizationLog {
+    fn start(&mut self, (optimizer, segments): (OptimizerName, Vec<SegmentBrief>)) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.running.push(OptimizationRecord {
+            seq,
+            optimizer,
+            segments,
+            started_at: std::time::SystemTime::now(),
+            outcome: OptimizationOutcome::Running,
+        });
+        seq
+    }
+
+    fn finish(&mut self, seq: u64, done: bool, elapsed: std::time::Duration) {
+        let Some(at) = self.running.iter().position(|r| r.seq == seq) else {
+            return;
+        };
+        let mut record = self.running.remove(at);
+        let totals = &mut self.totals;
+        if done {
+            record.outcome = OptimizationOutcome::Done { elapsed };
+            totals.done += 1;
+            totals.total += elapsed;
+            totals.min = Some(totals.min.map_or(elapsed, |m| m.min(elapsed)));
+            totals.max = Some(totals.max.map_or(elapsed, |m| m.max(elapsed)));
+            totals.optimized_points += record.segments.iter().map(|s| s.points).sum::<usize>();
+        } else {
+            record.outcome = OptimizationOutcome::Cancelled { elapsed };
+            totals.cancelled += 1;
+        }
+        totals.last_finished_at = Some(std::time::SystemTime::now());
+        self.completed.push_back(record);
+        while self.completed.len() > KEEP_COMPLETED_OPTIMIZATIONS {
+            self.completed.pop_front();
+        }
+    }
+}
+
 /// Size a merged segment may reach when `max_segment_size` is not configured.
 const DEFAULT_MAX_SEGMENT_KB: usize = 200_000;
 
@@ -1645,6 +1911,64 @@ mod tests {
         assert!(
             overlap >= 8,
             "approximate search found {overlap}/10 of the true neighbours"
+        );
+    }
+
+    /// The optimizer view reports the queue by the optimizer's own rules, and every step it
+    /// runs lands in the bounded log with its segments' points.
+    #[test]
+    fn the_optimizer_view_reports_the_queue_and_the_steps_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let shard = LocalShard::open(dir.path(), config(dim, 1), SyncMode::Os).unwrap();
+        let builder = IndexBuilder::new(1);
+        let mut rng = StdRng::seed_from_u64(6);
+        // 32 points per segment: 20 sealed segments waiting for their index.
+        shard
+            .update(UpdateRequest::Upsert(points(0..640, dim, &mut rng)))
+            .unwrap();
+        let before = shard.optimizer_view();
+        assert!(before.running.is_empty() && before.completed.is_empty());
+        assert_eq!(before.queued.len(), 20);
+        assert!(
+            before
+                .queued
+                .iter()
+                .all(|q| q.optimizer == OptimizerName::Indexing
+                    && q.segments.len() == 1
+                    && q.segments[0].points == 32)
+        );
+        assert_eq!(
+            before.idle.len(),
+            1,
+            "the appendable segment has nothing to do"
+        );
+        assert!(shard.optimize_step(&builder));
+        let after = shard.optimizer_view();
+        assert_eq!(after.queued.len(), 19);
+        assert_eq!(after.completed.len(), 1);
+        let step = &after.completed[0];
+        assert_eq!(step.optimizer, OptimizerName::Indexing);
+        assert_eq!(step.segments, before.queued[0].segments);
+        assert!(matches!(step.outcome, OptimizationOutcome::Done { .. }));
+        assert_eq!(after.totals.done, 1);
+        assert_eq!(after.totals.optimized_points, 32);
+        while shard.optimize_step(&builder) {}
+        let done = shard.optimizer_view();
+        assert!(done.queued.is_empty() && done.running.is_empty());
+        assert_eq!(
+            done.completed.len(),
+            KEEP_COMPLETED_OPTIMIZATIONS,
+            "the log is bounded"
+        );
+        assert!(done.totals.done > KEEP_COMPLETED_OPTIMIZATIONS);
+        assert!(
+            done.completed.windows(2).all(|w| w[0].seq > w[1].seq),
+            "newest first"
+        );
+        assert_eq!(
+            shard.vector_counts(),
+            BTreeMap::from([(String::new(), 640)])
         );
     }
 

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::collection_config::CollectionConfig;
-use crate::index::hnsw_index::HnswIndex;
+use crate::index::hnsw_index::{GraphParams, HnswIndex};
 use crate::index::sparse_index::SparseIndex;
 use crate::types::{NamedVectors, Payload, PointId, SparseVector, VectorData, VectorRef};
 
@@ -299,6 +299,22 @@ impl Segment {
             .collect();
         for name in &stale {
             self.columns.remove(name);
+        }
+        // A graph built with other parameters than the configuration now asks for is
+        // rebuilt: the segment goes back to frozen (searched exhaustively meanwhile) and the
+        // optimizer indexes it again.
+        let graph_outdated = self.index.as_ref().is_some_and(|index| {
+            index.graphs.iter().any(|(name, graph)| {
+                let hnsw = config.hnsw_for(name);
+                graph.params()
+                    != GraphParams {
+                        m: hnsw.m,
+                        ef_construct: hnsw.ef_construct,
+                    }
+            })
+        });
+        if graph_outdated {
+            self.index = None;
         }
         let index_stale = self.index.as_ref().is_some_and(|index| {
             index

@@ -25,6 +25,7 @@ use tonic::Status;
 use crate::api::rest::models::{
     PointStruct, RecordOut, ScoredPointOut, VectorStructInput, VectorStructOut,
 };
+use crate::collection_config::{StrictModeConfig, StrictModeMultivector, StrictModeSparse};
 use crate::types::{DEFAULT_VECTOR, NamedVectors, Payload, PointId, SparseVector, VectorData};
 
 fn invalid(message: impl Into<String>) -> Status {
@@ -1489,66 +1490,264 @@ pub fn create_collection(c: q::CreateCollection) -> Result<Value, Status> {
     Ok(Value::Object(out))
 }
 
-fn strict_mode_json(s: q::StrictModeConfig) -> Value {
+/// A quantization diff: the configuration, or `"Disabled"`.
+fn quantization_diff_json(c: q::QuantizationConfigDiff) -> Result<Value, Status> {
+    use q::quantization_config::Quantization as Q;
+    use q::quantization_config_diff::Quantization as D;
+    let set = match c
+        .quantization
+        .ok_or_else(|| invalid("quantization config diff is empty"))?
+    {
+        D::Disabled(_) => return Ok(Value::from("Disabled")),
+        D::Scalar(s) => Q::Scalar(s),
+        D::Product(p) => Q::Product(p),
+        D::Binary(b) => Q::Binary(b),
+        D::Turboquant(t) => Q::Turboquant(t),
+    };
+    quantization_json(q::QuantizationConfig {
+        quantization: Some(set),
+    })
+}
+
+fn vector_params_diff_json(p: q::VectorParamsDiff) -> Result<Value, Status> {
     let mut out = Map::new();
-    put_opt(&mut out, "enabled", s.enabled.map(Value::from));
+    put_opt(&mut out, "hnsw_config", p.hnsw_config.map(hnsw_json));
     put_opt(
         &mut out,
-        "max_query_limit",
-        s.max_query_limit.map(Value::from),
+        "quantization_config",
+        p.quantization_config
+            .map(quantization_diff_json)
+            .transpose()?,
     );
-    put_opt(&mut out, "max_timeout", s.max_timeout.map(Value::from));
+    put_opt(&mut out, "on_disk", p.on_disk.map(Value::from));
+    Ok(Value::Object(out))
+}
+
+/// `Collections.Update` as the body of `PATCH /collections/{c}`.
+pub fn update_collection(c: q::UpdateCollection) -> Result<Value, Status> {
+    use q::vectors_config_diff::Config;
+    let mut out = Map::new();
+    match c.vectors_config.and_then(|v| v.config) {
+        Some(Config::Params(p)) => {
+            out.insert(
+                "vectors".into(),
+                json!({ crate::types::DEFAULT_VECTOR: vector_params_diff_json(p)? }),
+            );
+        }
+        Some(Config::ParamsMap(m)) => {
+            let map = m
+                .map
+                .into_iter()
+                .map(|(name, p)| Ok((name, vector_params_diff_json(p)?)))
+                .collect::<Result<Map<_, _>, Status>>()?;
+            out.insert("vectors".into(), Value::Object(map));
+        }
+        None => {}
+    }
+    if let Some(sparse) = c.sparse_vectors_config {
+        let map: Map<String, Value> = sparse
+            .map
+            .into_iter()
+            .map(|(name, p)| (name, sparse_params_json(p)))
+            .collect();
+        out.insert("sparse_vectors".into(), Value::Object(map));
+    }
+    if let Some(p) = c.params {
+        let mut params = Map::new();
+        put_opt(
+            &mut params,
+            "replication_factor",
+            p.replication_factor.map(Value::from),
+        );
+        put_opt(
+            &mut params,
+            "write_consistency_factor",
+            p.write_consistency_factor.map(Value::from),
+        );
+        put_opt(
+            &mut params,
+            "read_fan_out_factor",
+            p.read_fan_out_factor.map(Value::from),
+        );
+        put_opt(
+            &mut params,
+            "read_fan_out_delay_ms",
+            p.read_fan_out_delay_ms.map(Value::from),
+        );
+        put_opt(
+            &mut params,
+            "on_disk_payload",
+            p.on_disk_payload.map(Value::from),
+        );
+        if p.payload.is_some() || p.id_tracker.is_some() {
+            return Err(invalid(
+                "payload and id_tracker storage parameters cannot be changed",
+            ));
+        }
+        out.insert("params".into(), Value::Object(params));
+    }
+    put_opt(&mut out, "hnsw_config", c.hnsw_config.map(hnsw_json));
+    if let Some(o) = c.optimizers_config {
+        let mut opt = Map::new();
+        put_opt(
+            &mut opt,
+            "deleted_threshold",
+            o.deleted_threshold.map(Value::from),
+        );
+        put_opt(
+            &mut opt,
+            "vacuum_min_vector_number",
+            o.vacuum_min_vector_number.map(Value::from),
+        );
+        put_opt(
+            &mut opt,
+            "default_segment_number",
+            o.default_segment_number.map(Value::from),
+        );
+        put_opt(
+            &mut opt,
+            "max_segment_size",
+            o.max_segment_size.map(Value::from),
+        );
+        put_opt(
+            &mut opt,
+            "memmap_threshold",
+            o.memmap_threshold.map(Value::from),
+        );
+        put_opt(
+            &mut opt,
+            "indexing_threshold",
+            o.indexing_threshold.map(Value::from),
+        );
+        put_opt(
+            &mut opt,
+            "flush_interval_sec",
+            o.flush_interval_sec.map(Value::from),
+        );
+        out.insert("optimizers_config".into(), Value::Object(opt));
+    }
     put_opt(
         &mut out,
-        "unindexed_filtering_retrieve",
-        s.unindexed_filtering_retrieve.map(Value::from),
+        "quantization_config",
+        c.quantization_config
+            .map(quantization_diff_json)
+            .transpose()?,
     );
-    put_opt(
-        &mut out,
-        "unindexed_filtering_update",
-        s.unindexed_filtering_update.map(Value::from),
-    );
-    put_opt(
-        &mut out,
-        "search_max_hnsw_ef",
-        s.search_max_hnsw_ef.map(Value::from),
-    );
-    put_opt(
-        &mut out,
-        "search_allow_exact",
-        s.search_allow_exact.map(Value::from),
-    );
-    put_opt(
-        &mut out,
-        "search_max_oversampling",
-        s.search_max_oversampling.map(Value::from),
-    );
-    put_opt(
-        &mut out,
-        "upsert_max_batchsize",
-        s.upsert_max_batchsize.map(Value::from),
-    );
-    put_opt(
-        &mut out,
-        "search_max_batchsize",
-        s.search_max_batchsize.map(Value::from),
-    );
-    put_opt(
-        &mut out,
-        "max_points_count",
-        s.max_points_count.map(Value::from),
-    );
-    put_opt(
-        &mut out,
-        "filter_max_conditions",
-        s.filter_max_conditions.map(Value::from),
-    );
-    put_opt(
-        &mut out,
-        "condition_max_size",
-        s.condition_max_size.map(Value::from),
-    );
-    Value::Object(out)
+    if let Some(strict) = c.strict_mode_config {
+        out.insert("strict_mode_config".into(), strict_mode_json(strict));
+    }
+    if !c.metadata.is_empty() {
+        out.insert(
+            "metadata".into(),
+            Value::Object(payload_to_json(c.metadata)),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+/// A wire strict mode as the JSON of REST's `strict_mode_config` (only the fields it sets, so
+/// it also serves as an update's diff).
+fn strict_mode_json(s: q::StrictModeConfig) -> Value {
+    serde_json::to_value(strict_mode_in(s)).unwrap_or_else(|_| Value::Object(Map::new()))
+}
+
+fn wire_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// Every field the wire type carries (`max_disk_usage_percent` exists only over REST).
+pub fn strict_mode_in(s: q::StrictModeConfig) -> StrictModeConfig {
+    StrictModeConfig {
+        enabled: s.enabled,
+        max_query_limit: s.max_query_limit.map(|v| wire_usize(v.into())),
+        max_timeout: s.max_timeout.map(|v| wire_usize(v.into())),
+        unindexed_filtering_retrieve: s.unindexed_filtering_retrieve,
+        unindexed_filtering_update: s.unindexed_filtering_update,
+        search_max_hnsw_ef: s.search_max_hnsw_ef.map(|v| wire_usize(v.into())),
+        search_allow_exact: s.search_allow_exact,
+        search_max_oversampling: s.search_max_oversampling.map(f64::from),
+        upsert_max_batchsize: s.upsert_max_batchsize.map(wire_usize),
+        search_max_batchsize: s.search_max_batchsize.map(wire_usize),
+        max_collection_vector_size_bytes: s.max_collection_vector_size_bytes.map(wire_usize),
+        read_rate_limit: s.read_rate_limit.map(|v| wire_usize(v.into())),
+        write_rate_limit: s.write_rate_limit.map(|v| wire_usize(v.into())),
+        max_collection_payload_size_bytes: s.max_collection_payload_size_bytes.map(wire_usize),
+        max_points_count: s.max_points_count.map(wire_usize),
+        filter_max_conditions: s.filter_max_conditions.map(wire_usize),
+        condition_max_size: s.condition_max_size.map(wire_usize),
+        multivector_config: s.multivector_config.map(|m| {
+            m.multivector_config
+                .into_iter()
+                .map(|(name, v)| {
+                    let max_vectors = v.max_vectors.map(wire_usize);
+                    (name, StrictModeMultivector { max_vectors })
+                })
+                .collect()
+        }),
+        sparse_config: s.sparse_config.map(|m| {
+            m.sparse_config
+                .into_iter()
+                .map(|(name, v)| {
+                    let max_length = v.max_length.map(wire_usize);
+                    (name, StrictModeSparse { max_length })
+                })
+                .collect()
+        }),
+        max_payload_index_count: s.max_payload_index_count.map(wire_usize),
+        // Out of range on purpose when it does not fit: validation then names the field.
+        max_resident_memory_percent: s
+            .max_resident_memory_percent
+            .map(|v| u8::try_from(v).unwrap_or(u8::MAX)),
+        max_disk_usage_percent: None,
+    }
+}
+
+/// Shoal's strict mode as the wire type (`max_disk_usage_percent` has no wire field).
+pub fn strict_mode_out(s: &StrictModeConfig) -> q::StrictModeConfig {
+    let u32_of = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    let u64_of = |v: usize| v as u64;
+    q::StrictModeConfig {
+        enabled: s.enabled,
+        max_query_limit: s.max_query_limit.map(u32_of),
+        max_timeout: s.max_timeout.map(u32_of),
+        unindexed_filtering_retrieve: s.unindexed_filtering_retrieve,
+        unindexed_filtering_update: s.unindexed_filtering_update,
+        search_max_hnsw_ef: s.search_max_hnsw_ef.map(u32_of),
+        search_allow_exact: s.search_allow_exact,
+        search_max_oversampling: s.search_max_oversampling.map(|v| v as f32),
+        upsert_max_batchsize: s.upsert_max_batchsize.map(u64_of),
+        search_max_batchsize: s.search_max_batchsize.map(u64_of),
+        max_collection_vector_size_bytes: s.max_collection_vector_size_bytes.map(u64_of),
+        read_rate_limit: s.read_rate_limit.map(u32_of),
+        write_rate_limit: s.write_rate_limit.map(u32_of),
+        max_collection_payload_size_bytes: s.max_collection_payload_size_bytes.map(u64_of),
+        filter_max_conditions: s.filter_max_conditions.map(u64_of),
+        condition_max_size: s.condition_max_size.map(u64_of),
+        multivector_config: s
+            .multivector_config
+            .as_ref()
+            .map(|m| q::StrictModeMultivectorConfig {
+                multivector_config: m
+                    .iter()
+                    .map(|(name, v)| {
+                        let max_vectors = v.max_vectors.map(u64_of);
+                        (name.clone(), q::StrictModeMultivector { max_vectors })
+                    })
+                    .collect(),
+            }),
+        sparse_config: s.sparse_config.as_ref().map(|m| q::StrictModeSparseConfig {
+            sparse_config: m
+                .iter()
+                .map(|(name, v)| {
+                    let max_length = v.max_length.map(u64_of);
+                    (name.clone(), q::StrictModeSparse { max_length })
+                })
+                .collect(),
+        }),
+        max_points_count: s.max_points_count.map(u64_of),
+        max_payload_index_count: s.max_payload_index_count.map(u64_of),
+        max_resident_memory_percent: s.max_resident_memory_percent.map(u32::from),
+    }
 }
 
 fn u64_of(v: &Value, key: &str) -> Option<u64> {
@@ -1780,7 +1979,10 @@ pub fn collection_info_out(info: &Value) -> q::CollectionInfo {
                 ..Default::default()
             }),
             quantization_config: config.get("quantization_config").and_then(quantization_out),
-            strict_mode_config: None,
+            strict_mode_config: config
+                .get("strict_mode_config")
+                .and_then(|v| serde_json::from_value::<StrictModeConfig>(v.clone()).ok())
+                .map(|s| strict_mode_out(&s)),
             metadata,
         }),
         warnings: info["warnings"]
@@ -1899,6 +2101,11 @@ pub fn cluster_operation(r: q::UpdateCollectionClusterSetupRequest) -> Result<Va
                 if !c.placement.is_empty() {
                     body.insert("placement".into(), json!(c.placement));
                 }
+                put_opt(
+                    &mut body,
+                    "initial_state",
+                    replica_state_name(c.initial_state)?,
+                );
                 json!({"create_sharding_key": body})
             }
             O::DeleteShardKey(d) => {
@@ -1907,6 +2114,14 @@ pub fn cluster_operation(r: q::UpdateCollectionClusterSetupRequest) -> Result<Va
             O::ReplicatePoints(_) => return Err(invalid("`replicate_points` is not supported")),
         },
     )
+}
+
+/// A wire replica state as its REST name (`initial_state` of a new shard key).
+pub fn replica_state_name(state: Option<i32>) -> Result<Option<Value>, Status> {
+    let Some(state) = state else { return Ok(None) };
+    let state = q::ReplicaState::try_from(state)
+        .map_err(|_| invalid(format!("unknown replica state {state}")))?;
+    Ok(Some(Value::from(state.as_str_name())))
 }
 
 fn replica_state_out(name: Option<&str>) -> i32 {
@@ -2000,6 +2215,48 @@ mod tests {
         q::PointId {
             point_id_options: Some(q::point_id::PointIdOptions::Num(n)),
         }
+    }
+
+    /// Every strict mode field the wire carries survives REST → wire → REST, and the JSON a
+    /// wire config becomes holds only the fields it sets.
+    #[test]
+    fn strict_mode_round_trips() {
+        let rest: StrictModeConfig = serde_json::from_value(json!({
+            "enabled": true,
+            "max_query_limit": 10,
+            "max_timeout": 2,
+            "unindexed_filtering_retrieve": false,
+            "unindexed_filtering_update": true,
+            "search_max_hnsw_ef": 3,
+            "search_allow_exact": false,
+            "search_max_oversampling": 1.5,
+            "upsert_max_batchsize": 5,
+            "search_max_batchsize": 6,
+            "max_collection_vector_size_bytes": 240,
+            "read_rate_limit": 7,
+            "write_rate_limit": 8,
+            "max_collection_payload_size_bytes": 9000,
+            "max_points_count": 11,
+            "filter_max_conditions": 12,
+            "condition_max_size": 13,
+            "multivector_config": {"colbert": {"max_vectors": 5}},
+            "sparse_config": {"text": {"max_length": 4}},
+            "max_payload_index_count": 2,
+            "max_resident_memory_percent": 90,
+        }))
+        .unwrap();
+        let wire = strict_mode_out(&rest);
+        assert_eq!(wire.read_rate_limit, Some(7));
+        assert_eq!(
+            wire.multivector_config.as_ref().unwrap().multivector_config["colbert"].max_vectors,
+            Some(5)
+        );
+        assert_eq!(strict_mode_in(wire), rest);
+        let diff = strict_mode_json(q::StrictModeConfig {
+            max_query_limit: Some(3),
+            ..Default::default()
+        });
+        assert_eq!(diff, json!({"max_query_limit": 3}));
     }
 
     /// Payload values survive JSON → wire → JSON unchanged, nested ones included.

@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::rest::auth::{Access, ApiKeys, access_for_key};
 use crate::api::rest::json_body::{JsonBody, PathParams, QueryParams};
-use crate::api::rest::models::WaitParam;
+use crate::api::rest::models::{ReadParams, WaitParam};
 use crate::api::rest::response::{ApiError, ApiOk, Started};
 use crate::api::rest::service::{QDRANT_API_VERSION, QDRANT_TITLE};
 use crate::api::rest::{AppState, collection_cluster, collections, matrix, points, search};
@@ -67,7 +67,19 @@ pub fn status_of(e: ApiError) -> Status {
         StatusCode::METHOD_NOT_ALLOWED => tonic::Code::Unimplemented,
         _ => tonic::Code::Internal,
     };
-    Status::new(code, e.message)
+    let mut status = Status::new(code, e.message);
+    if let Some(seconds) = e.retry_after
+        && let Ok(value) = seconds.to_string().parse()
+    {
+        // Qdrant's clients read a rate limit's wait from this entry.
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
+}
+
+/// A read's query parameters from its gRPC `timeout`.
+fn read_params(timeout: Option<u64>) -> QueryParams<ReadParams> {
+    QueryParams(ReadParams { timeout })
 }
 
 fn started() -> Started {
@@ -125,7 +137,7 @@ impl ClientApi {
     async fn update(
         &self,
         collection: String,
-        wait: Option<bool>,
+        (wait, timeout): (Option<bool>, Option<u64>),
         kind: UpdateKind,
         body: Value,
     ) -> Result<Response<q::PointsOperationResponse>, Status> {
@@ -133,7 +145,7 @@ impl ClientApi {
         let (s, n, w) = (
             self.state(),
             PathParams(collection),
-            QueryParams(WaitParam { wait }),
+            QueryParams(WaitParam { wait, timeout }),
         );
         let result = match kind {
             UpdateKind::Delete => {
@@ -253,9 +265,19 @@ impl Collections for ClientApi {
         request: Request<q::UpdateCollection>,
     ) -> Result<Response<q::CollectionOperationResponse>, Status> {
         self.authorize(&request, WRITE)?;
-        Err(Status::unimplemented(
-            "updating a collection's parameters is not supported yet (as over REST)",
-        ))
+        let t = Instant::now();
+        let req = request.into_inner();
+        let name = req.collection_name.clone();
+        let body = from_json(convert::update_collection(req)?)?;
+        let result =
+            ok(
+                collections::update(self.state(), PathParams(name), started(), JsonBody(body))
+                    .await,
+            )?;
+        Ok(Response::new(q::CollectionOperationResponse {
+            result,
+            time: secs(t),
+        }))
     }
 
     async fn delete(
@@ -382,6 +404,11 @@ impl Collections for ClientApi {
         if !r.placement.is_empty() {
             body.insert("placement".into(), json!(r.placement));
         }
+        put_opt(
+            &mut body,
+            "initial_state",
+            convert::replica_state_name(r.initial_state)?,
+        );
         let result = ok(collections::create_shard_key(
             self.state(),
             PathParams(req.collection_name),
@@ -454,7 +481,10 @@ impl Points for ClientApi {
         let result = ok(points::upsert(
             self.state(),
             PathParams(r.collection_name),
-            QueryParams(WaitParam { wait: r.wait }),
+            QueryParams(WaitParam {
+                wait: r.wait,
+                timeout: r.timeout,
+            }),
             started(),
             JsonBody(body),
         )
@@ -474,8 +504,13 @@ impl Points for ClientApi {
         let r = request.into_inner();
         let body =
             convert::with_shard_key(convert::points_selector(r.points)?, r.shard_key_selector)?;
-        self.update(r.collection_name, r.wait, UpdateKind::Delete, body)
-            .await
+        self.update(
+            r.collection_name,
+            (r.wait, r.timeout),
+            UpdateKind::Delete,
+            body,
+        )
+        .await
     }
 
     async fn get(
@@ -508,6 +543,7 @@ impl Points for ClientApi {
         let records = ok(points::retrieve(
             self.state(),
             PathParams(r.collection_name),
+            read_params(r.timeout),
             started(),
             JsonBody(from_json(body)?),
         )
@@ -534,8 +570,13 @@ impl Points for ClientApi {
             body.insert("update_filter".into(), convert::filter(f)?);
         }
         let body = convert::with_shard_key(body, r.shard_key_selector)?;
-        self.update(r.collection_name, r.wait, UpdateKind::UpdateVectors, body)
-            .await
+        self.update(
+            r.collection_name,
+            (r.wait, r.timeout),
+            UpdateKind::UpdateVectors,
+            body,
+        )
+        .await
     }
 
     async fn delete_vectors(
@@ -550,8 +591,13 @@ impl Points for ClientApi {
             json!(r.vectors.map(|v| v.names).unwrap_or_default()),
         );
         let body = convert::with_shard_key(body, r.shard_key_selector)?;
-        self.update(r.collection_name, r.wait, UpdateKind::DeleteVectors, body)
-            .await
+        self.update(
+            r.collection_name,
+            (r.wait, r.timeout),
+            UpdateKind::DeleteVectors,
+            body,
+        )
+        .await
     }
 
     async fn set_payload(
@@ -567,8 +613,13 @@ impl Points for ClientApi {
         );
         put_opt(&mut body, "key", r.key.map(Value::String));
         let body = convert::with_shard_key(body, r.shard_key_selector)?;
-        self.update(r.collection_name, r.wait, UpdateKind::SetPayload, body)
-            .await
+        self.update(
+            r.collection_name,
+            (r.wait, r.timeout),
+            UpdateKind::SetPayload,
+            body,
+        )
+        .await
     }
 
     async fn overwrite_payload(
@@ -586,7 +637,7 @@ impl Points for ClientApi {
         let body = convert::with_shard_key(body, r.shard_key_selector)?;
         self.update(
             r.collection_name,
-            r.wait,
+            (r.wait, r.timeout),
             UpdateKind::OverwritePayload,
             body,
         )
@@ -602,8 +653,13 @@ impl Points for ClientApi {
         let mut body = convert::points_selector(r.points_selector)?;
         body.insert("keys".into(), json!(r.keys));
         let body = convert::with_shard_key(body, r.shard_key_selector)?;
-        self.update(r.collection_name, r.wait, UpdateKind::DeletePayload, body)
-            .await
+        self.update(
+            r.collection_name,
+            (r.wait, r.timeout),
+            UpdateKind::DeletePayload,
+            body,
+        )
+        .await
     }
 
     async fn clear_payload(
@@ -614,8 +670,13 @@ impl Points for ClientApi {
         let r = request.into_inner();
         let body =
             convert::with_shard_key(convert::points_selector(r.points)?, r.shard_key_selector)?;
-        self.update(r.collection_name, r.wait, UpdateKind::ClearPayload, body)
-            .await
+        self.update(
+            r.collection_name,
+            (r.wait, r.timeout),
+            UpdateKind::ClearPayload,
+            body,
+        )
+        .await
     }
 
     async fn create_field_index(
@@ -633,6 +694,10 @@ impl Points for ClientApi {
         let result = ok(collections::create_index(
             self.state(),
             PathParams(r.collection_name),
+            QueryParams(WaitParam {
+                wait: r.wait,
+                timeout: r.timeout,
+            }),
             started(),
             JsonBody(from_json(body)?),
         )
@@ -675,6 +740,10 @@ impl Points for ClientApi {
         let result = ok(collections::create_vector_name(
             self.state(),
             PathParams((r.collection_name, r.vector_name)),
+            QueryParams(WaitParam {
+                wait: r.wait,
+                timeout: r.timeout,
+            }),
             started(),
             JsonBody(body),
         )
@@ -714,9 +783,16 @@ impl Points for ClientApi {
         let t = Instant::now();
         let r = request.into_inner();
         let name = r.collection_name.clone();
+        let timeout = r.timeout;
         let body = from_json(convert::search_points(r)?)?;
-        let points =
-            ok(search::search(self.state(), PathParams(name), started(), JsonBody(body)).await)?;
+        let points = ok(search::search(
+            self.state(),
+            PathParams(name),
+            read_params(timeout),
+            started(),
+            JsonBody(body),
+        )
+        .await)?;
         Ok(Response::new(q::SearchResponse {
             result: scored(points),
             time: secs(t),
@@ -740,6 +816,7 @@ impl Points for ClientApi {
         let answers = ok(search::search_batch(
             self.state(),
             PathParams(r.collection_name),
+            read_params(r.timeout),
             started(),
             JsonBody(body),
         )
@@ -764,12 +841,16 @@ impl Points for ClientApi {
         let t = Instant::now();
         let r = request.into_inner();
         let name = r.collection_name.clone();
+        let timeout = r.timeout;
         let body = from_json(convert::search_point_groups(r)?)?;
-        let groups =
-            ok(
-                search::query_groups(self.state(), PathParams(name), started(), JsonBody(body))
-                    .await,
-            )?;
+        let groups = ok(search::query_groups(
+            self.state(),
+            PathParams(name),
+            read_params(timeout),
+            started(),
+            JsonBody(body),
+        )
+        .await)?;
         Ok(Response::new(q::SearchGroupsResponse {
             result: Some(convert::groups_out(groups)),
             time: secs(t),
@@ -809,6 +890,7 @@ impl Points for ClientApi {
         let page = ok(points::scroll(
             self.state(),
             PathParams(r.collection_name),
+            read_params(r.timeout),
             started(),
             JsonBody(from_json(body)?),
         )
@@ -833,9 +915,16 @@ impl Points for ClientApi {
         let t = Instant::now();
         let r = request.into_inner();
         let name = r.collection_name.clone();
+        let timeout = r.timeout;
         let body = from_json(convert::recommend_points(r)?)?;
-        let points =
-            ok(search::recommend(self.state(), PathParams(name), started(), JsonBody(body)).await)?;
+        let points = ok(search::recommend(
+            self.state(),
+            PathParams(name),
+            read_params(timeout),
+            started(),
+            JsonBody(body),
+        )
+        .await)?;
         Ok(Response::new(q::RecommendResponse {
             result: scored(points),
             time: secs(t),
@@ -858,6 +947,7 @@ impl Points for ClientApi {
         let answers = ok(search::recommend_batch(
             self.state(),
             PathParams(r.collection_name),
+            read_params(r.timeout),
             started(),
             JsonBody(from_json(json!({ "searches": searches }))?),
         )
@@ -882,12 +972,16 @@ impl Points for ClientApi {
         let t = Instant::now();
         let r = request.into_inner();
         let name = r.collection_name.clone();
+        let timeout = r.timeout;
         let body = from_json(convert::recommend_point_groups(r)?)?;
-        let groups =
-            ok(
-                search::query_groups(self.state(), PathParams(name), started(), JsonBody(body))
-                    .await,
-            )?;
+        let groups = ok(search::query_groups(
+            self.state(),
+            PathParams(name),
+            read_params(timeout),
+            started(),
+            JsonBody(body),
+        )
+        .await)?;
         Ok(Response::new(q::RecommendGroupsResponse {
             result: Some(convert::groups_out(groups)),
             time: secs(t),
@@ -903,9 +997,16 @@ impl Points for ClientApi {
         let t = Instant::now();
         let r = request.into_inner();
         let name = r.collection_name.clone();
+        let timeout = r.timeout;
         let body = from_json(convert::discover_points(r)?)?;
-        let answer =
-            ok(search::query(self.state(), PathParams(name), started(), JsonBody(body)).await)?;
+        let answer = ok(search::query(
+            self.state(),
+            PathParams(name),
+            read_params(timeout),
+            started(),
+            JsonBody(body),
+        )
+        .await)?;
         Ok(Response::new(q::DiscoverResponse {
             result: scored(answer.points),
             time: secs(t),
@@ -928,6 +1029,7 @@ impl Points for ClientApi {
         let answers = ok(search::query_batch(
             self.state(),
             PathParams(r.collection_name),
+            read_params(r.timeout),
             started(),
             JsonBody(from_json(json!({ "searches": searches }))?),
         )
@@ -960,6 +1062,7 @@ impl Points for ClientApi {
         let count = ok(points::count(
             self.state(),
             PathParams(r.collection_name),
+            read_params(r.timeout),
             started(),
             JsonBody(from_json(body)?),
         )
@@ -995,7 +1098,10 @@ impl Points for ClientApi {
         let results = ok(points::batch_update(
             self.state(),
             PathParams(r.collection_name),
-            QueryParams(WaitParam { wait: r.wait }),
+            QueryParams(WaitParam {
+                wait: r.wait,
+                timeout: r.timeout,
+            }),
             started(),
             JsonBody(from_json(json!({ "operations": operations }))?),
         )
@@ -1015,9 +1121,16 @@ impl Points for ClientApi {
         let t = Instant::now();
         let r = request.into_inner();
         let name = r.collection_name.clone();
+        let timeout = r.timeout;
         let body = from_json(convert::query_points(r)?)?;
-        let answer =
-            ok(search::query(self.state(), PathParams(name), started(), JsonBody(body)).await)?;
+        let answer = ok(search::query(
+            self.state(),
+            PathParams(name),
+            read_params(timeout),
+            started(),
+            JsonBody(body),
+        )
+        .await)?;
         Ok(Response::new(q::QueryResponse {
             result: scored(answer.points),
             time: secs(t),
@@ -1040,6 +1153,7 @@ impl Points for ClientApi {
         let answers = ok(search::query_batch(
             self.state(),
             PathParams(r.collection_name),
+            read_params(r.timeout),
             started(),
             JsonBody(from_json(json!({ "searches": searches }))?),
         )
@@ -1064,12 +1178,16 @@ impl Points for ClientApi {
         let t = Instant::now();
         let r = request.into_inner();
         let name = r.collection_name.clone();
+        let timeout = r.timeout;
         let body = from_json(convert::query_point_groups(r)?)?;
-        let groups =
-            ok(
-                search::query_groups(self.state(), PathParams(name), started(), JsonBody(body))
-                    .await,
-            )?;
+        let groups = ok(search::query_groups(
+            self.state(),
+            PathParams(name),
+            read_params(timeout),
+            started(),
+            JsonBody(body),
+        )
+        .await)?;
         Ok(Response::new(q::QueryGroupsResponse {
             result: Some(convert::groups_out(groups)),
             time: secs(t),
@@ -1095,6 +1213,7 @@ impl Points for ClientApi {
         let answer = ok(points::facet(
             self.state(),
             PathParams(r.collection_name),
+            read_params(r.timeout),
             started(),
             JsonBody(from_json(body)?),
         )
@@ -1121,9 +1240,16 @@ impl Points for ClientApi {
         let t = Instant::now();
         let r = request.into_inner();
         let name = r.collection_name.clone();
+        let timeout = r.timeout;
         let body = from_json(convert::search_matrix(r)?)?;
-        let answer =
-            ok(matrix::pairs(self.state(), PathParams(name), started(), JsonBody(body)).await)?;
+        let answer = ok(matrix::pairs(
+            self.state(),
+            PathParams(name),
+            read_params(timeout),
+            started(),
+            JsonBody(body),
+        )
+        .await)?;
         Ok(Response::new(q::SearchMatrixPairsResponse {
             result: Some(q::SearchMatrixPairs {
                 pairs: answer
@@ -1149,9 +1275,16 @@ impl Points for ClientApi {
         let t = Instant::now();
         let r = request.into_inner();
         let name = r.collection_name.clone();
+        let timeout = r.timeout;
         let body = from_json(convert::search_matrix(r)?)?;
-        let answer =
-            ok(matrix::offsets(self.state(), PathParams(name), started(), JsonBody(body)).await)?;
+        let answer = ok(matrix::offsets(
+            self.state(),
+            PathParams(name),
+            read_params(timeout),
+            started(),
+            JsonBody(body),
+        )
+        .await)?;
         Ok(Response::new(q::SearchMatrixOffsetsResponse {
             result: Some(q::SearchMatrixOffsets {
                 offsets_row: answer.offsets_row,

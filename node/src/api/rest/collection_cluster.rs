@@ -12,7 +12,8 @@ use crate::api::rest::json_body::{JsonBody, PathParams};
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::{
-    ClusterOperation, PeerId, ReshardingDirection, ShardId, ShardKey, ShardTransfer, TransferMethod,
+    ClusterOperation, PeerId, ReplicaState, ReshardingDirection, ShardId, ShardKey, ShardTransfer,
+    TransferMethod,
 };
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -64,6 +65,8 @@ pub struct CreateShardingKey {
     pub shards_number: Option<u32>,
     pub replication_factor: Option<u32>,
     pub placement: Option<Vec<u64>>,
+    /// Qdrant's `initial_state`: `Active` or `Initializing` (the default).
+    pub initial_state: Option<ReplicaState>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +158,7 @@ fn start(
             done: false,
         },
         max_per_peer: Some(max_per_peer),
+        destination_must_be: None,
     })
 }
 
@@ -251,6 +255,7 @@ pub async fn apply(
                 placement: req
                     .placement
                     .map(|peers| peers.into_iter().map(PeerId).collect()),
+                initial_state: req.initial_state,
             }]
         }
         ClusterOperationRequest::DropShardingKey(req) => vec![ClusterOperation::DropShardKey {

@@ -7,19 +7,19 @@ use crate::api::rest::cluster::submit_error;
 use crate::api::rest::collection_cluster::{
     self, ClusterOperationRequest, CreateShardingKey, DropShardingKey,
 };
-use crate::api::rest::json_body::{JsonBody, PathParams};
-use crate::api::rest::models::UpdateResult;
+use crate::api::rest::json_body::{JsonBody, PathParams, QueryParams};
 use crate::api::rest::models::{
     CollectionDescription, CollectionExistence, CollectionInfo, CollectionsResponse,
     CreateCollection,
 };
+use crate::api::rest::models::{UpdateResult, WaitParam};
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
 use crate::cluster::CollectionError;
 use crate::cluster::collection::CollectionStatus;
 use crate::cluster::toc::{SubmitError, validate_collection_name};
 use crate::collection_config::PayloadIndexEntry;
 use crate::collection_config::{
-    CollectionConfig, CollectionParams, HnswConfig, OptimizersConfig, WalConfig,
+    CollectionConfig, CollectionParams, CollectionUpdate, HnswConfig, OptimizersConfig, WalConfig,
 };
 use crate::consensus::{ClusterError, ClusterOperation};
 use crate::index::filter::Filter;
@@ -39,7 +39,12 @@ pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, Ap
             "Validation error in JSON body: quantization_config must be an object",
         ));
     }
-    let strict_mode_config = req.strict_mode_config.filter(|q| !q.is_null());
+    let strict_mode_config = req.strict_mode_config;
+    if let Some(strict) = &strict_mode_config {
+        strict
+            .validate()
+            .map_err(|e| ApiError::unprocessable(format!("Validation error in JSON body: {e}")))?;
+    }
     if req.init_from.as_ref().is_some_and(|q| !q.is_null()) {
         return Err(ApiError::bad_request(
             "Wrong input: `init_from` is not supported",
@@ -70,6 +75,8 @@ pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, Ap
             sharding_method: req.sharding_method,
             replication_factor: req.replication_factor.unwrap_or(1),
             write_consistency_factor: req.write_consistency_factor.unwrap_or(1),
+            read_fan_out_factor: None,
+            read_fan_out_delay_ms: None,
             on_disk_payload: req.on_disk_payload.unwrap_or(true),
         },
         hnsw_config,
@@ -134,6 +141,40 @@ pub async fn get(
     ))
 }
 
+/// `PATCH /collections/{c}` (Qdrant's update collection): applies the update through
+/// consensus on every peer and answers `true` once this peer applied it.
+///
+/// Errors: 404 for an unknown collection, 400 for an unknown vector name (Qdrant's "Not
+/// existing vector name"), 422 when the result would not be a valid configuration (for
+/// example `replication_factor: 0`); the configuration is then unchanged.
+pub async fn update(
+    State(state): State<AppState>,
+    PathParams(name): PathParams<String>,
+    started: Started,
+    JsonBody(update): JsonBody<CollectionUpdate>,
+) -> ApiResult<bool> {
+    let collection = state.toc.get(&name)?;
+    // Plan on a copy first, for Qdrant's status codes; the state machine checks again
+    // against the configuration it holds when the update is applied.
+    let mut planned = (*collection.config()).clone();
+    if let Err(reason) = planned.apply_update(&update) {
+        return Err(if reason.starts_with("Not existing vector name") {
+            ApiError::bad_request(format!("Wrong input: {reason}"))
+        } else {
+            ApiError::unprocessable(format!("Validation error in JSON body: {reason}"))
+        });
+    }
+    if update.is_empty() {
+        return Ok(ApiOk(true, started));
+    }
+    let op = ClusterOperation::UpdateCollection {
+        collection: collection.name().to_string(),
+        update: Box::new(update),
+    };
+    state.toc.submit(op).await.map_err(submit_error)?;
+    Ok(ApiOk(true, started))
+}
+
 /// What the configuration asks for that Shoal stores but does not apply yet.
 fn warnings(config: &CollectionConfig) -> Vec<crate::api::rest::models::CollectionWarning> {
     let quantized = config.quantization_config.is_some()
@@ -147,13 +188,6 @@ fn warnings(config: &CollectionConfig) -> Vec<crate::api::rest::models::Collecti
         out.push(crate::api::rest::models::CollectionWarning {
             message: "quantization_config is stored but not applied yet: searches use the \
                       full-precision vectors (and answer as an unquantized search would)"
-                .into(),
-        });
-    }
-    if config.strict_mode_config.is_some() {
-        out.push(crate::api::rest::models::CollectionWarning {
-            message: "strict_mode_config is stored but not enforced yet; Shoal's own request \
-                      limits apply"
                 .into(),
         });
     }
@@ -388,6 +422,7 @@ pub struct CreateFieldIndex {
 pub async fn create_index(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<CreateFieldIndex>,
 ) -> ApiResult<UpdateResult> {
@@ -398,7 +433,8 @@ pub async fn create_index(
         ))
     })?;
     let entry = index_entry(body.field_schema)?;
-    state.toc.get(&name)?;
+    let collection = state.toc.get(&name)?;
+    crate::api::rest::strict_mode::check_create_index(&state, &collection, wait.timeout)?;
     let op = ClusterOperation::SetPayloadIndex {
         collection: name,
         field: body.field_name,
@@ -591,10 +627,12 @@ pub enum NewVectorRequest {
 pub async fn create_vector_name(
     State(state): State<AppState>,
     PathParams((name, vector)): PathParams<(String, String)>,
+    QueryParams(wait): QueryParams<WaitParam>,
     started: Started,
     JsonBody(body): JsonBody<NewVectorRequest>,
 ) -> ApiResult<UpdateResult> {
     let collection = state.toc.get(&name)?;
+    crate::api::rest::strict_mode::check_create_vector(&state, &collection, wait.timeout)?;
     let params = match body {
         NewVectorRequest::Dense(p) => crate::consensus::NewVector::Dense(p),
         NewVectorRequest::Sparse(p) => crate::consensus::NewVector::Sparse(p),

@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::api::rest::AppState;
-use crate::api::rest::json_body::{JsonBody, PathParams};
+use crate::api::rest::json_body::{JsonBody, PathParams, QueryParams};
+use crate::api::rest::models::ReadParams;
 use crate::api::rest::points::validate_filter;
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
 use crate::api::rest::search::both;
+use crate::api::rest::strict_mode;
 use crate::cluster::collection::{Collection, SearchRequest, SearchTarget, ShardKeySelector};
 use crate::index::filter::{Condition, Filter, HasIdCondition};
 use crate::index::payload_selector::WithVector;
@@ -141,10 +143,12 @@ async fn distance_matrix(
 pub async fn pairs(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<SearchMatrixRequest>,
 ) -> ApiResult<MatrixPairs> {
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &body)?;
     let (ids, rows) = distance_matrix(&collection, body).await?;
     let pairs = ids
         .iter()
@@ -160,10 +164,12 @@ pub async fn pairs(
 pub async fn offsets(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<SearchMatrixRequest>,
 ) -> ApiResult<MatrixOffsets> {
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &body)?;
     let (ids, rows) = distance_matrix(&collection, body).await?;
     let position: HashMap<PointId, u64> = ids
         .iter()

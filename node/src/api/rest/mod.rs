@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cluster;
 pub mod collection_cluster;
 pub mod collections;
+pub mod introspection;
 pub mod json_body;
 pub mod matrix;
 pub mod models;
@@ -12,6 +13,7 @@ pub mod points;
 pub mod response;
 pub mod search;
 pub mod service;
+pub mod strict_mode;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +45,9 @@ pub struct AppState {
     /// Set once the node serves: collections loaded and, in a cluster, founding or joining
     /// done. `/readyz` answers 503 until then.
     pub ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Strict mode's token buckets (per collection on this peer) and what its resource gates
+    /// measure.
+    pub strict_mode: Arc<strict_mode::StrictModeState>,
 }
 
 /// Runs blocking collection work off the async runtime.
@@ -82,6 +87,7 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
             c,
             put(collections::create)
                 .get(collections::get)
+                .patch(collections::update)
                 .delete(collections::delete),
         )
         .route(&format!("{c}/exists"), get(collections::exists))
@@ -93,6 +99,21 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
         .route(
             &format!("{c}/shards/delete"),
             post(collections::delete_shard_key),
+        )
+        .route(&format!("{c}/shards"), get(introspection::shard_keys))
+        .route(
+            &format!("{c}/optimizations"),
+            get(introspection::optimizations::get),
+        )
+        .route("/telemetry", get(introspection::telemetry::telemetry))
+        .route(
+            "/cluster/telemetry",
+            get(introspection::telemetry::cluster_telemetry),
+        )
+        .route("/cluster/recover", post(introspection::recover::recover))
+        .route(
+            "/issues",
+            get(introspection::issues::get).delete(introspection::issues::clear),
         )
         .route(&format!("{c}/index"), put(collections::create_index))
         .route(

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::cluster::collection::ShardKeySelector;
 use crate::collection_config::{
     CollectionConfig, HnswConfigDiff, OptimizersConfigDiff, ShardingMethod, SparseVectorParams,
-    VectorsConfig, WalConfigDiff,
+    StrictModeConfig, VectorsConfig, WalConfigDiff,
 };
 use crate::index::filter::Filter;
 use crate::index::payload_selector::{WithPayload, WithVector};
@@ -49,7 +49,7 @@ pub struct CreateCollection {
     pub optimizers_config: Option<OptimizersConfigDiff>,
     pub quantization_config: Option<Value>,
     pub sparse_vectors: Option<BTreeMap<String, SparseVectorParams>>,
-    pub strict_mode_config: Option<Value>,
+    pub strict_mode_config: Option<StrictModeConfig>,
     pub metadata: Option<serde_json::Map<String, Value>>,
     pub init_from: Option<Value>,
 }
@@ -568,9 +568,20 @@ pub struct UpdateOperations {
     pub operations: Vec<UpdateOperation>,
 }
 
+/// The query parameters of a write: `wait` and Qdrant's `timeout` (seconds; checked against
+/// the collection's strict mode, not otherwise applied).
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 pub struct WaitParam {
     pub wait: Option<bool>,
+    pub timeout: Option<u64>,
+}
+
+/// The query parameters of a read: Qdrant's `timeout` (seconds; checked against the
+/// collection's strict mode, not otherwise applied). Qdrant's `consistency` is accepted and
+/// ignored, as every other unknown parameter.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct ReadParams {
+    pub timeout: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -646,6 +657,17 @@ pub struct SearchParams {
     pub hnsw_ef: Option<usize>,
     pub exact: Option<bool>,
     pub indexed_only: Option<bool>,
+    /// Read for strict mode's `search_max_oversampling`; searches use full-precision vectors
+    /// whatever it says.
+    pub quantization: Option<QuantizationSearchParams>,
+}
+
+/// `params.quantization` of a search (Qdrant's `QuantizationSearchParams`).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct QuantizationSearchParams {
+    pub ignore: Option<bool>,
+    pub rescore: Option<bool>,
+    pub oversampling: Option<f64>,
 }
 
 /// The `vector` of a search request: a list (the unnamed vector), or

@@ -3,14 +3,16 @@
 use axum::extract::State;
 
 use crate::api::rest::AppState;
+use crate::api::rest::introspection;
 use crate::api::rest::json_body::{JsonBody, PathParams, QueryParams};
 use crate::api::rest::models::{
     CountRequest, CountResult, DeletePayload, DeleteVectors, Direction, MAX_PAGE,
     MAX_UPSERT_POINTS, OrderBy, PointInsert, PointInsertOperations, PointRequest, PointsSelector,
-    RecordOut, ScrollRequest, ScrollResult, SetPayload, UpdateOperation, UpdateOperations,
-    UpdateResult, UpdateVectors, VectorStructOut, WaitParam,
+    ReadParams, RecordOut, ScrollRequest, ScrollResult, SetPayload, UpdateOperation,
+    UpdateOperations, UpdateResult, UpdateVectors, VectorStructOut, WaitParam,
 };
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
+use crate::api::rest::strict_mode;
 use crate::cluster::collection::{Collection, ShardKeySelector};
 use crate::cluster::shard_requests::{OrderValue, ShardOrderBy};
 use crate::index::filter::Filter;
@@ -63,10 +65,18 @@ async fn run_update(
     state: &AppState,
     name: &str,
     wait: WaitParam,
-    (request, shard_key): (UpdateRequest, Option<ShardKeySelector>),
+    addressed: Addressed,
     started: Started,
 ) -> ApiResult<UpdateResult> {
     let collection = state.toc.get(name)?;
+    strict_mode::check_updates(
+        state,
+        &collection,
+        wait.timeout,
+        std::slice::from_ref(&addressed),
+    )
+    .await?;
+    let (request, shard_key) = addressed;
     let operation_id = collection.update(request, shard_key.as_ref()).await?;
     let status = if wait.wait.unwrap_or(false) {
         "completed"
@@ -351,6 +361,7 @@ pub async fn batch_update(
             UpdateOperation::DeleteVectors(b) => delete_vectors_request(&collection, b),
         })
         .collect::<Result<Vec<Addressed>, ApiError>>()?;
+    strict_mode::check_updates(&state, &collection, wait.timeout, &requests).await?;
     let status = if wait.wait.unwrap_or(false) {
         "completed"
     } else {
@@ -370,6 +381,7 @@ pub async fn batch_update(
 pub async fn retrieve(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<PointRequest>,
 ) -> ApiResult<Vec<RecordOut>> {
@@ -380,6 +392,7 @@ pub async fn retrieve(
         )));
     }
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &body)?;
     let with_payload = body.with_payload.unwrap_or(WithPayload::All);
     let with_vector = body.with_vector.unwrap_or(WithVector::None);
     let (wp, ids) = (with_payload.is_requested(), body.ids);
@@ -398,12 +411,14 @@ pub async fn retrieve(
 pub async fn get_point(
     State(state): State<AppState>,
     PathParams((name, id)): PathParams<(String, String)>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
 ) -> ApiResult<RecordOut> {
     let id: PointId = id
         .parse()
         .map_err(|e: String| ApiError::bad_request(format!("Wrong input: {e}")))?;
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &strict_mode::PointById)?;
     let mut records = collection
         .retrieve(&[id], true, &WithVector::All, None)
         .await?;
@@ -480,6 +495,7 @@ pub fn parse_order_by(value: &Value) -> Result<OrderBy, ApiError> {
 pub async fn scroll(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<ScrollRequest>,
 ) -> ApiResult<ScrollResult> {
@@ -493,6 +509,8 @@ pub async fn scroll(
     let limit = limit.min(MAX_PAGE);
     validate_filter(body.filter.as_ref())?;
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &body)?;
+    let _watch = introspection::issues::watch(&collection, started, &body);
     let with_payload = body.with_payload.unwrap_or(WithPayload::All);
     let with_vector = body.with_vector.unwrap_or(WithVector::None);
     let wp = with_payload.is_requested();
@@ -549,11 +567,14 @@ pub async fn scroll(
 pub async fn count(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<CountRequest>,
 ) -> ApiResult<CountResult> {
     validate_filter(body.filter.as_ref())?;
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &body)?;
+    let _watch = introspection::issues::watch(&collection, started, &body);
     let count = collection
         .count(body.filter.as_ref(), body.shard_key.as_ref())
         .await?;
@@ -590,6 +611,7 @@ pub const MAX_FACET_LIMIT: usize = 10_000;
 pub async fn facet(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<FacetRequest>,
 ) -> ApiResult<FacetResponse> {
@@ -607,6 +629,7 @@ pub async fn facet(
         ))
     })?;
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &body)?;
     let index_type = collection
         .payload_schema()
         .get(&body.key)

@@ -56,6 +56,8 @@ impl<T: Serialize> IntoResponse for ApiOk<T> {
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds after which the same request may succeed (the `Retry-After` header of a 429).
+    pub retry_after: Option<u64>,
 }
 
 pub type ApiResult<T> = Result<ApiOk<T>, ApiError>;
@@ -65,6 +67,16 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429: a rate limit refused the request; `retry_after` seconds, when given, say when the
+    /// same request would pass.
+    pub fn too_many_requests(message: impl Into<String>, retry_after: Option<u64>) -> ApiError {
+        ApiError {
+            retry_after,
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
         }
     }
 
@@ -93,7 +105,13 @@ impl IntoResponse for ApiError {
             "status": { "error": self.message },
             "time": 0.0,
         });
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -113,6 +131,7 @@ impl From<CollectionError> for ApiError {
             }
             CollectionError::Unavailable(_)
             | CollectionError::Moved(_)
+            | CollectionError::StaleLayout(_)
             | CollectionError::ForwardFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_server_error() {

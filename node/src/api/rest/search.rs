@@ -7,16 +7,18 @@ use std::sync::Arc;
 use axum::extract::State;
 
 use crate::api::rest::AppState;
-use crate::api::rest::json_body::{JsonBody, PathParams};
+use crate::api::rest::introspection;
+use crate::api::rest::json_body::{JsonBody, PathParams, QueryParams};
 use crate::api::rest::models::{
     ContextPair, Fusion, GroupsResult, LookupLocation, MAX_BATCH_SEARCHES, MAX_EXAMPLES,
     MAX_HNSW_EF, MAX_SEARCH_WINDOW, Mmr, PointGroupOut, Prefetch, QueryGroupsRequest,
-    QueryInterface, QueryRequest, QueryRequestBatch, QueryResponse, RecommendRequest,
+    QueryInterface, QueryRequest, QueryRequestBatch, QueryResponse, ReadParams, RecommendRequest,
     RecommendRequestBatch, RecommendStrategy, ScoredPointOut, SearchParams,
     SearchRequest as SearchBody, SearchRequestBatch, VectorInput, VectorStructOut,
 };
 use crate::api::rest::points::validate_filter;
 use crate::api::rest::response::{ApiError, ApiOk, ApiResult, Started};
+use crate::api::rest::strict_mode;
 use crate::cluster::collection::{Collection, SearchRequest, SearchTarget, ShardKeySelector};
 use crate::cluster::shard_requests::similarity_of;
 use crate::cluster::toc::TableOfContent;
@@ -1148,10 +1150,12 @@ fn raise_prefetch_limits(prefetch: &mut [Prefetch], at_least: usize) {
 pub async fn query_groups(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<QueryGroupsRequest>,
 ) -> ApiResult<GroupsResult> {
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &body)?;
     Ok(ApiOk(
         run_query_groups(&state.toc, &collection, body).await?,
         started,
@@ -1161,21 +1165,27 @@ pub async fn query_groups(
 pub async fn search(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<SearchBody>,
 ) -> ApiResult<Vec<ScoredPointOut>> {
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &body)?;
+    let _watch = introspection::issues::watch(&collection, started, &body);
     Ok(ApiOk(run_search(&collection, body).await?, started))
 }
 
 pub async fn search_batch(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<SearchRequestBatch>,
 ) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
     check_batch(body.searches.len())?;
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, body.searches.as_slice())?;
+    let _watch = introspection::issues::watch(&collection, started, body.searches.as_slice());
     let answers = futures::future::join_all(
         body.searches
             .into_iter()
@@ -1191,10 +1201,12 @@ pub async fn search_batch(
 pub async fn recommend(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<RecommendRequest>,
 ) -> ApiResult<Vec<ScoredPointOut>> {
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &body)?;
     Ok(ApiOk(
         run_recommend(&state.toc, &collection, body).await?,
         started,
@@ -1204,11 +1216,13 @@ pub async fn recommend(
 pub async fn recommend_batch(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<RecommendRequestBatch>,
 ) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
     check_batch(body.searches.len())?;
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, body.searches.as_slice())?;
     let answers = futures::future::join_all(
         body.searches
             .into_iter()
@@ -1224,10 +1238,13 @@ pub async fn recommend_batch(
 pub async fn query(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<QueryRequest>,
 ) -> ApiResult<QueryResponse> {
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &body)?;
+    let _watch = introspection::issues::watch(&collection, started, &body);
     let points = run_query(&state.toc, &collection, body).await?;
     Ok(ApiOk(QueryResponse { points }, started))
 }
@@ -1235,11 +1252,14 @@ pub async fn query(
 pub async fn query_batch(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<QueryRequestBatch>,
 ) -> ApiResult<Vec<QueryResponse>> {
     check_batch(body.searches.len())?;
     let collection = state.toc.get(&name)?;
+    strict_mode::check_read(&state, &collection, read.timeout, body.searches.as_slice())?;
+    let _watch = introspection::issues::watch(&collection, started, body.searches.as_slice());
     let answers = futures::future::join_all(
         body.searches
             .into_iter()
@@ -1304,11 +1324,13 @@ fn discover_as_query(body: serde_json::Value) -> Result<QueryRequest, ApiError> 
 pub async fn discover(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> ApiResult<Vec<ScoredPointOut>> {
     let collection = state.toc.get(&name)?;
     let request = discover_as_query(body)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &request)?;
     Ok(ApiOk(
         run_query(&state.toc, &collection, request).await?,
         started,
@@ -1319,6 +1341,7 @@ pub async fn discover(
 pub async fn discover_batch(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> ApiResult<Vec<Vec<ScoredPointOut>>> {
@@ -1336,6 +1359,7 @@ pub async fn discover_batch(
         .into_iter()
         .map(discover_as_query)
         .collect::<Result<Vec<_>, _>>()?;
+    strict_mode::check_read(&state, &collection, read.timeout, requests.as_slice())?;
     let answers = futures::future::join_all(
         requests
             .into_iter()
@@ -1353,6 +1377,7 @@ pub async fn discover_batch(
 pub async fn search_groups(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(mut body): JsonBody<serde_json::Value>,
 ) -> ApiResult<GroupsResult> {
@@ -1372,6 +1397,7 @@ pub async fn search_groups(
         }
     }
     let request: QueryGroupsRequest = legacy(body)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &request)?;
     Ok(ApiOk(
         run_query_groups(&state.toc, &collection, request).await?,
         started,
@@ -1382,12 +1408,14 @@ pub async fn search_groups(
 pub async fn recommend_groups(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
+    QueryParams(read): QueryParams<ReadParams>,
     started: Started,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> ApiResult<GroupsResult> {
     let collection = state.toc.get(&name)?;
     let body = legacy_query(body, "recommend", &["positive", "negative", "strategy"])?;
     let request: QueryGroupsRequest = legacy(body)?;
+    strict_mode::check_read(&state, &collection, read.timeout, &request)?;
     Ok(ApiOk(
         run_query_groups(&state.toc, &collection, request).await?,
         started,
