@@ -1006,8 +1006,13 @@ impl LocalShard {
                     .accept
                     .is_none_or(|f| f(seg.id(o), seg.payload(o), &|n| seg.has_vector(n, o)))
             };
+            // Looked up once per segment: a name lookup per point cost more than the
+            // distance itself.
+            let Some(column) = seg.column(query.using) else {
+                continue;
+            };
             let consider = |o: u32, top: &mut TopK| {
-                let Some(v) = seg.vector(query.using, o) else {
+                let Some(v) = column.get(o) else {
                     return;
                 };
                 let scored = match &query.scoring {

@@ -151,6 +151,17 @@ impl VectorColumn {
     }
 }
 
+/// One vector's values in a segment, by offset (see [`Segment::column`]).
+#[derive(Clone, Copy)]
+pub struct ColumnReader<'a>(&'a VectorColumn);
+
+impl<'a> ColumnReader<'a> {
+    /// The vector at `offset`, `None` when that point lacks it.
+    pub fn get(self, offset: u32) -> Option<VectorRef<'a>> {
+        self.0.get(offset)
+    }
+}
+
 /// The frozen values of one vector, shared with an index builder outside the shard's lock.
 pub enum FrozenColumn {
     Dense {
@@ -460,6 +471,12 @@ impl Segment {
     /// The vector `name` of the point at `offset`, if it has one.
     pub fn vector(&self, name: &str, offset: u32) -> Option<VectorRef<'_>> {
         self.columns.get(name)?.get(offset)
+    }
+
+    /// The values of vector `name`, for reading many offsets without looking the name up for
+    /// each (a scan's inner loop).
+    pub fn column(&self, name: &str) -> Option<ColumnReader<'_>> {
+        self.columns.get(name).map(ColumnReader)
     }
 
     /// Whether the point at `offset` has the vector `name`.
