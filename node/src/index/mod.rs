@@ -1,7 +1,8 @@
 //! Indexes over a segment's points: HNSW graphs over dense and multi-vectors, inverted indexes
-//! over sparse vectors, and payload filters. Imports
-//! only `types`.
+//! over sparse vectors, and payload filters. Imports only `types`, and (in `capability`) the
+//! declared payload index entries of `collection_config`.
 
+pub mod capability;
 pub mod filter;
 pub mod formula;
 pub mod geo;

@@ -1459,20 +1459,11 @@ pub fn create_collection(c: q::CreateCollection) -> Result<Value, Status> {
             json!({"wal_capacity_mb": w.wal_capacity_mb, "wal_segments_ahead": w.wal_segments_ahead}),
         );
     }
-    if let Some(o) = c.optimizers_config {
-        out.insert(
-            "optimizers_config".into(),
-            json!({
-                "deleted_threshold": o.deleted_threshold,
-                "vacuum_min_vector_number": o.vacuum_min_vector_number,
-                "default_segment_number": o.default_segment_number,
-                "max_segment_size": o.max_segment_size,
-                "memmap_threshold": o.memmap_threshold,
-                "indexing_threshold": o.indexing_threshold,
-                "flush_interval_sec": o.flush_interval_sec,
-            }),
-        );
-    }
+    put_opt(
+        &mut out,
+        "optimizers_config",
+        c.optimizers_config.map(optimizers_json),
+    );
     put_opt(
         &mut out,
         "quantization_config",
@@ -1488,6 +1479,19 @@ pub fn create_collection(c: q::CreateCollection) -> Result<Value, Status> {
         );
     }
     Ok(Value::Object(out))
+}
+
+/// An optimizers diff, as the REST body has it (absent fields stay as they are).
+fn optimizers_json(o: q::OptimizersConfigDiff) -> Value {
+    json!({
+        "deleted_threshold": o.deleted_threshold,
+        "vacuum_min_vector_number": o.vacuum_min_vector_number,
+        "default_segment_number": o.default_segment_number,
+        "max_segment_size": o.max_segment_size,
+        "memmap_threshold": o.memmap_threshold,
+        "indexing_threshold": o.indexing_threshold,
+        "flush_interval_sec": o.flush_interval_sec,
+    })
 }
 
 /// A quantization diff: the configuration, or `"Disabled"`.
@@ -1587,45 +1591,11 @@ pub fn update_collection(c: q::UpdateCollection) -> Result<Value, Status> {
         out.insert("params".into(), Value::Object(params));
     }
     put_opt(&mut out, "hnsw_config", c.hnsw_config.map(hnsw_json));
-    if let Some(o) = c.optimizers_config {
-        let mut opt = Map::new();
-        put_opt(
-            &mut opt,
-            "deleted_threshold",
-            o.deleted_threshold.map(Value::from),
-        );
-        put_opt(
-            &mut opt,
-            "vacuum_min_vector_number",
-            o.vacuum_min_vector_number.map(Value::from),
-        );
-        put_opt(
-            &mut opt,
-            "default_segment_number",
-            o.default_segment_number.map(Value::from),
-        );
-        put_opt(
-            &mut opt,
-            "max_segment_size",
-            o.max_segment_size.map(Value::from),
-        );
-        put_opt(
-            &mut opt,
-            "memmap_threshold",
-            o.memmap_threshold.map(Value::from),
-        );
-        put_opt(
-            &mut opt,
-            "indexing_threshold",
-            o.indexing_threshold.map(Value::from),
-        );
-        put_opt(
-            &mut opt,
-            "flush_interval_sec",
-            o.flush_interval_sec.map(Value::from),
-        );
-        out.insert("optimizers_config".into(), Value::Object(opt));
-    }
+    put_opt(
+        &mut out,
+        "optimizers_config",
+        c.optimizers_config.map(optimizers_json),
+    );
     put_opt(
         &mut out,
         "quantization_config",

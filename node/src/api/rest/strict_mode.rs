@@ -33,9 +33,8 @@ use crate::api::rest::points::FacetRequest;
 use crate::api::rest::response::ApiError;
 use crate::cluster::collection::{Collection, ShardKeySelector};
 use crate::collection_config::{CollectionConfig, Datatype, PayloadIndexEntry, StrictModeConfig};
-use crate::index::filter::{
-    AnyVariants, Condition, FieldCondition, Filter, Match, MatchValue, Range,
-};
+use crate::index::capability::{Capability, capabilities, required};
+use crate::index::filter::{AnyVariants, Condition, Filter, Match};
 use crate::index::formula::PayloadUse;
 use crate::index::payload_path::JsonPath;
 use crate::index::payload_selector::WithVector;
@@ -786,90 +785,6 @@ fn targeted_key(condition: &Condition) -> Option<String> {
     }
 }
 
-/// What a payload index can do for a condition (Qdrant's `FieldIndexType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Capability {
-    IntMatch,
-    IntRange,
-    KeywordMatch,
-    FloatRange,
-    Text,
-    TextPhrase,
-    BoolMatch,
-    UuidMatch,
-    UuidRange,
-    DatetimeRange,
-    Geo,
-}
-
-impl Capability {
-    const ALL: [Capability; 11] = [
-        Capability::IntMatch,
-        Capability::IntRange,
-        Capability::KeywordMatch,
-        Capability::FloatRange,
-        Capability::Text,
-        Capability::TextPhrase,
-        Capability::BoolMatch,
-        Capability::UuidMatch,
-        Capability::UuidRange,
-        Capability::DatetimeRange,
-        Capability::Geo,
-    ];
-
-    /// The `field_schema` that gives it, as Qdrant names it in its error.
-    fn schema_name(self) -> &'static str {
-        match self {
-            Capability::IntMatch | Capability::IntRange => "integer",
-            Capability::KeywordMatch => "keyword",
-            Capability::FloatRange => "float",
-            Capability::Text => "text",
-            Capability::TextPhrase => "text (with phrase_matching: true)",
-            Capability::BoolMatch => "bool",
-            Capability::UuidMatch | Capability::UuidRange => "uuid",
-            Capability::DatetimeRange => "datetime",
-            Capability::Geo => "geo",
-        }
-    }
-}
-
-/// What a declared index can do (Qdrant's `schema_capabilities`): an integer index looks up
-/// and ranges unless its `lookup` / `range` parameter is `false`; a text index matches phrases
-/// only with `phrase_matching: true`.
-fn capabilities(entry: &PayloadIndexEntry) -> Vec<Capability> {
-    let flag = |name: &str| {
-        entry
-            .params
-            .as_ref()
-            .and_then(|p| p.get(name))
-            .and_then(Value::as_bool)
-    };
-    match entry.data_type.as_str() {
-        "keyword" => vec![Capability::KeywordMatch],
-        "integer" => {
-            let mut caps = Vec::new();
-            if flag("lookup").unwrap_or(true) {
-                caps.push(Capability::IntMatch);
-            }
-            if flag("range").unwrap_or(true) {
-                caps.push(Capability::IntRange);
-            }
-            caps
-        }
-        "uuid" => vec![Capability::UuidMatch, Capability::UuidRange],
-        "bool" => vec![Capability::BoolMatch],
-        "float" => vec![Capability::FloatRange],
-        "geo" => vec![Capability::Geo],
-        "text" if flag("phrase_matching") == Some(true) => {
-            vec![Capability::Text, Capability::TextPhrase]
-        }
-        "text" => vec![Capability::Text],
-        "datetime" => vec![Capability::DatetimeRange],
-        _ => Vec::new(),
-    }
-}
-
-/// Qdrant's tenant index: keyword, integer or uuid with `is_tenant: true`.
 fn is_tenant(entry: &PayloadIndexEntry) -> bool {
     matches!(entry.data_type.as_str(), "keyword" | "integer" | "uuid")
         && entry
@@ -887,54 +802,6 @@ fn kind_name(data_type: &str) -> String {
         Some(first) => first.to_uppercase().chain(chars).collect(),
         None => String::new(),
     }
-}
-
-/// The index kinds that serve a field condition (Qdrant's `infer_index_from_field_condition`);
-/// any one of them does. Empty when no index can help.
-fn required(field: &FieldCondition) -> Vec<Capability> {
-    let mut wanted = Vec::new();
-    let keywords = |strings: &[String]| {
-        let mut out = Vec::new();
-        if strings.iter().all(|s| uuid::Uuid::parse_str(s).is_ok()) {
-            out.push(Capability::UuidMatch);
-        }
-        out.push(Capability::KeywordMatch);
-        out
-    };
-    if let Some(m) = &field.r#match {
-        wanted.extend(match m {
-            Match::Value {
-                value: MatchValue::Keyword(s),
-            } => keywords(std::slice::from_ref(s)),
-            Match::Value {
-                value: MatchValue::Integer(_),
-            } => vec![Capability::IntMatch],
-            Match::Value {
-                value: MatchValue::Bool(_),
-            } => vec![Capability::BoolMatch],
-            Match::Text { .. } | Match::TextAny { .. } => vec![Capability::Text],
-            Match::Phrase { .. } => vec![Capability::TextPhrase],
-            Match::Any { any: list } | Match::Except { except: list } => match list {
-                AnyVariants::Keywords(v) if v.is_empty() => Vec::new(),
-                AnyVariants::Integers(v) if v.is_empty() => Vec::new(),
-                AnyVariants::Keywords(v) => keywords(v),
-                AnyVariants::Integers(_) => vec![Capability::IntMatch],
-            },
-        });
-    }
-    match &field.range {
-        Some(Range::Datetimes(_)) => wanted.push(Capability::DatetimeRange),
-        Some(Range::Numbers(_)) => wanted.extend([Capability::FloatRange, Capability::IntRange]),
-        None => {}
-    }
-    if field.geo_bounding_box.is_some() || field.geo_radius.is_some() || field.geo_polygon.is_some()
-    {
-        wanted.push(Capability::Geo);
-    }
-    if field.values_count.is_some() || field.is_empty.is_some() || field.is_null.is_some() {
-        wanted.extend(Capability::ALL);
-    }
-    wanted
 }
 
 // ---- reads ----------------------------------------------------------------------------------
