@@ -37,8 +37,8 @@ pub use dataset::{ClusteredGaussian, SparseVector, Vectors, ZipfSparse};
 pub use distance::Distance;
 pub use exact_knn::{ExactIndex, MultiExactIndex, SparseExactIndex};
 pub use node_process::{
-    ClusterRole, NodeOptions, NodeProcess, free_ports, proc_status_kib, resolve_node_binary,
-    workspace_root,
+    ClusterRole, Flavour, NodeOptions, NodeProcess, free_ports, proc_status_kib,
+    resolve_node_binary, workspace_root,
 };
 pub use rest_client::{
     ApiError, Client, CollectionInfo, CollectionParams, Method, PointId, PointStruct, RawResponse,

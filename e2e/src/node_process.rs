@@ -46,6 +46,19 @@ pub struct NodeOptions {
     /// Cluster mode: the node gets `--uri http://127.0.0.1:<p2p port>`, and `--bootstrap` when
     /// joining.
     pub cluster: Option<ClusterRole>,
+    /// Which server the binary is: a `shoal-node` (default) or, for side-by-side benchmarks
+    /// only, a Qdrant binary configured through its environment.
+    pub flavour: Flavour,
+}
+
+/// The server a [`NodeProcess`] runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Flavour {
+    #[default]
+    Shoal,
+    /// A Qdrant binary (benchmarks only: `../shared/anchors/`), single node, configured with
+    /// `QDRANT__...` variables: the same ports, data dir and loopback address as Shoal gets.
+    Qdrant,
 }
 
 /// How a node takes part in a cluster.
@@ -126,6 +139,7 @@ pub struct NodeProcess {
     env: Vec<(String, String)>,
     client_timeout: Duration,
     cluster: Option<ClusterRole>,
+    flavour: Flavour,
     child: Option<Child>,
     starts: u32,
 }
@@ -144,7 +158,11 @@ impl std::fmt::Debug for NodeProcess {
 impl NodeProcess {
     /// Spawns the node (does not wait for it; see [`NodeProcess::wait_ready`]).
     pub fn start(opts: NodeOptions) -> Result<Self> {
-        let binary = resolve_node_binary(opts.binary.as_deref())?;
+        let binary = match (opts.flavour, &opts.binary) {
+            (Flavour::Qdrant, Some(b)) => b.clone(),
+            (Flavour::Qdrant, None) => bail!("a Qdrant node needs its binary's path"),
+            (Flavour::Shoal, b) => resolve_node_binary(b.as_deref())?,
+        };
         let work_dir = tempfile::Builder::new()
             .prefix("shoal-e2e-")
             .tempdir()
@@ -174,6 +192,7 @@ impl NodeProcess {
             env: opts.env,
             client_timeout: opts.client_timeout.unwrap_or(Duration::from_secs(30)),
             cluster: opts.cluster,
+            flavour: opts.flavour,
             child: None,
             starts: 0,
         };
@@ -209,24 +228,38 @@ impl NodeProcess {
         )?;
         let stderr = log.try_clone()?;
         let mut cmd = Command::new(&self.binary);
-        // Tests stay on loopback: the node's own default binds every interface.
-        cmd.arg("--host")
-            .arg("127.0.0.1")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--http-port")
-            .arg(self.http_port.to_string())
-            .arg("--p2p-port")
-            .arg(self.p2p_port.to_string())
-            .arg("--grpc-port")
-            .arg(self.grpc_port.to_string());
-        if let Some(key) = &self.api_key {
-            cmd.arg("--api-key").arg(key);
-        }
-        if let Some(role) = &self.cluster {
-            cmd.arg("--uri").arg(self.p2p_uri());
-            if let ClusterRole::Join(bootstrap) = role {
-                cmd.arg("--bootstrap").arg(bootstrap);
+        if self.flavour == Flavour::Qdrant {
+            let snapshots = self.work_path.join("snapshots");
+            cmd.current_dir(&self.work_path)
+                .env("QDRANT__SERVICE__HOST", "127.0.0.1")
+                .env("QDRANT__SERVICE__HTTP_PORT", self.http_port.to_string())
+                .env("QDRANT__SERVICE__GRPC_PORT", self.grpc_port.to_string())
+                .env("QDRANT__STORAGE__STORAGE_PATH", &self.data_dir)
+                .env("QDRANT__STORAGE__SNAPSHOTS_PATH", snapshots)
+                .env("QDRANT__TELEMETRY_DISABLED", "true");
+            if let Some(key) = &self.api_key {
+                cmd.env("QDRANT__SERVICE__API_KEY", key);
+            }
+        } else {
+            // Tests stay on loopback: the node's own default binds every interface.
+            cmd.arg("--host")
+                .arg("127.0.0.1")
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .arg("--http-port")
+                .arg(self.http_port.to_string())
+                .arg("--p2p-port")
+                .arg(self.p2p_port.to_string())
+                .arg("--grpc-port")
+                .arg(self.grpc_port.to_string());
+            if let Some(key) = &self.api_key {
+                cmd.arg("--api-key").arg(key);
+            }
+            if let Some(role) = &self.cluster {
+                cmd.arg("--uri").arg(self.p2p_uri());
+                if let ClusterRole::Join(bootstrap) = role {
+                    cmd.arg("--bootstrap").arg(bootstrap);
+                }
             }
         }
         cmd.args(&self.extra_args)

@@ -23,8 +23,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Map, Value, json};
 use shoal_e2e::{
-    ApiError, Client, CollectionParams, Distance, NodeOptions, NodeProcess, PointId, PointStruct,
-    Record,
+    ApiError, Client, CollectionParams, Distance, Method, NodeOptions, NodeProcess, PointId,
+    PointStruct, Record,
 };
 
 const COLLECTION: &str = "crash";
@@ -342,6 +342,35 @@ fn verify(client: &Client, model: &Model) -> Result<Vec<String>> {
     Ok(problems)
 }
 
+/// The segment directories of every local shard of the collection (names, `.tmp` included,
+/// with their modification times).
+fn segment_dirs(data_dir: &std::path::Path) -> Result<Vec<(String, std::time::SystemTime)>> {
+    let mut dirs = Vec::new();
+    let Ok(collections) = std::fs::read_dir(data_dir.join("collections")) else {
+        return Ok(dirs);
+    };
+    for collection in collections {
+        let shards = collection?.path().join("shards");
+        let Ok(shards) = std::fs::read_dir(&shards) else {
+            continue;
+        };
+        for shard in shards {
+            let Ok(segments) = std::fs::read_dir(shard?.path().join("segments")) else {
+                continue;
+            };
+            for segment in segments {
+                let segment = segment?;
+                // Gone between listing and reading: removed by the node, which is fine.
+                let Ok(modified) = segment.metadata().and_then(|m| m.modified()) else {
+                    continue;
+                };
+                dirs.push((segment.file_name().to_string_lossy().into_owned(), modified));
+            }
+        }
+    }
+    Ok(dirs)
+}
+
 fn check_collection_config(client: &Client) -> Result<()> {
     let info = client.collection_info(COLLECTION)?;
     ensure!(
@@ -376,10 +405,24 @@ fn crash_rounds(node: &mut NodeProcess) -> Result<()> {
     let test_started = Instant::now();
     let seed = seed();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    node.client()
-        .create_collection(COLLECTION, &CollectionParams::new(DIM, DISTANCE))?;
+    // Tiny segments and a flush every second: the optimizer is always indexing, writing a
+    // segment directory, swapping it in or merging when the kill lands, and about half the
+    // kills come after a flush listed some directories.
+    let _: Value = node.client().call(
+        Method::Put,
+        &format!("/collections/{COLLECTION}"),
+        Some(&json!({
+            "vectors": {"size": DIM, "distance": DISTANCE.as_str()},
+            "optimizers_config": {
+                "indexing_threshold": 1,
+                "default_segment_number": 2,
+                "flush_interval_sec": 1
+            },
+        })),
+    )?;
 
     let mut model = Model::default();
+    let mut segments_seen = 0;
     for round in 0..ROUNDS {
         let stop = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(AtomicUsize::new(0));
@@ -430,10 +473,28 @@ fn crash_rounds(node: &mut NodeProcess) -> Result<()> {
             model.points.len()
         );
 
+        let interrupted = segment_dirs(node.data_dir())?;
+        let restarted_at = std::time::SystemTime::now();
         node.restart()?;
         node.wait_ready(Instant::now() + READY_TIMEOUT)?;
         let client = node.client();
         check_collection_config(&client).with_context(|| format!("after restart {round}"))?;
+        // What a crash interrupted (a directory being written, or one no flush listed yet) is
+        // gone once the node is up; a `.tmp` directory now is one the restarted optimizer is
+        // writing.
+        let left = segment_dirs(node.data_dir())?;
+        for (name, modified) in &left {
+            ensure!(
+                !name.ends_with(".tmp") || *modified >= restarted_at,
+                "round {round}: temporary segment directory {name} left from before the restart"
+            );
+        }
+        eprintln!(
+            "round {round}: {} segment directories at the kill, {} after the restart",
+            interrupted.len(),
+            left.len()
+        );
+        segments_seen += interrupted.len();
         let problems = verify(&client, &model)?;
         if !problems.is_empty() {
             bail!(
@@ -451,6 +512,10 @@ fn crash_rounds(node: &mut NodeProcess) -> Result<()> {
     ensure!(
         model.acked_deletes > 0,
         "no delete was acknowledged; the test did not exercise deletes"
+    );
+    ensure!(
+        segments_seen > 0,
+        "no segment directory existed at any kill; the test did not exercise sealed segments"
     );
     eprintln!("crash test done in {:.1?}", test_started.elapsed());
     Ok(())

@@ -30,9 +30,9 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use shoal_e2e::{
-    Client, ClusteredGaussian, Distance, ExactIndex, LatencySummary, Method, MultiExactIndex,
-    NodeOptions, NodeProcess, ScoredPoint, SearchRequest, SparseExactIndex, SparseVector,
-    UpdateResult, Vectors, ZipfSparse, proc_status_kib, recall_at_k,
+    Client, ClusteredGaussian, Distance, ExactIndex, Flavour, LatencySummary, Method,
+    MultiExactIndex, NodeOptions, NodeProcess, ScoredPoint, SearchRequest, SparseExactIndex,
+    SparseVector, UpdateResult, Vectors, ZipfSparse, proc_status_kib, recall_at_k,
 };
 
 /// The Zipf exponent of `--sparse` term frequencies (1: word frequencies in natural text).
@@ -56,6 +56,17 @@ struct Args {
     /// Use an already running node instead of starting one, e.g. http://127.0.0.1:6333.
     #[arg(long)]
     url: Option<String>,
+    /// Start this Qdrant binary instead of a shoal-node, on its own free ports and temporary
+    /// data dir, for side-by-side figures (`../shared/anchors/`; never shipped).
+    #[arg(long, conflicts_with = "url")]
+    qdrant_bin: Option<PathBuf>,
+    /// After the searches, stop the node (SIGTERM), start it again on the same data and
+    /// measure how soon it serves every point at full speed (needs a node the bench starts).
+    #[arg(long, conflicts_with = "url")]
+    restart: bool,
+    /// `on_disk: true` for every dense vector of the collection.
+    #[arg(long)]
+    on_disk: bool,
     /// PID of the node behind --url, to report its peak RSS.
     #[arg(long, requires = "url")]
     node_pid: Option<u32>,
@@ -489,8 +500,14 @@ impl Workload {
         if let Some(kb) = args.indexing_threshold {
             body["optimizers_config"] = json!({ "indexing_threshold": kb });
         }
+        let on_disk = |mut params: Value, field: &FieldData| {
+            if args.on_disk && !field.is_sparse() {
+                params["on_disk"] = true.into();
+            }
+            params
+        };
         if let Some(data) = self.unnamed() {
-            body["vectors"] = data.params_json();
+            body["vectors"] = on_disk(data.params_json(), data);
             return body;
         }
         let (mut dense, mut sparse) = (Map::new(), Map::new());
@@ -500,7 +517,10 @@ impl Workload {
             } else {
                 &mut dense
             };
-            to.insert(name.to_owned(), field.data.params_json());
+            to.insert(
+                name.to_owned(),
+                on_disk(field.data.params_json(), &field.data),
+            );
         }
         body["vectors"] = Value::Object(dense);
         if !sparse.is_empty() {
@@ -678,6 +698,160 @@ struct Report {
     indexing_threshold_kb: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     full_scan_threshold_kb: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart: Option<RestartReport>,
+    /// `qdrant` when the measured node was a Qdrant binary.
+    engine: &'static str,
+    on_disk: bool,
+    /// Resident memory of the node at the end of the searches.
+    rss_bytes: Option<u64>,
+}
+
+/// How a stopped node came back, timed from its process start.
+#[derive(Debug, Serialize)]
+struct RestartReport {
+    /// SIGTERM until the process exited.
+    stop_seconds: f64,
+    /// Until `GET /readyz` answered 2xx.
+    ready_seconds: f64,
+    /// Until an exact count returned every point.
+    count_exact_seconds: f64,
+    /// Until a one-second window of searches ran at >= 80% of the QPS measured before the
+    /// restart (`None`: not within the time allowed).
+    full_speed_seconds: Option<f64>,
+    /// Searches answered within the first 10 s after the process started.
+    searches_in_first_10s: usize,
+    ef: usize,
+    qps_before: f64,
+    /// The same search series measured again once at full speed.
+    after: SearchRow,
+    rss_bytes: Option<u64>,
+    /// Optimizer steps the node logged after the restart (Shoal only): 0 means nothing was
+    /// re-indexed.
+    optimizer_steps: Option<usize>,
+}
+
+/// Stops the node, starts it again on the same data, and times its way back (see
+/// [`RestartReport`]) with the `hnsw_ef` 64 series (or the first measured one).
+fn restart(
+    args: &Args,
+    node: &mut NodeProcess,
+    workload: &Workload,
+    report: &Report,
+) -> Result<RestartReport> {
+    const LIMIT: Duration = Duration::from_secs(120);
+    let name = args.collection.as_str();
+    let field = &workload.fields[0];
+    let before = report
+        .search
+        .iter()
+        .filter(|r| r.vector.as_deref() == field.name)
+        .find(|r| r.ef == Some(64))
+        .or_else(|| report.search.iter().find(|r| r.ef.is_some()))
+        .context("--restart needs an hnsw_ef series")?;
+    let ef = before.ef.unwrap_or(64);
+    let series = Series::Hnsw(ef);
+    let t = Instant::now();
+    node.stop(LIMIT)?;
+    let stop_seconds = t.elapsed().as_secs_f64();
+    let log_before = std::fs::metadata(node.log_path()).map_or(0, |m| m.len());
+    eprintln!("restart: stopped in {stop_seconds:.2} s; starting again");
+    node.restart()?;
+    let started = Instant::now();
+    let client = node.client();
+    let deadline = started + LIMIT;
+    let poll = Duration::from_millis(10);
+    while !client.readyz().unwrap_or(false) {
+        ensure!(
+            Instant::now() < deadline,
+            "not ready within {LIMIT:?} of its restart"
+        );
+        std::thread::sleep(poll);
+    }
+    let ready_seconds = started.elapsed().as_secs_f64();
+    let count_body = json!({"exact": true});
+    loop {
+        let count: Result<Value> = client.call(
+            Method::Post,
+            &format!("/collections/{name}/points/count"),
+            Some(&count_body),
+        );
+        if count.is_ok_and(|c| c["count"].as_u64() == Some(workload.points as u64)) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "count not exact within {LIMIT:?} of its restart"
+        );
+        std::thread::sleep(poll);
+    }
+    let count_exact_seconds = started.elapsed().as_secs_f64();
+    let queries = field.truth.len();
+    let (mut in_first_10s, mut full_speed, mut i) = (0, None, 0);
+    let (mut window, mut window_n) = (Instant::now(), 0usize);
+    while started.elapsed() < Duration::from_secs(60) {
+        rest_search(
+            &client,
+            name,
+            workload.mode,
+            field,
+            series,
+            i % queries,
+            args.k,
+        )?;
+        i += 1;
+        window_n += 1;
+        if started.elapsed() <= Duration::from_secs(10) {
+            in_first_10s += 1;
+        }
+        if window.elapsed() >= Duration::from_secs(1) {
+            let qps = window_n as f64 / window.elapsed().as_secs_f64();
+            if full_speed.is_none() && qps >= 0.8 * before.qps {
+                full_speed = Some(started.elapsed().as_secs_f64());
+            }
+            (window, window_n) = (Instant::now(), 0);
+            if full_speed.is_some() && started.elapsed() >= Duration::from_secs(10) {
+                break;
+            }
+        }
+    }
+    let after = measure(args, field, series, "", |i| {
+        rest_search(&client, name, workload.mode, field, series, i, args.k)
+    })?;
+    let optimizer_steps = (node_flavour(args) == Flavour::Shoal).then(|| {
+        let log = std::fs::read(node.log_path()).unwrap_or_default();
+        let tail =
+            String::from_utf8_lossy(&log[(log_before as usize).min(log.len())..]).into_owned();
+        tail.lines()
+            .filter(|l| l.contains("optimizer step"))
+            .count()
+    });
+    let rss_bytes = node
+        .pid()
+        .and_then(|pid| proc_status_kib(pid, "VmRSS").ok())
+        .map(|k| k * 1024);
+    eprintln!(
+        "restart: ready {ready_seconds:.2} s, count exact {count_exact_seconds:.2} s, full speed {full_speed:?} s, {in_first_10s} searches in the first 10 s, optimizer steps {optimizer_steps:?}"
+    );
+    Ok(RestartReport {
+        stop_seconds,
+        ready_seconds,
+        count_exact_seconds,
+        full_speed_seconds: full_speed,
+        searches_in_first_10s: in_first_10s,
+        ef,
+        qps_before: before.qps,
+        after,
+        rss_bytes,
+        optimizer_steps,
+    })
+}
+
+fn node_flavour(args: &Args) -> Flavour {
+    match args.qdrant_bin {
+        Some(_) => Flavour::Qdrant,
+        None => Flavour::Shoal,
+    }
 }
 
 /// The same upload and searches over the client gRPC API.
@@ -745,12 +919,17 @@ fn run(args: &Args) -> Result<()> {
     let node = match &args.url {
         Some(_) => None,
         None => {
-            eprintln!("starting {}", args.node_bin.display());
+            let (binary, flavour) = match &args.qdrant_bin {
+                Some(q) => (q.clone(), Flavour::Qdrant),
+                None => (args.node_bin.clone(), Flavour::Shoal),
+            };
+            eprintln!("starting {}", binary.display());
             let node = NodeProcess::start_ready(
                 NodeOptions {
-                    binary: Some(args.node_bin.clone()),
+                    binary: Some(binary),
                     api_key: args.api_key.clone(),
                     client_timeout: Some(request_timeout),
+                    flavour,
                     ..Default::default()
                 },
                 Duration::from_secs(args.ready_timeout_secs),
@@ -783,7 +962,13 @@ fn run(args: &Args) -> Result<()> {
         (None, None, Some(url)) => grpc_url_of(url),
         (None, None, None) => unreachable!("a node is started whenever --url is absent"),
     };
-    let result = bench(args, &client, &grpc_url, &workload, pid);
+    let mut node = node;
+    let result = bench(args, &client, &grpc_url, &workload, pid).and_then(|mut report| {
+        if let Some(node) = node.as_mut().filter(|_| args.restart) {
+            report.restart = Some(restart(args, node, &workload, &report)?);
+        }
+        Ok(report)
+    });
     if let (Err(_), Some(n)) = (&result, &node) {
         eprintln!(
             "---- node log tail ({}) ----\n{}",
@@ -967,6 +1152,15 @@ fn bench(
         workload: workload.mode,
         indexing_threshold_kb: args.indexing_threshold,
         full_scan_threshold_kb: args.full_scan_threshold,
+        restart: None,
+        engine: match node_flavour(args) {
+            Flavour::Qdrant => "qdrant",
+            Flavour::Shoal => "shoal",
+        },
+        on_disk: args.on_disk,
+        rss_bytes: pid
+            .and_then(|pid| proc_status_kib(pid, "VmRSS").ok())
+            .map(|k| k * 1024),
     })
 }
 
@@ -1285,6 +1479,48 @@ fn measure(
     Ok(row)
 }
 
+/// The restart figures, when measured, as their own table.
+fn print_restart(r: &Report) {
+    let mib = |b: Option<u64>| {
+        b.map_or("?".to_owned(), |b| {
+            format!("{:.0} MiB", b as f64 / 1048576.0)
+        })
+    };
+    println!(
+        "engine: {}, on_disk: {}, RSS after the searches: {}\n",
+        r.engine,
+        r.on_disk,
+        mib(r.rss_bytes)
+    );
+    let Some(x) = &r.restart else {
+        return;
+    };
+    println!("| restart (from process start) | value |\n| --- | --- |");
+    println!("| stop (SIGTERM to exit) | {:.2} s |", x.stop_seconds);
+    println!("| ready (`/readyz`) | {:.2} s |", x.ready_seconds);
+    println!("| exact count complete | {:.2} s |", x.count_exact_seconds);
+    println!(
+        "| ef {} at >= 80% of the QPS before ({:.0}) | {} |",
+        x.ef,
+        x.qps_before,
+        x.full_speed_seconds
+            .map_or("not within 60 s".to_owned(), |t| format!("{t:.2} s"))
+    );
+    println!(
+        "| searches answered in the first 10 s | {} |",
+        x.searches_in_first_10s
+    );
+    println!(
+        "| ef {} after the restart | {:.0} QPS, recall {:.4}, p99 {:.2} ms |",
+        x.ef, x.after.qps, x.after.recall, x.after.latency.p99_ms
+    );
+    println!("| RSS after the restart | {} |", mib(x.rss_bytes));
+    if let Some(n) = x.optimizer_steps {
+        println!("| optimizer steps logged after the restart | {n} |");
+    }
+    println!();
+}
+
 /// The table label of a search row: `hnsw ef=64`, `exact`, `sparse index`, prefixed by the
 /// vector's name when it has one.
 fn row_label(s: &SearchRow) -> String {
@@ -1346,6 +1582,7 @@ fn print_title(r: &Report) {
 
 fn print_markdown(r: &Report) {
     print_title(r);
+    print_restart(r);
     println!("| metric | value |\n| --- | --- |");
     println!(
         "| upsert throughput | {:.0} points/s (batch {}, wait=true, {:.2} s) |",

@@ -1,14 +1,25 @@
-//! An HNSW graph over the vectors of one sealed segment, built with `hnsw_rs`.
+//! An HNSW graph over the vectors of one sealed segment, built with `hnsw_rs` and kept in
+//! Shoal's own layout: layer-0 links as two flat `u32` arrays (CSR) that a graph file holds
+//! as they are, so that opening a segment maps its graph instead of rebuilding it, and the
+//! graph holds no copy of the vectors (`hnsw_rs` keeps one per point). Searches walk that
+//! layout with the segment's own vectors.
 //!
 //! `hnsw_rs` wants non-negative distances where smaller is closer, and its own dot-product
 //! distance insists on normalised input. So the graph is built with [`GraphDistance`], which maps
 //! each of Qdrant's scores to such a distance monotonically; the scores a search reports are
 //! recomputed exactly by the caller from the stored vectors.
 
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hnsw_rs::prelude::{FilterT, Hnsw};
+use anndists::dist::Distance as _;
+use hnsw_rs::prelude::Hnsw;
 
+use crate::storage::mapped::{self, FileBytes, FileSlice};
 use crate::types::{self, Distance};
 
 /// Graph construction parameters (Qdrant's `hnsw_config`).
@@ -58,15 +69,49 @@ impl anndists::dist::Distance<f32> for GraphDistance {
     }
 }
 
-/// A built graph. Graph ids are segment offsets.
+/// A built graph over segment offsets, in Shoal's own layout (see the module docs): `hnsw_rs`
+/// builds it, then its links are copied out and the builder (with its own copy of every vector)
+/// is dropped. Searches read vectors from the segment, through the caller.
 pub struct HnswIndex {
-    graph: Hnsw<'static, f32, GraphDistance>,
-    len: usize,
+    distance: GraphDistance,
     params: GraphParams,
+    /// Points in the graph.
+    len: usize,
+    /// Offsets `0..capacity` may appear; offsets without a vector have no links.
+    capacity: usize,
+    entry: Option<u32>,
+    /// Layer-0 links in CSR form: `starts[o]..starts[o + 1]` index `links`.
+    starts: U32s,
+    links: U32s,
+    /// Layers 1..=max: the links of each point that reaches the layer.
+    upper: Vec<HashMap<u32, Box<[u32]>>>,
+}
+
+/// Link words built in memory or read from a graph file.
+enum U32s {
+    Heap(Vec<u32>),
+    File(FileSlice),
+}
+
+impl U32s {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            U32s::Heap(v) => v,
+            U32s::File(f) => f.u32s(),
+        }
+    }
 }
 
 /// Inserting in chunks lets a build notice cancellation and keeps rayon's batches useful.
 const BUILD_CHUNK: usize = 2048;
+
+/// "SHG1": the first word of a graph file.
+const GRAPH_MAGIC: u32 = u32::from_le_bytes(*b"SHG1");
+const GRAPH_FORMAT: u32 = 1;
+/// Header words: magic, format, m, ef_construct, capacity, len, entry, layers above 0, total
+/// layer-0 links, then reserved zeros.
+const HEADER_WORDS: usize = 16;
+const NO_ENTRY: u32 = u32::MAX;
 
 impl HnswIndex {
     /// Builds a graph over `points` (offset, vector). Returns `None` if `cancel` was raised
@@ -79,7 +124,7 @@ impl HnswIndex {
         cancel: &AtomicBool,
     ) -> Option<HnswIndex> {
         let max_layer = 16;
-        let graph = Hnsw::new(
+        let graph: Hnsw<'_, f32, GraphDistance> = Hnsw::new(
             params.m.clamp(2, 128),
             points.len().max(1),
             max_layer,
@@ -94,12 +139,157 @@ impl HnswIndex {
                 chunk.iter().map(|(o, v)| (*v, *o as usize)).collect();
             pool.install(|| graph.parallel_insert_slice(&batch));
         }
-        let mut graph = graph;
-        graph.set_searching_mode(true);
-        Some(HnswIndex {
-            graph,
-            len: points.len(),
+        let capacity = points
+            .iter()
+            .map(|(o, _)| *o as usize + 1)
+            .max()
+            .unwrap_or(0);
+        Some(HnswIndex::from_builder(&graph, distance, params, capacity))
+    }
+
+    /// Copies the links out of a built `hnsw_rs` graph.
+    fn from_builder(
+        graph: &Hnsw<'_, f32, GraphDistance>,
+        distance: GraphDistance,
+        params: GraphParams,
+        capacity: usize,
+    ) -> HnswIndex {
+        let top = graph.get_max_level_observed() as usize;
+        let mut level0: Vec<Vec<u32>> = vec![Vec::new(); capacity];
+        let mut upper: Vec<HashMap<u32, Box<[u32]>>> = vec![HashMap::new(); top];
+        let mut entry = None;
+        let mut len = 0;
+        for point in graph.get_point_indexation() {
+            let offset = point.get_origin_id() as u32;
+            let level = point.get_point_id().0 as usize;
+            len += 1;
+            if level == top && entry.is_none_or(|e| offset < e) {
+                entry = Some(offset);
+            }
+            for (layer, neighbours) in point.get_neighborhood_id().into_iter().enumerate() {
+                let ids: Vec<u32> = neighbours.iter().map(|n| n.d_id as u32).collect();
+                match layer {
+                    0 => level0[offset as usize] = ids,
+                    l if l <= top && l <= level => {
+                        upper[l - 1].insert(offset, ids.into_boxed_slice());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut starts = Vec::with_capacity(capacity + 1);
+        let mut links = Vec::new();
+        starts.push(0);
+        for list in level0 {
+            links.extend(list);
+            starts.push(links.len() as u32);
+        }
+        HnswIndex {
+            distance,
             params,
+            len,
+            capacity,
+            entry,
+            starts: U32s::Heap(starts),
+            links: U32s::Heap(links),
+            upper,
+        }
+    }
+
+    /// Writes the graph to `path` (fsynced) and returns the file's CRC32. Layout, all
+    /// little-endian `u32`: a header of [`HEADER_WORDS`], the layer-0 `starts` (capacity + 1)
+    /// and `links`, then per upper layer its point count, and per point its offset, its link
+    /// count and its links.
+    pub fn write(&self, path: &Path) -> std::io::Result<u32> {
+        let starts = self.starts.as_slice();
+        let links = self.links.as_slice();
+        let mut words: Vec<u32> = Vec::with_capacity(HEADER_WORDS + starts.len() + links.len());
+        words.extend([
+            GRAPH_MAGIC,
+            GRAPH_FORMAT,
+            self.params.m as u32,
+            self.params.ef_construct as u32,
+            self.capacity as u32,
+            self.len as u32,
+            self.entry.unwrap_or(NO_ENTRY),
+            self.upper.len() as u32,
+            links.len() as u32,
+        ]);
+        words.resize(HEADER_WORDS, 0);
+        words.extend_from_slice(starts);
+        words.extend_from_slice(links);
+        for layer in &self.upper {
+            let mut points: Vec<(&u32, &Box<[u32]>)> = layer.iter().collect();
+            points.sort_by_key(|(o, _)| **o);
+            words.push(points.len() as u32);
+            for (offset, list) in points {
+                words.push(*offset);
+                words.push(list.len() as u32);
+                words.extend_from_slice(list);
+            }
+        }
+        mapped::write_file(path, bytemuck::cast_slice(&words))
+    }
+
+    /// Opens a graph written by [`HnswIndex::write`]: layer 0 stays in the file (mapped when
+    /// the file is), the few points of the upper layers are read onto the heap. Errors name
+    /// what does not fit.
+    pub fn open(file: Arc<FileBytes>, distance: GraphDistance) -> Result<HnswIndex, String> {
+        let header = FileSlice::new(Arc::clone(&file), 0, HEADER_WORDS)?;
+        let h = header.u32s();
+        if h[0] != GRAPH_MAGIC || h[1] != GRAPH_FORMAT {
+            return Err("not a graph file of this format".into());
+        }
+        let params = GraphParams {
+            m: h[2] as usize,
+            ef_construct: h[3] as usize,
+        };
+        let (capacity, len) = (h[4] as usize, h[5] as usize);
+        let entry = (h[6] != NO_ENTRY).then_some(h[6]);
+        let (layers, total) = (h[7] as usize, h[8] as usize);
+        let starts_at = HEADER_WORDS * 4;
+        let starts = FileSlice::new(Arc::clone(&file), starts_at, capacity + 1)?;
+        let links_at = starts_at + (capacity + 1) * 4;
+        let links = FileSlice::new(Arc::clone(&file), links_at, total)?;
+        let s = starts.u32s();
+        if s[0] != 0 || s[capacity] as usize != total || s.windows(2).any(|w| w[0] > w[1]) {
+            return Err("layer-0 link ranges are inconsistent".into());
+        }
+        if links.u32s().iter().any(|&o| o as usize >= capacity) {
+            return Err("a link points outside the segment".into());
+        }
+        if entry.is_some_and(|e| e as usize >= capacity) || (entry.is_none() && len > 0) {
+            return Err("the entry point is missing or outside the segment".into());
+        }
+        let rest_at = links_at + total * 4;
+        let rest_words = (file.bytes().len() - rest_at) / 4;
+        let rest = FileSlice::new(Arc::clone(&file), rest_at, rest_words)?;
+        let mut words = rest.u32s().iter().copied();
+        let mut next = || words.next().ok_or("upper layers are truncated");
+        let mut upper = Vec::with_capacity(layers);
+        for _ in 0..layers {
+            let count = next()? as usize;
+            let mut layer = HashMap::with_capacity(count.min(capacity));
+            for _ in 0..count {
+                let offset = next()?;
+                let n = next()? as usize;
+                let list: Box<[u32]> = (0..n).map(|_| next()).collect::<Result<_, _>>()?;
+                if offset as usize >= capacity || list.iter().any(|&o| o as usize >= capacity) {
+                    return Err("an upper-layer link points outside the segment".into());
+                }
+                layer.insert(offset, list);
+            }
+            upper.push(layer);
+        }
+        Ok(HnswIndex {
+            distance,
+            params,
+            len,
+            capacity,
+            entry,
+            starts: U32s::File(starts),
+            links: U32s::File(links),
+            upper,
         })
     }
 
@@ -117,36 +307,164 @@ impl HnswIndex {
         self.len == 0
     }
 
+    /// Bytes of links held on the heap (layer 0 counts only when not read from a mapped file).
+    pub fn heap_bytes(&self) -> usize {
+        let level0 = match (&self.starts, &self.links) {
+            (U32s::Heap(s), U32s::Heap(l)) => (s.len() + l.len()) * 4,
+            (U32s::File(s), U32s::File(l)) if !s.is_mapped() => {
+                (s.u32s().len() + l.u32s().len()) * 4
+            }
+            _ => 0,
+        };
+        let upper: usize = self
+            .upper
+            .iter()
+            .flat_map(|layer| layer.values())
+            .map(|l| l.len() * 4 + 16)
+            .sum();
+        level0 + upper
+    }
+
+    fn neighbours(&self, layer: usize, offset: u32) -> &[u32] {
+        if layer == 0 {
+            let starts = self.starts.as_slice();
+            let o = offset as usize;
+            &self.links.as_slice()[starts[o] as usize..starts[o + 1] as usize]
+        } else {
+            self.upper[layer - 1].get(&offset).map_or(&[], |l| l)
+        }
+    }
+
     /// The offsets of up to `k` approximate nearest neighbours of `query` that pass `accept`,
-    /// closest first.
-    pub fn search(
+    /// closest first. `vector` gives the stored vector at an offset (multivectors as their
+    /// sub-vectors laid end to end). HNSW's search: a greedy descent through the upper layers,
+    /// then a best-first walk of layer 0 keeping the `ef` best accepted points; rejected points
+    /// are still walked through, so a filter narrows the answer, not the paths.
+    pub fn search<'v>(
         &self,
         query: &[f32],
         k: usize,
         ef: usize,
+        vector: &dyn Fn(u32) -> Option<&'v [f32]>,
         accept: &dyn Fn(u32) -> bool,
     ) -> Vec<u32> {
-        let filter = OffsetFilter(accept);
-        self.graph
-            .search_filter(query, k, ef.max(k), Some(&filter))
-            .into_iter()
-            .map(|n| n.d_id as u32)
-            .collect()
+        let Some(entry) = self.entry else {
+            return Vec::new();
+        };
+        let ef = ef.max(k).max(1);
+        let distance = |o: u32| vector(o).map(|v| self.distance.eval(query, v));
+        let Some(mut best) = distance(entry) else {
+            return Vec::new();
+        };
+        let mut current = entry;
+        for layer in (1..=self.upper.len()).rev() {
+            loop {
+                let mut moved = false;
+                for &n in self.neighbours(layer, current) {
+                    if let Some(d) = distance(n)
+                        && d < best
+                    {
+                        (best, current, moved) = (d, n, true);
+                    }
+                }
+                if !moved {
+                    break;
+                }
+            }
+        }
+        VISITED.with_borrow_mut(|visited| {
+            visited.reset(self.capacity);
+            visited.insert(current);
+            let mut candidates = BinaryHeap::new();
+            let mut found: BinaryHeap<Near> = BinaryHeap::with_capacity(ef + 1);
+            candidates.push(Reverse(Near(best, current)));
+            if accept(current) {
+                found.push(Near(best, current));
+            }
+            while let Some(Reverse(Near(d, offset))) = candidates.pop() {
+                if found.len() >= ef && found.peek().is_some_and(|w| d > w.0) {
+                    break;
+                }
+                for &n in self.neighbours(0, offset) {
+                    if !visited.insert(n) {
+                        continue;
+                    }
+                    let Some(dn) = distance(n) else {
+                        continue;
+                    };
+                    if found.len() < ef || found.peek().is_some_and(|w| dn < w.0) {
+                        candidates.push(Reverse(Near(dn, n)));
+                        if accept(n) {
+                            found.push(Near(dn, n));
+                            if found.len() > ef {
+                                found.pop();
+                            }
+                        }
+                    }
+                }
+            }
+            let mut found = found.into_sorted_vec();
+            found.truncate(k);
+            found.into_iter().map(|n| n.1).collect()
+        })
     }
 }
 
-struct OffsetFilter<'a>(&'a dyn Fn(u32) -> bool);
+/// A graph distance and an offset, ordered by distance (then offset, for determinism).
+#[derive(Clone, Copy, PartialEq)]
+struct Near(f32, u32);
 
-impl FilterT for OffsetFilter<'_> {
-    fn hnsw_filter(&self, id: &usize) -> bool {
-        (self.0)(*id as u32)
+impl Eq for Near {}
+
+impl PartialOrd for Near {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
+}
+
+impl Ord for Near {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0).then(self.1.cmp(&other.1))
+    }
+}
+
+/// Which offsets a search has seen: a mark per offset, valid when it equals the current
+/// generation, so starting a search costs nothing until the generation counter wraps.
+#[derive(Default)]
+struct Visited {
+    marks: Vec<u16>,
+    generation: u16,
+}
+
+impl Visited {
+    fn reset(&mut self, capacity: usize) {
+        if self.marks.len() < capacity {
+            self.marks.resize(capacity, 0);
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.marks.fill(0);
+            self.generation = 1;
+        }
+    }
+
+    /// Marks `offset`; false if it was already marked in this search.
+    fn insert(&mut self, offset: u32) -> bool {
+        let mark = &mut self.marks[offset as usize];
+        let fresh = *mark != self.generation;
+        *mark = self.generation;
+        fresh
+    }
+}
+
+thread_local! {
+    /// One visited set per searching thread, reused across searches.
+    static VISITED: RefCell<Visited> = RefCell::new(Visited::default());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use anndists::dist::Distance as _;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     #[test]
@@ -197,6 +515,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(index.len(), 2000);
+        let vector = |o: u32| Some(vectors[o as usize].as_slice());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("graph.bin");
+        let crc = index.write(&path).unwrap();
+        assert_eq!(crate::storage::mapped::checksum_file(&path).unwrap().0, crc);
+        let reopened: Vec<HnswIndex> = [true, false]
+            .into_iter()
+            .map(|mapped| {
+                let file = FileBytes::open(&path, mapped).unwrap();
+                HnswIndex::open(file, GraphDistance::dense(Distance::Euclid)).unwrap()
+            })
+            .collect();
+        assert_eq!(reopened[0].params(), index.params());
+        assert_eq!(reopened[0].len(), 2000);
         let mut hits = 0;
         for q in vectors.iter().take(50) {
             let mut exact: Vec<(f32, u32)> = vectors
@@ -206,10 +538,15 @@ mod tests {
                 .collect();
             exact.sort_by(|a, b| a.0.total_cmp(&b.0));
             let truth: Vec<u32> = exact.iter().take(10).map(|e| e.1).collect();
-            let found = index.search(q, 10, 128, &|_| true);
+            let found = index.search(q, 10, 128, &vector, &|_| true);
             hits += found.iter().filter(|o| truth.contains(o)).count();
-            let even = index.search(q, 10, 128, &|o| o % 2 == 0);
+            let even = index.search(q, 10, 128, &vector, &|o| o % 2 == 0);
+            assert_eq!(even.len(), 10);
             assert!(even.iter().all(|o| o % 2 == 0));
+            // The same graph read back from its file, mapped or not, answers the same.
+            for reopened in &reopened {
+                assert_eq!(reopened.search(q, 10, 128, &vector, &|_| true), found);
+            }
         }
         assert!(hits as f64 / 500.0 > 0.9, "recall {hits}/500");
     }
@@ -259,12 +596,52 @@ mod tests {
             exact.sort_by(|a, b| a.0.total_cmp(&b.0));
             let truth: Vec<u32> = exact.iter().take(5).map(|e| e.1).collect();
             hits += index
-                .search(q, 5, 64, &|_| true)
+                .search(q, 5, 64, &|o| Some(flats[o as usize].as_slice()), &|_| true)
                 .iter()
                 .filter(|o| truth.contains(o))
                 .count();
         }
         assert!(hits as f64 / 100.0 > 0.8, "recall {hits}/100");
+    }
+
+    #[test]
+    fn a_damaged_graph_file_is_refused() {
+        let v = [vec![0.0f32, 1.0], vec![1.0, 0.0], vec![1.0, 1.0]];
+        let points: Vec<(u32, &[f32])> = v
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u32, v.as_slice()))
+            .collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let params = GraphParams {
+            m: 4,
+            ef_construct: 8,
+        };
+        let distance = GraphDistance::dense(Distance::Euclid);
+        let index =
+            HnswIndex::build(distance, params, &points, &pool, &AtomicBool::new(false)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("graph.bin");
+        index.write(&path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let open = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            HnswIndex::open(FileBytes::open(&path, false).unwrap(), distance)
+        };
+        assert!(open(&good).is_ok());
+        assert!(open(&good[..good.len() - 4]).is_err(), "truncated");
+        assert!(open(&good[..20]).is_err(), "header only");
+        let mut bad = good.clone();
+        bad[0] ^= 1;
+        assert!(open(&bad).is_err(), "magic");
+        // A layer-0 link pointing past the segment.
+        let mut bad = good.clone();
+        let link_at = (HEADER_WORDS + 4) * 4;
+        bad[link_at..link_at + 4].copy_from_slice(&99u32.to_le_bytes());
+        assert!(open(&bad).is_err(), "link out of range");
     }
 
     #[test]

@@ -2,11 +2,16 @@
 //! bookkeeping that ties them together.
 //!
 //! Writes take the shard's write lock, are appended to the WAL, then applied to the in-memory
-//! segments; they are acknowledged only after that. Every few seconds the points that changed
-//! are flushed to the point store in one atomic transaction, and the WAL is cut back to the
-//! flushed sequence number. On open, the flushed points are loaded and the WAL is replayed from
-//! there. Reads take the read lock and never wait for the optimizer, which builds graphs
-//! outside the lock and only swaps them in under it.
+//! segments; they are acknowledged only after that. Every few seconds what changed is flushed
+//! to the point store in one atomic transaction, and the WAL is cut back to the flushed
+//! sequence number. Reads take the read lock and never wait for the optimizer, which builds
+//! graphs outside the lock and only swaps them in under it.
+//!
+//! Sealed (indexed) segments live in directories under `segments/` (see `segment::files`),
+//! written by the optimizer before it swaps them in; the point store lists them, holds their
+//! deletions and their changed payloads, and holds whole every point that is not in one. On
+//! open, the listed segments are mapped (no graph is rebuilt), the rest is loaded from the
+//! point store, and the WAL is replayed after the flushed sequence number.
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,8 +28,13 @@ use crate::index::sparse_index::SparseIndex;
 use crate::shard::operations::{
     PointSelection, PointWrite, ShardOperation, UpdateMode, UpdateRequest,
 };
-use crate::shard::segment::{FrozenColumn, Segment, SegmentId, SegmentIndex, SegmentStage};
-use crate::storage::point_store::{PointStore, StoreError, StoredPoint};
+use crate::shard::segment::{
+    FrozenColumn, Segment, SegmentId, SegmentImage, SegmentIndex, SegmentStage, segment_dir,
+    stray_dirs,
+};
+use crate::storage::point_store::{
+    FlushBatch, PayloadOverride, PointStore, StoreError, StoredPoint,
+};
 use crate::storage::wal::{SyncMode, Wal};
 use crate::types::{Distance, NamedVectors, Payload, PointId, SparseVector, VectorData, VectorRef};
 
@@ -42,6 +52,10 @@ pub enum ShardError {
         "WAL record {seq} does not decode ({reason}); the shard refuses to start rather than lose it"
     )]
     CorruptWal { seq: u64, reason: String },
+    #[error(
+        "segment {path} fails verification ({reason}); the shard refuses to serve it (recover the replica from another peer or a snapshot)"
+    )]
+    CorruptSegment { path: PathBuf, reason: String },
     #[error("wrong input: vector dimension error: expected dim: {expected}, got {got}")]
     WrongDimension { expected: usize, got: usize },
     #[error("wrong input: {0}")]
@@ -50,6 +64,9 @@ pub enum ShardError {
     #[error("No point with id {0} found")]
     PointNotFound(PointId),
 }
+
+/// Sealed segment directories, inside the shard's directory.
+const SEGMENTS_DIR: &str = "segments";
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
     move |source| ShardError::Io {
@@ -148,6 +165,13 @@ struct ShardState {
     locations: BTreeMap<PointId, Location>,
     /// Points changed since the last flush.
     dirty: HashSet<PointId>,
+    /// Sealed segments on disk whose deletions changed since the last flush.
+    deletions_dirty: HashSet<SegmentId>,
+    /// Whether the set of sealed segments on disk changed since the last flush.
+    segments_dirty: bool,
+    /// Directories of sealed segments no longer in the shard: removed once a flush no longer
+    /// lists them.
+    retired: Vec<SegmentId>,
     last_seq: u64,
     flushed_seq: u64,
     /// Points per segment before it is frozen for indexing; `None` when indexing is off.
@@ -175,6 +199,9 @@ impl ShardState {
             Some(loc) => {
                 if let Some(seg) = self.segments.get_mut(&loc.segment) {
                     seg.delete(loc.offset);
+                    if seg.is_persisted() {
+                        self.deletions_dirty.insert(loc.segment);
+                    }
                 }
                 true
             }
@@ -640,11 +667,66 @@ impl LocalShard {
             dirty: HashSet::new(),
             last_seq: 0,
             flushed_seq: 0,
+            deletions_dirty: HashSet::new(),
+            segments_dirty: false,
+            retired: Vec::new(),
         };
+        let flushed = store.load()?;
+        let flushed_seq = flushed.seq;
+        let segments_dir = dir.join(SEGMENTS_DIR);
+        std::fs::create_dir_all(&segments_dir).map_err(io_err(&segments_dir))?;
+        // What the point store does not list is not part of the shard: an optimization that
+        // did not reach its flush, or a segment replaced since.
+        let listed: Vec<SegmentId> = flushed.segments.iter().map(|(id, _)| *id).collect();
+        for stray in stray_dirs(&segments_dir, &listed).map_err(io_err(&segments_dir))? {
+            tracing::info!(path = %stray.display(), "removing a segment directory no flush lists");
+            std::fs::remove_dir_all(&stray).map_err(io_err(&stray))?;
+        }
+        for (id, voided) in flushed.segments {
+            let path = segment_dir(&segments_dir, id);
+            let mut seg = Segment::open_dir(&path, &config, &voided).map_err(|reason| {
+                ShardError::CorruptSegment {
+                    path: path.clone(),
+                    reason,
+                }
+            })?;
+            if let Some(bits) = flushed.deleted.get(&id) {
+                seg.apply_deleted_bitmap(bits);
+            }
+            state.next_segment_id = state.next_segment_id.max(id + 1);
+            for o in seg.live_offsets().collect::<Vec<_>>() {
+                let point = seg.id(o);
+                if let Some(old) = state.locations.get(&point).copied() {
+                    // Never written by Shoal (a flush lists a point in one place), but if two
+                    // segments hold a point, the newer copy wins rather than both serving.
+                    let other = &state.segments[&old.segment];
+                    if other.version(old.offset) >= seg.version(o) {
+                        seg.delete(o);
+                        continue;
+                    }
+                    state.remove_point(&point);
+                }
+                state.locations.insert(
+                    point,
+                    Location {
+                        segment: id,
+                        offset: o,
+                    },
+                );
+            }
+            state.segments.insert(id, seg);
+        }
+        for (id, o) in flushed.overrides {
+            if let Some((seg, offset)) = state.point_mut(&id)
+                && o.version > seg.version(offset)
+            {
+                *seg.payload_mut(offset) = o.payload;
+                seg.set_version(offset, o.version);
+            }
+        }
+        let sealed = state.locations.len();
         state.appendable = state.new_segment();
-
-        let (flushed_seq, points) = store.load()?;
-        for (id, p) in points {
+        for (id, p) in flushed.tail {
             check_vectors(&config, &p.vectors).map_err(|e| {
                 StoreError::Corrupt(format!("point {id} does not fit the collection: {e}"))
             })?;
@@ -666,6 +748,7 @@ impl LocalShard {
         tracing::info!(
             dir = %dir.display(),
             points = state.locations.len(),
+            in_sealed_segments = sealed,
             flushed_seq,
             replayed,
             last_seq = state.last_seq,
@@ -693,8 +776,10 @@ impl LocalShard {
     }
 
     /// Adopts a changed configuration (named vectors added or removed): every segment conforms
-    /// to it (see [`Segment::conform`]), points that lost a vector are stored again without it
-    /// at the next flush, and the optimizer re-indexes segments whose index was dropped.
+    /// to it (see [`Segment::conform`]), the shard is flushed at once (points that lost a
+    /// vector are stored without it, segments on disk record the columns that no longer
+    /// count), and the optimizer re-indexes segments whose index was dropped. Blocking (a
+    /// flush).
     pub fn set_config(&self, config: Arc<CollectionConfig>) {
         let mut state = self.state.write();
         let mut changed = Vec::new();
@@ -705,7 +790,14 @@ impl LocalShard {
         }
         state.dirty.extend(changed);
         state.config = config;
+        // Columns voided in segments on disk are recorded with the segment list.
+        state.segments_dirty = true;
         drop(state);
+        // Flushed now, not in a few seconds: a vector re-created under the same name before a
+        // crash must not find the old values in the point store or a segment directory.
+        if let Err(error) = self.flush() {
+            tracing::error!(dir = %self.dir.display(), %error, "could not flush after a configuration change");
+        }
         self.wake_optimizer.notify_one();
     }
 
@@ -743,23 +835,74 @@ impl LocalShard {
         Ok(seq)
     }
 
-    /// Writes every point changed since the last flush to the point store in one transaction
-    /// and drops the WAL files that this makes redundant.
+    /// Writes what changed since the last flush to the point store in one transaction (see
+    /// the module docs), drops the WAL files that this makes redundant, and removes the
+    /// directories of segments the store no longer lists.
     pub fn flush(&self) -> Result<(), ShardError> {
         let _one_flush_at_a_time = self.flush_lock.lock();
         let mut state = self.state.write();
-        if state.dirty.is_empty() && state.flushed_seq == state.last_seq {
+        if state.dirty.is_empty()
+            && state.flushed_seq == state.last_seq
+            && state.deletions_dirty.is_empty()
+            && !state.segments_dirty
+            && state.retired.is_empty()
+        {
             return Ok(());
         }
         let dirty = std::mem::take(&mut state.dirty);
+        let deletions_dirty = std::mem::take(&mut state.deletions_dirty);
+        let segments_dirty = std::mem::replace(&mut state.segments_dirty, false);
+        let retired = std::mem::take(&mut state.retired);
         let seq = state.last_seq;
         // Readers may go on while we copy; writers wait, so the copy is exactly the state at `seq`.
         let state = RwLockWriteGuard::downgrade(state);
-        let changes: Vec<(PointId, Option<StoredPoint>)> =
-            dirty.iter().map(|id| (*id, state.stored(id))).collect();
+        let mut batch = FlushBatch {
+            seq,
+            ..FlushBatch::default()
+        };
+        for id in &dirty {
+            match state.point(id) {
+                Some((seg, offset)) if seg.is_persisted() => {
+                    batch.tail.push((*id, None));
+                    let changed = seg.file_version(offset) != Some(seg.version(offset));
+                    let payload = changed.then(|| PayloadOverride {
+                        version: seg.version(offset),
+                        payload: seg.payload(offset).clone(),
+                    });
+                    batch.overrides.push((*id, payload));
+                }
+                Some(_) => {
+                    batch.tail.push((*id, state.stored(id)));
+                    batch.overrides.push((*id, None));
+                }
+                None => {
+                    batch.tail.push((*id, None));
+                    batch.overrides.push((*id, None));
+                }
+            }
+        }
+        for id in &deletions_dirty {
+            if let Some(seg) = state.segments.get(id).filter(|s| s.is_persisted()) {
+                batch.deleted.push((*id, seg.deleted_bitmap()));
+            }
+        }
+        if segments_dirty {
+            batch.segments = Some(
+                state
+                    .segments
+                    .values()
+                    .filter(|s| s.is_persisted())
+                    .map(|s| (s.id, s.voided_columns()))
+                    .collect(),
+            );
+        }
         drop(state);
-        if let Err(e) = self.store.commit(&changes, seq) {
-            self.state.write().dirty.extend(dirty);
+        if let Err(e) = self.store.commit_batch(&batch) {
+            let mut state = self.state.write();
+            state.dirty.extend(dirty);
+            state.deletions_dirty.extend(deletions_dirty);
+            state.segments_dirty |= segments_dirty;
+            state.retired.extend(retired);
             return Err(e.into());
         }
         self.state.write().flushed_seq = seq;
@@ -767,7 +910,16 @@ impl LocalShard {
             .lock()
             .truncate_through(seq)
             .map_err(io_err(&self.dir))?;
-        tracing::debug!(dir = %self.dir.display(), seq, points = changes.len(), "shard flushed");
+        for id in retired {
+            let path = segment_dir(&self.dir.join(SEGMENTS_DIR), id);
+            if let Err(e) = std::fs::remove_dir_all(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                // Harmless: the next open removes directories no flush lists.
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a retired segment");
+            }
+        }
+        tracing::debug!(dir = %self.dir.display(), seq, points = dirty.len(), "shard flushed");
         Ok(())
     }
 
@@ -1068,7 +1220,12 @@ impl LocalShard {
                 };
                 let ef = query.ef.unwrap_or(hnsw.ef_construct).max(query.top);
                 let accept_offset = |o: u32| seg.is_live(o) && accepted(o);
-                let found = index.search(flat, query.top, ef, &accept_offset);
+                let vector = |o: u32| match column.get(o) {
+                    Some(VectorRef::Dense(v)) => Some(v),
+                    Some(VectorRef::Multi { flat, .. }) => Some(flat),
+                    _ => None,
+                };
+                let found = index.search(flat, query.top, ef, &vector, &accept_offset);
                 // Too few hits means a selective filter starved the graph walk: fall back to
                 // an exhaustive scan so that filtered searches stay complete.
                 exhaustive = found.len() < query.top && found.len() < index.len();
@@ -1263,7 +1420,12 @@ impl LocalShard {
                 .map(|s| s.id)
                 .collect();
             for id in &empty {
-                state.segments.remove(id);
+                if let Some(seg) = state.segments.remove(id)
+                    && seg.is_persisted()
+                {
+                    state.segments_dirty = true;
+                    state.retired.push(*id);
+                }
             }
         }
         // Index first (it makes new data fast to search), then vacuum, then merge.
@@ -1273,7 +1435,12 @@ impl LocalShard {
                 .segments
                 .values()
                 .find(|s| s.stage() == SegmentStage::Frozen)
-                .map(|s| OptimizerJob::Index(s.id))
+                // A segment on disk whose index was dropped (its graph parameters changed) is
+                // written anew, as a new directory.
+                .map(|s| match s.is_persisted() {
+                    true => OptimizerJob::Vacuum(s.id),
+                    false => OptimizerJob::Index(s.id),
+                })
                 .or_else(|| {
                     state
                         .segments
@@ -1382,15 +1549,68 @@ impl LocalShard {
         let Some(index) = self.build_index(&config, &columns, &live, builder) else {
             return false;
         };
-        let mut state = self.state.write();
-        let config = Arc::clone(&state.config);
-        if let Some(seg) = state.segments.get_mut(&segment_id) {
+        let image = {
+            let mut state = self.state.write();
+            let config = Arc::clone(&state.config);
+            let Some(seg) = state.segments.get_mut(&segment_id) else {
+                return true;
+            };
             seg.set_index(Arc::new(index));
             // The configuration may have changed while the index was built (its points were
             // already conformed: only the index can be stale).
             seg.conform(&config);
-        }
+            seg.image()
+        };
+        // Searches use the new index already; writing it to disk is what lets a restart skip
+        // the build and the heap let go of the vectors.
+        let Some(stored) = image.and_then(|image| self.persist(&image)) else {
+            return true;
+        };
+        let mut state = self.state.write();
+        let config = Arc::clone(&state.config);
+        let live: Vec<PointId> = match state.segments.get_mut(&segment_id) {
+            Some(seg) if seg.stage() == SegmentStage::Indexed && !seg.is_persisted() => {
+                seg.adopt_stored(stored);
+                let lost = seg.conform(&config);
+                // Every live point: those that lost a vector are among them.
+                debug_assert!(lost.iter().all(|o| seg.is_live(*o)));
+                seg.live_offsets().map(|o| seg.id(o)).collect()
+            }
+            // Changed meanwhile (dropped, or its index dropped by a configuration change):
+            // the directory is not part of the shard.
+            _ => {
+                state.retired.push(segment_id);
+                return true;
+            }
+        };
+        // The next flush lists the segment and takes its points out of the point store's
+        // tail, in one transaction.
+        state.dirty.extend(live);
+        state.deletions_dirty.insert(segment_id);
+        state.segments_dirty = true;
         true
+    }
+
+    /// Writes a sealed segment's directory and reads it back (mapped as configured); `None`
+    /// (logged) if that fails, in which case the segment stays on the heap and its points in
+    /// the point store.
+    fn persist(&self, image: &SegmentImage) -> Option<Segment> {
+        let segments_dir = self.dir.join(SEGMENTS_DIR);
+        let path = segment_dir(&segments_dir, image.id);
+        let config = self.config();
+        let written = std::fs::create_dir_all(&segments_dir)
+            .and_then(|()| image.write(&path))
+            .map_err(|e| e.to_string())
+            .and_then(|()| Segment::open_dir(&path, &config, &[]));
+        match written {
+            Ok(stored) => Some(stored),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "could not write a sealed segment; it stays in memory");
+                let _ = std::fs::remove_dir_all(&path);
+                let _ = std::fs::remove_dir_all(path.with_extension("tmp"));
+                None
+            }
+        }
     }
 
     /// Rewrites segments into one compact segment with fresh indexes (dropping tombstones, and
@@ -1431,14 +1651,29 @@ impl LocalShard {
         };
         drop(columns);
         fresh.set_index(Arc::new(index));
+        if let Some(stored) = fresh.image().and_then(|image| self.persist(&image)) {
+            fresh.adopt_stored(stored);
+        }
         let mut state = self.state.write();
         if !sources.iter().all(|s| state.segments.contains_key(s)) {
+            if fresh.is_persisted() {
+                state.retired.push(fresh.id);
+            }
             return false;
         }
         let old: BTreeMap<SegmentId, Segment> = sources
             .iter()
             .filter_map(|s| state.segments.remove(s).map(|seg| (*s, seg)))
             .collect();
+        for (id, seg) in &old {
+            if seg.is_persisted() {
+                state.retired.push(*id);
+            }
+        }
+        let persisted = fresh.is_persisted();
+        if persisted || !state.retired.is_empty() {
+            state.segments_dirty = true;
+        }
         for (new_offset, from) in origin.iter().enumerate() {
             let new_offset = new_offset as u32;
             let seg = &old[&from.segment];
@@ -1447,6 +1682,10 @@ impl LocalShard {
                 // The payload may have changed while the graph was built.
                 *fresh.payload_mut(new_offset) = seg.payload(from.offset).clone();
                 fresh.set_version(new_offset, seg.version(from.offset));
+                // The next flush stores the point where it now lives: out of the tail (a
+                // payload newer than the file's becomes an override) when the new segment is
+                // on disk, whole in the tail when writing it failed.
+                state.dirty.insert(id);
                 state.locations.insert(
                     id,
                     Location {
@@ -1466,6 +1705,9 @@ impl LocalShard {
             .map(|o| fresh.id(o))
             .collect();
         state.dirty.extend(lost);
+        if persisted {
+            state.deletions_dirty.insert(fresh.id);
+        }
         state.segments.insert(fresh.id, fresh);
         true
     }
@@ -1818,6 +2060,236 @@ mod tests {
         let shard = LocalShard::open(dir.path(), cfg, SyncMode::Os).unwrap();
         assert_eq!(shard.count(None), 99);
         assert_eq!(shard.stats().flushed_seq, 3);
+    }
+
+    /// The shard as a model expects it: every point's vector and payload, and exact search.
+    fn assert_matches_model(shard: &LocalShard, model: &BTreeMap<PointId, (Vec<f32>, Payload)>) {
+        let ids: Vec<PointId> = (0..400).map(PointId::Num).collect();
+        let got = shard.retrieve(&ids, true, &WithVector::All);
+        assert_eq!(got.len(), model.len(), "point count");
+        for r in got {
+            let (vector, payload) = &model[&r.id];
+            let stored = r.vector.as_ref().unwrap().get("").unwrap().clone();
+            assert_eq!(
+                stored,
+                VectorData::Dense(vector.clone()),
+                "vector of {}",
+                r.id
+            );
+            assert_eq!(r.payload.as_ref().unwrap(), payload, "payload of {}", r.id);
+        }
+        assert_eq!(shard.count(None), model.len());
+    }
+
+    #[test]
+    fn sealed_segments_on_disk_survive_crashes_and_reopen_without_rebuilding() {
+        for seed in 0..4u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = config(4, 1);
+            let builder = IndexBuilder::new(1);
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut model: BTreeMap<PointId, (Vec<f32>, Payload)> = BTreeMap::new();
+            let open = || LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+            let mut shard = open();
+            let mut reopened_sealed = 0;
+            for step in 0..400u64 {
+                let some_ids = |rng: &mut StdRng, n: usize| -> Vec<PointId> {
+                    (0..n)
+                        .map(|_| PointId::Num(rng.random_range(0..400)))
+                        .collect()
+                };
+                match rng.random_range(0..100) {
+                    0..40 => {
+                        let n = rng.random_range(1..30);
+                        let writes: Vec<PointWrite> = some_ids(&mut rng, n)
+                            .into_iter()
+                            .map(|id| {
+                                let v: Vec<f32> =
+                                    (0..4).map(|_| rng.random_range(-1.0..1.0)).collect();
+                                let mut payload = Payload::new();
+                                payload.insert("step".into(), serde_json::json!(step));
+                                model.insert(id, (v.clone(), payload.clone()));
+                                PointWrite::dense(id, v, payload)
+                            })
+                            .collect();
+                        shard.update(UpdateRequest::Upsert(writes)).unwrap();
+                    }
+                    40..50 => {
+                        let ids = some_ids(&mut rng, 10);
+                        ids.iter().for_each(|id| {
+                            model.remove(id);
+                        });
+                        shard
+                            .update(UpdateRequest::Delete(PointSelection::Ids(ids)))
+                            .unwrap();
+                    }
+                    50..60 => {
+                        let ids = some_ids(&mut rng, 20);
+                        let mut tag = Payload::new();
+                        tag.insert("tag".into(), serde_json::json!(step));
+                        for id in &ids {
+                            if let Some((_, p)) = model.get_mut(id) {
+                                p.insert("tag".into(), serde_json::json!(step));
+                            }
+                        }
+                        shard
+                            .update(UpdateRequest::SetPayload {
+                                selection: PointSelection::IdsIfPresent(ids),
+                                payload: tag,
+                                key: None,
+                            })
+                            .unwrap();
+                    }
+                    60..65 => {
+                        let ids = some_ids(&mut rng, 5);
+                        let v = vec![step as f32, 0.0, 0.0, 1.0];
+                        for id in &ids {
+                            if let Some((old, _)) = model.get_mut(id) {
+                                *old = v.clone();
+                            }
+                        }
+                        let points = ids
+                            .into_iter()
+                            .map(|id| {
+                                (
+                                    id,
+                                    NamedVectors::from([(
+                                        String::new(),
+                                        VectorData::Dense(v.clone()),
+                                    )]),
+                                )
+                            })
+                            .collect();
+                        shard
+                            .update(UpdateRequest::UpdateVectors {
+                                points,
+                                filter: None,
+                                missing_ok: true,
+                            })
+                            .unwrap();
+                    }
+                    65..80 => {
+                        for _ in 0..3 {
+                            shard.optimize_step(&builder);
+                        }
+                    }
+                    80..90 => shard.flush().unwrap(),
+                    90..95 => {
+                        // kill -9: whatever was not flushed is in the WAL; directories the
+                        // optimizer wrote since the last flush are not listed anywhere.
+                        drop(shard);
+                        shard = open();
+                        assert_matches_model(&shard, &model);
+                    }
+                    _ => {
+                        shard.flush().unwrap();
+                        let before = shard.stats();
+                        drop(shard);
+                        shard = open();
+                        assert_matches_model(&shard, &model);
+                        // Nothing was built on open: the sealed segments came back indexed.
+                        assert_eq!(shard.stats().indexed_vectors, before.indexed_vectors);
+                        reopened_sealed += before.indexed_vectors;
+                    }
+                }
+                if step % 50 == 0 {
+                    assert_matches_model(&shard, &model);
+                }
+            }
+            // Only the segments the store lists are on disk, and searching works on them.
+            shard.flush().unwrap();
+            let listed = shard.stats();
+            let on_disk = std::fs::read_dir(dir.path().join(SEGMENTS_DIR))
+                .unwrap()
+                .count();
+            let persisted = shard
+                .state
+                .read()
+                .segments
+                .values()
+                .filter(|s| s.is_persisted())
+                .count();
+            assert_eq!(on_disk, persisted, "{listed:?}");
+            drop(shard);
+            let shard = open();
+            assert_eq!(
+                std::fs::read_dir(dir.path().join(SEGMENTS_DIR))
+                    .unwrap()
+                    .count(),
+                on_disk
+            );
+            assert_matches_model(&shard, &model);
+            let q = [0.1, 0.2, -0.3, 0.4];
+            let mut truth: Vec<(f32, PointId)> = model
+                .iter()
+                .map(|(id, (v, _))| (Distance::Euclid.score(&q, v), *id))
+                .collect();
+            truth.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let exact: Vec<PointId> = shard
+                .search(&exact_query(&q, 5))
+                .iter()
+                .map(|r| r.id)
+                .collect();
+            let want: Vec<PointId> = truth.iter().take(5).map(|t| t.1).collect();
+            assert_eq!(exact, want);
+            assert!(
+                reopened_sealed > 0,
+                "seed {seed}: some reopen found sealed segments"
+            );
+        }
+    }
+
+    #[test]
+    fn a_vector_removed_and_created_again_never_brings_back_old_values() {
+        use crate::collection_config::{VectorParams, VectorsConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let named = |names: &[&str]| {
+            let mut cfg = (*config(4, 1)).clone();
+            cfg.params.vectors = VectorsConfig::Named(
+                names
+                    .iter()
+                    .map(|n| (n.to_string(), VectorParams::new(4, Distance::Dot, false)))
+                    .collect(),
+            );
+            Arc::new(cfg)
+        };
+        let (both, only_a) = (named(&["a", "b"]), named(&["a"]));
+        let writes: Vec<PointWrite> = (0..300u64)
+            .map(|i| PointWrite {
+                id: PointId::Num(i),
+                vectors: NamedVectors::from([
+                    ("a".to_string(), VectorData::Dense(vec![i as f32; 4])),
+                    ("b".to_string(), VectorData::Dense(vec![1.0; 4])),
+                ]),
+                payload: Payload::new(),
+            })
+            .collect();
+        for flush in [true, false] {
+            let dir = dir.path().join(flush.to_string());
+            let shard = LocalShard::open(&dir, Arc::clone(&both), SyncMode::Os).unwrap();
+            shard.update(UpdateRequest::Upsert(writes.clone())).unwrap();
+            let builder = IndexBuilder::new(1);
+            while shard.optimize_step(&builder) {}
+            shard.flush().unwrap();
+            assert!(shard.stats().indexed_vectors > 0, "segments went to disk");
+            // `b` removed, then created again: no optimizer step, and (second round) a crash
+            // before any flush.
+            shard.set_config(Arc::clone(&only_a));
+            shard.set_config(Arc::clone(&both));
+            if flush {
+                shard.flush().unwrap();
+            }
+            drop(shard);
+            let shard = LocalShard::open(&dir, Arc::clone(&both), SyncMode::Os).unwrap();
+            let ids: Vec<PointId> = (0..300).map(PointId::Num).collect();
+            let got = shard.retrieve(&ids, false, &WithVector::All);
+            assert_eq!(got.len(), 300);
+            for r in got {
+                let vectors = r.vector.unwrap();
+                assert!(vectors.contains_key("a"), "{} kept a", r.id);
+                assert!(!vectors.contains_key("b"), "{} got its old b back", r.id);
+            }
+        }
     }
 
     #[test]

@@ -16,7 +16,12 @@ use std::sync::Arc;
 use crate::collection_config::CollectionConfig;
 use crate::index::hnsw_index::{GraphParams, HnswIndex};
 use crate::index::sparse_index::SparseIndex;
+use crate::storage::mapped::Floats;
 use crate::types::{NamedVectors, Payload, PointId, SparseVector, VectorData, VectorRef};
+
+mod files;
+
+pub use files::{SegmentImage, segment_dir, stray_dirs};
 
 pub type SegmentId = u64;
 
@@ -64,12 +69,35 @@ impl<T> Cells<T> {
     }
 }
 
+/// Dense values: growing while appendable; then fixed, on the heap or in a segment file.
+enum DenseData {
+    Growing(Vec<f32>),
+    Fixed(Floats),
+}
+
+impl DenseData {
+    fn as_slice(&self) -> &[f32] {
+        match self {
+            DenseData::Growing(v) => v,
+            DenseData::Fixed(f) => f.as_slice(),
+        }
+    }
+
+    fn freeze(&mut self) {
+        if let DenseData::Growing(v) = self {
+            let mut v = std::mem::take(v);
+            v.shrink_to_fit();
+            *self = DenseData::Fixed(Floats::Heap(Arc::new(v)));
+        }
+    }
+}
+
 /// The stored values of one named vector, one cell per offset.
 enum VectorColumn {
     /// Dense vectors laid end to end, `dim` values per offset (zeros where absent).
     Dense {
         dim: usize,
-        data: Cells<f32>,
+        data: DenseData,
         present: Vec<bool>,
     },
     /// Each offset's sub-vectors laid end to end, `dim` values each.
@@ -88,7 +116,7 @@ impl VectorColumn {
             (
                 VectorColumn::Dense {
                     dim,
-                    data: Cells::Growing(data),
+                    data: DenseData::Growing(data),
                     present,
                 },
                 value,
@@ -166,7 +194,7 @@ impl<'a> ColumnReader<'a> {
 pub enum FrozenColumn {
     Dense {
         dim: usize,
-        data: Arc<Vec<f32>>,
+        data: Floats,
         present: Vec<bool>,
     },
     Multi {
@@ -184,7 +212,7 @@ impl FrozenColumn {
         let o = offset as usize;
         match self {
             FrozenColumn::Dense { dim, data, present } => {
-                present[o].then(|| VectorRef::Dense(&data[o * dim..(o + 1) * dim]))
+                present[o].then(|| VectorRef::Dense(&data.as_slice()[o * dim..(o + 1) * dim]))
             }
             FrozenColumn::Multi { dim, data } => data[o]
                 .as_deref()
@@ -216,7 +244,7 @@ impl ColumnShape {
         match self {
             ColumnShape::Dense(dim) => VectorColumn::Dense {
                 dim,
-                data: Cells::Growing(vec![0.0; len * dim]),
+                data: DenseData::Growing(vec![0.0; len * dim]),
                 present: vec![false; len],
             },
             ColumnShape::Multi(dim) => VectorColumn::Multi {
@@ -267,6 +295,11 @@ pub struct Segment {
     deleted: Vec<bool>,
     deleted_count: usize,
     index: Option<Arc<SegmentIndex>>,
+    /// Versions as the segment's directory holds them; `None` until it has one.
+    file_versions: Option<Vec<u64>>,
+    /// Columns the segment's directory holds that no longer count (their vector was removed
+    /// from the collection).
+    voided: std::collections::BTreeSet<String>,
 }
 
 impl Segment {
@@ -287,6 +320,8 @@ impl Segment {
             deleted: Vec::new(),
             deleted_count: 0,
             index: None,
+            file_versions: None,
+            voided: Default::default(),
         }
     }
 
@@ -310,6 +345,28 @@ impl Segment {
             .collect();
         for name in &stale {
             self.columns.remove(name);
+        }
+        // A segment on disk still holds what was dropped: the column is voided (the point
+        // store records that, so a vector re-created under the same name never finds the old
+        // values after a restart). Its vectors are mapped or read as `on_disk` said when it was
+        // opened: when that changed, it is written anew (dropping the index makes the
+        // optimizer rewrite it).
+        if self.file_versions.is_some() {
+            self.voided.extend(stale.iter().cloned());
+        }
+        let layout_outdated = self.file_versions.is_some()
+            && (self.columns.iter().any(|(name, column)| match column {
+                VectorColumn::Dense {
+                    data: DenseData::Fixed(Floats::File(f)),
+                    ..
+                } => {
+                    let on_disk = config.dense(name).and_then(|p| p.on_disk).unwrap_or(false);
+                    f.is_mapped() != on_disk && !f.f32s().is_empty()
+                }
+                _ => false,
+            }));
+        if layout_outdated {
+            self.index = None;
         }
         // A graph built with other parameters than the configuration now asks for is
         // rebuilt: the segment goes back to frozen (searched exhaustively meanwhile) and the
@@ -405,7 +462,10 @@ impl Segment {
                 let frozen = match column {
                     VectorColumn::Dense { dim, data, present } => FrozenColumn::Dense {
                         dim: *dim,
-                        data: data.shared()?,
+                        data: match data {
+                            DenseData::Fixed(f) => f.clone(),
+                            DenseData::Growing(_) => return None,
+                        },
                         present: present.clone(),
                     },
                     VectorColumn::Multi { dim, data } => FrozenColumn::Multi {
@@ -461,6 +521,30 @@ impl Segment {
         if !*slot {
             *slot = true;
             self.deleted_count += 1;
+        }
+    }
+
+    /// Columns of the segment's directory that no longer count (see [`Segment::conform`]).
+    pub fn voided_columns(&self) -> Vec<String> {
+        self.voided.iter().cloned().collect()
+    }
+
+    /// Deleted offsets as a bitmap: bit `o % 8` of byte `o / 8`.
+    pub fn deleted_bitmap(&self) -> Vec<u8> {
+        let mut bits = vec![0u8; self.deleted.len().div_ceil(8)];
+        for (o, _) in self.deleted.iter().enumerate().filter(|(_, d)| **d) {
+            bits[o / 8] |= 1 << (o % 8);
+        }
+        bits
+    }
+
+    /// Deletes the offsets set in `bits` (see [`Segment::deleted_bitmap`]); bits past the
+    /// segment's end are ignored.
+    pub fn apply_deleted_bitmap(&mut self, bits: &[u8]) {
+        for o in 0..self.deleted.len() {
+            if bits.get(o / 8).is_some_and(|b| b & (1 << (o % 8)) != 0) {
+                self.delete(o as u32);
+            }
         }
     }
 
@@ -614,6 +698,11 @@ mod tests {
         s.delete(a);
         s.delete(a);
         assert_eq!(s.live_count(), 1);
+        let mut copy = Segment::new(2, &config());
+        copy.push(PointId::Num(1), &full, Payload::new(), 1);
+        copy.push(PointId::Num(2), &full, Payload::new(), 1);
+        copy.apply_deleted_bitmap(&s.deleted_bitmap());
+        assert_eq!(copy.live_offsets().collect::<Vec<_>>(), vec![b]);
         s.freeze();
         assert_eq!(s.stage(), SegmentStage::Frozen);
         let frozen = s.frozen_columns();

@@ -2,5 +2,6 @@
 //! nothing from above.
 
 pub mod json_blob;
+pub mod mapped;
 pub mod point_store;
 pub mod wal;

@@ -1,6 +1,12 @@
-//! The durable home of a shard's points once they are flushed: a `redb` database mapping each
-//! point id to its version, vector and payload, plus the sequence number of the last WAL record
-//! the stored state includes.
+//! The commit point of a shard's flushed state: a `redb` database holding, in one atomic
+//! transaction per flush, the sequence number of the last WAL record the state includes, the
+//! list of sealed segment directories that make up the shard, their deleted offsets, the
+//! payloads changed since a sealed segment was written (with their versions), and every point
+//! not yet in a sealed segment (version, vectors, payload).
+//!
+//! Sealed segment directories are immutable and written before a flush lists them; a directory
+//! the store does not list is not part of the shard (an interrupted optimization) and is
+//! removed when the shard opens.
 //!
 //! Why redb: it is a pure-Rust, crash-safe (copy-on-write B-tree, atomic commits) embedded store
 //! with no background threads, so a flush is one transaction that either fully happens or not at
@@ -19,6 +25,13 @@ const LEGACY_POINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("point
 /// Points with named vectors ([`StoredPoint`]).
 const POINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("points_v2");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The sealed segments that make up the shard: segment id -> the columns of its directory that
+/// no longer count (postcard list of vector names).
+const SEGMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("segments");
+/// Deleted offsets of each sealed segment, a bitmap (bit `o % 8` of byte `o / 8`).
+const DELETED: TableDefinition<u64, &[u8]> = TableDefinition::new("deleted");
+/// Payloads of points in sealed segments changed after the segment was written.
+const OVERRIDES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("payload_overrides");
 const FLUSHED_SEQ: &str = "flushed_seq";
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +53,42 @@ pub struct StoredPoint {
     pub vectors: NamedVectors,
     #[serde(with = "crate::storage::json_blob")]
     pub payload: Payload,
+}
+
+/// The payload and version of a point in a sealed segment, newer than the segment's copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PayloadOverride {
+    pub version: u64,
+    #[serde(with = "crate::storage::json_blob")]
+    pub payload: Payload,
+}
+
+/// Everything one flush writes, atomically.
+#[derive(Debug, Default)]
+pub struct FlushBatch {
+    /// The last WAL record the state includes.
+    pub seq: u64,
+    /// Points not in a sealed segment, whole; `None` removes the entry.
+    pub tail: Vec<(PointId, Option<StoredPoint>)>,
+    /// Newer payloads of points in sealed segments; `None` removes the entry.
+    pub overrides: Vec<(PointId, Option<PayloadOverride>)>,
+    /// The sealed segments that make up the shard, each with its voided columns, when that
+    /// changed.
+    pub segments: Option<Vec<(u64, Vec<String>)>>,
+    /// The deleted-offset bitmaps of sealed segments whose deletions changed.
+    pub deleted: Vec<(u64, Vec<u8>)>,
+}
+
+/// The flushed state of a shard, as [`PointStore::load`] reads it.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    pub seq: u64,
+    /// Sealed segments and their voided columns.
+    pub segments: Vec<(u64, Vec<String>)>,
+    pub deleted: std::collections::BTreeMap<u64, Vec<u8>>,
+    pub overrides: Vec<(PointId, PayloadOverride)>,
+    /// Points not in a sealed segment, in id order.
+    pub tail: Vec<(PointId, StoredPoint)>,
 }
 
 /// A point as the single-vector data model stored it.
@@ -90,12 +139,16 @@ impl PointStore {
         txn.open_table(POINTS).map_err(redb_err)?;
         txn.open_table(LEGACY_POINTS).map_err(redb_err)?;
         txn.open_table(META).map_err(redb_err)?;
+        txn.open_table(SEGMENTS).map_err(redb_err)?;
+        txn.open_table(DELETED).map_err(redb_err)?;
+        txn.open_table(OVERRIDES).map_err(redb_err)?;
         txn.commit().map_err(redb_err)?;
         Ok(PointStore { db })
     }
 
-    /// Every stored point, in id order, and the WAL sequence number the state includes.
-    pub fn load(&self) -> Result<(u64, Vec<(PointId, StoredPoint)>), StoreError> {
+    /// The flushed state: sealed segments, their deletions, payload overrides, and the points
+    /// not in a sealed segment.
+    pub fn load(&self) -> Result<Flushed, StoreError> {
         let txn = self.db.begin_read().map_err(redb_err)?;
         let meta = txn.open_table(META).map_err(redb_err)?;
         let flushed = meta
@@ -130,7 +183,40 @@ impl PointStore {
                 .map_err(|e| StoreError::Corrupt(format!("point {id}: {e}")))?;
             points.insert(id, point);
         }
-        Ok((flushed, points.into_iter().collect()))
+        let table = txn.open_table(SEGMENTS).map_err(redb_err)?;
+        let mut segments = Vec::new();
+        for entry in table.iter().map_err(redb_err)? {
+            let (key, value) = entry.map_err(redb_err)?;
+            let voided: Vec<String> = postcard::from_bytes(value.value())
+                .map_err(|e| StoreError::Corrupt(format!("segment {}: {e}", key.value())))?;
+            segments.push((key.value(), voided));
+        }
+        let deleted = txn.open_table(DELETED).map_err(redb_err)?;
+        let deleted = deleted
+            .iter()
+            .map_err(redb_err)?
+            .map(|e| {
+                e.map(|(k, v)| (k.value(), v.value().to_vec()))
+                    .map_err(redb_err)
+            })
+            .collect::<Result<_, _>>()?;
+        let table = txn.open_table(OVERRIDES).map_err(redb_err)?;
+        let mut overrides = Vec::new();
+        for entry in table.iter().map_err(redb_err)? {
+            let (key, value) = entry.map_err(redb_err)?;
+            let id = decode_id(key.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("bad key {:?}", key.value())))?;
+            let o: PayloadOverride = postcard::from_bytes(value.value())
+                .map_err(|e| StoreError::Corrupt(format!("payload of point {id}: {e}")))?;
+            overrides.push((id, o));
+        }
+        Ok(Flushed {
+            seq: flushed,
+            segments,
+            deleted,
+            overrides,
+            tail: points.into_iter().collect(),
+        })
     }
 
     /// Atomically writes `changes` (a `None` deletes the point) and records that the stored
@@ -140,20 +226,30 @@ impl PointStore {
         changes: &[(PointId, Option<StoredPoint>)],
         flushed_seq: u64,
     ) -> Result<(), StoreError> {
+        self.commit_batch(&FlushBatch {
+            seq: flushed_seq,
+            tail: changes.to_vec(),
+            ..FlushBatch::default()
+        })
+    }
+
+    /// Writes a flush in one transaction: all of it is durable when this returns, or none of
+    /// it is (a crash keeps the previous flush).
+    pub fn commit_batch(&self, batch: &FlushBatch) -> Result<(), StoreError> {
+        let encode = |e: postcard::Error| StoreError::Corrupt(e.to_string());
         let txn = self.db.begin_write().map_err(redb_err)?;
         {
             let mut table = txn.open_table(POINTS).map_err(redb_err)?;
             let mut legacy = txn.open_table(LEGACY_POINTS).map_err(redb_err)?;
             let legacy_empty = legacy.is_empty().map_err(redb_err)?;
-            for (id, point) in changes {
+            for (id, point) in &batch.tail {
                 let key = encode_id(id);
                 if !legacy_empty {
                     legacy.remove(key.as_slice()).map_err(redb_err)?;
                 }
                 match point {
                     Some(point) => {
-                        let bytes = postcard::to_allocvec(point)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        let bytes = postcard::to_allocvec(point).map_err(encode)?;
                         table
                             .insert(key.as_slice(), bytes.as_slice())
                             .map_err(redb_err)?;
@@ -163,8 +259,48 @@ impl PointStore {
                     }
                 }
             }
+            let mut overrides = txn.open_table(OVERRIDES).map_err(redb_err)?;
+            for (id, o) in &batch.overrides {
+                let key = encode_id(id);
+                match o {
+                    Some(o) => {
+                        let bytes = postcard::to_allocvec(o).map_err(encode)?;
+                        overrides
+                            .insert(key.as_slice(), bytes.as_slice())
+                            .map_err(redb_err)?;
+                    }
+                    None => {
+                        overrides.remove(key.as_slice()).map_err(redb_err)?;
+                    }
+                }
+            }
+            let mut deleted = txn.open_table(DELETED).map_err(redb_err)?;
+            for (segment, bitmap) in &batch.deleted {
+                deleted
+                    .insert(*segment, bitmap.as_slice())
+                    .map_err(redb_err)?;
+            }
+            if let Some(listed) = &batch.segments {
+                let mut segments = txn.open_table(SEGMENTS).map_err(redb_err)?;
+                let before: Vec<u64> = segments
+                    .iter()
+                    .map_err(redb_err)?
+                    .map(|e| e.map(|(k, _)| k.value()).map_err(redb_err))
+                    .collect::<Result<_, _>>()?;
+                for gone in before
+                    .iter()
+                    .filter(|s| !listed.iter().any(|(l, _)| l == *s))
+                {
+                    segments.remove(*gone).map_err(redb_err)?;
+                    deleted.remove(*gone).map_err(redb_err)?;
+                }
+                for (s, voided) in listed {
+                    let bytes = postcard::to_allocvec(voided).map_err(encode)?;
+                    segments.insert(*s, bytes.as_slice()).map_err(redb_err)?;
+                }
+            }
             let mut meta = txn.open_table(META).map_err(redb_err)?;
-            meta.insert(FLUSHED_SEQ, flushed_seq).map_err(redb_err)?;
+            meta.insert(FLUSHED_SEQ, batch.seq).map_err(redb_err)?;
         }
         txn.commit().map_err(redb_err)
     }
@@ -208,11 +344,49 @@ mod tests {
             store.commit(&[(PointId::Num(300), None)], 4).unwrap();
         }
         let store = PointStore::open(&path).unwrap();
-        let (flushed, points) = store.load().unwrap();
-        assert_eq!(flushed, 4);
+        let flushed = store.load().unwrap();
+        assert_eq!(flushed.seq, 4);
+        let points = flushed.tail;
         let ids: Vec<PointId> = points.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, vec![PointId::Num(2), uuid]);
         assert_eq!(points[0].1, point(3, 3.0, "a"));
+    }
+
+    #[test]
+    fn a_flush_writes_segments_deletions_and_overrides_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PointStore::open(&dir.path().join("points.redb")).unwrap();
+        let over = PayloadOverride {
+            version: 9,
+            payload: point(9, 0.0, "o").payload,
+        };
+        store
+            .commit_batch(&FlushBatch {
+                seq: 10,
+                tail: vec![(PointId::Num(1), Some(point(10, 1.0, "t")))],
+                overrides: vec![(PointId::Num(5), Some(over.clone()))],
+                segments: Some(vec![(3, vec![]), (4, vec!["gone".to_string()])]),
+                deleted: vec![(3, vec![0b10]), (4, vec![0])],
+            })
+            .unwrap();
+        // A later flush that lists only segment 5 forgets 3 and 4 and their bitmaps.
+        store
+            .commit_batch(&FlushBatch {
+                seq: 11,
+                segments: Some(vec![(5, vec!["x".to_string()])]),
+                deleted: vec![(5, vec![1])],
+                ..FlushBatch::default()
+            })
+            .unwrap();
+        let flushed = store.load().unwrap();
+        assert_eq!(flushed.seq, 11);
+        assert_eq!(flushed.segments, vec![(5, vec!["x".to_string()])]);
+        assert_eq!(
+            flushed.deleted.into_iter().collect::<Vec<_>>(),
+            vec![(5, vec![1])]
+        );
+        assert_eq!(flushed.overrides, vec![(PointId::Num(5), over)]);
+        assert_eq!(flushed.tail.len(), 1);
     }
 
     #[test]

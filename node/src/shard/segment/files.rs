@@ -1,0 +1,515 @@
+//! A sealed segment as a directory: written once by the optimizer, opened by mapping its files.
+//!
+//! Files (names of vector files use the column's number, since vector names are free text):
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `meta.json` | format, segment id, point count, columns (name, kind, size), per-file CRC32 and length |
+//! | `points.bin` | per offset: id, version, payload (postcard; payloads as JSON text) |
+//! | `columns.bin` | per column: which offsets have a dense vector; multi and sparse vectors |
+//! | `dense-<n>.f32` | a dense column's values, little-endian `f32`, `size` per offset: mapped when the vector is `on_disk` |
+//! | `graph-<n>.bin` | the column's HNSW graph ([`HnswIndex::write`]): mapped when `hnsw_config.on_disk` |
+//!
+//! A directory is written under `<id>.tmp`, every file fsynced, then renamed to `<id>` and the
+//! parent fsynced: a reader sees a whole directory or none. Opening verifies every file's CRC32
+//! and length (with plain reads, so checking does not load mapped pages) and refuses a segment
+//! that does not match. Deletions and later payload changes are not here: the shard's point
+//! store holds them (see `storage::point_store`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::index::hnsw_index::GraphDistance;
+use crate::storage::mapped::{self, FileBytes, FileSlice};
+use crate::storage::point_store::{decode_id, encode_id};
+
+const FORMAT: u32 = 1;
+const META: &str = "meta.json";
+const POINTS: &str = "points.bin";
+const COLUMNS: &str = "columns.bin";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Dense,
+    Multi,
+    Sparse,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ColumnMeta {
+    name: String,
+    kind: Kind,
+    /// Values per vector (per sub-vector for a multivector); 0 for sparse.
+    dim: usize,
+    graph: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct FileCheck {
+    crc32: u32,
+    len: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SegmentMeta {
+    format: u32,
+    id: SegmentId,
+    len: usize,
+    columns: Vec<ColumnMeta>,
+    files: BTreeMap<String, FileCheck>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PointRow {
+    id: Vec<u8>,
+    version: u64,
+    #[serde(with = "crate::storage::json_blob")]
+    payload: Payload,
+}
+
+#[derive(Serialize, Deserialize)]
+enum ColumnCells {
+    Dense { present: Vec<bool> },
+    Multi { cells: Vec<Option<Vec<f32>>> },
+    Sparse { cells: Vec<Option<SparseVector>> },
+}
+
+/// What a sealed segment's directory holds, copied out of the segment so that it can be
+/// written without holding the shard's lock (vectors are shared, not copied).
+pub struct SegmentImage {
+    pub id: SegmentId,
+    ids: Vec<PointId>,
+    versions: Vec<u64>,
+    payloads: Vec<Payload>,
+    columns: BTreeMap<String, FrozenColumn>,
+    index: Arc<SegmentIndex>,
+}
+
+/// The directory of segment `id` under `segments_dir`.
+pub fn segment_dir(segments_dir: &Path, id: SegmentId) -> PathBuf {
+    segments_dir.join(id.to_string())
+}
+
+/// Directory names under `segments_dir` that are not a complete segment listed in `keep`:
+/// left by an optimization interrupted before its flush, or by a segment replaced since.
+pub fn stray_dirs(segments_dir: &Path, keep: &[SegmentId]) -> std::io::Result<Vec<PathBuf>> {
+    let mut stray = Vec::new();
+    let entries = match std::fs::read_dir(segments_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(stray),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let listed = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<SegmentId>().ok())
+            .is_some_and(|id| keep.contains(&id));
+        if !listed {
+            stray.push(entry.path());
+        }
+    }
+    Ok(stray)
+}
+
+impl Segment {
+    /// A copy of what the segment's directory holds; `None` unless it is frozen and indexed.
+    pub fn image(&self) -> Option<SegmentImage> {
+        Some(SegmentImage {
+            id: self.id,
+            ids: self.ids.clone(),
+            versions: self.versions.clone(),
+            payloads: self.payloads.clone(),
+            columns: self.frozen_columns(),
+            index: Arc::clone(self.index.as_ref().filter(|_| self.frozen)?),
+        })
+    }
+
+    /// Whether the segment was read from (or has been written to) its directory.
+    pub fn is_persisted(&self) -> bool {
+        self.file_versions.is_some()
+    }
+
+    /// The version of the point at `offset` as the segment's directory holds it.
+    pub fn file_version(&self, offset: u32) -> Option<u64> {
+        self.file_versions.as_ref().map(|v| v[offset as usize])
+    }
+
+    /// Replaces this segment with `stored` (the same points, read back from the directory just
+    /// written), keeping what changed in memory since the image was taken: payloads,
+    /// versions and deletions.
+    pub fn adopt_stored(&mut self, mut stored: Segment) {
+        assert_eq!(
+            stored.ids, self.ids,
+            "the stored segment holds the same points"
+        );
+        stored.payloads = std::mem::take(&mut self.payloads);
+        stored.versions = std::mem::take(&mut self.versions);
+        stored.deleted = std::mem::take(&mut self.deleted);
+        stored.deleted_count = self.deleted_count;
+        stored.voided.extend(std::mem::take(&mut self.voided));
+        *self = stored;
+    }
+
+    /// Opens the segment in `dir`, verified, with the columns and graphs `config` wants mapped
+    /// (vector `on_disk`, `hnsw_config.on_disk`) left in their files. No point is deleted yet;
+    /// the caller applies the stored deletions. Errors say which file does not match.
+    pub fn open_dir(
+        dir: &Path,
+        config: &CollectionConfig,
+        voided: &[String],
+    ) -> Result<Segment, String> {
+        let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| format!("{name}: {e}"));
+        let meta: SegmentMeta =
+            serde_json::from_slice(&read(META)?).map_err(|e| format!("{META}: {e}"))?;
+        if meta.format != FORMAT {
+            return Err(format!("format {} is not {FORMAT}", meta.format));
+        }
+        for (name, check) in &meta.files {
+            let (crc32, len) =
+                mapped::checksum_file(&dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+            if (FileCheck { crc32, len }) != *check {
+                return Err(format!("{name}: checksum or length does not match"));
+            }
+        }
+        let rows: Vec<PointRow> =
+            postcard::from_bytes(&read(POINTS)?).map_err(|e| format!("{POINTS}: {e}"))?;
+        let cells: Vec<ColumnCells> =
+            postcard::from_bytes(&read(COLUMNS)?).map_err(|e| format!("{COLUMNS}: {e}"))?;
+        let len = meta.len;
+        if rows.len() != len || cells.len() != meta.columns.len() {
+            return Err("points or columns do not match meta.json".into());
+        }
+        let mut ids = Vec::with_capacity(len);
+        let mut versions = Vec::with_capacity(len);
+        let mut payloads = Vec::with_capacity(len);
+        for row in rows {
+            ids.push(decode_id(&row.id).ok_or("points.bin: a bad point id")?);
+            versions.push(row.version);
+            payloads.push(row.payload);
+        }
+        let mut columns = BTreeMap::new();
+        let mut index = SegmentIndex::default();
+        for (n, (column, cells)) in meta.columns.iter().zip(cells).enumerate() {
+            let name = &column.name;
+            if voided.contains(name) {
+                continue;
+            }
+            let params = config.dense(name);
+            let stored = match (column.kind, cells) {
+                (Kind::Dense, ColumnCells::Dense { present }) if present.len() == len => {
+                    let on_disk = params.and_then(|p| p.on_disk).unwrap_or(false);
+                    let file = dense_file(n);
+                    let bytes = FileBytes::open(&dir.join(&file), on_disk)
+                        .map_err(|e| format!("{file}: {e}"))?;
+                    let values = FileSlice::new(bytes, 0, len * column.dim)
+                        .map_err(|e| format!("{file}: {e}"))?;
+                    VectorColumn::Dense {
+                        dim: column.dim,
+                        data: DenseData::Fixed(Floats::File(values)),
+                        present,
+                    }
+                }
+                (Kind::Multi, ColumnCells::Multi { cells }) if cells.len() == len => {
+                    let data = cells
+                        .into_iter()
+                        .map(|c| c.map(Vec::into_boxed_slice))
+                        .collect();
+                    VectorColumn::Multi {
+                        dim: column.dim,
+                        data: Cells::Frozen(Arc::new(data)),
+                    }
+                }
+                (Kind::Sparse, ColumnCells::Sparse { cells }) if cells.len() == len => {
+                    index.sparse.insert(
+                        name.clone(),
+                        SparseIndex::build(
+                            cells
+                                .iter()
+                                .enumerate()
+                                .filter_map(|(o, c)| Some((o as u32, c.as_ref()?))),
+                        ),
+                    );
+                    VectorColumn::Sparse {
+                        data: Cells::Frozen(Arc::new(cells)),
+                    }
+                }
+                _ => return Err(format!("column `{name}` does not match meta.json")),
+            };
+            if column.graph
+                && let Some(params) = params
+            {
+                let file = graph_file(n);
+                let on_disk = config.hnsw_for(name).on_disk;
+                let bytes = FileBytes::open(&dir.join(&file), on_disk)
+                    .map_err(|e| format!("{file}: {e}"))?;
+                let distance = GraphDistance {
+                    distance: params.distance,
+                    multi_dim: (column.kind == Kind::Multi).then_some(column.dim),
+                };
+                let graph = HnswIndex::open(bytes, distance).map_err(|e| format!("{file}: {e}"))?;
+                if graph.len() > len {
+                    return Err(format!("{file}: more points than the segment"));
+                }
+                index.graphs.insert(name.clone(), graph);
+            }
+            columns.insert(name.clone(), stored);
+        }
+        let mut segment = Segment {
+            id: meta.id,
+            ids,
+            columns,
+            frozen: true,
+            point_bytes: config.point_vector_bytes(),
+            payloads,
+            file_versions: Some(versions.clone()),
+            versions,
+            deleted: vec![false; len],
+            deleted_count: 0,
+            index: Some(Arc::new(index)),
+            voided: voided.iter().cloned().collect(),
+        };
+        segment.conform(config);
+        Ok(segment)
+    }
+}
+
+fn dense_file(n: usize) -> String {
+    format!("dense-{n}.f32")
+}
+
+fn graph_file(n: usize) -> String {
+    format!("graph-{n}.bin")
+}
+
+impl SegmentImage {
+    /// Writes the segment to `dir` (which must not exist): into `<dir>.tmp`, fsynced, then
+    /// renamed. A leftover `<dir>.tmp` from an interrupted write is replaced.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.with_extension("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        std::fs::create_dir_all(&tmp)?;
+        let mut files = BTreeMap::new();
+        let mut put = |name: String, bytes: &[u8]| -> std::io::Result<()> {
+            let crc32 = mapped::write_file(&tmp.join(&name), bytes)?;
+            files.insert(
+                name,
+                FileCheck {
+                    crc32,
+                    len: bytes.len() as u64,
+                },
+            );
+            Ok(())
+        };
+        let to_io = |e: postcard::Error| std::io::Error::other(e.to_string());
+        let rows: Vec<PointRow> = (0..self.ids.len())
+            .map(|o| PointRow {
+                id: encode_id(&self.ids[o]),
+                version: self.versions[o],
+                payload: self.payloads[o].clone(),
+            })
+            .collect();
+        put(POINTS.into(), &postcard::to_allocvec(&rows).map_err(to_io)?)?;
+        drop(rows);
+        let mut columns = Vec::new();
+        let mut cells = Vec::new();
+        let mut graphs = Vec::new();
+        for (n, (name, column)) in self.columns.iter().enumerate() {
+            let (kind, dim) = match column {
+                FrozenColumn::Dense { dim, data, present } => {
+                    put(dense_file(n), bytemuck::cast_slice(data.as_slice()))?;
+                    cells.push(ColumnCells::Dense {
+                        present: present.clone(),
+                    });
+                    (Kind::Dense, *dim)
+                }
+                FrozenColumn::Multi { dim, data } => {
+                    cells.push(ColumnCells::Multi {
+                        cells: data
+                            .iter()
+                            .map(|c| c.as_deref().map(<[f32]>::to_vec))
+                            .collect(),
+                    });
+                    (Kind::Multi, *dim)
+                }
+                FrozenColumn::Sparse { data } => {
+                    cells.push(ColumnCells::Sparse {
+                        cells: data.to_vec(),
+                    });
+                    (Kind::Sparse, 0)
+                }
+            };
+            let graph = self.index.graphs.get(name);
+            if let Some(graph) = graph {
+                graphs.push((graph_file(n), graph));
+            }
+            columns.push(ColumnMeta {
+                name: name.clone(),
+                kind,
+                dim,
+                graph: graph.is_some(),
+            });
+        }
+        put(
+            COLUMNS.into(),
+            &postcard::to_allocvec(&cells).map_err(to_io)?,
+        )?;
+        drop(cells);
+        for (file, graph) in graphs {
+            let path = tmp.join(&file);
+            let crc32 = graph.write(&path)?;
+            let len = std::fs::metadata(&path)?.len();
+            files.insert(file, FileCheck { crc32, len });
+        }
+        let meta = SegmentMeta {
+            format: FORMAT,
+            id: self.id,
+            len: self.ids.len(),
+            columns,
+            files,
+        };
+        let meta = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?;
+        mapped::write_file(&tmp.join(META), &meta)?;
+        mapped::sync_dir(&tmp)?;
+        std::fs::rename(&tmp, dir)?;
+        if let Some(parent) = dir.parent() {
+            mapped::sync_dir(parent)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collection_config::VectorsConfig;
+    use crate::index::hnsw_index::GraphParams;
+    use crate::types::Distance;
+
+    fn indexed_segment(config: &CollectionConfig) -> Segment {
+        let mut s = Segment::new(7, config);
+        for i in 0..300u64 {
+            let x = i as f32;
+            let mut vectors = NamedVectors::from([
+                ("a".to_string(), VectorData::Dense(vec![x, 1.0])),
+                (
+                    "s".to_string(),
+                    VectorData::Sparse(SparseVector::new(vec![i as u32 % 5], vec![x]).unwrap()),
+                ),
+            ]);
+            if i % 2 == 0 {
+                vectors.insert("m".into(), VectorData::Multi(vec![vec![x, 0.0]; 2]));
+            }
+            let mut payload = Payload::new();
+            payload.insert("i".into(), serde_json::json!(i));
+            s.push(PointId::Num(i), &vectors, payload, i + 1);
+        }
+        s.freeze();
+        let columns = s.frozen_columns();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let mut index = SegmentIndex::default();
+        let points: Vec<(u32, &[f32])> = (0..300u32)
+            .map(|o| match columns["a"].get(o) {
+                Some(VectorRef::Dense(v)) => (o, v),
+                _ => unreachable!(),
+            })
+            .collect();
+        let graph = HnswIndex::build(
+            GraphDistance::dense(Distance::Dot),
+            GraphParams {
+                m: 16,
+                ef_construct: 100,
+            },
+            &points,
+            &pool,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
+        index.graphs.insert("a".into(), graph);
+        s.set_index(Arc::new(index));
+        s
+    }
+
+    #[test]
+    fn a_written_segment_opens_with_the_same_points_vectors_and_graph() {
+        let mut config = super::super::tests::config();
+        let dir = tempfile::tempdir().unwrap();
+        for on_disk in [true, false] {
+            if let VectorsConfig::Named(map) = &mut config.params.vectors {
+                map.get_mut("a").unwrap().on_disk = Some(on_disk);
+            }
+            let s = indexed_segment(&config);
+            let path = segment_dir(dir.path(), if on_disk { 1 } else { 2 });
+            s.image().unwrap().write(&path).unwrap();
+            assert!(!path.with_extension("tmp").exists());
+            let opened = Segment::open_dir(&path, &config, &[]).unwrap();
+            assert!(opened.is_persisted() && opened.stage() == SegmentStage::Indexed);
+            assert_eq!(opened.len(), 300);
+            for o in [0u32, 1, 150, 299] {
+                assert_eq!(opened.id(o), s.id(o));
+                assert_eq!(opened.vectors(o), s.vectors(o));
+                assert_eq!(opened.payload(o), s.payload(o));
+                assert_eq!(opened.file_version(o), Some(s.version(o)));
+            }
+            let mapped = matches!(
+                opened.columns.get("a"),
+                Some(VectorColumn::Dense { data: DenseData::Fixed(Floats::File(f)), .. })
+                    if f.is_mapped()
+            );
+            assert_eq!(
+                mapped, on_disk,
+                "on_disk decides whether vectors are mapped"
+            );
+            let index = opened.index().unwrap();
+            assert_eq!(index.graphs["a"].len(), 300);
+            assert_eq!(index.sparse["s"].len(), 300);
+            let column = opened.column("a").unwrap();
+            let vector = |o: u32| match column.get(o) {
+                Some(VectorRef::Dense(v)) => Some(v),
+                _ => None,
+            };
+            let found = index.graphs["a"].search(&[1.0, 0.0], 3, 32, &vector, &|_| true);
+            assert_eq!(found, vec![299, 298, 297]);
+        }
+    }
+
+    #[test]
+    fn a_damaged_segment_is_refused_and_strays_are_found() {
+        let config = super::super::tests::config();
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_dir(dir.path(), 7);
+        indexed_segment(&config)
+            .image()
+            .unwrap()
+            .write(&path)
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("9.tmp")).unwrap();
+        std::fs::create_dir_all(dir.path().join("8")).unwrap();
+        let mut stray = stray_dirs(dir.path(), &[7]).unwrap();
+        stray.sort();
+        assert_eq!(stray, vec![dir.path().join("8"), dir.path().join("9.tmp")]);
+        // Flip one byte of the vectors: the checksum catches it.
+        let file = path.join("dense-0.f32");
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[5] ^= 0x40;
+        std::fs::write(&file, &bytes).unwrap();
+        let err = Segment::open_dir(&path, &config, &[]).err().unwrap();
+        assert!(err.contains("dense-0.f32"), "{err}");
+        // A missing file is named too.
+        bytes[5] ^= 0x40;
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(Segment::open_dir(&path, &config, &[]).is_ok());
+        std::fs::remove_file(path.join("points.bin")).unwrap();
+        let err = Segment::open_dir(&path, &config, &[]).err().unwrap();
+        assert!(err.contains("points.bin"), "{err}");
+    }
+}
