@@ -651,15 +651,16 @@ fn an_update_held_across_a_move_is_routed_again_not_lost() -> Result<()> {
     model.record(&write, answered.is_ok());
     answered.context("the held update was not acknowledged")?;
     ensure!(started.elapsed() >= HOLD, "the update was not held");
+    // The destination alone: every acknowledged write is there, the held one included.
+    nodes[stays].kill_9()?;
+    eventually_matches(&nodes[to], &model, "the destination alone")?;
+    assert!(model.is_exact());
+    // The path it took: refused as routed by an older layout, then routed again.
     let log = nodes[coordinator].log_tail(100_000);
     ensure!(
         log.lines()
             .any(|l| l.contains("routing it again by a newer one") && l.contains("stale=true")),
         "the coordinator did not see its update refused as routed by an older layout"
     );
-    // The destination alone: every acknowledged write is there, the held one included.
-    nodes[stays].kill_9()?;
-    eventually_matches(&nodes[to], &model, "the destination alone")?;
-    assert!(model.is_exact());
     Ok(())
 }
