@@ -1,7 +1,7 @@
 //! Resharding with real `shoal-node` processes on loopback: scaling a collection from 3 to 4
 //! shards and back while one client writes and another reads, aborting at each abortable stage,
-//! SIGKILL of the new shard's peer and of the Raft leader, and resharding one shard key of a
-//! custom-sharded collection.
+//! SIGKILL of the new shard's peer and of the Raft leader, SIGKILL of a stream's sender (which
+//! resumes from its checkpoint), and resharding one shard key of a custom-sharded collection.
 //!
 //! The collection has every vector kind, each optional: a named dense vector, a sparse vector
 //! (with the `idf` modifier) and a multivector. The points are in two sets. The static set (ids
@@ -24,7 +24,9 @@ use shoal_e2e::acknowledged_writes::{
     Kind, Model, Write, Writer, WriterPlan, all_match_model, collection_body, dense, has_vector,
     load,
 };
-use shoal_e2e::cluster::{CONVERGE, READY, collection_cluster, create_collection, start_cluster};
+use shoal_e2e::cluster::{
+    CONVERGE, READY, collection_cluster, create_collection, start_cluster, start_cluster_env,
+};
 use shoal_e2e::{Client, Method, NodeProcess};
 
 const STATIC: u64 = 30_000;
@@ -692,5 +694,144 @@ fn resharding_one_shard_key_leaves_the_others_untouched() -> Result<()> {
     assert_eq!(count_key("a")?, 6000);
     assert_eq!(count_key("b")?, 3000);
     eventually_all_match(&nodes, "keyed", &model)?;
+    Ok(())
+}
+
+/// The progress (points done, stage) of the resharding stream into shard `to_shard`, as `node`
+/// reports it (asking the sender); `None` while no progress is reported.
+fn stream_progress(node: &NodeProcess, name: &str, to_shard: u64) -> Result<Option<(u64, String)>> {
+    let v = cluster_json(node, name)?;
+    Ok(v["shard_transfers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["to_shard_id"].as_u64() == Some(to_shard))
+        .and_then(|t| {
+            let p = &t["progress"];
+            Some((p["points_done"].as_u64()?, p["stage"].as_str()?.to_string()))
+        }))
+}
+
+#[test]
+fn a_resharding_stream_resumes_from_its_checkpoint_after_its_sender_restarts() -> Result<()> {
+    // Batches of 100 points, each held 100 ms by the test hook: the stream of about 4,000
+    // points runs for several seconds, long enough to kill its sender in the middle.
+    let mut nodes = start_cluster_env(
+        3,
+        &[],
+        &[
+            ("SHOAL_TEST_TRANSFER_PAUSE", "resharding batch=100"),
+            ("SHOAL__CLUSTER__TRANSFER_BATCH_POINTS", "100"),
+        ],
+    )?;
+    create_collection(
+        &nodes[0],
+        "docs",
+        collection_body(true, json!({"shard_number": 1, "replication_factor": 1})),
+    )?;
+    let mut model = Model::new();
+    load(
+        &nodes[0].client(),
+        "docs",
+        0..8_000,
+        &static_payload(true),
+        &mut model,
+    )?;
+    let ids: Vec<u64> = nodes.iter().map(peer_id).collect::<Result<_>>()?;
+    let holder = layout(&nodes[0], "docs")?
+        .into_iter()
+        .find(|(shard, _, _)| *shard == 0)
+        .map(|(_, peer, _)| peer)
+        .context("shard 0 has a replica")?;
+    let sender = ids.iter().position(|p| *p == holder).context("sender")?;
+    let (new_shard_peer, watcher) = ((sender + 1) % 3, (sender + 2) % 3);
+    // The writer goes through the third peer all along: its writes while the sender is down
+    // fail (shard 0 has no other replica), the others must all be there at the end.
+    let writer = Writer::start(
+        nodes[watcher].client(),
+        "docs",
+        model,
+        WriterPlan {
+            ids: 8_000..10_000,
+            max_steps: 50_000,
+            max_time: Duration::from_secs(600),
+            pause: Duration::from_millis(5),
+        },
+    );
+    operate(
+        &nodes[watcher],
+        "docs",
+        json!({"start_resharding": {"direction": "up", "peer_id": ids[new_shard_peer]}}),
+    )?;
+
+    // Kill the sender once a good part of the stream is done (and checkpointed).
+    let deadline = Instant::now() + RESHARD;
+    let before = loop {
+        if let Some((done, _)) = stream_progress(&nodes[watcher], "docs", 1)?
+            && done >= 1_000
+        {
+            break done;
+        }
+        ensure!(Instant::now() < deadline, "the stream did not get going");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    nodes[sender].kill_9()?;
+    nodes[sender].restart()?;
+    nodes[sender].wait_ready(Instant::now() + READY)?;
+
+    // Once the restarted stream streams again, it reports the points it had done before the
+    // kill (less at most the batch in flight), not a count from zero: at 100 points per
+    // 100 ms a stream started over would take a second to get back there, and it is watched
+    // every 50 ms. The stage changes to streaming only after the catch-up.
+    let deadline = Instant::now() + RESHARD;
+    let resumed_at = loop {
+        match stream_progress(&nodes[watcher], "docs", 1)? {
+            Some((done, stage))
+                if ["streaming points", "reporting done", "forwarding updates"]
+                    .contains(&stage.as_str()) =>
+            {
+                break done;
+            }
+            _ => {}
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the restarted stream did not stream again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    ensure!(
+        resumed_at + 100 >= before,
+        "the stream started over: {resumed_at} points done after the restart, {before} before"
+    );
+    let log = nodes[sender].log_tail(5_000);
+    ensure!(
+        log.contains("resharding stream resumes from its checkpoint"),
+        "the restarted sender did not resume the stream from its checkpoint"
+    );
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    wait_settled(&all, "docs")?;
+    assert_eq!(shard_ids(&nodes[0], "docs")?, BTreeSet::from([0, 1]));
+
+    let written = writer.finish()?;
+    eprintln!(
+        "stream: {before} points done before the kill, {resumed_at} when it streamed again; writer: {:?} acknowledged, {:?} failed {:#?}",
+        written.acknowledged, written.failed, written.errors
+    );
+    assert!(
+        written.acknowledged.len() == 4,
+        "every kind of write was acknowledged at some point: {:?}",
+        written.acknowledged
+    );
+    let model = written.model;
+    eventually_all_match(&nodes, "docs", &model)?;
+    // Every point is in the shard the 2-shard ring puts it in, once.
+    let per_shard = points_per_shard(&nodes, "docs")?;
+    let total: u64 = per_shard.values().sum();
+    assert!(
+        model.count_range().contains(&total),
+        "{per_shard:?}: {total} points, the model allows {:?}",
+        model.count_range()
+    );
     Ok(())
 }

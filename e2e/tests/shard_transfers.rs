@@ -1,7 +1,8 @@
 //! Shard transfers with real `shoal-node` processes on loopback: moving and replicating a shard
 //! while a writer upserts, deletes, sets and removes named vectors, aborting, refusing
-//! impossible transfers, losing the destination or the source to SIGKILL mid-transfer, and
-//! automatic recovery of a `Dead` replica.
+//! impossible transfers, losing the destination or the source to SIGKILL mid-transfer,
+//! automatic recovery of a `Dead` replica, and a coordinator's update held across the finish of
+//! a move (routed again, not lost).
 //!
 //! The collection has every vector kind, each optional: a named dense vector, a sparse vector
 //! and a multivector. The writer is single and sequential, so the acknowledged writes define
@@ -572,5 +573,94 @@ fn a_dead_replica_recovers_by_itself_after_a_restart() -> Result<()> {
     let expected = model.count_range();
     assert_eq!(count(&nodes[1], "docs")?, *expected.start(), "{expected:?}");
     assert!(model.is_exact());
+    Ok(())
+}
+
+/// A coordinator stalls (a test hook holds its update for 30 s, longer than any timeout on the
+/// way) between routing an update and sending it, while a move of the shard finishes on every
+/// peer. The replicas of the old layout refuse it (the one that stays as routed by an older
+/// layout, the moved one as gone), the coordinator routes it again by the new layout, the update
+/// is acknowledged, and the destination of the move holds it.
+#[test]
+fn an_update_held_across_a_move_is_routed_again_not_lost() -> Result<()> {
+    const HELD_ID: u64 = 999_999;
+    const HOLD: Duration = Duration::from_secs(30);
+    let hold = format!("{HELD_ID}={}", HOLD.as_millis());
+    let mut nodes = start_cluster_env(3, &[], &[("SHOAL_TEST_HOLD_UPDATE", hold.as_str())])?;
+    create_docs(
+        &nodes[0],
+        json!({"shard_number": 1, "replication_factor": 2}),
+    )?;
+    let mut model = Model::new();
+    load_docs(&nodes[0], 2_000, &mut model)?;
+    // `from` moves its replica to `to`, the one peer without one; `stays` keeps its replica.
+    let (ids, from, to) = shard_zero(&nodes, "docs")?;
+    let stays = 3 - from - to;
+    // The coordinator holds no replica at first: every replica it writes to is remote.
+    let coordinator = to;
+    let write = Write::upsert([HELD_ID], 1);
+    let started = Instant::now();
+    let held = {
+        let (write, client) = (
+            write.clone(),
+            Client::with_timeout(nodes[coordinator].url(), HOLD * 4),
+        );
+        std::thread::spawn(move || write.send(&client, "docs"))
+    };
+    let deadline = Instant::now() + TRANSFER;
+    while !nodes[coordinator]
+        .log_tail(100_000)
+        .contains("test hook: holding a routed update")
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the coordinator did not hold the update"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    operate(
+        &nodes[stays],
+        "docs",
+        json!({"move_shard": {"shard_id": 0, "from_peer_id": ids[from], "to_peer_id": ids[to]}}),
+    )?;
+    let moved = std::collections::BTreeSet::from([
+        (0, ids[stays], "Active".to_string()),
+        (0, ids[to], "Active".to_string()),
+    ]);
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    loop {
+        let replicas = replicas_agree(&all, "docs", &["Partial"])?;
+        if replicas == moved {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the move did not finish: {replicas:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        !held.is_finished(),
+        "the update was answered before the move finished on every peer: the hold did not span it"
+    );
+
+    let answered = held
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writing thread panicked"))?;
+    model.record(&write, answered.is_ok());
+    answered.context("the held update was not acknowledged")?;
+    ensure!(started.elapsed() >= HOLD, "the update was not held");
+    // The destination alone: every acknowledged write is there, the held one included.
+    nodes[stays].kill_9()?;
+    eventually_matches(&nodes[to], &model, "the destination alone")?;
+    assert!(model.is_exact());
+    // The path it took: refused as routed by an older layout, then routed again.
+    let log = nodes[coordinator].log_tail(100_000);
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("routing it again by a newer one") && l.contains("stale=true")),
+        "the coordinator did not see its update refused as routed by an older layout"
+    );
     Ok(())
 }

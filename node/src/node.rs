@@ -246,7 +246,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long start-up waits for the collections to follow the applied metadata.
+/// How long start-up waits for the collections to follow the applied metadata. Liveness: as a
+/// coordinator, a peer serving before it reconciled routes by an older layout, which the
+/// replicas' layout fence refuses (it routes again once it caught up, or answers an error).
 const READY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The host name (a StatefulSet pod's name), the default peer name.

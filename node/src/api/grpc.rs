@@ -121,12 +121,15 @@ impl PeerService for Peer {
     }
 }
 
-/// How long the leader may take to build a snapshot for a recovering peer.
+/// How long the leader may take to build a snapshot for a recovering peer. Liveness: past it
+/// the recovery fails and can be asked again.
 const RECOVERY_SNAPSHOT_PATIENCE: Duration = Duration::from_secs(20);
-/// The longest a caller may make `AwaitReconciled` wait.
+/// The longest a caller may make `AwaitReconciled` wait. Liveness: the answer says whether
+/// the index was reached, and a caller that needs it treats "no" as "not yet".
 const MAX_AWAIT_MS: u64 = 60_000;
 /// How long a shard request waits for this peer to learn of a collection or replica that the
-/// caller already knows (this peer may apply the creating operation a little later).
+/// caller already knows (this peer may apply the creating operation a little later). Liveness:
+/// past it the request fails as any unreachable replica does.
 const REPLICA_PATIENCE: Duration = Duration::from_secs(5);
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
@@ -332,6 +335,7 @@ impl ShardPoints {
                     call.shard_id, call.collection
                 )));
             }
+            // A polling interval (liveness): see `REPLICA_PATIENCE`.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

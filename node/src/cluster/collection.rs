@@ -207,8 +207,100 @@ impl Environment {
     }
 }
 
-/// How many 50 ms steps a write that found its replicas gone waits for a newer layout.
+/// Applies an update on a local replica and forwards it to the destinations of `outgoing`
+/// (the transfers sending the replica), in the same place of each transfer's stream. Runs to
+/// the end once started: see `Collection::update_local`.
+async fn apply_and_forward(
+    name: &str,
+    shard: u32,
+    local: &Arc<LocalShard>,
+    request: Arc<UpdateRequest>,
+    outgoing: &[Arc<Outgoing>],
+) -> Result<u64, CollectionError> {
+    // Every transfer sees this update in the same place of its stream.
+    let mut orders = Vec::with_capacity(outgoing.len());
+    for out in outgoing {
+        orders.push(out.order.lock().await);
+    }
+    let applied = {
+        let request = Arc::clone(&request);
+        let local = Arc::clone(local);
+        tokio::task::spawn_blocking(move || request.run_on(&local))
+            .await
+            .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
+    };
+    let applied = applied?;
+    for out in outgoing {
+        // The destination may not hold every point yet: it skips what it lacks.
+        let forwarded = match &out.owner {
+            None => Some(Arc::new(request.lenient())),
+            Some(owner) => restrict(&request.lenient(), owner).map(Arc::new),
+        };
+        let Some(forwarded) = forwarded else {
+            continue;
+        };
+        if let Some(queue) = out.queue.lock().as_mut() {
+            queue.push(forwarded);
+            continue;
+        }
+        if !out.broken.load(std::sync::atomic::Ordering::SeqCst)
+            && let Err(e) = out.destination.request(&*forwarded).await
+        {
+            tracing::warn!(collection = %name, shard, to = %out.to, error = %e, "could not forward an update to a transfer's destination; the transfer will abort");
+            out.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+            // A resharding past its abortable stages cannot drop the destination, so the
+            // update is not acknowledged: the destination shard may not have it.
+            if out.owner.is_some() {
+                return Err(CollectionError::ForwardFailed(format!(
+                    "shard {shard} of `{}` could not pass an update on to shard {} on peer {}: {e}",
+                    name,
+                    out.destination.shard_id(),
+                    out.to
+                )));
+            }
+        }
+    }
+    drop(orders);
+    Ok(applied)
+}
+
+/// How many 50 ms steps a write that found its replicas gone waits for a newer layout. Liveness
+/// only: a write routed by an old layout is refused by the replicas (the layout-version fence),
+/// so the wait decides only how soon the coordinator gives up with an error (not acknowledged)
+/// when its own layout has not caught up.
 const LAYOUT_PATIENCE_STEPS: usize = 40;
+
+/// A test hook: `SHOAL_TEST_HOLD_UPDATE="<point id>=<ms>"` holds the first update naming that
+/// (numeric) point id on its coordinator for `ms`, after the update was routed by a layout and
+/// before it reaches any replica: a coordinator stalled for longer than any timeout (a GC pause,
+/// a long network stall), for tests that finish a transfer meanwhile. Read once; unset, an
+/// update costs one lookup.
+async fn hold_routed_update(
+    collection: &str,
+    shard: u32,
+    layout_version: u64,
+    request: &UpdateRequest,
+) {
+    static HOLD: std::sync::OnceLock<Option<(PointId, u64)>> = std::sync::OnceLock::new();
+    static HELD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let hold = HOLD.get_or_init(|| {
+        let value = std::env::var("SHOAL_TEST_HOLD_UPDATE").ok()?;
+        let (id, ms) = value.split_once('=')?;
+        Some((
+            PointId::Num(id.trim().parse().ok()?),
+            ms.trim().parse().ok()?,
+        ))
+    });
+    let Some((id, ms)) = hold else {
+        return;
+    };
+    if !named_ids(request).contains(id) || HELD.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    tracing::info!(collection, shard, layout_version, point = %id, ms, "test hook: holding a routed update");
+    tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+    tracing::info!(collection, shard, point = %id, "test hook: the held update goes on");
+}
 
 /// Errors that say the request itself is wrong: every replica would answer the same, so they
 /// are returned as they are instead of trying another replica or failing the replica.
@@ -700,20 +792,37 @@ impl Collection {
                 // The replicas this peer wrote to may have moved on (a move that just
                 // finished), or a replica knows a newer layout of the shard: once this peer's
                 // layout has caught up, try again by it.
-                Err(
-                    CollectionError::Unavailable(reason) | CollectionError::StaleLayout(reason),
-                ) => match self.newer_layout(&layout).await {
-                    Some(newer) => {
-                        self.update_shard(&newer, *shard, Arc::clone(request))
-                            .await?
-                    }
-                    None => return Err(CollectionError::Unavailable(reason)),
-                },
+                Err(CollectionError::Unavailable(reason)) => {
+                    self.route_again(&layout, *shard, request, reason, false)
+                        .await?
+                }
+                Err(CollectionError::StaleLayout(reason)) => {
+                    self.route_again(&layout, *shard, request, reason, true)
+                        .await?
+                }
                 other => other?,
             };
             op_id = op_id.max(id);
         }
         Ok(op_id)
+    }
+
+    /// Sends `request` again to the replicas of `shard` by a layout newer than `routed_by`, once
+    /// this peer has one: the replicas it was routed to refused it as routed by an older
+    /// layout (`stale`), or some failed because they moved on.
+    async fn route_again(
+        &self,
+        routed_by: &Arc<Layout>,
+        shard: u32,
+        request: &Arc<UpdateRequest>,
+        reason: String,
+        stale: bool,
+    ) -> Result<u64, CollectionError> {
+        let Some(newer) = self.newer_layout(routed_by).await else {
+            return Err(CollectionError::Unavailable(reason));
+        };
+        tracing::info!(collection = %self.name, shard, stale, %reason, "an update was not taken by the layout it was routed by; routing it again by a newer one");
+        self.update_shard(&newer, shard, Arc::clone(request)).await
     }
 
     /// A layout newer than `seen`, waiting a little for this peer to reconcile one.
@@ -723,6 +832,7 @@ impl Collection {
             if !Arc::ptr_eq(&current, seen) && *current != **seen {
                 return Some(current);
             }
+            // A polling interval (liveness): see `LAYOUT_PATIENCE_STEPS`.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         None
@@ -755,6 +865,7 @@ impl Collection {
             )));
         }
         let version = layout.get(&shard).map_or(0, |s| s.version);
+        hold_routed_update(&self.name, shard, version, &request).await;
         let results = futures::future::join_all(
             replicas
                 .iter()
@@ -881,8 +992,7 @@ impl Collection {
                 self.name
             ))
         })?;
-        let gate = self.gate(shard);
-        let _gate = gate.read().await;
+        let gate = self.gate(shard).read_owned().await;
         if let Some(routed_by) = routed_by {
             let current = self.layout().get(&shard).map_or(0, |s| s.version);
             if routed_by < current {
@@ -905,50 +1015,17 @@ impl Collection {
             .get(&shard)
             .cloned()
             .unwrap_or_default();
-        // Every transfer sees this update in the same place of its stream.
-        let mut orders = Vec::with_capacity(outgoing.len());
-        for out in &outgoing {
-            orders.push(out.order.lock().await);
-        }
-        let applied = {
-            let request = Arc::clone(&request);
-            tokio::task::spawn_blocking(move || request.run_on(&local))
-                .await
-                .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
-        };
-        let applied = applied?;
-        for out in &outgoing {
-            // The destination may not hold every point yet: it skips what it lacks.
-            let forwarded = match &out.owner {
-                None => Some(Arc::new(request.lenient())),
-                Some(owner) => restrict(&request.lenient(), owner).map(Arc::new),
-            };
-            let Some(forwarded) = forwarded else {
-                continue;
-            };
-            if let Some(queue) = out.queue.lock().as_mut() {
-                queue.push(forwarded);
-                continue;
-            }
-            if !out.broken.load(std::sync::atomic::Ordering::SeqCst)
-                && let Err(e) = out.destination.request(&*forwarded).await
-            {
-                tracing::warn!(collection = %self.name, shard, to = %out.to, error = %e, "could not forward an update to a transfer's destination; the transfer will abort");
-                out.broken.store(true, std::sync::atomic::Ordering::SeqCst);
-                // A resharding past its abortable stages cannot drop the destination, so the
-                // update is not acknowledged: the destination shard may not have it.
-                if out.owner.is_some() {
-                    return Err(CollectionError::ForwardFailed(format!(
-                        "shard {shard} of `{}` could not pass an update on to shard {} on peer {}: {e}",
-                        self.name,
-                        out.destination.shard_id(),
-                        out.to
-                    )));
-                }
-            }
-        }
-        drop(orders);
-        Ok(applied)
+        // Cancel-safety: once applied here, the update must reach every transfer's destination
+        // (or mark the transfer broken) even when the caller stops waiting (a client's or a
+        // peer's timeout drops this future): the rest runs in a task of its own, which holds
+        // the gate until it is done.
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            let _gate = gate;
+            apply_and_forward(&name, shard, &local, request, &outgoing).await
+        })
+        .await
+        .map_err(|e| CollectionError::Storage(format!("update task failed: {e}")))?
     }
 
     /// The forwarding gate of `shard` (see `forwarding_gates`).
@@ -1234,6 +1311,8 @@ impl Collection {
         let mut pending = futures::stream::FuturesUnordered::new();
         pending.push(ask(0));
         let mut waiting = 1..replicas.len();
+        // Latency only (`read_fan_out_delay_ms`): every replica asked is readable, so whichever
+        // answers first is as good as the others.
         let timer = tokio::time::sleep(delay);
         tokio::pin!(timer);
         let mut fanned_out = false;

@@ -160,6 +160,10 @@ impl Metadata {
         }
     }
 
-    /// How long a caller may wait for other peers to apply an operation.
+    /// How long a caller may wait for other peers to apply an operation. Liveness only: a
+    /// caller whose safety depends on a peer having applied something treats the end of the
+    /// patience as "not yet" and retries (the resharding finish), or keeps waiting (a
+    /// transfer's forwarding, until its own peer reconciled the end); the others only spare
+    /// retries to peers that route by an older layout, which the layout fence refuses.
     pub const PEER_APPLY_PATIENCE: Duration = Duration::from_secs(10);
 }

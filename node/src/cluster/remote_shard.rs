@@ -18,7 +18,10 @@ pub const POINT_NOT_FOUND_MARK: &str = "shoal-point-not-found";
 /// (without it, the status means [`CollectionError::Moved`]).
 pub const STALE_LAYOUT_MARK: &str = "shoal-stale-layout";
 
-/// How long one shard request to a peer may take.
+/// How long one shard request to a peer may take. Liveness: a request that times out is an
+/// error (an update is not acknowledged, and a replica that failed one while others applied it
+/// is marked Dead); the peer applies an update it received to the end, forwarding included, even
+/// when this side gave up (see `Collection::update_local`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
@@ -43,6 +46,7 @@ impl RemoteShard {
             .map_err(|e| {
                 CollectionError::BadInput(format!("`{uri}` is not a valid peer URI: {e}"))
             })?
+            // Liveness: an unreachable peer is an error, as above.
             .connect_timeout(Duration::from_secs(2))
             .timeout(REQUEST_TIMEOUT)
             .tcp_nodelay(true)

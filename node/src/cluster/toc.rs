@@ -47,8 +47,11 @@ const UUID_FILE: &str = "uuid";
 const LEGACY_PAYLOAD_SCHEMA_FILE: &str = "payload_schema.json";
 const RECONCILED_FILE: &str = "reconciled_index";
 /// How long `GET /collections/{c}/cluster` waits for another peer's transfer progress.
+/// Reporting only: a progress left out changes nothing.
 const PROGRESS_PATIENCE: Duration = Duration::from_secs(1);
-/// How often the reconcile loop looks again without a change of the state.
+/// How often the reconcile loop looks again without a change of the state. Liveness only: the
+/// loop is level-triggered and every action it takes is a Raft operation validated against the
+/// applied state, so looking sooner or later never changes what is safe.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(2);
 pub const MAX_COLLECTION_NAME_LEN: usize = 255;
 
@@ -474,12 +477,15 @@ impl TableOfContent {
                 match tokio::task::spawn_blocking(move || t.reconcile(&reconciled)).await {
                     Ok(Ok(())) => {
                         if !toc.activate_own_replicas(&view).await {
+                            // Retry backoff (liveness): the pass is repeated as a whole.
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             continue;
                         }
                     }
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "reconcile failed; retrying");
+                        // Retry backoff (liveness): the reconciled index does not advance, so
+                        // nothing that waits for it goes on meanwhile.
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }

@@ -18,9 +18,12 @@
 //! Resuming: after every acknowledged batch the sender writes a checkpoint beside the source
 //! replica (the transfer's id, the next id to stream, the source's last operation number). A
 //! sender that restarts mid-transfer finds it and, instead of starting over, first repairs what
-//! a crash between applying an update and forwarding it could have left behind below the
-//! checkpoint (points the source no longer has are deleted on the destination; points changed
-//! after the checkpoint are sent again), then streams on from the checkpoint.
+//! the destination may have missed while no forwarding ran (an update applied by the source
+//! but not forwarded when it crashed, and updates the restarted source applied before its
+//! transfer task registered again): points the source no longer has are deleted on the
+//! destination, points changed after the checkpoint and below it are sent again (those above
+//! it are streamed anyway); then it streams on from the checkpoint. Resharding streams resume
+//! the same way, each from its own checkpoint, over the points that stream carries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,7 +50,8 @@ use shoal_proto::v1::snapshot_service_client::SnapshotServiceClient;
 use shoal_proto::v1::{RecoverRequest, SnapshotRef};
 
 /// How often a sender retries a batch the destination did not take, and how long it waits
-/// between tries.
+/// between tries. Liveness only: a batch the destination never took fails the transfer (which
+/// aborts), and a retried batch is idempotent (upserts of the source's current points).
 const SEND_ATTEMPTS: u32 = 5;
 const SEND_BACKOFF: Duration = Duration::from_millis(500);
 /// Ids per page when a resumed transfer compares both sides.
@@ -67,23 +71,52 @@ struct Checkpoint {
     /// point below `next` was forwarded, or was in flight when the sender stopped.
     seq: u64,
     points_done: u64,
+    /// The destination shard of a resharding stream (`None`: a transfer of the shard itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to_shard: Option<u32>,
 }
 
 const CHECKPOINT_FILE: &str = "transfer-out.json";
 
-fn read_checkpoint(dir: &std::path::Path) -> Option<Checkpoint> {
-    let bytes = std::fs::read(dir.join(CHECKPOINT_FILE)).ok()?;
+/// The checkpoint file of a resharding stream: a drained shard streams to several shards and
+/// peers at once, each from its own place.
+fn resharding_checkpoint_file(key: &TransferKey) -> String {
+    format!("resharding-out-{}-{}.json", key.to_shard, key.to.0)
+}
+
+fn read_checkpoint(dir: &std::path::Path, file: &str) -> Option<Checkpoint> {
+    let bytes = std::fs::read(dir.join(file)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
-fn write_checkpoint(dir: &std::path::Path, checkpoint: &Checkpoint) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+fn write_checkpoint(
+    dir: &std::path::Path,
+    file: &str,
+    checkpoint: &Checkpoint,
+) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{file}.tmp"));
     std::fs::write(&tmp, serde_json::to_vec(checkpoint)?)?;
-    std::fs::rename(&tmp, dir.join(CHECKPOINT_FILE))
+    std::fs::rename(&tmp, dir.join(file))
 }
 
-fn remove_checkpoint(dir: &std::path::Path) {
-    let _ = std::fs::remove_file(dir.join(CHECKPOINT_FILE));
+fn remove_checkpoint(dir: &std::path::Path, file: &str) {
+    let _ = std::fs::remove_file(dir.join(file));
+}
+
+/// The points a resharding stream carries: those its destination shard owns under the new
+/// ring (`to`), out of those its source shard owns under the old one (`from`). A destination
+/// shard also holds points of its own (scale down) or of other streams (scale up), which the
+/// stream must neither compare nor delete.
+#[derive(Debug, Clone)]
+struct StreamScope {
+    to: Ownership,
+    from: Ownership,
+}
+
+impl StreamScope {
+    fn carries(&self, id: &PointId) -> bool {
+        self.to.owns(id) && self.from.owns(id)
+    }
 }
 
 /// A transfer, as the cluster state names it.
@@ -366,6 +399,11 @@ impl Transfers {
             .await;
             if let Some((collection, out)) = registered {
                 collection.unregister_outgoing(key.shard, &out).await;
+                // The stream ended with its resharding (or aborts it): nothing resumes it.
+                // A sender that dies instead keeps its checkpoint.
+                if let Some(local) = collection.local_shard(key.shard) {
+                    remove_checkpoint(local.dir(), &resharding_checkpoint_file(&key));
+                }
             }
             if let Err(TransferError::Failed(e)) = outcome {
                 progress.stage("aborting");
@@ -393,7 +431,7 @@ impl Transfers {
                 if let Some((collection, out)) = registered {
                     collection.unregister_outgoing(key.shard, &out).await;
                     if let Some(local) = collection.local_shard(key.shard) {
-                        remove_checkpoint(local.dir());
+                        remove_checkpoint(local.dir(), CHECKPOINT_FILE);
                     }
                 }
                 if let TransferError::Failed(e) = error {
@@ -420,35 +458,56 @@ impl Transfers {
             from: key.from,
             to: key.to,
         };
-        match metadata.propose(op).await {
-            Ok((Ok(_), index)) => {
-                // Peers that still route by the old layout write only to the source: keep
-                // forwarding until they all applied the finish.
-                toc.wait_reconciled(index, Metadata::PEER_APPLY_PATIENCE)
-                    .await;
-                toc.await_peers(index).await;
-                // A write a coordinator routed by the layout before the finish, arriving
-                // after this, is refused by the source (it carries the older layout version)
-                // and routed again: see `Collection::update_local`. No grace period.
-                tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, points = progress.report().points_done, "transfer finished");
-            }
-            Ok((Err(e), _)) => {
-                tracing::info!(collection = %key.collection, shard = key.shard, error = %e, "transfer ended elsewhere")
+        // The log index of a state in which the transfer has ended (or, when the finish was
+        // refused for another reason, which the next sync looks at again).
+        let (ended_at, finished) = match metadata.propose(op).await {
+            Ok((Ok(_), index)) => (index, true),
+            Ok((Err(e), index)) => {
+                tracing::info!(collection = %key.collection, shard = key.shard, error = %e, "transfer ended elsewhere");
+                (index, false)
             }
             Err(e) => {
                 tracing::warn!(collection = %key.collection, shard = key.shard, error = %e, "could not finish the transfer; aborting");
+                // The finish may have been applied all the same: only an answer from
+                // consensus tells, and until then forwarding goes on.
                 let op = ClusterOperation::AbortTransfer {
                     collection: key.collection.clone(),
                     shard: ShardId(key.shard),
                     from: key.from,
                     to: key.to,
                 };
-                let _ = metadata.propose(op).await;
+                loop {
+                    match metadata.propose(op.clone()).await {
+                        Ok((_, index)) => break (index, false),
+                        Err(e) => {
+                            tracing::warn!(collection = %key.collection, shard = key.shard, error = %e, "cannot abort the transfer yet; forwarding goes on");
+                            // Retry backoff (liveness): forwarding goes on meanwhile.
+                            tokio::time::sleep(SEND_BACKOFF).await;
+                        }
+                    }
+                }
             }
+        };
+        // Forwarding may stop only once this peer's own replica knows the layout without the
+        // transfer: from then on the fence refuses every update routed by an older one (an
+        // update that passed the fence before is forwarded: unregistering waits for it). So
+        // this wait has no deadline; the patience only paces a warning.
+        while !toc
+            .wait_reconciled(ended_at, Metadata::PEER_APPLY_PATIENCE)
+            .await
+        {
+            tracing::warn!(collection = %key.collection, shard = key.shard, index = ended_at, "this peer has not reconciled the end of the transfer yet; forwarding goes on");
+        }
+        if finished {
+            // Liveness only: peers that still route by the old layout get their writes
+            // refused by the source (it carries the newer layout version) and route again:
+            // see `Collection::update_local`. Waiting (bounded) for them spares those retries.
+            toc.await_peers(ended_at).await;
+            tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, points = progress.report().points_done, "transfer finished");
         }
         collection.unregister_outgoing(key.shard, &outgoing).await;
         if let Some(local) = collection.local_shard(key.shard) {
-            remove_checkpoint(local.dir());
+            remove_checkpoint(local.dir(), CHECKPOINT_FILE);
         }
         self.forget(&key, &cancel);
     }
@@ -538,7 +597,8 @@ async fn stream_records(
         tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, "wal_delta: the destination has no replica to compare with; streaming every point");
     }
     let dir = local.dir().to_path_buf();
-    let resumed = read_checkpoint(&dir).filter(|c| c.transfer == transfer.id && c.to == key.to.0);
+    let resumed = read_checkpoint(&dir, CHECKPOINT_FILE)
+        .filter(|c| c.transfer == transfer.id && c.to == key.to.0 && c.to_shard.is_none());
     let mut offset = None;
     let mut finished_streaming = false;
     match resumed {
@@ -546,7 +606,7 @@ async fn stream_records(
             progress.stage("resuming");
             tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, next = ?checkpoint.next, "transfer resumes from its checkpoint");
             let _order = out.order.lock().await;
-            catch_up(&local, &destination, &checkpoint, cancel)
+            catch_up(&local, &destination, &checkpoint, None, cancel)
                 .await
                 .map_err(with_reg)?;
             progress
@@ -594,6 +654,8 @@ async fn stream_records(
             let due = started
                 + Duration::from_secs_f64((streamed + batch_size as u64) as f64 / f64::from(pps));
             let now = Instant::now();
+            // Pacing (the user's rate limit), not safety: batches are read under the order
+            // lock whenever they are sent.
             if due > now {
                 tokio::time::sleep(due - now).await;
             }
@@ -640,8 +702,9 @@ async fn stream_records(
             next,
             seq,
             points_done: done,
+            to_shard: None,
         };
-        if let Err(e) = write_checkpoint(&dir, &checkpoint) {
+        if let Err(e) = write_checkpoint(&dir, CHECKPOINT_FILE, &checkpoint) {
             tracing::warn!(error = %e, "cannot write the transfer checkpoint; a restart would start over");
         }
         match next {
@@ -662,9 +725,13 @@ async fn stream_records(
 /// A resharding stream: registers a forwarder that passes on the part of every update of the
 /// local replica that the destination shard owns under the new ring, streams the points it owns
 /// (in batches, under the forwarder's order lock, like `stream_records`), reports the stream
-/// done, and then keeps forwarding until the resharding ends (`cancel`). A stream restarted
-/// after its sender restarted streams again from the start (upserts are idempotent); one that
-/// was done only forwards.
+/// done, and then keeps forwarding until the resharding ends (`cancel`).
+///
+/// A stream restarted after its sender restarted resumes from its checkpoint, like
+/// `stream_records` (see the module docs), over the points it carries ([`StreamScope`]). One
+/// that was reported done only forwards: from then on reads may use the new ring and, once the
+/// writes do, coordinators write to the destination directly, so the source is no longer the
+/// one truth a repair could copy from.
 async fn resharding_stream(
     toc: &Arc<TableOfContent>,
     key: &TransferKey,
@@ -682,17 +749,29 @@ async fn resharding_stream(
             key.shard, key.collection
         ))
     })?;
-    let ring = env
-        .metadata
-        .view()
-        .state
-        .collections
-        .get(&key.collection)
-        .and_then(|m| m.target_ring())
-        .ok_or(TransferError::Cancelled)?;
+    let (target, source, resharding_id) = {
+        let view = env.metadata.view();
+        let meta = view
+            .state
+            .collections
+            .get(&key.collection)
+            .ok_or(TransferError::Cancelled)?;
+        (
+            meta.target_ring().ok_or(TransferError::Cancelled)?,
+            meta.source_ring().ok_or(TransferError::Cancelled)?,
+            meta.resharding.as_ref().map_or(0, |r| r.id),
+        )
+    };
     let owner = Ownership {
-        ring: ring.iter().map(|s| s.0).collect(),
+        ring: target.iter().map(|s| s.0).collect(),
         shard: key.to_shard,
+    };
+    let scope = StreamScope {
+        to: owner.clone(),
+        from: Ownership {
+            ring: source.iter().map(|s| s.0).collect(),
+            shard: key.shard,
+        },
     };
     let destination = env.remote(uri, &key.collection, key.to_shard)?;
     let out = Arc::new(Outgoing {
@@ -723,31 +802,59 @@ async fn resharding_stream(
         .unwrap_or(0)
     };
     progress.points_total.store(total as u64, Ordering::Relaxed);
+    let dir = local.dir().to_path_buf();
+    let file = resharding_checkpoint_file(key);
     if transfer.done {
+        remove_checkpoint(&dir, &file);
         progress.points_done.store(total as u64, Ordering::Relaxed);
     } else {
+        // A resharding started before they had ids has streams whose ids repeat from one
+        // resharding to the next: never resume those.
+        let resumed = read_checkpoint(&dir, &file).filter(|c| {
+            resharding_id != 0
+                && c.transfer == transfer.id
+                && c.to == key.to.0
+                && c.to_shard == Some(key.to_shard)
+        });
+        let mut offset = None;
+        let mut finished_streaming = false;
+        if let Some(checkpoint) = resumed {
+            progress.stage("resuming");
+            tracing::info!(collection = %key.collection, shard = key.shard, to_shard = key.to_shard, to = %key.to, next = ?checkpoint.next, points_done = checkpoint.points_done, "resharding stream resumes from its checkpoint");
+            let _order = out.order.lock().await;
+            catch_up(&local, &destination, &checkpoint, Some(&scope), cancel).await?;
+            progress
+                .points_done
+                .store(checkpoint.points_done, Ordering::Relaxed);
+            offset = checkpoint.next;
+            finished_streaming = checkpoint.next.is_none();
+        }
         progress.stage("streaming points");
         let batch_size = env.transfer_batch_points.max(1);
-        let mut offset = None;
-        loop {
+        while !finished_streaming {
             if cancel.load(Ordering::SeqCst) {
                 return Err(TransferError::Cancelled);
             }
             if out.broken.load(Ordering::SeqCst) {
                 return Err(broken());
             }
+            pause_at("resharding batch", cancel).await?;
             let order = out.order.lock().await;
-            let mut records = {
+            let (mut records, seq) = {
                 let (local, owner) = (Arc::clone(&local), owner.clone());
                 tokio::task::spawn_blocking(move || {
                     let accept =
                         |id: PointId, _: &crate::types::Payload, _: HasVector<'_>| owner.owns(&id);
-                    local.scroll(
-                        offset,
-                        batch_size + 1,
-                        Some(&accept),
-                        true,
-                        &WithVector::All,
+                    let seq = local.stats().last_seq;
+                    (
+                        local.scroll(
+                            offset,
+                            batch_size + 1,
+                            Some(&accept),
+                            true,
+                            &WithVector::All,
+                        ),
+                        seq,
                     )
                 })
                 .await
@@ -762,11 +869,22 @@ async fn resharding_stream(
                 send(&destination, &UpdateRequest::Upsert(points), cancel).await?;
             }
             drop(order);
-            progress.points_done.fetch_add(n, Ordering::Relaxed);
+            let done = progress.points_done.fetch_add(n, Ordering::Relaxed) + n;
             progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+            let checkpoint = Checkpoint {
+                transfer: transfer.id,
+                to: key.to.0,
+                next,
+                seq,
+                points_done: done,
+                to_shard: Some(key.to_shard),
+            };
+            if let Err(e) = write_checkpoint(&dir, &file, &checkpoint) {
+                tracing::warn!(error = %e, "cannot write the resharding stream's checkpoint; a restart would start over");
+            }
             match next {
                 Some(id) => offset = Some(id),
-                None => break,
+                None => finished_streaming = true,
             }
         }
         if out.broken.load(Ordering::SeqCst) {
@@ -789,10 +907,14 @@ async fn resharding_stream(
                 Ok((Err(_), _)) => return Err(TransferError::Cancelled),
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot report the stream done yet; retrying");
+                    // Liveness only: a retry backoff while consensus has no leader; the
+                    // proposal itself is validated against the applied state.
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
+        // Done streams only forward after a restart (see above): the checkpoint is spent.
+        remove_checkpoint(&dir, &file);
         tracing::info!(collection = %key.collection, shard = key.shard, to_shard = key.to_shard, to = %key.to, points = progress.report().points_done, "resharding stream done");
     }
     progress.stage("forwarding updates");
@@ -815,45 +937,62 @@ async fn resharding_stream(
                 return Err(broken());
             }
         }
+        // A polling interval for `cancel` and `broken`, liveness only: an update whose
+        // forwarding failed was refused to its coordinator already (`ForwardFailed`), so the
+        // delay only postpones the abort.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// Brings the destination's points below the checkpoint's `next` back in line with the
-/// source after the sender stopped: points the source no longer has are deleted, points the
-/// source changed after the checkpoint are sent again. Run under the order lock.
+/// Brings the destination back in line with the source after the sender stopped, before the
+/// stream goes on from the checkpoint's `next`: points the source no longer has are deleted
+/// (anywhere: forwarded updates reach points above `next` too), points the source changed
+/// after the checkpoint and below `next` are sent again (those above are streamed anyway).
+/// `scope` limits both sides to the points a resharding stream carries; `None` (a transfer)
+/// compares whole replicas. Run under the order lock, so no forwarded update interleaves.
 async fn catch_up(
     local: &Arc<LocalShard>,
     destination: &crate::cluster::remote_shard::RemoteShard,
     checkpoint: &Checkpoint,
+    scope: Option<&StreamScope>,
     cancel: &AtomicBool,
 ) -> Result<(), TransferError> {
     let next = checkpoint.next;
     let below = move |id: &PointId| next.is_none_or(|n| *id < n);
-    let source: Vec<Record> = {
-        let local = Arc::clone(local);
+    let carried = |id: &PointId| scope.is_none_or(|s| s.carries(id));
+    // (id, version) of every point of the source that the stream carries.
+    let source: Vec<(PointId, u64)> = {
+        let (local, scope) = (Arc::clone(local), scope.cloned());
         tokio::task::spawn_blocking(move || {
+            let accept = |id: PointId, _: &crate::types::Payload, _: HasVector<'_>| {
+                scope.as_ref().is_none_or(|s| s.carries(&id))
+            };
             let mut out = Vec::new();
             let mut from = None;
             loop {
-                let page = local.scroll(from, CATCH_UP_PAGE + 1, None, false, &WithVector::None);
-                let more = page.len() > CATCH_UP_PAGE;
-                let after = more.then(|| page[CATCH_UP_PAGE].id);
+                let page = local.scroll(
+                    from,
+                    CATCH_UP_PAGE + 1,
+                    Some(&accept),
+                    false,
+                    &WithVector::None,
+                );
+                let after = (page.len() > CATCH_UP_PAGE).then(|| page[CATCH_UP_PAGE].id);
                 out.extend(
                     page.into_iter()
                         .take(CATCH_UP_PAGE)
-                        .filter(|r| below(&r.id)),
+                        .map(|r| (r.id, r.version)),
                 );
                 match after {
-                    Some(id) if below(&id) => from = Some(id),
-                    _ => return out,
+                    Some(id) => from = Some(id),
+                    None => return out,
                 }
             }
         })
         .await
         .map_err(|e| TransferError::Failed(CollectionError::Storage(e.to_string())))?
     };
-    let source_ids: std::collections::HashSet<PointId> = source.iter().map(|r| r.id).collect();
+    let source_ids: std::collections::HashSet<PointId> = source.iter().map(|(id, _)| *id).collect();
     let mut from = None;
     let mut stale = Vec::new();
     loop {
@@ -867,34 +1006,42 @@ async fn catch_up(
                 filter: None,
                 with_payload: false,
                 with_vector: WithVector::None,
-                owner: None,
+                // Explicit, so that the destination does not narrow the scroll to what it
+                // owns under the read ring (during a resharding it would): the points of the
+                // source shard under the old ring, the rest filtered below.
+                owner: scope.map(|s| s.from.clone()),
             })
             .await?;
         let after = (page.len() > CATCH_UP_PAGE).then(|| page[CATCH_UP_PAGE].id);
         stale.extend(
             page.into_iter()
                 .take(CATCH_UP_PAGE)
-                .filter(|r| below(&r.id) && !source_ids.contains(&r.id))
+                .filter(|r| carried(&r.id) && !source_ids.contains(&r.id))
                 .map(|r| r.id),
         );
         match after {
-            Some(id) if below(&id) => from = Some(id),
-            _ => break,
+            Some(id) => from = Some(id),
+            None => break,
         }
     }
-    if !stale.is_empty() {
+    let changed: Vec<PointId> = source
+        .iter()
+        .filter(|(id, version)| below(id) && *version > checkpoint.seq)
+        .map(|(id, _)| *id)
+        .collect();
+    tracing::info!(
+        stale = stale.len(),
+        changed = changed.len(),
+        "catching up after a restart"
+    );
+    for chunk in stale.chunks(1000) {
         send(
             destination,
-            &UpdateRequest::Delete(PointSelection::Ids(stale)),
+            &UpdateRequest::Delete(PointSelection::Ids(chunk.to_vec())),
             cancel,
         )
         .await?;
     }
-    let changed: Vec<PointId> = source
-        .iter()
-        .filter(|r| r.version > checkpoint.seq)
-        .map(|r| r.id)
-        .collect();
     for chunk in changed.chunks(1000) {
         let records = {
             let local = Arc::clone(local);
@@ -1163,7 +1310,8 @@ async fn snapshot_transfer(
     result
 }
 
-/// How long a destination may take to download and restore a snapshot.
+/// How long a destination may take to download and restore a snapshot. Liveness only: past
+/// it the transfer fails and aborts, which puts the destination back as it was.
 const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(1800);
 
 /// Stored records (with payload and vector) as writes that recreate them.
@@ -1219,6 +1367,7 @@ async fn pause_at(stage: &str, cancel: &AtomicBool) -> Result<(), TransferError>
         if cancel.load(Ordering::SeqCst) {
             return Err(TransferError::Cancelled);
         }
+        // The test hook's pause, polled for cancellation.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
@@ -1242,6 +1391,7 @@ async fn send(
                 if cancel.load(Ordering::SeqCst) {
                     return Err(TransferError::Cancelled);
                 }
+                // Retry backoff (liveness): see `SEND_ATTEMPTS`.
                 tokio::time::sleep(SEND_BACKOFF * attempt).await;
             }
         }

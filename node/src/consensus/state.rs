@@ -271,6 +271,11 @@ pub struct ReshardingState {
     /// driving peer does once the points have moved.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub manual: bool,
+    /// Chosen by the proposer of the start; the ids of the resharding's streams derive from
+    /// it, so that a stream's checkpoint is never taken for one of a later resharding between
+    /// the same shards (`0`: started before reshardings had ids; its streams never resume).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub id: u64,
 }
 
 /// Everything the cluster knows about one collection.
@@ -330,6 +335,20 @@ impl CollectionMeta {
             })
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// The ring a running resharding moves points from: its group's shards without the new
+    /// shard (up), or all of them, the drained one included (down).
+    pub fn source_ring(&self) -> Option<Vec<ShardId>> {
+        let r = self.resharding.as_ref()?;
+        Some(
+            self.shards
+                .iter()
+                .filter(|(_, s)| s.shard_key == r.shard_key)
+                .map(|(id, _)| *id)
+                .filter(|id| r.direction == ReshardingDirection::Down || *id != r.shard)
+                .collect(),
+        )
     }
 
     /// The ring a running resharding moves points to: its group's shards with the new shard
@@ -628,6 +647,9 @@ pub enum ClusterOperation {
         /// The caller commits the stages itself.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         manual: bool,
+        /// Chosen by the proposer (random): see [`ReshardingState::id`].
+        #[serde(default, skip_serializing_if = "is_zero")]
+        id: u64,
     },
     /// Marks the resharding stream from `shard` into `to_shard` on peer `to` as having sent
     /// every point.
@@ -981,7 +1003,8 @@ impl ClusterState {
                 peer,
                 shard_key,
                 manual,
-            } => self.start_resharding(collection, direction, peer, shard_key, manual),
+                id,
+            } => self.start_resharding(collection, direction, peer, shard_key, manual, id),
             ClusterOperation::ReshardingStreamDone {
                 collection,
                 shard,
@@ -1783,6 +1806,7 @@ impl ClusterState {
         peer: Option<PeerId>,
         shard_key: Option<ShardKey>,
         manual: bool,
+        resharding_id: u64,
     ) -> Result<ClusterResponse, ClusterError> {
         let load = self.replicas_per_peer();
         if let Some(p) = peer {
@@ -1868,9 +1892,13 @@ impl ClusterState {
                             .map(|(p, _)| p)
                             .ok_or_else(|| invalid(&format!("shard {old} has no active replica")))?
                     };
-                    collection
-                        .transfers
-                        .push(resharding_stream(*old, ShardId(id), from, peer));
+                    collection.transfers.push(resharding_stream(
+                        *old,
+                        ShardId(id),
+                        from,
+                        peer,
+                        resharding_id,
+                    ));
                 }
                 ReshardingState {
                     direction,
@@ -1879,6 +1907,7 @@ impl ClusterState {
                     shard_key,
                     stage: ReshardingStage::MigratingPoints,
                     manual,
+                    id: resharding_id,
                 }
             }
             ReshardingDirection::Down => {
@@ -1913,9 +1942,13 @@ impl ClusterState {
                 for other in group.iter().filter(|s| **s != last) {
                     for (to, state) in &collection.shards[other].replicas {
                         if state.takes_updates() && *state != ReplicaState::Partial {
-                            collection
-                                .transfers
-                                .push(resharding_stream(last, *other, driver, *to));
+                            collection.transfers.push(resharding_stream(
+                                last,
+                                *other,
+                                driver,
+                                *to,
+                                resharding_id,
+                            ));
                         }
                     }
                 }
@@ -1926,6 +1959,7 @@ impl ClusterState {
                     shard_key,
                     stage: ReshardingStage::MigratingPoints,
                     manual,
+                    id: resharding_id,
                 }
             }
         };
@@ -2054,8 +2088,15 @@ impl ClusterState {
     }
 }
 
-/// A stream of a resharding, registered by its start.
-fn resharding_stream(shard: ShardId, to_shard: ShardId, from: PeerId, to: PeerId) -> ShardTransfer {
+/// A stream of a resharding, registered by its start. Its id tells it from the streams of
+/// other reshardings between the same shards (see [`ReshardingState::id`]).
+fn resharding_stream(
+    shard: ShardId,
+    to_shard: ShardId,
+    from: PeerId,
+    to: PeerId,
+    resharding: u64,
+) -> ShardTransfer {
     ShardTransfer {
         shard,
         to_shard: Some(to_shard),
@@ -2066,7 +2107,7 @@ fn resharding_stream(shard: ShardId, to_shard: ShardId, from: PeerId, to: PeerId
         destination_was: None,
         points_per_second: None,
         bytes_per_second: None,
-        id: u64::from(shard.0) << 32 | u64::from(to_shard.0),
+        id: resharding ^ (u64::from(shard.0) << 32 | u64::from(to_shard.0)),
         done: false,
     }
 }
@@ -2312,7 +2353,52 @@ mod tests {
             peer: None,
             shard_key: None,
             manual: false,
+            id: 7,
         }
+    }
+
+    /// A resharding stream's id tells it from the streams of another resharding between the
+    /// same shards and peers, so that a sender never resumes one from the other's checkpoint.
+    #[test]
+    fn resharding_streams_of_two_reshardings_have_different_ids() {
+        let mut state = active_docs(3, 3, 1);
+        let start = |id: u64| ClusterOperation::StartResharding {
+            collection: "docs".into(),
+            direction: ReshardingDirection::Down,
+            peer: None,
+            shard_key: None,
+            manual: true,
+            id,
+        };
+        state.apply(start(7)).unwrap();
+        let first = streams(&state);
+        assert_eq!(
+            state.collections["docs"].source_ring().unwrap().len(),
+            3,
+            "a scale down moves points from every shard's ring, the drained one included"
+        );
+        state
+            .apply(docs_op(|c| ClusterOperation::AbortResharding {
+                collection: c,
+            }))
+            .unwrap();
+        state.apply(start(8)).unwrap();
+        let second = streams(&state);
+        let key = |t: &ShardTransfer| (t.shard, t.to_shard, t.from, t.to);
+        assert_eq!(
+            first.iter().map(key).collect::<Vec<_>>(),
+            second.iter().map(key).collect::<Vec<_>>(),
+            "the same streams"
+        );
+        for (a, b) in first.iter().zip(&second) {
+            assert_ne!(a.id, b.id, "{a:?} and {b:?}");
+        }
+        let ids: BTreeSet<u64> = second.iter().map(|t| t.id).collect();
+        assert_eq!(
+            ids.len(),
+            second.len(),
+            "the streams of one resharding differ"
+        );
     }
 
     fn streams(state: &ClusterState) -> Vec<ShardTransfer> {
@@ -2371,6 +2457,10 @@ mod tests {
             vec![ShardId(0), ShardId(1), ShardId(2)]
         );
         assert_eq!(docs.target_ring().unwrap().len(), 4);
+        assert_eq!(
+            docs.source_ring().unwrap(),
+            vec![ShardId(0), ShardId(1), ShardId(2)]
+        );
         // Reads cannot switch before the points moved; ordinary transfers wait.
         let err = rejected(
             &mut state,
@@ -3314,6 +3404,7 @@ mod tests {
             shard_key: None,
             stage: ReshardingStage::MigratingPoints,
             manual: false,
+            id: 0,
         });
         // The source of a transfer stays; dropping its destination aborts it (below).
         let err = rejected(&mut state, drop_replica("docs", 0, 1));
@@ -3781,6 +3872,7 @@ mod tests {
                 peer: (pick[0] % 2 == 0).then_some(any_peer),
                 shard_key: meta.and_then(|m| m.shard_key.clone()),
                 manual: pick[1] % 2 == 0,
+                id: pick[0] as u64,
             },
             14 => {
                 let streams: Vec<ShardTransfer> = state

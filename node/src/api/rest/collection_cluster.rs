@@ -273,6 +273,8 @@ pub async fn apply(
             peer: req.peer_id.map(PeerId),
             shard_key: req.shard_key,
             manual: req.manual,
+            // Tells this resharding's streams from those of any other (their checkpoints).
+            id: rand::random(),
         }],
         ClusterOperationRequest::AbortResharding(_) => {
             vec![ClusterOperation::AbortResharding {
