@@ -6,6 +6,13 @@ use clap::Parser;
 use shoal_node::settings::{Cli, LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: building a graph allocates and frees hundreds of
+/// megabytes in many threads, and glibc's malloc keeps most of that resident afterwards (a
+/// 100k x 128 node stayed at 430 MiB after indexing, against 130 MiB for the same data
+/// opened after a restart); mimalloc returns freed pages to the system.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli)?;
