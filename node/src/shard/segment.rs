@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::collection_config::CollectionConfig;
 use crate::index::hnsw_index::{GraphParams, HnswIndex};
 use crate::index::sparse_index::SparseIndex;
-use crate::storage::mapped::Floats;
+use crate::storage::mapped::{FileSlice, Floats};
 use crate::types::{NamedVectors, Payload, PointId, SparseVector, VectorData, VectorRef};
 
 mod files;
@@ -92,6 +92,37 @@ impl DenseData {
     }
 }
 
+/// Multivector values once fixed: per offset on the heap, or in a segment file as one run of
+/// values with each offset's range (an empty range: the point has no such vector; an empty
+/// multivector is refused at input).
+#[derive(Clone)]
+pub enum MultiValues {
+    Heap(Arc<Vec<Option<Box<[f32]>>>>),
+    File {
+        /// `len + 1` value positions: offset `o` holds `values[starts[o]..starts[o + 1]]`.
+        starts: Arc<Vec<u64>>,
+        values: FileSlice,
+    },
+}
+
+impl MultiValues {
+    fn get(&self, o: usize) -> Option<&[f32]> {
+        match self {
+            MultiValues::Heap(cells) => cells[o].as_deref(),
+            MultiValues::File { starts, values } => {
+                let (from, to) = (starts[o] as usize, starts[o + 1] as usize);
+                (to > from).then(|| &values.f32s()[from..to])
+            }
+        }
+    }
+}
+
+/// Multivector values: growing while appendable, then fixed.
+enum MultiData {
+    Growing(Vec<Option<Box<[f32]>>>),
+    Fixed(MultiValues),
+}
+
 /// The stored values of one named vector, one cell per offset.
 enum VectorColumn {
     /// Dense vectors laid end to end, `dim` values per offset (zeros where absent).
@@ -103,7 +134,7 @@ enum VectorColumn {
     /// Each offset's sub-vectors laid end to end, `dim` values each.
     Multi {
         dim: usize,
-        data: Cells<Option<Box<[f32]>>>,
+        data: MultiData,
     },
     Sparse {
         data: Cells<Option<SparseVector>>,
@@ -142,7 +173,10 @@ impl VectorColumn {
                     ),
                     _ => None,
                 };
-                data.push(cell);
+                match data {
+                    MultiData::Growing(cells) => cells.push(cell),
+                    MultiData::Fixed(_) => unreachable!("frozen columns take no new points"),
+                }
             }
             (VectorColumn::Sparse { data }, value) => {
                 let cell = match value {
@@ -160,7 +194,13 @@ impl VectorColumn {
                 data.freeze();
                 present.shrink_to_fit();
             }
-            VectorColumn::Multi { data, .. } => data.freeze(),
+            VectorColumn::Multi { data, .. } => {
+                if let MultiData::Growing(cells) = data {
+                    let mut cells = std::mem::take(cells);
+                    cells.shrink_to_fit();
+                    *data = MultiData::Fixed(MultiValues::Heap(Arc::new(cells)));
+                }
+            }
             VectorColumn::Sparse { data } => data.freeze(),
         }
     }
@@ -171,9 +211,11 @@ impl VectorColumn {
             VectorColumn::Dense { dim, data, present } => {
                 present[o].then(|| VectorRef::Dense(&data.as_slice()[o * dim..(o + 1) * dim]))
             }
-            VectorColumn::Multi { dim, data } => data.as_slice()[o]
-                .as_deref()
-                .map(|flat| VectorRef::Multi { flat, dim: *dim }),
+            VectorColumn::Multi { dim, data } => match data {
+                MultiData::Growing(cells) => cells[o].as_deref(),
+                MultiData::Fixed(values) => values.get(o),
+            }
+            .map(|flat| VectorRef::Multi { flat, dim: *dim }),
             VectorColumn::Sparse { data } => data.as_slice()[o].as_ref().map(VectorRef::Sparse),
         }
     }
@@ -199,7 +241,7 @@ pub enum FrozenColumn {
     },
     Multi {
         dim: usize,
-        data: Arc<Vec<Option<Box<[f32]>>>>,
+        data: MultiValues,
     },
     Sparse {
         data: Arc<Vec<Option<SparseVector>>>,
@@ -214,9 +256,9 @@ impl FrozenColumn {
             FrozenColumn::Dense { dim, data, present } => {
                 present[o].then(|| VectorRef::Dense(&data.as_slice()[o * dim..(o + 1) * dim]))
             }
-            FrozenColumn::Multi { dim, data } => data[o]
-                .as_deref()
-                .map(|flat| VectorRef::Multi { flat, dim: *dim }),
+            FrozenColumn::Multi { dim, data } => {
+                data.get(o).map(|flat| VectorRef::Multi { flat, dim: *dim })
+            }
             FrozenColumn::Sparse { data } => data[o].as_ref().map(VectorRef::Sparse),
         }
     }
@@ -249,7 +291,7 @@ impl ColumnShape {
             },
             ColumnShape::Multi(dim) => VectorColumn::Multi {
                 dim,
-                data: Cells::Growing(vec![None; len]),
+                data: MultiData::Growing(vec![None; len]),
             },
             ColumnShape::Sparse => VectorColumn::Sparse {
                 data: Cells::Growing(vec![None; len]),
@@ -355,16 +397,21 @@ impl Segment {
             self.voided.extend(stale.iter().cloned());
         }
         let layout_outdated = self.file_versions.is_some()
-            && (self.columns.iter().any(|(name, column)| match column {
-                VectorColumn::Dense {
-                    data: DenseData::Fixed(Floats::File(f)),
-                    ..
-                } => {
-                    let on_disk = config.dense(name).and_then(|p| p.on_disk).unwrap_or(false);
-                    f.is_mapped() != on_disk && !f.f32s().is_empty()
-                }
-                _ => false,
-            }));
+            && self.columns.iter().any(|(name, column)| {
+                let file = match column {
+                    VectorColumn::Dense {
+                        data: DenseData::Fixed(Floats::File(f)),
+                        ..
+                    }
+                    | VectorColumn::Multi {
+                        data: MultiData::Fixed(MultiValues::File { values: f, .. }),
+                        ..
+                    } => f,
+                    _ => return false,
+                };
+                let on_disk = config.dense(name).and_then(|p| p.on_disk).unwrap_or(false);
+                file.is_mapped() != on_disk && !file.f32s().is_empty()
+            });
         if layout_outdated {
             self.index = None;
         }
@@ -470,7 +517,10 @@ impl Segment {
                     },
                     VectorColumn::Multi { dim, data } => FrozenColumn::Multi {
                         dim: *dim,
-                        data: data.shared()?,
+                        data: match data {
+                            MultiData::Fixed(values) => values.clone(),
+                            MultiData::Growing(_) => return None,
+                        },
                     },
                     VectorColumn::Sparse { data } => FrozenColumn::Sparse {
                         data: data.shared()?,

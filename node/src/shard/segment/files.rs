@@ -6,8 +6,9 @@
 //! | --- | --- |
 //! | `meta.json` | format, segment id, point count, columns (name, kind, size), per-file CRC32 and length |
 //! | `points.bin` | per offset: id, version, payload (postcard; payloads as JSON text) |
-//! | `columns.bin` | per column: which offsets have a dense vector; multi and sparse vectors |
+//! | `columns.bin` | per column: which offsets have a dense vector, each offset's multivector range, sparse vectors |
 //! | `dense-<n>.f32` | a dense column's values, little-endian `f32`, `size` per offset: mapped when the vector is `on_disk` |
+//! | `multi-<n>.f32` | a multivector column's sub-vectors laid end to end (ranges in `columns.bin`): mapped when `on_disk` |
 //! | `graph-<n>.bin` | the column's HNSW graph ([`HnswIndex::write`]): mapped when `hnsw_config.on_disk` |
 //!
 //! A directory is written under `<id>.tmp`, every file fsynced, then renamed to `<id>` and the
@@ -72,9 +73,16 @@ struct PointRow {
 
 #[derive(Serialize, Deserialize)]
 enum ColumnCells {
-    Dense { present: Vec<bool> },
-    Multi { cells: Vec<Option<Vec<f32>>> },
-    Sparse { cells: Vec<Option<SparseVector>> },
+    Dense {
+        present: Vec<bool>,
+    },
+    /// `len + 1` positions into `multi-<n>.f32` (see [`MultiValues::File`]).
+    Multi {
+        starts: Vec<u64>,
+    },
+    Sparse {
+        cells: Vec<Option<SparseVector>>,
+    },
 }
 
 /// What a sealed segment's directory holds, copied out of the segment so that it can be
@@ -214,14 +222,25 @@ impl Segment {
                         present,
                     }
                 }
-                (Kind::Multi, ColumnCells::Multi { cells }) if cells.len() == len => {
-                    let data = cells
-                        .into_iter()
-                        .map(|c| c.map(Vec::into_boxed_slice))
-                        .collect();
+                (Kind::Multi, ColumnCells::Multi { starts }) if starts.len() == len + 1 => {
+                    let on_disk = params.and_then(|p| p.on_disk).unwrap_or(false);
+                    let file = multi_file(n);
+                    let total = starts[len] as usize;
+                    if starts[0] != 0 || starts.windows(2).any(|w| w[0] > w[1]) {
+                        return Err(format!(
+                            "{COLUMNS}: value ranges of `{name}` are inconsistent"
+                        ));
+                    }
+                    let bytes = FileBytes::open(&dir.join(&file), on_disk)
+                        .map_err(|e| format!("{file}: {e}"))?;
+                    let values =
+                        FileSlice::new(bytes, 0, total).map_err(|e| format!("{file}: {e}"))?;
                     VectorColumn::Multi {
                         dim: column.dim,
-                        data: Cells::Frozen(Arc::new(data)),
+                        data: MultiData::Fixed(MultiValues::File {
+                            starts: Arc::new(starts),
+                            values,
+                        }),
                     }
                 }
                 (Kind::Sparse, ColumnCells::Sparse { cells }) if cells.len() == len => {
@@ -282,6 +301,10 @@ fn dense_file(n: usize) -> String {
     format!("dense-{n}.f32")
 }
 
+fn multi_file(n: usize) -> String {
+    format!("multi-{n}.f32")
+}
+
 fn graph_file(n: usize) -> String {
     format!("graph-{n}.bin")
 }
@@ -330,12 +353,15 @@ impl SegmentImage {
                     (Kind::Dense, *dim)
                 }
                 FrozenColumn::Multi { dim, data } => {
-                    cells.push(ColumnCells::Multi {
-                        cells: data
-                            .iter()
-                            .map(|c| c.as_deref().map(<[f32]>::to_vec))
-                            .collect(),
-                    });
+                    let mut starts = Vec::with_capacity(self.ids.len() + 1);
+                    let mut values: Vec<f32> = Vec::new();
+                    starts.push(0);
+                    for o in 0..self.ids.len() {
+                        values.extend_from_slice(data.get(o).unwrap_or_default());
+                        starts.push(values.len() as u64);
+                    }
+                    put(multi_file(n), bytemuck::cast_slice(&values))?;
+                    cells.push(ColumnCells::Multi { starts });
                     (Kind::Multi, *dim)
                 }
                 FrozenColumn::Sparse { data } => {
@@ -446,6 +472,7 @@ mod tests {
         for on_disk in [true, false] {
             if let VectorsConfig::Named(map) = &mut config.params.vectors {
                 map.get_mut("a").unwrap().on_disk = Some(on_disk);
+                map.get_mut("m").unwrap().on_disk = Some(on_disk);
             }
             let s = indexed_segment(&config);
             let path = segment_dir(dir.path(), if on_disk { 1 } else { 2 });
@@ -469,6 +496,13 @@ mod tests {
                 mapped, on_disk,
                 "on_disk decides whether vectors are mapped"
             );
+            let multi_mapped = matches!(
+                opened.columns.get("m"),
+                Some(VectorColumn::Multi { data: MultiData::Fixed(MultiValues::File { values, .. }), .. })
+                    if values.is_mapped()
+            );
+            assert_eq!(multi_mapped, on_disk, "and whether multivectors are");
+            assert!(opened.has_vector("m", 0) && !opened.has_vector("m", 1));
             let index = opened.index().unwrap();
             assert_eq!(index.graphs["a"].len(), 300);
             assert_eq!(index.sparse["s"].len(), 300);
