@@ -307,24 +307,6 @@ impl HnswIndex {
         self.len == 0
     }
 
-    /// Bytes of links held on the heap (layer 0 counts only when not read from a mapped file).
-    pub fn heap_bytes(&self) -> usize {
-        let level0 = match (&self.starts, &self.links) {
-            (U32s::Heap(s), U32s::Heap(l)) => (s.len() + l.len()) * 4,
-            (U32s::File(s), U32s::File(l)) if !s.is_mapped() => {
-                (s.u32s().len() + l.u32s().len()) * 4
-            }
-            _ => 0,
-        };
-        let upper: usize = self
-            .upper
-            .iter()
-            .flat_map(|layer| layer.values())
-            .map(|l| l.len() * 4 + 16)
-            .sum();
-        level0 + upper
-    }
-
     fn neighbours(&self, layer: usize, offset: u32) -> &[u32] {
         if layer == 0 {
             let starts = self.starts.as_slice();
