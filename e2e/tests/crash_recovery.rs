@@ -626,3 +626,81 @@ fn config_restarts(node: &mut NodeProcess) -> Result<()> {
     check(&node.client(), "after SIGTERM and a second restart")?;
     Ok(())
 }
+
+/// A vector created after its collection is kept by segments on disk across restarts: the
+/// shards reopen with the configuration as last applied, not as created.
+#[test]
+fn a_vector_added_after_creation_survives_restarts_in_sealed_segments() {
+    let mut node = NodeProcess::start_ready(
+        NodeOptions {
+            client_timeout: Some(REQUEST_TIMEOUT),
+            ..Default::default()
+        },
+        READY_TIMEOUT,
+    )
+    .expect("starting the node");
+    let result = added_vector_restarts(&mut node);
+    panic_on_error(&node, result);
+}
+
+fn added_vector_restarts(node: &mut NodeProcess) -> Result<()> {
+    const NAME: &str = "late_vector";
+    const POINTS: u64 = 400;
+    let client = node.client();
+    let _: Value = client.call(
+        Method::Put,
+        &format!("/collections/{NAME}"),
+        Some(&json!({
+            "vectors": {"a": {"size": 4, "distance": "Dot"}},
+            "optimizers_config": {"indexing_threshold": 1, "default_segment_number": 2},
+        })),
+    )?;
+    let _: Value = client.call(
+        Method::Put,
+        &format!("/collections/{NAME}/vectors/b?wait=true"),
+        Some(&json!({"dense": {"size": 2, "distance": "Euclid"}})),
+    )?;
+    let points: Vec<Value> = (0..POINTS)
+        .map(|i| json!({"id": i, "vector": {"a": [i as f32, 1.0, 0.0, 0.0], "b": [i as f32, 2.0]}}))
+        .collect();
+    let _: Value = client.call(
+        Method::Put,
+        &format!("/collections/{NAME}/points?wait=true"),
+        Some(&json!({"points": points})),
+    )?;
+    // Indexed segments go to disk; a graceful stop flushes, so the restart opens them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info: Value = client.call(Method::Get, &format!("/collections/{NAME}"), None)?;
+        if info["status"] == "green" && info["indexed_vectors_count"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "not indexed within 60 s: {info}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    for round in 0..2 {
+        node.stop(Duration::from_secs(10))?;
+        node.restart()?;
+        node.wait_ready(Instant::now() + READY_TIMEOUT)?;
+        let ids: Vec<u64> = (0..POINTS).collect();
+        let got: Vec<Value> = node.client().call(
+            Method::Post,
+            &format!("/collections/{NAME}/points"),
+            Some(&json!({"ids": ids, "with_vector": true})),
+        )?;
+        ensure!(
+            got.len() == POINTS as usize,
+            "round {round}: {} points",
+            got.len()
+        );
+        for p in &got {
+            let i = p["id"].as_u64().context("numeric id")?;
+            ensure!(
+                p["vector"]["b"] == json!([i as f32, 2.0])
+                    && p["vector"]["a"][0] == json!(i as f32),
+                "round {round}: point {i} came back as {p}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -221,7 +221,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // does not keep the peer from serving what it has.
     let applied = metadata.view().applied_index().unwrap_or(0);
     if !toc
-        .wait_reconciled(applied.max(toc.reconciled_index()), READY_PATIENCE)
+        .wait_synced(applied.max(toc.reconciled_index()), READY_PATIENCE)
         .await
     {
         tracing::warn!("collections not reconciled with the cluster state yet; serving anyway");

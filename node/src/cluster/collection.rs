@@ -207,6 +207,23 @@ impl Environment {
     }
 }
 
+/// The file in a collection's directory holding its configuration as this peer last applied it.
+pub(crate) const CONFIG_FILE: &str = "config.json";
+
+/// Writes `config` to the collection directory `dir` atomically (temporary file, fsync,
+/// rename, directory fsync).
+pub(crate) fn write_config(dir: &Path, config: &CollectionConfig) -> Result<(), CollectionError> {
+    let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
+    let text = serde_json::to_vec_pretty(config).map_err(CollectionError::storage)?;
+    let mut file = std::fs::File::create(&tmp).map_err(CollectionError::storage)?;
+    std::io::Write::write_all(&mut file, &text).map_err(CollectionError::storage)?;
+    file.sync_all().map_err(CollectionError::storage)?;
+    std::fs::rename(&tmp, dir.join(CONFIG_FILE)).map_err(CollectionError::storage)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(CollectionError::storage)
+}
+
 /// Applies an update on a local replica and forwards it to the destinations of `outgoing`
 /// (the transfers sending the replica), in the same place of each transfer's stream. Runs to
 /// the end once started: see `Collection::update_local`.
@@ -442,7 +459,11 @@ impl Collection {
         let this_peer = self.env.this_peer();
         if **self.config.read() != meta.config {
             // Named vectors were added or removed: every local replica adopts the new
-            // configuration before anything is routed by it.
+            // configuration before anything is routed by it. The configuration file comes
+            // first: a restart opens the shards with it, and segments on disk must not be
+            // read by an older one (which lacks vectors added since, or has parameters that
+            // would make every segment look outdated).
+            write_config(&self.dir, &meta.config)?;
             let config = Arc::new(meta.config.clone());
             for shard in self.local.read().values() {
                 shard.set_config(Arc::clone(&config));

@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +40,7 @@ use crate::consensus::{
     CollectionMeta, PeerId, PeerInfo, ReplicaState, ShardId, ShardMeta,
 };
 
-const CONFIG_FILE: &str = "config.json";
+use crate::cluster::collection::{CONFIG_FILE, write_config};
 const UUID_FILE: &str = "uuid";
 /// A payload index file of the single-node layout before metadata moved into one state.
 const LEGACY_PAYLOAD_SCHEMA_FILE: &str = "payload_schema.json";
@@ -78,6 +77,10 @@ pub struct TableOfContent {
     env: Arc<Environment>,
     /// The applied index of the newest state a reconcile pass acted on (persisted).
     reconciled: watch::Sender<u64>,
+    /// Whether a reconcile pass has brought the collections in line with a state since this
+    /// process started: until then the collections have no layout (they route nothing), even
+    /// when the persisted reconciled index says an older process acted on the newest state.
+    synced: watch::Sender<bool>,
     /// The transfers this peer sends.
     transfers: Arc<Transfers>,
 }
@@ -214,6 +217,7 @@ impl TableOfContent {
             lifecycle: parking_lot::Mutex::new(()),
             env,
             reconciled: watch::channel(floor).0,
+            synced: watch::channel(false).0,
             transfers: Arc::new(Transfers::new()),
         })
     }
@@ -268,6 +272,17 @@ impl TableOfContent {
     /// The applied index of the newest state reconciled so far.
     pub fn reconciled_index(&self) -> u64 {
         *self.reconciled.borrow()
+    }
+
+    /// Waits until a reconcile pass of this process has run and a state at `index` or later
+    /// is reconciled (what start-up waits for before serving); `false` on timeout.
+    pub async fn wait_synced(&self, index: u64, timeout: Duration) -> bool {
+        let mut synced = self.synced.subscribe();
+        tokio::time::timeout(timeout, async {
+            synced.wait_for(|s| *s).await.is_ok() && self.wait_reconciled(index, timeout).await
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Waits until a state at `index` or later is reconciled; `false` on timeout.
@@ -453,6 +468,7 @@ impl TableOfContent {
         for name in gone {
             self.drop_local(&name)?;
         }
+        self.synced.send_replace(true);
         if index > self.reconciled_index() {
             let path = self.data_dir.join(RECONCILED_FILE);
             let tmp = self.data_dir.join(format!("{RECONCILED_FILE}.tmp"));
@@ -609,18 +625,6 @@ impl TableOfContent {
             c.cancel();
         }
     }
-}
-
-fn write_config(dir: &Path, config: &CollectionConfig) -> Result<(), CollectionError> {
-    let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
-    let text = serde_json::to_vec_pretty(config).map_err(CollectionError::storage)?;
-    let mut file = fs::File::create(&tmp).map_err(CollectionError::storage)?;
-    file.write_all(&text).map_err(CollectionError::storage)?;
-    file.sync_all().map_err(CollectionError::storage)?;
-    fs::rename(&tmp, dir.join(CONFIG_FILE)).map_err(CollectionError::storage)?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(CollectionError::storage)
 }
 
 /// A node running alone in `dir`, as `shoal-node` without `--uri` starts it; for tests.

@@ -303,6 +303,11 @@ impl HnswIndex {
         self.len
     }
 
+    /// One more than the largest offset the graph may link to.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

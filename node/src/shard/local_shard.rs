@@ -172,6 +172,10 @@ struct ShardState {
     /// Directories of sealed segments no longer in the shard: removed once a flush no longer
     /// lists them.
     retired: Vec<SegmentId>,
+    /// Counts configuration changes of the vectors (added, removed, reshaped). An optimizer job
+    /// that copied vectors under one count must not swap them in under another: a vector
+    /// removed and created again meanwhile would get its old values back.
+    vectors_epoch: u64,
     last_seq: u64,
     flushed_seq: u64,
     /// Points per segment before it is frozen for indexing; `None` when indexing is off.
@@ -670,6 +674,7 @@ impl LocalShard {
             deletions_dirty: HashSet::new(),
             segments_dirty: false,
             retired: Vec::new(),
+            vectors_epoch: 0,
         };
         let flushed = store.load()?;
         let flushed_seq = flushed.seq;
@@ -690,6 +695,12 @@ impl LocalShard {
                     reason,
                 }
             })?;
+            if seg.id != id {
+                return Err(ShardError::CorruptSegment {
+                    path,
+                    reason: format!("meta.json names segment {}", seg.id),
+                });
+            }
             if let Some(bits) = flushed.deleted.get(&id) {
                 seg.apply_deleted_bitmap(bits);
             }
@@ -726,10 +737,17 @@ impl LocalShard {
         }
         let sealed = state.locations.len();
         state.appendable = state.new_segment();
-        for (id, p) in flushed.tail {
-            check_vectors(&config, &p.vectors).map_err(|e| {
-                StoreError::Corrupt(format!("point {id} does not fit the collection: {e}"))
-            })?;
+        for (id, mut p) in flushed.tail {
+            // A crash between a configuration change (a vector removed or reshaped) and the
+            // flush it makes leaves points stored with that vector: it no longer counts.
+            let before = p.vectors.len();
+            p.vectors.retain(|name, vector| {
+                let one = NamedVectors::from([(name.clone(), vector.clone())]);
+                check_vectors(&config, &one).is_ok()
+            });
+            if p.vectors.len() != before {
+                state.dirty.insert(id);
+            }
             state.insert_point(id, &p.vectors, p.payload, p.version);
         }
         state.last_seq = flushed_seq;
@@ -782,6 +800,11 @@ impl LocalShard {
     /// flush).
     pub fn set_config(&self, config: Arc<CollectionConfig>) {
         let mut state = self.state.write();
+        if state.config.params.vectors != config.params.vectors
+            || state.config.params.sparse_vectors != config.params.sparse_vectors
+        {
+            state.vectors_epoch += 1;
+        }
         let mut changed = Vec::new();
         for seg in state.segments.values_mut() {
             for o in seg.conform(&config) {
@@ -1549,9 +1572,10 @@ impl LocalShard {
         let Some(index) = self.build_index(&config, &columns, &live, builder) else {
             return false;
         };
-        let image = {
+        let (image, epoch) = {
             let mut state = self.state.write();
             let config = Arc::clone(&state.config);
+            let epoch = state.vectors_epoch;
             let Some(seg) = state.segments.get_mut(&segment_id) else {
                 return true;
             };
@@ -1559,7 +1583,7 @@ impl LocalShard {
             // The configuration may have changed while the index was built (its points were
             // already conformed: only the index can be stale).
             seg.conform(&config);
-            seg.image()
+            (seg.image(), epoch)
         };
         // Searches use the new index already; writing it to disk is what lets a restart skip
         // the build and the heap let go of the vectors.
@@ -1568,18 +1592,26 @@ impl LocalShard {
         };
         let mut state = self.state.write();
         let config = Arc::clone(&state.config);
+        let same_vectors = state.vectors_epoch == epoch;
         let live: Vec<PointId> = match state.segments.get_mut(&segment_id) {
-            Some(seg) if seg.stage() == SegmentStage::Indexed && !seg.is_persisted() => {
+            Some(seg)
+                if same_vectors && seg.stage() == SegmentStage::Indexed && !seg.is_persisted() =>
+            {
                 seg.adopt_stored(stored);
                 let lost = seg.conform(&config);
                 // Every live point: those that lost a vector are among them.
                 debug_assert!(lost.iter().all(|o| seg.is_live(*o)));
                 seg.live_offsets().map(|o| seg.id(o)).collect()
             }
-            // Changed meanwhile (dropped, or its index dropped by a configuration change):
-            // the directory is not part of the shard.
+            // Changed meanwhile (dropped, its index dropped, or its vectors reconfigured):
+            // the directory was never listed, so it goes now; the segment stays as it is in
+            // memory (indexed again by a later job if its index was dropped).
             _ => {
-                state.retired.push(segment_id);
+                drop(state);
+                let path = segment_dir(&self.dir.join(SEGMENTS_DIR), segment_id);
+                if let Err(error) = std::fs::remove_dir_all(&path) {
+                    tracing::warn!(path = %path.display(), %error, "could not remove an unused segment directory; the next start removes it");
+                }
                 return true;
             }
         };
@@ -1617,8 +1649,9 @@ impl LocalShard {
     /// merging when there are several), then swaps it in, carrying over every change made to
     /// their points in the meantime. Cancel-safe: until the swap nothing changes.
     fn rewrite_segments(&self, sources: &[SegmentId], builder: &IndexBuilder) -> bool {
-        let (mut fresh, origin, config) = {
+        let (mut fresh, origin, config, epoch) = {
             let mut state = self.state.write();
+            let epoch = state.vectors_epoch;
             let new_id = state.next_segment_id;
             state.next_segment_id += 1;
             let state = RwLockWriteGuard::downgrade(state);
@@ -1642,7 +1675,7 @@ impl LocalShard {
                 }
             }
             fresh.freeze();
-            (fresh, origin, Arc::clone(&state.config))
+            (fresh, origin, Arc::clone(&state.config), epoch)
         };
         let columns = fresh.frozen_columns();
         let all: Vec<u32> = (0..origin.len() as u32).collect();
@@ -1655,7 +1688,9 @@ impl LocalShard {
             fresh.adopt_stored(stored);
         }
         let mut state = self.state.write();
-        if !sources.iter().all(|s| state.segments.contains_key(s)) {
+        if state.vectors_epoch != epoch || !sources.iter().all(|s| state.segments.contains_key(s)) {
+            // A source went away, or the vectors were reconfigured while `fresh` was built
+            // from copies taken before: the job is planned again from the current segments.
             if fresh.is_persisted() {
                 state.retired.push(fresh.id);
             }

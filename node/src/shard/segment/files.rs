@@ -271,8 +271,8 @@ impl Segment {
                     multi_dim: (column.kind == Kind::Multi).then_some(column.dim),
                 };
                 let graph = HnswIndex::open(bytes, distance).map_err(|e| format!("{file}: {e}"))?;
-                if graph.len() > len {
-                    return Err(format!("{file}: more points than the segment"));
+                if graph.len() > len || graph.capacity() > len {
+                    return Err(format!("{file}: links past the end of the segment"));
                 }
                 index.graphs.insert(name.clone(), graph);
             }
