@@ -589,47 +589,56 @@ pub struct LocalShard {
 /// Checks the vectors of a point against the collection's configuration: every name is a
 /// configured vector of the same kind and size.
 pub fn check_vectors(config: &CollectionConfig, vectors: &NamedVectors) -> Result<(), ShardError> {
-    for (name, vector) in vectors {
-        let shown = if name.is_empty() { "default" } else { name };
-        match (config.vector_kind(name), vector) {
-            (None, _) => {
+    vectors
+        .iter()
+        .try_for_each(|(name, vector)| check_vector(config, name, vector))
+}
+
+/// Checks one named vector against the collection's configuration (see [`check_vectors`]).
+fn check_vector(
+    config: &CollectionConfig,
+    name: &str,
+    vector: &VectorData,
+) -> Result<(), ShardError> {
+    let shown = if name.is_empty() { "default" } else { name };
+    match (config.vector_kind(name), vector) {
+        (None, _) => {
+            return Err(ShardError::BadInput(format!(
+                "Not existing vector name error: {shown}"
+            )));
+        }
+        (Some(VectorKind::Dense(p)), VectorData::Dense(v)) => {
+            if v.len() != p.size {
+                return Err(ShardError::WrongDimension {
+                    expected: p.size,
+                    got: v.len(),
+                });
+            }
+        }
+        (Some(VectorKind::Multi(p)), VectorData::Multi(vs)) => {
+            if vs.is_empty() {
                 return Err(ShardError::BadInput(format!(
-                    "Not existing vector name error: {shown}"
+                    "multivector `{shown}` must contain at least one vector"
                 )));
             }
-            (Some(VectorKind::Dense(p)), VectorData::Dense(v)) => {
-                if v.len() != p.size {
-                    return Err(ShardError::WrongDimension {
-                        expected: p.size,
-                        got: v.len(),
-                    });
-                }
+            if let Some(bad) = vs.iter().find(|v| v.len() != p.size) {
+                return Err(ShardError::WrongDimension {
+                    expected: p.size,
+                    got: bad.len(),
+                });
             }
-            (Some(VectorKind::Multi(p)), VectorData::Multi(vs)) => {
-                if vs.is_empty() {
-                    return Err(ShardError::BadInput(format!(
-                        "multivector `{shown}` must contain at least one vector"
-                    )));
-                }
-                if let Some(bad) = vs.iter().find(|v| v.len() != p.size) {
-                    return Err(ShardError::WrongDimension {
-                        expected: p.size,
-                        got: bad.len(),
-                    });
-                }
-            }
-            (Some(VectorKind::Sparse(_)), VectorData::Sparse(_)) => {}
-            (Some(kind), given) => {
-                let expected = match kind {
-                    VectorKind::Dense(_) => "dense",
-                    VectorKind::Multi(_) => "multi",
-                    VectorKind::Sparse(_) => "sparse",
-                };
-                return Err(ShardError::BadInput(format!(
-                    "vector `{shown}` is a {expected} vector, got a {} vector",
-                    given.kind()
-                )));
-            }
+        }
+        (Some(VectorKind::Sparse(_)), VectorData::Sparse(_)) => {}
+        (Some(kind), given) => {
+            let expected = match kind {
+                VectorKind::Dense(_) => "dense",
+                VectorKind::Multi(_) => "multi",
+                VectorKind::Sparse(_) => "sparse",
+            };
+            return Err(ShardError::BadInput(format!(
+                "vector `{shown}` is a {expected} vector, got a {} vector",
+                given.kind()
+            )));
         }
     }
     Ok(())
@@ -741,10 +750,8 @@ impl LocalShard {
             // A crash between a configuration change (a vector removed or reshaped) and the
             // flush it makes leaves points stored with that vector: it no longer counts.
             let before = p.vectors.len();
-            p.vectors.retain(|name, vector| {
-                let one = NamedVectors::from([(name.clone(), vector.clone())]);
-                check_vectors(&config, &one).is_ok()
-            });
+            p.vectors
+                .retain(|name, vector| check_vector(&config, name, vector).is_ok());
             if p.vectors.len() != before {
                 state.dirty.insert(id);
             }

@@ -247,32 +247,11 @@ impl PointStore {
                 if !legacy_empty {
                     legacy.remove(key.as_slice()).map_err(redb_err)?;
                 }
-                match point {
-                    Some(point) => {
-                        let bytes = postcard::to_allocvec(point).map_err(encode)?;
-                        table
-                            .insert(key.as_slice(), bytes.as_slice())
-                            .map_err(redb_err)?;
-                    }
-                    None => {
-                        table.remove(key.as_slice()).map_err(redb_err)?;
-                    }
-                }
+                put_or_remove(&mut table, &key, point.as_ref())?;
             }
             let mut overrides = txn.open_table(OVERRIDES).map_err(redb_err)?;
             for (id, o) in &batch.overrides {
-                let key = encode_id(id);
-                match o {
-                    Some(o) => {
-                        let bytes = postcard::to_allocvec(o).map_err(encode)?;
-                        overrides
-                            .insert(key.as_slice(), bytes.as_slice())
-                            .map_err(redb_err)?;
-                    }
-                    None => {
-                        overrides.remove(key.as_slice()).map_err(redb_err)?;
-                    }
-                }
+                put_or_remove(&mut overrides, &encode_id(id), o.as_ref())?;
             }
             let mut deleted = txn.open_table(DELETED).map_err(redb_err)?;
             for (segment, bitmap) in &batch.deleted {
@@ -304,6 +283,25 @@ impl PointStore {
         }
         txn.commit().map_err(redb_err)
     }
+}
+
+/// Stores `value` (postcard) under `key`, or removes the key when there is none.
+fn put_or_remove<T: Serialize>(
+    table: &mut redb::Table<'_, &[u8], &[u8]>,
+    key: &[u8],
+    value: Option<&T>,
+) -> Result<(), StoreError> {
+    match value {
+        Some(value) => {
+            let bytes =
+                postcard::to_allocvec(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            table.insert(key, bytes.as_slice()).map_err(redb_err)?;
+        }
+        None => {
+            table.remove(key).map_err(redb_err)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
