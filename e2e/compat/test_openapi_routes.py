@@ -5,8 +5,6 @@ filled in for a real collection; the answer must come from a handler, never from
 "no such endpoint" (404) or "method not allowed" (405) fallbacks. A handler's own 4xx (a body
 this walk does not fill, a point that does not exist) is fine: the operation is served.
 
-The snapshot operations are listed in NOT_YET: Shoal does not serve them yet. The test fails
-if one of them starts being routed, so the list cannot go stale.
 """
 
 from __future__ import annotations
@@ -18,30 +16,6 @@ import pytest
 from conftest import REPO
 
 SCHEMA = REPO.parent / "shared" / "reference" / "qdrant-openapi-v1.18.3.json"
-
-# Served by no handler yet (collection, shard and full-storage snapshots).
-NOT_YET = {
-    (path, method)
-    for path, method in [
-        ("/collections/{collection_name}/snapshots", "get"),
-        ("/collections/{collection_name}/snapshots", "post"),
-        ("/collections/{collection_name}/snapshots/recover", "put"),
-        ("/collections/{collection_name}/snapshots/upload", "post"),
-        ("/collections/{collection_name}/snapshots/{snapshot_name}", "get"),
-        ("/collections/{collection_name}/snapshots/{snapshot_name}", "delete"),
-        ("/collections/{collection_name}/shards/{shard_id}/snapshot", "get"),
-        ("/collections/{collection_name}/shards/{shard_id}/snapshots", "get"),
-        ("/collections/{collection_name}/shards/{shard_id}/snapshots", "post"),
-        ("/collections/{collection_name}/shards/{shard_id}/snapshots/recover", "put"),
-        ("/collections/{collection_name}/shards/{shard_id}/snapshots/upload", "post"),
-        ("/collections/{collection_name}/shards/{shard_id}/snapshots/{snapshot_name}", "get"),
-        ("/collections/{collection_name}/shards/{shard_id}/snapshots/{snapshot_name}", "delete"),
-        ("/snapshots", "get"),
-        ("/snapshots", "post"),
-        ("/snapshots/{snapshot_name}", "get"),
-        ("/snapshots/{snapshot_name}", "delete"),
-    ]
-}
 
 # Operations that would end the walk's own fixtures or the node's cluster membership are sent
 # for a name that does not exist: their handler answers 404 (not the router).
@@ -104,7 +78,4 @@ def test_every_reference_operation_is_routed(http, walk_collection, path, method
     kwargs = {} if method in ("get", "delete") else {"json": {}}
     response = http.request(method.upper(), url, **kwargs)
     fallback = routed_by_router_fallback(response)
-    if (path, method) in NOT_YET:
-        assert fallback, f"{method.upper()} {path} is routed now ({response.status_code}): remove it from NOT_YET"
-    else:
-        assert not fallback, f"{method.upper()} {path} is not routed: {response.status_code} {response.text[:300]}"
+    assert not fallback, f"{method.upper()} {path} is not routed: {response.status_code} {response.text[:300]}"

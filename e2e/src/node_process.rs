@@ -341,6 +341,12 @@ impl NodeProcess {
         Ok(self.kill_9()?.map(|s| (s, false)))
     }
 
+    /// Sets (or replaces) an environment variable of the node's next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Starts the node again on the same data dir and ports, SIGKILLing it first if it is
     /// still running. Does not wait; call [`NodeProcess::wait_ready`].
     pub fn restart(&mut self) -> Result<()> {

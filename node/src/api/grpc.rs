@@ -38,7 +38,6 @@ use crate::cluster::shard_requests::{
     ShardScroll, ShardSearch, ShardSparseStats,
 };
 use crate::cluster::toc::TableOfContent;
-use crate::cluster::transfer::{SNAPSHOTS_DIR, restore_snapshot};
 use crate::consensus::raft_node::{ConsensusError, ConsensusNode};
 use crate::consensus::{ClusterOperation, PeerId, PeerNode};
 use crate::shard::local_shard::{LocalShard, ShardError};
@@ -417,11 +416,8 @@ pub struct Snapshots {
     toc: Arc<TableOfContent>,
 }
 
-/// A snapshot file of a local replica, named by the transfer that made it.
-fn snapshot_path(
-    toc: &TableOfContent,
-    r: &SnapshotRef,
-) -> Result<(Arc<LocalShard>, std::path::PathBuf), Status> {
+/// The archive of a running `snapshot` transfer, by the name the transfer gave it.
+fn snapshot_path(toc: &TableOfContent, r: &SnapshotRef) -> Result<std::path::PathBuf, Status> {
     let plain = !r.name.is_empty()
         && r.name
             .chars()
@@ -433,15 +429,7 @@ fn snapshot_path(
             r.name
         )));
     }
-    let collection = toc.get(&r.collection).map_err(collection_status)?;
-    let shard = collection.local_shard(r.shard_id).ok_or_else(|| {
-        Status::not_found(format!(
-            "shard {} of collection `{}` has no replica on this peer",
-            r.shard_id, r.collection
-        ))
-    })?;
-    let path = shard.dir().join(SNAPSHOTS_DIR).join(&r.name);
-    Ok((shard, path))
+    Ok(toc.snapshots().transfer_file(&r.name))
 }
 
 /// Size of the chunks a snapshot is streamed in.
@@ -451,25 +439,36 @@ const SNAPSHOT_CHUNK: usize = 1 << 20;
 impl SnapshotService for Snapshots {
     type DownloadStream = tokio_stream::wrappers::ReceiverStream<Result<SnapshotChunk, Status>>;
 
+    /// Streams a transfer's archive, paced by the transfer's byte limit and counted in its
+    /// progress.
     async fn download(
         &self,
         request: Request<SnapshotRef>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
-        let (_, path) = snapshot_path(&self.toc, &request.into_inner())?;
+        let snapshot = request.into_inner();
+        let path = snapshot_path(&self.toc, &snapshot)?;
         let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| Status::not_found(format!("{}: {e}", path.display())))?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let toc = Arc::clone(&self.toc);
         tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
+            let started = std::time::Instant::now();
+            let mut sent = 0u64;
             loop {
                 let mut data = vec![0u8; SNAPSHOT_CHUNK];
                 match file.read(&mut data).await {
                     Ok(0) => return,
                     Ok(n) => {
                         data.truncate(n);
+                        sent += n as u64;
                         if tx.send(Ok(SnapshotChunk { data })).await.is_err() {
                             return;
+                        }
+                        let shipping = toc.transfers().shipping.lock().get(&snapshot.name).cloned();
+                        if let Some(shipping) = shipping {
+                            shipping.sent(started, sent).await;
                         }
                     }
                     Err(e) => {
@@ -484,6 +483,9 @@ impl SnapshotService for Snapshots {
         )))
     }
 
+    /// Downloads a transfer's archive from its source and swaps it in for this peer's replica
+    /// (see [`crate::cluster::collection::Collection::restore_local_shard`]). An archive that does not verify, or whose
+    /// configuration is not the collection's, is refused and changes nothing.
     async fn recover(
         &self,
         request: Request<RecoverRequest>,
@@ -492,6 +494,7 @@ impl SnapshotService for Snapshots {
         let snapshot = request
             .snapshot
             .ok_or_else(|| Status::invalid_argument("`snapshot` is required"))?;
+        snapshot_path(&self.toc, &snapshot)?;
         // Wait a little for the replica this peer is about to create.
         let call = ShardCall {
             collection: snapshot.collection.clone(),
@@ -503,8 +506,15 @@ impl SnapshotService for Snapshots {
         }
         .replica(&call)
         .await?;
-        let (shard, path) = snapshot_path(&self.toc, &snapshot)?;
-        let incoming = path.with_extension("incoming");
+        let collection = self
+            .toc
+            .get(&snapshot.collection)
+            .map_err(collection_status)?;
+        let snapshots = Arc::clone(self.toc.snapshots());
+        let staging = snapshots
+            .staging()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let incoming = staging.path().join("incoming.snapshot");
         let env = self.toc.env();
         let channel = env
             .channel(&request.source_uri)
@@ -519,11 +529,6 @@ impl SnapshotService for Snapshots {
             .download(download)
             .await?
             .into_inner();
-        if let Some(dir) = incoming.parent() {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
-        }
         let mut file = tokio::fs::File::create(&incoming)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
@@ -539,13 +544,26 @@ impl SnapshotService for Snapshots {
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         drop(file);
-        let restore_from = incoming.clone();
-        let restored = tokio::task::spawn_blocking(move || restore_snapshot(&shard, &restore_from))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let _ = tokio::fs::remove_file(&incoming).await;
-        let points = restored.map_err(collection_status)?;
-        Ok(Response::new(RecoverResponse { points }))
+        let shard_id = snapshot.shard_id;
+        let restored = tokio::task::spawn_blocking(move || {
+            use crate::shard::snapshot::{SnapshotError, check_compatible, image_to_shard_dir};
+            let refuse = |e: SnapshotError| match e {
+                SnapshotError::Io(_) => Status::internal(e.to_string()),
+                _ => Status::invalid_argument(e.to_string()),
+            };
+            let (image, manifest) =
+                crate::cluster::snapshots::unpack_shard(&snapshots, &incoming).map_err(refuse)?;
+            check_compatible(&manifest.config, &collection.config()).map_err(refuse)?;
+            image_to_shard_dir(image.path()).map_err(refuse)?;
+            let points = collection
+                .restore_local_shard(shard_id, image.path())
+                .map_err(collection_status)?;
+            drop(staging);
+            Ok::<_, Status>(points as u64)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(RecoverResponse { points: restored }))
     }
 }
 

@@ -395,6 +395,34 @@ pub struct Collection {
 /// The marker file of a replica that may hold points another shard owns.
 const FOREIGN_FILE: &str = "foreign-points";
 
+/// Marks a restored replica's directory as complete (see [`Collection::restore_local_shard`]).
+const RESTORE_MARKER: &str = "restore-complete";
+
+/// Finishes replica restores cut off between their two renames: a complete
+/// `.restore-<id>-<uuid>` directory becomes `<id>` when there is no `<id>`. Incomplete ones,
+/// and complete ones whose swap finished, are removed with the other non-numeric entries.
+fn roll_forward_restores(shards_dir: &Path) -> Result<(), CollectionError> {
+    for entry in std::fs::read_dir(shards_dir).map_err(CollectionError::storage)? {
+        let entry = entry.map_err(CollectionError::storage)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name
+            .strip_prefix(".restore-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(id, _)| id.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let target = shards_dir.join(id.to_string());
+        if entry.path().join(RESTORE_MARKER).exists() && !target.exists() {
+            std::fs::rename(entry.path(), &target).map_err(CollectionError::storage)?;
+            std::fs::remove_file(target.join(RESTORE_MARKER)).map_err(CollectionError::storage)?;
+            crate::storage::mapped::sync_dir(shards_dir).map_err(CollectionError::storage)?;
+            tracing::info!(path = %target.display(), "finished a replica restore cut off by a restart");
+        }
+    }
+    Ok(())
+}
+
 impl Collection {
     /// Opens the collection under `dir` with the local replicas found there. The layout stays
     /// empty until the first [`Collection::sync`].
@@ -410,6 +438,7 @@ impl Collection {
         std::fs::create_dir_all(&shards_dir).map_err(CollectionError::storage)?;
         let mut local = BTreeMap::new();
         let mut foreign = HashMap::new();
+        roll_forward_restores(&shards_dir)?;
         for entry in std::fs::read_dir(&shards_dir).map_err(CollectionError::storage)? {
             let entry = entry.map_err(CollectionError::storage)?;
             let file_name = entry.file_name().to_string_lossy().into_owned();
@@ -1733,6 +1762,97 @@ impl Collection {
     }
 
     /// Flushes every local replica; used on shutdown.
+    /// Replaces this peer's replica of shard `id` with the shard directory `prepared` (a
+    /// restored snapshot image, see [`crate::shard::snapshot::image_to_shard_dir`]), which must
+    /// be on the same file system as the collection. The directory is opened (every segment
+    /// file verified) before anything changes; a directory that does not open is refused
+    /// and left in place for the caller to remove.
+    ///
+    /// Crash safety: `prepared` is first fsynced, marked complete and renamed to
+    /// `shards/.restore-<id>-<uuid>`; then the old replica's directory is renamed away and the
+    /// restored one renamed to `shards/<id>`. A restart between the two renames finds the
+    /// marked directory and no `shards/<id>`, and finishes the swap (see
+    /// [`roll_forward_restores`]); before the first rename nothing changed.
+    ///
+    /// Updates applied to the old replica while the swap runs are lost with it: callers hold
+    /// the updates back (a snapshot transfer queues them) or accept that a restore replaces
+    /// the replica's contents (the snapshot API). Blocking. Returns the restored point count.
+    pub fn restore_local_shard(&self, id: u32, prepared: &Path) -> Result<usize, CollectionError> {
+        if !self.local.read().contains_key(&id) {
+            return Err(CollectionError::BadInput(format!(
+                "shard {id} of collection `{}` has no replica on this peer",
+                self.name
+            )));
+        }
+        {
+            // Verifies every segment's files and the point store before the swap.
+            let check = LocalShard::open(prepared, self.config(), self.env.sync).map_err(|e| {
+                CollectionError::BadInput(format!("the snapshot's shard does not open: {e}"))
+            })?;
+            check.cancel();
+        }
+        crate::shard::snapshot::sync_tree(prepared).map_err(CollectionError::storage)?;
+        let marker = prepared.join(RESTORE_MARKER);
+        std::fs::write(&marker, b"").map_err(CollectionError::storage)?;
+        crate::storage::mapped::sync_dir(prepared).map_err(CollectionError::storage)?;
+        let shards_dir = self.dir.join("shards");
+        let staged = shards_dir.join(format!(".restore-{id}-{}", uuid::Uuid::new_v4()));
+        std::fs::rename(prepared, &staged).map_err(CollectionError::storage)?;
+        crate::storage::mapped::sync_dir(&shards_dir).map_err(CollectionError::storage)?;
+        let path = shards_dir.join(id.to_string());
+        let doomed = shards_dir.join(format!(".dropped-{id}-{}", uuid::Uuid::new_v4()));
+        // The old replica stops writing its files first (waiting for an optimizer step or a
+        // flush in progress): once its directory is renamed away, a late write by path
+        // would land in the restored one. Requests meanwhile get a retryable error.
+        if let Some(old) = self.local_shard(id) {
+            old.retire();
+        }
+        let mut local = self.local.write();
+        let old = local.remove(&id);
+        let swapped = std::fs::rename(&path, &doomed)
+            .and_then(|()| {
+                crate::shard::snapshot::test_pause("swapping");
+                std::fs::rename(&staged, &path)
+            })
+            .and_then(|()| std::fs::remove_file(path.join(RESTORE_MARKER)))
+            .and_then(|()| crate::storage::mapped::sync_dir(&shards_dir));
+        let opened = swapped
+            .map_err(CollectionError::storage)
+            .and_then(|()| Ok(LocalShard::open(&path, self.config(), self.env.sync)?));
+        let shard = match opened {
+            Ok(shard) => Arc::new(shard),
+            Err(e) => {
+                // Put the old replica's files back and open them again.
+                drop(old);
+                if doomed.exists() {
+                    if path.exists() {
+                        let failed =
+                            shards_dir.join(format!(".failed-{id}-{}", uuid::Uuid::new_v4()));
+                        let _ = std::fs::rename(&path, failed);
+                    }
+                    if std::fs::rename(&doomed, &path).is_ok()
+                        && let Ok(shard) = LocalShard::open(&path, self.config(), self.env.sync)
+                    {
+                        let shard = Arc::new(shard);
+                        maintenance::spawn(Arc::clone(&shard), Arc::clone(&self.env.builder));
+                        local.insert(id, shard);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let points = shard.stats().points;
+        maintenance::spawn(Arc::clone(&shard), Arc::clone(&self.env.builder));
+        local.insert(id, shard);
+        drop(local);
+        drop(old);
+        if let Err(e) = std::fs::remove_dir_all(&doomed) {
+            tracing::warn!(error = %e, path = %doomed.display(), "could not remove a replaced replica; it is removed on the next start");
+        }
+        tracing::info!(collection = %self.name, shard = id, points, "local replica restored from a snapshot");
+        Ok(points)
+    }
+
     pub fn flush(&self) -> Result<(), CollectionError> {
         for (_, shard) in self.local_shards() {
             shard.flush()?;

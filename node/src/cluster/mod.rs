@@ -7,6 +7,7 @@ pub mod metadata;
 pub mod remote_shard;
 pub mod resharding;
 pub mod shard_requests;
+pub mod snapshots;
 pub mod toc;
 pub mod transfer;
 

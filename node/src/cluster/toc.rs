@@ -83,6 +83,8 @@ pub struct TableOfContent {
     synced: watch::Sender<bool>,
     /// The transfers this peer sends.
     transfers: Arc<Transfers>,
+    /// Collection, shard and full-storage snapshots on this peer.
+    snapshots: Arc<crate::cluster::snapshots::SnapshotStore>,
 }
 
 pub fn validate_collection_name(name: &str) -> Result<(), CollectionError> {
@@ -210,7 +212,10 @@ impl TableOfContent {
             Err(_) => 0,
         };
         tracing::info!(count = collections.len(), "collections loaded");
+        let snapshots = crate::cluster::snapshots::SnapshotStore::open(data_dir)
+            .map_err(CollectionError::storage)?;
         Ok(TableOfContent {
+            snapshots: Arc::new(snapshots),
             dir,
             data_dir: data_dir.to_path_buf(),
             collections: RwLock::new(collections),
@@ -224,6 +229,11 @@ impl TableOfContent {
 
     pub fn env(&self) -> &Arc<Environment> {
         &self.env
+    }
+
+    /// The snapshots stored on this peer.
+    pub fn snapshots(&self) -> &Arc<crate::cluster::snapshots::SnapshotStore> {
+        &self.snapshots
     }
 
     pub fn transfers(&self) -> &Arc<Transfers> {

@@ -45,6 +45,7 @@ use crate::index::filter::{Filter, HasVector};
 use crate::index::payload_selector::WithVector;
 use crate::shard::local_shard::{LocalShard, Record};
 use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
+use crate::shard::snapshot::{SnapshotError, pack_dir};
 use crate::types::{PointId, VectorData};
 use shoal_proto::v1::snapshot_service_client::SnapshotServiceClient;
 use shoal_proto::v1::{RecoverRequest, SnapshotRef};
@@ -214,6 +215,8 @@ struct Running {
 /// The transfers this peer sends.
 pub struct Transfers {
     running: parking_lot::Mutex<HashMap<TransferKey, Running>>,
+    /// Snapshot files of running `snapshot` transfers, by file name.
+    pub(crate) shipping: parking_lot::Mutex<HashMap<String, Arc<Shipping>>>,
     /// Collections whose resharding this peer is advancing right now.
     pub(crate) driving: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
@@ -236,6 +239,7 @@ impl Transfers {
     pub fn new() -> Transfers {
         Transfers {
             running: parking_lot::Mutex::new(HashMap::new()),
+            shipping: parking_lot::Mutex::new(HashMap::new()),
             driving: parking_lot::Mutex::new(std::collections::HashSet::new()),
         }
     }
@@ -533,7 +537,7 @@ async fn stream_records(
     key: &TransferKey,
     transfer: &ShardTransfer,
     uri: &str,
-    progress: &Progress,
+    progress: &Arc<Progress>,
     cancel: &AtomicBool,
 ) -> Result<Registered, (TransferError, Option<Registered>)> {
     let fail = |e: CollectionError| (TransferError::Failed(e), None);
@@ -1169,91 +1173,49 @@ async fn delta_transfer(
     Ok(())
 }
 
-/// The directory of a replica's snapshot files.
-pub const SNAPSHOTS_DIR: &str = "snapshots";
-
-/// Writes every point of `shard` to a snapshot file: JSON lines, each a list of point writes.
-/// Returns the number of points and bytes. Blocking.
-pub fn write_snapshot(shard: &LocalShard, path: &std::path::Path) -> std::io::Result<(u64, u64)> {
-    use std::io::Write;
-    const PAGE: usize = 1000;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let (mut points, mut bytes) = (0u64, 0u64);
-    let mut from = None;
-    loop {
-        let mut page = shard.scroll(from, PAGE + 1, None, true, &WithVector::All);
-        let next = (page.len() > PAGE).then(|| page[PAGE].id);
-        page.truncate(PAGE);
-        points += page.len() as u64;
-        let line = serde_json::to_vec(&writes_of(page))?;
-        bytes += line.len() as u64 + 1;
-        file.write_all(&line)?;
-        file.write_all(b"\n")?;
-        match next {
-            Some(id) => from = Some(id),
-            None => break,
-        }
-    }
-    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    Ok((points, bytes))
-}
-
-/// Replaces the points of `shard` with those of a snapshot file. Blocking.
-pub fn restore_snapshot(
-    shard: &LocalShard,
-    path: &std::path::Path,
-) -> Result<u64, CollectionError> {
-    use std::io::BufRead;
-    let file = std::fs::File::open(path).map_err(CollectionError::storage)?;
-    shard.update(UpdateRequest::Delete(PointSelection::Filter(
-        Filter::default(),
-    )))?;
-    let mut points = 0u64;
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line.map_err(CollectionError::storage)?;
-        if line.is_empty() {
-            continue;
-        }
-        let batch: Vec<PointWrite> = serde_json::from_str(&line)
-            .map_err(|e| CollectionError::Storage(format!("corrupt snapshot: {e}")))?;
-        points += batch.len() as u64;
-        if !batch.is_empty() {
-            shard.update(UpdateRequest::Upsert(batch))?;
-        }
-    }
-    Ok(points)
-}
-
-/// The `snapshot` method: a point-in-time snapshot of the source replica (taken under the
-/// order lock, so updates from then on queue up), downloaded and restored by the destination,
-/// then the queued updates replayed in order and forwarding switched on.
+/// The `snapshot` method: an image of the source replica (segment files with their graphs,
+/// taken under the order lock, so updates from then on queue up) is packed, downloaded by the
+/// destination over the p2p channel (paced by the transfer's byte limit, counted in its
+/// progress) and swapped in for the destination's replica; then the queued updates are
+/// replayed in order and forwarding switched on. The destination serves the shipped graphs
+/// at once: nothing is re-indexed.
 async fn snapshot_transfer(
     toc: &Arc<TableOfContent>,
     key: &TransferKey,
     transfer: &ShardTransfer,
     local: &Arc<LocalShard>,
     out: &Arc<Outgoing>,
-    progress: &Progress,
+    progress: &Arc<Progress>,
     cancel: &AtomicBool,
 ) -> Result<(), TransferError> {
-    let name = format!("transfer-{}.jsonl", transfer.id);
-    let path = local.dir().join(SNAPSHOTS_DIR).join(&name);
+    let name = format!("transfer-{}-{}.snapshot", key.shard, transfer.id);
+    let snapshots = Arc::clone(toc.snapshots());
+    let path = snapshots.transfer_file(&name);
     progress.stage("snapshotting");
     pause_at("snapshotting", cancel).await?;
-    {
+    let staging = {
         let _order = out.order.lock().await;
-        let (shard, file) = (Arc::clone(local), path.clone());
-        let (points, bytes) = tokio::task::spawn_blocking(move || write_snapshot(&shard, &file))
+        let (shard, shard_id, snapshots) = (Arc::clone(local), key.shard, Arc::clone(&snapshots));
+        tokio::task::spawn_blocking(move || {
+            let staging = snapshots.staging()?;
+            let manifest = shard.snapshot_image(shard_id, staging.path())?;
+            Ok::<_, SnapshotError>((staging, manifest.points))
+        })
+        .await
+        .map_err(|e| CollectionError::Storage(e.to_string()))?
+        .map_err(CollectionError::storage)?
+    };
+    let (image, points) = staging;
+    progress.points_total.store(points, Ordering::Relaxed);
+    let result = async {
+        progress.stage("packing the snapshot");
+        let (from, to) = (image.path().to_path_buf(), path.clone());
+        let packed = tokio::task::spawn_blocking(move || pack_dir(&from, &to))
             .await
             .map_err(|e| CollectionError::Storage(e.to_string()))?
             .map_err(CollectionError::storage)?;
-        progress.points_total.store(points, Ordering::Relaxed);
-        progress.bytes.store(bytes, Ordering::Relaxed);
-    }
-    let result = async {
+        drop(image);
+        tracing::info!(collection = %key.collection, shard = key.shard, to = key.to.0, bytes = packed.size, points, "snapshot for a transfer packed");
         if cancel.load(Ordering::SeqCst) {
             return Err(TransferError::Cancelled);
         }
@@ -1287,6 +1249,13 @@ async fn snapshot_transfer(
         {
             request.metadata_mut().insert("api-key", v);
         }
+        toc.transfers().shipping.lock().insert(
+            name.clone(),
+            Arc::new(Shipping {
+                progress: Arc::clone(progress),
+                bytes_per_second: transfer.bytes_per_second.filter(|b| *b > 0),
+            }),
+        );
         let restored = SnapshotServiceClient::new(env.channel(&dest_uri)?)
             .recover(request)
             .await
@@ -1306,8 +1275,35 @@ async fn snapshot_transfer(
         Ok(())
     }
     .await;
-    let _ = std::fs::remove_file(&path);
+    toc.transfers().shipping.lock().remove(&name);
+    if let Err(e) = std::fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove a transfer's snapshot file; it is removed on the next start");
+    }
     result
+}
+
+/// A snapshot file being downloaded by a transfer's destination: the download paces itself by
+/// the transfer's byte limit and counts the bytes in its progress.
+pub struct Shipping {
+    pub progress: Arc<Progress>,
+    pub bytes_per_second: Option<u64>,
+}
+
+impl Shipping {
+    /// Counts `n` more bytes sent and waits until the bytes sent so far are within the byte
+    /// limit (pacing, not safety).
+    pub async fn sent(&self, started: Instant, total_sent: u64) {
+        self.progress.bytes.store(total_sent, Ordering::Relaxed);
+        if let Some(bps) = self.bytes_per_second {
+            let due = started + Duration::from_secs_f64(total_sent as f64 / bps as f64);
+            let now = Instant::now();
+            if due > now {
+                tokio::time::sleep(due - now).await;
+            }
+        }
+    }
 }
 
 /// How long a destination may take to download and restore a snapshot. Liveness only: past

@@ -33,7 +33,7 @@ use crate::shard::segment::{
     stray_dirs,
 };
 use crate::storage::point_store::{
-    FlushBatch, PayloadOverride, PointStore, StoreError, StoredPoint,
+    FlushBatch, PayloadOverride, PointStore, StoreError, StoredPoint, encode_id,
 };
 use crate::storage::wal::{SyncMode, Wal};
 use crate::types::{Distance, NamedVectors, Payload, PointId, SparseVector, VectorData, VectorRef};
@@ -60,13 +60,19 @@ pub enum ShardError {
     WrongDimension { expected: usize, got: usize },
     #[error("wrong input: {0}")]
     BadInput(String),
+    /// The replica was replaced (restored from a snapshot) while the update was on its way:
+    /// nothing changed; the same update succeeds on the replica now in place.
+    #[error("the replica was replaced while the request was on its way; retry")]
+    Retired,
     /// A payload or vector update named a point this shard does not hold (Qdrant answers 404).
     #[error("No point with id {0} found")]
     PointNotFound(PointId),
 }
 
 /// Sealed segment directories, inside the shard's directory.
-const SEGMENTS_DIR: &str = "segments";
+pub(crate) const SEGMENTS_DIR: &str = "segments";
+/// The point store, inside the shard's directory.
+pub(crate) const POINT_STORE_FILE: &str = "points.redb";
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
     move |source| ShardError::Io {
@@ -579,6 +585,11 @@ pub struct LocalShard {
     flush_lock: Mutex<()>,
     /// Raised when the shard is dropped or the node stops: background work ends early.
     cancelled: AtomicBool,
+    /// Held shared by everything that writes the shard's files (updates, flushes, optimizer
+    /// steps); [`LocalShard::retire`] takes it exclusively and sets it, after which nothing
+    /// touches the directory again, so it can be renamed away and another replica put in its
+    /// place without the old one writing into the new one.
+    retired: RwLock<bool>,
     /// Optimizer steps in progress.
     optimizing: AtomicUsize,
     /// What the optimizer ran and runs, for introspection only (nothing reads it to decide).
@@ -660,7 +671,7 @@ impl LocalShard {
         sync: SyncMode,
     ) -> Result<LocalShard, ShardError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let store = PointStore::open(&dir.join("points.redb"))?;
+        let store = PointStore::open(&dir.join(POINT_STORE_FILE))?;
         let wal_dir = dir.join("wal");
         let wal = Wal::open(
             &wal_dir,
@@ -786,6 +797,7 @@ impl LocalShard {
             store,
             flush_lock: Mutex::new(()),
             cancelled: AtomicBool::new(false),
+            retired: RwLock::new(false),
             optimizing: AtomicUsize::new(0),
             optimizations: Mutex::new(OptimizationLog::default()),
             wake_optimizer: tokio::sync::Notify::new(),
@@ -849,6 +861,10 @@ impl LocalShard {
                 check_vectors(&config, vectors)?;
             }
         }
+        let retired = self.retired.read_recursive();
+        if *retired {
+            return Err(ShardError::Retired);
+        }
         let mut state = self.state.write();
         let op = state.resolve(request)?;
         if op.is_empty() {
@@ -861,6 +877,7 @@ impl LocalShard {
             .map_err(io_err(&self.dir))?;
         state.apply(seq, &op);
         drop(state);
+        drop(retired);
         self.wake_optimizer.notify_one();
         Ok(seq)
     }
@@ -869,6 +886,10 @@ impl LocalShard {
     /// the module docs), drops the WAL files that this makes redundant, and removes the
     /// directories of segments the store no longer lists.
     pub fn flush(&self) -> Result<(), ShardError> {
+        let retired = self.retired.read_recursive();
+        if *retired {
+            return Ok(());
+        }
         let _one_flush_at_a_time = self.flush_lock.lock();
         let mut state = self.state.write();
         if state.dirty.is_empty()
@@ -951,6 +972,56 @@ impl LocalShard {
         }
         tracing::debug!(dir = %self.dir.display(), seq, points = dirty.len(), "shard flushed");
         Ok(())
+    }
+
+    /// Writes a shard image of the current state into the empty directory `into` (see
+    /// [`crate::shard::snapshot`]): the sealed segments' files hard-linked, then `state.bin`
+    /// and the manifest. Writers wait while the state is copied (a few milliseconds plus
+    /// the points outside sealed segments); readers do not. Returns the manifest. Blocking.
+    pub fn snapshot_image(
+        &self,
+        shard_id: u32,
+        into: &Path,
+    ) -> Result<crate::shard::snapshot::ShardManifest, crate::shard::snapshot::SnapshotError> {
+        use crate::shard::snapshot::{ShardImage, SnapshotError, link_dir, write_image};
+        let (image, points, config) = {
+            // No flush runs meanwhile, so no segment directory listed here is removed before
+            // its files are linked.
+            let _no_flush = self.flush_lock.lock();
+            let state = self.state.read();
+            let from = self.dir.join(SEGMENTS_DIR);
+            let to = into.join(SEGMENTS_DIR);
+            let mut image = ShardImage::default();
+            for seg in state.segments.values().filter(|s| s.is_persisted()) {
+                let src = segment_dir(&from, seg.id);
+                link_dir(&src, &segment_dir(&to, seg.id)).map_err(SnapshotError::io(&src))?;
+                image.segments.push((seg.id, seg.voided_columns()));
+                image.deleted.push((seg.id, seg.deleted_bitmap()));
+            }
+            for (id, loc) in &state.locations {
+                let seg = &state.segments[&loc.segment];
+                let offset = loc.offset;
+                if seg.is_persisted() {
+                    if seg.file_version(offset) != Some(seg.version(offset)) {
+                        image.overrides.push((
+                            encode_id(id),
+                            PayloadOverride {
+                                version: seg.version(offset),
+                                payload: seg.payload(offset).clone(),
+                            },
+                        ));
+                    }
+                } else if let Some(point) = state.stored(id) {
+                    image.tail.push((encode_id(id), point));
+                }
+            }
+            (
+                image,
+                state.locations.len() as u64,
+                Arc::clone(&state.config),
+            )
+        };
+        write_image(into, shard_id, &config, &image, points)
     }
 
     pub fn stats(&self) -> ShardStats {
@@ -1421,6 +1492,15 @@ impl LocalShard {
         self.wake_optimizer.notify_one();
     }
 
+    /// Stops this replica for good before its directory is replaced: cancels background work,
+    /// waits until the update, flush or optimizer step in progress (cancelled, it ends early)
+    /// has finished, and from then on refuses updates ([`ShardError::Retired`]) and skips
+    /// flushes and optimizer steps, so nothing writes under the directory again. Blocking.
+    pub fn retire(&self) {
+        self.cancel();
+        *self.retired.write() = true;
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::SeqCst)
     }
@@ -1429,9 +1509,14 @@ impl LocalShard {
     /// run it on a blocking thread. Cancel-safe: a cancelled build is dropped and the segment
     /// stays as it was.
     pub fn optimize_step(&self, builder: &IndexBuilder) -> bool {
+        let retired = self.retired.read_recursive();
+        if *retired {
+            return false;
+        }
         self.optimizing.fetch_add(1, Ordering::SeqCst);
         let did = self.optimize_step_inner(builder);
         self.optimizing.fetch_sub(1, Ordering::SeqCst);
+        drop(retired);
         did
     }
 

@@ -5,3 +5,4 @@ pub mod local_shard;
 pub mod maintenance;
 pub mod operations;
 pub mod segment;
+pub mod snapshot;

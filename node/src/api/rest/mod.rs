@@ -13,6 +13,7 @@ pub mod points;
 pub mod response;
 pub mod search;
 pub mod service;
+pub mod snapshots;
 pub mod strict_mode;
 
 use std::sync::Arc;
@@ -65,6 +66,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Router {
     let c = "/collections/{collection_name}";
+    // Snapshot uploads are bounded by their own limit (checked while streaming to disk),
+    // not by the request size limit of JSON bodies.
+    let upload_limit = DefaultBodyLimit::max(snapshots::MAX_SNAPSHOT_BYTES as usize);
     let api = Router::new()
         .route("/", get(service::root))
         .route("/healthz", get(service::healthz))
@@ -190,6 +194,47 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
         .route(
             &format!("{c}/points/query/batch"),
             post(search::query_batch),
+        )
+        .route(
+            &format!("{c}/snapshots"),
+            get(snapshots::list).post(snapshots::create),
+        )
+        .route(&format!("{c}/snapshots/recover"), put(snapshots::recover))
+        .route(
+            &format!("{c}/snapshots/upload"),
+            post(snapshots::upload).layer(upload_limit),
+        )
+        .route(
+            &format!("{c}/snapshots/{{snapshot_name}}"),
+            get(snapshots::download).delete(snapshots::delete),
+        )
+        .route(
+            &format!("{c}/shards/{{shard_id}}/snapshot"),
+            get(snapshots::stream_shard),
+        )
+        .route(
+            &format!("{c}/shards/{{shard_id}}/snapshots"),
+            get(snapshots::list_shard).post(snapshots::create_shard),
+        )
+        .route(
+            &format!("{c}/shards/{{shard_id}}/snapshots/recover"),
+            put(snapshots::recover_shard),
+        )
+        .route(
+            &format!("{c}/shards/{{shard_id}}/snapshots/upload"),
+            post(snapshots::upload_shard).layer(upload_limit),
+        )
+        .route(
+            &format!("{c}/shards/{{shard_id}}/snapshots/{{snapshot_name}}"),
+            get(snapshots::download_shard).delete(snapshots::delete_shard),
+        )
+        .route(
+            "/snapshots",
+            get(snapshots::list_full).post(snapshots::create_full),
+        )
+        .route(
+            "/snapshots/{snapshot_name}",
+            get(snapshots::download_full).delete(snapshots::delete_full),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);

@@ -126,6 +126,7 @@ impl From<CollectionError> for ApiError {
             CollectionError::Shard(ShardError::WrongDimension { .. } | ShardError::BadInput(_)) => {
                 StatusCode::BAD_REQUEST
             }
+            CollectionError::Shard(ShardError::Retired) => StatusCode::SERVICE_UNAVAILABLE,
             CollectionError::Shard(_) | CollectionError::Storage(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
