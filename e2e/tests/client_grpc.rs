@@ -762,3 +762,67 @@ fn arbitrary_grpc_requests_never_get_internal_errors() -> Result<()> {
     ensure!(count >= 20, "points lost: {count}");
     Ok(())
 }
+
+/// Qdrant's `Snapshots` service: collection and full-storage snapshots created, listed and
+/// deleted through the official client, the same files the REST API serves.
+#[test]
+fn snapshots_over_grpc_are_the_rest_snapshots() -> Result<()> {
+    let node = NodeProcess::start_ready(NodeOptions::default(), READY)?;
+    let rt = runtime();
+    let c = client(&node, None)?;
+    rt.block_on(c.create_collection(create_request(None)))?;
+    rt.block_on(c.upsert_points(upsert_request(0..200)))?;
+
+    let created = rt
+        .block_on(c.create_snapshot(q::CreateSnapshotRequest {
+            collection_name: COLLECTION.into(),
+        }))?
+        .snapshot_description
+        .context("a description")?;
+    ensure!(created.size > 0 && created.checksum.as_ref().is_some_and(|c| c.len() == 64));
+    ensure!(created.creation_time.is_some());
+    let listed = rt.block_on(c.list_snapshots(q::ListSnapshotsRequest {
+        collection_name: COLLECTION.into(),
+    }))?;
+    let names: Vec<&str> = listed
+        .snapshot_descriptions
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    ensure!(names == [created.name.as_str()], "listed {names:?}");
+    let over_rest = rest(
+        &node,
+        Method::Get,
+        &format!("/collections/{COLLECTION}/snapshots"),
+        None,
+    )?;
+    ensure!(over_rest[0]["name"] == json!(created.name));
+    ensure!(over_rest[0]["checksum"] == json!(created.checksum));
+
+    rt.block_on(c.delete_snapshot(q::DeleteSnapshotRequest {
+        collection_name: COLLECTION.into(),
+        snapshot_name: created.name.clone(),
+    }))?;
+    let again = rt.block_on(c.delete_snapshot(q::DeleteSnapshotRequest {
+        collection_name: COLLECTION.into(),
+        snapshot_name: created.name,
+    }));
+    ensure!(code(again)? == Code::NotFound);
+    ensure!(
+        code(rt.block_on(c.create_snapshot(q::CreateSnapshotRequest {
+            collection_name: "missing".into(),
+        })))? == Code::NotFound
+    );
+
+    let full = rt
+        .block_on(c.create_full_snapshot())?
+        .snapshot_description
+        .context("a description")?;
+    let listed = rt.block_on(c.list_full_snapshots())?;
+    ensure!(listed.snapshot_descriptions.iter().any(|d| d.name == full.name));
+    rt.block_on(c.delete_full_snapshot(q::DeleteFullSnapshotRequest {
+        snapshot_name: full.name,
+    }))?;
+    ensure!(rt.block_on(c.list_full_snapshots())?.snapshot_descriptions.is_empty());
+    Ok(())
+}

@@ -31,7 +31,9 @@ use crate::api::rest::json_body::{JsonBody, PathParams, QueryParams};
 use crate::api::rest::models::{ReadParams, WaitParam};
 use crate::api::rest::response::{ApiError, ApiOk, Started};
 use crate::api::rest::service::{QDRANT_API_VERSION, QDRANT_TITLE};
-use crate::api::rest::{AppState, collection_cluster, collections, matrix, points, search};
+use crate::api::rest::{
+    AppState, collection_cluster, collections, matrix, points, search, snapshots,
+};
 use convert::{from_json, put_opt};
 
 /// The routes of the four services, each taking messages of at most `max_message_bytes`.
@@ -1305,7 +1307,15 @@ impl Snapshots for ClientApi {
         request: Request<q::CreateSnapshotRequest>,
     ) -> Result<Response<q::CreateSnapshotResponse>, Status> {
         self.authorize(&request, WRITE)?;
-        Err(snapshots_unsupported())
+        let t = Instant::now();
+        let r = request.into_inner();
+        let d = snapshots::create_collection_snapshot(&self.state, &r.collection_name)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(q::CreateSnapshotResponse {
+            snapshot_description: Some(snapshot_description(d)),
+            time: secs(t),
+        }))
     }
 
     async fn list(
@@ -1313,7 +1323,15 @@ impl Snapshots for ClientApi {
         request: Request<q::ListSnapshotsRequest>,
     ) -> Result<Response<q::ListSnapshotsResponse>, Status> {
         self.authorize(&request, READ)?;
-        Err(snapshots_unsupported())
+        let t = Instant::now();
+        let r = request.into_inner();
+        let list = snapshots::list_collection_snapshots(&self.state, &r.collection_name)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(q::ListSnapshotsResponse {
+            snapshot_descriptions: list.into_iter().map(snapshot_description).collect(),
+            time: secs(t),
+        }))
     }
 
     async fn delete(
@@ -1321,7 +1339,12 @@ impl Snapshots for ClientApi {
         request: Request<q::DeleteSnapshotRequest>,
     ) -> Result<Response<q::DeleteSnapshotResponse>, Status> {
         self.authorize(&request, WRITE)?;
-        Err(snapshots_unsupported())
+        let t = Instant::now();
+        let r = request.into_inner();
+        snapshots::delete_collection_snapshot(&self.state, &r.collection_name, r.snapshot_name)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(q::DeleteSnapshotResponse { time: secs(t) }))
     }
 
     async fn create_full(
@@ -1329,7 +1352,14 @@ impl Snapshots for ClientApi {
         request: Request<q::CreateFullSnapshotRequest>,
     ) -> Result<Response<q::CreateSnapshotResponse>, Status> {
         self.authorize(&request, WRITE)?;
-        Err(snapshots_unsupported())
+        let t = Instant::now();
+        let d = snapshots::create_full_snapshot(&self.state)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(q::CreateSnapshotResponse {
+            snapshot_description: Some(snapshot_description(d)),
+            time: secs(t),
+        }))
     }
 
     async fn list_full(
@@ -1337,7 +1367,14 @@ impl Snapshots for ClientApi {
         request: Request<q::ListFullSnapshotsRequest>,
     ) -> Result<Response<q::ListSnapshotsResponse>, Status> {
         self.authorize(&request, READ)?;
-        Err(snapshots_unsupported())
+        let t = Instant::now();
+        let list = snapshots::list_full_snapshots(&self.state)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(q::ListSnapshotsResponse {
+            snapshot_descriptions: list.into_iter().map(snapshot_description).collect(),
+            time: secs(t),
+        }))
     }
 
     async fn delete_full(
@@ -1345,11 +1382,29 @@ impl Snapshots for ClientApi {
         request: Request<q::DeleteFullSnapshotRequest>,
     ) -> Result<Response<q::DeleteSnapshotResponse>, Status> {
         self.authorize(&request, WRITE)?;
-        Err(snapshots_unsupported())
+        let t = Instant::now();
+        let r = request.into_inner();
+        snapshots::delete_full_snapshot(&self.state, r.snapshot_name)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(q::DeleteSnapshotResponse { time: secs(t) }))
     }
 }
 
-/// User snapshots are not served over REST either yet (issue: storage and snapshots).
-fn snapshots_unsupported() -> Status {
-    Status::unimplemented("collection snapshots are not supported yet (as over REST)")
+/// A stored snapshot as Qdrant's gRPC `SnapshotDescription` (creation time in UTC).
+fn snapshot_description(d: crate::cluster::snapshots::SnapshotDescription) -> q::SnapshotDescription {
+    let creation_time = d
+        .creation_time
+        .as_deref()
+        .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S").ok())
+        .map(|t| prost_types::Timestamp {
+            seconds: t.and_utc().timestamp(),
+            nanos: 0,
+        });
+    q::SnapshotDescription {
+        name: d.name,
+        creation_time,
+        size: i64::try_from(d.size).unwrap_or(i64::MAX),
+        checksum: d.checksum,
+    }
 }

@@ -143,6 +143,59 @@ fn peer(state: &AppState) -> u64 {
     state.toc.env().this_peer().0
 }
 
+// ---- shared by the REST handlers and the gRPC `Snapshots` service ----
+
+/// Creates a snapshot of collection (or alias) `name` on this peer.
+pub async fn create_collection_snapshot(
+    state: &AppState,
+    name: &str,
+) -> Result<SnapshotDescription, ApiError> {
+    let collection = state.toc.get(name)?;
+    let (snapshots, me) = (Arc::clone(state.toc.snapshots()), peer(state));
+    run(move || store::create_collection_snapshot(&snapshots, &collection, me)).await
+}
+
+/// The snapshots of collection (or alias) `name` on this peer.
+pub async fn list_collection_snapshots(
+    state: &AppState,
+    name: &str,
+) -> Result<Vec<SnapshotDescription>, ApiError> {
+    let collection = state.toc.get(name)?;
+    let snapshots = Arc::clone(state.toc.snapshots());
+    let dir = snapshots.collection_dir(collection.name());
+    run(move || snapshots.list(&dir)).await
+}
+
+/// Deletes snapshot `snapshot` of collection (or alias) `name` (404 when there is none).
+pub async fn delete_collection_snapshot(
+    state: &AppState,
+    name: &str,
+    snapshot: String,
+) -> Result<(), ApiError> {
+    let collection = state.toc.get(name)?;
+    let snapshots = Arc::clone(state.toc.snapshots());
+    let dir = snapshots.collection_dir(collection.name());
+    run(move || snapshots.delete(&dir, &snapshot)).await
+}
+
+/// Creates a full-storage snapshot of this peer.
+pub async fn create_full_snapshot(state: &AppState) -> Result<SnapshotDescription, ApiError> {
+    let (snapshots, toc) = (Arc::clone(state.toc.snapshots()), Arc::clone(&state.toc));
+    run(move || store::create_full_snapshot(&snapshots, &toc)).await
+}
+
+/// The full-storage snapshots of this peer.
+pub async fn list_full_snapshots(state: &AppState) -> Result<Vec<SnapshotDescription>, ApiError> {
+    let snapshots = Arc::clone(state.toc.snapshots());
+    run(move || snapshots.list(snapshots.root())).await
+}
+
+/// Deletes full-storage snapshot `snapshot` (404 when there is none).
+pub async fn delete_full_snapshot(state: &AppState, snapshot: String) -> Result<(), ApiError> {
+    let snapshots = Arc::clone(state.toc.snapshots());
+    run(move || snapshots.delete(snapshots.root(), &snapshot)).await
+}
+
 // ---- collection snapshots ----
 
 pub async fn create(
