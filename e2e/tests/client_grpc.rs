@@ -811,7 +811,8 @@ fn snapshots_over_grpc_are_the_rest_snapshots() -> Result<()> {
     ensure!(
         code(rt.block_on(c.create_snapshot(q::CreateSnapshotRequest {
             collection_name: "missing".into(),
-        })))? == Code::NotFound
+        })))?
+            == Code::NotFound
     );
 
     let full = rt
@@ -819,10 +820,19 @@ fn snapshots_over_grpc_are_the_rest_snapshots() -> Result<()> {
         .snapshot_description
         .context("a description")?;
     let listed = rt.block_on(c.list_full_snapshots())?;
-    ensure!(listed.snapshot_descriptions.iter().any(|d| d.name == full.name));
+    ensure!(
+        listed
+            .snapshot_descriptions
+            .iter()
+            .any(|d| d.name == full.name)
+    );
     rt.block_on(c.delete_full_snapshot(q::DeleteFullSnapshotRequest {
         snapshot_name: full.name,
     }))?;
-    ensure!(rt.block_on(c.list_full_snapshots())?.snapshot_descriptions.is_empty());
+    ensure!(
+        rt.block_on(c.list_full_snapshots())?
+            .snapshot_descriptions
+            .is_empty()
+    );
     Ok(())
 }

@@ -106,6 +106,58 @@ fn holder(node: &NodeProcess) -> Result<u64> {
         .context("an active replica")
 }
 
+/// Waits until every peer reports the collection green. Collection status is each peer's
+/// view of its own replicas, so every peer is asked.
+fn wait_green(peers: &[&NodeProcess]) -> Result<()> {
+    let t = Instant::now();
+    while peers.iter().any(|n| {
+        !n.client()
+            .collection_info("bench")
+            .is_ok_and(|i| i.status == "green")
+    }) {
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("the collection did not turn green");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// How many optimizer steps the node's log records so far.
+fn optimizer_steps(node: &NodeProcess) -> usize {
+    std::fs::read_to_string(node.log_path())
+        .map(|log| log.matches("optimizer step").count())
+        .unwrap_or(0)
+}
+
+/// Copies the directory of the replica of shard 0 on `node` (every file, fsynced) and returns
+/// its bytes and the seconds the copy took: what a transfer of the shard's files costs on this
+/// disk at best.
+fn copy_shard_files(node: &NodeProcess) -> Result<(u64, f64)> {
+    fn copy(from: &std::path::Path, to: &std::path::Path) -> Result<u64> {
+        std::fs::create_dir_all(to)?;
+        let mut bytes = 0;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            let dest = to.join(entry.file_name());
+            if entry.file_type()?.is_dir() {
+                bytes += copy(&entry.path(), &dest)?;
+            } else {
+                bytes += std::fs::copy(entry.path(), &dest)?;
+                std::fs::File::open(&dest)?.sync_all()?;
+            }
+        }
+        Ok(bytes)
+    }
+    let shard = node.data_dir().join("collections/bench/shards/0");
+    let target = node.work_dir().join("copy-of-shard-0");
+    let t = Instant::now();
+    let bytes = copy(&shard, &target)?;
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&target)?;
+    Ok((bytes, secs))
+}
+
 /// Latencies (ms) of searches run one after another until `stop` (or `max` searches).
 fn search_loop(client: Client, queries: Vectors, stop: Arc<AtomicBool>, max: usize) -> Vec<f64> {
     let mut out = Vec::new();
@@ -174,12 +226,8 @@ fn run(args: &Args) -> Result<()> {
     // The optimizer starts a moment after the last write: give it that moment before asking.
     std::thread::sleep(Duration::from_secs(3));
     let t = Instant::now();
-    while client.collection_info("bench")?.status != "green" {
-        if t.elapsed() > Duration::from_secs(600) {
-            bail!("the collection did not turn green");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let peers: Vec<&NodeProcess> = [&a, &b].into_iter().chain(c.as_ref()).collect();
+    wait_green(&peers)?;
     eprintln!("indexed in {:.1?}", t.elapsed());
 
     let baseline = search_loop(
@@ -191,9 +239,17 @@ fn run(args: &Args) -> Result<()> {
     if c.is_some() {
         return reshard(args, &client, &b, queries, &baseline);
     }
-    println!("| method | direction | seconds | points/s | search during the transfer |");
-    println!("| --- | --- | ---: | ---: | --- |");
-    println!("| (none) | | | | {} |", summary(&baseline));
+    let first_holder = if holder(&a)? == ids[0] { &a } else { &b };
+    let (copy_bytes, copy_secs) = copy_shard_files(first_holder)?;
+    println!(
+        "copying the shard's files on this disk (with fsync): {:.1} MiB in {copy_secs:.2} s",
+        copy_bytes as f64 / (1 << 20) as f64
+    );
+    println!(
+        "| method | direction | seconds | points/s | x file copy | destination on arrival | search during the transfer |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | --- | --- |");
+    println!("| (none) | | | | | | {} |", summary(&baseline));
 
     for method in &args.methods {
         for leg in 0..2 {
@@ -204,6 +260,10 @@ fn run(args: &Args) -> Result<()> {
                 let (client, queries, stop) = (b.client(), queries.clone(), Arc::clone(&stop));
                 std::thread::spawn(move || search_loop(client, queries, stop, usize::MAX))
             };
+            // Every leg starts from a settled, fully indexed source.
+            wait_green(&peers)?;
+            let dest = if to == ids[0] { &a } else { &b };
+            let steps_before = optimizer_steps(dest);
             let t = Instant::now();
             let started = client.raw(
                 Method::Post,
@@ -230,19 +290,29 @@ fn run(args: &Args) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let secs = t.elapsed().as_secs_f64();
+            let arrival: Value = dest
+                .client()
+                .call(Method::Get, "/collections/bench", None)?;
             stop.store(true, Ordering::SeqCst);
             let during = searcher.join().unwrap_or_default();
             if holder(&a)? != to {
                 bail!("the {method} transfer ended without moving the shard");
             }
+            // Whatever the destination's optimizer does with what arrived shows within moments.
+            std::thread::sleep(Duration::from_secs(3));
+            let steps = optimizer_steps(dest) - steps_before;
             println!(
-                "| {method} | {} | {secs:.2} | {:.0} | {} |",
+                "| {method} | {} | {secs:.2} | {:.0} | {:.1} | {}, {} of {} vectors indexed, {steps} optimizer steps | {} |",
                 if leg == 0 {
                     "peer 0 -> 1"
                 } else {
                     "peer 1 -> 0"
                 },
                 args.points as f64 / secs,
+                secs / copy_secs,
+                arrival["status"].as_str().unwrap_or("?"),
+                arrival["indexed_vectors_count"],
+                arrival["points_count"],
                 summary(&during)
             );
         }

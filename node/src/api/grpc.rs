@@ -510,6 +510,7 @@ impl SnapshotService for Snapshots {
             .toc
             .get(&snapshot.collection)
             .map_err(collection_status)?;
+        let began = std::time::Instant::now();
         let snapshots = Arc::clone(self.toc.snapshots());
         let staging = snapshots
             .staging()
@@ -544,6 +545,7 @@ impl SnapshotService for Snapshots {
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         drop(file);
+        let downloaded_ms = began.elapsed().as_millis() as u64;
         let shard_id = snapshot.shard_id;
         let restored = tokio::task::spawn_blocking(move || {
             use crate::shard::snapshot::{SnapshotError, check_compatible, image_to_shard_dir};
@@ -553,11 +555,23 @@ impl SnapshotService for Snapshots {
             };
             let (image, manifest) =
                 crate::cluster::snapshots::unpack_shard(&snapshots, &incoming).map_err(refuse)?;
+            let unpacked_ms = began.elapsed().as_millis() as u64;
             check_compatible(&manifest.config, &collection.config()).map_err(refuse)?;
             image_to_shard_dir(image.path()).map_err(refuse)?;
+            let prepared_ms = began.elapsed().as_millis() as u64;
             let points = collection
                 .restore_local_shard(shard_id, image.path())
                 .map_err(collection_status)?;
+            tracing::info!(
+                collection = %collection.name(),
+                shard = shard_id,
+                points,
+                downloaded_ms,
+                unpacked_ms,
+                prepared_ms,
+                restored_ms = began.elapsed().as_millis() as u64,
+                "restored a transfer's snapshot"
+            );
             drop(staging);
             Ok::<_, Status>(points as u64)
         })

@@ -1761,12 +1761,11 @@ impl Collection {
         stats
     }
 
-    /// Flushes every local replica; used on shutdown.
     /// Replaces this peer's replica of shard `id` with the shard directory `prepared` (a
-    /// restored snapshot image, see [`crate::shard::snapshot::image_to_shard_dir`]), which must
-    /// be on the same file system as the collection. The directory is opened (every segment
-    /// file verified) before anything changes; a directory that does not open is refused
-    /// and left in place for the caller to remove.
+    /// restored snapshot image whose segment checksums
+    /// [`crate::shard::snapshot::image_to_shard_dir`] verified), which must be on the same
+    /// file system as the collection. A directory that does not open is refused (BadInput)
+    /// and the old replica is put back and reopened.
     ///
     /// Crash safety: `prepared` is first fsynced, marked complete and renamed to
     /// `shards/.restore-<id>-<uuid>`; then the old replica's directory is renamed away and the
@@ -1784,14 +1783,9 @@ impl Collection {
                 self.name
             )));
         }
-        {
-            // Verifies every segment's files and the point store before the swap.
-            let check = LocalShard::open(prepared, self.config(), self.env.sync).map_err(|e| {
-                CollectionError::BadInput(format!("the snapshot's shard does not open: {e}"))
-            })?;
-            check.cancel();
-        }
+        let began = std::time::Instant::now();
         crate::shard::snapshot::sync_tree(prepared).map_err(CollectionError::storage)?;
+        let synced_ms = began.elapsed().as_millis() as u64;
         let marker = prepared.join(RESTORE_MARKER);
         std::fs::write(&marker, b"").map_err(CollectionError::storage)?;
         crate::storage::mapped::sync_dir(prepared).map_err(CollectionError::storage)?;
@@ -1807,6 +1801,7 @@ impl Collection {
         if let Some(old) = self.local_shard(id) {
             old.retire();
         }
+        let retired_ms = began.elapsed().as_millis() as u64;
         let mut local = self.local.write();
         let old = local.remove(&id);
         let swapped = std::fs::rename(&path, &doomed)
@@ -1816,9 +1811,19 @@ impl Collection {
             })
             .and_then(|()| std::fs::remove_file(path.join(RESTORE_MARKER)))
             .and_then(|()| crate::storage::mapped::sync_dir(&shards_dir));
-        let opened = swapped
-            .map_err(CollectionError::storage)
-            .and_then(|()| Ok(LocalShard::open(&path, self.config(), self.env.sync)?));
+        // Segment checksums were verified when the image was prepared: lengths suffice here.
+        // A replica that does not open is not served: the old one is put back below.
+        let opened = swapped.map_err(CollectionError::storage).and_then(|()| {
+            LocalShard::open_checked(
+                &path,
+                self.config(),
+                self.env.sync,
+                crate::shard::segment::Verify::Lengths,
+            )
+            .map_err(|e| {
+                CollectionError::BadInput(format!("the snapshot's shard does not open: {e}"))
+            })
+        });
         let shard = match opened {
             Ok(shard) => Arc::new(shard),
             Err(e) => {
@@ -1849,10 +1854,19 @@ impl Collection {
         if let Err(e) = std::fs::remove_dir_all(&doomed) {
             tracing::warn!(error = %e, path = %doomed.display(), "could not remove a replaced replica; it is removed on the next start");
         }
-        tracing::info!(collection = %self.name, shard = id, points, "local replica restored from a snapshot");
+        tracing::info!(
+            collection = %self.name,
+            shard = id,
+            points,
+            synced_ms,
+            retired_ms,
+            opened_ms = began.elapsed().as_millis() as u64,
+            "local replica restored from a snapshot"
+        );
         Ok(points)
     }
 
+    /// Flushes every local replica; used on shutdown.
     pub fn flush(&self) -> Result<(), CollectionError> {
         for (_, shard) in self.local_shards() {
             shard.flush()?;

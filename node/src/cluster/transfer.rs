@@ -1193,6 +1193,7 @@ async fn snapshot_transfer(
     let path = snapshots.transfer_file(&name);
     progress.stage("snapshotting");
     pause_at("snapshotting", cancel).await?;
+    let began = Instant::now();
     let staging = {
         let _order = out.order.lock().await;
         let (shard, shard_id, snapshots) = (Arc::clone(local), key.shard, Arc::clone(&snapshots));
@@ -1215,7 +1216,7 @@ async fn snapshot_transfer(
             .map_err(|e| CollectionError::Storage(e.to_string()))?
             .map_err(CollectionError::storage)?;
         drop(image);
-        tracing::info!(collection = %key.collection, shard = key.shard, to = key.to.0, bytes = packed.size, points, "snapshot for a transfer packed");
+        tracing::info!(collection = %key.collection, shard = key.shard, to = key.to.0, bytes = packed.size, points, elapsed_ms = began.elapsed().as_millis() as u64, "snapshot for a transfer packed");
         if cancel.load(Ordering::SeqCst) {
             return Err(TransferError::Cancelled);
         }
@@ -1265,6 +1266,7 @@ async fn snapshot_transfer(
             .into_inner()
             .points;
         progress.points_done.store(restored, Ordering::Relaxed);
+        tracing::info!(collection = %key.collection, shard = key.shard, to = key.to.0, elapsed_ms = began.elapsed().as_millis() as u64, "the destination restored the snapshot");
         progress.stage("replaying queued updates");
         pause_at("replaying queued updates", cancel).await?;
         let _order = out.order.lock().await;

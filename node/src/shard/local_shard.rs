@@ -29,8 +29,8 @@ use crate::shard::operations::{
     PointSelection, PointWrite, ShardOperation, UpdateMode, UpdateRequest,
 };
 use crate::shard::segment::{
-    FrozenColumn, Segment, SegmentId, SegmentImage, SegmentIndex, SegmentStage, segment_dir,
-    stray_dirs,
+    FrozenColumn, Segment, SegmentId, SegmentImage, SegmentIndex, SegmentStage, Verify,
+    segment_dir, stray_dirs,
 };
 use crate::storage::point_store::{
     FlushBatch, PayloadOverride, PointStore, StoreError, StoredPoint, encode_id,
@@ -670,6 +670,17 @@ impl LocalShard {
         config: Arc<CollectionConfig>,
         sync: SyncMode,
     ) -> Result<LocalShard, ShardError> {
+        LocalShard::open_checked(dir, config, sync, Verify::Checksums)
+    }
+
+    /// [`LocalShard::open`], verifying segment files as `verify` says (see
+    /// [`Segment::open_dir_checked`]).
+    pub fn open_checked(
+        dir: &Path,
+        config: Arc<CollectionConfig>,
+        sync: SyncMode,
+        verify: Verify,
+    ) -> Result<LocalShard, ShardError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let store = PointStore::open(&dir.join(POINT_STORE_FILE))?;
         let wal_dir = dir.join("wal");
@@ -709,12 +720,13 @@ impl LocalShard {
         }
         for (id, voided) in flushed.segments {
             let path = segment_dir(&segments_dir, id);
-            let mut seg = Segment::open_dir(&path, &config, &voided).map_err(|reason| {
-                ShardError::CorruptSegment {
-                    path: path.clone(),
-                    reason,
-                }
-            })?;
+            let mut seg =
+                Segment::open_dir_checked(&path, &config, &voided, verify).map_err(|reason| {
+                    ShardError::CorruptSegment {
+                        path: path.clone(),
+                        reason,
+                    }
+                })?;
             if seg.id != id {
                 return Err(ShardError::CorruptSegment {
                     path,

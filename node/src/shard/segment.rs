@@ -21,7 +21,7 @@ use crate::types::{NamedVectors, Payload, PointId, SparseVector, VectorData, Vec
 
 mod files;
 
-pub use files::{SegmentImage, segment_dir, stray_dirs};
+pub use files::{SegmentImage, Verify, segment_dir, stray_dirs, verify_files};
 
 pub type SegmentId = u64;
 

@@ -187,8 +187,8 @@ pub fn check_compatible(
 }
 
 /// Turns the shard image in `dir` into a shard directory that [`super::LocalShard::open`]
-/// opens: verifies the manifest's checksums, writes the point store (flushed at WAL position
-/// 0) and removes the image's own files. Segment files are verified when the shard opens.
+/// opens: verifies the manifest's checksums and every segment file's, writes the point store
+/// (flushed at WAL position 0) and removes the image's own files.
 pub fn image_to_shard_dir(dir: &Path) -> Result<ShardManifest, SnapshotError> {
     test_pause("unpacked");
     let manifest = read_manifest(dir)?;
@@ -220,6 +220,8 @@ pub fn image_to_shard_dir(dir: &Path) -> Result<ShardManifest, SnapshotError> {
                 "the manifest does not cover segment {id}"
             )));
         }
+        crate::shard::segment::verify_files(&dir.join(format!("segments/{id}")))
+            .map_err(|e| SnapshotError::Invalid(format!("segment {id}: {e}")))?;
     }
     let id_of = |bytes: &[u8]| {
         decode_id(bytes).ok_or_else(|| SnapshotError::Invalid(format!("bad point id {bytes:?}")))

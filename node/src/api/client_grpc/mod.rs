@@ -1392,7 +1392,9 @@ impl Snapshots for ClientApi {
 }
 
 /// A stored snapshot as Qdrant's gRPC `SnapshotDescription` (creation time in UTC).
-fn snapshot_description(d: crate::cluster::snapshots::SnapshotDescription) -> q::SnapshotDescription {
+fn snapshot_description(
+    d: crate::cluster::snapshots::SnapshotDescription,
+) -> q::SnapshotDescription {
     let creation_time = d
         .creation_time
         .as_deref()
