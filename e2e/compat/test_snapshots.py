@@ -167,6 +167,9 @@ def test_bad_uploads_are_refused_and_change_nothing(client, http, collection):
     client.upsert(other, [models.PointStruct(id=1, vector=[0.1, 0.2, 0.3, 0.4])], wait=True)
     foreign = client.create_snapshot(other)
     foreign_blob = http.get(f"/collections/{other}/snapshots/{foreign.name}").content
+    resharded = collection(size=8, shard_number=3, replication_factor=RF)
+    resharded_snap = client.create_snapshot(resharded)
+    resharded_blob = http.get(f"/collections/{resharded}/snapshots/{resharded_snap.name}").content
     desc = client.create_snapshot(name)
     blob = http.get(f"/collections/{name}/snapshots/{desc.name}").content
     before = state_of(client, name)
@@ -182,6 +185,7 @@ def test_bad_uploads_are_refused_and_change_nothing(client, http, collection):
         "truncated": upload(blob[: len(blob) // 2]),
         "wrong checksum": upload(blob, checksum="0" * 64),
         "another collection's config": upload(foreign_blob),
+        "another shard count": upload(resharded_blob),
         "path traversal": upload(tar_bytes([("../../escape", b"x")])),
         "absolute path": upload(tar_bytes([("/tmp/escape", b"x")])),
         "not a tar": upload(b"definitely not a tar archive" * 100),

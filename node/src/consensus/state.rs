@@ -570,6 +570,15 @@ pub enum ClusterOperation {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from_state: Option<ReplicaState>,
     },
+    /// Changes several replicas of one shard at once, each a compare-and-set on the state it
+    /// was decided on, all or none, in order. A snapshot recovery makes its replica Active and
+    /// the others Dead in one step, so that no replica marked Dead recovers from another one
+    /// that still holds the state the snapshot replaced.
+    SetReplicaStates {
+        collection: String,
+        shard: ShardId,
+        changes: Vec<ReplicaStateChange>,
+    },
     /// Adds a replica of an existing shard on a peer, in a state that serves no reads.
     AddReplica {
         collection: String,
@@ -683,6 +692,15 @@ pub enum ClusterOperation {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         entry: Option<PayloadIndexEntry>,
     },
+}
+
+/// One replica's change in [`ClusterOperation::SetReplicaStates`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStateChange {
+    pub peer: PeerId,
+    pub state: ReplicaState,
+    /// The state the replica must be in when the operation is applied.
+    pub from_state: ReplicaState,
 }
 
 /// What an applied operation reports back to its proposer.
@@ -950,6 +968,22 @@ impl ClusterState {
                 state,
                 from_state,
             } => self.set_replica_state(collection, shard, peer, state, from_state),
+            ClusterOperation::SetReplicaStates {
+                collection,
+                shard,
+                changes,
+            } => {
+                for c in changes {
+                    self.set_replica_state(
+                        collection.clone(),
+                        shard,
+                        c.peer,
+                        c.state,
+                        Some(c.from_state),
+                    )?;
+                }
+                Ok(ClusterResponse::Done)
+            }
             ClusterOperation::AddReplica {
                 collection,
                 shard,
@@ -3037,6 +3071,53 @@ mod tests {
         state.apply(drop_replica("docs", 0, 1)).unwrap();
         let err = rejected(&mut state, drop_replica("docs", 0, 2));
         assert!(matches!(err, ClusterError::LastReplica { .. }), "{err}");
+    }
+
+    #[test]
+    fn set_replica_states_changes_all_or_none() {
+        let mut state = cluster(3);
+        state.apply(create("docs", 1, 3)).unwrap();
+        for peer in 1..=3 {
+            state
+                .apply(set_state("docs", 0, peer, ReplicaState::Active))
+                .unwrap();
+        }
+        let change = |peer, from_state, to| ReplicaStateChange {
+            peer: PeerId(peer),
+            state: to,
+            from_state,
+        };
+        let op = |changes| ClusterOperation::SetReplicaStates {
+            collection: "docs".into(),
+            shard: ShardId(0),
+            changes,
+        };
+        // The last compare fails: none of the changes is applied.
+        let err = rejected(
+            &mut state,
+            op(vec![
+                change(2, ReplicaState::Active, ReplicaState::Dead),
+                change(3, ReplicaState::Partial, ReplicaState::Dead),
+            ]),
+        );
+        assert!(
+            matches!(err, ClusterError::ReplicaStateMismatch { .. }),
+            "{err:?}"
+        );
+        state
+            .apply(op(vec![
+                change(2, ReplicaState::Active, ReplicaState::Dead),
+                change(3, ReplicaState::Active, ReplicaState::Dead),
+            ]))
+            .unwrap();
+        assert_eq!(
+            replicas(&state, "docs", 0),
+            vec![
+                (1, ReplicaState::Active),
+                (2, ReplicaState::Dead),
+                (3, ReplicaState::Dead)
+            ]
+        );
     }
 
     #[test]

@@ -163,8 +163,9 @@ pub fn read_manifest(dir: &Path) -> Result<ShardManifest, SnapshotError> {
 }
 
 /// Checks that a snapshot of a collection configured as `snapshot` can be restored into one
-/// configured as `target`: the same dense, multi and sparse vectors (names, sizes, distances),
-/// as Qdrant requires ("Snapshot is not compatible with existing collection").
+/// configured as `target`: the same dense, multi and sparse vectors (names, sizes, distances)
+/// and, unless custom-sharded, the same shard count, as Qdrant requires ("Snapshot is not
+/// compatible with existing collection").
 pub fn check_compatible(
     snapshot: &CollectionConfig,
     target: &CollectionConfig,
@@ -174,6 +175,22 @@ pub fn check_compatible(
             "the snapshot's vectors ({}) differ from the collection's ({})",
             serde_json::to_string(&snapshot.params.vectors).unwrap_or_default(),
             serde_json::to_string(&target.params.vectors).unwrap_or_default(),
+        )));
+    }
+    let custom = |c: &CollectionConfig| {
+        c.params.sharding_method == Some(crate::collection_config::ShardingMethod::Custom)
+    };
+    if custom(snapshot) != custom(target) {
+        return Err(SnapshotError::Incompatible(
+            "one of the snapshot and the collection is custom-sharded, the other is not".into(),
+        ));
+    }
+    // Points are placed by a hash ring over the shard count: images of another count hold
+    // points that this collection would look for in other shards.
+    if !custom(target) && snapshot.params.shard_number != target.params.shard_number {
+        return Err(SnapshotError::Incompatible(format!(
+            "Collection shard number: {} Snapshot shard number: {}",
+            target.params.shard_number, snapshot.params.shard_number
         )));
     }
     if snapshot.params.sparse_vectors != target.params.sparse_vectors {

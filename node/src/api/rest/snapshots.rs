@@ -41,7 +41,9 @@ use crate::cluster::CollectionError;
 use crate::cluster::snapshots::{self as store, SnapshotDescription, SnapshotStore};
 use crate::cluster::toc::validate_collection_name;
 use crate::collection_config::ShardingMethod;
-use crate::consensus::state::{ClusterOperation, PeerId, ReplicaState, ShardId};
+use crate::consensus::state::{
+    ClusterOperation, PeerId, ReplicaState, ReplicaStateChange, ShardId,
+};
 use crate::shard::snapshot::{SnapshotError, check_compatible, image_to_shard_dir, sha256_file};
 
 /// The largest snapshot an upload or a URL download may bring (bytes).
@@ -269,6 +271,32 @@ pub async fn recover(
 }
 
 pub async fn upload(
+    state: State<AppState>,
+    name: PathParams<String>,
+    q: QueryParams<UploadParams>,
+    started: Started,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    closing_on_error(upload_collection(state, name, q, started, multipart).await)
+}
+
+/// An error answered before the request body was read ends the connection: the client must
+/// not send its next request after the unread rest of this one.
+fn closing_on_error(result: Result<Response, ApiError>) -> Response {
+    match result {
+        Ok(response) => response,
+        Err(e) => {
+            let mut response = e.into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
+}
+
+async fn upload_collection(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
     QueryParams(q): QueryParams<UploadParams>,
@@ -402,6 +430,16 @@ pub async fn recover_shard(
 }
 
 pub async fn upload_shard(
+    state: State<AppState>,
+    path: PathParams<(String, u32)>,
+    q: QueryParams<UploadParams>,
+    started: Started,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Response {
+    closing_on_error(upload_to_shard(state, path, q, started, multipart).await)
+}
+
+async fn upload_to_shard(
     State(state): State<AppState>,
     PathParams((name, shard)): PathParams<(String, u32)>,
     QueryParams(q): QueryParams<UploadParams>,
@@ -822,6 +860,14 @@ async fn recover_one_shard(
     let path = archive.to_path_buf();
     let (staging, manifest) = run(move || store::unpack_shard(&snapshots, &path)).await?;
     check_compatible(&manifest.config, &collection.config())?;
+    let custom = collection.config().params.sharding_method == Some(ShardingMethod::Custom);
+    if manifest.shard_id != shard && !custom {
+        return Err(SnapshotError::Incompatible(format!(
+            "the snapshot is of shard {}, not of shard {shard}: its points belong to another shard",
+            manifest.shard_id
+        ))
+        .into());
+    }
     let name = collection.name().to_string();
     restore_image(state, &name, shard, staging.path().to_path_buf()).await?;
     settle_replicas(state, &name, shard, state.toc.env().this_peer(), priority).await?;
@@ -877,39 +923,36 @@ async fn settle_replicas(
         .filter(|(p, s)| **p != me && s.is_active_like())
         .map(|(p, s)| (*p, *s))
         .collect();
-    let set =
-        |peer: PeerId, from: ReplicaState, to: ReplicaState| ClusterOperation::SetReplicaState {
-            collection: name.to_string(),
-            shard: ShardId(shard),
-            peer,
-            state: to,
-            from_state: Some(from),
-        };
+    let change = |peer: PeerId, from_state: ReplicaState, state: ReplicaState| ReplicaStateChange {
+        peer,
+        state,
+        from_state,
+    };
+    let mut changes = Vec::new();
     if priority == SnapshotPriority::Replica && !others.is_empty() {
         if mine != ReplicaState::Dead {
-            state
-                .toc
-                .submit(set(me, mine, ReplicaState::Dead))
-                .await
-                .map_err(submit_error)?;
+            changes.push(change(me, mine, ReplicaState::Dead));
         }
-        return Ok(());
-    }
-    if mine != ReplicaState::Active {
-        state
-            .toc
-            .submit(set(me, mine, ReplicaState::Active))
-            .await
-            .map_err(submit_error)?;
-    }
-    if priority == SnapshotPriority::Snapshot {
-        for (peer, current) in others {
-            state
-                .toc
-                .submit(set(peer, current, ReplicaState::Dead))
-                .await
-                .map_err(submit_error)?;
+    } else {
+        if mine != ReplicaState::Active {
+            changes.push(change(me, mine, ReplicaState::Active));
         }
+        if priority == SnapshotPriority::Snapshot {
+            changes.extend(
+                others
+                    .into_iter()
+                    .map(|(peer, current)| change(peer, current, ReplicaState::Dead)),
+            );
+        }
+    }
+    if !changes.is_empty() {
+        // One operation: a replica marked Dead must not recover from another stale one.
+        let op = ClusterOperation::SetReplicaStates {
+            collection: name.to_string(),
+            shard: ShardId(shard),
+            changes,
+        };
+        state.toc.submit(op).await.map_err(submit_error)?;
     }
     Ok(())
 }
