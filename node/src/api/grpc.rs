@@ -416,66 +416,130 @@ pub struct Snapshots {
     toc: Arc<TableOfContent>,
 }
 
-/// The archive of a running `snapshot` transfer, by the name the transfer gave it.
-fn snapshot_path(toc: &TableOfContent, r: &SnapshotRef) -> Result<std::path::PathBuf, Status> {
+/// The image a running `snapshot` transfer ships, by the name the transfer gave it.
+fn shipping_of(
+    toc: &TableOfContent,
+    r: &SnapshotRef,
+) -> Result<Arc<crate::cluster::transfer::Shipping>, Status> {
+    check_snapshot_name(r)?;
+    toc.transfers()
+        .shipping
+        .lock()
+        .get(&r.name)
+        .cloned()
+        .ok_or_else(|| Status::not_found(format!("no transfer ships `{}`", r.name)))
+}
+
+fn check_snapshot_name(r: &SnapshotRef) -> Result<(), Status> {
     let plain = !r.name.is_empty()
         && r.name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !r.name.starts_with('.');
-    if !plain {
-        return Err(Status::invalid_argument(format!(
+    if plain {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
             "`{}` is not a snapshot name",
             r.name
-        )));
+        )))
     }
-    Ok(toc.snapshots().transfer_file(&r.name))
 }
 
 /// Size of the chunks a snapshot is streamed in.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
+/// The writer a shipped image is packed into: cuts the archive into chunks for the download
+/// stream, paced by the transfer's byte limit. Fails once the receiver is gone.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Result<SnapshotChunk, Status>>,
+    buf: Vec<u8>,
+    sent: u64,
+    started: std::time::Instant,
+    shipping: Arc<crate::cluster::transfer::Shipping>,
+}
+
+impl ChunkSender {
+    fn send_buffered(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(SNAPSHOT_CHUNK));
+        let n = data.len() as u64;
+        self.tx
+            .blocking_send(Ok(SnapshotChunk { data }))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the download ended")
+            })?;
+        self.sent += n;
+        self.shipping.pace(self.started, self.sent);
+        Ok(())
+    }
+}
+
+impl std::io::Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = SNAPSHOT_CHUNK - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == SNAPSHOT_CHUNK {
+            self.send_buffered()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_buffered()
+    }
+}
+
+/// Reads an archive from the chunks of a download stream (for unpacking as it arrives).
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+    current: std::io::Cursor<Vec<u8>>,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = std::io::Read::read(&mut self.current, out)?;
+            if n > 0 || out.is_empty() {
+                return Ok(n);
+            }
+            match self.rx.blocking_recv() {
+                Some(Ok(data)) => self.current = std::io::Cursor::new(data),
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl SnapshotService for Snapshots {
     type DownloadStream = tokio_stream::wrappers::ReceiverStream<Result<SnapshotChunk, Status>>;
 
-    /// Streams a transfer's archive, paced by the transfer's byte limit and counted in its
-    /// progress.
+    /// Streams the image a transfer ships as a tar archive, packed as it is sent.
     async fn download(
         &self,
         request: Request<SnapshotRef>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
-        let snapshot = request.into_inner();
-        let path = snapshot_path(&self.toc, &snapshot)?;
-        let mut file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| Status::not_found(format!("{}: {e}", path.display())))?;
+        let shipping = shipping_of(&self.toc, &request.into_inner())?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let toc = Arc::clone(&self.toc);
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let started = std::time::Instant::now();
-            let mut sent = 0u64;
-            loop {
-                let mut data = vec![0u8; SNAPSHOT_CHUNK];
-                match file.read(&mut data).await {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        data.truncate(n);
-                        sent += n as u64;
-                        if tx.send(Ok(SnapshotChunk { data })).await.is_err() {
-                            return;
-                        }
-                        let shipping = toc.transfers().shipping.lock().get(&snapshot.name).cloned();
-                        if let Some(shipping) = shipping {
-                            shipping.sent(started, sent).await;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                        return;
-                    }
-                }
+        tokio::task::spawn_blocking(move || {
+            let image = shipping.image.clone();
+            let writer = ChunkSender {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(SNAPSHOT_CHUNK),
+                sent: 0,
+                started: std::time::Instant::now(),
+                shipping,
+            };
+            let packed = crate::shard::snapshot::pack_into(&image, writer)
+                .and_then(|mut w| std::io::Write::flush(&mut w));
+            if let Err(e) = packed {
+                let _ =
+                    tx.blocking_send(Err(Status::internal(format!("packing the snapshot: {e}"))));
             }
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
@@ -483,9 +547,11 @@ impl SnapshotService for Snapshots {
         )))
     }
 
-    /// Downloads a transfer's archive from its source and swaps it in for this peer's replica
-    /// (see [`crate::cluster::collection::Collection::restore_local_shard`]). An archive that does not verify, or whose
-    /// configuration is not the collection's, is refused and changes nothing.
+    /// Downloads a transfer's image from its source, unpacking it as it arrives, and swaps
+    /// it in for this peer's replica (see
+    /// [`crate::cluster::collection::Collection::restore_local_shard`]). An image that does
+    /// not verify, or whose configuration is not the collection's, is refused and changes
+    /// nothing.
     async fn recover(
         &self,
         request: Request<RecoverRequest>,
@@ -494,7 +560,7 @@ impl SnapshotService for Snapshots {
         let snapshot = request
             .snapshot
             .ok_or_else(|| Status::invalid_argument("`snapshot` is required"))?;
-        snapshot_path(&self.toc, &snapshot)?;
+        check_snapshot_name(&snapshot)?;
         // Wait a little for the replica this peer is about to create.
         let call = ShardCall {
             collection: snapshot.collection.clone(),
@@ -511,11 +577,6 @@ impl SnapshotService for Snapshots {
             .get(&snapshot.collection)
             .map_err(collection_status)?;
         let began = std::time::Instant::now();
-        let snapshots = Arc::clone(self.toc.snapshots());
-        let staging = snapshots
-            .staging()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let incoming = staging.path().join("incoming.snapshot");
         let env = self.toc.env();
         let channel = env
             .channel(&request.source_uri)
@@ -530,32 +591,40 @@ impl SnapshotService for Snapshots {
             .download(download)
             .await?
             .into_inner();
-        let mut file = tokio::fs::File::create(&incoming)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        {
-            use tokio::io::AsyncWriteExt;
-            while let Some(chunk) = stream.message().await? {
-                file.write_all(&chunk.data)
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?;
+        use crate::shard::snapshot::{SnapshotError, check_compatible, image_to_shard_dir};
+        let refuse = |e: SnapshotError| match e {
+            SnapshotError::Io(_) => Status::internal(e.to_string()),
+            _ => Status::invalid_argument(e.to_string()),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let snapshots = Arc::clone(self.toc.snapshots());
+        let unpacking = tokio::task::spawn_blocking(move || {
+            let reader = ChunkReader {
+                rx,
+                current: std::io::Cursor::new(Vec::new()),
+            };
+            crate::cluster::snapshots::unpack_shard_from(&snapshots, reader)
+        });
+        loop {
+            let chunk = match stream.message().await {
+                Ok(Some(chunk)) => Ok(chunk.data),
+                Ok(None) => break,
+                Err(status) => Err(status.message().to_string()),
+            };
+            let failed = chunk.is_err();
+            // A closed channel means the unpacking stopped (its error is reported below).
+            if tx.send(chunk).await.is_err() || failed {
+                break;
             }
-            file.flush()
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?;
         }
-        drop(file);
-        let downloaded_ms = began.elapsed().as_millis() as u64;
+        drop(tx);
+        let (image, manifest) = unpacking
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(refuse)?;
+        let unpacked_ms = began.elapsed().as_millis() as u64;
         let shard_id = snapshot.shard_id;
         let restored = tokio::task::spawn_blocking(move || {
-            use crate::shard::snapshot::{SnapshotError, check_compatible, image_to_shard_dir};
-            let refuse = |e: SnapshotError| match e {
-                SnapshotError::Io(_) => Status::internal(e.to_string()),
-                _ => Status::invalid_argument(e.to_string()),
-            };
-            let (image, manifest) =
-                crate::cluster::snapshots::unpack_shard(&snapshots, &incoming).map_err(refuse)?;
-            let unpacked_ms = began.elapsed().as_millis() as u64;
             check_compatible(&manifest.config, &collection.config()).map_err(refuse)?;
             image_to_shard_dir(image.path()).map_err(refuse)?;
             let prepared_ms = began.elapsed().as_millis() as u64;
@@ -566,13 +635,11 @@ impl SnapshotService for Snapshots {
                 collection = %collection.name(),
                 shard = shard_id,
                 points,
-                downloaded_ms,
                 unpacked_ms,
                 prepared_ms,
                 restored_ms = began.elapsed().as_millis() as u64,
                 "restored a transfer's snapshot"
             );
-            drop(staging);
             Ok::<_, Status>(points as u64)
         })
         .await

@@ -134,12 +134,6 @@ impl SnapshotStore {
         self.root.join(name).join("shards").join(shard.to_string())
     }
 
-    /// Where a `snapshot` transfer's archive named `name` is kept while the destination
-    /// downloads it (under `tmp/`, so a restart removes it).
-    pub fn transfer_file(&self, name: &str) -> PathBuf {
-        self.root.join(TMP_DIR).join(name)
-    }
-
     /// A fresh, empty staging directory.
     pub fn staging(&self) -> Result<Staging, SnapshotError> {
         let path = self
@@ -442,8 +436,17 @@ pub fn unpack_shard(
     store: &SnapshotStore,
     archive: &Path,
 ) -> Result<(Staging, ShardManifest), SnapshotError> {
+    let file = std::fs::File::open(archive).map_err(SnapshotError::io(archive))?;
+    unpack_shard_from(store, std::io::BufReader::with_capacity(1 << 20, file))
+}
+
+/// [`unpack_shard`] from any reader (an archive arriving over the network).
+pub fn unpack_shard_from(
+    store: &SnapshotStore,
+    reader: impl std::io::Read,
+) -> Result<(Staging, ShardManifest), SnapshotError> {
     let staging = store.staging()?;
-    unpack(archive, staging.path(), UnpackLimits::default())?;
+    crate::shard::snapshot::unpack_from(reader, staging.path(), UnpackLimits::default())?;
     if staging.path().join(COLLECTION_MANIFEST).exists() {
         return Err(SnapshotError::Invalid(
             "this is a collection snapshot; recover it through the collection's snapshot endpoint"

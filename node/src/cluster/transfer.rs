@@ -45,7 +45,7 @@ use crate::index::filter::{Filter, HasVector};
 use crate::index::payload_selector::WithVector;
 use crate::shard::local_shard::{LocalShard, Record};
 use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
-use crate::shard::snapshot::{SnapshotError, pack_dir};
+use crate::shard::snapshot::SnapshotError;
 use crate::types::{PointId, VectorData};
 use shoal_proto::v1::snapshot_service_client::SnapshotServiceClient;
 use shoal_proto::v1::{RecoverRequest, SnapshotRef};
@@ -1174,11 +1174,12 @@ async fn delta_transfer(
 }
 
 /// The `snapshot` method: an image of the source replica (segment files with their graphs,
-/// taken under the order lock, so updates from then on queue up) is packed, downloaded by the
-/// destination over the p2p channel (paced by the transfer's byte limit, counted in its
-/// progress) and swapped in for the destination's replica; then the queued updates are
-/// replayed in order and forwarding switched on. The destination serves the shipped graphs
-/// at once: nothing is re-indexed.
+/// hard-linked under the order lock, so updates from then on queue up) is streamed as a tar
+/// archive to the destination over the p2p channel, packed as it is sent (paced by the
+/// transfer's byte limit, counted in its progress) and unpacked as it arrives; the
+/// destination swaps it in for its replica. Then the queued updates are replayed in order and
+/// forwarding switched on. The destination serves the shipped graphs at once: nothing is
+/// re-indexed.
 async fn snapshot_transfer(
     toc: &Arc<TableOfContent>,
     key: &TransferKey,
@@ -1188,13 +1189,12 @@ async fn snapshot_transfer(
     progress: &Arc<Progress>,
     cancel: &AtomicBool,
 ) -> Result<(), TransferError> {
-    let name = format!("transfer-{}-{}.snapshot", key.shard, transfer.id);
+    let name = format!("transfer-{}-{}", key.shard, transfer.id);
     let snapshots = Arc::clone(toc.snapshots());
-    let path = snapshots.transfer_file(&name);
     progress.stage("snapshotting");
     pause_at("snapshotting", cancel).await?;
     let began = Instant::now();
-    let staging = {
+    let (image, points) = {
         let _order = out.order.lock().await;
         let (shard, shard_id, snapshots) = (Arc::clone(local), key.shard, Arc::clone(&snapshots));
         tokio::task::spawn_blocking(move || {
@@ -1206,17 +1206,9 @@ async fn snapshot_transfer(
         .map_err(|e| CollectionError::Storage(e.to_string()))?
         .map_err(CollectionError::storage)?
     };
-    let (image, points) = staging;
     progress.points_total.store(points, Ordering::Relaxed);
+    tracing::info!(collection = %key.collection, shard = key.shard, to = key.to.0, points, elapsed_ms = began.elapsed().as_millis() as u64, "snapshot image for a transfer taken");
     let result = async {
-        progress.stage("packing the snapshot");
-        let (from, to) = (image.path().to_path_buf(), path.clone());
-        let packed = tokio::task::spawn_blocking(move || pack_dir(&from, &to))
-            .await
-            .map_err(|e| CollectionError::Storage(e.to_string()))?
-            .map_err(CollectionError::storage)?;
-        drop(image);
-        tracing::info!(collection = %key.collection, shard = key.shard, to = key.to.0, bytes = packed.size, points, elapsed_ms = began.elapsed().as_millis() as u64, "snapshot for a transfer packed");
         if cancel.load(Ordering::SeqCst) {
             return Err(TransferError::Cancelled);
         }
@@ -1255,6 +1247,7 @@ async fn snapshot_transfer(
             Arc::new(Shipping {
                 progress: Arc::clone(progress),
                 bytes_per_second: transfer.bytes_per_second.filter(|b| *b > 0),
+                image: image.path().to_path_buf(),
             }),
         );
         let restored = SnapshotServiceClient::new(env.channel(&dest_uri)?)
@@ -1266,7 +1259,7 @@ async fn snapshot_transfer(
             .into_inner()
             .points;
         progress.points_done.store(restored, Ordering::Relaxed);
-        tracing::info!(collection = %key.collection, shard = key.shard, to = key.to.0, elapsed_ms = began.elapsed().as_millis() as u64, "the destination restored the snapshot");
+        tracing::info!(collection = %key.collection, shard = key.shard, to = key.to.0, bytes = progress.bytes.load(Ordering::Relaxed), elapsed_ms = began.elapsed().as_millis() as u64, "the destination restored the snapshot");
         progress.stage("replaying queued updates");
         pause_at("replaying queued updates", cancel).await?;
         let _order = out.order.lock().await;
@@ -1278,31 +1271,29 @@ async fn snapshot_transfer(
     }
     .await;
     toc.transfers().shipping.lock().remove(&name);
-    if let Err(e) = std::fs::remove_file(&path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %path.display(), error = %e, "could not remove a transfer's snapshot file; it is removed on the next start");
-    }
+    drop(image);
     result
 }
 
-/// A snapshot file being downloaded by a transfer's destination: the download paces itself by
-/// the transfer's byte limit and counts the bytes in its progress.
+/// A shard image a `snapshot` transfer ships: the destination's download packs it as it
+/// streams, paced by the transfer's byte limit and counted in its progress.
 pub struct Shipping {
     pub progress: Arc<Progress>,
     pub bytes_per_second: Option<u64>,
+    /// The image's directory (removed by the transfer when it ends).
+    pub image: std::path::PathBuf,
 }
 
 impl Shipping {
-    /// Counts `n` more bytes sent and waits until the bytes sent so far are within the byte
-    /// limit (pacing, not safety).
-    pub async fn sent(&self, started: Instant, total_sent: u64) {
+    /// Records `total_sent` bytes sent and, under a byte limit, blocks until they are within
+    /// the allowance since `started` (pacing, not safety). Blocking.
+    pub fn pace(&self, started: Instant, total_sent: u64) {
         self.progress.bytes.store(total_sent, Ordering::Relaxed);
         if let Some(bps) = self.bytes_per_second {
             let due = started + Duration::from_secs_f64(total_sent as f64 / bps as f64);
             let now = Instant::now();
             if due > now {
-                tokio::time::sleep(due - now).await;
+                std::thread::sleep(due - now);
             }
         }
     }

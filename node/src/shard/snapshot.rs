@@ -378,6 +378,16 @@ pub fn pack_dir(src: &Path, dest: &Path) -> Result<Packed, SnapshotError> {
     Ok(packed)
 }
 
+/// Writes the files under `src` (recursively, paths relative to `src`, in name order) as a tar
+/// archive into `out`, for streaming an image without writing the archive to disk.
+pub fn pack_into<W: Write>(src: &Path, out: W) -> std::io::Result<W> {
+    let mut builder = tar::Builder::new(out);
+    builder.mode(tar::HeaderMode::Deterministic);
+    builder.follow_symlinks(false);
+    append_tree(&mut builder, src, Path::new(""))?;
+    builder.into_inner()
+}
+
 /// The temporary name a file is written under before it is renamed into place.
 pub fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -429,8 +439,21 @@ impl Default for UnpackLimits {
 /// which the caller removes).
 pub fn unpack(archive: &Path, dest: &Path, limits: UnpackLimits) -> Result<(), SnapshotError> {
     let file = std::fs::File::open(archive).map_err(SnapshotError::io(archive))?;
+    unpack_from(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        dest,
+        limits,
+    )
+}
+
+/// [`unpack`] from any reader (an archive arriving over the network).
+pub fn unpack_from(
+    reader: impl Read,
+    dest: &Path,
+    limits: UnpackLimits,
+) -> Result<(), SnapshotError> {
     std::fs::create_dir_all(dest).map_err(SnapshotError::io(dest))?;
-    let mut tar = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, file));
+    let mut tar = tar::Archive::new(reader);
     let entries = tar
         .entries()
         .map_err(|e| SnapshotError::Invalid(format!("not a tar archive: {e}")))?;
