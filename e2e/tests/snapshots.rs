@@ -116,14 +116,16 @@ fn no_leftovers(node: &NodeProcess) -> Result<()> {
     let data = node.data_dir();
     // (A segment's `<id>.tmp` may be an optimization running now, so only snapshot files and
     // replica restores are looked at.)
-    let mut left = find(&data.join("snapshots"), &|n: &str| n.ends_with(".tmp"));
+    let mut left = find(&data.join("snapshots"), &|n: &str| {
+        n.ends_with(".tmp") && n != ".tmp"
+    });
     left.extend(find(&data.join("collections"), &|n: &str| {
         n.starts_with(".restore-") || n.starts_with(".dropped-")
     }));
     ensure!(left.is_empty(), "left behind: {left:?}");
     ensure!(
-        !data.join("snapshots").join("tmp").exists(),
-        "snapshots/tmp survived the restart"
+        !data.join("snapshots").join(".tmp").exists(),
+        "snapshots/.tmp survived the restart"
     );
     Ok(())
 }
@@ -172,7 +174,7 @@ fn crash_during_snapshots(source: &NodeProcess, node: &mut NodeProcess) -> Resul
     let creating = std::thread::spawn(move || client.raw(Method::Post, &path, None));
     let snapshots = node.data_dir().join("snapshots");
     wait_for("a half-written snapshot", Duration::from_secs(30), || {
-        !find(&snapshots, &|n: &str| n.ends_with(".tmp")).is_empty()
+        !find(&snapshots, &|n: &str| n.ends_with(".snapshot.tmp")).is_empty()
     })?;
     node.kill_9()?;
     let _ = creating.join();

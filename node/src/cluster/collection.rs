@@ -331,6 +331,9 @@ fn is_request_error(e: &CollectionError) -> bool {
                 ShardError::WrongDimension { .. }
                     | ShardError::BadInput(_)
                     | ShardError::PointNotFound(_)
+                    // The replica is being replaced by a restore: it did not fail, and must
+                    // not be marked Dead for it (the request may be retried).
+                    | ShardError::Retired
             )
     )
 }
@@ -390,6 +393,9 @@ pub struct Collection {
     foreign: parking_lot::Mutex<HashMap<u32, u64>>,
     /// Local replicas already cleaned for the current write ring of a resharding.
     cleaned: parking_lot::Mutex<BTreeSet<u32>>,
+    /// One replica restore at a time (see [`Collection::restore_local_shard`]): a second
+    /// restore must not replace a replica the first just put in place without retiring it.
+    restoring: parking_lot::Mutex<()>,
 }
 
 /// The marker file of a replica that may hold points another shard owns.
@@ -470,6 +476,7 @@ impl Collection {
             resharding: RwLock::new(None),
             foreign: parking_lot::Mutex::new(foreign),
             cleaned: parking_lot::Mutex::new(BTreeSet::new()),
+            restoring: parking_lot::Mutex::new(()),
         })
     }
 
@@ -1777,6 +1784,7 @@ impl Collection {
     /// the updates back (a snapshot transfer queues them) or accept that a restore replaces
     /// the replica's contents (the snapshot API). Blocking. Returns the restored point count.
     pub fn restore_local_shard(&self, id: u32, prepared: &Path) -> Result<usize, CollectionError> {
+        let _one_restore_at_a_time = self.restoring.lock();
         if !self.local.read().contains_key(&id) {
             return Err(CollectionError::BadInput(format!(
                 "shard {id} of collection `{}` has no replica on this peer",
@@ -1804,6 +1812,10 @@ impl Collection {
         let retired_ms = began.elapsed().as_millis() as u64;
         let mut local = self.local.write();
         let old = local.remove(&id);
+        if let Some(old) = &old {
+            // The replica a concurrent reconcile put in place meanwhile, if any.
+            old.retire();
+        }
         let swapped = std::fs::rename(&path, &doomed)
             .and_then(|()| {
                 crate::shard::snapshot::test_pause("swapping");
@@ -1827,8 +1839,14 @@ impl Collection {
         let shard = match opened {
             Ok(shard) => Arc::new(shard),
             Err(e) => {
-                // Put the old replica's files back and open them again.
+                // Put the old replica's files back and open them again; the restored image
+                // (if it never reached its place) is removed, marker first, so that no
+                // restart takes it for a swap cut off half-way.
                 drop(old);
+                if staged.exists() {
+                    let _ = std::fs::remove_file(staged.join(RESTORE_MARKER));
+                    let _ = std::fs::remove_dir_all(&staged);
+                }
                 if doomed.exists() {
                     if path.exists() {
                         let failed =

@@ -11,7 +11,7 @@
 //! | full storage | `full-snapshot-<YYYY-MM-DD-HH-MM-SS>.snapshot` |
 //!
 //! Each has a `<file>.checksum` beside it: the SHA-256 of the file, lowercase hex. Archives are
-//! built in `tmp/` and renamed into place, so a listed snapshot is always complete; `tmp/` and
+//! built in `.tmp/` and renamed into place, so a listed snapshot is always complete; `.tmp/` and
 //! half-written `*.tmp` files are removed when the node starts.
 //!
 //! A collection snapshot's archive holds `collection-snapshot.json` ([`CollectionManifest`])
@@ -36,7 +36,8 @@ use crate::shard::snapshot::{
 
 /// The snapshot directory inside the data directory.
 pub const SNAPSHOTS_DIR: &str = "snapshots";
-const TMP_DIR: &str = "tmp";
+/// Staging, under a name no collection can have (collection names never start with a dot).
+const TMP_DIR: &str = ".tmp";
 const COLLECTION_MANIFEST: &str = "collection-snapshot.json";
 const FULL_MANIFEST: &str = "full-snapshot.json";
 const FORMAT: u32 = 1;
@@ -77,7 +78,7 @@ pub struct FullManifest {
     pub aliases: BTreeMap<String, String>,
 }
 
-/// A directory under `snapshots/tmp`, removed when dropped.
+/// A directory under `snapshots/.tmp`, removed when dropped.
 pub struct Staging(PathBuf);
 
 impl Staging {
@@ -104,7 +105,7 @@ pub struct SnapshotStore {
 
 impl SnapshotStore {
     /// The store under `<data_dir>/snapshots`. Removes what an interrupted snapshot left
-    /// behind (the `tmp/` directory, `*.tmp` files): nothing there is complete.
+    /// behind (the `.tmp/` directory, `*.tmp` files): nothing there is complete.
     pub fn open(data_dir: &Path) -> std::io::Result<SnapshotStore> {
         let root = data_dir.join(SNAPSHOTS_DIR);
         std::fs::create_dir_all(&root)?;
@@ -363,7 +364,12 @@ pub fn create_full_snapshot(
             continue; // dropped meanwhile
         };
         let image = store.staging()?;
-        collection_image(&collection, image.path())?;
+        match collection_image(&collection, image.path()) {
+            Ok(_) => {}
+            // Deleted while its image was taken: it is not part of the snapshot.
+            Err(_) if !toc.exists(&name) => continue,
+            Err(e) => return Err(e),
+        }
         let file = format!("{name}.{EXTENSION}");
         pack_dir(image.path(), &staging.path().join(&file))?;
         collections.insert(name, file);

@@ -873,7 +873,7 @@ impl LocalShard {
                 check_vectors(&config, vectors)?;
             }
         }
-        let retired = self.retired.read_recursive();
+        let retired = self.retired.read();
         if *retired {
             return Err(ShardError::Retired);
         }
@@ -898,7 +898,7 @@ impl LocalShard {
     /// the module docs), drops the WAL files that this makes redundant, and removes the
     /// directories of segments the store no longer lists.
     pub fn flush(&self) -> Result<(), ShardError> {
-        let retired = self.retired.read_recursive();
+        let retired = self.retired.read();
         if *retired {
             return Ok(());
         }
@@ -1521,7 +1521,7 @@ impl LocalShard {
     /// run it on a blocking thread. Cancel-safe: a cancelled build is dropped and the segment
     /// stays as it was.
     pub fn optimize_step(&self, builder: &IndexBuilder) -> bool {
-        let retired = self.retired.read_recursive();
+        let retired = self.retired.read();
         if *retired {
             return false;
         }

@@ -240,6 +240,34 @@ pub fn image_to_shard_dir(dir: &Path) -> Result<ShardManifest, SnapshotError> {
         crate::shard::segment::verify_files(&dir.join(format!("segments/{id}")))
             .map_err(|e| SnapshotError::Invalid(format!("segment {id}: {e}")))?;
     }
+    // Nothing but the image itself: a point store, a WAL or a marker file in the archive
+    // would be taken up by the shard unchecked.
+    let listed: std::collections::BTreeSet<String> = image
+        .segments
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    for entry in std::fs::read_dir(dir).map_err(SnapshotError::io(dir))? {
+        let entry = entry.map_err(SnapshotError::io(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !matches!(name.as_str(), SHARD_MANIFEST | SHARD_STATE | "segments") {
+            return Err(SnapshotError::Invalid(format!(
+                "unexpected entry `{name}` in a shard image"
+            )));
+        }
+    }
+    let segments = dir.join("segments");
+    if segments.exists() {
+        for entry in std::fs::read_dir(&segments).map_err(SnapshotError::io(&segments))? {
+            let entry = entry.map_err(SnapshotError::io(&segments))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !listed.contains(&name) || !entry.path().is_dir() {
+                return Err(SnapshotError::Invalid(format!(
+                    "unexpected entry `segments/{name}` in a shard image"
+                )));
+            }
+        }
+    }
     let id_of = |bytes: &[u8]| {
         decode_id(bytes).ok_or_else(|| SnapshotError::Invalid(format!("bad point id {bytes:?}")))
     };

@@ -120,24 +120,30 @@ fn accepted(started: Started) -> Response {
     (StatusCode::ACCEPTED, axum::Json(body)).into_response()
 }
 
-/// Runs `work` and answers its result, or (with `wait=false`) answers 202 at once and lets
-/// it run, logging a failure.
+/// Runs `work` as a task of its own and answers its result, or (with `wait=false`) answers
+/// 202 at once and lets it run, logging a failure. Either way the work runs to its end: a
+/// client that disconnects, or the request timeout, must not cut a restore off half-way
+/// (between its swap and the replica states it sets), nor remove the staging directory a
+/// blocking step is still reading.
 async fn wait_or_spawn<T, F>(wait: Option<bool>, started: Started, work: F) -> Response
 where
     T: serde::Serialize + Send + 'static,
     F: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
 {
+    let task = tokio::spawn(async move {
+        let result = work.await;
+        if let Err(e) = &result {
+            tracing::warn!(error = %e.message, "a snapshot operation failed");
+        }
+        result
+    });
     if wait == Some(false) {
-        tokio::spawn(async move {
-            if let Err(e) = work.await {
-                tracing::warn!(error = %e.message, "a snapshot operation run with wait=false failed");
-            }
-        });
         return accepted(started);
     }
-    match work.await {
-        Ok(result) => ApiOk(result, started).into_response(),
-        Err(e) => e.into_response(),
+    match task.await {
+        Ok(Ok(result)) => ApiOk(result, started).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => ApiError::internal(format!("snapshot task failed: {e}")).into_response(),
     }
 }
 
@@ -154,7 +160,22 @@ pub async fn create_collection_snapshot(
 ) -> Result<SnapshotDescription, ApiError> {
     let collection = state.toc.get(name)?;
     let (snapshots, me) = (Arc::clone(state.toc.snapshots()), peer(state));
-    run(move || store::create_collection_snapshot(&snapshots, &collection, me)).await
+    let created = run(move || store::create_collection_snapshot(&snapshots, &collection, me)).await;
+    gone_if_deleted(state, name, created)
+}
+
+/// A snapshot cut off because its collection was deleted meanwhile is a 404, not a 500.
+fn gone_if_deleted<T>(
+    state: &AppState,
+    name: &str,
+    result: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    match result {
+        Err(e) if e.status.is_server_error() && !state.toc.exists(name) => {
+            Err(CollectionError::NotFound(name.to_string()).into())
+        }
+        other => other,
+    }
 }
 
 /// The snapshots of collection (or alias) `name` on this peer.
@@ -206,11 +227,8 @@ pub async fn create(
     QueryParams(q): QueryParams<SnapshotWait>,
     started: Started,
 ) -> Result<Response, ApiError> {
-    let collection = state.toc.get(&name)?;
-    let (snapshots, me) = (Arc::clone(state.toc.snapshots()), peer(&state));
-    let work = async move {
-        run(move || store::create_collection_snapshot(&snapshots, &collection, me)).await
-    };
+    state.toc.get(&name)?;
+    let work = async move { create_collection_snapshot(&state, &name).await };
     Ok(wait_or_spawn(q.wait, started, work).await)
 }
 
@@ -340,7 +358,9 @@ pub async fn create_shard(
     let collection = state.toc.get(&name)?;
     let snapshots = Arc::clone(state.toc.snapshots());
     let work = async move {
-        run(move || store::create_shard_snapshot(&snapshots, &collection, shard)).await
+        let created =
+            run(move || store::create_shard_snapshot(&snapshots, &collection, shard)).await;
+        gone_if_deleted(&state, &name, created)
     };
     Ok(wait_or_spawn(q.wait, started, work).await)
 }
@@ -667,9 +687,11 @@ fn download_url(url: &str, api_key: Option<&str>, dest: &Path) -> Result<(), Sna
     if let Some(key) = api_key {
         request = request.header("api-key", key);
     }
-    let response = request
-        .call()
-        .map_err(|e| SnapshotError::Io(format!("Http request error: {url}: {e}")))?;
+    // The location is the caller's input: a host that does not resolve or answer is a bad
+    // request, not a failure of this node.
+    let response = request.call().map_err(|e| {
+        SnapshotError::BadRequest(format!("could not download the snapshot from {url}: {e}"))
+    })?;
     let status = response.status();
     if !status.is_success() {
         return Err(SnapshotError::BadRequest(format!(
@@ -679,8 +701,9 @@ fn download_url(url: &str, api_key: Option<&str>, dest: &Path) -> Result<(), Sna
     let mut body = response.into_body();
     let mut reader = body.with_config().limit(MAX_SNAPSHOT_BYTES).reader();
     let mut file = std::fs::File::create(dest).map_err(SnapshotError::io(dest))?;
-    std::io::copy(&mut reader, &mut file)
-        .map_err(|e| SnapshotError::Io(format!("downloading {url}: {e}")))?;
+    std::io::copy(&mut reader, &mut file).map_err(|e| {
+        SnapshotError::BadRequest(format!("could not download the snapshot from {url}: {e}"))
+    })?;
     Ok(())
 }
 
