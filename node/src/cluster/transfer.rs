@@ -1338,16 +1338,8 @@ fn point_bytes(p: &PointWrite) -> u64 {
 /// chosen stage. Unset, it costs one lookup in an empty map.
 async fn pause_at(stage: &str, cancel: &AtomicBool) -> Result<(), TransferError> {
     static PAUSES: std::sync::OnceLock<HashMap<String, u64>> = std::sync::OnceLock::new();
-    let pauses = PAUSES.get_or_init(|| {
-        std::env::var("SHOAL_TEST_TRANSFER_PAUSE")
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|pair| {
-                let (name, ms) = pair.split_once('=')?;
-                Some((name.trim().to_string(), ms.trim().parse().ok()?))
-            })
-            .collect()
-    });
+    let pauses =
+        PAUSES.get_or_init(|| crate::shard::snapshot::stage_pauses("SHOAL_TEST_TRANSFER_PAUSE"));
     let Some(ms) = pauses.get(stage) else {
         return Ok(());
     };

@@ -98,12 +98,6 @@ pub struct ShardImage {
     pub tail: Vec<(Vec<u8>, StoredPoint)>,
 }
 
-impl ShardImage {
-    pub fn points(&self, live_in_segments: u64) -> u64 {
-        live_in_segments + self.tail.len() as u64
-    }
-}
-
 /// Writes `state.bin` and `shard-snapshot.json` into `dir`, which already holds the image's
 /// segment directories under `segments/`. Returns the manifest.
 pub fn write_image(
@@ -573,21 +567,25 @@ fn safe_relative(path: &Path) -> Result<PathBuf, SnapshotError> {
 pub fn test_pause(stage: &str) {
     static PAUSES: std::sync::OnceLock<std::collections::HashMap<String, u64>> =
         std::sync::OnceLock::new();
-    let pauses = PAUSES.get_or_init(|| {
-        std::env::var("SHOAL_TEST_SNAPSHOT_PAUSE")
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|pair| {
-                let (name, ms) = pair.split_once('=')?;
-                Some((name.trim().to_string(), ms.trim().parse().ok()?))
-            })
-            .collect()
-    });
+    let pauses = PAUSES.get_or_init(|| stage_pauses("SHOAL_TEST_SNAPSHOT_PAUSE"));
     if let Some(ms) = pauses.get(stage) {
         tracing::warn!(stage, ms, "test hook: pausing a snapshot operation");
         // The test hook's pause (tests kill the node meanwhile).
         std::thread::sleep(std::time::Duration::from_millis(*ms));
     }
+}
+
+/// The stages and milliseconds of a test hook's environment variable `var`, written
+/// `"stage=ms,..."` (unset or malformed pairs: none).
+pub fn stage_pauses(var: &str) -> std::collections::HashMap<String, u64> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| {
+            let (name, ms) = pair.split_once('=')?;
+            Some((name.trim().to_string(), ms.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// Fsyncs every file and directory under `dir` (an unpacked image about to become a shard).

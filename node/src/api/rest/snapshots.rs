@@ -237,10 +237,10 @@ pub async fn list(
     PathParams(name): PathParams<String>,
     started: Started,
 ) -> Result<ApiOk<Vec<SnapshotDescription>>, ApiError> {
-    let collection = state.toc.get(&name)?;
-    let snapshots = Arc::clone(state.toc.snapshots());
-    let dir = snapshots.collection_dir(collection.name());
-    Ok(ApiOk(run(move || snapshots.list(&dir)).await?, started))
+    Ok(ApiOk(
+        list_collection_snapshots(&state, &name).await?,
+        started,
+    ))
 }
 
 pub async fn download(
@@ -260,11 +260,14 @@ pub async fn delete(
     started: Started,
 ) -> Result<Response, ApiError> {
     let collection = state.toc.get(&name)?;
-    let snapshots = Arc::clone(state.toc.snapshots());
-    let dir = snapshots.collection_dir(collection.name());
+    let snapshots = state.toc.snapshots();
     // Checked before answering, also with wait=false: an unknown name is a 404.
-    snapshots.find(&dir, &snapshot)?;
-    let work = async move { run(move || snapshots.delete(&dir, &snapshot).map(|()| true)).await };
+    snapshots.find(&snapshots.collection_dir(collection.name()), &snapshot)?;
+    let work = async move {
+        delete_collection_snapshot(&state, &name, snapshot)
+            .await
+            .map(|()| true)
+    };
     Ok(wait_or_spawn(q.wait, started, work).await)
 }
 
@@ -486,8 +489,7 @@ pub async fn create_full(
     QueryParams(q): QueryParams<SnapshotWait>,
     started: Started,
 ) -> Result<Response, ApiError> {
-    let (snapshots, toc) = (Arc::clone(state.toc.snapshots()), Arc::clone(&state.toc));
-    let work = async move { run(move || store::create_full_snapshot(&snapshots, &toc)).await };
+    let work = async move { create_full_snapshot(&state).await };
     Ok(wait_or_spawn(q.wait, started, work).await)
 }
 
@@ -495,11 +497,7 @@ pub async fn list_full(
     State(state): State<AppState>,
     started: Started,
 ) -> Result<ApiOk<Vec<SnapshotDescription>>, ApiError> {
-    let snapshots = Arc::clone(state.toc.snapshots());
-    Ok(ApiOk(
-        run(move || snapshots.list(snapshots.root())).await?,
-        started,
-    ))
+    Ok(ApiOk(list_full_snapshots(&state).await?, started))
 }
 
 pub async fn download_full(
@@ -517,11 +515,9 @@ pub async fn delete_full(
     QueryParams(q): QueryParams<SnapshotWait>,
     started: Started,
 ) -> Result<Response, ApiError> {
-    let snapshots = Arc::clone(state.toc.snapshots());
+    let snapshots = state.toc.snapshots();
     snapshots.find(snapshots.root(), &snapshot)?;
-    let work = async move {
-        run(move || snapshots.delete(snapshots.root(), &snapshot).map(|()| true)).await
-    };
+    let work = async move { delete_full_snapshot(&state, snapshot).await.map(|()| true) };
     Ok(wait_or_spawn(q.wait, started, work).await)
 }
 
