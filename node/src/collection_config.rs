@@ -336,7 +336,8 @@ impl Default for OptimizersConfig {
             default_segment_number: 0,
             max_segment_size: None,
             memmap_threshold: None,
-            indexing_threshold: Some(20_000),
+            // Qdrant 1.18.3 answers 10000 for a collection created without optimizer settings.
+            indexing_threshold: Some(10_000),
             flush_interval_sec: 5,
             max_optimization_threads: None,
         }

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod collection_config;
 pub mod consensus;
 pub mod index;
+pub mod kernels;
 pub mod node;
 pub mod settings;
 pub mod shard;

@@ -350,57 +350,7 @@ impl Distance {
     }
 }
 
-// The loops below are written in chunks of eight independent accumulators so that the compiler
-// vectorises them without `unsafe` or target-specific code.
-
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += ca[i] * cb[i];
-        }
-    }
-    let tail: f32 = a[chunks..]
-        .iter()
-        .zip(&b[chunks..])
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-pub fn squared_euclid(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for i in 0..8 {
-            let d = ca[i] - cb[i];
-            acc[i] += d * d;
-        }
-    }
-    let tail: f32 = a[chunks..]
-        .iter()
-        .zip(&b[chunks..])
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-pub fn manhattan(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += (ca[i] - cb[i]).abs();
-        }
-    }
-    let tail: f32 = a[chunks..]
-        .iter()
-        .zip(&b[chunks..])
-        .map(|(x, y)| (x - y).abs())
-        .sum();
-    acc.iter().sum::<f32>() + tail
-}
+pub use crate::kernels::{dot, manhattan, squared_euclid};
 
 #[cfg(test)]
 mod tests {
@@ -427,18 +377,6 @@ mod tests {
         // Changing these values would re-route every stored point: they are part of the format.
         assert_eq!(PointId::Num(0).stable_hash(), PointId::Num(0).stable_hash());
         assert_ne!(PointId::Num(1).stable_hash(), PointId::Num(2).stable_hash());
-    }
-
-    #[test]
-    fn kernels_match_naive_sums() {
-        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5 - 3.0).collect();
-        let b: Vec<f32> = (0..19).map(|i| 2.0 - i as f32 * 0.25).collect();
-        let naive_dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - naive_dot).abs() < 1e-3);
-        let naive_l1: f32 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum();
-        assert!((manhattan(&a, &b) - naive_l1).abs() < 1e-3);
-        let naive_l2: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
-        assert!((squared_euclid(&a, &b) - naive_l2).abs() < 1e-3);
     }
 
     #[test]

@@ -40,7 +40,7 @@ const ZIPF_EXPONENT: f64 = 1.0;
 /// A sparse hit counts when its score is at least the k-th true score less this fraction.
 const SPARSE_SCORE_TOLERANCE: f32 = 1e-4;
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "shoal-bench",
     about = "Benchmark a shoal-node: upsert throughput, indexing time, search QPS/recall/latency"
@@ -60,6 +60,19 @@ struct Args {
     /// data dir, for side-by-side figures (`../shared/anchors/`; never shipped).
     #[arg(long, conflicts_with = "url")]
     qdrant_bin: Option<PathBuf>,
+    /// Run the whole benchmark twice in this one run, first on a shoal-node and then on this
+    /// Qdrant binary (same dataset, queries, client and parameters), and print every figure
+    /// side by side with its ratio Shoal / Qdrant.
+    #[arg(long, conflicts_with_all = ["url", "qdrant_bin"])]
+    against: Option<PathBuf>,
+    /// Concurrent search connections to measure, comma separated: each is its own HTTP
+    /// connection on its own thread, the queries dealt out round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    connections: Vec<usize>,
+    /// With --against: the recall@k that "equal recall" rows ask of each engine (the lowest
+    /// measured `hnsw_ef` reaching it).
+    #[arg(long, default_value_t = 0.95)]
+    recall_target: f64,
     /// After the searches, stop the node (SIGTERM), start it again on the same data and
     /// measure how soon it serves every point at full speed (needs a node the bench starts).
     #[arg(long, conflicts_with = "url")]
@@ -77,6 +90,10 @@ struct Args {
     /// With --url: delete the collection first if it exists (otherwise that is an error).
     #[arg(long)]
     recreate: bool,
+    /// With --url: search a collection an earlier run of the same parameters uploaded,
+    /// without creating or uploading anything (to compare node builds on identical segments).
+    #[arg(long, requires = "url", conflicts_with = "recreate")]
+    search_only: bool,
     #[arg(long, default_value_t = 100_000)]
     points: usize,
     #[arg(long, default_value_t = 128)]
@@ -658,6 +675,8 @@ struct SearchRow {
     vector: Option<String>,
     mode: String,
     ef: Option<usize>,
+    /// Concurrent connections the queries were sent over.
+    connections: usize,
     qps: f64,
     recall: f64,
     latency: LatencySummary,
@@ -745,9 +764,14 @@ fn restart(
     let before = report
         .search
         .iter()
-        .filter(|r| r.vector.as_deref() == field.name)
+        .filter(|r| r.vector.as_deref() == field.name && r.connections == 1)
         .find(|r| r.ef == Some(64))
-        .or_else(|| report.search.iter().find(|r| r.ef.is_some()))
+        .or_else(|| {
+            report
+                .search
+                .iter()
+                .find(|r| r.ef.is_some() && r.connections == 1)
+        })
         .context("--restart needs an hnsw_ef series")?;
     let ef = before.ef.unwrap_or(64);
     let series = Series::Hnsw(ef);
@@ -815,9 +839,14 @@ fn restart(
             }
         }
     }
-    let after = measure(args, field, series, "", |i| {
-        rest_search(&client, name, workload.mode, field, series, i, args.k)
-    })?;
+    let after = measure(
+        args,
+        field,
+        series,
+        "",
+        std::slice::from_ref(&client),
+        |c, i| rest_search(c, name, workload.mode, field, series, i, args.k),
+    )?;
     let optimizer_steps = (node_flavour(args) == Flavour::Shoal).then(|| {
         let log = std::fs::read(node.log_path()).unwrap_or_default();
         let tail =
@@ -885,6 +914,14 @@ fn validate(args: &Args) -> Result<()> {
         "--batch, --k and --centres must be positive"
     );
     ensure!(!args.ef.is_empty(), "--ef needs at least one value");
+    ensure!(
+        !args.connections.is_empty() && args.connections.iter().all(|&c| (1..=256).contains(&c)),
+        "--connections takes values from 1 to 256"
+    );
+    ensure!(
+        args.against.is_none() || !args.restart,
+        "--against does not combine with --restart yet"
+    );
     match Mode::of(args) {
         Mode::Dense => {}
         Mode::Named { text_dim } => ensure!(text_dim > 0, "--text-dim must be positive"),
@@ -910,12 +947,35 @@ fn validate(args: &Args) -> Result<()> {
 
 fn run(args: &Args) -> Result<()> {
     validate(args)?;
-    let request_timeout = Duration::from_secs(args.request_timeout_secs);
-
     // Data and ground truth first: brute force uses every core and must not compete with
     // the node while it is being measured.
     let workload = Workload::generate(args)?;
+    let Some(qdrant) = &args.against else {
+        let report = run_engine(args, &workload)?;
+        print_markdown(&report);
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    };
+    // One engine after the other, each alone on the machine, on the same workload.
+    let shoal = run_engine(args, &workload)?;
+    let qdrant_args = Args {
+        qdrant_bin: Some(qdrant.clone()),
+        ..args.clone()
+    };
+    let qdrant = run_engine(&qdrant_args, &workload)?;
+    print_markdown(&shoal);
+    print_markdown(&qdrant);
+    print_comparison(args, &shoal, &qdrant);
+    println!(
+        "{}",
+        serde_json::to_string(&json!({ "shoal": shoal, "qdrant": qdrant }))?
+    );
+    Ok(())
+}
 
+/// Starts the engine `args` name (unless `--url`), runs the benchmark on it, stops it.
+fn run_engine(args: &Args, workload: &Workload) -> Result<Report> {
+    let request_timeout = Duration::from_secs(args.request_timeout_secs);
     let node = match &args.url {
         Some(_) => None,
         None => {
@@ -963,9 +1023,9 @@ fn run(args: &Args) -> Result<()> {
         (None, None, None) => unreachable!("a node is started whenever --url is absent"),
     };
     let mut node = node;
-    let result = bench(args, &client, &grpc_url, &workload, pid).and_then(|mut report| {
+    let result = bench(args, &client, &grpc_url, workload, pid).and_then(|mut report| {
         if let Some(node) = node.as_mut().filter(|_| args.restart) {
-            report.restart = Some(restart(args, node, &workload, &report)?);
+            report.restart = Some(restart(args, node, workload, &report)?);
         }
         Ok(report)
     });
@@ -978,10 +1038,118 @@ fn run(args: &Args) -> Result<()> {
     }
     // Dropping `node` kills it and removes its temp data dir.
     drop(node);
-    let report = result?;
-    print_markdown(&report);
-    println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    result
+}
+
+/// `shoal / qdrant`, or `n/a` when either is missing or zero.
+fn ratio(shoal: Option<f64>, qdrant: Option<f64>) -> String {
+    match (shoal, qdrant) {
+        (Some(s), Some(q)) if q > 0.0 => format!("{:.2}", s / q),
+        _ => "n/a".to_owned(),
+    }
+}
+
+/// The lowest-`hnsw_ef` REST row over `connections` whose recall reaches `target`.
+fn at_recall(r: &Report, connections: usize, target: f64) -> Option<&SearchRow> {
+    r.search
+        .iter()
+        .filter(|s| s.vector.is_none() && s.connections == connections && s.recall >= target)
+        .filter_map(|s| Some((s.ef?, s)))
+        .min_by_key(|(ef, _)| *ef)
+        .map(|(_, s)| s)
+}
+
+/// Every figure of both engines side by side, with its ratio Shoal / Qdrant (for times and
+/// memory lower is better, for rates higher is).
+fn print_comparison(args: &Args, shoal: &Report, qdrant: &Report) {
+    let mib = |b: Option<u64>| b.map(|b| b as f64 / (1 << 20) as f64);
+    let fmt = |v: Option<f64>, unit: &str| v.map_or("n/a".to_owned(), |v| format!("{v:.2}{unit}"));
+    println!("## Shoal / Qdrant, one run\n");
+    println!("| figure | Shoal | Qdrant | Shoal / Qdrant |\n| --- | ---: | ---: | ---: |");
+    let line = |name: String, s: Option<f64>, q: Option<f64>, unit: &str| {
+        println!(
+            "| {name} | {} | {} | {} |",
+            fmt(s, unit),
+            fmt(q, unit),
+            ratio(s, q)
+        );
+    };
+    line(
+        "upsert points/s".into(),
+        Some(shoal.upsert_points_per_sec),
+        Some(qdrant.upsert_points_per_sec),
+        "",
+    );
+    line(
+        "time until indexed (s)".into(),
+        Some(shoal.index.seconds),
+        Some(qdrant.index.seconds),
+        "",
+    );
+    line(
+        "RSS after the searches (MiB)".into(),
+        mib(shoal.rss_bytes),
+        mib(qdrant.rss_bytes),
+        "",
+    );
+    line(
+        "peak RSS (MiB)".into(),
+        mib(shoal.peak_rss_bytes),
+        mib(qdrant.peak_rss_bytes),
+        "",
+    );
+    for s in &shoal.search {
+        let label = match s.connections {
+            1 => row_label(s),
+            n => format!("{}, {n} connections", row_label(s)),
+        };
+        let q = qdrant
+            .search
+            .iter()
+            .find(|q| row_label(q) == row_label(s) && q.connections == s.connections);
+        line(format!("{label}: QPS"), Some(s.qps), q.map(|q| q.qps), "");
+        line(
+            format!("{label}: p99 ms"),
+            Some(s.latency.p99_ms),
+            q.map(|q| q.latency.p99_ms),
+            "",
+        );
+        line(
+            format!("{label}: recall@{}", args.k),
+            Some(s.recall),
+            q.map(|q| q.recall),
+            "",
+        );
+    }
+    println!();
+    println!(
+        "| at recall@{} >= {} | Shoal ef / QPS / p99 ms | Qdrant ef / QPS / p99 ms | QPS ratio | p99 ratio |\n| --- | ---: | ---: | ---: | ---: |",
+        args.k, args.recall_target
+    );
+    for &connections in &args.connections {
+        let (s, q) = (
+            at_recall(shoal, connections, args.recall_target),
+            at_recall(qdrant, connections, args.recall_target),
+        );
+        let cell = |r: Option<&SearchRow>| {
+            r.map_or("not reached".to_owned(), |r| {
+                format!(
+                    "{} / {:.0} / {:.2}",
+                    r.ef.unwrap_or(0),
+                    r.qps,
+                    r.latency.p99_ms
+                )
+            })
+        };
+        println!(
+            "| {connections} connection(s) | {} | {} | {} | {} |",
+            cell(s),
+            cell(q),
+            ratio(s.map(|r| r.qps), q.map(|r| r.qps)),
+            ratio(s.map(|r| r.latency.p99_ms), q.map(|r| r.latency.p99_ms)),
+        );
+    }
+    println!();
 }
 
 /// `http://host:6333` → `http://host:6334` (Qdrant's default ports).
@@ -1020,6 +1188,7 @@ fn create_collection(
 }
 
 /// Upload throughput of one transport.
+#[derive(Default)]
 struct Upload {
     seconds: f64,
     points_per_sec: f64,
@@ -1067,49 +1236,68 @@ fn bench(
     pid: Option<u32>,
 ) -> Result<Report> {
     let name = args.collection.as_str();
-    create_collection(
-        client,
-        name,
-        workload,
-        args,
-        args.url.is_none() || args.recreate,
-    )?;
-
-    let up = upload(
-        args,
-        "",
-        workload.points,
-        |first, last| {
-            let points: Vec<Value> = (first..last).map(|i| workload.point_json(i)).collect();
-            json!({ "points": points })
-        },
-        |body| {
-            let ack: UpdateResult = client.call(
-                Method::Put,
-                &format!("/collections/{name}/points?wait=true"),
-                Some(&body),
-            )?;
-            ensure!(ack.is_completed(), "wait=true upsert answered {ack:?}");
-            Ok(())
-        },
-    )?;
+    let up = if args.search_only {
+        Upload::default()
+    } else {
+        create_collection(
+            client,
+            name,
+            workload,
+            args,
+            args.url.is_none() || args.recreate,
+        )?;
+        upload(
+            args,
+            "",
+            workload.points,
+            |first, last| {
+                let points: Vec<Value> = (first..last).map(|i| workload.point_json(i)).collect();
+                json!({ "points": points })
+            },
+            |body| {
+                let ack: UpdateResult = client.call(
+                    Method::Put,
+                    &format!("/collections/{name}/points?wait=true"),
+                    Some(&body),
+                )?;
+                ensure!(ack.is_completed(), "wait=true upsert answered {ack:?}");
+                Ok(())
+            },
+        )?
+    };
 
     let index = wait_indexed(client, name, workload, args)?;
 
+    // One client (its own connection) per concurrent search thread.
+    let widest = args.connections.iter().copied().max().unwrap_or(1);
+    let clients: Vec<Client> = (0..widest)
+        .map(|_| {
+            let c = Client::with_timeout(
+                client.base_url(),
+                Duration::from_secs(args.request_timeout_secs),
+            );
+            match &args.api_key {
+                Some(k) => c.with_api_key(k.clone()),
+                None => c,
+            }
+        })
+        .collect();
     let mut search = Vec::new();
     for field in &workload.fields {
         for series in field.data.series(args, args.also_exact) {
-            let row = measure(args, field, series, "", |i| {
-                rest_search(client, name, workload.mode, field, series, i, args.k)
-            })?;
-            if series == Series::Exact && row.recall < 0.99 {
-                eprintln!(
-                    "WARNING: exact search on the node disagrees with local brute force \
-                     (recall {:.4}); likely a node bug in exact search or scoring",
-                    row.recall
-                );
+            for &connections in &args.connections {
+                let row = measure(args, field, series, "", &clients[..connections], |c, i| {
+                    rest_search(c, name, workload.mode, field, series, i, args.k)
+                })?;
+                if series == Series::Exact && row.recall < 0.99 {
+                    eprintln!(
+                        "WARNING: exact search on the node disagrees with local brute force \
+                         (recall {:.4}); likely a node bug in exact search or scoring",
+                        row.recall
+                    );
+                }
+                search.push(row);
             }
-            search.push(row);
         }
     }
 
@@ -1255,9 +1443,14 @@ fn bench_grpc(
     let mut search = Vec::new();
     for field in &workload.fields {
         for series in field.data.series(args, false) {
-            let row = measure(args, field, series, "gRPC ", |i| {
-                grpc_search(&grpc, &name, workload.mode, field, series, i, args.k)
-            })?;
+            let row = measure(
+                args,
+                field,
+                series,
+                "gRPC ",
+                std::slice::from_ref(&grpc),
+                |g, i| grpc_search(g, &name, workload.mode, field, series, i, args.k),
+            )?;
             search.push(row);
         }
     }
@@ -1419,41 +1612,80 @@ fn wait_indexed(
 
 /// Sequential single-client searches of every query of `field`, after `--warmup` unmeasured
 /// ones. `send(i)` answers query `i` with (point id, score), best first.
-fn measure(
+/// One measured search: the query's index, its latency and its hits (id, score).
+type Answer = (usize, Duration, Vec<(u64, f32)>);
+
+/// Sends every query of `field` once (after the warm-up) over `handles.len()` concurrent
+/// connections, one thread each, queries dealt out round-robin; QPS is over the wall time of
+/// the whole series, latency per request.
+fn measure<H: Sync>(
     args: &Args,
     field: &Field,
     series: Series,
     transport: &str,
-    mut send: impl FnMut(usize) -> Result<Vec<(u64, f32)>>,
+    handles: &[H],
+    send: impl Fn(&H, usize) -> Result<Vec<(u64, f32)>> + Sync,
 ) -> Result<SearchRow> {
+    let connections = handles.len().max(1);
     let vector = field.name.map_or(String::new(), |n| format!("`{n}` "));
     let what = match series {
         Series::Hnsw(ef) => format!("{transport}{vector}ef {ef}"),
         _ => format!("{transport}{vector}{}", series.mode()),
     };
+    let what = match connections {
+        1 => what,
+        n => format!("{what}, {n} connections"),
+    };
     let queries = field.truth.len();
     for i in 0..args.warmup.min(queries) {
-        send(i).with_context(|| format!("{what}: warm-up search {i}"))?;
+        send(&handles[i % connections], i)
+            .with_context(|| format!("{what}: warm-up search {i}"))?;
     }
+    let started = Instant::now();
+    let answers: Vec<Answer> = std::thread::scope(|scope| {
+        let workers: Vec<_> = handles
+            .iter()
+            .enumerate()
+            .map(|(t, handle)| {
+                let (send, what) = (&send, &what);
+                scope.spawn(move || -> Result<Vec<Answer>> {
+                    let mut mine = Vec::new();
+                    for i in (t..queries).step_by(connections) {
+                        let sent = Instant::now();
+                        let hits =
+                            send(handle, i).with_context(|| format!("{what}: search {i}"))?;
+                        mine.push((i, sent.elapsed(), hits));
+                    }
+                    Ok(mine)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(queries);
+        for worker in workers {
+            all.extend(
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a search thread panicked"))??,
+            );
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
+    let wall = started.elapsed().as_secs_f64();
     let mut latencies = Vec::with_capacity(queries);
     let mut recall_sum = 0.0;
     let mut mismatches = 0usize;
     let mut first_mismatch = None;
-    let started = Instant::now();
-    for (i, want) in field.truth.iter().enumerate() {
-        let sent = Instant::now();
-        let hits = send(i).with_context(|| format!("{what}: search {i}"))?;
-        latencies.push(sent.elapsed());
+    for (i, latency, hits) in &answers {
+        latencies.push(*latency);
         let got: Vec<u64> = hits.iter().map(|&(id, _)| id).collect();
-        recall_sum += field.data.recall(i, want, &got, args.k);
-        for &(id, reported) in &hits {
-            if let Some(local) = field.data.score_mismatch(i, id, reported) {
+        recall_sum += field.data.recall(*i, &field.truth[*i], &got, args.k);
+        for &(id, reported) in hits {
+            if let Some(local) = field.data.score_mismatch(*i, id, reported) {
                 mismatches += 1;
-                first_mismatch.get_or_insert((i, id, reported, local));
+                first_mismatch.get_or_insert((*i, id, reported, local));
             }
         }
     }
-    let wall = started.elapsed().as_secs_f64();
     if let Some((i, id, reported, local)) = first_mismatch {
         eprintln!(
             "WARNING: {what}: {mismatches} hits scored differently from local brute force, \
@@ -1468,6 +1700,7 @@ fn measure(
             format!("{} ({})", series.mode(), transport.trim_end())
         },
         ef: series.ef(),
+        connections,
         qps: queries as f64 / wall,
         recall: recall_sum / queries as f64,
         latency: LatencySummary::from_durations(&latencies).context("no queries were measured")?,
@@ -1616,13 +1849,14 @@ fn print_markdown(r: &Report) {
         ))
     );
     println!(
-        "| search ({} queries, 1 client) | QPS | recall@{} | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: | ---: |",
+        "| search ({} queries) | connections | QPS | recall@{} | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: | ---: | ---: |",
         r.queries, r.k
     );
     for s in &r.search {
         println!(
-            "| {} | {:.0} | {:.4} | {:.2} | {:.2} |",
+            "| {} | {} | {:.0} | {:.4} | {:.2} | {:.2} |",
             row_label(s),
+            s.connections,
             s.qps,
             s.recall,
             s.latency.p50_ms,

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anndists::dist::Distance as _;
 use hnsw_rs::prelude::Hnsw;
 
+use crate::kernels;
 use crate::storage::mapped::{self, FileBytes, FileSlice};
 use crate::types::{self, Distance};
 
@@ -368,17 +369,24 @@ impl HnswIndex {
             if accept(current) {
                 found.push(Near(best, current));
             }
+            // The unvisited neighbours of the point being expanded, with their vectors: all of
+            // them are fetched before the first distance, so their loads overlap.
+            let mut batch: Vec<(u32, &[f32])> = Vec::with_capacity(2 * self.params.m.max(8));
             while let Some(Reverse(Near(d, offset))) = candidates.pop() {
                 if found.len() >= ef && found.peek().is_some_and(|w| d > w.0) {
                     break;
                 }
+                batch.clear();
                 for &n in self.neighbours(0, offset) {
-                    if !visited.insert(n) {
-                        continue;
+                    if visited.insert(n)
+                        && let Some(v) = vector(n)
+                    {
+                        kernels::prefetch(v);
+                        batch.push((n, v));
                     }
-                    let Some(dn) = distance(n) else {
-                        continue;
-                    };
+                }
+                for &(n, v) in &batch {
+                    let dn = self.distance.eval(query, v);
                     if found.len() < ef || found.peek().is_some_and(|w| dn < w.0) {
                         candidates.push(Reverse(Near(dn, n)));
                         if accept(n) {

@@ -1558,16 +1558,7 @@ impl LocalShard {
         // Index first (it makes new data fast to search), then vacuum, then merge.
         let job = {
             let state = self.state.read();
-            state
-                .segments
-                .values()
-                .find(|s| s.stage() == SegmentStage::Frozen)
-                // A segment on disk whose index was dropped (its graph parameters changed) is
-                // written anew, as a new directory.
-                .map(|s| match s.is_persisted() {
-                    true => OptimizerJob::Vacuum(s.id),
-                    false => OptimizerJob::Index(s.id),
-                })
+            index_job(&state)
                 .or_else(|| {
                     state
                         .segments
@@ -1585,7 +1576,10 @@ impl LocalShard {
         let sources = job.describe(&self.state.read());
         let seq = self.optimizations.lock().start(sources);
         let done = match &job {
-            OptimizerJob::Index(id) => self.index_segment(*id, builder),
+            OptimizerJob::Index(ids) => match ids.as_slice() {
+                [id] => self.index_segment(*id, builder),
+                ids => self.rewrite_segments(ids, builder),
+            },
             OptimizerJob::Vacuum(id) => self.rewrite_segments(&[*id], builder),
             OptimizerJob::Merge(ids) => self.rewrite_segments(ids, builder),
         };
@@ -1909,10 +1903,40 @@ fn merge_candidates(state: &ShardState) -> Option<Vec<SegmentId>> {
     (picked.len() >= 2).then_some(picked)
 }
 
+/// The indexing work due, if any. A sealed segment on disk whose index was dropped (its graph
+/// parameters changed) is written anew, as a new directory (a vacuum). Sealed segments waiting
+/// in memory are indexed together, smallest first within the merge size limit: while an
+/// upload outpaces indexing, several wait at once, and one graph over all of them costs less
+/// than a graph each that the merge step would then build again (Qdrant's indexing optimizer
+/// likewise takes small segments along).
+fn index_job(state: &ShardState) -> Option<OptimizerJob> {
+    let mut frozen: Vec<&Segment> = state
+        .segments
+        .values()
+        .filter(|s| s.stage() == SegmentStage::Frozen && s.live_count() > 0)
+        .collect();
+    if let Some(stored) = frozen.iter().find(|s| s.is_persisted()) {
+        return Some(OptimizerJob::Vacuum(stored.id));
+    }
+    frozen.sort_by_key(|s| (s.live_count(), s.id));
+    let limit = merge_limit_points(&state.config);
+    let mut total = 0;
+    let mut picked = Vec::new();
+    for seg in frozen {
+        if !picked.is_empty() && total + seg.live_count() > limit {
+            break;
+        }
+        total += seg.live_count();
+        picked.push(seg.id);
+    }
+    (!picked.is_empty()).then_some(OptimizerJob::Index(picked))
+}
+
 /// One unit of optimizer work.
 #[derive(Debug)]
 enum OptimizerJob {
-    Index(SegmentId),
+    /// Index one sealed segment in place, or several into one new segment.
+    Index(Vec<SegmentId>),
     Vacuum(SegmentId),
     Merge(Vec<SegmentId>),
 }
@@ -1921,7 +1945,7 @@ impl OptimizerJob {
     /// The optimizer's name for the job and the segments it reads, with their live points now.
     fn describe(&self, state: &ShardState) -> (OptimizerName, Vec<SegmentBrief>) {
         let (name, ids): (OptimizerName, &[SegmentId]) = match self {
-            OptimizerJob::Index(id) => (OptimizerName::Indexing, std::slice::from_ref(id)),
+            OptimizerJob::Index(ids) => (OptimizerName::Indexing, ids),
             OptimizerJob::Vacuum(id) => (OptimizerName::Vacuum, std::slice::from_ref(id)),
             OptimizerJob::Merge(ids) => (OptimizerName::Merge, ids),
         };
@@ -1944,6 +1968,20 @@ fn planned_optimizations(
     taken: &mut HashSet<SegmentId>,
 ) -> Vec<(OptimizerName, Vec<SegmentId>)> {
     let mut planned = Vec::new();
+    if let Some(job) = index_job(state) {
+        let (name, segments) = match job {
+            OptimizerJob::Index(ids) => (OptimizerName::Indexing, ids),
+            OptimizerJob::Vacuum(id) => (OptimizerName::Vacuum, vec![id]),
+            OptimizerJob::Merge(ids) => (OptimizerName::Merge, ids),
+        };
+        let free: Vec<SegmentId> = segments
+            .into_iter()
+            .filter(|id| taken.insert(*id))
+            .collect();
+        if !free.is_empty() {
+            planned.push((name, free));
+        }
+    }
     for seg in state.segments.values() {
         if seg.stage() == SegmentStage::Frozen && seg.live_count() > 0 && taken.insert(seg.id) {
             planned.push((OptimizerName::Indexing, vec![seg.id]));
@@ -2545,15 +2583,12 @@ mod tests {
             .unwrap();
         let before = shard.optimizer_view();
         assert!(before.running.is_empty() && before.completed.is_empty());
-        assert_eq!(before.queued.len(), 20);
-        assert!(
-            before
-                .queued
-                .iter()
-                .all(|q| q.optimizer == OptimizerName::Indexing
-                    && q.segments.len() == 1
-                    && q.segments[0].points == 32)
-        );
+        // Sealed segments waiting together are indexed together, in one step.
+        assert_eq!(before.queued.len(), 1);
+        let queued = &before.queued[0];
+        assert_eq!(queued.optimizer, OptimizerName::Indexing);
+        assert_eq!(queued.segments.len(), 20);
+        assert!(queued.segments.iter().all(|s| s.points == 32));
         assert_eq!(
             before.idle.len(),
             1,
@@ -2561,15 +2596,22 @@ mod tests {
         );
         assert!(shard.optimize_step(&builder));
         let after = shard.optimizer_view();
-        assert_eq!(after.queued.len(), 19);
+        assert!(after.queued.is_empty());
         assert_eq!(after.completed.len(), 1);
         let step = &after.completed[0];
         assert_eq!(step.optimizer, OptimizerName::Indexing);
-        assert_eq!(step.segments, before.queued[0].segments);
+        assert_eq!(step.segments, queued.segments);
         assert!(matches!(step.outcome, OptimizationOutcome::Done { .. }));
         assert_eq!(after.totals.done, 1);
-        assert_eq!(after.totals.optimized_points, 32);
-        while shard.optimize_step(&builder) {}
+        assert_eq!(after.totals.optimized_points, 640);
+        // One sealed segment at a time: a step each, then merges.
+        for batch in 0..20u64 {
+            let first = 640 + batch * 32;
+            shard
+                .update(UpdateRequest::Upsert(points(first..first + 32, dim, &mut rng)))
+                .unwrap();
+            while shard.optimize_step(&builder) {}
+        }
         let done = shard.optimizer_view();
         assert!(done.queued.is_empty() && done.running.is_empty());
         assert_eq!(
@@ -2584,7 +2626,7 @@ mod tests {
         );
         assert_eq!(
             shard.vector_counts(),
-            BTreeMap::from([(String::new(), 640)])
+            BTreeMap::from([(String::new(), 1280)])
         );
     }
 
