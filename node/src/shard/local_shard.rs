@@ -2608,7 +2608,11 @@ mod tests {
         for batch in 0..20u64 {
             let first = 640 + batch * 32;
             shard
-                .update(UpdateRequest::Upsert(points(first..first + 32, dim, &mut rng)))
+                .update(UpdateRequest::Upsert(points(
+                    first..first + 32,
+                    dim,
+                    &mut rng,
+                )))
                 .unwrap();
             while shard.optimize_step(&builder) {}
         }
