@@ -224,6 +224,40 @@ pub(crate) fn write_config(dir: &Path, config: &CollectionConfig) -> Result<(), 
         .map_err(CollectionError::storage)
 }
 
+/// The threads that run reads of local replicas (searches, scrolls, counts...): one per core,
+/// each read to its end, the rest queued in order. Blocking-pool threads would run every read
+/// at once and leave it to the kernel to time-slice them: a read descheduled for a slice waits
+/// milliseconds, which is most of the tail latency under concurrent searches (Qdrant likewise
+/// searches on a runtime of its own sized to the cores).
+static READ_POOL: std::sync::LazyLock<rayon::ThreadPool> = std::sync::LazyLock::new(|| {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("shoal-read-{i}"))
+        .build()
+        .expect("the read pool's threads start")
+});
+
+/// Runs `read` on [`READ_POOL`] and waits for it without blocking the async runtime. A panic
+/// in `read` becomes an error of this request only.
+async fn on_read_pool<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, CollectionError> + Send + 'static,
+) -> Result<T, CollectionError> {
+    let (done, answer) = tokio::sync::oneshot::channel();
+    READ_POOL.spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+        // The request may have been dropped meanwhile; nobody waits for the answer then.
+        let _ = done.send(outcome);
+    });
+    match answer.await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => Err(CollectionError::Storage("a read panicked".into())),
+        Err(_) => Err(CollectionError::Storage(
+            "the read pool dropped a read".into(),
+        )),
+    }
+}
+
 /// Applies an update on a local replica and forwards it to the destinations of `outgoing`
 /// (the transfers sending the replica), in the same place of each transfer's stream. Runs to
 /// the end once started: see `Collection::update_local`.
@@ -1171,9 +1205,7 @@ impl Collection {
         if let Some(slot) = request.owner_mut() {
             *slot = self.read_filter(shard, slot.take());
         }
-        tokio::task::spawn_blocking(move || request.run_on(&local))
-            .await
-            .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
+        on_read_pool(move || request.run_on(&local)).await
     }
 
     /// Deletes the points local replicas hold but do not own: after a resharding's writes moved
