@@ -219,15 +219,7 @@ impl HnswIndex {
                 chosen
             })
             .collect();
-        let mut starts = Vec::with_capacity(capacity + 1);
-        let mut links = Vec::new();
-        starts.push(0);
-        for list in lists {
-            links.extend(list);
-            starts.push(links.len() as u32);
-        }
-        self.starts = U32s::Heap(starts);
-        self.links = U32s::Heap(links);
+        (self.starts, self.links) = csr(lists);
     }
 
     /// Copies the links out of a built `hnsw_rs` graph.
@@ -260,21 +252,15 @@ impl HnswIndex {
                 }
             }
         }
-        let mut starts = Vec::with_capacity(capacity + 1);
-        let mut links = Vec::new();
-        starts.push(0);
-        for list in level0 {
-            links.extend(list);
-            starts.push(links.len() as u32);
-        }
+        let (starts, links) = csr(level0);
         HnswIndex {
             distance,
             params,
             len,
             capacity,
             entry,
-            starts: U32s::Heap(starts),
-            links: U32s::Heap(links),
+            starts,
+            links,
             upper,
         }
     }
@@ -487,6 +473,18 @@ impl HnswIndex {
     }
 }
 
+/// Per-point link lists packed as CSR: `starts` (one more than the lists) and `links`.
+fn csr(lists: Vec<Vec<u32>>) -> (U32s, U32s) {
+    let mut starts = Vec::with_capacity(lists.len() + 1);
+    let mut links = Vec::new();
+    starts.push(0);
+    for list in lists {
+        links.extend(list);
+        starts.push(links.len() as u32);
+    }
+    (U32s::Heap(starts), U32s::Heap(links))
+}
+
 /// A graph distance and an offset, ordered by distance (then offset, for determinism).
 #[derive(Clone, Copy, PartialEq)]
 struct Near(f32, u32);
@@ -569,12 +567,7 @@ mod tests {
             vec![4, 5, 7],
             vec![4, 5, 6],
         ];
-        let mut starts = vec![0u32];
-        let mut links = Vec::new();
-        for list in &lists {
-            links.extend(list);
-            starts.push(links.len() as u32);
-        }
+        let (starts, links) = csr(lists);
         let mut index = HnswIndex {
             distance: GraphDistance::dense(Distance::Euclid),
             params: GraphParams {
@@ -584,8 +577,8 @@ mod tests {
             len: 8,
             capacity: 8,
             entry: Some(0),
-            starts: U32s::Heap(starts),
-            links: U32s::Heap(links),
+            starts,
+            links,
             upper: Vec::new(),
         };
         let vector = |o: u32| Some(&vectors[o as usize][..]);
