@@ -101,6 +101,9 @@ impl Drop for Staging {
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
     root: PathBuf,
+    /// Held from choosing a new snapshot's name until it is in place: two snapshots created
+    /// in the same second get different names instead of writing over each other.
+    naming: Arc<parking_lot::Mutex<()>>,
 }
 
 impl SnapshotStore {
@@ -118,7 +121,10 @@ impl SnapshotStore {
             Err(e) => return Err(e),
         }
         remove_partial_files(&root)?;
-        Ok(SnapshotStore { root })
+        Ok(SnapshotStore {
+            root,
+            naming: Arc::new(parking_lot::Mutex::new(())),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -207,6 +213,10 @@ impl SnapshotStore {
         base: &str,
     ) -> Result<SnapshotDescription, SnapshotError> {
         std::fs::create_dir_all(dir).map_err(SnapshotError::io(dir))?;
+        // Packed beside the staging directory, then renamed into place with its checksum.
+        let packed_path = staged.with_extension(EXTENSION);
+        let packed = pack_dir(staged, &packed_path)?;
+        let _naming = self.naming.lock();
         let stamp = chrono::Utc::now().format("%Y-%m-%d-%H-%M-%S");
         let mut name = format!("{base}-{stamp}.{EXTENSION}");
         let mut n = 1;
@@ -214,9 +224,6 @@ impl SnapshotStore {
             name = format!("{base}-{stamp}-{n}.{EXTENSION}");
             n += 1;
         }
-        // Packed beside the staging directory, then renamed into place with its checksum.
-        let packed_path = staged.with_extension(EXTENSION);
-        let packed = pack_dir(staged, &packed_path)?;
         let dest = dir.join(&name);
         write_checksum(&dest, &packed.sha256)?;
         if let Err(e) = std::fs::rename(&packed_path, &dest) {
