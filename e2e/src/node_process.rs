@@ -111,7 +111,7 @@ pub fn resolve_node_binary(explicit: Option<&Path>) -> Result<PathBuf> {
 
 /// `n` distinct free TCP ports on 127.0.0.1. All listeners are held until every port is read,
 /// so the ports differ; they are released before returning, so another process could take
-/// one in the gap (rare; the node then fails to bind and `wait_ready` reports it).
+/// one in the gap (rare; `NodeProcess::start_ready` then starts the node again on new ports).
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
@@ -122,6 +122,10 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
         .map(|l| Ok(l.local_addr()?.port()))
         .collect()
 }
+
+/// Starts of one node (the first included) that [`NodeProcess::start_ready`] tries when a
+/// port it picked was taken before the node bound it.
+pub const PORT_ATTEMPTS: usize = 3;
 
 pub struct NodeProcess {
     binary: PathBuf,
@@ -200,11 +204,42 @@ impl NodeProcess {
         Ok(node)
     }
 
-    /// [`NodeProcess::start`] then [`NodeProcess::wait_ready`] within `timeout`.
+    /// [`NodeProcess::start`] then [`NodeProcess::wait_ready`] within `timeout`. A node that
+    /// exited because another process took one of its ports between [`free_ports`] and its
+    /// bind (tests start nodes in parallel) is started again on new ports, at most
+    /// [`PORT_ATTEMPTS`] times in all.
     pub fn start_ready(opts: NodeOptions, timeout: Duration) -> Result<Self> {
+        let deadline = Instant::now() + timeout;
         let mut node = Self::start(opts)?;
-        node.wait_ready(Instant::now() + timeout)?;
-        Ok(node)
+        let mut attempts = 1;
+        loop {
+            match node.wait_ready(deadline) {
+                Ok(()) => return Ok(node),
+                Err(_) if attempts < PORT_ATTEMPTS && node.lost_a_port() => {
+                    attempts += 1;
+                    node.child = None;
+                    let ports = free_ports(3)?;
+                    (node.http_port, node.p2p_port, node.grpc_port) =
+                        (ports[0], ports[1], ports[2]);
+                    node.spawn()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether the last start exited because a port was taken: its log since the start
+    /// marker says it could not listen.
+    fn lost_a_port(&mut self) -> bool {
+        if !matches!(self.try_exit_status(), Ok(Some(_))) {
+            return false;
+        }
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let last = log
+            .rsplit("==== shoal-e2e: start #")
+            .next()
+            .unwrap_or_default();
+        last.contains("cannot listen on") || last.contains("ddress already in use")
     }
 
     fn spawn(&mut self) -> Result<()> {

@@ -27,7 +27,7 @@ pub enum Level {
     /// AVX2 with FMA (x86-64-v3): 8 lanes.
     #[cfg(target_arch = "x86_64")]
     Avx2(pulp::x86::V3),
-    /// SSE4.2 (x86-64-v2): 4 lanes, no fused multiply-add.
+    /// SSE4.2 (x86-64-v2): 4 lanes, multiply then add (no FMA at this level).
     #[cfg(target_arch = "x86_64")]
     Sse(pulp::x86::V2),
     /// The best level `pulp` finds on this architecture (NEON on AArch64).
@@ -88,21 +88,27 @@ impl Level {
 
     #[inline]
     fn run<K: Step>(self, a: &[f32], b: &[f32]) -> f32 {
-        let fold = Fold::<K> {
-            a,
-            b,
-            step: std::marker::PhantomData,
-        };
+        // Fused multiply-adds only where the level has FMA instructions: elsewhere `pulp`
+        // computes them in software, lane by lane.
+        fn fold<'a, K, const FUSED: bool>(a: &'a [f32], b: &'a [f32]) -> Fold<'a, K, FUSED> {
+            Fold {
+                a,
+                b,
+                step: std::marker::PhantomData,
+            }
+        }
         match self {
             #[cfg(target_arch = "x86_64")]
-            Level::Avx512(simd) => Simd::vectorize(simd, fold),
+            Level::Avx512(simd) => Simd::vectorize(simd, fold::<K, true>(a, b)),
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2(simd) => Simd::vectorize(simd, fold),
+            Level::Avx2(simd) => Simd::vectorize(simd, fold::<K, true>(a, b)),
             #[cfg(target_arch = "x86_64")]
-            Level::Sse(simd) => Simd::vectorize(simd, fold),
-            #[cfg(not(target_arch = "x86_64"))]
-            Level::Native(arch) => arch.dispatch(fold),
-            Level::Scalar => Simd::vectorize(pulp::Scalar, fold),
+            Level::Sse(simd) => Simd::vectorize(simd, fold::<K, false>(a, b)),
+            #[cfg(all(not(target_arch = "x86_64"), target_arch = "aarch64"))]
+            Level::Native(arch) => arch.dispatch(fold::<K, true>(a, b)),
+            #[cfg(all(not(target_arch = "x86_64"), not(target_arch = "aarch64")))]
+            Level::Native(arch) => arch.dispatch(fold::<K, false>(a, b)),
+            Level::Scalar => Simd::vectorize(pulp::Scalar, fold::<K, false>(a, b)),
         }
     }
 
@@ -155,9 +161,25 @@ pub fn prefetch(v: &[f32]) {
     }
 }
 
-/// One register's worth of a sum: `acc + term(x, y)` lane by lane.
+/// One register's worth of a sum: `acc + term(x, y)` lane by lane, with a fused multiply-add
+/// when `FUSED`.
 trait Step {
-    fn step<S: Simd>(simd: S, acc: S::f32s, x: S::f32s, y: S::f32s) -> S::f32s;
+    fn step<S: Simd, const FUSED: bool>(simd: S, acc: S::f32s, x: S::f32s, y: S::f32s) -> S::f32s;
+}
+
+/// `x * y + acc`: fused, or multiplied then added.
+#[inline(always)]
+fn multiply_add<S: Simd, const FUSED: bool>(
+    simd: S,
+    x: S::f32s,
+    y: S::f32s,
+    acc: S::f32s,
+) -> S::f32s {
+    if FUSED {
+        simd.mul_add_e_f32s(x, y, acc)
+    } else {
+        simd.add_f32s(simd.mul_f32s(x, y), acc)
+    }
 }
 
 struct Product;
@@ -166,35 +188,34 @@ struct Absolute;
 
 impl Step for Product {
     #[inline(always)]
-    fn step<S: Simd>(simd: S, acc: S::f32s, x: S::f32s, y: S::f32s) -> S::f32s {
-        // Fused where the level has FMA, multiply-then-add where it does not.
-        simd.mul_add_e_f32s(x, y, acc)
+    fn step<S: Simd, const FUSED: bool>(simd: S, acc: S::f32s, x: S::f32s, y: S::f32s) -> S::f32s {
+        multiply_add::<S, FUSED>(simd, x, y, acc)
     }
 }
 
 impl Step for Square {
     #[inline(always)]
-    fn step<S: Simd>(simd: S, acc: S::f32s, x: S::f32s, y: S::f32s) -> S::f32s {
+    fn step<S: Simd, const FUSED: bool>(simd: S, acc: S::f32s, x: S::f32s, y: S::f32s) -> S::f32s {
         let d = simd.sub_f32s(x, y);
-        simd.mul_add_e_f32s(d, d, acc)
+        multiply_add::<S, FUSED>(simd, d, d, acc)
     }
 }
 
 impl Step for Absolute {
     #[inline(always)]
-    fn step<S: Simd>(simd: S, acc: S::f32s, x: S::f32s, y: S::f32s) -> S::f32s {
+    fn step<S: Simd, const FUSED: bool>(simd: S, acc: S::f32s, x: S::f32s, y: S::f32s) -> S::f32s {
         simd.add_f32s(acc, simd.abs_f32s(simd.sub_f32s(x, y)))
     }
 }
 
 /// The sum of `K`'s terms over the common length of `a` and `b`.
-struct Fold<'a, K> {
+struct Fold<'a, K, const FUSED: bool> {
     a: &'a [f32],
     b: &'a [f32],
     step: std::marker::PhantomData<K>,
 }
 
-impl<K: Step> WithSimd for Fold<'_, K> {
+impl<K: Step, const FUSED: bool> WithSimd for Fold<'_, K, FUSED> {
     type Output = f32;
 
     #[inline(always)]
@@ -208,18 +229,18 @@ impl<K: Step> WithSimd for Fold<'_, K> {
         let (rest_a, rest_b) = (blocks_a.remainder(), blocks_b.remainder());
         for (x, y) in blocks_a.zip(blocks_b) {
             for i in 0..4 {
-                acc[i] = K::step(simd, acc[i], x[i], y[i]);
+                acc[i] = K::step::<S, FUSED>(simd, acc[i], x[i], y[i]);
             }
         }
         for (i, (x, y)) in rest_a.iter().zip(rest_b).enumerate() {
-            acc[i] = K::step(simd, acc[i], *x, *y);
+            acc[i] = K::step::<S, FUSED>(simd, acc[i], *x, *y);
         }
         if !tail_a.is_empty() {
             let (x, y) = (
                 simd.partial_load_f32s(tail_a),
                 simd.partial_load_f32s(tail_b),
             );
-            acc[3] = K::step(simd, acc[3], x, y);
+            acc[3] = K::step::<S, FUSED>(simd, acc[3], x, y);
         }
         let sum = simd.add_f32s(simd.add_f32s(acc[0], acc[1]), simd.add_f32s(acc[2], acc[3]));
         simd.reduce_sum_f32s(sum)

@@ -92,7 +92,7 @@ struct Args {
     recreate: bool,
     /// With --url: search a collection an earlier run of the same parameters uploaded,
     /// without creating or uploading anything (to compare node builds on identical segments).
-    #[arg(long, requires = "url", conflicts_with = "recreate")]
+    #[arg(long, requires = "url", conflicts_with_all = ["recreate", "grpc"])]
     search_only: bool,
     #[arg(long, default_value_t = 100_000)]
     points: usize,
@@ -1610,13 +1610,12 @@ fn wait_indexed(
     }
 }
 
-/// Sequential single-client searches of every query of `field`, after `--warmup` unmeasured
-/// ones. `send(i)` answers query `i` with (point id, score), best first.
 /// One measured search: the query's index, its latency and its hits (id, score).
 type Answer = (usize, Duration, Vec<(u64, f32)>);
 
-/// Sends every query of `field` once (after the warm-up) over `handles.len()` concurrent
-/// connections, one thread each, queries dealt out round-robin; QPS is over the wall time of
+/// Sends every query of `field` once, after `--warmup` unmeasured ones, over `handles.len()`
+/// concurrent connections, one thread each, queries dealt out round-robin; `send(h, i)`
+/// answers query `i` over `h` with (point id, score), best first. QPS is over the wall time of
 /// the whole series, latency per request.
 fn measure<H: Sync>(
     args: &Args,

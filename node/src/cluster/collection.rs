@@ -245,6 +245,10 @@ async fn on_read_pool<T: Send + 'static>(
 ) -> Result<T, CollectionError> {
     let (done, answer) = tokio::sync::oneshot::channel();
     READ_POOL.spawn(move || {
+        // Abandoned while queued (a client timeout, a hedged read that lost): not run at all.
+        if done.is_closed() {
+            return;
+        }
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
         // The request may have been dropped meanwhile; nobody waits for the answer then.
         let _ = done.send(outcome);
