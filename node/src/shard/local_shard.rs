@@ -1943,12 +1943,17 @@ enum OptimizerJob {
 
 impl OptimizerJob {
     /// The optimizer's name for the job and the segments it reads, with their live points now.
-    fn describe(&self, state: &ShardState) -> (OptimizerName, Vec<SegmentBrief>) {
-        let (name, ids): (OptimizerName, &[SegmentId]) = match self {
+    /// The optimizer's name for the job and the segments it reads.
+    fn plan(&self) -> (OptimizerName, &[SegmentId]) {
+        match self {
             OptimizerJob::Index(ids) => (OptimizerName::Indexing, ids),
             OptimizerJob::Vacuum(id) => (OptimizerName::Vacuum, std::slice::from_ref(id)),
             OptimizerJob::Merge(ids) => (OptimizerName::Merge, ids),
-        };
+        }
+    }
+
+    fn describe(&self, state: &ShardState) -> (OptimizerName, Vec<SegmentBrief>) {
+        let (name, ids) = self.plan();
         let segments = ids
             .iter()
             .map(|id| SegmentBrief {
@@ -1969,13 +1974,10 @@ fn planned_optimizations(
 ) -> Vec<(OptimizerName, Vec<SegmentId>)> {
     let mut planned = Vec::new();
     if let Some(job) = index_job(state) {
-        let (name, segments) = match job {
-            OptimizerJob::Index(ids) => (OptimizerName::Indexing, ids),
-            OptimizerJob::Vacuum(id) => (OptimizerName::Vacuum, vec![id]),
-            OptimizerJob::Merge(ids) => (OptimizerName::Merge, ids),
-        };
+        let (name, segments) = job.plan();
         let free: Vec<SegmentId> = segments
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|id| taken.insert(*id))
             .collect();
         if !free.is_empty() {
