@@ -74,6 +74,17 @@ impl ExactIndex {
 
     /// The `k` best matches for `query`, best first.
     pub fn search(&self, query: &[f32], k: usize) -> Vec<Neighbour> {
+        self.search_where(query, k, &|_| true)
+    }
+
+    /// The `k` best matches for `query` among the vectors whose position passes `accept`
+    /// (a filtered search's ground truth), best first.
+    pub fn search_where(
+        &self,
+        query: &[f32],
+        k: usize,
+        accept: &(dyn Fn(usize) -> bool + Sync),
+    ) -> Vec<Neighbour> {
         assert_eq!(query.len(), self.data.dim(), "query dimension mismatch");
         if k == 0 {
             return Vec::new();
@@ -87,7 +98,9 @@ impl ExactIndex {
         };
         let mut top = TopK::new(k);
         for (index, v) in self.data.iter().enumerate() {
-            top.push(metric.cost(metric.score(&q, v)), index);
+            if accept(index) {
+                top.push(metric.cost(metric.score(&q, v)), index);
+            }
         }
         // cost is its own inverse (negation or identity)
         top.into_neighbours(|cost| metric.cost(cost))
@@ -95,7 +108,20 @@ impl ExactIndex {
 
     /// [`ExactIndex::search`] for every query, spread over `threads` threads (0 = all cores).
     pub fn search_batch(&self, queries: &Vectors, k: usize, threads: usize) -> Vec<Vec<Neighbour>> {
-        parallel_map(queries.len(), threads, |i| self.search(queries.get(i), k))
+        self.search_batch_where(queries, k, threads, &|_| true)
+    }
+
+    /// [`ExactIndex::search_where`] for every query, spread over `threads` threads.
+    pub fn search_batch_where(
+        &self,
+        queries: &Vectors,
+        k: usize,
+        threads: usize,
+        accept: &(dyn Fn(usize) -> bool + Sync),
+    ) -> Vec<Vec<Neighbour>> {
+        parallel_map(queries.len(), threads, |i| {
+            self.search_where(queries.get(i), k, accept)
+        })
     }
 }
 

@@ -225,6 +225,8 @@ pub struct SearchRequest {
     pub exact: bool,
     pub with_payload: bool,
     pub with_vector: bool,
+    /// A Qdrant filter, sent as given.
+    pub filter: Option<Value>,
 }
 
 impl SearchRequest {
@@ -236,6 +238,7 @@ impl SearchRequest {
             exact: false,
             with_payload: false,
             with_vector: false,
+            filter: None,
         }
     }
 
@@ -245,13 +248,17 @@ impl SearchRequest {
             params.insert("hnsw_ef".into(), ef.into());
         }
         params.insert("exact".into(), self.exact.into());
-        json!({
+        let mut body = json!({
             "vector": self.vector,
             "limit": self.limit,
             "params": params,
             "with_payload": self.with_payload,
             "with_vector": self.with_vector,
-        })
+        });
+        if let Some(filter) = &self.filter {
+            body["filter"] = filter.clone();
+        }
+        body
     }
 }
 

@@ -69,6 +69,16 @@ struct Args {
     /// connection on its own thread, the queries dealt out round-robin.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     connections: Vec<usize>,
+    /// Also measure filtered searches: every point gets a payload `{"kw": .., "num": ..}`,
+    /// and searches whose filter (a keyword match, an integer range) passes 50%, 5% and 0.1%
+    /// of the points run at `--filter-ef`, first without payload indexes, then with a
+    /// `keyword` index on `kw` and an `integer` index on `num`. Recall is against the exact
+    /// top-k among the points that pass.
+    #[arg(long, conflicts_with_all = ["grpc", "named", "sparse", "multivector", "search_only"])]
+    filtered: bool,
+    /// `hnsw_ef` values of the filtered searches, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    filter_ef: Vec<usize>,
     /// With --against: the recall@k that "equal recall" rows ask of each engine (the lowest
     /// measured `hnsw_ef` reaching it).
     #[arg(long, default_value_t = 0.95)]
@@ -417,6 +427,63 @@ struct Workload {
     mode: Mode,
     points: usize,
     fields: Vec<Field>,
+    /// `--filtered`: each filter case with the exact top-k among the points it passes.
+    filtered: Vec<(FilterCase, Vec<Vec<u64>>)>,
+    seed: u64,
+}
+
+/// A number in 0..1000 drawn for point `i` (SplitMix64 of the seed, a salt and `i`): fixed
+/// per seed, independent between salts.
+fn draw(seed: u64, salt: u64, i: usize) -> u64 {
+    let mut z = seed
+        .wrapping_add(salt.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add((i as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) % 1000
+}
+
+/// `kw` of point `i`: `p0.1` for 0.1% of the points, `p5` for 5%, `p50` for 50%, `rest`
+/// for the others.
+fn kw_of(seed: u64, i: usize) -> &'static str {
+    match draw(seed, 1, i) {
+        0 => "p0.1",
+        1..=50 => "p5",
+        51..=550 => "p50",
+        _ => "rest",
+    }
+}
+
+/// `num` of point `i`, uniform in 0..1000.
+fn num_of(seed: u64, i: usize) -> u64 {
+    draw(seed, 2, i)
+}
+
+/// One filtered-search case of `--filtered`.
+struct FilterCase {
+    label: String,
+    filter: Value,
+    /// Whether point `i` passes (computed from the same draws as its payload).
+    passes: Box<dyn Fn(usize) -> bool + Sync>,
+}
+
+fn filter_cases(seed: u64) -> Vec<FilterCase> {
+    let mut cases = Vec::new();
+    for (percent, kw) in [("50%", "p50"), ("5%", "p5"), ("0.1%", "p0.1")] {
+        cases.push(FilterCase {
+            label: format!("keyword {percent}"),
+            filter: json!({"must": [{"key": "kw", "match": {"value": kw}}]}),
+            passes: Box::new(move |i| kw_of(seed, i) == kw),
+        });
+    }
+    for (percent, below) in [("50%", 500), ("5%", 50), ("0.1%", 1)] {
+        cases.push(FilterCase {
+            label: format!("integer range {percent}"),
+            filter: json!({"must": [{"key": "num", "range": {"lt": below}}]}),
+            passes: Box::new(move |i| num_of(seed, i) < below),
+        });
+    }
+    cases
 }
 
 impl Workload {
@@ -499,10 +566,29 @@ impl Workload {
                 }]
             }
         };
+        let mut filtered = Vec::new();
+        if args.filtered
+            && let Some(Field {
+                data: FieldData::Dense {
+                    points, queries, ..
+                },
+                ..
+            }) = fields.first()
+        {
+            let t = Instant::now();
+            let exact = ExactIndex::new(points, args.distance);
+            for case in filter_cases(seed) {
+                let truth = ids(exact.search_batch_where(queries, args.k, 0, &*case.passes));
+                filtered.push((case, truth));
+            }
+            eprintln!("filtered ground truth in {:.1?}", t.elapsed());
+        }
         Ok(Self {
             mode,
             points: args.points,
             fields,
+            filtered,
+            seed,
         })
     }
 
@@ -568,7 +654,15 @@ impl Workload {
                     .collect(),
             ),
         };
-        json!({"id": i, "vector": vector})
+        if self.filtered.is_empty() {
+            json!({"id": i, "vector": vector})
+        } else {
+            json!({
+                "id": i,
+                "vector": vector,
+                "payload": {"kw": kw_of(self.seed, i), "num": num_of(self.seed, i)},
+            })
+        }
     }
 
     /// Point `i` as the gRPC upsert takes it.
@@ -677,6 +771,9 @@ struct SearchRow {
     ef: Option<usize>,
     /// Concurrent connections the queries were sent over.
     connections: usize,
+    /// The filtered-search case (`--filtered`), e.g. `keyword 5%, indexed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<String>,
     qps: f64,
     recall: f64,
     latency: LatencySummary,
@@ -842,6 +939,7 @@ fn restart(
     let after = measure(
         args,
         field,
+        &field.truth,
         series,
         "",
         std::slice::from_ref(&client),
@@ -1053,7 +1151,12 @@ fn ratio(shoal: Option<f64>, qdrant: Option<f64>) -> String {
 fn at_recall(r: &Report, connections: usize, target: f64) -> Option<&SearchRow> {
     r.search
         .iter()
-        .filter(|s| s.vector.is_none() && s.connections == connections && s.recall >= target)
+        .filter(|s| {
+            s.vector.is_none()
+                && s.filter.is_none()
+                && s.connections == connections
+                && s.recall >= target
+        })
         .filter_map(|s| Some((s.ef?, s)))
         .min_by_key(|(ef, _)| *ef)
         .map(|(_, s)| s)
@@ -1126,6 +1229,7 @@ fn print_comparison(args: &Args, shoal: &Report, qdrant: &Report) {
         "| at recall@{} >= {} | Shoal ef / QPS / p99 ms | Qdrant ef / QPS / p99 ms | QPS ratio | p99 ratio |\n| --- | ---: | ---: | ---: | ---: |",
         args.k, args.recall_target
     );
+    print_filtered_comparison(shoal, qdrant);
     for &connections in &args.connections {
         let (s, q) = (
             at_recall(shoal, connections, args.recall_target),
@@ -1147,6 +1251,50 @@ fn print_comparison(args: &Args, shoal: &Report, qdrant: &Report) {
             cell(q),
             ratio(s.map(|r| r.qps), q.map(|r| r.qps)),
             ratio(s.map(|r| r.latency.p99_ms), q.map(|r| r.latency.p99_ms)),
+        );
+    }
+    println!();
+}
+
+/// `--filtered` at equal recall: for each filtered Qdrant row, the fastest Shoal row of the
+/// same case and connections whose recall is at least Qdrant's.
+fn print_filtered_comparison(shoal: &Report, qdrant: &Report) {
+    let rows: Vec<&SearchRow> = qdrant
+        .search
+        .iter()
+        .filter(|q| q.filter.is_some())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "| filtered, at Qdrant's recall | connections | Qdrant ef / recall / QPS / p99 ms | Shoal ef / recall / QPS / p99 ms | QPS ratio | p99 ratio |\n| --- | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for q in rows {
+        let s = shoal
+            .search
+            .iter()
+            .filter(|s| {
+                s.filter == q.filter && s.connections == q.connections && s.recall >= q.recall
+            })
+            .max_by(|a, b| a.qps.total_cmp(&b.qps));
+        let cell = |r: &SearchRow| {
+            format!(
+                "{} / {:.3} / {:.0} / {:.2}",
+                r.ef.unwrap_or(0),
+                r.recall,
+                r.qps,
+                r.latency.p99_ms
+            )
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            q.filter.as_deref().unwrap_or(""),
+            q.connections,
+            cell(q),
+            s.map_or("not reached".to_owned(), cell),
+            ratio(s.map(|r| r.qps), Some(q.qps)),
+            ratio(s.map(|r| r.latency.p99_ms), Some(q.latency.p99_ms)),
         );
     }
     println!();
@@ -1286,9 +1434,15 @@ fn bench(
     for field in &workload.fields {
         for series in field.data.series(args, args.also_exact) {
             for &connections in &args.connections {
-                let row = measure(args, field, series, "", &clients[..connections], |c, i| {
-                    rest_search(c, name, workload.mode, field, series, i, args.k)
-                })?;
+                let row = measure(
+                    args,
+                    field,
+                    &field.truth,
+                    series,
+                    "",
+                    &clients[..connections],
+                    |c, i| rest_search(c, name, workload.mode, field, series, i, args.k),
+                )?;
                 if series == Series::Exact && row.recall < 0.99 {
                     eprintln!(
                         "WARNING: exact search on the node disagrees with local brute force \
@@ -1299,6 +1453,10 @@ fn bench(
                 search.push(row);
             }
         }
+    }
+
+    if args.filtered {
+        search.extend(bench_filtered(args, client, &clients, workload)?);
     }
 
     let grpc = if args.grpc {
@@ -1350,6 +1508,72 @@ fn bench(
             .and_then(|pid| proc_status_kib(pid, "VmRSS").ok())
             .map(|k| k * 1024),
     })
+}
+
+/// `--filtered`: every filter case at `--filter-ef`, over each number of connections, first
+/// without payload indexes and then with them (created with `wait=true`, then waiting for
+/// the collection to be green again).
+fn bench_filtered(
+    args: &Args,
+    client: &Client,
+    clients: &[Client],
+    workload: &Workload,
+) -> Result<Vec<SearchRow>> {
+    let name = args.collection.as_str();
+    let field = &workload.fields[0];
+    let FieldData::Dense { queries, .. } = &field.data else {
+        bail!("--filtered needs the default dense workload");
+    };
+    let mut rows = Vec::new();
+    for indexed in [false, true] {
+        if indexed {
+            let t = Instant::now();
+            for (field_name, schema) in [("kw", "keyword"), ("num", "integer")] {
+                let ack: UpdateResult = client.call(
+                    Method::Put,
+                    &format!("/collections/{name}/index?wait=true"),
+                    Some(&json!({"field_name": field_name, "field_schema": schema})),
+                )?;
+                ensure!(
+                    ack.is_completed(),
+                    "creating the `{field_name}` index answered {ack:?}"
+                );
+            }
+            wait_indexed(client, name, workload, args)?;
+            eprintln!("payload indexes on kw and num ready in {:.2?}", t.elapsed());
+        }
+        for ((case, truth), &ef) in workload
+            .filtered
+            .iter()
+            .flat_map(|c| args.filter_ef.iter().map(move |ef| (c, ef)))
+        {
+            let series = Series::Hnsw(ef);
+            for &connections in &args.connections {
+                let label = format!("{}{}", case.label, if indexed { ", indexed" } else { "" });
+                eprint!("{label}: ");
+                let mut row = measure(
+                    args,
+                    field,
+                    truth,
+                    series,
+                    "",
+                    &clients[..connections],
+                    |c, i| {
+                        let mut request = SearchRequest::new(queries.get(i).to_vec(), args.k);
+                        request.hnsw_ef = series.ef();
+                        request.filter = Some(case.filter.clone());
+                        Ok(c.search(name, &request)?
+                            .iter()
+                            .filter_map(|h| Some((h.id.as_num()?, h.score)))
+                            .collect())
+                    },
+                )?;
+                row.filter = Some(label);
+                rows.push(row);
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// `result` of `points/query`.
@@ -1446,6 +1670,7 @@ fn bench_grpc(
             let row = measure(
                 args,
                 field,
+                &field.truth,
                 series,
                 "gRPC ",
                 std::slice::from_ref(&grpc),
@@ -1620,6 +1845,7 @@ type Answer = (usize, Duration, Vec<(u64, f32)>);
 fn measure<H: Sync>(
     args: &Args,
     field: &Field,
+    truth: &[Vec<u64>],
     series: Series,
     transport: &str,
     handles: &[H],
@@ -1635,7 +1861,7 @@ fn measure<H: Sync>(
         1 => what,
         n => format!("{what}, {n} connections"),
     };
-    let queries = field.truth.len();
+    let queries = truth.len();
     for i in 0..args.warmup.min(queries) {
         send(&handles[i % connections], i)
             .with_context(|| format!("{what}: warm-up search {i}"))?;
@@ -1677,7 +1903,7 @@ fn measure<H: Sync>(
     for (i, latency, hits) in &answers {
         latencies.push(*latency);
         let got: Vec<u64> = hits.iter().map(|&(id, _)| id).collect();
-        recall_sum += field.data.recall(*i, &field.truth[*i], &got, args.k);
+        recall_sum += field.data.recall(*i, &truth[*i], &got, args.k);
         for &(id, reported) in hits {
             if let Some(local) = field.data.score_mismatch(*i, id, reported) {
                 mismatches += 1;
@@ -1700,6 +1926,7 @@ fn measure<H: Sync>(
         },
         ef: series.ef(),
         connections,
+        filter: None,
         qps: queries as f64 / wall,
         recall: recall_sum / queries as f64,
         latency: LatencySummary::from_durations(&latencies).context("no queries were measured")?,
@@ -1760,8 +1987,12 @@ fn row_label(s: &SearchRow) -> String {
         Some(ef) => format!("hnsw ef={ef}"),
         None => s.mode.trim_end_matches(" (gRPC)").to_owned(),
     };
-    match &s.vector {
+    let what = match &s.vector {
         Some(v) => format!("`{v}` {what}"),
+        None => what,
+    };
+    match &s.filter {
+        Some(f) => format!("{f}: {what}"),
         None => what,
     }
 }

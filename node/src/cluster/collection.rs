@@ -602,6 +602,11 @@ impl Collection {
         *self.layout.write() = Arc::new(layout);
         *self.resharding.write() = meta.resharding.clone();
         *self.payload_schema.write() = meta.payload_schema.clone();
+        // Every local replica indexes the declared payload fields (new replicas included).
+        let replicas: Vec<Arc<LocalShard>> = self.local.read().values().cloned().collect();
+        for shard in replicas {
+            shard.set_payload_schema(&meta.payload_schema);
+        }
         self.clean_strays(meta)?;
         // ... and replicas that left are dropped after it stopped routing to them. A moved
         // replica whose transfer still forwards (until every peer routes to the new one) stays
@@ -1901,6 +1906,7 @@ impl Collection {
             }
         };
         let points = shard.stats().points;
+        shard.set_payload_schema(&self.payload_schema.read());
         maintenance::spawn(Arc::clone(&shard), Arc::clone(&self.env.builder));
         local.insert(id, shard);
         drop(local);

@@ -253,6 +253,11 @@ impl ShardSearch {
         };
         let needs_accept = filter.is_some() || !exclude.is_empty() || owner.is_some();
         let accept_ref: Option<PointPredicate<'_>> = needs_accept.then_some(&accept as _);
+        let rest = |id: PointId, _: &Payload, _: HasVector<'_>| {
+            !exclude.contains(&id) && owner.is_none_or(|o| o.owns(&id))
+        };
+        let rest_ref: Option<PointPredicate<'_>> =
+            (!exclude.is_empty() || owner.is_some()).then_some(&rest as _);
         let custom = |v: VectorRef<'_>| -> f32 {
             let sim = |e: &VectorData| similarity(distance, v, e);
             match &self.target {
@@ -309,6 +314,8 @@ impl ShardSearch {
             using: &self.using,
             scoring,
             accept: accept_ref,
+            filter,
+            rest: rest_ref,
             top: self.top,
             ef: self.ef,
             exact: self.exact,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::collection_config::CollectionConfig;
 use crate::index::hnsw_index::{GraphParams, HnswIndex};
+use crate::index::payload_index::PayloadIndex;
 use crate::index::sparse_index::SparseIndex;
 use crate::storage::mapped::{FileSlice, Floats};
 use crate::types::{NamedVectors, Payload, PointId, SparseVector, VectorData, VectorRef};
@@ -342,6 +343,13 @@ pub struct Segment {
     /// Columns the segment's directory holds that no longer count (their vector was removed
     /// from the collection).
     voided: std::collections::BTreeSet<String>,
+    /// The payload indexes of a frozen segment, for the collection's declared payload schema.
+    payload_index: Option<Arc<PayloadIndex>>,
+    /// Payload edits made to this frozen segment so far (a counter, never reset).
+    payload_edits: u64,
+    /// Offsets whose payload changed after `payload_index` was built, with their edit number:
+    /// searches take them as candidates whatever the index says.
+    payload_touched: std::collections::BTreeMap<u32, u64>,
 }
 
 impl Segment {
@@ -364,6 +372,9 @@ impl Segment {
             index: None,
             file_versions: None,
             voided: Default::default(),
+            payload_index: None,
+            payload_edits: 0,
+            payload_touched: Default::default(),
         }
     }
 
@@ -558,6 +569,11 @@ impl Segment {
     }
 
     /// Bytes of dense vectors, for size thresholds.
+    /// Bytes of dense vector data per point.
+    pub fn point_bytes(&self) -> usize {
+        self.point_bytes
+    }
+
     pub fn vector_bytes(&self) -> usize {
         self.ids.len() * self.point_bytes
     }
@@ -639,8 +655,51 @@ impl Segment {
         &self.payloads[offset as usize]
     }
 
+    /// The payload at `offset`, to change. A frozen segment notes the change, so that its
+    /// payload index (built before it) is completed with this offset.
     pub fn payload_mut(&mut self, offset: u32) -> &mut Payload {
+        if self.frozen {
+            self.payload_edits += 1;
+            self.payload_touched.insert(offset, self.payload_edits);
+        }
         &mut self.payloads[offset as usize]
+    }
+
+    /// Payload edits made so far: read it under the same lock as the payloads a
+    /// [`PayloadIndex`] is built from, and give it to [`PayloadIndex::build`].
+    pub fn payload_edits(&self) -> u64 {
+        self.payload_edits
+    }
+
+    /// Live offsets with their payloads, what a [`PayloadIndex`] is built from.
+    pub fn live_payloads(&self) -> impl Iterator<Item = (u32, &Payload)> + Clone + '_ {
+        self.deleted
+            .iter()
+            .zip(&self.payloads)
+            .enumerate()
+            .filter(|(_, (d, _))| !**d)
+            .map(|(o, (_, p))| (o as u32, p))
+    }
+
+    /// Attaches payload indexes built from this segment's payloads (or drops them with
+    /// `None`); edits the index was built after are forgotten, later ones kept.
+    pub fn set_payload_index(&mut self, index: Option<Arc<PayloadIndex>>) {
+        match &index {
+            Some(i) => self.payload_touched.retain(|_, edit| *edit > i.built_at),
+            None => self.payload_touched.clear(),
+        }
+        self.payload_index = index;
+    }
+
+    /// The payload indexes and the offsets whose payloads changed since they were built.
+    pub fn payload_index(&self) -> Option<(&PayloadIndex, impl Iterator<Item = u32> + '_)> {
+        let index = self.payload_index.as_deref()?;
+        Some((index, self.payload_touched.keys().copied()))
+    }
+
+    /// How many offsets changed their payload since the payload indexes were built.
+    pub fn payload_touched_count(&self) -> usize {
+        self.payload_touched.len()
     }
 
     pub fn version(&self, offset: u32) -> u64 {

@@ -416,9 +416,10 @@ pub struct CreateFieldIndex {
     pub field_schema: Option<serde_json::Value>,
 }
 
-/// `PUT /collections/{name}/index`: declares a payload index. Shoal evaluates filters by
-/// scanning payloads, so an index changes no result; it is recorded and reported in
-/// `payload_schema` so that Qdrant clients that create indexes keep working.
+/// `PUT /collections/{name}/index`: declares a payload index, through consensus. Every
+/// replica then builds it in each sealed segment (`index::payload_index`), and filtered
+/// searches use it to choose the points they score; it never changes a result. `text`
+/// indexes are recorded and reported in `payload_schema`, but text conditions still scan.
 pub async fn create_index(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,

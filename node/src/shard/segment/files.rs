@@ -184,6 +184,9 @@ impl Segment {
         stored.deleted = std::mem::take(&mut self.deleted);
         stored.deleted_count = self.deleted_count;
         stored.voided.extend(std::mem::take(&mut self.voided));
+        stored.payload_index = self.payload_index.take();
+        stored.payload_edits = self.payload_edits;
+        stored.payload_touched = std::mem::take(&mut self.payload_touched);
         *self = stored;
     }
 
@@ -339,6 +342,9 @@ impl Segment {
             deleted_count: 0,
             index: Some(Arc::new(index)),
             voided: voided.iter().cloned().collect(),
+            payload_index: None,
+            payload_edits: 0,
+            payload_touched: Default::default(),
         };
         segment.conform(config);
         Ok(segment)
