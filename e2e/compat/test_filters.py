@@ -154,3 +154,62 @@ def test_raw_count_without_body_fields(http, fcoll):
     r = http.post(f"/collections/{fcoll}/points/count", json={})
     assert r.status_code == 200, r.text
     assert r.json()["result"] == {"count": len(POINTS)}
+
+
+# --- full-text index: tokens instead of substrings, as Qdrant matches them
+
+
+TEXTS = {
+    1: "The quick brown fox",
+    2: "a Fox that is QUICK",
+    3: "quickly foxed",
+    4: "lazy dog",
+}
+
+
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
+def test_text_index_matches_tokens(node, client, collection, transport):
+    """Without a `text` index, `match.text` is a substring test; with one (created over REST or
+    gRPC, with its tokenizer parameters), `text` needs every token, `text_any` one of them and
+    `phrase` all of them in a row, after lowercasing."""
+    from qdrant_client import QdrantClient
+
+    name = collection(size=4)
+    client.upsert(name, [m.PointStruct(id=i, vector=[i, 0, 0, 0], payload={"t": t}) for i, t in TEXTS.items()],
+                  wait=True)
+
+    def ids(match):
+        found, _ = client.scroll(name, scroll_filter=m.Filter(must=[fc("t", match=match)]), limit=10)
+        return {p.id for p in found}
+
+    assert ids(m.MatchText(text="quick fox")) == set()
+    assert ids(m.MatchText(text="quick")) == {1, 3}, "a case-sensitive substring"
+    params = m.TextIndexParams(type=m.TextIndexType.TEXT, tokenizer=m.TokenizerType.WORD, lowercase=True,
+                               phrase_matching=True)
+    creator = client if transport == "rest" else QdrantClient(
+        host="127.0.0.1", port=node.http_port, grpc_port=node.grpc_port, prefer_grpc=True,
+        check_compatibility=False)
+    creator.create_payload_index(name, "t", field_schema=params, wait=True)
+    assert ids(m.MatchText(text="quick fox")) == {1, 2}
+    assert ids(m.MatchText(text="quick")) == {1, 2}, "`quickly` is another token"
+    assert ids(m.MatchTextAny(text_any="dog foxed")) == {3, 4}
+    assert ids(m.MatchPhrase(phrase="QUICK brown")) == {1}
+    # Search and count agree with scroll.
+    hits = client.query_points(name, query=[1, 0, 0, 0], query_filter=m.Filter(must=[fc("t", match=m.MatchText(
+        text="fox quick"))]), limit=10).points
+    assert {h.id for h in hits} == {1, 2}
+    assert client.count(name, count_filter=m.Filter(must=[fc("t", match=m.MatchText(text="fox"))])).count == 2
+    # Deletes by filter use the same rule.
+    client.delete(name, points_selector=m.FilterSelector(filter=m.Filter(must=[fc("t", match=m.MatchText(
+        text="fox quick"))])), wait=True)
+    assert {p.id for p in scroll_all(client, name)} == {3, 4}
+
+
+def test_text_index_options_shoal_does_not_apply_are_refused(http, collection):
+    name = collection(size=4)
+    for extra in ({"stopwords": "english"}, {"stemmer": {"type": "snowball", "language": "english"}},
+                  {"ascii_folding": True}, {"tokenizer": "code"}):
+        r = http.put(f"/collections/{name}/index?wait=true",
+                     json={"field_name": "t", "field_schema": {"type": "text", **extra}})
+        assert r.status_code == 400, (extra, r.text)
+    assert http.get(f"/collections/{name}").json()["result"]["payload_schema"] == {}

@@ -15,11 +15,21 @@ use shoal_e2e::{Method, NodeOptions, NodeProcess, PointId, PointStruct, SearchRe
 const DIM: usize = 16;
 const POINTS: u64 = 6_000;
 
+/// Titles, by `i % 4`: with a full-text index, `quick fox` matches the first two (every token,
+/// any order), `phrase` "quick brown" only the first; as a substring `quick fox` matches none.
+const TITLES: [&str; 4] = [
+    "The quick brown fox",
+    "a Fox that is QUICK",
+    "quickly foxed",
+    "lazy dog",
+];
+
 /// The payload of point `i`: a keyword that is `rare` for about 1% of the points, an integer,
-/// a geo point and a datetime.
+/// a geo point, a datetime and a title.
 fn payload(i: u64) -> Map<String, Value> {
     let kw = if i % 97 == 5 { "rare" } else { "common" };
     json!({
+        "title": TITLES[(i % 4) as usize],
         "kw": kw,
         "n": i,
         "place": {"lat": (i % 180) as f64 - 89.5, "lon": ((i * 7) % 360) as f64 - 179.5},
@@ -163,6 +173,44 @@ fn payload_indexes_never_change_what_a_filtered_search_returns() -> Result<()> {
         Ok(())
     };
     check("indexes declared", &payloads)?;
+
+    // Full text: substring semantics without a `text` index, tokens with one (Qdrant's).
+    let text_search = |m: Value| -> Result<BTreeSet<u64>> {
+        let mut request = SearchRequest::new(vec![0.1; DIM], 100);
+        request.filter = Some(json!({"must": [
+            {"key": "title", "match": m},
+            {"key": "n", "range": {"lt": 40}}
+        ]}));
+        Ok(client
+            .search(name, &request)?
+            .iter()
+            .map(|h| num(&h.id))
+            .collect())
+    };
+    let with =
+        |rem: &[u64]| -> BTreeSet<u64> { (0..40).filter(|i| rem.contains(&(i % 4))).collect() };
+    ensure!(
+        text_search(json!({"text": "quick fox"}))?.is_empty(),
+        "substring before the index"
+    );
+    let _: Value = client.call(
+        Method::Put,
+        &format!("/collections/{name}/index?wait=true"),
+        Some(&json!({"field_name": "title",
+                     "field_schema": {"type": "text", "tokenizer": "word", "phrase_matching": true}})),
+    )?;
+    ensure!(
+        text_search(json!({"text": "quick fox"}))? == with(&[0, 1]),
+        "text with the index"
+    );
+    ensure!(
+        text_search(json!({"text_any": "dog foxed"}))? == with(&[2, 3]),
+        "text_any"
+    );
+    ensure!(
+        text_search(json!({"phrase": "QUICK brown"}))? == with(&[0]),
+        "phrase"
+    );
 
     // Edits after the indexes were built: points that start to match are found, points that
     // stop matching are not returned.

@@ -812,6 +812,23 @@ pub struct PayloadIndexEntry {
 }
 
 #[cfg(test)]
+impl PayloadIndexEntry {
+    /// `"keyword"` or `{"type": "integer", "lookup": false}`, as create-index stores them.
+    pub(crate) fn of_schema(schema: &serde_json::Value) -> PayloadIndexEntry {
+        match schema {
+            serde_json::Value::String(t) => PayloadIndexEntry {
+                data_type: t.clone(),
+                params: None,
+            },
+            other => PayloadIndexEntry {
+                data_type: other["type"].as_str().unwrap().to_string(),
+                params: Some(other.clone()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

@@ -244,7 +244,8 @@ impl ShardSearch {
     pub fn run(&self, shard: &LocalShard) -> Vec<ScoredRecord> {
         let distance = shard.distance(&self.using);
         let exclude: HashSet<PointId> = self.exclude.iter().copied().collect();
-        let filter = self.filter.as_ref();
+        let bound = self.filter.as_ref().map(|f| shard.bind_filter(f));
+        let filter = bound.as_deref();
         let owner = self.owner.as_ref();
         let accept = |id: PointId, p: &Payload, has: HasVector<'_>| {
             !exclude.contains(&id)
@@ -398,7 +399,8 @@ impl ShardRequest for ShardScroll {
 
 impl ShardScroll {
     pub fn run(&self, shard: &LocalShard) -> Vec<Record> {
-        let accept = owned_and_matching(self.owner.as_ref(), self.filter.as_ref());
+        let filter = self.filter.as_ref().map(|f| shard.bind_filter(f));
+        let accept = owned_and_matching(self.owner.as_ref(), filter.as_deref());
         shard.scroll(
             self.from,
             self.limit,
@@ -473,7 +475,8 @@ impl ShardRequest for ShardOrderBy {
     type Answer = Vec<(OrderValue, Record)>;
     const CALL: ShardCallKind = ShardCallKind::OrderBy;
     fn run_on(&self, shard: &LocalShard) -> Result<Self::Answer, CollectionError> {
-        let accept = owned_and_matching(self.owner.as_ref(), self.filter.as_ref());
+        let filter = self.filter.as_ref().map(|f| shard.bind_filter(f));
+        let accept = owned_and_matching(self.owner.as_ref(), filter.as_deref());
         Ok(shard.order_by(self, &accept))
     }
 }
@@ -529,7 +532,8 @@ impl ShardRequest for ShardFacet {
     type Answer = Vec<(serde_json::Value, usize)>;
     const CALL: ShardCallKind = ShardCallKind::Facet;
     fn run_on(&self, shard: &LocalShard) -> Result<Self::Answer, CollectionError> {
-        let accept = owned_and_matching(self.owner.as_ref(), self.filter.as_ref());
+        let filter = self.filter.as_ref().map(|f| shard.bind_filter(f));
+        let accept = owned_and_matching(self.owner.as_ref(), filter.as_deref());
         let mut counts: std::collections::HashMap<String, (serde_json::Value, usize)> =
             std::collections::HashMap::new();
         shard.for_each_payload(&accept, &mut |payload| {
@@ -582,10 +586,13 @@ impl ShardCount {
         let owner = self.owner.as_ref();
         match (&self.filter, owner) {
             (None, None) => shard.count(None),
-            (filter, _) => shard.count(Some(&|id: PointId, p: &Payload, has: HasVector<'_>| {
-                owner.is_none_or(|o| o.owns(&id))
-                    && filter.as_ref().is_none_or(|f| f.check_point(id, p, has))
-            })),
+            (filter, _) => {
+                let filter = filter.as_ref().map(|f| shard.bind_filter(f));
+                shard.count(Some(&|id: PointId, p: &Payload, has: HasVector<'_>| {
+                    owner.is_none_or(|o| o.owns(&id))
+                        && filter.as_ref().is_none_or(|f| f.check_point(id, p, has))
+                }))
+            }
         }
     }
 }

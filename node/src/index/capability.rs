@@ -123,6 +123,10 @@ pub fn required(field: &FieldCondition) -> Vec<Capability> {
             } => vec![Capability::BoolMatch],
             Match::Text { .. } | Match::TextAny { .. } => vec![Capability::Text],
             Match::Phrase { .. } => vec![Capability::TextPhrase],
+            Match::Tokens(t) if t.mode == crate::index::text::TokenMode::Phrase => {
+                vec![Capability::TextPhrase]
+            }
+            Match::Tokens(_) => vec![Capability::Text],
             Match::Any { any: list } | Match::Except { except: list } => match list {
                 AnyVariants::Keywords(v) if v.is_empty() => Vec::new(),
                 AnyVariants::Integers(v) if v.is_empty() => Vec::new(),

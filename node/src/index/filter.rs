@@ -34,13 +34,16 @@
 
 use std::fmt;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 use serde_json::Value;
 
 use crate::index::geo::{GeoBoundingBox, GeoPoint, GeoPolygon, GeoRadius};
 use crate::index::payload_path::JsonPath;
+use crate::index::text::{TextParams, TokenMatch, TokenMode};
 use crate::types::{Payload, PointId};
 
 /// A Qdrant filter. Every part is optional; the empty filter matches every point.
@@ -271,6 +274,10 @@ pub enum Match {
     Any { any: AnyVariants },
     /// `{"except": [...]}`: the value is none of the list.
     Except { except: AnyVariants },
+    /// `text`, `text_any` or `phrase` on a key with a full-text index, tokenized by it: never
+    /// read from a request, only made by [`Filter::bind_text`] inside a shard.
+    #[serde(skip)]
+    Tokens(TokenMatch),
 }
 
 /// The value of `match.value`.
@@ -637,6 +644,53 @@ impl Filter {
             })
     }
 
+    /// The filter with its `text`, `text_any` and `phrase` conditions on keys that have a
+    /// full-text index (`text_index` gives its parameters) tokenized as that index does, as
+    /// Qdrant matches them; `None` when no condition changes. `phrase` is bound only where the
+    /// index has `phrase_matching`. Conditions inside `nested` keep the unindexed semantics.
+    pub fn bind_text(
+        &self,
+        text_index: &dyn Fn(&JsonPath) -> Option<Arc<TextParams>>,
+    ) -> Option<Filter> {
+        let mut bound = self.clone();
+        bound.bind_text_in_place(text_index).then_some(bound)
+    }
+
+    fn bind_text_in_place(
+        &mut self,
+        text_index: &dyn Fn(&JsonPath) -> Option<Arc<TextParams>>,
+    ) -> bool {
+        let mut changed = false;
+        let lists = [
+            self.must.as_mut(),
+            self.should.as_mut(),
+            self.must_not.as_mut(),
+            self.min_should.as_mut().map(|m| &mut m.conditions),
+        ];
+        for condition in lists.into_iter().flatten().flatten() {
+            match condition {
+                Condition::Field(field) => {
+                    let Some(params) = text_index(&field.key) else {
+                        continue;
+                    };
+                    let (query, mode) = match &field.r#match {
+                        Some(Match::Text { text }) => (text, TokenMode::All),
+                        Some(Match::TextAny { text_any }) => (text_any, TokenMode::Any),
+                        Some(Match::Phrase { phrase }) if params.phrase_matching => {
+                            (phrase, TokenMode::Phrase)
+                        }
+                        _ => continue,
+                    };
+                    field.r#match = Some(Match::Tokens(TokenMatch::new(query, mode, params)));
+                    changed = true;
+                }
+                Condition::Filter(inner) => changed |= inner.bind_text_in_place(text_index),
+                _ => {}
+            }
+        }
+        changed
+    }
+
     /// Semantic checks that the JSON shape cannot express. Call after deserialising a request;
     /// the error says where the problem is and is meant for an HTTP 400 body.
     pub fn validate(&self) -> Result<(), String> {
@@ -815,6 +869,7 @@ impl Match {
                 Value::Number(n) => n.as_i64().is_some_and(|n| any.contains_integer(n)),
                 _ => false,
             },
+            Match::Tokens(t) => value.as_str().is_some_and(|s| t.matches(s)),
             Match::Except { except } => match (value, except) {
                 (Value::Null, _) => false,
                 (Value::String(s), AnyVariants::Keywords(_)) => !except.contains_keyword(s),

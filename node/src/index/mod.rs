@@ -12,3 +12,4 @@ pub mod payload_index;
 pub mod payload_path;
 pub mod payload_selector;
 pub mod sparse_index;
+pub mod text;

@@ -13,7 +13,7 @@
 //! | `bool` | `true` / `false` → offsets | `match.value` (bool) |
 //! | `datetime` | every RFC 3339 string as microseconds, sorted | datetime `range` |
 //! | `geo` | every geo point, sorted by latitude | `geo_bounding_box`, `geo_radius`, `geo_polygon` (latitude band) |
-//! | `text` | (none yet) | nothing: text conditions are checked by scanning payloads |
+//! | `text` | token → offsets (prefixes too with the `prefix` tokenizer) | `text`, `text_any`, `phrase` (see `text`) |
 //!
 //! An index never decides a result on its own. [`PayloadIndex::plan`] turns a filter into a
 //! *superset* of the offsets that can match it (the smallest indexed `must` condition, or the
@@ -28,6 +28,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -37,6 +38,7 @@ use crate::index::filter::{
 };
 use crate::index::geo::GeoPoint;
 use crate::index::payload_path::JsonPath;
+use crate::index::text::{TextParams, TokenMode};
 use crate::types::{Payload, PointId};
 
 /// Metres per degree of latitude on the sphere `geo_distance` uses, lowered by 1% so that a
@@ -52,7 +54,7 @@ pub struct PayloadSchema {
 }
 
 /// What a field index holds, from its declared `field_schema`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldKind {
     /// `keyword` or `uuid`: string values.
     Keyword,
@@ -65,8 +67,8 @@ pub enum FieldKind {
     Bool,
     Datetime,
     Geo,
-    /// Declared, but answered by scanning payloads.
-    Text,
+    /// Full text, with its tokenizer.
+    Text(Arc<TextParams>),
 }
 
 impl PayloadSchema {
@@ -93,7 +95,9 @@ impl PayloadSchema {
                     "bool" => FieldKind::Bool,
                     "datetime" => FieldKind::Datetime,
                     "geo" => FieldKind::Geo,
-                    "text" => FieldKind::Text,
+                    "text" => {
+                        FieldKind::Text(Arc::new(TextParams::from_schema(entry.params.as_ref())))
+                    }
                     _ => return None,
                 };
                 Some((key.clone(), (path, kind)))
@@ -104,6 +108,14 @@ impl PayloadSchema {
 
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty()
+    }
+
+    /// The parameters of the full-text index on `key`, if it has one.
+    pub fn text_params(&self, key: &JsonPath) -> Option<Arc<TextParams>> {
+        self.fields.values().find_map(|(path, kind)| match kind {
+            FieldKind::Text(params) if path == key => Some(Arc::clone(params)),
+            _ => None,
+        })
     }
 }
 
@@ -155,17 +167,17 @@ impl FieldIndex {
         let (mut numbers, mut datetimes, mut latitudes) = (Vec::new(), Vec::new(), Vec::new());
         for (offset, payload) in points {
             for value in path.values(payload) {
-                match kind {
+                match &kind {
                     FieldKind::Keyword => {
                         if let Some(s) = value.as_str() {
                             push_once(strings.entry(s.to_owned()).or_default(), offset);
                         }
                     }
                     FieldKind::Integer { lookup, range } => {
-                        if let (true, Some(n)) = (lookup, value.as_i64()) {
+                        if let (true, Some(n)) = (*lookup, value.as_i64()) {
                             push_once(integers.entry(n).or_default(), offset);
                         }
-                        if let (true, Some(x)) = (range, value.as_f64()) {
+                        if let (true, Some(x)) = (*range, value.as_f64()) {
                             numbers.push((x, offset));
                         }
                     }
@@ -189,7 +201,13 @@ impl FieldIndex {
                             latitudes.push((p.lat, offset));
                         }
                     }
-                    FieldKind::Text => {}
+                    FieldKind::Text(params) => {
+                        if let Some(s) = value.as_str() {
+                            for token in params.indexed_tokens(s) {
+                                push_once(strings.entry(token).or_default(), offset);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -217,6 +235,13 @@ impl FieldIndex {
         if let Some(m) = &condition.r#match {
             checks += 1;
             out.extend(self.lookup_match(m)?);
+            // Several tokens must meet in one string (or in order): the shortest list is only
+            // a superset.
+            if let Match::Tokens(t) = m
+                && (t.mode == TokenMode::Phrase || (t.mode == TokenMode::All && t.tokens.len() > 1))
+            {
+                exact = false;
+            }
         }
         if let Some(range) = &condition.range {
             checks += 1;
@@ -261,6 +286,26 @@ impl FieldIndex {
     }
 
     fn lookup_match(&self, m: &Match) -> Option<Vec<Cow<'_, [u32]>>> {
+        if let (Match::Tokens(t), FieldKind::Text(params)) = (m, &self.kind) {
+            // Tokens bound to this very index (the shard binds with its schema).
+            if t.params != *params {
+                return None;
+            }
+            let posting = |token: &String| {
+                Cow::Borrowed(self.strings.get(token).map_or(&[][..], Vec::as_slice))
+            };
+            return Some(match t.mode {
+                TokenMode::Any => t.tokens.iter().map(posting).collect(),
+                // Every token must be there: the shortest list holds every match.
+                TokenMode::All | TokenMode::Phrase => t
+                    .tokens
+                    .iter()
+                    .map(posting)
+                    .min_by_key(|p| p.len())
+                    .into_iter()
+                    .collect(),
+            });
+        }
         let keyword = self.kind == FieldKind::Keyword;
         let integer = matches!(self.kind, FieldKind::Integer { lookup: true, .. });
         let strings = |s: &str| Cow::Borrowed(self.strings.get(s).map_or(&[][..], Vec::as_slice));
@@ -286,7 +331,7 @@ impl FieldIndex {
     }
 
     fn lookup_range(&self, range: &Range) -> Option<&[u32]> {
-        match (range, self.kind) {
+        match (range, &self.kind) {
             (Range::Numbers(b), FieldKind::Float | FieldKind::Integer { range: true, .. }) => {
                 Some(self.numbers.slice(
                     |v| b.gt.is_some_and(|g| *v <= g) || b.gte.is_some_and(|g| *v < g),
@@ -376,7 +421,10 @@ impl PayloadIndex {
         let fields = schema
             .fields
             .values()
-            .map(|(path, kind)| (path.clone(), FieldIndex::build(path, *kind, points.clone())))
+            .map(|(path, kind)| {
+                let index = FieldIndex::build(path, kind.clone(), points.clone());
+                (path.clone(), index)
+            })
             .collect();
         PayloadIndex {
             schema: schema.clone(),
@@ -472,19 +520,7 @@ mod tests {
             .as_object()
             .unwrap()
             .iter()
-            .map(|(k, v)| {
-                let entry = match v {
-                    Value::String(t) => PayloadIndexEntry {
-                        data_type: t.clone(),
-                        params: None,
-                    },
-                    other => PayloadIndexEntry {
-                        data_type: other["type"].as_str().unwrap().to_string(),
-                        params: Some(other.clone()),
-                    },
-                };
-                (k.clone(), entry)
-            })
+            .map(|(k, v)| (k.clone(), PayloadIndexEntry::of_schema(v)))
             .collect();
         PayloadSchema::new(&entries)
     }
@@ -612,6 +648,12 @@ mod tests {
                 }
             })),
             (0u64..40).prop_map(|n| json!({"has_id": [n, n + 1]})),
+            (
+                prop::sample::select(vec!["k", "u"]),
+                prop::sample::select(vec!["text", "text_any", "phrase"]),
+                prop::sample::select(vec!["x", "X y", "y x", "x0", "", "2024"]),
+            )
+                .prop_map(|(k, kind, q)| json!({"key": k, "match": {kind: q}})),
         ]
     }
 
@@ -623,7 +665,10 @@ mod tests {
                 "z",
                 "0",
                 "2024-01-02T12:00:00Z",
-                "2024-01-03"
+                "2024-01-03",
+                "x y",
+                "Y X z",
+                "x0 y",
             ])
             .prop_map(|s| json!(s)),
             (-3i64..4).prop_map(|n| json!(n)),
@@ -659,6 +704,8 @@ mod tests {
                     json!("datetime"), json!("geo"), json!("uuid"), json!("text"),
                     json!({"type": "integer", "lookup": false}),
                     json!({"type": "integer", "range": false}),
+                    json!({"type": "text", "tokenizer": "prefix", "phrase_matching": true}),
+                    json!({"type": "text", "tokenizer": "whitespace", "lowercase": false}),
                 ]),
                 7,
             ),
@@ -682,7 +729,9 @@ mod tests {
             if let Some(should) = should {
                 f["should"] = json!(should);
             }
+            // Text conditions on text-indexed keys are tokenized first, as a shard does.
             let f = filter(f);
+            let f = f.bind_text(&|key| schema.text_params(key)).unwrap_or(f);
             let has_id = |ids: &[PointId]| -> Vec<u32> {
                 ids.iter()
                     .filter_map(|id| match id {

@@ -351,7 +351,15 @@ impl ShardState {
         self.last_seq = seq;
     }
 
-    /// Whether the point at `loc` passes `filter`.
+    /// `filter` with its text conditions bound to this shard's full-text indexes.
+    fn bind<'f>(&self, filter: &'f Filter) -> std::borrow::Cow<'f, Filter> {
+        match filter.bind_text(&|key| self.payload_schema.text_params(key)) {
+            Some(bound) => std::borrow::Cow::Owned(bound),
+            None => std::borrow::Cow::Borrowed(filter),
+        }
+    }
+
+    /// Whether the point at `loc` passes `filter` (already bound, see [`ShardState::bind`]).
     fn matches(&self, id: &PointId, loc: &Location, filter: &crate::index::filter::Filter) -> bool {
         let seg = &self.segments[&loc.segment];
         filter.check_point(*id, seg.payload(loc.offset), &|name| {
@@ -372,12 +380,15 @@ impl ShardState {
                 .filter(|id| self.locations.contains_key(id))
                 .copied()
                 .collect()),
-            PointSelection::Filter(filter) => Ok(self
-                .locations
-                .iter()
-                .filter(|(id, loc)| self.matches(id, loc, filter))
-                .map(|(id, _)| *id)
-                .collect()),
+            PointSelection::Filter(filter) => {
+                let filter = self.bind(filter);
+                Ok(self
+                    .locations
+                    .iter()
+                    .filter(|(id, loc)| self.matches(id, loc, &filter))
+                    .map(|(id, _)| *id)
+                    .collect())
+            }
         }
     }
 
@@ -391,18 +402,21 @@ impl ShardState {
                 points,
                 mode,
                 filter,
-            } => ShardOperation::Upsert(
-                points
-                    .into_iter()
-                    .filter(|p| match self.locations.get(&p.id) {
-                        None => mode != UpdateMode::UpdateOnly,
-                        Some(loc) => {
-                            mode != UpdateMode::InsertOnly
-                                && filter.as_ref().is_none_or(|f| self.matches(&p.id, loc, f))
-                        }
-                    })
-                    .collect(),
-            ),
+            } => {
+                let filter = filter.as_ref().map(|f| self.bind(f));
+                ShardOperation::Upsert(
+                    points
+                        .into_iter()
+                        .filter(|p| match self.locations.get(&p.id) {
+                            None => mode != UpdateMode::UpdateOnly,
+                            Some(loc) => {
+                                mode != UpdateMode::InsertOnly
+                                    && filter.as_ref().is_none_or(|f| self.matches(&p.id, loc, f))
+                            }
+                        })
+                        .collect(),
+                )
+            }
             UpdateRequest::UpdateVectors {
                 points,
                 filter,
@@ -415,6 +429,7 @@ impl ShardState {
                 {
                     return Err(ShardError::PointNotFound(*missing));
                 }
+                let filter = filter.as_ref().map(|f| self.bind(f));
                 ShardOperation::UpdateVectors(
                     points
                         .into_iter()
@@ -881,6 +896,12 @@ impl LocalShard {
             state.payload_schema = Arc::new(schema);
         }
         self.refresh_payload_indexes();
+    }
+
+    /// `filter` as this shard checks it: `text`, `text_any` and `phrase` conditions on keys
+    /// with a full-text index tokenized by that index (see `index::text`), the rest as given.
+    pub fn bind_filter<'f>(&self, filter: &'f Filter) -> std::borrow::Cow<'f, Filter> {
+        self.state.read().bind(filter)
     }
 
     /// Gives every frozen segment payload indexes for the current schema (or drops them when

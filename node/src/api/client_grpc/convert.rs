@@ -1823,6 +1823,47 @@ pub fn field_type_name(t: i32) -> Result<&'static str, Status> {
     })
 }
 
+/// The parameters of a create-index request that change what Shoal builds or how it matches,
+/// as REST's `field_schema` object members: an integer index's `lookup` and `range`, a text
+/// index's tokenizer and token rules. Storage placement (`on_disk`, `memory`) and tenant hints
+/// change nothing in Shoal and are left out; `stopwords`, `stemmer` and `ascii_folding` are
+/// passed on so that REST's check refuses them.
+pub fn field_index_params_json(params: &q::PayloadIndexParams) -> serde_json::Map<String, Value> {
+    use q::payload_index_params::IndexParams;
+    let mut out = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            out.insert(k.to_owned(), v);
+        }
+    };
+    match &params.index_params {
+        Some(IndexParams::IntegerIndexParams(p)) => {
+            put("lookup", p.lookup.map(Value::from));
+            put("range", p.range.map(Value::from));
+        }
+        Some(IndexParams::TextIndexParams(p)) => {
+            let tokenizer = match q::TokenizerType::try_from(p.tokenizer) {
+                Ok(q::TokenizerType::Prefix) => Some("prefix"),
+                Ok(q::TokenizerType::Whitespace) => Some("whitespace"),
+                Ok(q::TokenizerType::Word) => Some("word"),
+                Ok(q::TokenizerType::Multilingual) => Some("multilingual"),
+                Ok(q::TokenizerType::Code) => Some("code"),
+                _ => None,
+            };
+            put("tokenizer", tokenizer.map(Value::from));
+            put("lowercase", p.lowercase.map(Value::from));
+            put("min_token_len", p.min_token_len.map(Value::from));
+            put("max_token_len", p.max_token_len.map(Value::from));
+            put("phrase_matching", p.phrase_matching.map(Value::from));
+            put("stopwords", p.stopwords.as_ref().map(|_| Value::Bool(true)));
+            put("stemmer", p.stemmer.as_ref().map(|_| Value::Bool(true)));
+            put("ascii_folding", p.ascii_folding.map(Value::from));
+        }
+        _ => {}
+    }
+    out
+}
+
 /// REST's collection info (as JSON) as the wire `CollectionInfo`.
 pub fn collection_info_out(info: &Value) -> q::CollectionInfo {
     let config = &info["config"];

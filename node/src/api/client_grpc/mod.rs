@@ -688,8 +688,18 @@ impl Points for ClientApi {
         self.authorize(&request, WRITE)?;
         let t = Instant::now();
         let r = request.into_inner();
+        let params = r
+            .field_index_params
+            .as_ref()
+            .map(convert::field_index_params_json)
+            .unwrap_or_default();
         let schema = match r.field_type {
-            Some(ty) => Value::String(convert::field_type_name(ty)?.into()),
+            Some(ty) if params.is_empty() => Value::String(convert::field_type_name(ty)?.into()),
+            Some(ty) => {
+                let mut object = params;
+                object.insert("type".into(), convert::field_type_name(ty)?.into());
+                Value::Object(object)
+            }
             None => Value::Null,
         };
         let body = json!({"field_name": r.field_name, "field_schema": schema});

@@ -398,6 +398,25 @@ fn index_entry(schema: Option<serde_json::Value>) -> Result<PayloadIndexEntry, A
         }
         Some(serde_json::Value::Object(params)) => {
             match params.get("type").and_then(|t| t.as_str()) {
+                // Refused rather than accepted and not applied (see `index::text`).
+                Some("text")
+                    if ["stopwords", "stemmer"]
+                        .iter()
+                        .any(|k| params.get(*k).is_some_and(|v| !v.is_null()))
+                        || params.get("ascii_folding") == Some(&serde_json::Value::Bool(true))
+                        || params.get("tokenizer").is_some_and(|t| {
+                            !["word", "whitespace", "prefix", "multilingual"]
+                                .iter()
+                                .any(|known| t == known)
+                        }) =>
+                {
+                    Err(bad(
+                        "Shoal's text index takes the `word`, `whitespace`, `prefix` and \
+                         `multilingual` tokenizers, without `stopwords`, `stemmer` or \
+                         `ascii_folding`"
+                            .into(),
+                    ))
+                }
                 Some(t) if PAYLOAD_TYPES.contains(&t) => Ok(PayloadIndexEntry {
                     data_type: t.to_string(),
                     params: Some(serde_json::Value::Object(params.clone())),
@@ -418,8 +437,9 @@ pub struct CreateFieldIndex {
 
 /// `PUT /collections/{name}/index`: declares a payload index, through consensus. Every
 /// replica then builds it in each sealed segment (`index::payload_index`), and filtered
-/// searches use it to choose the points they score; it never changes a result. `text`
-/// indexes are recorded and reported in `payload_schema`, but text conditions still scan.
+/// searches use it to choose the points they score. A `text` index changes what `text`,
+/// `text_any` and `phrase` conditions mean on its key, as in Qdrant: tokens of its tokenizer
+/// instead of a substring (`index::text`); its `stopwords` and `stemmer` are refused (400).
 pub async fn create_index(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,

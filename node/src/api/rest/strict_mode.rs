@@ -1556,18 +1556,8 @@ mod tests {
         strict_over(config(), limits, indexes)
     }
 
-    /// `"keyword"` or `{"type": "integer", "lookup": false}`, as create-index stores them.
     fn entry(schema: &Value) -> PayloadIndexEntry {
-        match schema {
-            Value::String(t) => PayloadIndexEntry {
-                data_type: t.clone(),
-                params: None,
-            },
-            other => PayloadIndexEntry {
-                data_type: other["type"].as_str().unwrap().to_string(),
-                params: Some(other.clone()),
-            },
-        }
+        PayloadIndexEntry::of_schema(schema)
     }
 
     fn filter(v: Value) -> Filter {
