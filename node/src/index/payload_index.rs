@@ -153,6 +153,9 @@ pub struct FieldIndex {
     datetimes: Sorted<i64>,
     /// Latitude → offset (the longitude is checked with the payload).
     latitudes: Sorted<f64>,
+    /// Geo points with a latitude outside [-90, 90]: a distance check wraps them around the
+    /// pole, so no latitude band can exclude them; they are candidates of every geo condition.
+    odd_latitudes: Vec<u32>,
 }
 
 impl FieldIndex {
@@ -165,6 +168,7 @@ impl FieldIndex {
         let mut integers: HashMap<i64, Vec<u32>> = HashMap::new();
         let mut bools: [Vec<u32>; 2] = Default::default();
         let (mut numbers, mut datetimes, mut latitudes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut odd_latitudes = Vec::new();
         for (offset, payload) in points {
             for value in path.values(payload) {
                 match &kind {
@@ -196,11 +200,13 @@ impl FieldIndex {
                             datetimes.push((micros, offset));
                         }
                     }
-                    FieldKind::Geo => {
-                        if let Some(p) = GeoPoint::from_value(value) {
-                            latitudes.push((p.lat, offset));
+                    FieldKind::Geo => match GeoPoint::from_value(value) {
+                        Some(p) if (-90.0..=90.0).contains(&p.lat) => {
+                            latitudes.push((p.lat, offset))
                         }
-                    }
+                        Some(_) => push_once(&mut odd_latitudes, offset),
+                        None => {}
+                    },
                     FieldKind::Text(params) => {
                         if let Some(s) = value.as_str() {
                             for token in params.indexed_tokens(s) {
@@ -221,6 +227,7 @@ impl FieldIndex {
             numbers: Sorted::build(numbers, f64::total_cmp),
             datetimes: Sorted::build(datetimes, Ord::cmp),
             latitudes: Sorted::build(latitudes, f64::total_cmp),
+            odd_latitudes,
         }
     }
 
@@ -274,6 +281,7 @@ impl FieldIndex {
             out.push(Cow::Borrowed(
                 self.latitudes.slice(|v| *v < lo, |v| *v > hi),
             ));
+            out.push(Cow::Borrowed(&self.odd_latitudes));
         }
         if condition.values_count.is_some()
             || condition.is_empty.is_some()
@@ -468,7 +476,13 @@ impl PayloadIndex {
             consider(self.plan_union(should, has_id));
         }
         if let Some(min_should) = filter.min_should.as_ref().filter(|m| m.min_count > 0) {
-            consider(self.plan_union(&min_should.conditions, has_id));
+            // The union holds every point that passes one condition: exactly the passing
+            // points only when one is enough.
+            let union = self.plan_union(&min_should.conditions, has_id);
+            consider(union.map(|mut plan| {
+                plan.exact &= min_should.min_count == 1;
+                plan
+            }));
         }
         best
     }
@@ -613,6 +627,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn min_should_of_two_is_not_exact_and_odd_latitudes_stay_candidates() {
+        let payloads: Vec<Payload> = vec![
+            payload(json!({"color": "red", "n": 1, "place": {"lat": 92.0, "lon": 0.0}})),
+            payload(json!({"color": "red", "n": 2, "place": {"lat": 10.0, "lon": 0.0}})),
+        ];
+        let schema = schema(json!({"color": "keyword", "n": "integer", "place": "geo"}));
+        let index = PayloadIndex::build(
+            &schema,
+            payloads.iter().enumerate().map(|(o, p)| (o as u32, p)),
+            0,
+        );
+        let two = filter(json!({"min_should": {"conditions": [
+            {"key": "color", "match": {"value": "red"}},
+            {"key": "n", "match": {"value": 2}}
+        ], "min_count": 2}}));
+        let plan = index.plan(&two, &no_ids).unwrap();
+        assert!(!plan.exact, "point 0 passes one of the two conditions only");
+        assert!(!two.check(PointId::Num(0), &payloads[0]));
+        // Haversine reads latitude 92 at longitude 0 as 88 at longitude 180.
+        let near = filter(json!({"must": [{"key": "place", "geo_radius": {
+            "center": {"lat": 88.0, "lon": 180.0}, "radius": 1000.0}}]}));
+        assert!(near.check(PointId::Num(0), &payloads[0]));
+        let plan = index.plan(&near, &no_ids).unwrap();
+        assert_eq!(plan.offsets(std::iter::empty()), vec![0]);
+    }
+
     /// What a filter condition generator draws from.
     fn arb_condition() -> impl Strategy<Value = Value> {
         let keys = prop::sample::select(vec!["k", "i", "f", "b", "d", "g", "u"]);
@@ -639,6 +680,10 @@ mod tests {
             (keys.clone(), -3.0f64..3.0, 0.0f64..3.0).prop_map(|(k, lat, r)| json!({
                 "key": k,
                 "geo_radius": {"center": {"lon": 0.0, "lat": lat}, "radius": r * 111_000.0}
+            })),
+            (keys.clone(), 80.0f64..90.0, 0.0f64..2e6).prop_map(|(k, lat, r)| json!({
+                "key": k,
+                "geo_radius": {"center": {"lon": 0.0, "lat": lat}, "radius": r}
             })),
             (keys, -3.0f64..3.0, 0.0f64..3.0).prop_map(|(k, lat, h)| json!({
                 "key": k,
@@ -675,6 +720,9 @@ mod tests {
             (-4.0f64..4.0).prop_map(|x| json!(x)),
             any::<bool>().prop_map(|b| json!(b)),
             (-3.0f64..3.0, -3.0f64..3.0).prop_map(|(lat, lon)| json!({"lat": lat, "lon": lon})),
+            // Off the sphere: a distance check wraps it around the pole.
+            (prop::sample::select(vec![92.0, -95.0]), -3.0f64..3.0)
+                .prop_map(|(lat, lon)| json!({"lat": lat, "lon": lon})),
             Just(Value::Null),
         ];
         prop_oneof![
@@ -706,11 +754,14 @@ mod tests {
                     json!({"type": "integer", "range": false}),
                     json!({"type": "text", "tokenizer": "prefix", "phrase_matching": true}),
                     json!({"type": "text", "tokenizer": "whitespace", "lowercase": false}),
+                    json!({"type": "text", "tokenizer": "prefix", "max_token_len": 1}),
+                    json!({"type": "text", "min_token_len": 2}),
                 ]),
                 7,
             ),
             must in prop::collection::vec(arb_condition(), 0..3),
             should in prop::option::of(prop::collection::vec(arb_condition(), 0..3)),
+            min_should in prop::option::of((prop::collection::vec(arb_condition(), 0..3), 0usize..4)),
         ) {
             let keys = ["k", "i", "f", "b", "d", "g", "u"];
             let schema = schema(Value::Object(
@@ -728,6 +779,9 @@ mod tests {
             let mut f = json!({"must": must});
             if let Some(should) = should {
                 f["should"] = json!(should);
+            }
+            if let Some((conditions, min_count)) = min_should {
+                f["min_should"] = json!({"conditions": conditions, "min_count": min_count});
             }
             // Text conditions on text-indexed keys are tokenized first, as a shard does.
             let f = filter(f);

@@ -70,9 +70,8 @@ impl TextParams {
             && self.max_token_len.is_none_or(|max| chars <= max)
     }
 
-    /// The tokens of `text` in order (repeats kept), as both a stored value and a query are
-    /// split.
-    pub fn tokens(&self, text: &str) -> Vec<String> {
+    /// The words of `text` in order (repeats kept), case folded as configured.
+    fn words(&self, text: &str) -> Vec<String> {
         let pieces: Box<dyn Iterator<Item = &str>> = match self.tokenizer {
             Tokenizer::Whitespace => Box::new(text.split_whitespace()),
             Tokenizer::Word | Tokenizer::Prefix => {
@@ -80,6 +79,7 @@ impl TextParams {
             }
         };
         pieces
+            .filter(|t| !t.is_empty())
             .map(|t| {
                 if self.lowercase {
                     t.to_lowercase()
@@ -87,25 +87,60 @@ impl TextParams {
                     t.to_owned()
                 }
             })
-            .filter(|t| self.keeps(t))
             .collect()
     }
 
-    /// What the index holds for a stored string: its tokens, and for `prefix` every prefix of
-    /// each (within the length bounds), deduplicated.
+    /// The tokens of a stored string in order: words within the length bounds; for `prefix`,
+    /// every word at least `min_token_len` long (a longer word still has its prefixes up to
+    /// `max_token_len`, as in Qdrant).
+    pub fn tokens(&self, text: &str) -> Vec<String> {
+        let min = self.min_token_len.unwrap_or(1);
+        self.words(text)
+            .into_iter()
+            .filter(|w| match self.tokenizer {
+                Tokenizer::Prefix => w.chars().count() >= min,
+                _ => self.keeps(w),
+            })
+            .collect()
+    }
+
+    /// The tokens of a query: as [`TextParams::tokens`], except that with `prefix` a word is
+    /// cut to `max_token_len` characters (Qdrant's query side of the prefix tokenizer).
+    pub fn query_tokens(&self, text: &str) -> Vec<String> {
+        match self.tokenizer {
+            Tokenizer::Prefix => self
+                .words(text)
+                .into_iter()
+                .map(|w| match self.max_token_len {
+                    Some(max) => w.chars().take(max).collect(),
+                    None => w,
+                })
+                .filter(|w| self.keeps(w))
+                .collect(),
+            _ => self.tokens(text),
+        }
+    }
+
+    /// What the index holds for a stored string: its tokens, or with `prefix` every prefix
+    /// of each within the length bounds; deduplicated.
     pub fn indexed_tokens(&self, text: &str) -> Vec<String> {
-        let mut out = self.tokens(text);
-        if self.tokenizer == Tokenizer::Prefix {
-            let mut prefixes = Vec::new();
-            for token in &out {
-                for (end, _) in token.char_indices().skip(1) {
-                    let prefix = &token[..end];
-                    if self.keeps(prefix) {
-                        prefixes.push(prefix.to_owned());
-                    }
+        let mut out = Vec::new();
+        for token in self.tokens(text) {
+            if self.tokenizer != Tokenizer::Prefix {
+                out.push(token);
+                continue;
+            }
+            let ends = token
+                .char_indices()
+                .skip(1)
+                .map(|(end, _)| end)
+                .chain([token.len()]);
+            for end in ends {
+                let prefix = &token[..end];
+                if self.keeps(prefix) {
+                    out.push(prefix.to_owned());
                 }
             }
-            out.extend(prefixes);
         }
         out.sort();
         out.dedup();
@@ -135,7 +170,7 @@ pub struct TokenMatch {
 impl TokenMatch {
     pub fn new(query: &str, mode: TokenMode, params: Arc<TextParams>) -> TokenMatch {
         TokenMatch {
-            tokens: params.tokens(query),
+            tokens: params.query_tokens(query),
             mode,
             params,
         }
@@ -208,5 +243,19 @@ mod tests {
         assert!(!TokenMatch::new("  ", TokenMode::All, p).matches("anything"));
         let prefix = params(json!({"type": "text", "tokenizer": "prefix"}));
         assert!(TokenMatch::new("qdr", TokenMode::All, prefix).matches("Qdrant rocks"));
+        // A word longer than `max_token_len` keeps its prefixes up to it; a query word is cut.
+        let capped = params(json!({"type": "text", "tokenizer": "prefix", "max_token_len": 5}));
+        assert_eq!(
+            capped.indexed_tokens("internationalization"),
+            ["i", "in", "int", "inte", "inter"]
+        );
+        for q in ["inter", "international", "in"] {
+            assert!(
+                TokenMatch::new(q, TokenMode::All, Arc::clone(&capped))
+                    .matches("Internationalization"),
+                "{q}"
+            );
+        }
+        assert!(!TokenMatch::new("intro", TokenMode::All, capped).matches("internationalization"));
     }
 }

@@ -881,21 +881,19 @@ impl LocalShard {
         self.wake_optimizer.notify_one();
     }
 
-    /// Adopts the collection's declared payload indexes (`payload_schema`): every frozen
-    /// segment gets a [`PayloadIndex`] for exactly these fields, built here one segment at a
-    /// time (writes to the shard wait for each segment's build, reads do not), and segments
-    /// frozen later get theirs from the optimizer. Blocking: its cost grows with the points in
-    /// frozen segments times the indexed fields (about 0.2 s per million points and field).
+    /// Adopts the collection's declared payload indexes (`payload_schema`). Filters are bound
+    /// to the new schema at once (a `text` index changes what text conditions mean); the
+    /// indexes themselves are built by the optimizer's next step, one segment at a time (writes
+    /// to the shard wait for each segment's build, reads do not; about 0.2 s per million points
+    /// and field). Until a segment has them it is searched by sampling and scanning, with the
+    /// same answers. Cheap when nothing changed: the reconcile loop calls it on every pass.
     pub fn set_payload_schema(&self, entries: &BTreeMap<String, PayloadIndexEntry>) {
         let schema = PayloadSchema::new(entries);
-        {
-            let mut state = self.state.write();
-            if *state.payload_schema == schema {
-                return;
-            }
-            state.payload_schema = Arc::new(schema);
+        if *self.state.read().payload_schema == schema {
+            return;
         }
-        self.refresh_payload_indexes();
+        self.state.write().payload_schema = Arc::new(schema);
+        self.wake_optimizer.notify_one();
     }
 
     /// `filter` as this shard checks it: `text`, `text_any` and `phrase` conditions on keys
@@ -1534,7 +1532,7 @@ impl LocalShard {
 
     // ---- optimizer -------------------------------------------------------------------------
 
-    /// Whether the optimizer has nothing left to do.
+    /// Whether the optimizer has nothing left to do (payload indexes to build included).
     pub fn optimizer_status(&self) -> OptimizerStatus {
         if self.optimizing.load(Ordering::SeqCst) > 0 {
             return OptimizerStatus::Busy;
@@ -1543,6 +1541,7 @@ impl LocalShard {
         let pending = state.segments.values().any(|s| {
             (s.stage() == SegmentStage::Frozen && s.live_count() > 0)
                 || vacuum_candidate(&state.config, s)
+                || payload_index_stale(&state.payload_schema, s)
         }) || merge_candidates(&state).is_some();
         if pending {
             OptimizerStatus::Busy
@@ -2076,13 +2075,21 @@ fn few_pass(
     passed * len / taken < bound
 }
 
-/// Whether a segment's payload indexes are missing or built for another schema.
+/// Payload edits since a segment's indexes were built, as a share of its points, above which
+/// the indexes are built again (edited points are candidates of every filtered search).
+const TOUCHED_REBUILD_FRACTION: usize = 10;
+
+/// Whether a segment's payload indexes are missing, built for another schema, or weakened by
+/// many payload edits since.
 fn payload_index_stale(schema: &PayloadSchema, seg: &Segment) -> bool {
     if seg.stage() == SegmentStage::Appendable {
         return false;
     }
     match seg.payload_index() {
-        Some((index, _)) => index.schema() != schema,
+        Some((index, _)) => {
+            index.schema() != schema
+                || seg.payload_touched_count() > 64.max(seg.len() / TOUCHED_REBUILD_FRACTION)
+        }
         None => !schema.is_empty(),
     }
 }
@@ -3077,6 +3084,7 @@ mod tests {
                 _ => {
                     // Dropped and declared again.
                     shard.set_payload_schema(&BTreeMap::new());
+                    shard.refresh_payload_indexes();
                     assert!(
                         shard
                             .state
