@@ -1559,13 +1559,7 @@ fn bench_filtered(
                     "",
                     &clients[..connections],
                     |c, i| {
-                        let mut request = SearchRequest::new(queries.get(i).to_vec(), args.k);
-                        request.hnsw_ef = series.ef();
-                        request.filter = Some(case.filter.clone());
-                        Ok(c.search(name, &request)?
-                            .iter()
-                            .filter_map(|h| Some((h.id.as_num()?, h.score)))
-                            .collect())
+                        dense_search(c, name, queries.get(i), series, args.k, Some(&case.filter))
                     },
                 )?;
                 row.filter = Some(label);
@@ -1582,6 +1576,26 @@ struct QueryResult {
     points: Vec<ScoredPoint>,
 }
 
+/// One `points/search` of the unnamed dense vector, with an optional filter: (id, score) hits.
+fn dense_search(
+    client: &Client,
+    name: &str,
+    query: &[f32],
+    series: Series,
+    k: usize,
+    filter: Option<&Value>,
+) -> Result<Vec<(u64, f32)>> {
+    let mut request = SearchRequest::new(query.to_vec(), k);
+    request.hnsw_ef = series.ef();
+    request.exact = series == Series::Exact;
+    request.filter = filter.cloned();
+    Ok(client
+        .search(name, &request)?
+        .iter()
+        .filter_map(|h| Some((h.id.as_num()?, h.score)))
+        .collect())
+}
+
 /// One search over REST: `points/search` for the default mode's unnamed vector (as the
 /// figures in BENCHMARKS.md were measured), the query API with `using` otherwise.
 fn rest_search(
@@ -1593,35 +1607,28 @@ fn rest_search(
     i: usize,
     k: usize,
 ) -> Result<Vec<(u64, f32)>> {
-    let hits = match (mode, &field.data) {
-        (Mode::Dense, FieldData::Dense { queries, .. }) => {
-            let mut request = SearchRequest::new(queries.get(i).to_vec(), k);
-            request.hnsw_ef = series.ef();
-            request.exact = series == Series::Exact;
-            client.search(name, &request)?
-        }
-        _ => {
-            let mut body = json!({
-                "query": field.data.query_json(i),
-                "limit": k,
-                "with_payload": false,
-                "with_vector": false,
-            });
-            if let Some(using) = field.name {
-                body["using"] = using.into();
-            }
-            if let Some(params) = series.params_json() {
-                body["params"] = params;
-            }
-            let result: QueryResult = client.call(
-                Method::Post,
-                &format!("/collections/{name}/points/query"),
-                Some(&body),
-            )?;
-            result.points
-        }
-    };
-    Ok(hits
+    if let (Mode::Dense, FieldData::Dense { queries, .. }) = (mode, &field.data) {
+        return dense_search(client, name, queries.get(i), series, k, None);
+    }
+    let mut body = json!({
+        "query": field.data.query_json(i),
+        "limit": k,
+        "with_payload": false,
+        "with_vector": false,
+    });
+    if let Some(using) = field.name {
+        body["using"] = using.into();
+    }
+    if let Some(params) = series.params_json() {
+        body["params"] = params;
+    }
+    let result: QueryResult = client.call(
+        Method::Post,
+        &format!("/collections/{name}/points/query"),
+        Some(&body),
+    )?;
+    Ok(result
+        .points
         .iter()
         .filter_map(|h| Some((h.id.as_num()?, h.score)))
         .collect())

@@ -646,49 +646,59 @@ impl Filter {
 
     /// The filter with its `text`, `text_any` and `phrase` conditions on keys that have a
     /// full-text index (`text_index` gives its parameters) tokenized as that index does, as
-    /// Qdrant matches them; `None` when no condition changes. `phrase` is bound only where the
-    /// index has `phrase_matching`. Conditions inside `nested` keep the unindexed semantics.
+    /// Qdrant matches them. `phrase` is bound only where the index has `phrase_matching`.
+    /// Conditions inside `nested` keep the unindexed semantics. Borrowed, without a copy, when
+    /// no condition changes (every read checks this, most filters have no text condition).
     pub fn bind_text(
         &self,
         text_index: &dyn Fn(&JsonPath) -> Option<Arc<TextParams>>,
-    ) -> Option<Filter> {
+    ) -> std::borrow::Cow<'_, Filter> {
+        if !self.any_field(&|field| bound_text(field, text_index).is_some()) {
+            return std::borrow::Cow::Borrowed(self);
+        }
         let mut bound = self.clone();
-        bound.bind_text_in_place(text_index).then_some(bound)
+        bound.bind_text_in_place(text_index);
+        std::borrow::Cow::Owned(bound)
     }
 
-    fn bind_text_in_place(
-        &mut self,
-        text_index: &dyn Fn(&JsonPath) -> Option<Arc<TextParams>>,
-    ) -> bool {
-        let mut changed = false;
-        let lists = [
+    /// The four condition lists, for walks over every condition.
+    fn lists_mut(&mut self) -> [Option<&mut Vec<Condition>>; 4] {
+        [
             self.must.as_mut(),
             self.should.as_mut(),
             self.must_not.as_mut(),
             self.min_should.as_mut().map(|m| &mut m.conditions),
+        ]
+    }
+
+    /// Whether some field condition, here or in a filter used as a condition (not inside
+    /// `nested`), satisfies `pred`.
+    fn any_field(&self, pred: &dyn Fn(&FieldCondition) -> bool) -> bool {
+        let lists = [
+            self.must.as_ref(),
+            self.should.as_ref(),
+            self.must_not.as_ref(),
+            self.min_should.as_ref().map(|m| &m.conditions),
         ];
-        for condition in lists.into_iter().flatten().flatten() {
+        lists.into_iter().flatten().flatten().any(|c| match c {
+            Condition::Field(field) => pred(field),
+            Condition::Filter(inner) => inner.any_field(pred),
+            _ => false,
+        })
+    }
+
+    fn bind_text_in_place(&mut self, text_index: &dyn Fn(&JsonPath) -> Option<Arc<TextParams>>) {
+        for condition in self.lists_mut().into_iter().flatten().flatten() {
             match condition {
                 Condition::Field(field) => {
-                    let Some(params) = text_index(&field.key) else {
-                        continue;
-                    };
-                    let (query, mode) = match &field.r#match {
-                        Some(Match::Text { text }) => (text, TokenMode::All),
-                        Some(Match::TextAny { text_any }) => (text_any, TokenMode::Any),
-                        Some(Match::Phrase { phrase }) if params.phrase_matching => {
-                            (phrase, TokenMode::Phrase)
-                        }
-                        _ => continue,
-                    };
-                    field.r#match = Some(Match::Tokens(TokenMatch::new(query, mode, params)));
-                    changed = true;
+                    if let Some(bound) = bound_text(field, text_index) {
+                        field.r#match = Some(bound);
+                    }
                 }
-                Condition::Filter(inner) => changed |= inner.bind_text_in_place(text_index),
+                Condition::Filter(inner) => inner.bind_text_in_place(text_index),
                 _ => {}
             }
         }
-        changed
     }
 
     /// Semantic checks that the JSON shape cannot express. Call after deserialising a request;
@@ -719,6 +729,25 @@ impl Filter {
         }
         Ok(())
     }
+}
+
+/// The token match a text condition on a key with a full-text index becomes (see
+/// [`Filter::bind_text`]); `None` for any other condition.
+fn bound_text(
+    field: &FieldCondition,
+    text_index: &dyn Fn(&JsonPath) -> Option<Arc<TextParams>>,
+) -> Option<Match> {
+    let (query, mode) = match &field.r#match {
+        Some(Match::Text { text }) => (text, TokenMode::All),
+        Some(Match::TextAny { text_any }) => (text_any, TokenMode::Any),
+        Some(Match::Phrase { phrase }) => (phrase, TokenMode::Phrase),
+        _ => return None,
+    };
+    let params = text_index(&field.key)?;
+    if mode == TokenMode::Phrase && !params.phrase_matching {
+        return None;
+    }
+    Some(Match::Tokens(TokenMatch::new(query, mode, params)))
 }
 
 impl Condition {

@@ -397,24 +397,54 @@ impl Plan<'_> {
         }
     }
 
-    /// The candidate offsets, with `extra` ones added, sorted and without repeats.
-    pub fn offsets(&self, extra: impl Iterator<Item = u32>) -> Vec<u32> {
-        let mut out: Vec<u32> = self.lists.iter().flat_map(|l| l.iter().copied()).collect();
-        out.extend(extra);
-        out.sort_unstable();
-        out.dedup();
-        out
+    /// The candidate offsets of a segment of `len` offsets.
+    pub fn candidates(&self, len: usize) -> OffsetSet {
+        let mut set = OffsetSet::new(len);
+        for &o in self.lists.iter().flat_map(|l| l.iter()) {
+            set.insert(o);
+        }
+        set
+    }
+}
+
+/// A set of a segment's offsets, one bit each (64 to a word).
+pub struct OffsetSet {
+    words: Vec<u64>,
+}
+
+impl OffsetSet {
+    /// The empty set over offsets `0..len`.
+    pub fn new(len: usize) -> OffsetSet {
+        OffsetSet {
+            words: vec![0; len.div_ceil(64)],
+        }
     }
 
-    /// The candidate offsets below `len` as a bitset of `len` bits (64 to a word).
-    pub fn bitset(&self, len: usize) -> Vec<u64> {
-        let mut bits = vec![0u64; len.div_ceil(64)];
-        for &o in self.lists.iter().flat_map(|l| l.iter()) {
-            if let Some(word) = bits.get_mut(o as usize / 64) {
-                *word |= 1 << (o % 64);
-            }
+    /// Adds `o` (an offset past the end is ignored).
+    pub fn insert(&mut self, o: u32) {
+        if let Some(word) = self.words.get_mut(o as usize / 64) {
+            *word |= 1 << (o % 64);
         }
-        bits
+    }
+
+    pub fn contains(&self, o: u32) -> bool {
+        self.words
+            .get(o as usize / 64)
+            .is_some_and(|w| w >> (o % 64) & 1 == 1)
+    }
+
+    /// The members, in offset order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &word)| {
+            let mut w = word;
+            std::iter::from_fn(move || {
+                (w != 0).then(|| {
+                    let bit = w.trailing_zeros();
+                    w &= w - 1;
+                    i as u32 * 64 + bit
+                })
+            })
+        })
     }
 }
 
@@ -572,7 +602,7 @@ mod tests {
         let plan = |f: Value| {
             index
                 .plan(&filter(f), &no_ids)
-                .map(|p| p.offsets(std::iter::empty()))
+                .map(|p| p.candidates(payloads.len()).iter().collect::<Vec<u32>>())
         };
         let red: Vec<u32> = (0..100).step_by(10).collect();
         assert_eq!(
@@ -651,7 +681,7 @@ mod tests {
             "center": {"lat": 88.0, "lon": 180.0}, "radius": 1000.0}}]}));
         assert!(near.check(PointId::Num(0), &payloads[0]));
         let plan = index.plan(&near, &no_ids).unwrap();
-        assert_eq!(plan.offsets(std::iter::empty()), vec![0]);
+        assert_eq!(plan.candidates(2).iter().collect::<Vec<u32>>(), vec![0]);
     }
 
     /// What a filter condition generator draws from.
@@ -785,7 +815,7 @@ mod tests {
             }
             // Text conditions on text-indexed keys are tokenized first, as a shard does.
             let f = filter(f);
-            let f = f.bind_text(&|key| schema.text_params(key)).unwrap_or(f);
+            let f = f.bind_text(&|key| schema.text_params(key)).into_owned();
             let has_id = |ids: &[PointId]| -> Vec<u32> {
                 ids.iter()
                     .filter_map(|id| match id {
@@ -795,12 +825,15 @@ mod tests {
                     .collect()
             };
             if let Some(plan) = index.plan(&f, &has_id) {
-                let candidates = plan.offsets(std::iter::empty());
+                let mut candidates: Vec<u32> =
+                    plan.lists.iter().flat_map(|l| l.iter().copied()).collect();
+                candidates.sort_unstable();
+                candidates.dedup();
                 prop_assert!(candidates.len() <= plan.estimate);
-                let bits = plan.bitset(payloads.len());
+                let bits = plan.candidates(payloads.len());
                 for (o, p) in payloads.iter().enumerate() {
                     let candidate = candidates.binary_search(&(o as u32)).is_ok();
-                    prop_assert_eq!(candidate, bits[o / 64] >> (o % 64) & 1 == 1);
+                    prop_assert_eq!(candidate, bits.contains(o as u32));
                     if f.check(PointId::Num(o as u64), p) {
                         prop_assert!(candidate, "offset {} passes {} but is not a candidate", o, f);
                     } else {

@@ -23,7 +23,7 @@ use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard, RwLockWriteGuard};
 use crate::collection_config::{CollectionConfig, Modifier, PayloadIndexEntry, VectorKind};
 use crate::index::filter::Filter;
 use crate::index::hnsw_index::{GraphDistance, GraphParams, HnswIndex};
-use crate::index::payload_index::{PayloadIndex, PayloadSchema};
+use crate::index::payload_index::{OffsetSet, PayloadIndex, PayloadSchema, Plan};
 use crate::index::payload_path::{JsonPath, merge_payload};
 use crate::index::payload_selector::WithVector;
 use crate::index::sparse_index::SparseIndex;
@@ -353,10 +353,7 @@ impl ShardState {
 
     /// `filter` with its text conditions bound to this shard's full-text indexes.
     fn bind<'f>(&self, filter: &'f Filter) -> std::borrow::Cow<'f, Filter> {
-        match filter.bind_text(&|key| self.payload_schema.text_params(key)) {
-            Some(bound) => std::borrow::Cow::Owned(bound),
-            None => std::borrow::Cow::Borrowed(filter),
-        }
+        filter.bind_text(&|key| self.payload_schema.text_params(key))
     }
 
     /// Whether the point at `loc` passes `filter` (already bound, see [`ShardState::bind`]).
@@ -1415,7 +1412,7 @@ impl LocalShard {
             };
             let passes = |o: u32| match &narrowed {
                 None => accepted(o),
-                Some(n) if !n.contains(o) => false,
+                Some(n) if !n.candidates.contains(o) => false,
                 Some(n) if n.settled(o) => rest(o),
                 Some(_) => accepted(o),
             };
@@ -1464,7 +1461,7 @@ impl LocalShard {
             if exhaustive {
                 match &narrowed {
                     Some(n) => {
-                        for o in n.offsets() {
+                        for o in n.candidates.iter() {
                             if seg.is_live(o) && passes(o) {
                                 consider(o, &mut top);
                             }
@@ -1987,9 +1984,8 @@ impl LocalShard {
 
 /// A filtered search's candidates in one segment, from its payload indexes.
 struct Narrowed {
-    /// One bit per offset: the plan's candidates and the offsets edited since the indexes
-    /// were built.
-    bits: Vec<u64>,
+    /// The plan's candidates and the offsets edited since the indexes were built.
+    candidates: OffsetSet,
     /// The edited offsets, sorted: always checked against the whole predicate.
     touched: Vec<u32>,
     /// Whether the plan's candidates are exactly the points that pass the filter.
@@ -1999,49 +1995,23 @@ struct Narrowed {
 }
 
 impl Narrowed {
-    fn new(
-        plan: &crate::index::payload_index::Plan<'_>,
-        touched: impl Iterator<Item = u32>,
-        len: usize,
-    ) -> Narrowed {
-        let mut bits = plan.bitset(len);
+    fn new(plan: &Plan<'_>, touched: impl Iterator<Item = u32>, len: usize) -> Narrowed {
+        let mut candidates = plan.candidates(len);
         let touched: Vec<u32> = touched.collect();
         for &o in &touched {
-            if let Some(word) = bits.get_mut(o as usize / 64) {
-                *word |= 1 << (o % 64);
-            }
+            candidates.insert(o);
         }
         Narrowed {
-            bits,
+            candidates,
             estimate: plan.estimate + touched.len(),
             touched,
             exact: plan.exact,
         }
     }
 
-    fn contains(&self, o: u32) -> bool {
-        self.bits
-            .get(o as usize / 64)
-            .is_some_and(|w| w >> (o % 64) & 1 == 1)
-    }
-
     /// Whether candidate `o` is known to pass the filter (an exact plan's, not edited since).
     fn settled(&self, o: u32) -> bool {
         self.exact && self.touched.binary_search(&o).is_err()
-    }
-
-    /// The candidates, in offset order.
-    fn offsets(&self) -> impl Iterator<Item = u32> + '_ {
-        self.bits.iter().enumerate().flat_map(|(i, &word)| {
-            let mut w = word;
-            std::iter::from_fn(move || {
-                (w != 0).then(|| {
-                    let bit = w.trailing_zeros();
-                    w &= w - 1;
-                    i as u32 * 64 + bit
-                })
-            })
-        })
     }
 }
 
@@ -2201,7 +2171,6 @@ enum OptimizerJob {
 }
 
 impl OptimizerJob {
-    /// The optimizer's name for the job and the segments it reads, with their live points now.
     /// The optimizer's name for the job and the segments it reads.
     fn plan(&self) -> (OptimizerName, &[SegmentId]) {
         match self {
@@ -2211,6 +2180,7 @@ impl OptimizerJob {
         }
     }
 
+    /// The optimizer's name for the job and the segments it reads, with their live points now.
     fn describe(&self, state: &ShardState) -> (OptimizerName, Vec<SegmentBrief>) {
         let (name, ids) = self.plan();
         let segments = ids

@@ -673,12 +673,7 @@ impl Segment {
 
     /// Live offsets with their payloads, what a [`PayloadIndex`] is built from.
     pub fn live_payloads(&self) -> impl Iterator<Item = (u32, &Payload)> + Clone + '_ {
-        self.deleted
-            .iter()
-            .zip(&self.payloads)
-            .enumerate()
-            .filter(|(_, (d, _))| !**d)
-            .map(|(o, (_, p))| (o as u32, p))
+        self.live_offsets().map(|o| (o, &self.payloads[o as usize]))
     }
 
     /// Attaches payload indexes built from this segment's payloads (or drops them with
@@ -711,7 +706,7 @@ impl Segment {
     }
 
     /// Offsets of the points that are not deleted.
-    pub fn live_offsets(&self) -> impl Iterator<Item = u32> + '_ {
+    pub fn live_offsets(&self) -> impl Iterator<Item = u32> + Clone + '_ {
         self.deleted
             .iter()
             .enumerate()
