@@ -140,6 +140,42 @@ pub fn count(node: &NodeProcess, name: &str) -> Result<u64> {
     v["count"].as_u64().context("count is a number")
 }
 
+/// Polls (for up to `patience`) until, on every node, no transfer or resharding of `name` runs
+/// and every replica is Active (a replica that failed has recovered).
+pub fn wait_settled(nodes: &[&NodeProcess], name: &str, patience: Duration) -> Result<()> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let mut busy = None;
+        for node in nodes {
+            let view: Result<Value> =
+                node.client()
+                    .call(Method::Get, &format!("/collections/{name}/cluster"), None);
+            match view {
+                Ok(v) => {
+                    let ops = v["resharding_operations"].as_array().map_or(0, Vec::len);
+                    let transfers = v["shard_transfers"].as_array().map_or(0, Vec::len);
+                    let inactive = v["local_shards"]
+                        .as_array()
+                        .into_iter()
+                        .chain(v["remote_shards"].as_array())
+                        .flatten()
+                        .filter(|s| s["state"] != "Active")
+                        .count();
+                    if ops + transfers + inactive > 0 {
+                        busy = Some(v);
+                    }
+                }
+                Err(e) => busy = Some(json!(e.to_string())),
+            }
+        }
+        match busy {
+            None => return Ok(()),
+            Some(v) => ensure!(Instant::now() < deadline, "not settled: {v}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Polls until every node reports the same replicas of `name`, none of them in `not_in`.
 pub fn replicas_agree(
     nodes: &[&NodeProcess],

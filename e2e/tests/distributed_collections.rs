@@ -379,3 +379,106 @@ fn shard_keys_route_writes_and_reads_and_bad_requests_change_nothing() -> Result
     }
     Ok(())
 }
+
+/// The payload of every point of `name` as one replica holds it: all peers but `alone` are
+/// killed, so the survivor answers from its own replica; then they are started again.
+fn replica_contents(
+    nodes: &mut [NodeProcess],
+    name: &str,
+    alone: usize,
+) -> Result<BTreeMap<u64, Value>> {
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if i != alone {
+            node.kill_9()?;
+        }
+    }
+    let records = nodes[alone]
+        .client()
+        .scroll_all(name, 100, 20, true, false)?;
+    for (i, node) in nodes.iter_mut().enumerate() {
+        if i != alone {
+            node.restart()?;
+            node.wait_ready(Instant::now() + READY)?;
+        }
+    }
+    records
+        .into_iter()
+        .map(|r| {
+            let id = r.id.as_num().context("numeric ids")?;
+            Ok((id, serde_json::to_value(&r.payload)?))
+        })
+        .collect()
+}
+
+/// Two coordinators overwrite the same points while one replica hears from the first one late
+/// (a test hook delays peer 0's updates to peer 2 by a second). With `ordering=weak` the
+/// replicas apply the two updates in different orders and end up different; with
+/// `ordering=strong` both go through the shard's leader, one at a time, and every replica ends
+/// up the same. A bad `ordering` is refused with 400 and changes nothing.
+#[test]
+fn strong_ordering_keeps_replicas_identical_where_weak_does_not() -> Result<()> {
+    let mut nodes = start_cluster(3, &[])?;
+    let slow = format!("{}=1000", nodes[2].p2p_uri());
+    nodes[0].set_env("SHOAL_TEST_DELAY_UPDATES_TO", &slow);
+    nodes[0].restart()?;
+    nodes[0].wait_ready(Instant::now() + READY)?;
+    let mut replicas_by_ordering = BTreeMap::new();
+    for ordering in ["weak", "strong"] {
+        create_collection(
+            &nodes[1],
+            ordering,
+            json!({
+                "vectors": {"size": 2, "distance": "Dot"},
+                "shard_number": 1,
+                "replication_factor": 3,
+            }),
+        )?;
+        let deadline = Instant::now() + CONVERGE;
+        let all: Vec<&NodeProcess> = nodes.iter().collect();
+        while replicas_agree(&all, ordering, &[])?.len() < 3 {
+            ensure!(Instant::now() < deadline, "three replicas");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let write = |node: &NodeProcess, writer: &str| {
+            let points: Vec<Value> = (0..10u64)
+                .map(|id| json!({"id": id, "vector": [1.0, 1.0], "payload": {"writer": writer}}))
+                .collect();
+            node.client().call::<Value>(
+                Method::Put,
+                &format!("/collections/{ordering}/points?wait=true&ordering={ordering}"),
+                Some(&json!({ "points": points })),
+            )
+        };
+        std::thread::scope(|scope| -> Result<()> {
+            let first = scope.spawn(|| write(&nodes[0], "first"));
+            // Arranges the race (not a wait for a condition): the second update is sent
+            // while the first one is still on its way to peer 2.
+            std::thread::sleep(Duration::from_millis(300));
+            write(&nodes[1], "second")?;
+            first.join().expect("writer thread")?;
+            Ok(())
+        })?;
+        let bad = nodes[0].client().raw(
+            Method::Put,
+            &format!("/collections/{ordering}/points?wait=true&ordering=sometimes"),
+            Some(&json!({"points": [{"id": 99, "vector": [1.0, 1.0]}]})),
+        )?;
+        assert_eq!(bad.status, 400, "{}", bad.body);
+        let replicas: Vec<BTreeMap<u64, Value>> = (0..3)
+            .map(|i| replica_contents(&mut nodes, ordering, i))
+            .collect::<Result<_>>()?;
+        assert!(replicas.iter().all(|r| r.len() == 10), "{replicas:?}");
+        replicas_by_ordering.insert(ordering, replicas);
+    }
+    let weak = &replicas_by_ordering["weak"];
+    assert!(
+        weak[0] == weak[1] && weak[0] != weak[2],
+        "weak ordering: the late replica applied the updates in another order: {weak:?}"
+    );
+    let strong = &replicas_by_ordering["strong"];
+    assert!(
+        strong[0] == strong[1] && strong[0] == strong[2],
+        "strong ordering: {strong:?}"
+    );
+    Ok(())
+}

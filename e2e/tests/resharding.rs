@@ -119,34 +119,7 @@ fn wait_points_moved(node: &NodeProcess, name: &str) -> Result<()> {
 /// Waits until no resharding and no transfer runs and every replica is Active (a replica that
 /// failed has recovered), as every peer sees it.
 fn wait_settled(nodes: &[&NodeProcess], name: &str) -> Result<()> {
-    let deadline = Instant::now() + RESHARD;
-    loop {
-        let mut busy = None;
-        for node in nodes {
-            match cluster_json(node, name) {
-                Ok(v) => {
-                    let ops = v["resharding_operations"].as_array().map_or(0, Vec::len);
-                    let transfers = v["shard_transfers"].as_array().map_or(0, Vec::len);
-                    let inactive = v["local_shards"]
-                        .as_array()
-                        .into_iter()
-                        .chain(v["remote_shards"].as_array())
-                        .flatten()
-                        .filter(|s| s["state"] != "Active")
-                        .count();
-                    if ops + transfers + inactive > 0 {
-                        busy = Some(v);
-                    }
-                }
-                Err(e) => busy = Some(json!(e.to_string())),
-            }
-        }
-        match busy {
-            None => return Ok(()),
-            Some(v) => ensure!(Instant::now() < deadline, "not settled: {v}"),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    shoal_e2e::cluster::wait_settled(nodes, name, RESHARD)
 }
 
 /// Shards and their replicas (peer, state), from the applied state as `node` sees it.

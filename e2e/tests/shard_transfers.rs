@@ -543,6 +543,9 @@ fn a_dead_replica_recovers_by_itself_after_a_restart() -> Result<()> {
             .map(|(_, p, _)| p)
             .context("a Dead replica after writes to a killed peer")?
     };
+    // Writes go on while the replicas recover: what is forwarded to a recovering replica
+    // must not count as the history it missed.
+    let writer = Writer::start(nodes[0].client(), "docs", model, writer_plan());
     nodes[2].restart()?;
     nodes[2].wait_ready(Instant::now() + READY)?;
     let all: Vec<&NodeProcess> = nodes.iter().collect();
@@ -555,24 +558,109 @@ fn a_dead_replica_recovers_by_itself_after_a_restart() -> Result<()> {
         ensure!(Instant::now() < deadline, "not recovered: {r:?}");
         std::thread::sleep(Duration::from_millis(200));
     };
+    let written = writer.finish()?;
+    ensure!(written.failed.is_empty(), "{:?}", written.errors);
+    let model = written.model.clone();
     assert_eq!(
         replicas.iter().filter(|(_, p, _)| *p == dead_peer).count(),
         2
     );
-    // Recovery compared the replicas and sent only the difference (`wal_delta`).
-    let logs: String = nodes.iter().map(|n| n.log_tail(100_000)).collect();
-    let deltas: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("wal_delta: sending the difference"))
-        .collect();
-    assert!(!deltas.is_empty(), "recovery used wal_delta");
-    eprintln!("recovery deltas: {deltas:#?}");
+    // Recovery replayed the source's WAL from each replica's recovery point (`wal_delta`):
+    // the operations the replica missed (the 10 writes above and the writer's, at most one
+    // operation per shard each), not a copy of every point.
+    let replayed = replayed_operations(&nodes);
+    let bound = writes.len() + 5 + written.acknowledged_total() + written.failed_total();
+    eprintln!("operations replayed per recovered replica: {replayed:?} (at most {bound})");
+    assert_eq!(replayed.len(), 2, "one WAL replay per Dead replica");
+    assert!(
+        replayed.iter().all(|n| (1..=bound).contains(n)),
+        "{replayed:?}"
+    );
     // The recovered peer alone with one other: kill the third, reads must still be complete.
     nodes[0].kill_9()?;
     eventually_matches(&nodes[2], &model, "after recovery")?;
     let expected = model.count_range();
     assert_eq!(count(&nodes[1], "docs")?, *expected.start(), "{expected:?}");
     assert!(model.is_exact());
+    Ok(())
+}
+
+/// The `operations=N` of every WAL replay the nodes logged (`wal_delta` recoveries).
+fn replayed_operations(nodes: &[NodeProcess]) -> Vec<usize> {
+    let logs: String = nodes.iter().map(|n| n.log_tail(100_000)).collect();
+    logs.lines()
+        .filter(|l| l.contains("wal_delta: replaying the WAL"))
+        .filter_map(|l| {
+            let rest = &l[l.find("operations=")? + "operations=".len()..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Whether every WAL of `node`'s replicas of `docs` dropped its first file (a flush let go
+/// of the records in it).
+fn wals_dropped_their_first_file(node: &NodeProcess) -> Result<bool> {
+    let shards = node.data_dir().join("collections/docs/shards");
+    let mut all = true;
+    for shard in std::fs::read_dir(&shards)? {
+        let first = shard?.path().join("wal/00000000000000000001.wal");
+        all &= !first.exists();
+    }
+    Ok(all)
+}
+
+/// A Dead replica that missed more than its peers' WALs still hold (1 MiB files, none kept
+/// after a flush) cannot be brought up to date from them: recovery says so and copies every
+/// point, and the replica ends up complete.
+#[test]
+fn a_dead_replica_whose_missed_writes_left_the_wal_is_copied_whole() -> Result<()> {
+    let mut nodes = start_cluster(3, &[])?;
+    create_docs(
+        &nodes[0],
+        json!({
+            "shard_number": 3,
+            "replication_factor": 2,
+            "wal_config": {"wal_capacity_mb": 1, "wal_retain_closed": 0},
+            "optimizers_config": {"flush_interval_sec": 1},
+        }),
+    )?;
+    let mut model = Model::new();
+    load_docs(&nodes[0], 2_000, &mut model)?;
+    nodes[2].kill_9()?;
+    let client = nodes[0].client();
+    // About 2 MiB of WAL per shard.
+    for v in 1..=20u64 {
+        apply(&client, "docs", &mut model, &Write::upsert(0..3000, v))?;
+    }
+    let deadline = Instant::now() + CONVERGE;
+    while !(wals_dropped_their_first_file(&nodes[0])? && wals_dropped_their_first_file(&nodes[1])?)
+    {
+        ensure!(Instant::now() < deadline, "the WALs were not cut back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    nodes[2].restart()?;
+    nodes[2].wait_ready(Instant::now() + READY)?;
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let deadline = Instant::now() + TRANSFER;
+    loop {
+        let r = replicas_agree(&all, "docs", &[])?;
+        if r.iter().all(|(_, _, s)| s == "Active") {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "not recovered: {r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs: String = nodes.iter().map(|n| n.log_tail(100_000)).collect();
+    assert!(
+        logs.contains("the WAL no longer reaches back to the destination's recovery point"),
+        "recovery said why it copied every point"
+    );
+    assert!(replayed_operations(&nodes).is_empty());
+    nodes[0].kill_9()?;
+    eventually_matches(&nodes[2], &model, "after recovery")?;
     Ok(())
 }
 

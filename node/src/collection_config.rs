@@ -433,6 +433,15 @@ impl OptimizersConfig {
 pub struct WalConfig {
     pub wal_capacity_mb: usize,
     pub wal_segments_ahead: usize,
+    /// Closed WAL files kept after a flush made them redundant (Qdrant's `wal_retain_closed`,
+    /// default 1): a replica that missed their records is brought up to date from them by a
+    /// `wal_delta` transfer instead of a full copy.
+    #[serde(default = "default_wal_retain_closed")]
+    pub wal_retain_closed: usize,
+}
+
+fn default_wal_retain_closed() -> usize {
+    1
 }
 
 impl Default for WalConfig {
@@ -440,6 +449,7 @@ impl Default for WalConfig {
         WalConfig {
             wal_capacity_mb: 32,
             wal_segments_ahead: 0,
+            wal_retain_closed: default_wal_retain_closed(),
         }
     }
 }

@@ -7,10 +7,17 @@
 //! from 3 to 4 shards (driven by the node) while one client searches: seconds, points moved
 //! per second, and search latency before and during.
 //!
+//! With `--recovery`, two peers holding a replica each of one shard: the second peer is
+//! killed, `--missed` single-point updates are written, and the peer is started again; its
+//! replica (Dead) recovers by itself with `wal_delta`, replaying only the WAL operations it
+//! missed. For comparison, the replica is then dropped and copied whole with
+//! `stream_records`, in the same run.
+//!
 //! ```text
 //! cargo build --release -p shoal-node -p shoal-e2e --bins
 //! target/release/shoal-transfer-bench --points 100000 --dim 128
 //! target/release/shoal-transfer-bench --points 100000 --dim 128 --reshard
+//! target/release/shoal-transfer-bench --points 1000000 --dim 128 --recovery --missed 1000
 //! ```
 
 use std::path::PathBuf;
@@ -60,6 +67,13 @@ struct Args {
     /// Measure a resharding from 3 to 4 shards on three peers instead of transfers.
     #[arg(long)]
     reshard: bool,
+    /// Measure the recovery of a replica that missed `--missed` updates (`wal_delta`) against
+    /// a full copy (`stream_records`) instead.
+    #[arg(long, conflicts_with = "reshard")]
+    recovery: bool,
+    /// With `--recovery`: the updates the killed replica misses.
+    #[arg(long, default_value_t = 1000)]
+    missed: usize,
 }
 
 fn main() -> ExitCode {
@@ -177,6 +191,21 @@ fn search_loop(client: Client, queries: Vectors, stop: Arc<AtomicBool>, max: usi
     out
 }
 
+/// Upserts every vector of `data` as point `i` with payload `{"i": i}`, 1,000 per request.
+fn load(client: &Client, data: &Vectors) -> Result<()> {
+    for start in (0..data.len()).step_by(1000) {
+        let batch: Vec<PointStruct> = (start..(start + 1000).min(data.len()))
+            .map(|i| PointStruct {
+                id: PointId::Num(i as u64),
+                vector: data.get(i).to_vec(),
+                payload: Some(json!({"i": i}).as_object().cloned().expect("object")),
+            })
+            .collect();
+        client.upsert("bench", &batch, true)?;
+    }
+    Ok(())
+}
+
 fn summary(samples: &[f64]) -> String {
     let p = |q| percentile(samples, q).unwrap_or(f64::NAN);
     format!(
@@ -188,6 +217,9 @@ fn summary(samples: &[f64]) -> String {
 }
 
 fn run(args: &Args) -> Result<()> {
+    if args.recovery {
+        return recovery(args);
+    }
     let a = start(args, ClusterRole::Found, "bench-0")?;
     let b = start(args, ClusterRole::Join(a.p2p_uri()), "bench-1")?;
     let c = if args.reshard {
@@ -207,16 +239,7 @@ fn run(args: &Args) -> Result<()> {
     let data = dist.sample(args.points, args.seed.wrapping_add(1));
     let queries = dist.sample(1000, args.seed.wrapping_add(2));
     let t = Instant::now();
-    for start in (0..args.points).step_by(1000) {
-        let batch: Vec<PointStruct> = (start..(start + 1000).min(args.points))
-            .map(|i| PointStruct {
-                id: PointId::Num(i as u64),
-                vector: data.get(i).to_vec(),
-                payload: Some(json!({"i": i}).as_object().cloned().expect("object")),
-            })
-            .collect();
-        client.upsert("bench", &batch, true)?;
-    }
+    load(&client, &data)?;
     eprintln!(
         "loaded {} x {} in {:.1?}",
         args.points,
@@ -371,6 +394,170 @@ fn reshard(
         args.points,
         summary(baseline),
         summary(&during)
+    );
+    Ok(())
+}
+
+/// The state of the replica of shard 0 on peer `peer`, as `node` sees the applied state.
+fn replica_state(node: &NodeProcess, peer: u64) -> Result<Option<String>> {
+    let v: Value = node
+        .client()
+        .call(Method::Get, "/collections/bench/cluster", None)?;
+    let mine = v["peer_id"].as_u64() == Some(peer);
+    let list = if mine {
+        &v["local_shards"]
+    } else {
+        &v["remote_shards"]
+    };
+    Ok(list.as_array().and_then(|l| {
+        l.iter()
+            .find(|s| mine || s["peer_id"].as_u64() == Some(peer))
+            .and_then(|s| s["state"].as_str().map(str::to_string))
+    }))
+}
+
+/// Polls until the replica on `peer` is in `state` (`None`: gone), as `node` sees it.
+fn wait_replica(node: &NodeProcess, peer: u64, state: Option<&str>, args: &Args) -> Result<()> {
+    let t = Instant::now();
+    while replica_state(node, peer)?.as_deref() != state {
+        if t.elapsed() > Duration::from_secs(args.transfer_timeout_secs) {
+            bail!("the replica on {peer} did not reach {state:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The operations the last `wal_delta` replay in `node`'s log sent, if any.
+fn replayed(node: &NodeProcess) -> Option<u64> {
+    let log = std::fs::read_to_string(node.log_path()).ok()?;
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("wal_delta: replaying the WAL"))?;
+    let rest = &line[line.find("operations=")? + "operations=".len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `--recovery`: `wal_delta` recovery of a replica that missed `--missed` updates against a
+/// full `stream_records` copy of the same shard.
+fn recovery(args: &Args) -> Result<()> {
+    // Three peers, so that the two holding a replica are not a Raft majority on their own:
+    // the survivor marks the killed peer's replica Dead through consensus.
+    let a = start(args, ClusterRole::Found, "bench-0")?;
+    let mut others = [
+        start(args, ClusterRole::Join(a.p2p_uri()), "bench-1")?,
+        start(args, ClusterRole::Join(a.p2p_uri()), "bench-2")?,
+    ];
+    let client = a.client();
+    // Not indexed: the transfers move points, graphs are not what is measured here.
+    let _: bool = client.call(
+        Method::Put,
+        "/collections/bench",
+        Some(&json!({
+            "vectors": {"size": args.dim, "distance": "Cosine"},
+            "shard_number": 1,
+            "replication_factor": 2,
+            "optimizers_config": {"indexing_threshold": 0},
+        })),
+    )?;
+    // The replica that goes down: on a peer other than `a`, which the client writes through.
+    let mut victim = None;
+    for (i, node) in others.iter().enumerate() {
+        let id = peer_id(node)?;
+        if replica_state(&a, id)?.is_some() {
+            victim = Some((i, id));
+        }
+    }
+    let (victim, id_b) = victim.context("a replica on a peer other than the first")?;
+    let id_a = {
+        let v: Value = client.call(Method::Get, "/collections/bench/cluster", None)?;
+        let mut holders = v["remote_shards"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["peer_id"].as_u64())
+            .chain(
+                v["local_shards"]
+                    .as_array()
+                    .is_some_and(|l| !l.is_empty())
+                    .then(|| v["peer_id"].as_u64())
+                    .flatten(),
+            )
+            .filter(|p| *p != id_b);
+        holders.next().context("the other replica")?
+    };
+    wait_replica(&a, id_b, Some("Active"), args)?;
+    let b = &mut others[victim];
+    let dist = ClusteredGaussian::new(args.dim, args.centres, args.sigma, args.seed)?;
+    let data = dist.sample(args.points, args.seed.wrapping_add(1));
+    let t = Instant::now();
+    load(&client, &data)?;
+    eprintln!(
+        "loaded {} x {} into two replicas in {:.1?}",
+        args.points,
+        args.dim,
+        t.elapsed()
+    );
+
+    b.kill_9()?;
+    let updates = dist.sample(args.missed, args.seed.wrapping_add(3));
+    for i in 0..args.missed {
+        let id = (i * 7919) % args.points;
+        let point = PointStruct {
+            id: PointId::Num(id as u64),
+            vector: updates.get(i).to_vec(),
+            payload: Some(
+                json!({"i": id, "updated": i})
+                    .as_object()
+                    .cloned()
+                    .expect("object"),
+            ),
+        };
+        client.upsert("bench", &[point], true)?;
+    }
+    wait_replica(&a, id_b, Some("Dead"), args)?;
+    let t = Instant::now();
+    b.restart()?;
+    b.wait_ready(Instant::now() + Duration::from_secs(args.transfer_timeout_secs))?;
+    let open_secs = t.elapsed().as_secs_f64();
+    wait_replica(&a, id_b, Some("Active"), args)?;
+    let delta_secs = t.elapsed().as_secs_f64() - open_secs;
+    let ops = std::iter::once(&a).chain(others.iter()).find_map(replayed);
+
+    let _: bool = client.call(
+        Method::Post,
+        "/collections/bench/cluster",
+        Some(&json!({"drop_replica": {"shard_id": 0, "peer_id": id_b}})),
+    )?;
+    wait_replica(&a, id_b, None, args)?;
+    let t = Instant::now();
+    let _: bool = client.call(
+        Method::Post,
+        "/collections/bench/cluster",
+        Some(&json!({"replicate_shard": {"shard_id": 0, "from_peer_id": id_a, "to_peer_id": id_b, "method": "stream_records"}})),
+    )?;
+    wait_replica(&a, id_b, Some("Active"), args)?;
+    let stream_secs = t.elapsed().as_secs_f64();
+
+    println!(
+        "| shard | missed updates | recovery | seconds | operations sent | x stream_records |"
+    );
+    println!("| --- | ---: | --- | ---: | ---: | ---: |");
+    println!(
+        "| {} x {} | {} | wal_delta (automatic, after the restart; opening the replica took {open_secs:.2} s more) | {delta_secs:.2} | {} | {:.4} |",
+        args.points,
+        args.dim,
+        args.missed,
+        ops.map_or("?".to_string(), |n| n.to_string()),
+        delta_secs / stream_secs
+    );
+    println!(
+        "| {} x {} | | stream_records (full copy) | {stream_secs:.2} | {} points | 1 |",
+        args.points, args.dim, args.points
     );
     Ok(())
 }

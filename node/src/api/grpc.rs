@@ -34,14 +34,13 @@ use crate::api::rest::service::QDRANT_API_VERSION;
 use crate::cluster::CollectionError;
 use crate::cluster::remote_shard::{POINT_NOT_FOUND_MARK, STALE_LAYOUT_MARK};
 use crate::cluster::shard_requests::{
-    FencedUpdate, ShardCount, ShardDigest, ShardFacet, ShardOrderBy, ShardRequest, ShardRetrieve,
-    ShardScroll, ShardSearch, ShardSparseStats,
+    ShardCount, ShardFacet, ShardOrderBy, ShardRecovery, ShardRequest, ShardRetrieve, ShardScroll,
+    ShardSearch, ShardSparseStats, UpdateCall,
 };
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::raft_node::{ConsensusError, ConsensusNode};
 use crate::consensus::{ClusterOperation, PeerId, PeerNode};
-use crate::shard::local_shard::{LocalShard, ShardError};
-use crate::shard::operations::UpdateRequest;
+use crate::shard::local_shard::{LocalShard, ShardError, Stamp, UpdateOutcome};
 
 pub struct Peer {
     toc: Arc<TableOfContent>,
@@ -358,18 +357,57 @@ impl ShardPoints {
 impl ShardService for ShardPoints {
     async fn update(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
         // Through the collection, so that a transfer sending this replica forwards it.
-        // A coordinator's update carries the layout version it was routed by; a forwarded
-        // copy is a bare update.
+        // A coordinator's update carries the layout version it was routed by and its clock
+        // tag; a forwarded copy the tag its source applied it with; a transfer's own stream
+        // no tag.
         let call = request.into_inner();
-        let (update, routed_by) = match decode::<FencedUpdate>(&call.body_json) {
-            Ok(fenced) => (fenced.update, Some(fenced.layout_version)),
-            Err(_) => (decode::<UpdateRequest>(&call.body_json)?, None),
-        };
+        let body: UpdateCall = decode(&call.body_json)?;
         self.replica(&call).await?;
         let collection = self.toc.get(&call.collection).map_err(collection_status)?;
-        let answer = collection
-            .update_local(call.shard_id, Arc::new(update), routed_by)
+        let (update, routed_by, stamp) = match body {
+            UpdateCall::Lead(lead) => {
+                let seq = collection
+                    .lead_update(call.shard_id, Arc::new(lead.update))
+                    .await
+                    .map_err(collection_status)?;
+                let body_json =
+                    serde_json::to_vec(&seq).map_err(|e| Status::internal(e.to_string()))?;
+                return Ok(Response::new(ShardAnswer { body_json }));
+            }
+            UpdateCall::Routed(f) => (
+                f.update,
+                Some(f.layout_version),
+                f.clock.map_or(Stamp::Local, Stamp::Coordinator),
+            ),
+            UpdateCall::Forwarded(f) => (f.update, None, Stamp::Forced(f.clock)),
+            UpdateCall::Untagged(update) => (update, None, Stamp::Local),
+        };
+        let outcome = collection
+            .update_local(call.shard_id, Arc::new(update), routed_by, stamp)
             .await
+            .map_err(collection_status)?;
+        // A coordinator reads the outcome; the others only the operation number.
+        let body_json = match (routed_by, outcome) {
+            (Some(_), outcome) => serde_json::to_vec(&outcome),
+            (None, UpdateOutcome::Applied(seq) | UpdateOutcome::Duplicate(seq)) => {
+                serde_json::to_vec(&seq)
+            }
+            (None, UpdateOutcome::Behind(_)) => {
+                return Err(Status::internal("an untagged or forced update was refused"));
+            }
+        }
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ShardAnswer { body_json }))
+    }
+
+    async fn recovery(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
+        // Straight to the replica: a destination's recovery steps are not forwarded further.
+        let call = request.into_inner();
+        let step: ShardRecovery = decode(&call.body_json)?;
+        let shard = self.replica(&call).await?;
+        let answer = tokio::task::spawn_blocking(move || step.run_on(&shard))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
             .map_err(collection_status)?;
         let body_json = serde_json::to_vec(&answer).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ShardAnswer { body_json }))
@@ -389,10 +427,6 @@ impl ShardService for ShardPoints {
 
     async fn retrieve(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
         self.run::<ShardRetrieve>(request.into_inner()).await
-    }
-
-    async fn digest(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
-        self.run::<ShardDigest>(request.into_inner()).await
     }
 
     async fn sparse_stats(
@@ -687,7 +721,9 @@ pub fn router(
     .add_service(InterceptedService::new(
         ShardServiceServer::new(ShardPoints {
             toc: Arc::clone(&toc),
-        }),
+        })
+        .max_decoding_message_size(crate::cluster::remote_shard::P2P_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::cluster::remote_shard::P2P_MESSAGE_BYTES),
         guard.clone(),
     ))
     .add_service(InterceptedService::new(
@@ -722,9 +758,9 @@ mod tests {
     use crate::api::rest::collections::config_from_request;
     use crate::cluster::hash_ring::shard_for;
     use crate::cluster::remote_shard::RemoteShard;
-    use crate::cluster::shard_requests::ShardTarget;
+    use crate::cluster::shard_requests::{ShardTarget, WriteOrdering};
     use crate::index::payload_selector::WithVector;
-    use crate::shard::operations::{PointSelection, PointWrite};
+    use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
     use crate::types::{Payload, PointId, VectorData};
 
     fn point(i: u64) -> PointWrite {
@@ -758,7 +794,11 @@ mod tests {
         .unwrap();
         let collection = toc.get("docs").unwrap();
         collection
-            .update(UpdateRequest::Upsert((0..200).map(point).collect()), None)
+            .update(
+                UpdateRequest::Upsert((0..200).map(point).collect()),
+                None,
+                WriteOrdering::Weak,
+            )
             .await
             .unwrap();
 

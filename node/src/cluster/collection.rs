@@ -14,8 +14,9 @@ use crate::cluster::hash_ring::shard_for;
 use crate::cluster::metadata::Metadata;
 use crate::cluster::remote_shard::RemoteShard;
 use crate::cluster::shard_requests::{
-    FencedUpdate, OrderValue, Ownership, ShardCount, ShardFacet, ShardOrderBy, ShardRequest,
-    ShardRetrieve, ShardScroll, ShardSearch, ShardSparseStats, ShardTarget,
+    FencedUpdate, ForwardedUpdate, LeaderUpdate, OrderValue, Ownership, ShardCount, ShardFacet,
+    ShardOrderBy, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch, ShardSparseStats,
+    ShardTarget, WriteOrdering,
 };
 use crate::collection_config::{
     CollectionConfig, MAX_MULTIVECTOR_LEN, MAX_SPARSE_ENTRIES, Modifier, PayloadIndexEntry,
@@ -27,8 +28,10 @@ use crate::consensus::{
 };
 use crate::index::filter::Filter;
 use crate::index::payload_selector::WithVector;
+use crate::shard::clock::{ClockSet, ClockTag};
 use crate::shard::local_shard::{
-    IndexBuilder, LocalShard, OptimizerStatus, Record, ScoredRecord, ShardError, idf,
+    IndexBuilder, LocalShard, OptimizerStatus, Record, ScoredRecord, ShardError, Stamp,
+    UpdateOutcome, idf,
 };
 use crate::shard::maintenance;
 use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
@@ -264,14 +267,16 @@ async fn on_read_pool<T: Send + 'static>(
 
 /// Applies an update on a local replica and forwards it to the destinations of `outgoing`
 /// (the transfers sending the replica), in the same place of each transfer's stream. Runs to
-/// the end once started: see `Collection::update_local`.
+/// the end once started: see `Collection::update_local`. An update the replica does not apply
+/// (its tick was applied before, or is behind: see `shard::clock`) is not forwarded either.
 async fn apply_and_forward(
     name: &str,
     shard: u32,
     local: &Arc<LocalShard>,
     request: Arc<UpdateRequest>,
+    stamp: Stamp,
     outgoing: &[Arc<Outgoing>],
-) -> Result<u64, CollectionError> {
+) -> Result<UpdateOutcome, CollectionError> {
     // Every transfer sees this update in the same place of its stream.
     let mut orders = Vec::with_capacity(outgoing.len());
     for out in outgoing {
@@ -280,26 +285,36 @@ async fn apply_and_forward(
     let applied = {
         let request = Arc::clone(&request);
         let local = Arc::clone(local);
-        tokio::task::spawn_blocking(move || request.run_on(&local))
+        tokio::task::spawn_blocking(move || local.update_stamped((*request).clone(), stamp))
             .await
             .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
     };
     let applied = applied?;
+    if !matches!(applied, UpdateOutcome::Applied(_)) {
+        return Ok(applied);
+    }
+    // The tag the replica applied the update with travels with its copies, so that the
+    // destination's clocks say what it holds. A write without one is tagged by each replica's
+    // own local clock; so are the copies a resharding passes to another shard.
+    let tag = match stamp {
+        Stamp::Coordinator(tag) | Stamp::Forced(tag) => Some(tag),
+        Stamp::Local => None,
+    };
     for out in outgoing {
         // The destination may not hold every point yet: it skips what it lacks.
         let forwarded = match &out.owner {
-            None => Some(Arc::new(request.lenient())),
-            Some(owner) => restrict(&request.lenient(), owner).map(Arc::new),
+            None => Some((tag, Arc::new(request.lenient()))),
+            Some(owner) => restrict(&request.lenient(), owner).map(|r| (None, Arc::new(r))),
         };
-        let Some(forwarded) = forwarded else {
+        let Some((tag, forwarded)) = forwarded else {
             continue;
         };
         if let Some(queue) = out.queue.lock().as_mut() {
-            queue.push(forwarded);
+            queue.push((tag, forwarded));
             continue;
         }
         if !out.broken.load(std::sync::atomic::Ordering::SeqCst)
-            && let Err(e) = out.destination.request(&*forwarded).await
+            && let Err(e) = forward(&out.destination, tag, &forwarded).await
         {
             tracing::warn!(collection = %name, shard, to = %out.to, error = %e, "could not forward an update to a transfer's destination; the transfer will abort");
             out.broken.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -319,11 +334,36 @@ async fn apply_and_forward(
     Ok(applied)
 }
 
+/// Sends a transfer's destination a copy of an update its source applied: with the tag the
+/// source applied it with ([`ForwardedUpdate`], applied whatever its tick), or untagged.
+pub async fn forward(
+    destination: &RemoteShard,
+    tag: Option<ClockTag>,
+    update: &UpdateRequest,
+) -> Result<u64, CollectionError> {
+    match tag {
+        Some(clock) => {
+            destination
+                .request(&ForwardedUpdate {
+                    clock,
+                    update: update.clone(),
+                })
+                .await
+        }
+        None => destination.request(update).await,
+    }
+}
+
 /// How many 50 ms steps a write that found its replicas gone waits for a newer layout. Liveness
 /// only: a write routed by an old layout is refused by the replicas (the layout-version fence),
 /// so the wait decides only how soon the coordinator gives up with an error (not acknowledged)
 /// when its own layout has not caught up.
 const LAYOUT_PATIENCE_STEPS: usize = 40;
+
+/// How many times a coordinator sends an update to a replica whose clock is ahead of its own
+/// (see `shard::clock`): once is enough unless other clocks of this peer move that replica's
+/// on meanwhile, which cannot go on: each attempt moves this clock past the replica's.
+const CLOCK_ATTEMPTS: usize = 3;
 
 /// A test hook: `SHOAL_TEST_HOLD_UPDATE="<point id>=<ms>"` holds the first update naming that
 /// (numeric) point id on its coordinator for `ms`, after the update was routed by a layout and
@@ -353,8 +393,28 @@ async fn hold_routed_update(
         return;
     }
     tracing::info!(collection, shard, layout_version, point = %id, ms, "test hook: holding a routed update");
+    // Test only: see above.
     tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
     tracing::info!(collection, shard, point = %id, "test hook: the held update goes on");
+}
+
+/// A test hook: `SHOAL_TEST_DELAY_UPDATES_TO="<p2p uri>=<ms>"` delays every update this peer
+/// coordinates to the replica at that URI by `ms` before sending it: one replica hears of
+/// updates late, as over a slow link, so that updates from two coordinators can reach the
+/// replicas in different orders (what `ordering=strong` prevents).
+async fn delay_update_to(uri: &str) {
+    static DELAY: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        let spec = std::env::var("SHOAL_TEST_DELAY_UPDATES_TO").ok()?;
+        let (uri, ms) = spec.rsplit_once('=')?;
+        Some((uri.to_string(), ms.parse().ok()?))
+    });
+    if let Some((slow, ms)) = delay
+        && slow == uri
+    {
+        // Test only: see above.
+        tokio::time::sleep(std::time::Duration::from_millis(*ms)).await;
+    }
 }
 
 /// Errors that say the request itself is wrong: every replica would answer the same, so they
@@ -376,6 +436,10 @@ fn is_request_error(e: &CollectionError) -> bool {
     )
 }
 
+/// An update a snapshot transfer holds back for its destination, with the tag its source
+/// applied it with.
+pub type QueuedUpdate = (Option<ClockTag>, Arc<UpdateRequest>);
+
 /// A transfer sending this peer's replica of a shard: while it runs, every update applied to
 /// the replica is also applied to the destination, in the same order, and never interleaved
 /// with a batch of the stream (both hold `order`).
@@ -391,7 +455,7 @@ pub struct Outgoing {
     pub broken: std::sync::atomic::AtomicBool,
     /// While `Some`, updates are queued here instead of forwarded (the destination is being
     /// restored from a snapshot); the transfer replays them in order afterwards.
-    pub queue: parking_lot::Mutex<Option<Vec<Arc<UpdateRequest>>>>,
+    pub queue: parking_lot::Mutex<Option<Vec<QueuedUpdate>>>,
 }
 
 pub struct Collection {
@@ -418,6 +482,11 @@ pub struct Collection {
     /// for the whole collection would make a forwarded update wait behind a registration
     /// that waits for the update that forwards it.
     forwarding_gates: parking_lot::Mutex<HashMap<u32, Arc<tokio::sync::RwLock<()>>>>,
+    /// This peer's clocks per shard, as the coordinator of updates (see `shard::clock`).
+    clock_sets: parking_lot::Mutex<HashMap<u32, Arc<ClockSet>>>,
+    /// Per shard, held by the ordered update this peer coordinates as the shard's leader
+    /// (see [`WriteOrdering`]).
+    ordering_locks: parking_lot::Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
     /// Local replicas that the cluster placed elsewhere (a finished move) but that are kept
     /// while their transfer still forwards: they take no update of their own any more, so a
     /// peer still routing by the old layout gets an error instead of an acknowledgement that
@@ -510,6 +579,8 @@ impl Collection {
             payload_schema: RwLock::new(BTreeMap::new()),
             outgoing: parking_lot::Mutex::new(HashMap::new()),
             forwarding_gates: parking_lot::Mutex::new(HashMap::new()),
+            clock_sets: parking_lot::Mutex::new(HashMap::new()),
+            ordering_locks: parking_lot::Mutex::new(HashMap::new()),
             retired: parking_lot::Mutex::new(BTreeSet::new()),
             resharding: RwLock::new(None),
             foreign: parking_lot::Mutex::new(foreign),
@@ -816,6 +887,7 @@ impl Collection {
         &self,
         request: UpdateRequest,
         selector: Option<&ShardKeySelector>,
+        ordering: WriteOrdering,
     ) -> Result<u64, CollectionError> {
         let request = self.prepare_request(request)?;
         let layout = self.layout();
@@ -823,11 +895,11 @@ impl Collection {
         // route by an older ring than the replica's peer): then route again, once, by a newer
         // layout.
         let again = self.resharding.read().is_some().then(|| request.clone());
-        match self.update_with(&layout, request, selector).await {
+        match self.update_with(&layout, request, selector, ordering).await {
             Err(CollectionError::Moved(reason)) => {
                 match (again, self.newer_layout(&layout).await) {
                     (Some(request), Some(newer)) => {
-                        self.update_with(&newer, request, selector).await
+                        self.update_with(&newer, request, selector, ordering).await
                     }
                     _ => Err(CollectionError::Unavailable(reason)),
                 }
@@ -841,6 +913,7 @@ impl Collection {
         layout: &Arc<Layout>,
         request: UpdateRequest,
         selector: Option<&ShardKeySelector>,
+        ordering: WriteOrdering,
     ) -> Result<u64, CollectionError> {
         let layout = Arc::clone(layout);
         let mut per_shard: BTreeMap<u32, UpdateRequest> = BTreeMap::new();
@@ -880,11 +953,9 @@ impl Collection {
             .into_iter()
             .map(|(shard, request)| (shard, Arc::new(request)))
             .collect();
-        let results = futures::future::join_all(
-            per_shard
-                .iter()
-                .map(|(shard, request)| self.update_shard(&layout, *shard, Arc::clone(request))),
-        )
+        let results = futures::future::join_all(per_shard.iter().map(|(shard, request)| {
+            self.update_ordered(&layout, *shard, Arc::clone(request), ordering)
+        }))
         .await;
         let mut op_id = 0;
         for ((shard, request), result) in per_shard.iter().zip(results) {
@@ -893,11 +964,11 @@ impl Collection {
                 // finished), or a replica knows a newer layout of the shard: once this peer's
                 // layout has caught up, try again by it.
                 Err(CollectionError::Unavailable(reason)) => {
-                    self.route_again(&layout, *shard, request, reason, false)
+                    self.route_again(&layout, *shard, request, ordering, reason, false)
                         .await?
                 }
                 Err(CollectionError::StaleLayout(reason)) => {
-                    self.route_again(&layout, *shard, request, reason, true)
+                    self.route_again(&layout, *shard, request, ordering, reason, true)
                         .await?
                 }
                 other => other?,
@@ -915,6 +986,7 @@ impl Collection {
         routed_by: &Arc<Layout>,
         shard: u32,
         request: &Arc<UpdateRequest>,
+        ordering: WriteOrdering,
         reason: String,
         stale: bool,
     ) -> Result<u64, CollectionError> {
@@ -922,7 +994,75 @@ impl Collection {
             return Err(CollectionError::Unavailable(reason));
         };
         tracing::info!(collection = %self.name, shard, stale, %reason, "an update was not taken by the layout it was routed by; routing it again by a newer one");
-        self.update_shard(&newer, shard, Arc::clone(request)).await
+        self.update_ordered(&newer, shard, Arc::clone(request), ordering)
+            .await
+    }
+
+    /// Sends an update to the replicas of `shard` with `ordering` (see [`WriteOrdering`]):
+    /// `weak` from here; `medium` and `strong` through the shard's leader replica, here when
+    /// this peer holds it.
+    async fn update_ordered(
+        &self,
+        layout: &Layout,
+        shard: u32,
+        request: Arc<UpdateRequest>,
+        ordering: WriteOrdering,
+    ) -> Result<u64, CollectionError> {
+        if ordering == WriteOrdering::Weak {
+            return self.update_shard(layout, shard, request).await;
+        }
+        let replicas = layout.get(&shard).map(|s| &s.replicas[..]).unwrap_or(&[]);
+        let leader = match ordering {
+            WriteOrdering::Strong => replicas
+                .iter()
+                .max_by_key(|r| r.peer)
+                .filter(|r| r.state.takes_updates() && r.state != ReplicaState::Partial),
+            _ => replicas
+                .iter()
+                .filter(|r| r.state.takes_updates() && r.state != ReplicaState::Partial)
+                .max_by_key(|r| r.peer),
+        };
+        let Some(leader) = leader else {
+            return Err(CollectionError::Unavailable(format!(
+                "shard {shard} of `{}` has no leader replica that takes updates ({ordering:?} ordering)",
+                self.name
+            )));
+        };
+        if leader.peer == self.env.this_peer() {
+            return self.lead_update(shard, request).await;
+        }
+        self.env
+            .remote(&leader.uri, &self.name, shard)?
+            .request(&LeaderUpdate {
+                ordering,
+                update: (*request).clone(),
+            })
+            .await
+    }
+
+    /// Coordinates an ordered update as the leader of `shard` (see [`WriteOrdering`]): one at
+    /// a time per shard, each to the end (every replica answered), by this peer's layout.
+    pub async fn lead_update(
+        &self,
+        shard: u32,
+        request: Arc<UpdateRequest>,
+    ) -> Result<u64, CollectionError> {
+        let lock = Arc::clone(self.ordering_locks.lock().entry(shard).or_default());
+        let _one_at_a_time = lock.lock().await;
+        let layout = self.layout();
+        match self
+            .update_shard(&layout, shard, Arc::clone(&request))
+            .await
+        {
+            // As `route_again`, still holding the lock.
+            Err(CollectionError::Unavailable(reason) | CollectionError::StaleLayout(reason)) => {
+                let Some(newer) = self.newer_layout(&layout).await else {
+                    return Err(CollectionError::Unavailable(reason));
+                };
+                self.update_shard(&newer, shard, request).await
+            }
+            other => other,
+        }
     }
 
     /// A layout newer than `seen`, waiting a little for this peer to reconcile one.
@@ -966,17 +1106,62 @@ impl Collection {
         }
         let version = layout.get(&shard).map_or(0, |s| s.version);
         hold_routed_update(&self.name, shard, version, &request).await;
-        let results = futures::future::join_all(
-            replicas
-                .iter()
-                .map(|r| self.update_on(shard, r, Arc::clone(&request), version)),
-        )
-        .await;
+        // Held until every replica answered and those that failed are marked Dead: the next
+        // tick of this clock reaches no replica that missed this one while it still takes
+        // updates.
+        let clock_set = Arc::clone(self.clock_sets.lock().entry(shard).or_default());
+        let mut clock = clock_set.take(self.env.this_peer().0);
+        let mut tag = clock.next_tag();
+        let mut pending: Vec<&ReplicaInfo> = replicas.clone();
+        let mut results: Vec<(&ReplicaInfo, Result<u64, CollectionError>)> = Vec::new();
+        for attempt in 1..=CLOCK_ATTEMPTS {
+            let answers = futures::future::join_all(
+                pending
+                    .iter()
+                    .map(|r| self.update_on(shard, r, Arc::clone(&request), version, tag)),
+            )
+            .await;
+            let mut behind = Vec::new();
+            let mut ahead_tick = 0;
+            for (replica, answer) in pending.iter().zip(answers) {
+                match answer {
+                    Ok(UpdateOutcome::Applied(id) | UpdateOutcome::Duplicate(id)) => {
+                        results.push((*replica, Ok(id)));
+                    }
+                    // The replica's clock is past ours (this peer restarted, or another clock
+                    // of it ran ahead): tick past it and send it again, to that replica only.
+                    Ok(UpdateOutcome::Behind(tick)) if attempt < CLOCK_ATTEMPTS => {
+                        behind.push(*replica);
+                        ahead_tick = ahead_tick.max(tick);
+                    }
+                    Ok(UpdateOutcome::Behind(tick)) => results.push((
+                        *replica,
+                        Err(CollectionError::Unavailable(format!(
+                            "replica on peer {} refused the update's clock tick {} (its clock is at {tick})",
+                            replica.peer, tag.tick
+                        ))),
+                    )),
+                    Err(e) => results.push((*replica, Err(e))),
+                }
+            }
+            if behind.is_empty() {
+                break;
+            }
+            tracing::debug!(collection = %self.name, shard, clock = tag.clock, tick = tag.tick, ahead_tick, "a replica's clock is ahead of this coordinator's; ticking past it");
+            clock.advance_to(ahead_tick);
+            tag = clock.next_tag();
+            pending = behind;
+        }
+        // A clock is used again only when every replica applied its last tick (see
+        // `ClockSet`): a replica that missed it must never see the next one on this clock.
+        if results.iter().all(|(_, r)| r.is_ok()) {
+            clock.completed();
+        }
         let mut applied = 0usize;
         let mut op_id = 0;
         let mut failed = Vec::new();
         let mut not_passed_on = None;
-        for (replica, result) in replicas.iter().zip(results) {
+        for (replica, result) in results {
             match result {
                 Ok(id) => {
                     applied += 1;
@@ -990,9 +1175,9 @@ impl Collection {
                     // mark the replica (which aborts a resharding that can still go back)
                     // and do not acknowledge.
                     not_passed_on = Some(reason.clone());
-                    failed.push((*replica, CollectionError::ForwardFailed(reason)));
+                    failed.push((replica, CollectionError::ForwardFailed(reason)));
                 }
-                Err(e) => failed.push((*replica, e)),
+                Err(e) => failed.push((replica, e)),
             }
         }
         let needed =
@@ -1044,26 +1229,35 @@ impl Collection {
                 self.name
             )));
         }
+        drop(clock);
         Ok(op_id)
     }
 
     /// Applies an update on one replica: here through [`Self::update_local`], or on the peer
-    /// that holds it.
+    /// that holds it, tagged `tag`.
     async fn update_on(
         &self,
         shard: u32,
         replica: &ReplicaInfo,
         request: Arc<UpdateRequest>,
         layout_version: u64,
-    ) -> Result<u64, CollectionError> {
+        tag: ClockTag,
+    ) -> Result<UpdateOutcome, CollectionError> {
         if replica.peer == self.env.this_peer() {
-            self.update_local(shard, request, Some(layout_version))
-                .await
+            self.update_local(
+                shard,
+                request,
+                Some(layout_version),
+                Stamp::Coordinator(tag),
+            )
+            .await
         } else {
+            delay_update_to(&replica.uri).await;
             self.env
                 .remote(&replica.uri, &self.name, shard)?
                 .request(&FencedUpdate {
                     layout_version,
+                    clock: Some(tag),
                     update: (*request).clone(),
                 })
                 .await
@@ -1080,12 +1274,16 @@ impl Collection {
     /// it again. The check runs under the shard's forwarding gate, which a finishing transfer
     /// takes exclusively before it stops forwarding; so an update is either forwarded by the
     /// transfer or refused, never silently kept from a new replica.
+    ///
+    /// `stamp` says how the update's clock tag is checked (see `shard::clock`): a
+    /// coordinator's tick this replica applied already, or is past, is not applied again.
     pub async fn update_local(
         &self,
         shard: u32,
         request: Arc<UpdateRequest>,
         routed_by: Option<u64>,
-    ) -> Result<u64, CollectionError> {
+        stamp: Stamp,
+    ) -> Result<UpdateOutcome, CollectionError> {
         let local = self.local_shard(shard).ok_or_else(|| {
             CollectionError::Unavailable(format!(
                 "shard {shard} of `{}` has no replica on this peer yet",
@@ -1122,7 +1320,7 @@ impl Collection {
         let name = self.name.clone();
         tokio::spawn(async move {
             let _gate = gate;
-            apply_and_forward(&name, shard, &local, request, &outgoing).await
+            apply_and_forward(&name, shard, &local, request, stamp, &outgoing).await
         })
         .await
         .map_err(|e| CollectionError::Storage(format!("update task failed: {e}")))?

@@ -24,6 +24,12 @@ pub const STALE_LAYOUT_MARK: &str = "shoal-stale-layout";
 /// when this side gave up (see `Collection::update_local`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The largest `ShardService` message (a request or an answer) between peers: room for the
+/// largest update a client may send (its JSON, per shard) and the largest answer a read
+/// returns. tonic's default of 4 MiB would refuse, for example, an upsert of 1,000
+/// 768-dimensional points (about 7 MB of JSON) sent on to a peer's replica.
+pub const P2P_MESSAGE_BYTES: usize = 256 << 20;
+
 #[derive(Clone)]
 pub struct RemoteShard {
     uri: String,
@@ -82,7 +88,9 @@ impl RemoteShard {
             collection: collection.to_string(),
             shard_id,
             api_key,
-            client: ShardServiceClient::new(channel),
+            client: ShardServiceClient::new(channel)
+                .max_decoding_message_size(P2P_MESSAGE_BYTES)
+                .max_encoding_message_size(P2P_MESSAGE_BYTES),
         }
     }
 
@@ -91,7 +99,7 @@ impl RemoteShard {
         &self,
         request: &R,
     ) -> Result<R::Answer, CollectionError> {
-        let body_json = serde_json::to_vec(request).map_err(CollectionError::storage)?;
+        let body_json = request.encode_body().map_err(CollectionError::storage)?;
         let mut call = tonic::Request::new(ShardCall {
             collection: self.collection.clone(),
             shard_id: self.shard_id,
@@ -109,10 +117,10 @@ impl RemoteShard {
             ShardCallKind::Scroll => client.scroll(call).await,
             ShardCallKind::Count => client.count(call).await,
             ShardCallKind::Retrieve => client.retrieve(call).await,
-            ShardCallKind::Digest => client.digest(call).await,
             ShardCallKind::SparseStats => client.sparse_stats(call).await,
             ShardCallKind::OrderBy => client.order_by(call).await,
             ShardCallKind::Facet => client.facet(call).await,
+            ShardCallKind::Recovery => client.recovery(call).await,
         };
         let answer = answer.map_err(|status| match status.code() {
             tonic::Code::NotFound if status.metadata().contains_key(POINT_NOT_FOUND_MARK) => {

@@ -13,10 +13,12 @@ use crate::index::filter::Filter;
 use crate::index::filter::HasVector;
 use crate::index::payload_path::JsonPath;
 use crate::index::payload_selector::WithVector;
+use crate::shard::clock::{ClockMap, ClockTag};
 use crate::shard::local_shard::{
     LocalShard, PointPredicate, QueryVector, Record, ScoredRecord, Scoring, SearchQuery,
 };
-use crate::shard::operations::UpdateRequest;
+use crate::shard::local_shard::{Stamp, UpdateOutcome};
+use crate::shard::operations::{ShardOperation, UpdateRequest};
 use crate::types::{Distance, Payload, PointId, VectorData, VectorRef};
 
 /// The RPC of the p2p `ShardService` that carries a request.
@@ -27,10 +29,10 @@ pub enum ShardCallKind {
     Scroll,
     Count,
     Retrieve,
-    Digest,
     SparseStats,
     OrderBy,
     Facet,
+    Recovery,
 }
 
 /// A request that one shard replica answers, on this peer or on another: it runs on a local
@@ -44,6 +46,11 @@ pub trait ShardRequest: Serialize + DeserializeOwned + Clone + Send + Sync + 'st
     /// The ownership filter of a read (see [`Ownership`]); `None` for requests without one.
     fn owner_mut(&mut self) -> Option<&mut Option<Ownership>> {
         None
+    }
+    /// The call's body as it travels (JSON of the request itself, but for updates, which
+    /// travel as an [`UpdateCall`]).
+    fn encode_body(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(self)
     }
 }
 
@@ -82,23 +89,145 @@ impl ShardRequest for UpdateRequest {
     fn run_on(&self, shard: &LocalShard) -> Result<u64, CollectionError> {
         Ok(shard.update(self.clone())?)
     }
+    fn encode_body(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&UpdateCallRef::Untagged(self))
+    }
 }
 
-/// An update with the layout version of its shard that the coordinator routed it by (see
-/// `Collection::update_local`). Travels as `ShardService.Update`, like a bare
-/// [`UpdateRequest`], which is what forwarded copies are.
+/// An update from a coordinator, with the layout version of its shard that the coordinator
+/// routed it by (see `Collection::update_local`) and its clock tag (see `shard::clock`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FencedUpdate {
     pub layout_version: u64,
+    pub clock: Option<ClockTag>,
     pub update: UpdateRequest,
 }
 
 impl ShardRequest for FencedUpdate {
+    type Answer = UpdateOutcome;
+    const CALL: ShardCallKind = ShardCallKind::Update;
+    const WRITES: bool = true;
+    fn run_on(&self, shard: &LocalShard) -> Result<UpdateOutcome, CollectionError> {
+        let stamp = self.clock.map_or(Stamp::Local, Stamp::Coordinator);
+        Ok(shard.update_stamped(self.update.clone(), stamp)?)
+    }
+    fn encode_body(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&UpdateCallRef::Routed(self))
+    }
+}
+
+/// A copy of an update that a transfer forwards to its destination in the source's order,
+/// with the tag the source applied it with: the destination applies it whatever the tick
+/// ([`Stamp::Forced`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardedUpdate {
+    pub clock: ClockTag,
+    pub update: UpdateRequest,
+}
+
+impl ShardRequest for ForwardedUpdate {
     type Answer = u64;
     const CALL: ShardCallKind = ShardCallKind::Update;
     const WRITES: bool = true;
     fn run_on(&self, shard: &LocalShard) -> Result<u64, CollectionError> {
-        Ok(shard.update(self.update.clone())?)
+        match shard.update_stamped(self.update.clone(), Stamp::Forced(self.clock))? {
+            UpdateOutcome::Applied(seq) | UpdateOutcome::Duplicate(seq) => Ok(seq),
+            UpdateOutcome::Behind(_) => unreachable!("a forced update is never behind"),
+        }
+    }
+    fn encode_body(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&UpdateCallRef::Forwarded(self))
+    }
+}
+
+/// Qdrant's write `ordering` of an update: `weak` (the default) sends it to every replica at
+/// once from the peer that took it; `medium` and `strong` send it through the shard's leader
+/// replica, which writes one such update at a time, so every replica applies them in the same
+/// order. The leader is the replica with the highest peer id: among those that take updates
+/// (`medium`, which moves on when the leader fails), or among all (`strong`, which refuses the
+/// write while that replica does not take updates). Qdrant's choice of leader, too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteOrdering {
+    #[default]
+    Weak,
+    Medium,
+    Strong,
+}
+
+/// An update passed to a shard's leader replica (see [`WriteOrdering`]), which coordinates it
+/// by its own layout. Answers the operation number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaderUpdate {
+    pub ordering: WriteOrdering,
+    pub update: UpdateRequest,
+}
+
+impl ShardRequest for LeaderUpdate {
+    type Answer = u64;
+    const CALL: ShardCallKind = ShardCallKind::Update;
+    const WRITES: bool = true;
+    fn run_on(&self, _: &LocalShard) -> Result<u64, CollectionError> {
+        Err(CollectionError::Storage(
+            "an ordered update is coordinated by the collection, not run on a replica".into(),
+        ))
+    }
+    fn encode_body(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&UpdateCallRef::Lead(self))
+    }
+}
+
+/// The body of a `ShardService.Update` call: how the update reaches the replica.
+#[derive(Debug, Clone, Deserialize)]
+pub enum UpdateCall {
+    Routed(FencedUpdate),
+    Forwarded(ForwardedUpdate),
+    Untagged(UpdateRequest),
+    Lead(LeaderUpdate),
+}
+
+/// [`UpdateCall`] by reference, for sending.
+#[derive(Serialize)]
+enum UpdateCallRef<'a> {
+    Routed(&'a FencedUpdate),
+    Forwarded(&'a ForwardedUpdate),
+    Untagged(&'a UpdateRequest),
+    Lead(&'a LeaderUpdate),
+}
+
+/// The steps of bringing a replica up to date from another (a transfer's destination side),
+/// carried by `ShardService.Recovery`. `copy` is the transfer's id: a replica refuses the
+/// steps of any copy but the one it began last. See `shard::clock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ShardRecovery {
+    /// A copy begins: freeze the recovery point and report it ([`LocalShard::begin_copy`]).
+    Begin { copy: u64, fresh: bool },
+    /// Operations from the source's WAL, in its order ([`LocalShard::replay`]).
+    Replay {
+        copy: u64,
+        ops: Vec<(Option<ClockTag>, ShardOperation)>,
+    },
+    /// The copy is complete: merge the source's clocks ([`LocalShard::finish_copy`]).
+    Finish { copy: u64, clocks: ClockMap },
+}
+
+impl ShardRequest for ShardRecovery {
+    /// The recovery point, for `Begin`.
+    type Answer = Option<ClockMap>;
+    const CALL: ShardCallKind = ShardCallKind::Recovery;
+    const WRITES: bool = true;
+    fn run_on(&self, shard: &LocalShard) -> Result<Option<ClockMap>, CollectionError> {
+        match self {
+            ShardRecovery::Begin { copy, fresh } => Ok(Some(shard.begin_copy(*copy, *fresh)?)),
+            ShardRecovery::Replay { copy, ops } => {
+                shard.replay(*copy, ops.clone())?;
+                Ok(None)
+            }
+            ShardRecovery::Finish { copy, clocks } => {
+                shard.finish_copy(*copy, clocks.clone())?;
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -625,78 +754,4 @@ impl ShardRetrieve {
         }
         records
     }
-}
-
-/// A page of a replica's points as (id, content hash), in id order, from `from`: what a
-/// `wal_delta` transfer compares to send only the points that differ.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ShardDigest {
-    pub from: Option<PointId>,
-    pub limit: usize,
-}
-
-impl ShardRequest for ShardDigest {
-    type Answer = Vec<(PointId, u64)>;
-    const CALL: ShardCallKind = ShardCallKind::Digest;
-    fn run_on(&self, shard: &LocalShard) -> Result<Vec<(PointId, u64)>, CollectionError> {
-        Ok(shard
-            .scroll(self.from, self.limit, None, true, &WithVector::All)
-            .iter()
-            .map(|r| (r.id, content_hash(r)))
-            .collect())
-    }
-}
-
-/// A hash of a point's vector and payload that is the same on every peer running this build
-/// for the same content (payload keys in sorted order, whatever order they were written in).
-pub fn content_hash(record: &Record) -> u64 {
-    use std::hash::{Hash, Hasher};
-    fn value(v: &serde_json::Value, h: &mut std::collections::hash_map::DefaultHasher) {
-        match v {
-            serde_json::Value::Null => 0u8.hash(h),
-            serde_json::Value::Bool(b) => (1u8, b).hash(h),
-            serde_json::Value::Number(n) => (2u8, n.to_string()).hash(h),
-            serde_json::Value::String(s) => (3u8, s).hash(h),
-            serde_json::Value::Array(a) => {
-                (4u8, a.len()).hash(h);
-                a.iter().for_each(|x| value(x, h));
-            }
-            serde_json::Value::Object(o) => {
-                (5u8, o.len()).hash(h);
-                let mut keys: Vec<&String> = o.keys().collect();
-                keys.sort();
-                for k in keys {
-                    k.hash(h);
-                    value(&o[k], h);
-                }
-            }
-        }
-    }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (name, vector) in record.vector.iter().flatten() {
-        name.hash(&mut h);
-        let floats: Box<dyn Iterator<Item = &f32>> = match vector {
-            VectorData::Dense(v) => Box::new(v.iter()),
-            VectorData::Multi(vs) => {
-                vs.len().hash(&mut h);
-                Box::new(vs.iter().flatten())
-            }
-            VectorData::Sparse(s) => {
-                s.indices.hash(&mut h);
-                Box::new(s.values.iter())
-            }
-        };
-        for x in floats {
-            x.to_bits().hash(&mut h);
-        }
-    }
-    if let Some(payload) = &record.payload {
-        let mut keys: Vec<&String> = payload.keys().collect();
-        keys.sort();
-        for k in keys {
-            k.hash(&mut h);
-            value(&payload[k], &mut h);
-        }
-    }
-    h.finish()
 }

@@ -528,6 +528,8 @@ impl TableOfContent {
                             return;
                         }
                     }
+                    // A periodic pass (liveness): reconcile is level-triggered, so a pass
+                    // that ran late repairs the same as one on time.
                     () = tokio::time::sleep(RESYNC_INTERVAL) => {}
                 }
             }
@@ -665,6 +667,7 @@ pub async fn open_local_node(dir: &Path) -> Arc<TableOfContent> {
 mod tests {
     use super::*;
     use crate::consensus::type_config::LogId;
+    use crate::shard::local_shard::Stamp;
     use crate::shard::operations::{PointWrite, UpdateRequest};
     use crate::types::PointId;
 
@@ -742,7 +745,9 @@ mod tests {
                 Default::default(),
             )]))
         };
-        let refused = collection.update_local(0, upsert(1), Some(old)).await;
+        let refused = collection
+            .update_local(0, upsert(1), Some(old), Stamp::Local)
+            .await;
         assert!(
             matches!(refused, Err(CollectionError::StaleLayout(_))),
             "{refused:?}"
@@ -754,10 +759,13 @@ mod tests {
                 .is_empty()
         );
         collection
-            .update_local(0, upsert(2), Some(old + 1))
+            .update_local(0, upsert(2), Some(old + 1), Stamp::Local)
             .await
             .unwrap();
-        collection.update_local(0, upsert(3), None).await.unwrap();
+        collection
+            .update_local(0, upsert(3), None, Stamp::Local)
+            .await
+            .unwrap();
         assert_eq!(
             local
                 .retrieve(
@@ -796,7 +804,11 @@ mod tests {
                 .collect();
             let collection = toc.get("old").unwrap();
             collection
-                .update(UpdateRequest::Upsert(points), None)
+                .update(
+                    UpdateRequest::Upsert(points),
+                    None,
+                    crate::cluster::shard_requests::WriteOrdering::Weak,
+                )
                 .await
                 .unwrap();
             toc.flush_all();

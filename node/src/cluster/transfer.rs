@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cluster::CollectionError;
-use crate::cluster::collection::Outgoing;
+use crate::cluster::collection::{Outgoing, forward};
 use crate::cluster::metadata::Metadata;
-use crate::cluster::shard_requests::{Ownership, ShardDigest, ShardScroll, content_hash};
+use crate::cluster::shard_requests::{Ownership, ShardRecovery, ShardScroll};
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::{
     ClusterOperation, ClusterStateView, PeerId, ReplicaState, ShardId, ShardTransfer,
@@ -43,6 +43,7 @@ use crate::consensus::{
 };
 use crate::index::filter::{Filter, HasVector};
 use crate::index::payload_selector::WithVector;
+use crate::shard::clock::{ClockMap, ClockTag};
 use crate::shard::local_shard::{LocalShard, Record};
 use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
 use crate::shard::snapshot::SnapshotError;
@@ -55,6 +56,10 @@ use shoal_proto::v1::{RecoverRequest, SnapshotRef};
 /// aborts), and a retried batch is idempotent (upserts of the source's current points).
 const SEND_ATTEMPTS: u32 = 5;
 const SEND_BACKOFF: Duration = Duration::from_millis(500);
+/// The most JSON a `wal_delta` replay message carries (well below the p2p limit,
+/// `P2P_MESSAGE_BYTES`); a single operation larger than this makes the transfer copy every
+/// point instead.
+const REPLAY_CHUNK_BYTES: usize = 16 << 20;
 /// Ids per page when a resumed transfer compares both sides.
 const CATCH_UP_PAGE: usize = 10_000;
 
@@ -428,7 +433,13 @@ impl Transfers {
             self.forget(&key, &cancel);
             return;
         }
-        let outcome = stream_records(&toc, &key, &transfer, &uri, &progress, &cancel).await;
+        let outcome = stream_records(&toc, &key, &transfer, &uri, &progress, &cancel)
+            .await
+            // A forward that failed after the destination's last check: it must not finish.
+            .and_then(|(collection, out)| match check_forwarding(&out) {
+                Ok(()) => Ok((collection, out)),
+                Err(e) => Err((e, Some((collection, out)))),
+            });
         let (collection, outgoing) = match outcome {
             Ok(pair) => pair,
             Err((error, registered)) => {
@@ -562,6 +573,24 @@ async fn stream_records(
         .env()
         .remote(uri, &key.collection, key.shard)
         .map_err(fail)?;
+    // A `wal_delta` destination freezes its recovery point before anything is forwarded to
+    // it: a forwarded update must not count as the history it missed.
+    let point = if transfer.method == TransferMethod::WalDelta && transfer.destination_was.is_some()
+    {
+        progress.stage("reading the recovery point");
+        let begin = ShardRecovery::Begin {
+            copy: transfer.id,
+            fresh: false,
+        };
+        Some(
+            recovery_step(&destination, &begin, cancel)
+                .await
+                .map_err(|e| (e, None))?
+                .unwrap_or_default(),
+        )
+    } else {
+        None
+    };
     let out = Arc::new(Outgoing {
         to: key.to,
         destination: destination.clone(),
@@ -588,28 +617,43 @@ async fn stream_records(
         snapshot_transfer(toc, key, transfer, &local, &out, progress, cancel)
             .await
             .map_err(with_reg)?;
+        check_forwarding(&out).map_err(with_reg)?;
         return Ok(registered);
     }
 
     if transfer.method == TransferMethod::WalDelta {
-        if transfer.destination_was.is_some() {
-            delta_transfer(toc, &local, &out, progress, cancel)
+        if let Some(point) = point {
+            let delta = delta_transfer(toc, &local, &out, point, transfer.id, progress, cancel)
                 .await
                 .map_err(with_reg)?;
-            return Ok(registered);
+            if let Some(clocks) = delta {
+                let finish = ShardRecovery::Finish {
+                    copy: transfer.id,
+                    clocks,
+                };
+                recovery_step(&destination, &finish, cancel)
+                    .await
+                    .map_err(with_reg)?;
+                check_forwarding(&out).map_err(with_reg)?;
+                return Ok(registered);
+            }
+        } else {
+            tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, "wal_delta: the destination has no replica to compare with; streaming every point");
         }
-        tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, "wal_delta: the destination has no replica to compare with; streaming every point");
     }
     let dir = local.dir().to_path_buf();
     let resumed = read_checkpoint(&dir, CHECKPOINT_FILE)
         .filter(|c| c.transfer == transfer.id && c.to == key.to.0 && c.to_shard.is_none());
     let mut offset = None;
     let mut finished_streaming = false;
+    // The source's clocks when forwarding began: the destination merges them at the end.
+    let copied: ClockMap;
     match resumed {
         Some(checkpoint) => {
             progress.stage("resuming");
             tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, next = ?checkpoint.next, "transfer resumes from its checkpoint");
             let _order = out.order.lock().await;
+            copied = local.recovery_point();
             catch_up(&local, &destination, &checkpoint, None, cancel)
                 .await
                 .map_err(with_reg)?;
@@ -627,8 +671,21 @@ async fn stream_records(
                 .await
                 .map_err(with_reg)?;
             let _order = out.order.lock().await;
+            // The destination's recovery point is nothing until the copy is complete; what
+            // it holds from then on is what the source's clocks say now, plus what is
+            // forwarded.
+            let begin = ShardRecovery::Begin {
+                copy: transfer.id,
+                fresh: true,
+            };
+            recovery_step(&destination, &begin, cancel)
+                .await
+                .map_err(with_reg)?;
+            copied = local.recovery_point();
             let clear = UpdateRequest::Delete(PointSelection::Filter(Filter::default()));
-            send(&destination, &clear, cancel).await.map_err(with_reg)?;
+            send(&destination, None, &clear, cancel)
+                .await
+                .map_err(with_reg)?;
         }
     }
 
@@ -670,6 +727,7 @@ async fn stream_records(
             let sent = progress.bytes.load(Ordering::Relaxed) - bytes_before;
             let due = started + Duration::from_secs_f64(sent as f64 / bps as f64);
             let now = Instant::now();
+            // Pacing (the user's byte limit), not safety.
             if due > now {
                 tokio::time::sleep(due - now).await;
             }
@@ -693,7 +751,7 @@ async fn stream_records(
         let points = writes_of(records);
         let bytes: u64 = points.iter().map(point_bytes).sum();
         if !points.is_empty() {
-            send(&destination, &UpdateRequest::Upsert(points), cancel)
+            send(&destination, None, &UpdateRequest::Upsert(points), cancel)
                 .await
                 .map_err(with_reg)?;
         }
@@ -716,14 +774,27 @@ async fn stream_records(
             None => finished_streaming = true,
         }
     }
+    check_forwarding(&out).map_err(with_reg)?;
+    let finish = ShardRecovery::Finish {
+        copy: transfer.id,
+        clocks: copied,
+    };
+    recovery_step(&destination, &finish, cancel)
+        .await
+        .map_err(with_reg)?;
+    check_forwarding(&out).map_err(with_reg)?;
+    Ok(registered)
+}
+
+/// Fails the transfer when an update could not be forwarded to its destination (which then
+/// lacks it): such a destination must not become `Active`.
+fn check_forwarding(out: &Outgoing) -> Result<(), TransferError> {
     if out.broken.load(Ordering::SeqCst) {
-        return Err(with_reg(TransferError::Failed(
-            CollectionError::Unavailable(
-                "an update could not be forwarded to the destination".into(),
-            ),
+        return Err(TransferError::Failed(CollectionError::Unavailable(
+            "an update could not be forwarded to the destination".into(),
         )));
     }
-    Ok(registered)
+    Ok(())
 }
 
 /// A resharding stream: registers a forwarder that passes on the part of every update of the
@@ -870,7 +941,7 @@ async fn resharding_stream(
             let points = writes_of(records);
             let bytes: u64 = points.iter().map(point_bytes).sum();
             if !points.is_empty() {
-                send(&destination, &UpdateRequest::Upsert(points), cancel).await?;
+                send(&destination, None, &UpdateRequest::Upsert(points), cancel).await?;
             }
             drop(order);
             let done = progress.points_done.fetch_add(n, Ordering::Relaxed) + n;
@@ -1041,6 +1112,7 @@ async fn catch_up(
     for chunk in stale.chunks(1000) {
         send(
             destination,
+            None,
             &UpdateRequest::Delete(PointSelection::Ids(chunk.to_vec())),
             cancel,
         )
@@ -1056,121 +1128,104 @@ async fn catch_up(
         };
         let points = writes_of(records);
         if !points.is_empty() {
-            send(destination, &UpdateRequest::Upsert(points), cancel).await?;
+            send(destination, None, &UpdateRequest::Upsert(points), cancel).await?;
         }
     }
     Ok(())
 }
 
 /// The `wal_delta` method, for a destination that holds an older copy of the shard (a `Dead`
-/// replica that missed writes): under the order lock, so the comparison sees one state of both
-/// sides, the destination reports a content hash of each of its points and the source sends
-/// only the difference (points it lacks or holds differently, deletions of points the source no
-/// longer has). Forwarding of later updates then goes on as for `stream_records`.
+/// replica that missed writes), at recovery `point` (its clock map, frozen before forwarding
+/// began: see `shard::clock`). Under the order lock, so that nothing is forwarded meanwhile,
+/// the source finds in its WAL the first record the point does not cover and replays every
+/// operation from there, in its order; forwarding of later updates then goes on as for
+/// `stream_records`. The cost grows with what the destination missed, not with the shard.
 ///
-/// Replicas number their operations independently, so "what the destination has" is stated in
-/// content hashes, not in positions of the source's write-ahead log.
+/// Returns the source's clocks for the destination to merge once the transfer is done, or
+/// `None` when only a full copy helps (the source's WAL no longer reaches back to the point,
+/// or a single operation is too large to send): the caller then copies every point, and the
+/// log and the progress say so.
 async fn delta_transfer(
     toc: &Arc<TableOfContent>,
     local: &Arc<LocalShard>,
     out: &Arc<Outgoing>,
+    point: ClockMap,
+    copy: u64,
     progress: &Progress,
     cancel: &AtomicBool,
-) -> Result<(), TransferError> {
-    progress.stage("comparing replicas");
+) -> Result<Option<ClockMap>, TransferError> {
     pause_at("comparing replicas", cancel).await?;
     let _order = out.order.lock().await;
-    let source: HashMap<PointId, u64> = {
-        let local = Arc::clone(local);
-        tokio::task::spawn_blocking(move || {
-            let mut out = HashMap::new();
-            let mut from = None;
-            loop {
-                let page = local.scroll(from, CATCH_UP_PAGE + 1, None, true, &WithVector::All);
-                let next = (page.len() > CATCH_UP_PAGE).then(|| page[CATCH_UP_PAGE].id);
-                out.extend(
-                    page.iter()
-                        .take(CATCH_UP_PAGE)
-                        .map(|r| (r.id, content_hash(r))),
-                );
-                match next {
-                    Some(id) => from = Some(id),
-                    None => return out,
-                }
-            }
-        })
-        .await
-        .map_err(|e| CollectionError::Storage(e.to_string()))?
+    let delta = {
+        let (local, point) = (Arc::clone(local), point.clone());
+        tokio::task::spawn_blocking(move || local.wal_delta(&point))
+            .await
+            .map_err(|e| CollectionError::Storage(e.to_string()))?
+            .map_err(CollectionError::from)?
     };
-    let mut held: HashMap<PointId, u64> = HashMap::new();
-    let mut from = None;
-    loop {
+    let Some(delta) = delta else {
+        tracing::info!(
+            clocks = point.len(),
+            "wal_delta: the WAL no longer reaches back to the destination's recovery point; streaming every point instead"
+        );
+        progress.stage("the WAL does not reach the recovery point: streaming every point");
+        return Ok(None);
+    };
+    let sizes: Vec<usize> = delta
+        .ops
+        .iter()
+        .map(|op| serde_json::to_vec(op).map_or(usize::MAX, |b| b.len()))
+        .collect();
+    if sizes.iter().any(|n| *n > REPLAY_CHUNK_BYTES) {
+        tracing::info!(
+            operations = delta.ops.len(),
+            "wal_delta: an operation is too large to replay in one message; streaming every point instead"
+        );
+        progress.stage("an operation is too large to replay: streaming every point");
+        return Ok(None);
+    }
+    let total = delta.ops.len();
+    progress.points_total.store(
+        delta.ops.iter().map(|(_, op)| op.len() as u64).sum(),
+        Ordering::Relaxed,
+    );
+    tracing::info!(
+        operations = total,
+        clocks = point.len(),
+        "wal_delta: replaying the WAL from the destination's recovery point"
+    );
+    progress.stage("replaying the WAL");
+    let batch = toc.env().transfer_batch_points.max(1);
+    let mut ops = delta.ops.into_iter().zip(sizes).peekable();
+    while ops.peek().is_some() {
         if cancel.load(Ordering::SeqCst) {
             return Err(TransferError::Cancelled);
         }
-        let page = out
-            .destination
-            .request(&ShardDigest {
-                from,
-                limit: CATCH_UP_PAGE + 1,
-            })
-            .await?;
-        let next = (page.len() > CATCH_UP_PAGE).then(|| page[CATCH_UP_PAGE].0);
-        held.extend(page.into_iter().take(CATCH_UP_PAGE));
-        match next {
-            Some(id) => from = Some(id),
-            None => break,
+        // Batches of about `batch` points and at most `REPLAY_CHUNK_BYTES`, at least one
+        // operation each.
+        let mut chunk = Vec::new();
+        let (mut points, mut bytes) = (0, 0);
+        while let Some(((_, op), size)) = ops.peek() {
+            if !chunk.is_empty() && (points + op.len() > batch || bytes + size > REPLAY_CHUNK_BYTES)
+            {
+                break;
+            }
+            points += op.len();
+            bytes += size;
+            chunk.push(ops.next().expect("peeked").0);
         }
-    }
-    let stale: Vec<PointId> = held
-        .keys()
-        .filter(|id| !source.contains_key(id))
-        .copied()
-        .collect();
-    let mut changed: Vec<PointId> = source
-        .iter()
-        .filter(|(id, hash)| held.get(id) != Some(hash))
-        .map(|(id, _)| *id)
-        .collect();
-    changed.sort();
-    progress
-        .points_total
-        .store((stale.len() + changed.len()) as u64, Ordering::Relaxed);
-    tracing::info!(
-        compared = source.len(),
-        missing_or_changed = changed.len(),
-        stale = stale.len(),
-        "wal_delta: sending the difference"
-    );
-    progress.stage("sending the difference");
-    for chunk in stale.chunks(1000) {
-        send(
+        recovery_step(
             &out.destination,
-            &UpdateRequest::Delete(PointSelection::Ids(chunk.to_vec())),
+            &ShardRecovery::Replay { copy, ops: chunk },
             cancel,
         )
         .await?;
         progress
             .points_done
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            .fetch_add(points as u64, Ordering::Relaxed);
+        progress.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
-    let batch = toc.env().transfer_batch_points.max(1);
-    for chunk in changed.chunks(batch) {
-        let records = {
-            let (local, ids) = (Arc::clone(local), chunk.to_vec());
-            tokio::task::spawn_blocking(move || local.retrieve(&ids, true, &WithVector::All))
-                .await
-                .map_err(|e| CollectionError::Storage(e.to_string()))?
-        };
-        let points = writes_of(records);
-        let bytes: u64 = points.iter().map(point_bytes).sum();
-        send(&out.destination, &UpdateRequest::Upsert(points), cancel).await?;
-        progress
-            .points_done
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        progress.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-    Ok(())
+    Ok(Some(delta.clocks))
 }
 
 /// The `snapshot` method: an image of the source replica (segment files with their graphs,
@@ -1194,13 +1249,14 @@ async fn snapshot_transfer(
     progress.stage("snapshotting");
     pause_at("snapshotting", cancel).await?;
     let began = Instant::now();
-    let (image, points) = {
+    let (image, points, copied) = {
         let _order = out.order.lock().await;
+        let copied = local.recovery_point();
         let (shard, shard_id, snapshots) = (Arc::clone(local), key.shard, Arc::clone(&snapshots));
         tokio::task::spawn_blocking(move || {
             let staging = snapshots.staging()?;
             let manifest = shard.snapshot_image(shard_id, staging.path())?;
-            Ok::<_, SnapshotError>((staging, manifest.points))
+            Ok::<_, SnapshotError>((staging, manifest.points, copied))
         })
         .await
         .map_err(|e| CollectionError::Storage(e.to_string()))?
@@ -1263,10 +1319,22 @@ async fn snapshot_transfer(
         progress.stage("replaying queued updates");
         pause_at("replaying queued updates", cancel).await?;
         let _order = out.order.lock().await;
+        // The restored image replaced the whole replica: a fresh copy, whose clocks are the
+        // source's at the image once the queued updates are in.
+        let begin = ShardRecovery::Begin {
+            copy: transfer.id,
+            fresh: true,
+        };
+        recovery_step(&out.destination, &begin, cancel).await?;
         let queued = out.queue.lock().take().unwrap_or_default();
-        for update in queued {
-            send(&out.destination, &update, cancel).await?;
+        for (tag, update) in queued {
+            send(&out.destination, tag, &update, cancel).await?;
         }
+        let finish = ShardRecovery::Finish {
+            copy: transfer.id,
+            clocks: copied,
+        };
+        recovery_step(&out.destination, &finish, cancel).await?;
         Ok(())
     }
     .await;
@@ -1293,6 +1361,7 @@ impl Shipping {
             let due = started + Duration::from_secs_f64(total_sent as f64 / bps as f64);
             let now = Instant::now();
             if due > now {
+                // Pacing (the user's byte limit), not safety.
                 std::thread::sleep(due - now);
             }
         }
@@ -1357,13 +1426,35 @@ async fn pause_at(stage: &str, cancel: &AtomicBool) -> Result<(), TransferError>
 /// Sends one request to the destination, retrying a few times (it may be restarting).
 async fn send(
     destination: &crate::cluster::remote_shard::RemoteShard,
+    tag: Option<ClockTag>,
     request: &UpdateRequest,
     cancel: &AtomicBool,
 ) -> Result<(), TransferError> {
+    with_retries(cancel, || forward(destination, tag, request)).await?;
+    Ok(())
+}
+
+/// Runs one recovery step on the destination (see `ShardRecovery`), retried like [`send`]:
+/// every step is idempotent (beginning again keeps the floor, replaying again re-applies the
+/// same operations in the same order, merging again changes nothing).
+async fn recovery_step(
+    destination: &crate::cluster::remote_shard::RemoteShard,
+    step: &ShardRecovery,
+    cancel: &AtomicBool,
+) -> Result<Option<ClockMap>, TransferError> {
+    with_retries(cancel, || destination.request(step)).await
+}
+
+/// Runs `call` until it succeeds, up to `SEND_ATTEMPTS` times (bad input fails at once).
+async fn with_retries<T, F, Fut>(cancel: &AtomicBool, mut call: F) -> Result<T, TransferError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CollectionError>>,
+{
     let mut attempt = 0;
     loop {
-        match destination.request(request).await {
-            Ok(_) => return Ok(()),
+        match call().await {
+            Ok(answer) => return Ok(answer),
             Err(e) => {
                 attempt += 1;
                 if attempt >= SEND_ATTEMPTS || matches!(e, CollectionError::BadInput(_)) {

@@ -194,6 +194,8 @@ impl ConsensusNode {
                     Ok(_) => return,
                     Err(e) => {
                         tracing::debug!(error = %e, "registering this peer in cluster state; retrying");
+                        // Retry backoff (liveness): the registration is a Raft operation,
+                        // validated when applied.
                         tokio::time::sleep(Duration::from_millis(300)).await;
                     }
                 }
@@ -225,6 +227,7 @@ impl ConsensusNode {
                 Err(e) => {
                     last_error = e.to_string();
                     tracing::info!(error = %e, bootstrap, "join attempt failed; retrying");
+                    // Retry backoff (liveness): joining is a membership change through Raft.
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -280,6 +283,7 @@ impl ConsensusNode {
                     return Box::pin(self.forward_join(&leader_node.uri, request)).await;
                 }
                 _ if Instant::now() < deadline => {
+                    // Polling for a leader (liveness), bounded by `deadline`.
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 _ => return Err(ConsensusError::NoLeader),
@@ -334,6 +338,7 @@ impl ConsensusNode {
                     return Ok(());
                 }
                 _ if Instant::now() < deadline => {
+                    // Polling for a leader (liveness), bounded by `deadline`.
                     tokio::time::sleep(Duration::from_millis(100)).await
                 }
                 _ => return Err(ConsensusError::NoLeader),
@@ -376,6 +381,7 @@ impl ConsensusNode {
                     if Instant::now() >= deadline {
                         return Err(ConsensusError::NoLeader);
                     }
+                    // Polling for a leader (liveness), bounded by `deadline`.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(ConsensusError::Raft(e.to_string())),

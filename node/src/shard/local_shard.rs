@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard, RwLockWriteGuard};
+use serde::{Deserialize, Serialize};
 
 use crate::collection_config::{CollectionConfig, Modifier, PayloadIndexEntry, VectorKind};
 use crate::index::filter::Filter;
@@ -27,8 +28,11 @@ use crate::index::payload_index::{OffsetSet, PayloadIndex, PayloadSchema, Plan};
 use crate::index::payload_path::{JsonPath, merge_payload};
 use crate::index::payload_selector::WithVector;
 use crate::index::sparse_index::SparseIndex;
+use crate::shard::clock::{
+    Admission, ClockKey, ClockMap, ClockTag, LOCAL_CLOCK, WalBase, WalMark, delta_start,
+};
 use crate::shard::operations::{
-    PointSelection, PointWrite, ShardOperation, UpdateMode, UpdateRequest,
+    PointSelection, PointWrite, ShardOperation, UpdateMode, UpdateRequest, WalEntry,
 };
 use crate::shard::segment::{
     FrozenColumn, Segment, SegmentId, SegmentImage, SegmentIndex, SegmentStage, Verify,
@@ -75,6 +79,10 @@ pub enum ShardError {
 pub(crate) const SEGMENTS_DIR: &str = "segments";
 /// The point store, inside the shard's directory.
 pub(crate) const POINT_STORE_FILE: &str = "points.redb";
+
+fn encode_clocks(clocks: &ReplicaClocks) -> Vec<u8> {
+    postcard::to_allocvec(clocks).expect("clock state always encodes")
+}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
     move |source| ShardError::Io {
@@ -196,6 +204,109 @@ struct ShardState {
     freeze_at: Option<usize>,
     /// The collection's declared payload indexes: every frozen segment gets them.
     payload_schema: Arc<PayloadSchema>,
+    /// What this replica applied, by clock (see `shard::clock`).
+    clocks: ReplicaClocks,
+}
+
+/// A replica's clock state, persisted with each flush (as of the flushed sequence number) and
+/// advanced by every WAL record after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ReplicaClocks {
+    /// This replica's local clock: the tag of writes that came without one.
+    own: ClockKey,
+    /// The highest tick applied per clock.
+    applied: ClockMap,
+    /// While a copy is being received, which one and the recovery point it started from (see
+    /// [`WalEntry::BeginCopy`]).
+    floor: Option<Floor>,
+    /// What the WAL no longer holds.
+    base: WalBase,
+}
+
+/// The copy a replica is receiving (see [`LocalShard::begin_copy`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Floor {
+    /// The transfer's id: steps of another copy are refused.
+    copy: u64,
+    /// The recovery point while the copy runs.
+    point: ClockMap,
+    fresh: bool,
+}
+
+impl ReplicaClocks {
+    /// The recovery point: the floor while a copy is being received, else the clocks.
+    fn recovery_point(&self) -> ClockMap {
+        self.floor
+            .as_ref()
+            .map_or_else(|| self.applied.clone(), |f| f.point.clone())
+    }
+
+    /// Refuses a step of copy `copy` unless it is the copy being received.
+    fn check_copy(&self, copy: u64) -> Result<(), ShardError> {
+        match &self.floor {
+            Some(floor) if floor.copy == copy => Ok(()),
+            _ => Err(ShardError::BadInput(format!(
+                "copy {copy} is not the copy this replica is receiving (a transfer that ended?)"
+            ))),
+        }
+    }
+
+    fn new() -> ReplicaClocks {
+        ReplicaClocks {
+            own: ClockKey {
+                peer: rand::random(),
+                clock: LOCAL_CLOCK,
+            },
+            applied: ClockMap::default(),
+            floor: None,
+            base: WalBase::default(),
+        }
+    }
+
+    /// The tag of the next write that came without one.
+    fn next_local(&self) -> ClockTag {
+        ClockTag {
+            peer: self.own.peer,
+            clock: self.own.clock,
+            tick: self.applied.tick(self.own) + 1,
+            token: 0,
+        }
+    }
+}
+
+/// How an update reaches a replica, and so how its clock tag is checked (see `shard::clock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// Without a tag (a transfer's stream, a resharding, a local write): the replica's local
+    /// clock tags it.
+    Local,
+    /// From a coordinator: applied only if its tick is new ([`Admission`]).
+    Coordinator(ClockTag),
+    /// A copy in the source's order (forwarded by a transfer, replayed from a WAL): applied
+    /// whatever its tick, which the replica's clock then takes.
+    Forced(ClockTag),
+}
+
+/// What became of an update at a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateOutcome {
+    /// Applied as this operation number (also when it changed nothing).
+    Applied(u64),
+    /// The same update was applied before: nothing was done.
+    Duplicate(u64),
+    /// Refused: the replica's clock is at this tick, past the update's (see
+    /// [`Admission::Behind`]).
+    Behind(u64),
+}
+
+/// What a replica at some recovery point misses of another replica's WAL (see
+/// [`LocalShard::wal_delta`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WalDelta {
+    /// The operations to replay, in the source's order, with their tags.
+    pub ops: Vec<(Option<ClockTag>, ShardOperation)>,
+    /// The source's clocks once they are applied: the recovering replica merges them.
+    pub clocks: ClockMap,
 }
 
 fn vectors_wanted(seg: &Segment, offset: u32, with_vector: &WithVector) -> Option<NamedVectors> {
@@ -289,6 +400,34 @@ impl ShardState {
         edit(&mut vectors);
         self.insert_point(*id, &vectors, payload, seq);
         self.dirty.insert(*id);
+    }
+
+    /// Applies a WAL record: an operation (and its tag), or a change to the clocks.
+    fn apply_entry(&mut self, seq: u64, entry: &WalEntry) {
+        match entry {
+            WalEntry::Op { clock, op } => {
+                if let Some(tag) = clock {
+                    self.clocks.applied.advance(tag);
+                }
+                self.apply(seq, op);
+            }
+            WalEntry::BeginCopy { copy, floor, fresh } => {
+                if *fresh {
+                    let own = self.clocks.own;
+                    self.clocks.applied.retain(|k| k == own);
+                }
+                self.clocks.floor = Some(Floor {
+                    copy: *copy,
+                    point: floor.clone(),
+                    fresh: *fresh,
+                });
+            }
+            WalEntry::FinishCopy { merged, .. } => {
+                self.clocks.applied.merge(merged);
+                self.clocks.floor = None;
+            }
+        }
+        self.last_seq = seq;
     }
 
     fn apply(&mut self, seq: u64, op: &ShardOperation) {
@@ -729,8 +868,36 @@ impl LocalShard {
             retired: Vec::new(),
             vectors_epoch: 0,
             payload_schema: Arc::default(),
+            clocks: ReplicaClocks::new(),
         };
         let flushed = store.load()?;
+        match &flushed.clocks {
+            Some(bytes) => {
+                state.clocks = postcard::from_bytes(bytes).map_err(|e| {
+                    ShardError::Store(StoreError::Corrupt(format!("clock state: {e}")))
+                })?;
+            }
+            // A new replica, or one whose points came from elsewhere (a restored snapshot
+            // image, a store written before clock tags): its local clock's id is stored
+            // before any record carries it. Points it holds already count as one local
+            // write that no WAL record shows, so it brings no other replica up to date from
+            // its WAL until it has merged a copy's clocks (see `WalBase`).
+            None => {
+                if !flushed.segments.is_empty() || !flushed.tail.is_empty() {
+                    let tag = state.clocks.next_local();
+                    state.clocks.applied.advance(&tag);
+                    state
+                        .clocks
+                        .base
+                        .fold(&WalMark::Op(Some(&tag)), state.clocks.own);
+                }
+                store.commit_batch(&FlushBatch {
+                    seq: flushed.seq,
+                    clocks: Some(encode_clocks(&state.clocks)),
+                    ..FlushBatch::default()
+                })?
+            }
+        }
         let flushed_seq = flushed.seq;
         let segments_dir = dir.join(SEGMENTS_DIR);
         std::fs::create_dir_all(&segments_dir).map_err(io_err(&segments_dir))?;
@@ -809,11 +976,11 @@ impl LocalShard {
         let records = wal.read_after(flushed_seq).map_err(io_err(&wal_dir))?;
         let replayed = records.len();
         for record in records {
-            let op = ShardOperation::decode(&record.data).map_err(|e| ShardError::CorruptWal {
+            let entry = WalEntry::decode(&record.data).map_err(|e| ShardError::CorruptWal {
                 seq: record.seq,
                 reason: e.to_string(),
             })?;
-            state.apply(record.seq, &op);
+            state.apply_entry(record.seq, &entry);
         }
         state.last_seq = state.last_seq.max(wal.last_seq());
         tracing::info!(
@@ -928,8 +1095,25 @@ impl LocalShard {
     }
 
     /// Applies an update: resolves its selection, appends it to the WAL, applies it. When this
-    /// returns `Ok(seq)` the update is durable (in the WAL) and visible to reads.
+    /// returns `Ok(seq)` the update is durable (in the WAL) and visible to reads. Tagged with
+    /// the replica's local clock (see [`LocalShard::update_stamped`]).
     pub fn update(&self, request: UpdateRequest) -> Result<u64, ShardError> {
+        match self.update_stamped(request, Stamp::Local)? {
+            UpdateOutcome::Applied(seq) | UpdateOutcome::Duplicate(seq) => Ok(seq),
+            UpdateOutcome::Behind(_) => unreachable!("a local write is never behind"),
+        }
+    }
+
+    /// [`LocalShard::update`] for an update that came as `stamp` says: a coordinator's update
+    /// whose tick this replica applied already is acknowledged without being applied again,
+    /// and one with an older tick is refused ([`UpdateOutcome::Behind`]); the check and the
+    /// WAL append happen under the shard's write lock, so two copies of one update never both
+    /// apply.
+    pub fn update_stamped(
+        &self,
+        request: UpdateRequest,
+        stamp: Stamp,
+    ) -> Result<UpdateOutcome, ShardError> {
         {
             let config = self.config();
             let written: Box<dyn Iterator<Item = &NamedVectors>> = match &request {
@@ -950,20 +1134,181 @@ impl LocalShard {
             return Err(ShardError::Retired);
         }
         let mut state = self.state.write();
+        let tag = match stamp {
+            Stamp::Local => None,
+            Stamp::Coordinator(tag) => match state.clocks.applied.admit(&tag) {
+                Admission::Apply => Some(tag),
+                Admission::Duplicate => return Ok(UpdateOutcome::Duplicate(state.last_seq)),
+                Admission::Behind(tick) => return Ok(UpdateOutcome::Behind(tick)),
+            },
+            Stamp::Forced(tag) => Some(tag),
+        };
         let op = state.resolve(request)?;
         if op.is_empty() {
-            return Ok(state.last_seq);
+            // Nothing to log, and the clock stays: a tick that no record shows must not count
+            // as applied after a restart (a later recovery replays a little more instead).
+            return Ok(UpdateOutcome::Applied(state.last_seq));
         }
+        let clock = Some(tag.unwrap_or_else(|| state.clocks.next_local()));
+        let seq = self.append(&mut state, WalEntry::Op { clock, op })?;
+        drop(state);
+        drop(retired);
+        self.wake_optimizer.notify_one();
+        Ok(UpdateOutcome::Applied(seq))
+    }
+
+    /// Appends `entry` to the WAL as the next record and applies it. Under the write lock.
+    fn append(&self, state: &mut ShardState, entry: WalEntry) -> Result<u64, ShardError> {
         let seq = state.last_seq + 1;
         self.wal
             .lock()
-            .append(seq, &op.encode())
+            .append(seq, &entry.encode())
             .map_err(io_err(&self.dir))?;
-        state.apply(seq, &op);
+        state.apply_entry(seq, &entry);
+        Ok(seq)
+    }
+
+    /// The replica's clocks: the highest tick applied per clock.
+    pub fn clocks(&self) -> ClockMap {
+        self.state.read().clocks.applied.clone()
+    }
+
+    /// The recovery point: every update with a tick at or below its clock's here is in this
+    /// replica (the clocks, or the floor while a copy is being received).
+    pub fn recovery_point(&self) -> ClockMap {
+        self.state.read().clocks.recovery_point()
+    }
+
+    /// This replica starts receiving copy `copy` (a transfer's id) of the shard, as a transfer's
+    /// destination; returns its recovery point, which stays as it is until
+    /// [`LocalShard::finish_copy`], whatever is forwarded meanwhile: a copy that fails halfway
+    /// claims nothing it may not hold. Beginning again (another attempt, another transfer)
+    /// keeps the point and takes the copy over; steps of the copy it replaced are refused. A
+    /// `fresh` copy (the replica is cleared first) starts from nothing. Durable (a WAL record).
+    pub fn begin_copy(&self, copy: u64, fresh: bool) -> Result<ClockMap, ShardError> {
+        let retired = self.retired.read();
+        if *retired {
+            return Err(ShardError::Retired);
+        }
+        let mut state = self.state.write();
+        let floor = if fresh {
+            ClockMap::default()
+        } else {
+            state.clocks.recovery_point()
+        };
+        self.append(
+            &mut state,
+            WalEntry::BeginCopy {
+                copy,
+                floor: floor.clone(),
+                fresh,
+            },
+        )?;
+        Ok(floor)
+    }
+
+    /// Copy `copy` is complete: this replica holds every update the source's clocks `merged`
+    /// name. Clears the floor. Refused (and nothing changes) when `copy` is not the copy being
+    /// received. Durable (a WAL record).
+    pub fn finish_copy(&self, copy: u64, merged: ClockMap) -> Result<(), ShardError> {
+        let retired = self.retired.read();
+        if *retired {
+            return Err(ShardError::Retired);
+        }
+        let mut state = self.state.write();
+        state.clocks.check_copy(copy)?;
+        let fresh = state.clocks.floor.as_ref().is_some_and(|f| f.fresh);
+        self.append(
+            &mut state,
+            WalEntry::FinishCopy {
+                copy,
+                merged,
+                fresh,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Applies operations of copy `copy` replayed from another replica's WAL, in its order,
+    /// whatever their ticks (see [`LocalShard::wal_delta`]). Refused (and nothing changes) when
+    /// `copy` is not the copy being received. Returns the last operation number.
+    pub fn replay(
+        &self,
+        copy: u64,
+        ops: Vec<(Option<ClockTag>, ShardOperation)>,
+    ) -> Result<u64, ShardError> {
+        let retired = self.retired.read();
+        if *retired {
+            return Err(ShardError::Retired);
+        }
+        let mut state = self.state.write();
+        state.clocks.check_copy(copy)?;
+        for (tag, op) in ops {
+            let clock = Some(tag.unwrap_or_else(|| state.clocks.next_local()));
+            self.append(&mut state, WalEntry::Op { clock, op })?;
+        }
+        let seq = state.last_seq;
         drop(state);
         drop(retired);
         self.wake_optimizer.notify_one();
         Ok(seq)
+    }
+
+    /// What a replica at recovery `point` misses of this one: every operation in this WAL
+    /// from the first record the point does not cover ([`delta_start`]), in order, and this
+    /// replica's clocks. Replaying all of them (not only the uncovered ones) in this order
+    /// leaves the other replica exactly as this one, even where it applied some of them in
+    /// another order. `None` when the WAL no longer reaches back to the point
+    /// ([`WalBase::reaches`]), when the delta would cross the start of a fresh copy this
+    /// replica received (replayed elsewhere, its clearing would remove only the points this
+    /// replica held then), or while this replica receives a copy itself: then only a full copy
+    /// helps. Reads the WAL (blocking); writes wait meanwhile, so the delta and the clocks
+    /// describe one state.
+    pub fn wal_delta(&self, point: &ClockMap) -> Result<Option<WalDelta>, ShardError> {
+        let state = self.state.read();
+        let own = state.clocks.own;
+        if state.clocks.floor.is_some() {
+            return Ok(None);
+        }
+        let records = self.wal.lock().read_after(0).map_err(io_err(&self.dir))?;
+        let entries = records
+            .iter()
+            .map(|r| {
+                WalEntry::decode(&r.data).map_err(|e| ShardError::CorruptWal {
+                    seq: r.seq,
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let marks: Vec<WalMark<'_>> = entries.iter().map(WalEntry::mark).collect();
+        // Local writes the WAL no longer shows are covered by a merge after them that the
+        // point covers, as in `delta_start`.
+        let merge_covered = marks
+            .iter()
+            .any(|m| matches!(m, WalMark::Merge(c) if point.covers(c, Some(own))));
+        let base = &state.clocks.base;
+        if !(base.reaches(point, own) || merge_covered && point.covers(&base.clocks, Some(own))) {
+            return Ok(None);
+        }
+        let start = delta_start(&marks, point, own).unwrap_or(entries.len());
+        if marks[start..]
+            .iter()
+            .any(|m| matches!(m, WalMark::FreshCopy))
+        {
+            return Ok(None);
+        }
+        let ops = entries
+            .into_iter()
+            .skip(start)
+            .filter_map(|e| match e {
+                WalEntry::Op { clock, op } => Some((clock, op)),
+                _ => None,
+            })
+            .collect();
+        Ok(Some(WalDelta {
+            ops,
+            clocks: state.clocks.applied.clone(),
+        }))
     }
 
     /// Writes what changed since the last flush to the point store in one transaction (see
@@ -991,6 +1336,8 @@ impl LocalShard {
         let seq = state.last_seq;
         // Readers may go on while we copy; writers wait, so the copy is exactly the state at `seq`.
         let state = RwLockWriteGuard::downgrade(state);
+        let mut clocks = state.clocks.clone();
+        let retain_closed = state.config.wal_config.wal_retain_closed;
         let mut batch = FlushBatch {
             seq,
             ..FlushBatch::default()
@@ -1032,6 +1379,22 @@ impl LocalShard {
             );
         }
         drop(state);
+        // The WAL files this flush lets go of are folded into the base first, and the base is
+        // stored with the flush: a crash before the files are removed leaves a base that
+        // claims more than it must, which only costs a full copy where a delta would do.
+        let dropped = self
+            .wal
+            .lock()
+            .dropped_by(seq, retain_closed)
+            .map_err(io_err(&self.dir))?;
+        for record in &dropped {
+            let entry = WalEntry::decode(&record.data).map_err(|e| ShardError::CorruptWal {
+                seq: record.seq,
+                reason: e.to_string(),
+            })?;
+            clocks.base.fold(&entry.mark(), clocks.own);
+        }
+        batch.clocks = Some(encode_clocks(&clocks));
         if let Err(e) = self.store.commit_batch(&batch) {
             let mut state = self.state.write();
             state.dirty.extend(dirty);
@@ -1040,11 +1403,18 @@ impl LocalShard {
             state.retired.extend(retired);
             return Err(e.into());
         }
-        self.state.write().flushed_seq = seq;
-        self.wal
-            .lock()
-            .truncate_through(seq)
-            .map_err(io_err(&self.dir))?;
+        {
+            let mut state = self.state.write();
+            state.flushed_seq = seq;
+            state.clocks.base = clocks.base;
+        }
+        // Exactly the files folded above (the WAL may have moved on since).
+        if let Some(last) = dropped.last() {
+            self.wal
+                .lock()
+                .truncate_through(last.seq, 0)
+                .map_err(io_err(&self.dir))?;
+        }
         for id in retired {
             let path = segment_dir(&self.dir.join(SEGMENTS_DIR), id);
             if let Err(e) = std::fs::remove_dir_all(&path)
@@ -3352,5 +3722,315 @@ mod tests {
             one.contains_key("text") && !one.contains_key("multi") && !one.contains_key("sparse")
         );
         assert_eq!(shard.count(None), 300);
+    }
+
+    /// Ids, payloads and vectors (versions are each replica's own operation numbers).
+    fn contents(shard: &LocalShard) -> Vec<(PointId, Option<Payload>, Option<NamedVectors>)> {
+        shard
+            .scroll(None, usize::MAX, None, true, &WithVector::All)
+            .into_iter()
+            .map(|r| (r.id, r.payload, r.vector))
+            .collect()
+    }
+
+    fn coordinator_tag(clock: u32, tick: u64) -> ClockTag {
+        ClockTag {
+            peer: 7,
+            clock,
+            tick,
+            token: tick * 31 + u64::from(clock),
+        }
+    }
+
+    fn set_kind(ids: &[u64], kind: &str) -> UpdateRequest {
+        let mut payload = Payload::new();
+        payload.insert("kind".into(), serde_json::json!(kind));
+        UpdateRequest::SetPayload {
+            selection: PointSelection::Ids(ids.iter().map(|i| PointId::Num(*i)).collect()),
+            payload,
+            key: None,
+        }
+    }
+
+    #[test]
+    fn a_coordinator_tick_applies_once_and_survives_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(4, 1_000_000);
+        let mut rng = StdRng::seed_from_u64(3);
+        let tag = coordinator_tag(0, 1);
+        {
+            let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+            let write = UpdateRequest::Upsert(points(0..10, 4, &mut rng));
+            let seq = match shard
+                .update_stamped(write.clone(), Stamp::Coordinator(tag))
+                .unwrap()
+            {
+                UpdateOutcome::Applied(seq) => seq,
+                other => panic!("{other:?}"),
+            };
+            // The same update again (a retry, a second copy) is not applied twice.
+            assert_eq!(
+                shard
+                    .update_stamped(set_kind(&[1], "late"), Stamp::Coordinator(tag))
+                    .unwrap(),
+                UpdateOutcome::Duplicate(seq)
+            );
+            // Another update with the same tick (a restarted coordinator) is refused.
+            let other = ClockTag { token: 1, ..tag };
+            assert_eq!(
+                shard
+                    .update_stamped(set_kind(&[1], "late"), Stamp::Coordinator(other))
+                    .unwrap(),
+                UpdateOutcome::Behind(1)
+            );
+            assert!(
+                contents(&shard)[1]
+                    .1
+                    .as_ref()
+                    .unwrap()
+                    .get("kind")
+                    .is_none()
+            );
+        }
+        // From the WAL alone, then from a flush.
+        for flush in [false, true] {
+            let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+            assert_eq!(shard.clocks().tick(tag.key()), 1);
+            assert_eq!(
+                shard
+                    .update_stamped(set_kind(&[1], "late"), Stamp::Coordinator(tag))
+                    .unwrap(),
+                UpdateOutcome::Duplicate(shard.stats().last_seq)
+            );
+            if flush {
+                shard.flush().unwrap();
+            }
+        }
+        let shard = LocalShard::open(dir.path(), cfg, SyncMode::Os).unwrap();
+        assert_eq!(shard.clocks().tick(tag.key()), 1);
+        // Untagged writes advance the local clock, not the coordinator's.
+        let before = shard.clocks();
+        shard.update(set_kind(&[2], "local")).unwrap();
+        let after = shard.clocks();
+        assert_eq!(after.tick(tag.key()), 1);
+        assert_eq!((before.len(), after.len()), (1, 2));
+    }
+
+    /// Two replicas take the same coordinator updates; one misses some (it was down). The
+    /// delta from the other's WAL at its recovery point, replayed, makes them identical, and
+    /// holds only what it missed (from the first gap on).
+    #[test]
+    fn a_wal_delta_brings_a_replica_that_missed_updates_up_to_date() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cfg = config(4, 1_000_000);
+        let a = LocalShard::open(a_dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+        let b = LocalShard::open(b_dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut tick = [0u64; 2];
+        let mut next = |clock: u32| {
+            tick[clock as usize] += 1;
+            coordinator_tag(clock, tick[clock as usize])
+        };
+        for round in 0..50u64 {
+            let clock = (round % 2) as u32;
+            let request = if round % 5 == 4 {
+                set_kind(&[round - 4, round - 3], "edited")
+            } else {
+                UpdateRequest::Upsert(points(round * 3..round * 3 + 3, 4, &mut rng))
+            };
+            let tag = next(clock);
+            a.update_stamped(request.clone(), Stamp::Coordinator(tag))
+                .unwrap();
+            // B fails from round 30 on (so it gets nothing more on that clock), but round
+            // 31's update, on the other clock, reached it; A and B flush at different times.
+            if round < 30 || round == 31 {
+                b.update_stamped(request, Stamp::Coordinator(tag)).unwrap();
+            }
+            if round == 20 {
+                a.flush().unwrap();
+            }
+            if round == 25 {
+                b.flush().unwrap();
+            }
+        }
+        assert_ne!(contents(&a), contents(&b));
+        let point = b.recovery_point();
+        let delta = a.wal_delta(&point).unwrap().expect("the WAL reaches back");
+        // From round 30 on: 20 operations, round 31's included (replayed in A's order).
+        assert_eq!(delta.ops.len(), 20);
+        b.begin_copy(1, false).unwrap();
+        b.replay(1, delta.ops).unwrap();
+        b.finish_copy(1, delta.clocks).unwrap();
+        assert_eq!(contents(&a), contents(&b));
+        // Nothing is missing any more.
+        assert!(
+            a.wal_delta(&b.recovery_point())
+                .unwrap()
+                .unwrap()
+                .ops
+                .is_empty()
+        );
+        // And B's clocks now say so after a restart, too.
+        drop(b);
+        let b = LocalShard::open(b_dir.path(), cfg, SyncMode::Os).unwrap();
+        assert!(b.clocks().covers(&a.clocks(), None));
+    }
+
+    #[test]
+    fn no_wal_delta_once_the_wal_no_longer_reaches_the_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = (*config(4, 1_000_000)).clone();
+        // A file per few records, none retained after a flush.
+        cfg.wal_config.wal_capacity_mb = 0;
+        cfg.wal_config.wal_retain_closed = 0;
+        let cfg = Arc::new(cfg);
+        let a = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut point = ClockMap::default();
+        for tick in 1..=10 {
+            let tag = coordinator_tag(0, tick);
+            a.update_stamped(
+                UpdateRequest::Upsert(points(tick..tick + 1, 4, &mut rng)),
+                Stamp::Coordinator(tag),
+            )
+            .unwrap();
+            if tick <= 2 {
+                point.advance(&tag);
+            }
+        }
+        assert_eq!(a.wal_delta(&point).unwrap().unwrap().ops.len(), 8);
+        a.flush().unwrap();
+        // The records after tick 2 are gone from the WAL: no delta, a full copy is needed.
+        assert_eq!(a.wal_delta(&point).unwrap(), None);
+        // A replica that has everything but the last record is still served from the WAL,
+        // also after a restart (the base is stored with the flush).
+        let mut almost = ClockMap::default();
+        almost.advance(&coordinator_tag(0, 9));
+        assert_eq!(a.wal_delta(&almost).unwrap().unwrap().ops.len(), 1);
+        drop(a);
+        let a = LocalShard::open(dir.path(), cfg, SyncMode::Os).unwrap();
+        assert_eq!(a.wal_delta(&point).unwrap(), None);
+        assert_eq!(a.wal_delta(&almost).unwrap().unwrap().ops.len(), 1);
+    }
+
+    /// While a copy is being received, updates forwarded to the replica advance its clocks but
+    /// not its recovery point: a copy that fails halfway does not pass for complete.
+    #[test]
+    fn a_copy_in_progress_keeps_the_recovery_point_at_its_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(4, 1_000_000);
+        let mut rng = StdRng::seed_from_u64(6);
+        {
+            let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+            shard
+                .update_stamped(
+                    UpdateRequest::Upsert(points(0..5, 4, &mut rng)),
+                    Stamp::Coordinator(coordinator_tag(0, 1)),
+                )
+                .unwrap();
+            let floor = shard.begin_copy(1, false).unwrap();
+            assert_eq!(floor.tick(coordinator_tag(0, 1).key()), 1);
+            shard
+                .update_stamped(
+                    UpdateRequest::Upsert(points(5..6, 4, &mut rng)),
+                    Stamp::Forced(coordinator_tag(0, 9)),
+                )
+                .unwrap();
+            assert_eq!(shard.clocks().tick(coordinator_tag(0, 9).key()), 9);
+            assert_eq!(shard.recovery_point(), floor);
+            // A second attempt starts from the same floor, not from what was forwarded, and
+            // the first attempt's late steps are refused.
+            assert_eq!(shard.begin_copy(2, false).unwrap(), floor);
+            assert!(shard.finish_copy(1, ClockMap::default()).is_err());
+            assert!(shard.replay(1, Vec::new()).is_err());
+            assert_eq!(shard.recovery_point(), floor);
+        }
+        // The floor survives a restart; a fresh copy starts from nothing.
+        let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+        assert_eq!(shard.recovery_point().tick(coordinator_tag(0, 1).key()), 1);
+        assert!(shard.begin_copy(3, true).unwrap().is_empty());
+        assert!(shard.recovery_point().is_empty());
+        let mut merged = ClockMap::default();
+        merged.advance(&coordinator_tag(0, 12));
+        shard.finish_copy(3, merged).unwrap();
+        assert_eq!(shard.recovery_point().tick(coordinator_tag(0, 1).key()), 12);
+    }
+
+    /// A replica whose points came without a WAL (a restored image, a store from before
+    /// clock tags) cannot tell what others miss until it merged a copy's clocks.
+    #[test]
+    fn points_without_wal_records_are_never_taken_for_a_shared_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(4, 1_000_000);
+        let mut rng = StdRng::seed_from_u64(7);
+        {
+            let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+            shard
+                .update(UpdateRequest::Upsert(points(0..5, 4, &mut rng)))
+                .unwrap();
+            shard.flush().unwrap();
+        }
+        // Forget the clock state, as a restored image has none.
+        {
+            let db = redb::Database::create(dir.path().join(POINT_STORE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(redb::TableDefinition::<&str, &[u8]>::new("clocks"))
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+        let shard = LocalShard::open(dir.path(), cfg, SyncMode::Os).unwrap();
+        assert_eq!(shard.wal_delta(&ClockMap::default()).unwrap(), None);
+        let mut merged = ClockMap::default();
+        merged.advance(&coordinator_tag(0, 3));
+        // (A fresh copy: only one that replaced the whole state covers what came before.)
+        shard.begin_copy(1, true).unwrap();
+        shard.finish_copy(1, merged.clone()).unwrap();
+        // Someone who holds what the merge says is served; someone who does not is not.
+        assert!(shard.wal_delta(&merged).unwrap().is_some());
+        assert_eq!(shard.wal_delta(&ClockMap::default()).unwrap(), None);
+    }
+
+    /// A replica that received a fresh copy (cleared, then streamed) cannot replay that part
+    /// of its WAL to another: its clearing removed only the points it held then. A delta
+    /// from after the copy is fine.
+    #[test]
+    fn no_wal_delta_across_the_start_of_a_fresh_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(4, 1_000_000);
+        let d = LocalShard::open(dir.path(), cfg, SyncMode::Os).unwrap();
+        let mut rng = StdRng::seed_from_u64(8);
+        let mut before = ClockMap::default();
+        for tick in 1..=3 {
+            let tag = coordinator_tag(0, tick);
+            d.update_stamped(
+                UpdateRequest::Upsert(points(tick..tick + 1, 4, &mut rng)),
+                Stamp::Coordinator(tag),
+            )
+            .unwrap();
+            if tick == 1 {
+                before.advance(&tag);
+            }
+        }
+        d.begin_copy(9, true).unwrap();
+        d.update(UpdateRequest::Delete(PointSelection::Filter(
+            Filter::default(),
+        )))
+        .unwrap();
+        d.update(UpdateRequest::Upsert(points(0..10, 4, &mut rng)))
+            .unwrap();
+        let mut merged = ClockMap::default();
+        merged.advance(&coordinator_tag(0, 10));
+        d.finish_copy(9, merged.clone()).unwrap();
+        d.update_stamped(
+            UpdateRequest::Upsert(points(20..21, 4, &mut rng)),
+            Stamp::Coordinator(coordinator_tag(0, 11)),
+        )
+        .unwrap();
+        assert_eq!(d.wal_delta(&before).unwrap(), None);
+        assert_eq!(d.wal_delta(&merged).unwrap().unwrap().ops.len(), 1);
+        // While it receives a copy itself, it is no source at all.
+        d.begin_copy(10, false).unwrap();
+        assert_eq!(d.wal_delta(&merged).unwrap(), None);
     }
 }

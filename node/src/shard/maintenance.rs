@@ -39,6 +39,8 @@ async fn optimize_loop(shard: Arc<LocalShard>, builder: Arc<IndexBuilder>) {
 
 async fn flush_loop(shard: Arc<LocalShard>) {
     let period = Duration::from_secs(shard.config().optimizer_config.flush_interval_sec.max(1));
+    // Durability does not wait for it (every write is in the WAL first): the period only
+    // bounds how much WAL a restart replays.
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

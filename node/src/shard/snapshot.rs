@@ -279,6 +279,8 @@ pub fn image_to_shard_dir(dir: &Path) -> Result<ShardManifest, SnapshotError> {
             .collect::<Result<_, SnapshotError>>()?,
         segments: Some(image.segments),
         deleted: image.deleted,
+        // The shard starts its clocks when it opens; an image holds no WAL to show them.
+        clocks: None,
     };
     let store_path = dir.join(super::local_shard::POINT_STORE_FILE);
     let store = PointStore::open(&store_path).map_err(|e| SnapshotError::Io(e.to_string()))?;

@@ -33,6 +33,10 @@ const DELETED: TableDefinition<u64, &[u8]> = TableDefinition::new("deleted");
 /// Payloads of points in sealed segments changed after the segment was written.
 const OVERRIDES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("payload_overrides");
 const FLUSHED_SEQ: &str = "flushed_seq";
+/// The replica's clock state (opaque here; see `shard::clock`), as of the flushed sequence
+/// number.
+const CLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("clocks");
+const CLOCKS_KEY: &str = "replica";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -77,6 +81,8 @@ pub struct FlushBatch {
     pub segments: Option<Vec<(u64, Vec<String>)>>,
     /// The deleted-offset bitmaps of sealed segments whose deletions changed.
     pub deleted: Vec<(u64, Vec<u8>)>,
+    /// The replica's clock state as of `seq`, when it is written.
+    pub clocks: Option<Vec<u8>>,
 }
 
 /// The flushed state of a shard, as [`PointStore::load`] reads it.
@@ -89,6 +95,8 @@ pub struct Flushed {
     pub overrides: Vec<(PointId, PayloadOverride)>,
     /// Points not in a sealed segment, in id order.
     pub tail: Vec<(PointId, StoredPoint)>,
+    /// The replica's clock state as of `seq` (`None` for a store written before clocks).
+    pub clocks: Option<Vec<u8>>,
 }
 
 /// A point as the single-vector data model stored it.
@@ -142,6 +150,7 @@ impl PointStore {
         txn.open_table(SEGMENTS).map_err(redb_err)?;
         txn.open_table(DELETED).map_err(redb_err)?;
         txn.open_table(OVERRIDES).map_err(redb_err)?;
+        txn.open_table(CLOCKS).map_err(redb_err)?;
         txn.commit().map_err(redb_err)?;
         Ok(PointStore { db })
     }
@@ -210,12 +219,18 @@ impl PointStore {
                 .map_err(|e| StoreError::Corrupt(format!("payload of point {id}: {e}")))?;
             overrides.push((id, o));
         }
+        let table = txn.open_table(CLOCKS).map_err(redb_err)?;
+        let clocks = table
+            .get(CLOCKS_KEY)
+            .map_err(redb_err)?
+            .map(|v| v.value().to_vec());
         Ok(Flushed {
             seq: flushed,
             segments,
             deleted,
             overrides,
             tail: points.into_iter().collect(),
+            clocks,
         })
     }
 
@@ -277,6 +292,12 @@ impl PointStore {
                     let bytes = postcard::to_allocvec(voided).map_err(encode)?;
                     segments.insert(*s, bytes.as_slice()).map_err(redb_err)?;
                 }
+            }
+            if let Some(clocks) = &batch.clocks {
+                let mut table = txn.open_table(CLOCKS).map_err(redb_err)?;
+                table
+                    .insert(CLOCKS_KEY, clocks.as_slice())
+                    .map_err(redb_err)?;
             }
             let mut meta = txn.open_table(META).map_err(redb_err)?;
             meta.insert(FLUSHED_SEQ, batch.seq).map_err(redb_err)?;
@@ -365,6 +386,7 @@ mod tests {
                 overrides: vec![(PointId::Num(5), Some(over.clone()))],
                 segments: Some(vec![(3, vec![]), (4, vec!["gone".to_string()])]),
                 deleted: vec![(3, vec![0b10]), (4, vec![0])],
+                clocks: Some(vec![1, 2, 3]),
             })
             .unwrap();
         // A later flush that lists only segment 5 forgets 3 and 4 and their bitmaps.
@@ -385,6 +407,8 @@ mod tests {
         );
         assert_eq!(flushed.overrides, vec![(PointId::Num(5), over)]);
         assert_eq!(flushed.tail.len(), 1);
+        // A flush without clocks keeps the last ones written.
+        assert_eq!(flushed.clocks, Some(vec![1, 2, 3]));
     }
 
     #[test]

@@ -131,7 +131,9 @@ impl Wal {
     /// this returns.
     pub fn append(&mut self, seq: u64, data: &[u8]) -> io::Result<()> {
         assert!(seq > self.last_seq, "WAL sequence numbers must increase");
-        if self.active_len >= self.capacity {
+        // An empty active file takes the record whatever the capacity: rolling would name a
+        // second file after the same first record.
+        if self.active_len >= self.capacity && self.active_len > 0 {
             self.roll(seq)?;
         }
         let body_len = 8 + data.len();
@@ -177,10 +179,34 @@ impl Wal {
         sync_dir(&self.dir)
     }
 
+    /// How many files at the front [`Wal::truncate_through`] drops: whole files whose records
+    /// all have sequence numbers `<= seq`, keeping the active file and `retain_closed` closed
+    /// files before it.
+    fn droppable(&self, seq: u64, retain_closed: usize) -> usize {
+        let mut n = 0;
+        while self.files.len() - n > 1 + retain_closed && self.files[n + 1].first_seq <= seq + 1 {
+            n += 1;
+        }
+        n
+    }
+
+    /// The records that [`Wal::truncate_through`] with the same arguments would drop, oldest
+    /// first.
+    pub fn dropped_by(&self, seq: u64, retain_closed: usize) -> io::Result<Vec<WalRecord>> {
+        let mut out = Vec::new();
+        for file in &self.files[..self.droppable(seq, retain_closed)] {
+            read_records(&file.path, |record| out.push(record))?;
+        }
+        Ok(out)
+    }
+
     /// Drops whole files whose records all have sequence numbers `<= seq`: they are covered by
-    /// a flush and no longer needed for recovery. Later records are kept.
-    pub fn truncate_through(&mut self, seq: u64) -> io::Result<()> {
-        while self.files.len() > 1 && self.files[1].first_seq <= seq + 1 {
+    /// a flush and no longer needed for recovery. Later records are kept, and so are the
+    /// `retain_closed` closed files before the active one (Qdrant's `wal_retain_closed`): a
+    /// replica that missed their records can still be brought up to date from them (the
+    /// `wal_delta` transfer).
+    pub fn truncate_through(&mut self, seq: u64, retain_closed: usize) -> io::Result<()> {
+        for _ in 0..self.droppable(seq, retain_closed) {
             let file = self.files.remove(0);
             fs::remove_file(&file.path)?;
         }
@@ -344,7 +370,7 @@ mod tests {
         for seq in 1..=30 {
             wal.append(seq, b"0123456789").unwrap();
         }
-        wal.truncate_through(17).unwrap();
+        wal.truncate_through(17, 0).unwrap();
         assert!(wal.first_seq() <= 18);
         let after: Vec<u64> = wal.read_after(17).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(after, (18..=30).collect::<Vec<_>>());
@@ -352,6 +378,31 @@ mod tests {
         let wal = Wal::open(dir.path(), 40, SyncMode::Os).unwrap();
         assert_eq!(wal.last_seq(), 30);
         assert!(wal.first_seq() <= 18);
+    }
+
+    #[test]
+    fn truncation_retains_closed_files_and_reports_what_it_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two records per file.
+        let mut wal = Wal::open(dir.path(), 40, SyncMode::Os).unwrap();
+        for seq in 1..=10 {
+            wal.append(seq, b"0123456789").unwrap();
+        }
+        let dropped: Vec<u64> = wal
+            .dropped_by(10, 2)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        wal.truncate_through(10, 2).unwrap();
+        // The active file (9, 10) and two closed ones (5 to 8) stay.
+        assert_eq!(dropped, vec![1, 2, 3, 4]);
+        assert_eq!(wal.first_seq(), 5);
+        assert!(wal.dropped_by(10, 2).unwrap().is_empty());
+        // Nothing after the flushed record is dropped, whatever the retention.
+        assert_eq!(wal.dropped_by(6, 0).unwrap().len(), 2);
+        wal.truncate_through(6, 0).unwrap();
+        assert_eq!(wal.first_seq(), 7);
     }
 
     proptest! {

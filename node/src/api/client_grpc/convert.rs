@@ -25,6 +25,7 @@ use tonic::Status;
 use crate::api::rest::models::{
     PointStruct, RecordOut, ScoredPointOut, VectorStructInput, VectorStructOut,
 };
+use crate::cluster::shard_requests::WriteOrdering;
 use crate::collection_config::{StrictModeConfig, StrictModeMultivector, StrictModeSparse};
 use crate::types::{DEFAULT_VECTOR, NamedVectors, Payload, PointId, SparseVector, VectorData};
 
@@ -1456,7 +1457,7 @@ pub fn create_collection(c: q::CreateCollection) -> Result<Value, Status> {
     if let Some(w) = c.wal_config {
         out.insert(
             "wal_config".into(),
-            json!({"wal_capacity_mb": w.wal_capacity_mb, "wal_segments_ahead": w.wal_segments_ahead}),
+            json!({"wal_capacity_mb": w.wal_capacity_mb, "wal_segments_ahead": w.wal_segments_ahead, "wal_retain_closed": w.wal_retain_closed}),
         );
     }
     put_opt(
@@ -1987,7 +1988,7 @@ pub fn collection_info_out(info: &Value) -> q::CollectionInfo {
             wal_config: Some(q::WalConfigDiff {
                 wal_capacity_mb: u64_of(wal, "wal_capacity_mb"),
                 wal_segments_ahead: u64_of(wal, "wal_segments_ahead"),
-                ..Default::default()
+                wal_retain_closed: u64_of(wal, "wal_retain_closed"),
             }),
             quantization_config: config.get("quantization_config").and_then(quantization_out),
             strict_mode_config: config
@@ -2216,6 +2217,26 @@ pub fn shard_keys_of(info: &Value) -> Vec<q::ShardKey> {
         }
     }
     seen.iter().filter_map(shard_key_out).collect()
+}
+
+/// Qdrant's `WriteOrdering` of a gRPC update (`None`: the default, weak).
+pub fn write_ordering(ordering: Option<q::WriteOrdering>) -> Result<Option<WriteOrdering>, Status> {
+    let Some(ordering) = ordering else {
+        return Ok(None);
+    };
+    Ok(Some(
+        match q::WriteOrderingType::try_from(ordering.r#type) {
+            Ok(q::WriteOrderingType::Weak) => WriteOrdering::Weak,
+            Ok(q::WriteOrderingType::Medium) => WriteOrdering::Medium,
+            Ok(q::WriteOrderingType::Strong) => WriteOrdering::Strong,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "unknown write ordering {}",
+                    ordering.r#type
+                )));
+            }
+        },
+    ))
 }
 
 #[cfg(test)]

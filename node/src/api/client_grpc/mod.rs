@@ -34,6 +34,7 @@ use crate::api::rest::service::{QDRANT_API_VERSION, QDRANT_TITLE};
 use crate::api::rest::{
     AppState, collection_cluster, collections, matrix, points, search, snapshots,
 };
+use crate::cluster::shard_requests::WriteOrdering;
 use convert::{from_json, put_opt};
 
 /// The routes of the four services, each taking messages of at most `max_message_bytes`.
@@ -139,7 +140,7 @@ impl ClientApi {
     async fn update(
         &self,
         collection: String,
-        (wait, timeout): (Option<bool>, Option<u64>),
+        (wait, timeout, ordering): (Option<bool>, Option<u64>, Option<WriteOrdering>),
         kind: UpdateKind,
         body: Value,
     ) -> Result<Response<q::PointsOperationResponse>, Status> {
@@ -147,7 +148,11 @@ impl ClientApi {
         let (s, n, w) = (
             self.state(),
             PathParams(collection),
-            QueryParams(WaitParam { wait, timeout }),
+            QueryParams(WaitParam {
+                wait,
+                timeout,
+                ordering,
+            }),
         );
         let result = match kind {
             UpdateKind::Delete => {
@@ -486,6 +491,7 @@ impl Points for ClientApi {
             QueryParams(WaitParam {
                 wait: r.wait,
                 timeout: r.timeout,
+                ordering: convert::write_ordering(r.ordering)?,
             }),
             started(),
             JsonBody(body),
@@ -508,7 +514,7 @@ impl Points for ClientApi {
             convert::with_shard_key(convert::points_selector(r.points)?, r.shard_key_selector)?;
         self.update(
             r.collection_name,
-            (r.wait, r.timeout),
+            (r.wait, r.timeout, convert::write_ordering(r.ordering)?),
             UpdateKind::Delete,
             body,
         )
@@ -574,7 +580,7 @@ impl Points for ClientApi {
         let body = convert::with_shard_key(body, r.shard_key_selector)?;
         self.update(
             r.collection_name,
-            (r.wait, r.timeout),
+            (r.wait, r.timeout, convert::write_ordering(r.ordering)?),
             UpdateKind::UpdateVectors,
             body,
         )
@@ -595,7 +601,7 @@ impl Points for ClientApi {
         let body = convert::with_shard_key(body, r.shard_key_selector)?;
         self.update(
             r.collection_name,
-            (r.wait, r.timeout),
+            (r.wait, r.timeout, convert::write_ordering(r.ordering)?),
             UpdateKind::DeleteVectors,
             body,
         )
@@ -617,7 +623,7 @@ impl Points for ClientApi {
         let body = convert::with_shard_key(body, r.shard_key_selector)?;
         self.update(
             r.collection_name,
-            (r.wait, r.timeout),
+            (r.wait, r.timeout, convert::write_ordering(r.ordering)?),
             UpdateKind::SetPayload,
             body,
         )
@@ -639,7 +645,7 @@ impl Points for ClientApi {
         let body = convert::with_shard_key(body, r.shard_key_selector)?;
         self.update(
             r.collection_name,
-            (r.wait, r.timeout),
+            (r.wait, r.timeout, convert::write_ordering(r.ordering)?),
             UpdateKind::OverwritePayload,
             body,
         )
@@ -657,7 +663,7 @@ impl Points for ClientApi {
         let body = convert::with_shard_key(body, r.shard_key_selector)?;
         self.update(
             r.collection_name,
-            (r.wait, r.timeout),
+            (r.wait, r.timeout, convert::write_ordering(r.ordering)?),
             UpdateKind::DeletePayload,
             body,
         )
@@ -674,7 +680,7 @@ impl Points for ClientApi {
             convert::with_shard_key(convert::points_selector(r.points)?, r.shard_key_selector)?;
         self.update(
             r.collection_name,
-            (r.wait, r.timeout),
+            (r.wait, r.timeout, convert::write_ordering(r.ordering)?),
             UpdateKind::ClearPayload,
             body,
         )
@@ -709,6 +715,7 @@ impl Points for ClientApi {
             QueryParams(WaitParam {
                 wait: r.wait,
                 timeout: r.timeout,
+                ordering: None,
             }),
             started(),
             JsonBody(from_json(body)?),
@@ -755,6 +762,7 @@ impl Points for ClientApi {
             QueryParams(WaitParam {
                 wait: r.wait,
                 timeout: r.timeout,
+                ordering: None,
             }),
             started(),
             JsonBody(body),
@@ -1113,6 +1121,7 @@ impl Points for ClientApi {
             QueryParams(WaitParam {
                 wait: r.wait,
                 timeout: r.timeout,
+                ordering: convert::write_ordering(r.ordering)?,
             }),
             started(),
             JsonBody(from_json(json!({ "operations": operations }))?),

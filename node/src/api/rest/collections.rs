@@ -66,6 +66,9 @@ pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, Ap
         if let Some(v) = diff.wal_segments_ahead {
             wal_config.wal_segments_ahead = v;
         }
+        if let Some(v) = diff.wal_retain_closed {
+            wal_config.wal_retain_closed = v;
+        }
     }
     let config = CollectionConfig {
         params: CollectionParams {

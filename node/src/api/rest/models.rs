@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::cluster::collection::ShardKeySelector;
+use crate::cluster::shard_requests::WriteOrdering;
 use crate::collection_config::{
     CollectionConfig, HnswConfigDiff, OptimizersConfigDiff, ShardingMethod, SparseVectorParams,
     StrictModeConfig, VectorsConfig, WalConfigDiff,
@@ -568,12 +569,16 @@ pub struct UpdateOperations {
     pub operations: Vec<UpdateOperation>,
 }
 
-/// The query parameters of a write: `wait` and Qdrant's `timeout` (seconds; checked against
+/// The query parameters of a write: `wait`, `ordering` and Qdrant's `timeout` (seconds; checked against
 /// the collection's strict mode, not otherwise applied).
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 pub struct WaitParam {
     pub wait: Option<bool>,
     pub timeout: Option<u64>,
+    /// Qdrant's write `ordering` of a point update: `weak` (default), `medium` or `strong`
+    /// (see [`WriteOrdering`]); anything else is refused with 400. Payload index and collection
+    /// operations go through consensus, which orders them on every peer alike whatever it says.
+    pub ordering: Option<WriteOrdering>,
 }
 
 /// The query parameters of a read: Qdrant's `timeout` (seconds; checked against the

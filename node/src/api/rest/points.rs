@@ -77,7 +77,13 @@ async fn run_update(
     )
     .await?;
     let (request, shard_key) = addressed;
-    let operation_id = collection.update(request, shard_key.as_ref()).await?;
+    let operation_id = collection
+        .update(
+            request,
+            shard_key.as_ref(),
+            wait.ordering.unwrap_or_default(),
+        )
+        .await?;
     let status = if wait.wait.unwrap_or(false) {
         "completed"
     } else {
@@ -369,7 +375,13 @@ pub async fn batch_update(
     };
     let mut results = Vec::with_capacity(requests.len());
     for (request, shard_key) in requests {
-        let operation_id = collection.update(request, shard_key.as_ref()).await?;
+        let operation_id = collection
+            .update(
+                request,
+                shard_key.as_ref(),
+                wait.ordering.unwrap_or_default(),
+            )
+            .await?;
         results.push(UpdateResult {
             operation_id,
             status,
