@@ -313,21 +313,36 @@ async fn apply_and_forward(
             queue.push((tag, forwarded));
             continue;
         }
-        if !out.broken.load(std::sync::atomic::Ordering::SeqCst)
-            && let Err(e) = forward(&out.destination, tag, &forwarded).await
-        {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Once a forward failed, the destination is behind: later updates are not sent.
+        let broken_before = out.broken.load(SeqCst);
+        let failure = if broken_before {
+            Some("an earlier update could not be passed on".to_string())
+        } else if let Err(e) = forward(&out.destination, tag, &forwarded).await {
             tracing::warn!(collection = %name, shard, to = %out.to, error = %e, "could not forward an update to a transfer's destination; the transfer will abort");
-            out.broken.store(true, std::sync::atomic::Ordering::SeqCst);
-            // A resharding past its abortable stages cannot drop the destination, so the
-            // update is not acknowledged: the destination shard may not have it.
-            if out.owner.is_some() {
-                return Err(CollectionError::ForwardFailed(format!(
-                    "shard {shard} of `{}` could not pass an update on to shard {} on peer {}: {e}",
-                    name,
-                    out.destination.shard_id(),
-                    out.to
-                )));
-            }
+            out.broken.store(true, SeqCst);
+            Some(e.to_string())
+        } else {
+            None
+        };
+        // A transfer past its last check may finish, and a resharding stream reported done
+        // gives reads to its destination: the update is not acknowledged, the destination may
+        // not have it. Nor is a resharding's update whose forward fails (its source replica
+        // is marked Dead, which aborts a resharding that can still go back).
+        let refuse = match &failure {
+            Some(_) if out.finishing.load(SeqCst) => true,
+            Some(_) => out.owner.is_some() && !broken_before,
+            None => false,
+        };
+        if let Some(e) = failure
+            && refuse
+        {
+            return Err(CollectionError::ForwardFailed(format!(
+                "shard {shard} of `{}` could not pass an update on to shard {} on peer {}: {e}",
+                name,
+                out.destination.shard_id(),
+                out.to
+            )));
         }
     }
     drop(orders);
@@ -446,6 +461,13 @@ pub type QueuedUpdate = (Option<ClockTag>, Arc<UpdateRequest>);
 pub struct Outgoing {
     pub to: PeerId,
     pub destination: RemoteShard,
+    /// The replica the transfer sends. Only updates of that very replica are forwarded: a
+    /// replica of the same shard id opened later (the shard was dropped and created again, as
+    /// a resharding down and then up does) is not the transfer's source, even while a forward
+    /// of the old one still holds the registration; its updates mark the transfer broken
+    /// instead. Forwarding them would pass a new shard's writes on to an old stream's
+    /// destination, and could close a cycle of forwards that waits on itself.
+    pub source: std::sync::Weak<LocalShard>,
     /// A resharding stream forwards only the part of each update that its destination shard
     /// owns under the new ring; `None` forwards everything.
     pub owner: Option<Ownership>,
@@ -453,6 +475,11 @@ pub struct Outgoing {
     /// Set when an update could not be forwarded: the destination missed it, so the transfer
     /// must not finish.
     pub broken: std::sync::atomic::AtomicBool,
+    /// Set by the transfer before its last look at `broken`, after which it may finish: from
+    /// then on an update that cannot be forwarded is not acknowledged (`ForwardFailed`), as
+    /// a resharding's always is. Together with `broken` (both sequentially consistent) every
+    /// failed forward is seen by one side: the transfer does not finish, or the update fails.
+    pub finishing: std::sync::atomic::AtomicBool,
     /// While `Some`, updates are queued here instead of forwarded (the destination is being
     /// restored from a snapshot); the transfer replays them in order afterwards.
     pub queue: parking_lot::Mutex<Option<Vec<QueuedUpdate>>>,
@@ -657,6 +684,29 @@ impl Collection {
             .filter(|(_, s)| s.replicas.contains_key(&this_peer))
             .map(|(id, _)| id.0)
             .collect();
+        // A replica retired here (it left this peer while a transfer still forwarded from
+        // it) and now placed here again is not the new replica: it holds what the shard held
+        // when it left, points deleted since included. It is dropped first, once nothing
+        // forwards from it; until then it stays retired (refusing updates) and the new
+        // replica waits for a later pass.
+        let forwarding: BTreeSet<u32> = self.outgoing.lock().keys().copied().collect();
+        let returned: Vec<u32> = self
+            .retired
+            .lock()
+            .iter()
+            .filter(|id| mine.contains(id))
+            .copied()
+            .collect();
+        let mut waiting = BTreeSet::new();
+        for id in returned {
+            if forwarding.contains(&id) {
+                tracing::info!(collection = %self.name, shard = id, "the shard is placed here again while its old replica still forwards; the new replica waits");
+                waiting.insert(id);
+            } else {
+                self.retired.lock().remove(&id);
+                self.drop_local(id)?;
+            }
+        }
         // New replicas exist before the layout routes anything to them ...
         for id in &mine {
             if !self.local.read().contains_key(id) {
@@ -689,7 +739,7 @@ impl Collection {
         let held: Vec<u32> = self.local.read().keys().copied().collect();
         {
             let mut retired = self.retired.lock();
-            retired.retain(|id| !mine.contains(id));
+            retired.retain(|id| !mine.contains(id) || waiting.contains(id));
             retired.extend(
                 held.iter()
                     .filter(|id| !mine.contains(id) && forwarding.contains(id)),
@@ -700,21 +750,27 @@ impl Collection {
             .filter(|id| !mine.contains(id) && !forwarding.contains(id))
             .collect();
         for id in gone {
-            let Some(shard) = self.local.write().remove(&id) else {
-                continue;
-            };
-            shard.cancel();
-            let path = self.dir.join("shards").join(id.to_string());
-            let doomed = self
-                .dir
-                .join("shards")
-                .join(format!(".dropped-{id}-{}", uuid::Uuid::new_v4()));
-            std::fs::rename(&path, &doomed).map_err(CollectionError::storage)?;
-            if let Err(e) = std::fs::remove_dir_all(&doomed) {
-                tracing::warn!(error = %e, path = %doomed.display(), "could not remove a dropped replica; it is removed on the next start");
-            }
-            tracing::info!(collection = %self.name, shard = id, "local replica dropped");
+            self.drop_local(id)?;
         }
+        Ok(())
+    }
+
+    /// Removes this peer's replica of shard `id` and its files (nothing when it has none).
+    fn drop_local(&self, id: u32) -> Result<(), CollectionError> {
+        let Some(shard) = self.local.write().remove(&id) else {
+            return Ok(());
+        };
+        shard.cancel();
+        let path = self.dir.join("shards").join(id.to_string());
+        let doomed = self
+            .dir
+            .join("shards")
+            .join(format!(".dropped-{id}-{}", uuid::Uuid::new_v4()));
+        std::fs::rename(&path, &doomed).map_err(CollectionError::storage)?;
+        if let Err(e) = std::fs::remove_dir_all(&doomed) {
+            tracing::warn!(error = %e, path = %doomed.display(), "could not remove a dropped replica; it is removed on the next start");
+        }
+        tracing::info!(collection = %self.name, shard = id, "local replica dropped");
         Ok(())
     }
 
@@ -1311,7 +1367,20 @@ impl Collection {
             .outgoing
             .lock()
             .get(&shard)
-            .cloned()
+            .map(|list| {
+                list.iter()
+                    .filter(|o| {
+                        let same = std::ptr::eq(o.source.as_ptr(), Arc::as_ptr(&local));
+                        if !same {
+                            // Its source was replaced: this update is not one the transfer
+                            // forwards, so the transfer must not finish.
+                            o.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        same
+                    })
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         // Cancel-safety: once applied here, the update must reach every transfer's destination
         // (or mark the transfer broken) even when the caller stops waiting (a client's or a

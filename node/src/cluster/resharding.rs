@@ -41,10 +41,12 @@ pub fn drive(transfers: &Arc<Transfers>, toc: &Arc<TableOfContent>, view: &Clust
                 }
                 Some(ClusterOperation::CommitReadHashRing {
                     collection: name.clone(),
+                    resharding: Some(r.id),
                 })
             }
             ReshardingStage::ReadHashRingCommitted => Some(ClusterOperation::CommitWriteHashRing {
                 collection: name.clone(),
+                resharding: Some(r.id),
             }),
             ReshardingStage::WriteHashRingCommitted => None,
         };
@@ -100,6 +102,7 @@ pub async fn finish(toc: &TableOfContent, name: &str) -> Result<(), SubmitError>
         }
         .into());
     }
+    let resharding = r.id;
     let index = view.applied_index().unwrap_or(0);
     if !toc
         .wait_reconciled(index, Metadata::PEER_APPLY_PATIENCE)
@@ -129,8 +132,10 @@ pub async fn finish(toc: &TableOfContent, name: &str) -> Result<(), SubmitError>
             )));
         }
     }
+    // Fenced on the resharding decided on: another one started meanwhile is not finished.
     toc.submit(ClusterOperation::FinishResharding {
         collection: name.to_string(),
+        resharding: Some(resharding),
     })
     .await
     .map(|_| ())

@@ -419,6 +419,8 @@ impl Transfers {
                 tracing::warn!(collection = %key.collection, shard = key.shard, to_shard = key.to_shard, to = %key.to, error = %e, "resharding stream failed; aborting the resharding");
                 let op = ClusterOperation::AbortResharding {
                     collection: key.collection.clone(),
+                    // Only the resharding this stream belongs to.
+                    resharding: Some(transfer.resharding_id()),
                 };
                 match metadata.propose(op).await {
                     Ok((Ok(_), _)) => {}
@@ -436,6 +438,11 @@ impl Transfers {
         let outcome = stream_records(&toc, &key, &transfer, &uri, &progress, &cancel)
             .await
             // A forward that failed after the destination's last check: it must not finish.
+            // Any that fails from here on is refused to its coordinator instead.
+            .map(|(collection, out)| {
+                out.finishing.store(true, Ordering::SeqCst);
+                (collection, out)
+            })
             .and_then(|(collection, out)| match check_forwarding(&out) {
                 Ok(()) => Ok((collection, out)),
                 Err(e) => Err((e, Some((collection, out)))),
@@ -457,6 +464,7 @@ impl Transfers {
                         shard: ShardId(key.shard),
                         from: key.from,
                         to: key.to,
+                        id: Some(transfer.id),
                     };
                     if let Err(e) = metadata.propose(op).await {
                         tracing::warn!(error = %e, "could not abort the transfer; the next sync retries");
@@ -467,11 +475,14 @@ impl Transfers {
             }
         };
         progress.stage("finishing");
+        // Fenced on this transfer's id: a later transfer between the same peers is not
+        // finished by this one's task.
         let op = ClusterOperation::FinishTransfer {
             collection: key.collection.clone(),
             shard: ShardId(key.shard),
             from: key.from,
             to: key.to,
+            id: Some(transfer.id),
         };
         // The log index of a state in which the transfer has ended (or, when the finish was
         // refused for another reason, which the next sync looks at again).
@@ -490,6 +501,7 @@ impl Transfers {
                     shard: ShardId(key.shard),
                     from: key.from,
                     to: key.to,
+                    id: Some(transfer.id),
                 };
                 loop {
                     match metadata.propose(op.clone()).await {
@@ -594,9 +606,11 @@ async fn stream_records(
     let out = Arc::new(Outgoing {
         to: key.to,
         destination: destination.clone(),
+        source: Arc::downgrade(&local),
         owner: None,
         order: tokio::sync::Mutex::new(()),
         broken: AtomicBool::new(false),
+        finishing: AtomicBool::new(false),
         // A snapshot transfer queues updates until the destination is restored.
         queue: parking_lot::Mutex::new(snapshot.then(Vec::new)),
     });
@@ -852,9 +866,11 @@ async fn resharding_stream(
     let out = Arc::new(Outgoing {
         to: key.to,
         destination: destination.clone(),
+        source: Arc::downgrade(&local),
         owner: Some(owner.clone()),
         order: tokio::sync::Mutex::new(()),
         broken: AtomicBool::new(false),
+        finishing: AtomicBool::new(false),
         queue: parking_lot::Mutex::new(None),
     });
     collection
@@ -880,6 +896,7 @@ async fn resharding_stream(
     let dir = local.dir().to_path_buf();
     let file = resharding_checkpoint_file(key);
     if transfer.done {
+        out.finishing.store(true, Ordering::SeqCst);
         remove_checkpoint(&dir, &file);
         progress.points_done.store(total as u64, Ordering::Relaxed);
     } else {
@@ -962,6 +979,9 @@ async fn resharding_stream(
                 None => finished_streaming = true,
             }
         }
+        // Once reported done, reads may use the new ring: an update the destination misses
+        // from here on is not acknowledged (see `Outgoing::finishing`).
+        out.finishing.store(true, Ordering::SeqCst);
         if out.broken.load(Ordering::SeqCst) {
             return Err(broken());
         }
@@ -975,6 +995,7 @@ async fn resharding_stream(
                 shard: ShardId(key.shard),
                 to_shard: ShardId(key.to_shard),
                 to: key.to,
+                id: Some(transfer.id),
             };
             match env.metadata.propose(op).await {
                 Ok((Ok(_), _)) => break,
@@ -1142,9 +1163,9 @@ async fn catch_up(
 /// `stream_records`. The cost grows with what the destination missed, not with the shard.
 ///
 /// Returns the source's clocks for the destination to merge once the transfer is done, or
-/// `None` when only a full copy helps (the source's WAL no longer reaches back to the point,
-/// or a single operation is too large to send): the caller then copies every point, and the
-/// log and the progress say so.
+/// `None` when only a full copy helps (see `LocalShard::wal_delta`'s `NoDelta`, or a single
+/// operation is too large to send): the caller then copies every point, and the log and the
+/// progress say so.
 async fn delta_transfer(
     toc: &Arc<TableOfContent>,
     local: &Arc<LocalShard>,
@@ -1163,13 +1184,13 @@ async fn delta_transfer(
             .map_err(|e| CollectionError::Storage(e.to_string()))?
             .map_err(CollectionError::from)?
     };
-    let Some(delta) = delta else {
-        tracing::info!(
-            clocks = point.len(),
-            "wal_delta: the WAL no longer reaches back to the destination's recovery point; streaming every point instead"
-        );
-        progress.stage("the WAL does not reach the recovery point: streaming every point");
-        return Ok(None);
+    let delta = match delta {
+        Ok(delta) => delta,
+        Err(why) => {
+            tracing::info!(clocks = point.len(), reason = %why, "wal_delta: no delta for the destination's recovery point; streaming every point instead");
+            progress.stage("no delta for the recovery point: streaming every point");
+            return Ok(None);
+        }
     };
     let sizes: Vec<usize> = delta
         .ops

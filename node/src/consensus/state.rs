@@ -230,6 +230,18 @@ impl ShardTransfer {
         (self.shard == shard && self.from == peer)
             || (self.to_shard.unwrap_or(self.shard) == shard && self.to == peer)
     }
+
+    /// For a resharding stream, the id of the resharding it belongs to (its own id is that
+    /// one's combined with the two shards, see `resharding_stream`); meaningless otherwise.
+    pub fn resharding_id(&self) -> u64 {
+        self.id ^ stream_salt(self.shard, self.to_shard.unwrap_or(self.shard))
+    }
+}
+
+/// What a resharding's id is combined with to give its stream from `shard` into `to_shard`
+/// an id of its own.
+fn stream_salt(shard: ShardId, to_shard: ShardId) -> u64 {
+    u64::from(shard.0) << 32 | u64::from(to_shard.0)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -634,6 +646,11 @@ pub enum ClusterOperation {
         shard: ShardId,
         from: PeerId,
         to: PeerId,
+        /// The transfer this was decided for (its `id`): when given, the operation applies
+        /// only if that very transfer still runs, so a decision of an earlier transfer between
+        /// the same peers is rejected. `None` (an operator's request) names whichever runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
     },
     /// Ends a transfer without effect: the destination replica goes back to what it was before
     /// (removed when it did not exist).
@@ -642,6 +659,11 @@ pub enum ClusterOperation {
         shard: ShardId,
         from: PeerId,
         to: PeerId,
+        /// The transfer this was decided for (its `id`): when given, the operation applies
+        /// only if that very transfer still runs, so a decision of an earlier transfer between
+        /// the same peers is rejected. `None` (an operator's request) names whichever runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
     },
     /// Starts scaling a collection (with custom sharding: one shard key's shards) up by one
     /// shard, placed on `peer` or the least loaded peer, or down by one, draining its last
@@ -667,23 +689,47 @@ pub enum ClusterOperation {
         shard: ShardId,
         to_shard: ShardId,
         to: PeerId,
+        /// The stream's transfer id, as for [`ClusterOperation::FinishTransfer`]: a stream of
+        /// an earlier resharding between the same shards cannot mark this one's done.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
     },
     /// Reads switch to the new hash ring; every resharding stream must be done.
     CommitReadHashRing {
         collection: String,
+        /// The resharding this was decided for (its `id`): when given, the operation applies
+        /// only to that resharding, so a step decided while an earlier one ran is rejected.
+        /// `None` (an operator's request) names whichever runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resharding: Option<u64>,
     },
     /// Writes switch to the new hash ring; from here on the resharding cannot be aborted.
     CommitWriteHashRing {
         collection: String,
+        /// The resharding this was decided for (its `id`): when given, the operation applies
+        /// only to that resharding, so a step decided while an earlier one ran is rejected.
+        /// `None` (an operator's request) names whichever runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resharding: Option<u64>,
     },
     /// Ends a resharding whose writes use the new ring: a new shard becomes Active, a drained
     /// shard is dropped.
     FinishResharding {
         collection: String,
+        /// The resharding this was decided for (its `id`): when given, the operation applies
+        /// only to that resharding, so a step decided while an earlier one ran is rejected.
+        /// `None` (an operator's request) names whichever runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resharding: Option<u64>,
     },
     /// Undoes a resharding whose writes still use the old ring.
     AbortResharding {
         collection: String,
+        /// The resharding this was decided for (its `id`): when given, the operation applies
+        /// only to that resharding, so a step decided while an earlier one ran is rejected.
+        /// `None` (an operator's request) names whichever runs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resharding: Option<u64>,
     },
     /// Declares (`Some`) or removes (`None`) a payload index on `field`.
     SetPayloadIndex {
@@ -833,6 +879,10 @@ pub enum ClusterError {
     ReshardingRunning { collection: String, shard: ShardId },
     #[error("collection `{collection}` is not resharding")]
     NoResharding { collection: String },
+    /// An operation decided for a transfer or resharding that has ended since (another one
+    /// between the same peers or shards runs now).
+    #[error("collection `{collection}`: {what} is no longer running; the decision is stale")]
+    StaleDecision { collection: String, what: String },
     #[error(
         "the resharding of collection `{collection}` is still moving points (shard {shard} to shard {to_shard} on peer {peer}); reads switch once every point has moved"
     )]
@@ -1024,13 +1074,15 @@ impl ClusterState {
                 shard,
                 from,
                 to,
-            } => self.end_transfer(collection, shard, from, to, true),
+                id,
+            } => self.end_transfer(collection, shard, from, to, id, true),
             ClusterOperation::AbortTransfer {
                 collection,
                 shard,
                 from,
                 to,
-            } => self.end_transfer(collection, shard, from, to, false),
+                id,
+            } => self.end_transfer(collection, shard, from, to, id, false),
             ClusterOperation::StartResharding {
                 collection,
                 direction,
@@ -1044,30 +1096,61 @@ impl ClusterState {
                 shard,
                 to_shard,
                 to,
+                id,
             } => {
                 let meta = self.collection_mut(&collection)?;
                 let stream = meta
                     .transfers
                     .iter_mut()
                     .find(|t| t.shard == shard && t.to_shard == Some(to_shard) && t.to == to)
-                    .ok_or(ClusterError::NoResharding { collection })?;
+                    .ok_or_else(|| ClusterError::NoResharding {
+                        collection: collection.clone(),
+                    })?;
+                if let Some(id) = id
+                    && stream.id != id
+                {
+                    return Err(ClusterError::StaleDecision {
+                        collection,
+                        what: format!("resharding stream {id}"),
+                    });
+                }
                 stream.done = true;
                 Ok(ClusterResponse::Done)
             }
-            ClusterOperation::CommitReadHashRing { collection } => self.advance_resharding(
+            ClusterOperation::CommitReadHashRing {
                 collection,
-                ReshardingStage::MigratingPoints,
-                ReshardingStage::ReadHashRingCommitted,
-            ),
-            ClusterOperation::CommitWriteHashRing { collection } => self.advance_resharding(
+                resharding,
+            } => {
+                self.check_resharding(&collection, resharding)?;
+                self.advance_resharding(
+                    collection,
+                    ReshardingStage::MigratingPoints,
+                    ReshardingStage::ReadHashRingCommitted,
+                )
+            }
+            ClusterOperation::CommitWriteHashRing {
                 collection,
-                ReshardingStage::ReadHashRingCommitted,
-                ReshardingStage::WriteHashRingCommitted,
-            ),
-            ClusterOperation::FinishResharding { collection } => {
+                resharding,
+            } => {
+                self.check_resharding(&collection, resharding)?;
+                self.advance_resharding(
+                    collection,
+                    ReshardingStage::ReadHashRingCommitted,
+                    ReshardingStage::WriteHashRingCommitted,
+                )
+            }
+            ClusterOperation::FinishResharding {
+                collection,
+                resharding,
+            } => {
+                self.check_resharding(&collection, resharding)?;
                 self.end_resharding(collection, true)
             }
-            ClusterOperation::AbortResharding { collection } => {
+            ClusterOperation::AbortResharding {
+                collection,
+                resharding,
+            } => {
+                self.check_resharding(&collection, resharding)?;
                 self.end_resharding(collection, false)
             }
             ClusterOperation::SetPayloadIndex {
@@ -1436,7 +1519,7 @@ impl ClusterState {
             .find(|t| t.to_shard.is_none() && t.shard == shard_id && t.to == peer)
             .map(|t| t.from);
         if let Some(from) = filling {
-            self.end_transfer(name.clone(), shard_id, from, peer, false)?;
+            self.end_transfer(name.clone(), shard_id, from, peer, None, false)?;
             let shard = shard_mut(self.collection_mut(&name)?, &name, shard_id)?;
             if !shard.replicas.contains_key(&peer) {
                 return Ok(ClusterResponse::Done);
@@ -1798,6 +1881,7 @@ impl ClusterState {
         shard_id: ShardId,
         from: PeerId,
         to: PeerId,
+        id: Option<u64>,
         finished: bool,
     ) -> Result<ClusterResponse, ClusterError> {
         let collection = self.collection_mut(&name)?;
@@ -1813,6 +1897,14 @@ impl ClusterState {
                 from,
                 to,
             })?;
+        if let Some(id) = id
+            && collection.transfers[position].id != id
+        {
+            return Err(ClusterError::StaleDecision {
+                collection: name,
+                what: format!("transfer {id}"),
+            });
+        }
         let transfer = collection.transfers.remove(position);
         let shard = shard_mut(collection, &name, shard_id)?;
         if finished {
@@ -2001,6 +2093,25 @@ impl ClusterState {
         Ok(ClusterResponse::Done)
     }
 
+    /// Rejects a step decided for resharding `expected` when another one runs (see
+    /// [`ClusterOperation::CommitReadHashRing`]); no resharding at all is left to the step.
+    fn check_resharding(&self, name: &str, expected: Option<u64>) -> Result<(), ClusterError> {
+        let running = self
+            .collections
+            .get(name)
+            .and_then(|c| c.resharding.as_ref())
+            .map(|r| r.id);
+        match (expected, running) {
+            (Some(expected), Some(running)) if expected != running => {
+                Err(ClusterError::StaleDecision {
+                    collection: name.to_string(),
+                    what: format!("resharding {expected}"),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn advance_resharding(
         &mut self,
         name: String,
@@ -2141,7 +2252,7 @@ fn resharding_stream(
         destination_was: None,
         points_per_second: None,
         bytes_per_second: None,
-        id: resharding ^ (u64::from(shard.0) << 32 | u64::from(to_shard.0)),
+        id: resharding ^ stream_salt(shard, to_shard),
         done: false,
     }
 }
@@ -2414,6 +2525,7 @@ mod tests {
         state
             .apply(docs_op(|c| ClusterOperation::AbortResharding {
                 collection: c,
+                resharding: None,
             }))
             .unwrap();
         state.apply(start(8)).unwrap();
@@ -2435,6 +2547,124 @@ mod tests {
         );
     }
 
+    #[test]
+    fn decisions_of_an_ended_resharding_or_transfer_are_rejected() {
+        let mut state = active_docs(3, 3, 1);
+        let start = |id: u64| ClusterOperation::StartResharding {
+            collection: "docs".into(),
+            direction: ReshardingDirection::Up,
+            peer: None,
+            shard_key: None,
+            manual: true,
+            id,
+        };
+        state.apply(start(7)).unwrap();
+        let old = streams(&state);
+        assert!(old.iter().all(|t| t.resharding_id() == 7));
+        state
+            .apply(docs_op(|c| ClusterOperation::AbortResharding {
+                collection: c,
+                resharding: None,
+            }))
+            .unwrap();
+        state.apply(start(8)).unwrap();
+        // A stream of the first resharding reports done: the second one's is not marked.
+        for t in &old {
+            let err = rejected(
+                &mut state,
+                ClusterOperation::ReshardingStreamDone {
+                    collection: "docs".into(),
+                    shard: t.shard,
+                    to_shard: t.to_shard.unwrap(),
+                    to: t.to,
+                    id: Some(t.id),
+                },
+            );
+            assert!(matches!(err, ClusterError::StaleDecision { .. }), "{err}");
+        }
+        assert!(streams(&state).iter().all(|t| !t.done));
+        // Every step decided for the first resharding is rejected; the second one's applies.
+        for t in streams(&state) {
+            state
+                .apply(ClusterOperation::ReshardingStreamDone {
+                    collection: "docs".into(),
+                    shard: t.shard,
+                    to_shard: t.to_shard.unwrap(),
+                    to: t.to,
+                    id: Some(t.id),
+                })
+                .unwrap();
+        }
+        let steps = |r: Option<u64>| {
+            [
+                ClusterOperation::CommitReadHashRing {
+                    collection: "docs".into(),
+                    resharding: r,
+                },
+                ClusterOperation::CommitWriteHashRing {
+                    collection: "docs".into(),
+                    resharding: r,
+                },
+                ClusterOperation::FinishResharding {
+                    collection: "docs".into(),
+                    resharding: r,
+                },
+            ]
+        };
+        let abort = ClusterOperation::AbortResharding {
+            collection: "docs".into(),
+            resharding: Some(7),
+        };
+        let err = rejected(&mut state, abort);
+        assert!(matches!(err, ClusterError::StaleDecision { .. }), "{err}");
+        for (stale, current) in steps(Some(7)).into_iter().zip(steps(Some(8))) {
+            let err = rejected(&mut state, stale);
+            assert!(matches!(err, ClusterError::StaleDecision { .. }), "{err}");
+            state.apply(current).unwrap();
+        }
+        assert_eq!(state.collections["docs"].shards.len(), 4);
+
+        // A transfer's finish names the transfer: an earlier one's between the same peers
+        // does not make the new destination Active.
+        let mut state = active_docs(3, 1, 1);
+        let from = replicas(&state, "docs", 0)[0].0;
+        let to = (1..=3).find(|p| *p != from).unwrap();
+        state.apply(transfer_op(from, to, None)).unwrap();
+        let end = |id: Option<u64>, finished: bool| {
+            if finished {
+                ClusterOperation::FinishTransfer {
+                    collection: "docs".into(),
+                    shard: ShardId(0),
+                    from: PeerId(from),
+                    to: PeerId(to),
+                    id,
+                }
+            } else {
+                ClusterOperation::AbortTransfer {
+                    collection: "docs".into(),
+                    shard: ShardId(0),
+                    from: PeerId(from),
+                    to: PeerId(to),
+                    id,
+                }
+            }
+        };
+        for finished in [true, false] {
+            let err = rejected(&mut state, end(Some(2), finished));
+            assert!(matches!(err, ClusterError::StaleDecision { .. }), "{err}");
+        }
+        assert_eq!(
+            replicas(&state, "docs", 0),
+            vec![(from, ReplicaState::Active), (to, ReplicaState::Partial)]
+                .into_iter()
+                .collect::<BTreeMap<_, _>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+        );
+        state.apply(end(Some(3), true)).unwrap();
+        assert!(state.collections["docs"].transfers.is_empty());
+    }
+
     fn streams(state: &ClusterState) -> Vec<ShardTransfer> {
         state.collections["docs"]
             .transfers
@@ -2452,6 +2682,7 @@ mod tests {
                     shard: t.shard,
                     to_shard: t.to_shard.unwrap(),
                     to: t.to,
+                    id: None,
                 })
                 .unwrap();
         }
@@ -2498,7 +2729,10 @@ mod tests {
         // Reads cannot switch before the points moved; ordinary transfers wait.
         let err = rejected(
             &mut state,
-            docs_op(|c| ClusterOperation::CommitReadHashRing { collection: c }),
+            docs_op(|c| ClusterOperation::CommitReadHashRing {
+                collection: c,
+                resharding: None,
+            }),
         );
         assert!(
             matches!(err, ClusterError::ReshardingPointsMoving { .. }),
@@ -2537,12 +2771,14 @@ mod tests {
         state
             .apply(docs_op(|c| ClusterOperation::CommitReadHashRing {
                 collection: c,
+                resharding: None,
             }))
             .unwrap();
         // Repeating a commit is harmless.
         state
             .apply(docs_op(|c| ClusterOperation::CommitReadHashRing {
                 collection: c,
+                resharding: None,
             }))
             .unwrap();
         let docs = &state.collections["docs"];
@@ -2551,11 +2787,15 @@ mod tests {
         state
             .apply(docs_op(|c| ClusterOperation::CommitWriteHashRing {
                 collection: c,
+                resharding: None,
             }))
             .unwrap();
         let err = rejected(
             &mut state,
-            docs_op(|c| ClusterOperation::AbortResharding { collection: c }),
+            docs_op(|c| ClusterOperation::AbortResharding {
+                collection: c,
+                resharding: None,
+            }),
         );
         assert!(
             matches!(err, ClusterError::ReshardingTooFarToAbort { .. }),
@@ -2564,6 +2804,7 @@ mod tests {
         state
             .apply(docs_op(|c| ClusterOperation::FinishResharding {
                 collection: c,
+                resharding: None,
             }))
             .unwrap();
         let docs = &state.collections["docs"];
@@ -2606,6 +2847,7 @@ mod tests {
                 shard: ShardId(3),
                 from: r.peer,
                 to: PeerId(to),
+                id: None,
             })
             .unwrap();
         assert!(state.collections["docs"].replicating.is_empty());
@@ -2654,12 +2896,14 @@ mod tests {
         state
             .apply(docs_op(|c| ClusterOperation::CommitReadHashRing {
                 collection: c,
+                resharding: None,
             }))
             .unwrap();
         assert_eq!(state.collections["docs"].ring(None, false).len(), 2);
         state
             .apply(docs_op(|c| ClusterOperation::AbortResharding {
                 collection: c,
+                resharding: None,
             }))
             .unwrap();
         assert_eq!(json_unversioned(&state), json_unversioned(&before));
@@ -2673,9 +2917,18 @@ mod tests {
             .unwrap();
         all_streams_done(&mut state);
         for op in [
-            docs_op(|c| ClusterOperation::CommitReadHashRing { collection: c }),
-            docs_op(|c| ClusterOperation::CommitWriteHashRing { collection: c }),
-            docs_op(|c| ClusterOperation::FinishResharding { collection: c }),
+            docs_op(|c| ClusterOperation::CommitReadHashRing {
+                collection: c,
+                resharding: None,
+            }),
+            docs_op(|c| ClusterOperation::CommitWriteHashRing {
+                collection: c,
+                resharding: None,
+            }),
+            docs_op(|c| ClusterOperation::FinishResharding {
+                collection: c,
+                resharding: None,
+            }),
         ] {
             state.apply(op).unwrap();
         }
@@ -3257,6 +3510,7 @@ mod tests {
                 shard: ShardId(1),
                 from: PeerId(1),
                 to: PeerId(2),
+                id: None,
             })
             .unwrap();
         let docs = &state.collections["docs"];
@@ -3405,6 +3659,7 @@ mod tests {
                 shard: ShardId(0),
                 from: PeerId(peer),
                 to: PeerId(to),
+                id: None,
             })
             .unwrap();
         assert!(versions(&state)[0] > started[0]);
@@ -3451,6 +3706,7 @@ mod tests {
                 shard: ShardId(0),
                 from: PeerId(a),
                 to: PeerId(b),
+                id: None,
             })
             .unwrap();
         let err = rejected(&mut state, transfer_op(a, b, Some(ReplicaState::Dead)));
@@ -3973,19 +4229,33 @@ mod tests {
                         shard: t.shard,
                         to_shard: t.to_shard.unwrap_or(t.shard),
                         to: t.to,
+                        id: None,
                     },
                     None => ClusterOperation::ReshardingStreamDone {
                         collection,
                         shard,
                         to_shard: shard,
                         to: holder,
+                        id: None,
                     },
                 }
             }
-            10 => ClusterOperation::CommitReadHashRing { collection },
-            11 => ClusterOperation::CommitWriteHashRing { collection },
-            12 => ClusterOperation::FinishResharding { collection },
-            13 => ClusterOperation::AbortResharding { collection },
+            10 => ClusterOperation::CommitReadHashRing {
+                collection,
+                resharding: None,
+            },
+            11 => ClusterOperation::CommitWriteHashRing {
+                collection,
+                resharding: None,
+            },
+            12 => ClusterOperation::FinishResharding {
+                collection,
+                resharding: None,
+            },
+            13 => ClusterOperation::AbortResharding {
+                collection,
+                resharding: None,
+            },
             7 | 8 => {
                 let running = state
                     .collections
@@ -3999,6 +4269,7 @@ mod tests {
                         shard,
                         from,
                         to,
+                        id: None,
                     }
                 } else {
                     ClusterOperation::AbortTransfer {
@@ -4006,6 +4277,7 @@ mod tests {
                         shard,
                         from,
                         to,
+                        id: None,
                     }
                 }
             }

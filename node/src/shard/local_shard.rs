@@ -299,6 +299,20 @@ pub enum UpdateOutcome {
     Behind(u64),
 }
 
+/// Why a replica at some recovery point gets no delta from another's WAL and must be copied
+/// whole (see [`LocalShard::wal_delta`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoDelta {
+    #[error("the WAL no longer reaches back to the recovery point")]
+    NotReached,
+    #[error("the delta would cross the start of a fresh copy the source received")]
+    AcrossFreshCopy,
+    #[error("the source is receiving a copy itself")]
+    SourceReceiving,
+    #[error("the recovery point holds updates the source never applied")]
+    PointAhead,
+}
+
 /// What a replica at some recovery point misses of another replica's WAL (see
 /// [`LocalShard::wal_delta`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1258,17 +1272,17 @@ impl LocalShard {
     /// from the first record the point does not cover ([`delta_start`]), in order, and this
     /// replica's clocks. Replaying all of them (not only the uncovered ones) in this order
     /// leaves the other replica exactly as this one, even where it applied some of them in
-    /// another order. `None` when the WAL no longer reaches back to the point
+    /// another order. [`NoDelta`] when the WAL no longer reaches back to the point
     /// ([`WalBase::reaches`]), when the delta would cross the start of a fresh copy this
     /// replica received (replayed elsewhere, its clearing would remove only the points this
-    /// replica held then), or while this replica receives a copy itself: then only a full copy
-    /// helps. Reads the WAL (blocking); writes wait meanwhile, so the delta and the clocks
+    /// replica held then), while this replica receives a copy itself, or when the point is
+    /// past this replica on a coordinator's clock: then only a full copy helps. Reads the WAL (blocking); writes wait meanwhile, so the delta and the clocks
     /// describe one state.
-    pub fn wal_delta(&self, point: &ClockMap) -> Result<Option<WalDelta>, ShardError> {
+    pub fn wal_delta(&self, point: &ClockMap) -> Result<Result<WalDelta, NoDelta>, ShardError> {
         let state = self.state.read();
         let own = state.clocks.own;
         if state.clocks.floor.is_some() {
-            return Ok(None);
+            return Ok(Err(NoDelta::SourceReceiving));
         }
         let records = self.wal.lock().read_after(0).map_err(io_err(&self.dir))?;
         let entries = records
@@ -1288,14 +1302,25 @@ impl LocalShard {
             .any(|m| matches!(m, WalMark::Merge(c) if point.covers(c, Some(own))));
         let base = &state.clocks.base;
         if !(base.reaches(point, own) || merge_covered && point.covers(&base.clocks, Some(own))) {
-            return Ok(None);
+            return Ok(Err(NoDelta::NotReached));
+        }
+        // A point past this replica on a coordinator's clock holds an update this replica
+        // never applied (one that failed here, so it was not acknowledged, or was not passed
+        // on): replaying this WAL would keep it there, so only a full copy makes the two
+        // equal. Qdrant refuses such a recovery point too.
+        let applied = &state.clocks.applied;
+        if point
+            .tags()
+            .any(|t| t.clock != LOCAL_CLOCK && applied.tick(t.key()) < t.tick)
+        {
+            return Ok(Err(NoDelta::PointAhead));
         }
         let start = delta_start(&marks, point, own).unwrap_or(entries.len());
         if marks[start..]
             .iter()
             .any(|m| matches!(m, WalMark::FreshCopy))
         {
-            return Ok(None);
+            return Ok(Err(NoDelta::AcrossFreshCopy));
         }
         let ops = entries
             .into_iter()
@@ -1305,7 +1330,7 @@ impl LocalShard {
                 _ => None,
             })
             .collect();
-        Ok(Some(WalDelta {
+        Ok(Ok(WalDelta {
             ops,
             clocks: state.clocks.applied.clone(),
         }))
@@ -3876,6 +3901,36 @@ mod tests {
         assert!(b.clocks().covers(&a.clocks(), None));
     }
 
+    /// A replica that applied a coordinator's update this one never did (it failed here and
+    /// was not acknowledged) gets no delta: replaying would leave it holding that update.
+    #[test]
+    fn no_wal_delta_to_a_replica_ahead_on_a_coordinators_clock() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let cfg = config(4, 1_000_000);
+        let a = LocalShard::open(a_dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+        let b = LocalShard::open(b_dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+        let mut rng = StdRng::seed_from_u64(6);
+        for tick in 1..=4 {
+            let request = UpdateRequest::Upsert(points(tick..tick + 1, 4, &mut rng));
+            let tag = coordinator_tag(0, tick);
+            b.update_stamped(request.clone(), Stamp::Coordinator(tag))
+                .unwrap();
+            // A misses the last one.
+            if tick < 4 {
+                a.update_stamped(request, Stamp::Coordinator(tag)).unwrap();
+            }
+        }
+        assert_eq!(
+            a.wal_delta(&b.recovery_point()).unwrap(),
+            Err(NoDelta::PointAhead)
+        );
+        // Behind on the clock instead, it gets what it lacks.
+        assert_eq!(
+            b.wal_delta(&a.recovery_point()).unwrap().unwrap().ops.len(),
+            1
+        );
+    }
+
     #[test]
     fn no_wal_delta_once_the_wal_no_longer_reaches_the_point() {
         let dir = tempfile::tempdir().unwrap();
@@ -3901,7 +3956,7 @@ mod tests {
         assert_eq!(a.wal_delta(&point).unwrap().unwrap().ops.len(), 8);
         a.flush().unwrap();
         // The records after tick 2 are gone from the WAL: no delta, a full copy is needed.
-        assert_eq!(a.wal_delta(&point).unwrap(), None);
+        assert_eq!(a.wal_delta(&point).unwrap(), Err(NoDelta::NotReached));
         // A replica that has everything but the last record is still served from the WAL,
         // also after a restart (the base is stored with the flush).
         let mut almost = ClockMap::default();
@@ -3909,7 +3964,7 @@ mod tests {
         assert_eq!(a.wal_delta(&almost).unwrap().unwrap().ops.len(), 1);
         drop(a);
         let a = LocalShard::open(dir.path(), cfg, SyncMode::Os).unwrap();
-        assert_eq!(a.wal_delta(&point).unwrap(), None);
+        assert_eq!(a.wal_delta(&point).unwrap(), Err(NoDelta::NotReached));
         assert_eq!(a.wal_delta(&almost).unwrap().unwrap().ops.len(), 1);
     }
 
@@ -3980,15 +4035,15 @@ mod tests {
         }
         std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
         let shard = LocalShard::open(dir.path(), cfg, SyncMode::Os).unwrap();
-        assert_eq!(shard.wal_delta(&ClockMap::default()).unwrap(), None);
+        assert!(shard.wal_delta(&ClockMap::default()).unwrap().is_err());
         let mut merged = ClockMap::default();
         merged.advance(&coordinator_tag(0, 3));
         // (A fresh copy: only one that replaced the whole state covers what came before.)
         shard.begin_copy(1, true).unwrap();
         shard.finish_copy(1, merged.clone()).unwrap();
         // Someone who holds what the merge says is served; someone who does not is not.
-        assert!(shard.wal_delta(&merged).unwrap().is_some());
-        assert_eq!(shard.wal_delta(&ClockMap::default()).unwrap(), None);
+        assert!(shard.wal_delta(&merged).unwrap().is_ok());
+        assert!(shard.wal_delta(&ClockMap::default()).unwrap().is_err());
     }
 
     /// A replica that received a fresh copy (cleared, then streamed) cannot replay that part
@@ -4027,10 +4082,10 @@ mod tests {
             Stamp::Coordinator(coordinator_tag(0, 11)),
         )
         .unwrap();
-        assert_eq!(d.wal_delta(&before).unwrap(), None);
+        assert!(d.wal_delta(&before).unwrap().is_err());
         assert_eq!(d.wal_delta(&merged).unwrap().unwrap().ops.len(), 1);
         // While it receives a copy itself, it is no source at all.
         d.begin_copy(10, false).unwrap();
-        assert_eq!(d.wal_delta(&merged).unwrap(), None);
+        assert_eq!(d.wal_delta(&merged).unwrap(), Err(NoDelta::SourceReceiving));
     }
 }

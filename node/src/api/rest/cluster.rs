@@ -99,7 +99,8 @@ pub fn cluster_error(e: ClusterError) -> ApiError {
         | ClusterError::ReshardingRunning { .. }
         | ClusterError::ReshardingStageMismatch { .. }
         | ClusterError::ReshardingPointsMoving { .. }
-        | ClusterError::ReshardingTooFarToAbort { .. } => StatusCode::CONFLICT,
+        | ClusterError::ReshardingTooFarToAbort { .. }
+        | ClusterError::StaleDecision { .. } => StatusCode::CONFLICT,
         ClusterError::NoResharding { .. } => StatusCode::NOT_FOUND,
         _ => StatusCode::BAD_REQUEST,
     };

@@ -192,6 +192,7 @@ pub async fn apply(
             shard: ShardId(req.shard_id),
             from: PeerId(req.from_peer_id),
             to: PeerId(req.to_peer_id),
+            id: None,
         }],
         ClusterOperationRequest::RestartTransfer(req) => {
             check_method(req.method)?;
@@ -232,6 +233,7 @@ pub async fn apply(
                     shard: running.shard,
                     from: running.from,
                     to: running.to,
+                    id: None,
                 },
                 start(&name, &again, running.sync, max_per_peer)?,
             ]
@@ -279,16 +281,19 @@ pub async fn apply(
         ClusterOperationRequest::AbortResharding(_) => {
             vec![ClusterOperation::AbortResharding {
                 collection: name.clone(),
+                resharding: None,
             }]
         }
         ClusterOperationRequest::CommitReadHashRing(_) => {
             vec![ClusterOperation::CommitReadHashRing {
                 collection: name.clone(),
+                resharding: None,
             }]
         }
         ClusterOperationRequest::CommitWriteHashRing(_) => {
             vec![ClusterOperation::CommitWriteHashRing {
                 collection: name.clone(),
+                resharding: None,
             }]
         }
         ClusterOperationRequest::FinishResharding(_) => {
