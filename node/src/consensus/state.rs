@@ -2502,19 +2502,24 @@ mod tests {
         }
     }
 
+    /// A resharding of `docs` whose stages the caller commits, with resharding id `id`.
+    fn manual_resharding(direction: ReshardingDirection, id: u64) -> ClusterOperation {
+        ClusterOperation::StartResharding {
+            collection: "docs".into(),
+            direction,
+            peer: None,
+            shard_key: None,
+            manual: true,
+            id,
+        }
+    }
+
     /// A resharding stream's id tells it from the streams of another resharding between the
     /// same shards and peers, so that a sender never resumes one from the other's checkpoint.
     #[test]
     fn resharding_streams_of_two_reshardings_have_different_ids() {
         let mut state = active_docs(3, 3, 1);
-        let start = |id: u64| ClusterOperation::StartResharding {
-            collection: "docs".into(),
-            direction: ReshardingDirection::Down,
-            peer: None,
-            shard_key: None,
-            manual: true,
-            id,
-        };
+        let start = |id| manual_resharding(ReshardingDirection::Down, id);
         state.apply(start(7)).unwrap();
         let first = streams(&state);
         assert_eq!(
@@ -2550,14 +2555,7 @@ mod tests {
     #[test]
     fn decisions_of_an_ended_resharding_or_transfer_are_rejected() {
         let mut state = active_docs(3, 3, 1);
-        let start = |id: u64| ClusterOperation::StartResharding {
-            collection: "docs".into(),
-            direction: ReshardingDirection::Up,
-            peer: None,
-            shard_key: None,
-            manual: true,
-            id,
-        };
+        let start = |id| manual_resharding(ReshardingDirection::Up, id);
         state.apply(start(7)).unwrap();
         let old = streams(&state);
         assert!(old.iter().all(|t| t.resharding_id() == 7));
