@@ -479,6 +479,8 @@ pub struct Outgoing {
     /// then on an update that cannot be forwarded is not acknowledged (`ForwardFailed`), as
     /// a resharding's always is. Together with `broken` (both sequentially consistent) every
     /// failed forward is seen by one side: the transfer does not finish, or the update fails.
+    /// Cleared once this peer reconciled the transfer's end
+    /// ([`Collection::forwarding_settled`]).
     pub finishing: std::sync::atomic::AtomicBool,
     /// While `Some`, updates are queued here instead of forwarded (the destination is being
     /// restored from a snapshot); the transfer replays them in order afterwards.
@@ -519,6 +521,11 @@ pub struct Collection {
     /// peer still routing by the old layout gets an error instead of an acknowledgement that
     /// would be lost with the replica.
     retired: parking_lot::Mutex<BTreeSet<u32>>,
+    /// Retired replicas whose shard was placed on this peer again while they still forward
+    /// (see `sync`): hidden from every lookup ([`Collection::local_shard`]), so that no copy
+    /// meant for the new replica lands in the old one, which is dropped once nothing forwards
+    /// from it.
+    returning: parking_lot::Mutex<BTreeSet<u32>>,
     /// The running resharding, as of the last reconciled state.
     resharding: RwLock<Option<ReshardingState>>,
     /// Local replicas that may hold points another shard owns (points a resharding moved in
@@ -609,6 +616,7 @@ impl Collection {
             clock_sets: parking_lot::Mutex::new(HashMap::new()),
             ordering_locks: parking_lot::Mutex::new(HashMap::new()),
             retired: parking_lot::Mutex::new(BTreeSet::new()),
+            returning: parking_lot::Mutex::new(BTreeSet::new()),
             resharding: RwLock::new(None),
             foreign: parking_lot::Mutex::new(foreign),
             cleaned: parking_lot::Mutex::new(BTreeSet::new()),
@@ -707,6 +715,7 @@ impl Collection {
                 self.drop_local(id)?;
             }
         }
+        *self.returning.lock() = waiting.clone();
         // New replicas exist before the layout routes anything to them ...
         for id in &mine {
             if !self.local.read().contains_key(id) {
@@ -794,14 +803,19 @@ impl Collection {
 
     /// This peer's replica of shard `id`, if it has one.
     pub fn local_shard(&self, id: u32) -> Option<Arc<LocalShard>> {
+        if self.returning.lock().contains(&id) {
+            return None;
+        }
         self.local.read().get(&id).cloned()
     }
 
     /// This peer's replicas, by shard id.
     pub fn local_shards(&self) -> Vec<(u32, Arc<LocalShard>)> {
+        let returning = self.returning.lock().clone();
         self.local
             .read()
             .iter()
+            .filter(|(id, _)| !returning.contains(id))
             .map(|(id, s)| (*id, Arc::clone(s)))
             .collect()
     }
@@ -1382,6 +1396,21 @@ impl Collection {
                     .collect()
             })
             .unwrap_or_default();
+        // ... and one past its last check may finish all the same: the update is refused
+        // before it is applied (see `Outgoing::finishing`).
+        if let Some(out) = self.outgoing.lock().get(&shard).and_then(|list| {
+            list.iter()
+                .find(|o| {
+                    !std::ptr::eq(o.source.as_ptr(), Arc::as_ptr(&local))
+                        && o.finishing.load(std::sync::atomic::Ordering::SeqCst)
+                })
+                .cloned()
+        }) {
+            return Err(CollectionError::Unavailable(format!(
+                "shard {shard} of `{}` was replaced on this peer while a transfer to peer {} finishes from the replica before",
+                self.name, out.to
+            )));
+        }
         // Cancel-safety: once applied here, the update must reach every transfer's destination
         // (or mark the transfer broken) even when the caller stops waiting (a client's or a
         // peer's timeout drops this future): the rest runs in a task of its own, which holds
@@ -1562,6 +1591,19 @@ impl Collection {
             .entry(shard)
             .or_default()
             .push(outgoing);
+    }
+
+    /// Called by a transfer once this peer reconciled the layout in which it ended: every
+    /// update applied from then on was routed by that layout (the fence refuses older ones),
+    /// so its destination gets it directly or not at all, and a forward that fails needs no
+    /// refusal any more. Waits (the gate, exclusively) for updates that passed the fence
+    /// before: those are still refused when their forward fails.
+    pub async fn forwarding_settled(&self, shard: u32, outgoing: &Outgoing) {
+        let gate = self.gate(shard);
+        let _exclusive = gate.write().await;
+        outgoing
+            .finishing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Stops forwarding for `shard` to `outgoing`'s destination. Returns once every update
@@ -2093,7 +2135,7 @@ impl Collection {
     /// the replica's contents (the snapshot API). Blocking. Returns the restored point count.
     pub fn restore_local_shard(&self, id: u32, prepared: &Path) -> Result<usize, CollectionError> {
         let _one_restore_at_a_time = self.restoring.lock();
-        if !self.local.read().contains_key(&id) {
+        if self.local_shard(id).is_none() {
             return Err(CollectionError::BadInput(format!(
                 "shard {id} of collection `{}` has no replica on this peer",
                 self.name

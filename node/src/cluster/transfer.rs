@@ -525,6 +525,7 @@ impl Transfers {
         {
             tracing::warn!(collection = %key.collection, shard = key.shard, index = ended_at, "this peer has not reconciled the end of the transfer yet; forwarding goes on");
         }
+        collection.forwarding_settled(key.shard, &outgoing).await;
         if finished {
             // Liveness only: peers that still route by the old layout get their writes
             // refused by the source (it carries the newer layout version) and route again:

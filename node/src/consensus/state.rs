@@ -1099,12 +1099,20 @@ impl ClusterState {
                 id,
             } => {
                 let meta = self.collection_mut(&collection)?;
+                let resharding = meta.resharding.is_some();
                 let stream = meta
                     .transfers
                     .iter_mut()
                     .find(|t| t.shard == shard && t.to_shard == Some(to_shard) && t.to == to)
-                    .ok_or_else(|| ClusterError::NoResharding {
-                        collection: collection.clone(),
+                    .ok_or_else(|| match id {
+                        // A stream of an earlier resharding that this one does not have.
+                        Some(id) if resharding => ClusterError::StaleDecision {
+                            collection: collection.clone(),
+                            what: format!("resharding stream {id}"),
+                        },
+                        _ => ClusterError::NoResharding {
+                            collection: collection.clone(),
+                        },
                     })?;
                 if let Some(id) = id
                     && stream.id != id

@@ -4035,7 +4035,10 @@ mod tests {
         }
         std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
         let shard = LocalShard::open(dir.path(), cfg, SyncMode::Os).unwrap();
-        assert!(shard.wal_delta(&ClockMap::default()).unwrap().is_err());
+        assert_eq!(
+            shard.wal_delta(&ClockMap::default()).unwrap(),
+            Err(NoDelta::NotReached)
+        );
         let mut merged = ClockMap::default();
         merged.advance(&coordinator_tag(0, 3));
         // (A fresh copy: only one that replaced the whole state covers what came before.)
@@ -4043,7 +4046,10 @@ mod tests {
         shard.finish_copy(1, merged.clone()).unwrap();
         // Someone who holds what the merge says is served; someone who does not is not.
         assert!(shard.wal_delta(&merged).unwrap().is_ok());
-        assert!(shard.wal_delta(&ClockMap::default()).unwrap().is_err());
+        assert_eq!(
+            shard.wal_delta(&ClockMap::default()).unwrap(),
+            Err(NoDelta::NotReached)
+        );
     }
 
     /// A replica that received a fresh copy (cleared, then streamed) cannot replay that part
@@ -4082,7 +4088,7 @@ mod tests {
             Stamp::Coordinator(coordinator_tag(0, 11)),
         )
         .unwrap();
-        assert!(d.wal_delta(&before).unwrap().is_err());
+        assert_eq!(d.wal_delta(&before).unwrap(), Err(NoDelta::AcrossFreshCopy));
         assert_eq!(d.wal_delta(&merged).unwrap().unwrap().ops.len(), 1);
         // While it receives a copy itself, it is no source at all.
         d.begin_copy(10, false).unwrap();

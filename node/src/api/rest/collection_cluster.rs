@@ -233,7 +233,8 @@ pub async fn apply(
                     shard: running.shard,
                     from: running.from,
                     to: running.to,
-                    id: None,
+                    // The transfer this restart was decided on, not one started since.
+                    id: Some(running.id),
                 },
                 start(&name, &again, running.sync, max_per_peer)?,
             ]
