@@ -94,6 +94,9 @@ pub struct ShardOut {
     pub peer_id: Option<u64>,
     #[serde(default)]
     pub shard_key: Option<Value>,
+    /// Points of the replica, for local shards only.
+    #[serde(default)]
+    pub points_count: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

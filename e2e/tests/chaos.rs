@@ -11,7 +11,7 @@
 //! documented in the README. Every wait is a poll with a deadline; every node is killed by the
 //! harness when the test ends, also when it fails.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -70,6 +70,50 @@ fn layout(node: &NodeProcess) -> Result<BTreeSet<(u32, u64)>> {
 fn wait_settled(nodes: &[NodeProcess]) -> Result<()> {
     let all: Vec<&NodeProcess> = nodes.iter().collect();
     shoal_e2e::cluster::wait_settled(&all, "docs", SETTLE)
+}
+
+/// Every replica's point count, as its own peer reports it: shard → (peer, points).
+fn replica_counts(nodes: &[NodeProcess]) -> Result<BTreeMap<u32, Vec<(u64, u64)>>> {
+    let mut counts: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+    for node in nodes {
+        let view = collection_cluster(node, "docs")?;
+        for shard in view.local_shards {
+            let points = shard.points_count.context("a local shard's points_count")?;
+            counts
+                .entry(shard.shard_id)
+                .or_default()
+                .push((view.peer_id, points));
+        }
+    }
+    Ok(counts)
+}
+
+/// With the writer stopped and the collection settled, each replica holds every point the
+/// model says surely exists and none it says cannot: summed over shards, the smallest replica
+/// count is at least the sure count and the largest at most the possible count. (Replicas may
+/// differ by the points of unacknowledged writes: a coordinator killed between replicas.)
+/// Catches a lost or resurrected point in the round that lost it, long before the final
+/// comparison; a count is cheap where reading every replica alone needs a kill per peer. Polls
+/// briefly, since a peer removes the points a resharding moved out on its next reconcile pass.
+fn counts_match_model(nodes: &[NodeProcess], model: &Model, round: u64) -> Result<()> {
+    let (surely, maybe) = model.count_bounds();
+    let (surely, maybe) = (surely as u64, maybe as u64);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counts = replica_counts(nodes)?;
+        let bound =
+            |pick: fn(&[(u64, u64)]) -> u64| -> u64 { counts.values().map(|r| pick(r)).sum() };
+        let least = bound(|r| r.iter().map(|(_, n)| *n).min().unwrap_or(0));
+        let most = bound(|r| r.iter().map(|(_, n)| *n).max().unwrap_or(0));
+        if least >= surely && most <= maybe {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "round {round}: replica point counts {counts:?} (smallest replicas {least}, largest {most}); the model allows {surely}..={maybe}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// One round's change: the request, and the layout it asks for.
@@ -258,12 +302,14 @@ fn rounds_of_changes_and_sigkills_lose_nothing_and_converge() -> Result<()> {
             );
         }
         eprintln!("round {round}: done in {:?}", round_started.elapsed());
-        // The writer moves to the next peer, so that a kill of its peer does not stall it for
-        // the whole test.
-        if round % 3 == 2 {
+        // The writer pauses for the count check, and every third round moves to the next
+        // peer, so that a kill of its peer does not stall it for the whole test.
+        {
             let written = writer.finish()?;
             acknowledged += written.acknowledged_total();
             failed += written.failed_total();
+            wait_settled(&nodes)?;
+            counts_match_model(&nodes, &written.model, round)?;
             writer = Writer::start(
                 nodes[(round as usize / 3 + 1) % nodes.len()].client(),
                 "docs",

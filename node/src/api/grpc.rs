@@ -32,10 +32,10 @@ use crate::api::admin::Admin;
 use crate::api::rest::introspection;
 use crate::api::rest::service::QDRANT_API_VERSION;
 use crate::cluster::CollectionError;
-use crate::cluster::remote_shard::{POINT_NOT_FOUND_MARK, STALE_LAYOUT_MARK};
+use crate::cluster::remote_shard::{POINT_NOT_FOUND_MARK, STALE_LAYOUT_MARK, STALE_TRANSFER_MARK};
 use crate::cluster::shard_requests::{
-    ShardCount, ShardFacet, ShardOrderBy, ShardRecovery, ShardRequest, ShardRetrieve, ShardScroll,
-    ShardSearch, ShardSparseStats, UpdateCall,
+    FencedRecovery, ShardCount, ShardFacet, ShardOrderBy, ShardRequest, ShardRetrieve, ShardScroll,
+    ShardSearch, ShardSparseStats, StreamFence, UpdateCall,
 };
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::raft_node::{ConsensusError, ConsensusNode};
@@ -311,6 +311,14 @@ fn collection_status(e: CollectionError) -> Status {
             );
             status
         }
+        CollectionError::StaleTransfer(_) => {
+            let mut status = Status::failed_precondition(e.to_string());
+            status.metadata_mut().insert(
+                STALE_TRANSFER_MARK,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            status
+        }
         CollectionError::ForwardFailed(_) => Status::aborted(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
@@ -379,6 +387,22 @@ impl ShardService for ShardPoints {
                 Some(f.layout_version),
                 f.clock.map_or(Stamp::Local, Stamp::Coordinator),
             ),
+            UpdateCall::Streamed(f) => {
+                let stamp = f.clock.map_or(Stamp::Local, Stamp::Forced);
+                let outcome = collection
+                    .update_copy(call.shard_id, Arc::new(f.update), stamp, f.fence)
+                    .await
+                    .map_err(collection_status)?;
+                let seq = match outcome {
+                    UpdateOutcome::Applied(seq) | UpdateOutcome::Duplicate(seq) => seq,
+                    UpdateOutcome::Behind(_) => {
+                        return Err(Status::internal("a transfer's copy was refused as behind"));
+                    }
+                };
+                let body_json =
+                    serde_json::to_vec(&seq).map_err(|e| Status::internal(e.to_string()))?;
+                return Ok(Response::new(ShardAnswer { body_json }));
+            }
             UpdateCall::Forwarded(f) => (f.update, None, Stamp::Forced(f.clock)),
             UpdateCall::Untagged(update) => (update, None, Stamp::Local),
         };
@@ -401,13 +425,15 @@ impl ShardService for ShardPoints {
     }
 
     async fn recovery(&self, request: Request<ShardCall>) -> Result<Response<ShardAnswer>, Status> {
-        // Straight to the replica: a destination's recovery steps are not forwarded further.
+        // Straight to the replica (a destination's recovery steps are not forwarded further),
+        // once the collection has checked the step's transfer still runs.
         let call = request.into_inner();
-        let step: ShardRecovery = decode(&call.body_json)?;
+        let step: FencedRecovery = decode(&call.body_json)?;
         let shard = self.replica(&call).await?;
-        let answer = tokio::task::spawn_blocking(move || step.run_on(&shard))
+        let collection = self.toc.get(&call.collection).map_err(collection_status)?;
+        let answer = collection
+            .recover_local(call.shard_id, shard, step)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
             .map_err(collection_status)?;
         let body_json = serde_json::to_vec(&answer).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ShardAnswer { body_json }))
@@ -610,6 +636,15 @@ impl SnapshotService for Snapshots {
             .toc
             .get(&snapshot.collection)
             .map_err(collection_status)?;
+        let fence = StreamFence {
+            transfer: request.transfer_id,
+            seen: request.seen,
+        };
+        // Judged by a state at least as new as the sender's, before anything is downloaded.
+        collection
+            .wait_for_fence(&fence)
+            .await
+            .map_err(collection_status)?;
         let began = std::time::Instant::now();
         let env = self.toc.env();
         let channel = env
@@ -663,7 +698,7 @@ impl SnapshotService for Snapshots {
             image_to_shard_dir(image.path()).map_err(refuse)?;
             let prepared_ms = began.elapsed().as_millis() as u64;
             let points = collection
-                .restore_local_shard(shard_id, image.path())
+                .restore_transfer_image(shard_id, image.path(), fence)
                 .map_err(collection_status)?;
             tracing::info!(
                 collection = %collection.name(),

@@ -14,9 +14,9 @@ use crate::cluster::hash_ring::shard_for;
 use crate::cluster::metadata::Metadata;
 use crate::cluster::remote_shard::RemoteShard;
 use crate::cluster::shard_requests::{
-    FencedUpdate, ForwardedUpdate, LeaderUpdate, OrderValue, Ownership, ShardCount, ShardFacet,
-    ShardOrderBy, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch, ShardSparseStats,
-    ShardTarget, WriteOrdering,
+    FencedRecovery, FencedUpdate, ForwardedUpdate, LeaderUpdate, OrderValue, Ownership, ShardCount,
+    ShardFacet, ShardOrderBy, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
+    ShardSparseStats, ShardTarget, StreamFence, StreamedUpdate, WriteOrdering,
 };
 use crate::collection_config::{
     CollectionConfig, MAX_MULTIVECTOR_LEN, MAX_SPARSE_ENTRIES, Modifier, PayloadIndexEntry,
@@ -28,13 +28,13 @@ use crate::consensus::{
 };
 use crate::index::filter::Filter;
 use crate::index::payload_selector::WithVector;
-use crate::shard::clock::{ClockSet, ClockTag};
+use crate::shard::clock::{ClockMap, ClockSet, ClockTag};
 use crate::shard::local_shard::{
     IndexBuilder, LocalShard, OptimizerStatus, Record, ScoredRecord, ShardError, Stamp,
     UpdateOutcome, idf,
 };
 use crate::shard::maintenance;
-use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
+use crate::shard::operations::{PointSelection, PointWrite, ShardOperation, UpdateRequest};
 use crate::storage::wal::SyncMode;
 use crate::types::{DEFAULT_VECTOR, NamedVectors, PointId, SparseVector, VectorData};
 
@@ -282,14 +282,24 @@ async fn apply_and_forward(
     for out in outgoing {
         orders.push(out.order.lock().await);
     }
+    // A resharding passes on the operation as applied here (see `pass_on`).
+    let resolve = outgoing.iter().any(|o| o.owner.is_some());
     let applied = {
         let request = Arc::clone(&request);
         let local = Arc::clone(local);
-        tokio::task::spawn_blocking(move || local.update_stamped((*request).clone(), stamp))
-            .await
-            .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            if resolve {
+                local.update_resolved((*request).clone(), stamp)
+            } else {
+                local
+                    .update_stamped((*request).clone(), stamp)
+                    .map(|outcome| (outcome, None))
+            }
+        })
+        .await
+        .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
     };
-    let applied = applied?;
+    let (applied, operation) = applied?;
     if !matches!(applied, UpdateOutcome::Applied(_)) {
         return Ok(applied);
     }
@@ -302,15 +312,21 @@ async fn apply_and_forward(
     };
     for out in outgoing {
         // The destination may not hold every point yet: it skips what it lacks.
-        let forwarded = match &out.owner {
-            None => Some((tag, Arc::new(request.lenient()))),
-            Some(owner) => restrict(&request.lenient(), owner).map(|r| (None, Arc::new(r))),
+        let forwarded: Vec<UpdateRequest> = match &out.owner {
+            None => vec![request.lenient()],
+            Some(owner) => operation
+                .as_ref()
+                .map(|op| pass_on(op, owner))
+                .unwrap_or_default(),
         };
-        let Some((tag, forwarded)) = forwarded else {
+        if forwarded.is_empty() {
             continue;
-        };
+        }
+        // The copies a resharding passes on to another shard are tagged there by that shard's
+        // own clock.
+        let tag = if out.owner.is_some() { None } else { tag };
         if let Some(queue) = out.queue.lock().as_mut() {
-            queue.push((tag, forwarded));
+            queue.extend(forwarded.into_iter().map(|f| (tag, Arc::new(f))));
             continue;
         }
         use std::sync::atomic::Ordering::SeqCst;
@@ -318,12 +334,21 @@ async fn apply_and_forward(
         let broken_before = out.broken.load(SeqCst);
         let failure = if broken_before {
             Some("an earlier update could not be passed on".to_string())
-        } else if let Err(e) = forward(&out.destination, tag, &forwarded).await {
-            tracing::warn!(collection = %name, shard, to = %out.to, error = %e, "could not forward an update to a transfer's destination; the transfer will abort");
-            out.broken.store(true, SeqCst);
-            Some(e.to_string())
         } else {
-            None
+            let mut failed = None;
+            for part in &forwarded {
+                let sent = match out.fence {
+                    Some(fence) => forward_copy(&out.destination, fence, tag, part).await,
+                    None => forward(&out.destination, tag, part).await,
+                };
+                if let Err(e) = sent {
+                    tracing::warn!(collection = %name, shard, to = %out.to, error = %e, "could not forward an update to a transfer's destination; the transfer will abort");
+                    out.broken.store(true, SeqCst);
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+            failed
         };
         // A transfer past its last check may finish, and a resharding stream reported done
         // gives reads to its destination: the update is not acknowledged, the destination may
@@ -368,6 +393,28 @@ pub async fn forward(
         None => destination.request(update).await,
     }
 }
+
+/// Sends a transfer's destination a copy fenced by the transfer (see [`StreamFence`]): a
+/// stream batch, a catch-up, or what a resharding passes on.
+pub async fn forward_copy(
+    destination: &RemoteShard,
+    fence: StreamFence,
+    tag: Option<ClockTag>,
+    update: &UpdateRequest,
+) -> Result<u64, CollectionError> {
+    destination
+        .request(&StreamedUpdate {
+            fence,
+            clock: tag,
+            update: update.clone(),
+        })
+        .await
+}
+
+/// How long a peer waits to apply the cluster state a transfer's sender saw (see
+/// [`StreamFence`]) before it judges a copy. Liveness only: a copy that waited in vain is
+/// refused as unavailable, and the transfer retries or fails; nothing is applied unchecked.
+const FENCE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How many 50 ms steps a write that found its replicas gone waits for a newer layout. Liveness
 /// only: a write routed by an old layout is refused by the replicas (the layout-version fence),
@@ -469,8 +516,14 @@ pub struct Outgoing {
     /// destination, and could close a cycle of forwards that waits on itself.
     pub source: std::sync::Weak<LocalShard>,
     /// A resharding stream forwards only the part of each update that its destination shard
-    /// owns under the new ring; `None` forwards everything.
+    /// owns under the new ring, as the operation the source applied (see [`pass_on`]);
+    /// `None` forwards everything, as it came.
     pub owner: Option<Ownership>,
+    /// Set for a resharding stream: what it passes on is fenced by the stream (see
+    /// [`StreamFence`]), so that a stream its destination's peer no longer runs changes
+    /// nothing there. A transfer's forwards go on unfenced after it finished, until every peer
+    /// routes to the new replica (see `transfer`).
+    pub fence: Option<StreamFence>,
     pub order: tokio::sync::Mutex<()>,
     /// Set when an update could not be forwarded: the destination missed it, so the transfer
     /// must not finish.
@@ -1354,6 +1407,89 @@ impl Collection {
         routed_by: Option<u64>,
         stamp: Stamp,
     ) -> Result<UpdateOutcome, CollectionError> {
+        self.update_fenced(shard, request, routed_by, stamp, None)
+            .await
+    }
+
+    /// [`Collection::update_local`] for a transfer's copy (see [`StreamFence`]): refused with
+    /// [`CollectionError::StaleTransfer`], changing nothing, unless this peer's cluster state
+    /// (applied at least up to what the sender saw) runs that transfer with this peer as its
+    /// destination. The check runs under the shard's forwarding gate, like the layout fence.
+    pub async fn update_copy(
+        &self,
+        shard: u32,
+        request: Arc<UpdateRequest>,
+        stamp: Stamp,
+        fence: StreamFence,
+    ) -> Result<UpdateOutcome, CollectionError> {
+        self.caught_up(&fence).await?;
+        self.update_fenced(shard, request, None, stamp, Some(fence))
+            .await
+    }
+
+    /// Runs a transfer's recovery step on this peer's replica `local` of `shard`, fenced by
+    /// the step's transfer like [`Collection::update_copy`]. Blocking work runs on a blocking
+    /// thread.
+    pub async fn recover_local(
+        &self,
+        shard: u32,
+        local: Arc<LocalShard>,
+        call: FencedRecovery,
+    ) -> Result<Option<ClockMap>, CollectionError> {
+        let fence = call.fence();
+        self.caught_up(&fence).await?;
+        let _gate = self.gate(shard).read_owned().await;
+        self.fence_holds(shard, &fence)?;
+        tokio::task::spawn_blocking(move || call.run_on(&local))
+            .await
+            .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
+    }
+
+    /// Waits (a bounded time) until this peer applied the cluster state the sender of a copy
+    /// saw; a copy is judged only by a state at least that new.
+    pub async fn wait_for_fence(&self, fence: &StreamFence) -> Result<(), CollectionError> {
+        self.caught_up(fence).await
+    }
+
+    async fn caught_up(&self, fence: &StreamFence) -> Result<(), CollectionError> {
+        match self.env.metadata.view_at(fence.seen, FENCE_PATIENCE).await {
+            Some(_) => Ok(()),
+            None => Err(CollectionError::Unavailable(format!(
+                "this peer has not yet applied the cluster state (index {}) in which transfer {} of `{}` runs",
+                fence.seen, fence.transfer, self.name
+            ))),
+        }
+    }
+
+    /// Whether this peer's applied cluster state runs the transfer `fence` names, with this
+    /// peer's replica of `shard` as its destination.
+    fn fence_holds(&self, shard: u32, fence: &StreamFence) -> Result<(), CollectionError> {
+        let view = self.env.metadata.view();
+        let this = self.env.this_peer();
+        let running = view.state.collections.get(&self.name).is_some_and(|m| {
+            m.transfers.iter().any(|t| {
+                t.id == fence.transfer && t.to == this && t.to_shard.unwrap_or(t.shard).0 == shard
+            })
+        });
+        if running {
+            return Ok(());
+        }
+        Err(CollectionError::StaleTransfer(format!(
+            "transfer {} of `{}` to shard {shard} on peer {this} has ended (cluster state at index {})",
+            fence.transfer,
+            self.name,
+            view.applied_index().unwrap_or(0)
+        )))
+    }
+
+    async fn update_fenced(
+        &self,
+        shard: u32,
+        request: Arc<UpdateRequest>,
+        routed_by: Option<u64>,
+        stamp: Stamp,
+        fence: Option<StreamFence>,
+    ) -> Result<UpdateOutcome, CollectionError> {
         let local = self.local_shard(shard).ok_or_else(|| {
             CollectionError::Unavailable(format!(
                 "shard {shard} of `{}` has no replica on this peer yet",
@@ -1361,6 +1497,9 @@ impl Collection {
             ))
         })?;
         let gate = self.gate(shard).read_owned().await;
+        if let Some(fence) = &fence {
+            self.fence_holds(shard, fence)?;
+        }
         if let Some(routed_by) = routed_by {
             let current = self.layout().get(&shard).map_or(0, |s| s.version);
             if routed_by < current {
@@ -2134,7 +2273,35 @@ impl Collection {
     /// the updates back (a snapshot transfer queues them) or accept that a restore replaces
     /// the replica's contents (the snapshot API). Blocking. Returns the restored point count.
     pub fn restore_local_shard(&self, id: u32, prepared: &Path) -> Result<usize, CollectionError> {
+        self.restore_local_shard_fenced(id, prepared, None)
+    }
+
+    /// [`Collection::restore_local_shard`] for a `snapshot` transfer's image: refused
+    /// ([`CollectionError::StaleTransfer`]), changing nothing, unless this peer's applied
+    /// state runs the transfer `fence` names (checked under the shard's forwarding gate).
+    /// The caller waits for that state first (see [`Collection::wait_for_fence`]).
+    pub fn restore_transfer_image(
+        &self,
+        id: u32,
+        prepared: &Path,
+        fence: StreamFence,
+    ) -> Result<usize, CollectionError> {
+        self.restore_local_shard_fenced(id, prepared, Some(fence))
+    }
+
+    fn restore_local_shard_fenced(
+        &self,
+        id: u32,
+        prepared: &Path,
+        fence: Option<StreamFence>,
+    ) -> Result<usize, CollectionError> {
         let _one_restore_at_a_time = self.restoring.lock();
+        let gate = self.gate(id);
+        // Blocking: a transfer's image is restored on a blocking thread.
+        let _checked = fence.map(|_| gate.blocking_read());
+        if let Some(fence) = &fence {
+            self.fence_holds(id, fence)?;
+        }
         if self.local_shard(id).is_none() {
             return Err(CollectionError::BadInput(format!(
                 "shard {id} of collection `{}` has no replica on this peer",
@@ -2396,6 +2563,89 @@ fn named_ids(request: &UpdateRequest) -> Vec<PointId> {
         UpdateRequest::SetPayload { selection, .. }
         | UpdateRequest::OverwritePayload { selection, .. }
         | UpdateRequest::DeletePayload { selection, .. } => of(selection),
+    }
+}
+
+/// The most ids one update passed on by a resharding names: a filter the source resolved to
+/// many points is passed on in several updates, each well below the p2p message limit.
+const PASS_ON_IDS: usize = 50_000;
+
+/// What a resharding stream passes on to its destination shard of an operation its source
+/// replica applied (`op`, as the replica logged it: see `LocalShard::update_resolved`): the
+/// part that concerns points `owner` owns, every selection an explicit list of the ids the
+/// source changed, lenient about points the destination lacks. Never a filter: applied on the
+/// destination, a filter would also reach the destination shard's own points (a copy
+/// being cleared on the source would clear the destination shard), and points written there
+/// directly since the source applied it. Empty when nothing concerns `owner`.
+pub fn pass_on(op: &ShardOperation, owner: &Ownership) -> Vec<UpdateRequest> {
+    let owned = |ids: &[PointId]| -> Vec<Vec<PointId>> {
+        let mine: Vec<PointId> = ids.iter().filter(|id| owner.owns(id)).copied().collect();
+        mine.chunks(PASS_ON_IDS).map(<[PointId]>::to_vec).collect()
+    };
+    let select = |ids: &[PointId], make: &dyn Fn(PointSelection) -> UpdateRequest| {
+        owned(ids)
+            .into_iter()
+            .map(|chunk| make(PointSelection::IdsIfPresent(chunk)))
+            .collect()
+    };
+    match op {
+        ShardOperation::Upsert(points) => {
+            let mine: Vec<PointWrite> = points
+                .iter()
+                .filter(|p| owner.owns(&p.id))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                Vec::new()
+            } else {
+                vec![UpdateRequest::Upsert(mine)]
+            }
+        }
+        ShardOperation::UpdateVectors(points) => {
+            let mine: Vec<(PointId, NamedVectors)> = points
+                .iter()
+                .filter(|p| owner.owns(&p.0))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                Vec::new()
+            } else {
+                vec![UpdateRequest::UpdateVectors {
+                    points: mine,
+                    filter: None,
+                    missing_ok: true,
+                }]
+            }
+        }
+        ShardOperation::DeleteVectors { points, names } => {
+            select(points, &|selection| UpdateRequest::DeleteVectors {
+                selection,
+                names: names.clone(),
+            })
+        }
+        ShardOperation::Delete(points) => select(points, &UpdateRequest::Delete),
+        ShardOperation::SetPayload {
+            points,
+            payload,
+            key,
+        } => select(points, &|selection| UpdateRequest::SetPayload {
+            selection,
+            payload: payload.clone(),
+            key: key.clone(),
+        }),
+        ShardOperation::OverwritePayload { points, payload } => {
+            select(points, &|selection| UpdateRequest::OverwritePayload {
+                selection,
+                payload: payload.clone(),
+            })
+        }
+        ShardOperation::DeletePayload { points, keys } => {
+            select(points, &|selection| UpdateRequest::DeletePayload {
+                selection,
+                keys: keys.clone(),
+            })
+        }
+        ShardOperation::ClearPayload { points } => select(points, &UpdateRequest::ClearPayload),
     }
 }
 

@@ -153,6 +153,27 @@ impl Metadata {
         Arc::clone(&self.applied().borrow())
     }
 
+    /// The applied state once it is at `index` or later (a view without an applied index
+    /// counts as 0); `None` when that did not happen within `timeout`.
+    pub async fn view_at(&self, index: u64, timeout: Duration) -> Option<Arc<ClusterStateView>> {
+        let mut applied = self.applied();
+        let reached = |v: &Arc<ClusterStateView>| v.applied_index().unwrap_or(0) >= index;
+        tokio::time::timeout(timeout, applied.wait_for(reached))
+            .await
+            .ok()?
+            .ok()
+            .map(|v| Arc::clone(&v))
+    }
+
+    /// Tests only: makes `state` the applied state at `index`, as if operations had been
+    /// applied, without persisting it.
+    #[cfg(test)]
+    pub fn set_view_for_test(&self, state: ClusterState, index: u64) {
+        if let Metadata::Local(local) = self {
+            local.views.send_replace(local_view(&state, index));
+        }
+    }
+
     pub fn consensus(&self) -> Option<&Arc<ConsensusNode>> {
         match self {
             Metadata::Raft(node) => Some(node),

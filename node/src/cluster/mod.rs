@@ -44,6 +44,11 @@ pub enum CollectionError {
     /// by; nothing changed. The sender routes again by a newer layout.
     #[error("Routed by an old layout: {0}")]
     StaleLayout(String),
+    /// A transfer's copy (a stream batch, a recovery step, or what a resharding passes on)
+    /// reached a peer whose applied cluster state no longer runs that transfer; nothing
+    /// changed. See `shard_requests::StreamFence`.
+    #[error("Copy of an ended transfer: {0}")]
+    StaleTransfer(String),
 }
 
 impl CollectionError {

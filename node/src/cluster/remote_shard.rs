@@ -17,6 +17,8 @@ pub const POINT_NOT_FOUND_MARK: &str = "shoal-point-not-found";
 /// Metadata key on a `FailedPrecondition` status meaning [`CollectionError::StaleLayout`]
 /// (without it, the status means [`CollectionError::Moved`]).
 pub const STALE_LAYOUT_MARK: &str = "shoal-stale-layout";
+/// Metadata key on a `FailedPrecondition` status meaning [`CollectionError::StaleTransfer`].
+pub const STALE_TRANSFER_MARK: &str = "shoal-stale-transfer";
 
 /// How long one shard request to a peer may take. Liveness: a request that times out is an
 /// error (an update is not acknowledged, and a replica that failed one while others applied it
@@ -137,6 +139,11 @@ impl RemoteShard {
                 if status.metadata().contains_key(STALE_LAYOUT_MARK) =>
             {
                 CollectionError::StaleLayout(status.message().to_string())
+            }
+            tonic::Code::FailedPrecondition
+                if status.metadata().contains_key(STALE_TRANSFER_MARK) =>
+            {
+                CollectionError::StaleTransfer(status.message().to_string())
             }
             tonic::Code::FailedPrecondition => CollectionError::Moved(status.message().to_string()),
             tonic::Code::Aborted => CollectionError::ForwardFailed(status.message().to_string()),

@@ -177,6 +177,45 @@ impl ShardRequest for LeaderUpdate {
     }
 }
 
+/// Which transfer a copy belongs to: a transfer's stream and recovery steps, and what a
+/// resharding stream passes on. The receiving peer first applies the cluster state up to
+/// `seen`, then takes the copy only while that state still runs the transfer with this peer as
+/// its destination; a copy of a transfer that ended (finished, aborted, or cancelled with its
+/// resharding) is refused with [`CollectionError::StaleTransfer`] and changes nothing. A
+/// sender whose own view is behind (it restarted and has not caught up, or a partition)
+/// cannot clear, overwrite or pass on into a replica that has moved on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamFence {
+    /// The transfer's id in the cluster state (a resharding stream's own id).
+    pub transfer: u64,
+    /// An applied cluster-state index at which the sender saw the transfer running.
+    pub seen: u64,
+}
+
+/// An update a transfer sends its destination (a stream batch, a catch-up) or a resharding
+/// stream passes on: fenced by the transfer (see [`StreamFence`]). `clock` is the tag the
+/// source applied it with (`None`: the destination tags it with its own local clock).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamedUpdate {
+    pub fence: StreamFence,
+    pub clock: Option<ClockTag>,
+    pub update: UpdateRequest,
+}
+
+impl ShardRequest for StreamedUpdate {
+    type Answer = u64;
+    const CALL: ShardCallKind = ShardCallKind::Update;
+    const WRITES: bool = true;
+    fn run_on(&self, _: &LocalShard) -> Result<u64, CollectionError> {
+        Err(CollectionError::Storage(
+            "a transfer's copy is checked by the collection, not run on a replica".into(),
+        ))
+    }
+    fn encode_body(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&UpdateCallRef::Streamed(self))
+    }
+}
+
 /// The body of a `ShardService.Update` call: how the update reaches the replica.
 #[derive(Debug, Clone, Deserialize)]
 pub enum UpdateCall {
@@ -184,6 +223,7 @@ pub enum UpdateCall {
     Forwarded(ForwardedUpdate),
     Untagged(UpdateRequest),
     Lead(LeaderUpdate),
+    Streamed(StreamedUpdate),
 }
 
 /// [`UpdateCall`] by reference, for sending.
@@ -193,6 +233,7 @@ enum UpdateCallRef<'a> {
     Forwarded(&'a ForwardedUpdate),
     Untagged(&'a UpdateRequest),
     Lead(&'a LeaderUpdate),
+    Streamed(&'a StreamedUpdate),
 }
 
 /// The steps of bringing a replica up to date from another (a transfer's destination side),
@@ -209,6 +250,45 @@ pub enum ShardRecovery {
     },
     /// The copy is complete: merge the source's clocks ([`LocalShard::finish_copy`]).
     Finish { copy: u64, clocks: ClockMap },
+}
+
+impl ShardRecovery {
+    /// The transfer whose copy this step belongs to.
+    pub fn copy(&self) -> u64 {
+        match self {
+            ShardRecovery::Begin { copy, .. }
+            | ShardRecovery::Replay { copy, .. }
+            | ShardRecovery::Finish { copy, .. } => *copy,
+        }
+    }
+}
+
+/// The body of a `ShardService.Recovery` call: a step, fenced by its transfer (the step's
+/// `copy`; see [`StreamFence`]), `seen` being an applied cluster-state index at which the
+/// sender saw that transfer running.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FencedRecovery {
+    pub seen: u64,
+    pub step: ShardRecovery,
+}
+
+impl FencedRecovery {
+    pub fn fence(&self) -> StreamFence {
+        StreamFence {
+            transfer: self.step.copy(),
+            seen: self.seen,
+        }
+    }
+}
+
+impl ShardRequest for FencedRecovery {
+    /// The recovery point, for `Begin`.
+    type Answer = Option<ClockMap>;
+    const CALL: ShardCallKind = ShardCallKind::Recovery;
+    const WRITES: bool = true;
+    fn run_on(&self, shard: &LocalShard) -> Result<Option<ClockMap>, CollectionError> {
+        self.step.run_on(shard)
+    }
 }
 
 impl ShardRequest for ShardRecovery {

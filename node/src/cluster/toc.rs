@@ -778,6 +778,197 @@ mod tests {
         );
     }
 
+    /// The transfer fence (`StreamFence`): a transfer's copy is taken while this peer's applied
+    /// state runs that transfer to this peer's replica of the shard, and refused, changing
+    /// nothing, once a state at least as new as the one its sender saw has ended it: an
+    /// update, and a recovery step that would clear the replica. The copies of a sender whose
+    /// own view lags (a restarted peer still running a stream that ended) cannot clear or
+    /// overwrite a replica that has moved on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_copy_of_an_ended_transfer_is_refused() {
+        use crate::cluster::shard_requests::{FencedRecovery, ShardRecovery, StreamFence};
+        use crate::consensus::{ShardId, ShardTransfer, TransferMethod};
+
+        let dir = tempfile::tempdir().unwrap();
+        let toc = open_local_node(dir.path()).await;
+        create(&toc, "docs").await;
+        let collection = toc.get("docs").unwrap();
+        let local = collection.local_shard(0).unwrap();
+        // Ids of points shard 0 owns (a point another shard owns would be swept as a stray).
+        let own: Vec<u64> = (0..100u64)
+            .filter(|n| crate::cluster::hash_ring::shard_for(&PointId::Num(*n), 2) == 0)
+            .take(5)
+            .collect();
+        let upsert = |n: usize| {
+            Arc::new(UpdateRequest::Upsert(vec![PointWrite::dense(
+                PointId::Num(own[n]),
+                vec![1.0, 2.0],
+                Default::default(),
+            )]))
+        };
+        let held = |ns: &[usize]| {
+            let ids: Vec<PointId> = ns.iter().map(|n| PointId::Num(own[*n])).collect();
+            local.retrieve(&ids, false, &Default::default()).len()
+        };
+        collection
+            .update_local(0, upsert(1), None, Stamp::Local)
+            .await
+            .unwrap();
+
+        // Transfer 77 of shard 0 from a peer 2 to this peer (1) runs at `running`.
+        let metadata = &toc.env().metadata;
+        let base = metadata.view().applied_index().unwrap_or(0);
+        let mut state = metadata.view().state.clone();
+        let transfer = ShardTransfer {
+            shard: ShardId(0),
+            to_shard: None,
+            from: PeerId(2),
+            to: PeerId(1),
+            sync: true,
+            method: TransferMethod::StreamRecords,
+            destination_was: None,
+            points_per_second: None,
+            bytes_per_second: None,
+            id: 77,
+            done: false,
+        };
+        state
+            .collections
+            .get_mut("docs")
+            .unwrap()
+            .transfers
+            .push(transfer);
+        let running = base + 1;
+        metadata.set_view_for_test(state.clone(), running);
+        let fence = |transfer: u64| StreamFence {
+            transfer,
+            seen: running,
+        };
+        collection
+            .update_copy(0, upsert(2), Stamp::Local, fence(77))
+            .await
+            .unwrap();
+        assert_eq!(held(&[2]), 1, "a copy of the running transfer is taken");
+
+        // Another transfer's copy, and one addressed to another shard, are refused.
+        let other = collection
+            .update_copy(0, upsert(3), Stamp::Local, fence(78))
+            .await;
+        assert!(
+            matches!(other, Err(CollectionError::StaleTransfer(_))),
+            "{other:?}"
+        );
+        let elsewhere = collection
+            .update_copy(1, upsert(3), Stamp::Local, fence(77))
+            .await;
+        assert!(
+            matches!(elsewhere, Err(CollectionError::StaleTransfer(_))),
+            "{elsewhere:?}"
+        );
+        assert_eq!(held(&[3]), 0);
+
+        // The transfer ends: its copies, sent by a peer that saw it running, change nothing.
+        state.collections.get_mut("docs").unwrap().transfers.clear();
+        metadata.set_view_for_test(state, running + 1);
+        let late = collection
+            .update_copy(0, upsert(4), Stamp::Local, fence(77))
+            .await;
+        assert!(
+            matches!(late, Err(CollectionError::StaleTransfer(_))),
+            "{late:?}"
+        );
+        let clear = FencedRecovery {
+            seen: running,
+            step: ShardRecovery::Begin {
+                copy: 77,
+                fresh: true,
+            },
+        };
+        let refused = collection.recover_local(0, Arc::clone(&local), clear).await;
+        assert!(
+            matches!(refused, Err(CollectionError::StaleTransfer(_))),
+            "{refused:?}"
+        );
+        assert_eq!(held(&[1, 2, 4]), 2, "nothing changed: points 1 and 2 stay");
+        // Nor is a `snapshot` transfer's image swapped in (refused before it is looked at).
+        let image = dir.path().join("image-never-read");
+        let restored = {
+            let collection = Arc::clone(&collection);
+            let fence = fence(77);
+            tokio::task::spawn_blocking(move || collection.restore_transfer_image(0, &image, fence))
+                .await
+                .unwrap()
+        };
+        assert!(
+            matches!(restored, Err(CollectionError::StaleTransfer(_))),
+            "{restored:?}"
+        );
+        assert_eq!(collection.local_shard(0).unwrap().stats().points, 2);
+        let clear = UpdateRequest::Delete(crate::shard::operations::PointSelection::Filter(
+            Default::default(),
+        ));
+        let cleared = collection
+            .update_copy(0, Arc::new(clear), Stamp::Local, fence(77))
+            .await;
+        assert!(matches!(cleared, Err(CollectionError::StaleTransfer(_))));
+        assert_eq!(held(&[1, 2]), 2);
+    }
+
+    /// What a resharding stream passes on of an operation its source applied: only the
+    /// points the destination shard owns, always as explicit ids (never a filter, which would
+    /// reach the destination shard's own points), lenient about points the destination lacks,
+    /// and in parts of bounded size.
+    #[test]
+    fn a_resharding_passes_on_only_the_points_its_source_changed() {
+        use crate::cluster::collection::pass_on;
+        use crate::cluster::shard_requests::Ownership;
+        use crate::shard::operations::{PointSelection, ShardOperation};
+
+        // Shard 0 of a ring of 3.
+        let owner = Ownership {
+            ring: vec![0, 1, 2],
+            shard: 0,
+        };
+        let ids: Vec<PointId> = (0..120_000u64).map(PointId::Num).collect();
+        let owned: Vec<PointId> = ids.iter().filter(|id| owner.owns(id)).copied().collect();
+        assert!(owned.len() > 30_000 && owned.len() < ids.len());
+
+        let deletes = pass_on(&ShardOperation::Delete(ids.clone()), &owner);
+        let mut passed = Vec::new();
+        for d in &deletes {
+            match d {
+                UpdateRequest::Delete(PointSelection::IdsIfPresent(part)) => {
+                    assert!(part.len() <= 50_000);
+                    passed.extend(part.iter().copied());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(passed, owned);
+
+        let points: Vec<PointWrite> = ids[..100]
+            .iter()
+            .map(|id| PointWrite::dense(*id, vec![1.0, 2.0], Default::default()))
+            .collect();
+        match pass_on(&ShardOperation::Upsert(points), &owner).as_slice() {
+            [UpdateRequest::Upsert(mine)] => {
+                assert!(mine.iter().all(|p| owner.owns(&p.id)));
+                assert_eq!(
+                    mine.len(),
+                    ids[..100].iter().filter(|id| owner.owns(id)).count()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let foreign: Vec<PointId> = ids
+            .iter()
+            .filter(|id| !owner.owns(id))
+            .take(10)
+            .copied()
+            .collect();
+        assert!(pass_on(&ShardOperation::ClearPayload { points: foreign }, &owner).is_empty());
+    }
+
     /// A data directory written before metadata lived in one state (collections on disk, no
     /// metadata file) keeps its collections and points.
     #[test]

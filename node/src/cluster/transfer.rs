@@ -33,9 +33,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::cluster::CollectionError;
-use crate::cluster::collection::{Outgoing, forward};
+use crate::cluster::collection::{Outgoing, forward_copy};
 use crate::cluster::metadata::Metadata;
-use crate::cluster::shard_requests::{Ownership, ShardRecovery, ShardScroll};
+use crate::cluster::shard_requests::{
+    FencedRecovery, Ownership, ShardRecovery, ShardScroll, StreamFence,
+};
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::{
     ClusterOperation, ClusterStateView, PeerId, ReplicaState, ShardId, ShardTransfer,
@@ -586,6 +588,13 @@ async fn stream_records(
         .env()
         .remote(uri, &key.collection, key.shard)
         .map_err(fail)?;
+    // This task runs because this peer's applied state holds the transfer: every step it
+    // sends carries that state's index, so the destination's peer refuses the steps of a
+    // transfer that has ended in a state at least as new.
+    let fence = StreamFence {
+        transfer: transfer.id,
+        seen: toc.env().metadata.view().applied_index().unwrap_or(0),
+    };
     // A `wal_delta` destination freezes its recovery point before anything is forwarded to
     // it: a forwarded update must not count as the history it missed.
     let point = if transfer.method == TransferMethod::WalDelta && transfer.destination_was.is_some()
@@ -596,7 +605,7 @@ async fn stream_records(
             fresh: false,
         };
         Some(
-            recovery_step(&destination, &begin, cancel)
+            recovery_step(&destination, fence, &begin, cancel)
                 .await
                 .map_err(|e| (e, None))?
                 .unwrap_or_default(),
@@ -609,6 +618,7 @@ async fn stream_records(
         destination: destination.clone(),
         source: Arc::downgrade(&local),
         owner: None,
+        fence: None,
         order: tokio::sync::Mutex::new(()),
         broken: AtomicBool::new(false),
         finishing: AtomicBool::new(false),
@@ -629,7 +639,7 @@ async fn stream_records(
     };
     progress.points_total.store(total as u64, Ordering::Relaxed);
     if snapshot {
-        snapshot_transfer(toc, key, transfer, &local, &out, progress, cancel)
+        snapshot_transfer(toc, key, transfer, fence, &local, &out, progress, cancel)
             .await
             .map_err(with_reg)?;
         check_forwarding(&out).map_err(with_reg)?;
@@ -638,7 +648,7 @@ async fn stream_records(
 
     if transfer.method == TransferMethod::WalDelta {
         if let Some(point) = point {
-            let delta = delta_transfer(toc, &local, &out, point, transfer.id, progress, cancel)
+            let delta = delta_transfer(toc, &local, &out, point, fence, progress, cancel)
                 .await
                 .map_err(with_reg)?;
             if let Some(clocks) = delta {
@@ -646,7 +656,7 @@ async fn stream_records(
                     copy: transfer.id,
                     clocks,
                 };
-                recovery_step(&destination, &finish, cancel)
+                recovery_step(&destination, fence, &finish, cancel)
                     .await
                     .map_err(with_reg)?;
                 check_forwarding(&out).map_err(with_reg)?;
@@ -669,7 +679,7 @@ async fn stream_records(
             tracing::info!(collection = %key.collection, shard = key.shard, to = %key.to, next = ?checkpoint.next, "transfer resumes from its checkpoint");
             let _order = out.order.lock().await;
             copied = local.recovery_point();
-            catch_up(&local, &destination, &checkpoint, None, cancel)
+            catch_up(&local, &destination, fence, &checkpoint, None, cancel)
                 .await
                 .map_err(with_reg)?;
             progress
@@ -693,12 +703,12 @@ async fn stream_records(
                 copy: transfer.id,
                 fresh: true,
             };
-            recovery_step(&destination, &begin, cancel)
+            recovery_step(&destination, fence, &begin, cancel)
                 .await
                 .map_err(with_reg)?;
             copied = local.recovery_point();
             let clear = UpdateRequest::Delete(PointSelection::Filter(Filter::default()));
-            send(&destination, None, &clear, cancel)
+            send(&destination, fence, None, &clear, cancel)
                 .await
                 .map_err(with_reg)?;
         }
@@ -766,9 +776,15 @@ async fn stream_records(
         let points = writes_of(records);
         let bytes: u64 = points.iter().map(point_bytes).sum();
         if !points.is_empty() {
-            send(&destination, None, &UpdateRequest::Upsert(points), cancel)
-                .await
-                .map_err(with_reg)?;
+            send(
+                &destination,
+                fence,
+                None,
+                &UpdateRequest::Upsert(points),
+                cancel,
+            )
+            .await
+            .map_err(with_reg)?;
         }
         drop(order);
         let done = progress.points_done.fetch_add(n, Ordering::Relaxed) + n;
@@ -794,7 +810,7 @@ async fn stream_records(
         copy: transfer.id,
         clocks: copied,
     };
-    recovery_step(&destination, &finish, cancel)
+    recovery_step(&destination, fence, &finish, cancel)
         .await
         .map_err(with_reg)?;
     check_forwarding(&out).map_err(with_reg)?;
@@ -839,7 +855,7 @@ async fn resharding_stream(
             key.shard, key.collection
         ))
     })?;
-    let (target, source, resharding_id) = {
+    let (target, source, resharding_id, seen) = {
         let view = env.metadata.view();
         let meta = view
             .state
@@ -850,7 +866,13 @@ async fn resharding_stream(
             meta.target_ring().ok_or(TransferError::Cancelled)?,
             meta.source_ring().ok_or(TransferError::Cancelled)?,
             meta.resharding.as_ref().map_or(0, |r| r.id),
+            view.applied_index().unwrap_or(0),
         )
+    };
+    // What the stream sends and passes on is fenced by it (see `StreamFence`).
+    let fence = StreamFence {
+        transfer: transfer.id,
+        seen,
     };
     let owner = Ownership {
         ring: target.iter().map(|s| s.0).collect(),
@@ -869,6 +891,7 @@ async fn resharding_stream(
         destination: destination.clone(),
         source: Arc::downgrade(&local),
         owner: Some(owner.clone()),
+        fence: Some(fence),
         order: tokio::sync::Mutex::new(()),
         broken: AtomicBool::new(false),
         finishing: AtomicBool::new(false),
@@ -915,7 +938,15 @@ async fn resharding_stream(
             progress.stage("resuming");
             tracing::info!(collection = %key.collection, shard = key.shard, to_shard = key.to_shard, to = %key.to, next = ?checkpoint.next, points_done = checkpoint.points_done, "resharding stream resumes from its checkpoint");
             let _order = out.order.lock().await;
-            catch_up(&local, &destination, &checkpoint, Some(&scope), cancel).await?;
+            catch_up(
+                &local,
+                &destination,
+                fence,
+                &checkpoint,
+                Some(&scope),
+                cancel,
+            )
+            .await?;
             progress
                 .points_done
                 .store(checkpoint.points_done, Ordering::Relaxed);
@@ -959,7 +990,14 @@ async fn resharding_stream(
             let points = writes_of(records);
             let bytes: u64 = points.iter().map(point_bytes).sum();
             if !points.is_empty() {
-                send(&destination, None, &UpdateRequest::Upsert(points), cancel).await?;
+                send(
+                    &destination,
+                    fence,
+                    None,
+                    &UpdateRequest::Upsert(points),
+                    cancel,
+                )
+                .await?;
             }
             drop(order);
             let done = progress.points_done.fetch_add(n, Ordering::Relaxed) + n;
@@ -1050,6 +1088,7 @@ async fn resharding_stream(
 async fn catch_up(
     local: &Arc<LocalShard>,
     destination: &crate::cluster::remote_shard::RemoteShard,
+    fence: StreamFence,
     checkpoint: &Checkpoint,
     scope: Option<&StreamScope>,
     cancel: &AtomicBool,
@@ -1092,6 +1131,7 @@ async fn catch_up(
     let source_ids: std::collections::HashSet<PointId> = source.iter().map(|(id, _)| *id).collect();
     let mut from = None;
     let mut stale = Vec::new();
+    let mut present = std::collections::HashSet::new();
     loop {
         if cancel.load(Ordering::SeqCst) {
             return Err(TransferError::Cancelled);
@@ -1110,30 +1150,46 @@ async fn catch_up(
             })
             .await?;
         let after = (page.len() > CATCH_UP_PAGE).then(|| page[CATCH_UP_PAGE].id);
-        stale.extend(
-            page.into_iter()
-                .take(CATCH_UP_PAGE)
-                .filter(|r| carried(&r.id) && !source_ids.contains(&r.id))
-                .map(|r| r.id),
-        );
+        for r in page.into_iter().take(CATCH_UP_PAGE) {
+            if !carried(&r.id) {
+                continue;
+            }
+            if source_ids.contains(&r.id) {
+                present.insert(r.id);
+            } else {
+                stale.push(r.id);
+            }
+        }
         match after {
             Some(id) => from = Some(id),
             None => break,
         }
     }
+    // Below `next`, what the source changed since the checkpoint, and whatever the
+    // destination lacks (it should hold everything streamed before the checkpoint; a point
+    // it lost anyway is sent again rather than left out of an Active replica).
+    let mut missing = 0;
     let changed: Vec<PointId> = source
         .iter()
-        .filter(|(id, version)| below(id) && *version > checkpoint.seq)
+        .filter(|(id, version)| {
+            below(id) && {
+                let absent = !present.contains(id);
+                missing += usize::from(absent && *version <= checkpoint.seq);
+                absent || *version > checkpoint.seq
+            }
+        })
         .map(|(id, _)| *id)
         .collect();
     tracing::info!(
         stale = stale.len(),
         changed = changed.len(),
+        missing,
         "catching up after a restart"
     );
     for chunk in stale.chunks(1000) {
         send(
             destination,
+            fence,
             None,
             &UpdateRequest::Delete(PointSelection::Ids(chunk.to_vec())),
             cancel,
@@ -1150,7 +1206,14 @@ async fn catch_up(
         };
         let points = writes_of(records);
         if !points.is_empty() {
-            send(destination, None, &UpdateRequest::Upsert(points), cancel).await?;
+            send(
+                destination,
+                fence,
+                None,
+                &UpdateRequest::Upsert(points),
+                cancel,
+            )
+            .await?;
         }
     }
     Ok(())
@@ -1172,10 +1235,11 @@ async fn delta_transfer(
     local: &Arc<LocalShard>,
     out: &Arc<Outgoing>,
     point: ClockMap,
-    copy: u64,
+    fence: StreamFence,
     progress: &Progress,
     cancel: &AtomicBool,
 ) -> Result<Option<ClockMap>, TransferError> {
+    let copy = fence.transfer;
     pause_at("comparing replicas", cancel).await?;
     let _order = out.order.lock().await;
     let delta = {
@@ -1238,6 +1302,7 @@ async fn delta_transfer(
         }
         recovery_step(
             &out.destination,
+            fence,
             &ShardRecovery::Replay { copy, ops: chunk },
             cancel,
         )
@@ -1257,10 +1322,12 @@ async fn delta_transfer(
 /// destination swaps it in for its replica. Then the queued updates are replayed in order and
 /// forwarding switched on. The destination serves the shipped graphs at once: nothing is
 /// re-indexed.
+#[allow(clippy::too_many_arguments)]
 async fn snapshot_transfer(
     toc: &Arc<TableOfContent>,
     key: &TransferKey,
     transfer: &ShardTransfer,
+    fence: StreamFence,
     local: &Arc<LocalShard>,
     out: &Arc<Outgoing>,
     progress: &Arc<Progress>,
@@ -1313,6 +1380,8 @@ async fn snapshot_transfer(
                 name: name.clone(),
             }),
             source_uri: own_uri,
+            transfer_id: fence.transfer,
+            seen: fence.seen,
         });
         request.set_timeout(SNAPSHOT_PATIENCE);
         if let Some(k) = &env.api_key
@@ -1347,16 +1416,16 @@ async fn snapshot_transfer(
             copy: transfer.id,
             fresh: true,
         };
-        recovery_step(&out.destination, &begin, cancel).await?;
+        recovery_step(&out.destination, fence, &begin, cancel).await?;
         let queued = out.queue.lock().take().unwrap_or_default();
         for (tag, update) in queued {
-            send(&out.destination, tag, &update, cancel).await?;
+            send(&out.destination, fence, tag, &update, cancel).await?;
         }
         let finish = ShardRecovery::Finish {
             copy: transfer.id,
             clocks: copied,
         };
-        recovery_step(&out.destination, &finish, cancel).await?;
+        recovery_step(&out.destination, fence, &finish, cancel).await?;
         Ok(())
     }
     .await;
@@ -1448,11 +1517,12 @@ async fn pause_at(stage: &str, cancel: &AtomicBool) -> Result<(), TransferError>
 /// Sends one request to the destination, retrying a few times (it may be restarting).
 async fn send(
     destination: &crate::cluster::remote_shard::RemoteShard,
+    fence: StreamFence,
     tag: Option<ClockTag>,
     request: &UpdateRequest,
     cancel: &AtomicBool,
 ) -> Result<(), TransferError> {
-    with_retries(cancel, || forward(destination, tag, request)).await?;
+    with_retries(cancel, || forward_copy(destination, fence, tag, request)).await?;
     Ok(())
 }
 
@@ -1461,10 +1531,16 @@ async fn send(
 /// same operations in the same order, merging again changes nothing).
 async fn recovery_step(
     destination: &crate::cluster::remote_shard::RemoteShard,
+    fence: StreamFence,
     step: &ShardRecovery,
     cancel: &AtomicBool,
 ) -> Result<Option<ClockMap>, TransferError> {
-    with_retries(cancel, || destination.request(step)).await
+    debug_assert_eq!(fence.transfer, step.copy());
+    let call = FencedRecovery {
+        seen: fence.seen,
+        step: step.clone(),
+    };
+    with_retries(cancel, || destination.request(&call)).await
 }
 
 /// Runs `call` until it succeeds, up to `SEND_ATTEMPTS` times (bad input fails at once).
@@ -1479,7 +1555,14 @@ where
             Ok(answer) => return Ok(answer),
             Err(e) => {
                 attempt += 1;
-                if attempt >= SEND_ATTEMPTS || matches!(e, CollectionError::BadInput(_)) {
+                // A refusal that trying again cannot change: bad input, or a copy of a
+                // transfer the destination's peer no longer runs.
+                if attempt >= SEND_ATTEMPTS
+                    || matches!(
+                        e,
+                        CollectionError::BadInput(_) | CollectionError::StaleTransfer(_)
+                    )
+                {
                     return Err(TransferError::Failed(e));
                 }
                 if cancel.load(Ordering::SeqCst) {

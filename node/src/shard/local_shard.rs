@@ -1128,6 +1128,29 @@ impl LocalShard {
         request: UpdateRequest,
         stamp: Stamp,
     ) -> Result<UpdateOutcome, ShardError> {
+        self.update_inner(request, stamp, false)
+            .map(|(outcome, _)| outcome)
+    }
+
+    /// [`LocalShard::update_stamped`] that also returns the operation the replica logged and
+    /// applied: every selection resolved to the ids it touched here, a conditional upsert
+    /// reduced to the points it really wrote (`None` when nothing was applied). What a
+    /// resharding passes on to another shard: that shard must change exactly the points this
+    /// one did, not whatever a filter matches there.
+    pub fn update_resolved(
+        &self,
+        request: UpdateRequest,
+        stamp: Stamp,
+    ) -> Result<(UpdateOutcome, Option<ShardOperation>), ShardError> {
+        self.update_inner(request, stamp, true)
+    }
+
+    fn update_inner(
+        &self,
+        request: UpdateRequest,
+        stamp: Stamp,
+        keep_operation: bool,
+    ) -> Result<(UpdateOutcome, Option<ShardOperation>), ShardError> {
         {
             let config = self.config();
             let written: Box<dyn Iterator<Item = &NamedVectors>> = match &request {
@@ -1152,8 +1175,10 @@ impl LocalShard {
             Stamp::Local => None,
             Stamp::Coordinator(tag) => match state.clocks.applied.admit(&tag) {
                 Admission::Apply => Some(tag),
-                Admission::Duplicate => return Ok(UpdateOutcome::Duplicate(state.last_seq)),
-                Admission::Behind(tick) => return Ok(UpdateOutcome::Behind(tick)),
+                Admission::Duplicate => {
+                    return Ok((UpdateOutcome::Duplicate(state.last_seq), None));
+                }
+                Admission::Behind(tick) => return Ok((UpdateOutcome::Behind(tick), None)),
             },
             Stamp::Forced(tag) => Some(tag),
         };
@@ -1161,14 +1186,15 @@ impl LocalShard {
         if op.is_empty() {
             // Nothing to log, and the clock stays: a tick that no record shows must not count
             // as applied after a restart (a later recovery replays a little more instead).
-            return Ok(UpdateOutcome::Applied(state.last_seq));
+            return Ok((UpdateOutcome::Applied(state.last_seq), None));
         }
+        let kept = keep_operation.then(|| op.clone());
         let clock = Some(tag.unwrap_or_else(|| state.clocks.next_local()));
         let seq = self.append(&mut state, WalEntry::Op { clock, op })?;
         drop(state);
         drop(retired);
         self.wake_optimizer.notify_one();
-        Ok(UpdateOutcome::Applied(seq))
+        Ok((UpdateOutcome::Applied(seq), kept))
     }
 
     /// Appends `entry` to the WAL as the next record and applies it. Under the write lock.

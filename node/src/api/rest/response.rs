@@ -134,6 +134,8 @@ impl From<CollectionError> for ApiError {
             | CollectionError::Moved(_)
             | CollectionError::StaleLayout(_)
             | CollectionError::ForwardFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // Only peers send copies; the copy's transfer has ended.
+            CollectionError::StaleTransfer(_) => StatusCode::CONFLICT,
         };
         if status.is_server_error() {
             tracing::error!(error = %e, "request failed");
