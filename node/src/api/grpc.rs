@@ -429,10 +429,12 @@ impl ShardService for ShardPoints {
         // once the collection has checked the step's transfer still runs.
         let call = request.into_inner();
         let step: FencedRecovery = decode(&call.body_json)?;
-        let shard = self.replica(&call).await?;
+        // Waits a little for a replica this peer is about to create; the collection looks
+        // it up again once the step is checked.
+        self.replica(&call).await?;
         let collection = self.toc.get(&call.collection).map_err(collection_status)?;
         let answer = collection
-            .recover_local(call.shard_id, shard, step)
+            .recover_local(call.shard_id, step)
             .await
             .map_err(collection_status)?;
         let body_json = serde_json::to_vec(&answer).map_err(|e| Status::internal(e.to_string()))?;

@@ -16,7 +16,7 @@ use crate::cluster::remote_shard::RemoteShard;
 use crate::cluster::shard_requests::{
     FencedRecovery, FencedUpdate, ForwardedUpdate, LeaderUpdate, OrderValue, Ownership, ShardCount,
     ShardFacet, ShardOrderBy, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
-    ShardSparseStats, ShardTarget, StreamFence, StreamedUpdate, WriteOrdering,
+    ShardRecovery, ShardSparseStats, ShardTarget, StreamFence, StreamedUpdate, WriteOrdering,
 };
 use crate::collection_config::{
     CollectionConfig, MAX_MULTIVECTOR_LEN, MAX_SPARSE_ENTRIES, Modifier, PayloadIndexEntry,
@@ -330,6 +330,10 @@ async fn apply_and_forward(
             continue;
         }
         use std::sync::atomic::Ordering::SeqCst;
+        // The destination's peer said the stream has ended: nothing more to pass on.
+        if out.ended.load(SeqCst) {
+            continue;
+        }
         // Once a forward failed, the destination is behind: later updates are not sent.
         let broken_before = out.broken.load(SeqCst);
         let failure = if broken_before {
@@ -341,6 +345,15 @@ async fn apply_and_forward(
                     Some(fence) => forward_copy(&out.destination, fence, tag, part).await,
                     None => forward(&out.destination, tag, part).await,
                 };
+                // A resharding that ended needs nothing more from this stream: an abort
+                // has its destinations drop what moved in, and past the write ring (a finish,
+                // or a destination replica lost) coordinators write to the new ring directly
+                // and this source takes none of its points. Not a failure of this update.
+                if let Err(CollectionError::StaleTransfer(reason)) = &sent {
+                    tracing::info!(collection = %name, shard, to = %out.to, reason, "the destination's peer says this stream has ended; it passes nothing on any more");
+                    out.ended.store(true, SeqCst);
+                    break;
+                }
                 if let Err(e) = sent {
                     tracing::warn!(collection = %name, shard, to = %out.to, error = %e, "could not forward an update to a transfer's destination; the transfer will abort");
                     out.broken.store(true, SeqCst);
@@ -392,6 +405,12 @@ pub async fn forward(
         }
         None => destination.request(update).await,
     }
+}
+
+/// A hold of a shard's forwarding gate, shared or exclusive, that a blocking task owns.
+enum GateHold {
+    Shared(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>),
+    Exclusive(#[allow(dead_code)] tokio::sync::OwnedRwLockWriteGuard<()>),
 }
 
 /// Sends a transfer's destination a copy fenced by the transfer (see [`StreamFence`]): a
@@ -521,13 +540,17 @@ pub struct Outgoing {
     pub owner: Option<Ownership>,
     /// Set for a resharding stream: what it passes on is fenced by the stream (see
     /// [`StreamFence`]), so that a stream its destination's peer no longer runs changes
-    /// nothing there. A transfer's forwards go on unfenced after it finished, until every peer
-    /// routes to the new replica (see `transfer`).
+    /// nothing there. A transfer's forwards are not fenced: they go on after it finished,
+    /// until every peer routes to the new replica (see `transfer`); its own steps are.
     pub fence: Option<StreamFence>,
     pub order: tokio::sync::Mutex<()>,
     /// Set when an update could not be forwarded: the destination missed it, so the transfer
     /// must not finish.
     pub broken: std::sync::atomic::AtomicBool,
+    /// Set when the destination's peer refused a fenced copy because its cluster state no
+    /// longer runs the stream ([`CollectionError::StaleTransfer`]): nothing more is passed on,
+    /// updates are not refused for it, and the stream's task ends as cancelled.
+    pub ended: std::sync::atomic::AtomicBool,
     /// Set by the transfer before its last look at `broken`, after which it may finish: from
     /// then on an update that cannot be forwarded is not acknowledged (`ForwardFailed`), as
     /// a resharding's always is. Together with `broken` (both sequentially consistent) every
@@ -1427,22 +1450,37 @@ impl Collection {
             .await
     }
 
-    /// Runs a transfer's recovery step on this peer's replica `local` of `shard`, fenced by
-    /// the step's transfer like [`Collection::update_copy`]. Blocking work runs on a blocking
-    /// thread.
+    /// Runs a transfer's recovery step on this peer's replica of `shard`, fenced by the
+    /// step's transfer like [`Collection::update_copy`], on a blocking thread that holds the
+    /// shard's forwarding gate until the step is done (also when the caller stops waiting).
+    /// A copy's `Begin` takes the gate exclusively: the copies of an earlier transfer into
+    /// this replica that passed their check before it ended are all applied by then, and
+    /// later ones are refused, so none lands in the new copy.
     pub async fn recover_local(
         &self,
         shard: u32,
-        local: Arc<LocalShard>,
         call: FencedRecovery,
     ) -> Result<Option<ClockMap>, CollectionError> {
         let fence = call.fence();
         self.caught_up(&fence).await?;
-        let _gate = self.gate(shard).read_owned().await;
+        let gate = self.gate(shard);
+        let held = match call.step {
+            ShardRecovery::Begin { .. } => GateHold::Exclusive(gate.write_owned().await),
+            _ => GateHold::Shared(gate.read_owned().await),
+        };
         self.fence_holds(shard, &fence)?;
-        tokio::task::spawn_blocking(move || call.run_on(&local))
-            .await
-            .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
+        let local = self.local_shard(shard).ok_or_else(|| {
+            CollectionError::Unavailable(format!(
+                "shard {shard} of `{}` has no replica on this peer",
+                self.name
+            ))
+        })?;
+        tokio::task::spawn_blocking(move || {
+            let _held = held;
+            call.run_on(&local)
+        })
+        .await
+        .map_err(|e| CollectionError::Storage(format!("shard task failed: {e}")))?
     }
 
     /// Waits (a bounded time) until this peer applied the cluster state the sender of a copy
@@ -2297,8 +2335,10 @@ impl Collection {
     ) -> Result<usize, CollectionError> {
         let _one_restore_at_a_time = self.restoring.lock();
         let gate = self.gate(id);
+        // Exclusive, like a copy's `Begin` (see `recover_local`): the image replaces the
+        // replica after every earlier checked copy, and before any later one is judged.
         // Blocking: a transfer's image is restored on a blocking thread.
-        let _checked = fence.map(|_| gate.blocking_read());
+        let _checked = fence.map(|_| gate.blocking_write());
         if let Some(fence) = &fence {
             self.fence_holds(id, fence)?;
         }

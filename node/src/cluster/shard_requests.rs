@@ -188,7 +188,9 @@ impl ShardRequest for LeaderUpdate {
 pub struct StreamFence {
     /// The transfer's id in the cluster state (a resharding stream's own id).
     pub transfer: u64,
-    /// An applied cluster-state index at which the sender saw the transfer running.
+    /// The sender's applied cluster-state index when its transfer task started: at or after
+    /// the transfer's start (the task runs because its state held the transfer), so a
+    /// destination at least that far along knows of it, and refuses it if it has ended.
     pub seen: u64,
 }
 

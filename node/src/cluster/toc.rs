@@ -884,7 +884,7 @@ mod tests {
                 fresh: true,
             },
         };
-        let refused = collection.recover_local(0, Arc::clone(&local), clear).await;
+        let refused = collection.recover_local(0, clear).await;
         assert!(
             matches!(refused, Err(CollectionError::StaleTransfer(_))),
             "{refused:?}"
@@ -929,11 +929,12 @@ mod tests {
             ring: vec![0, 1, 2],
             shard: 0,
         };
-        let ids: Vec<PointId> = (0..120_000u64).map(PointId::Num).collect();
+        let ids: Vec<PointId> = (0..200_000u64).map(PointId::Num).collect();
         let owned: Vec<PointId> = ids.iter().filter(|id| owner.owns(id)).copied().collect();
-        assert!(owned.len() > 30_000 && owned.len() < ids.len());
+        assert!(owned.len() > 50_000 && owned.len() < ids.len());
 
         let deletes = pass_on(&ShardOperation::Delete(ids.clone()), &owner);
+        assert!(deletes.len() > 1, "a long id list is passed on in parts");
         let mut passed = Vec::new();
         for d in &deletes {
             match d {

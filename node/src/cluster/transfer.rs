@@ -622,6 +622,7 @@ async fn stream_records(
         order: tokio::sync::Mutex::new(()),
         broken: AtomicBool::new(false),
         finishing: AtomicBool::new(false),
+        ended: AtomicBool::new(false),
         // A snapshot transfer queues updates until the destination is restored.
         queue: parking_lot::Mutex::new(snapshot.then(Vec::new)),
     });
@@ -895,6 +896,7 @@ async fn resharding_stream(
         order: tokio::sync::Mutex::new(()),
         broken: AtomicBool::new(false),
         finishing: AtomicBool::new(false),
+        ended: AtomicBool::new(false),
         queue: parking_lot::Mutex::new(None),
     });
     collection
@@ -959,6 +961,9 @@ async fn resharding_stream(
             if cancel.load(Ordering::SeqCst) {
                 return Err(TransferError::Cancelled);
             }
+            if out.ended.load(Ordering::SeqCst) {
+                return Err(TransferError::Cancelled);
+            }
             if out.broken.load(Ordering::SeqCst) {
                 return Err(broken());
             }
@@ -1021,6 +1026,9 @@ async fn resharding_stream(
         // Once reported done, reads may use the new ring: an update the destination misses
         // from here on is not acknowledged (see `Outgoing::finishing`).
         out.finishing.store(true, Ordering::SeqCst);
+        if out.ended.load(Ordering::SeqCst) {
+            return Err(TransferError::Cancelled);
+        }
         if out.broken.load(Ordering::SeqCst) {
             return Err(broken());
         }
@@ -1054,7 +1062,7 @@ async fn resharding_stream(
     }
     progress.stage("forwarding updates");
     loop {
-        if cancel.load(Ordering::SeqCst) {
+        if cancel.load(Ordering::SeqCst) || out.ended.load(Ordering::SeqCst) {
             return Err(TransferError::Cancelled);
         }
         if out.broken.load(Ordering::SeqCst) {
@@ -1072,7 +1080,7 @@ async fn resharding_stream(
                 return Err(broken());
             }
         }
-        // A polling interval for `cancel` and `broken`, liveness only: an update whose
+        // A polling interval for `cancel`, `ended` and `broken`, liveness only: an update whose
         // forwarding failed was refused to its coordinator already (`ForwardFailed`), so the
         // delay only postpones the abort.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1401,7 +1409,14 @@ async fn snapshot_transfer(
             .recover(request)
             .await
             .map_err(|s| {
-                CollectionError::Unavailable(format!("snapshot recovery: {}", s.message()))
+                if s.metadata()
+                    .contains_key(crate::cluster::remote_shard::STALE_TRANSFER_MARK)
+                {
+                    // The destination's peer no longer runs this transfer: see `with_retries`.
+                    tracing::info!(reason = s.message(), "the destination's peer says this transfer has ended");
+                    return TransferError::Cancelled;
+                }
+                CollectionError::Unavailable(format!("snapshot recovery: {}", s.message())).into()
             })?
             .into_inner()
             .points;
@@ -1553,16 +1568,15 @@ where
     loop {
         match call().await {
             Ok(answer) => return Ok(answer),
+            // The destination's peer no longer runs this transfer (see `StreamFence`): it
+            // ended, and nobody needs more of it; the task stops without proposing anything.
+            Err(CollectionError::StaleTransfer(reason)) => {
+                tracing::info!(reason, "the destination's peer says this transfer has ended");
+                return Err(TransferError::Cancelled);
+            }
             Err(e) => {
                 attempt += 1;
-                // A refusal that trying again cannot change: bad input, or a copy of a
-                // transfer the destination's peer no longer runs.
-                if attempt >= SEND_ATTEMPTS
-                    || matches!(
-                        e,
-                        CollectionError::BadInput(_) | CollectionError::StaleTransfer(_)
-                    )
-                {
+                if attempt >= SEND_ATTEMPTS || matches!(e, CollectionError::BadInput(_)) {
                     return Err(TransferError::Failed(e));
                 }
                 if cancel.load(Ordering::SeqCst) {

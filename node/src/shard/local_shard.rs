@@ -2893,6 +2893,51 @@ mod tests {
         assert_eq!(shard.stats().flushed_seq, 3);
     }
 
+    /// `update_resolved` returns the operation as the replica logged it: a filter resolved to
+    /// the ids it matched here (what a resharding passes on instead of the filter), a
+    /// conditional upsert reduced to the points it wrote, and nothing when nothing changed.
+    #[test]
+    fn a_resolved_update_names_the_points_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = LocalShard::open(dir.path(), config(4, 1000), SyncMode::Os).unwrap();
+        let mut rng = StdRng::seed_from_u64(3);
+        shard.update(UpdateRequest::Upsert(points(0..10, 4, &mut rng))).unwrap();
+        let evens: Filter =
+            serde_json::from_value(serde_json::json!({"must": [{"key": "even", "match": {"value": true}}]}))
+                .unwrap();
+        let (outcome, op) = shard
+            .update_resolved(
+                UpdateRequest::Delete(PointSelection::Filter(evens.clone())),
+                Stamp::Local,
+            )
+            .unwrap();
+        assert!(matches!(outcome, UpdateOutcome::Applied(_)));
+        let even_ids: Vec<PointId> = (0..10).step_by(2).map(PointId::Num).collect();
+        assert_eq!(op, Some(ShardOperation::Delete(even_ids)));
+        // Nothing matches any more: nothing applied, nothing to pass on.
+        let (_, op) = shard
+            .update_resolved(UpdateRequest::Delete(PointSelection::Filter(evens)), Stamp::Local)
+            .unwrap();
+        assert_eq!(op, None);
+        // An insert-only upsert of an existing and a new point writes only the new one.
+        let both = points(8..12, 4, &mut rng)
+            .into_iter()
+            .filter(|p| p.id == PointId::Num(9) || p.id == PointId::Num(11))
+            .collect::<Vec<_>>();
+        let (_, op) = shard
+            .update_resolved(
+                UpdateRequest::ConditionalUpsert {
+                    points: both.clone(),
+                    mode: UpdateMode::InsertOnly,
+                    filter: None,
+                },
+                Stamp::Local,
+            )
+            .unwrap();
+        assert_eq!(op, Some(ShardOperation::Upsert(vec![both[1].clone()])));
+        assert_eq!(shard.count(None), 6);
+    }
+
     /// The shard as a model expects it: every point's vector and payload, and exact search.
     fn assert_matches_model(shard: &LocalShard, model: &BTreeMap<PointId, (Vec<f32>, Payload)>) {
         let ids: Vec<PointId> = (0..400).map(PointId::Num).collect();
