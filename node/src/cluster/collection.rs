@@ -15,8 +15,8 @@ use crate::cluster::metadata::Metadata;
 use crate::cluster::remote_shard::RemoteShard;
 use crate::cluster::shard_requests::{
     FencedRecovery, FencedUpdate, ForwardedUpdate, LeaderUpdate, OrderValue, Ownership, ShardCount,
-    ShardFacet, ShardOrderBy, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
-    ShardRecovery, ShardSparseStats, ShardTarget, StreamFence, StreamedUpdate, WriteOrdering,
+    ShardFacet, ShardOrderBy, ShardRecovery, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
+    ShardSparseStats, ShardTarget, StreamFence, StreamedUpdate, WriteOrdering,
 };
 use crate::collection_config::{
     CollectionConfig, MAX_MULTIVECTOR_LEN, MAX_SPARSE_ENTRIES, Modifier, PayloadIndexEntry,

@@ -1571,7 +1571,10 @@ where
             // The destination's peer no longer runs this transfer (see `StreamFence`): it
             // ended, and nobody needs more of it; the task stops without proposing anything.
             Err(CollectionError::StaleTransfer(reason)) => {
-                tracing::info!(reason, "the destination's peer says this transfer has ended");
+                tracing::info!(
+                    reason,
+                    "the destination's peer says this transfer has ended"
+                );
                 return Err(TransferError::Cancelled);
             }
             Err(e) => {

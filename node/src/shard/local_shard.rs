@@ -2901,10 +2901,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let shard = LocalShard::open(dir.path(), config(4, 1000), SyncMode::Os).unwrap();
         let mut rng = StdRng::seed_from_u64(3);
-        shard.update(UpdateRequest::Upsert(points(0..10, 4, &mut rng))).unwrap();
-        let evens: Filter =
-            serde_json::from_value(serde_json::json!({"must": [{"key": "even", "match": {"value": true}}]}))
-                .unwrap();
+        shard
+            .update(UpdateRequest::Upsert(points(0..10, 4, &mut rng)))
+            .unwrap();
+        let evens: Filter = serde_json::from_value(
+            serde_json::json!({"must": [{"key": "even", "match": {"value": true}}]}),
+        )
+        .unwrap();
         let (outcome, op) = shard
             .update_resolved(
                 UpdateRequest::Delete(PointSelection::Filter(evens.clone())),
@@ -2916,7 +2919,10 @@ mod tests {
         assert_eq!(op, Some(ShardOperation::Delete(even_ids)));
         // Nothing matches any more: nothing applied, nothing to pass on.
         let (_, op) = shard
-            .update_resolved(UpdateRequest::Delete(PointSelection::Filter(evens)), Stamp::Local)
+            .update_resolved(
+                UpdateRequest::Delete(PointSelection::Filter(evens)),
+                Stamp::Local,
+            )
             .unwrap();
         assert_eq!(op, None);
         // An insert-only upsert of an existing and a new point writes only the new one.
