@@ -393,21 +393,6 @@ impl Model {
             .is_some_and(|s| s.iter().all(Option::is_some))
     }
 
-    /// How many points exist whatever the failed writes did, and how many may exist.
-    pub fn count_bounds(&self) -> (usize, usize) {
-        let surely = self
-            .points
-            .values()
-            .filter(|s| s.iter().all(Option::is_some))
-            .count();
-        let maybe = self
-            .points
-            .values()
-            .filter(|s| s.iter().any(Option::is_some))
-            .count();
-        (surely, maybe)
-    }
-
     /// The outcome of `write`: when acknowledged, every point it names is in what the write
     /// made of it; when not, the write may or may not have taken effect on each point.
     pub fn record(&mut self, write: &Write, acknowledged: bool) {

@@ -96,8 +96,7 @@ fn replica_counts(nodes: &[NodeProcess]) -> Result<BTreeMap<u32, Vec<(u64, u64)>
 /// comparison; a count is cheap where reading every replica alone needs a kill per peer. Polls
 /// briefly, since a peer removes the points a resharding moved out on its next reconcile pass.
 fn counts_match_model(nodes: &[NodeProcess], model: &Model, round: u64) -> Result<()> {
-    let (surely, maybe) = model.count_bounds();
-    let (surely, maybe) = (surely as u64, maybe as u64);
+    let (surely, maybe) = model.count_range().into_inner();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let counts = replica_counts(nodes)?;

@@ -2606,6 +2606,21 @@ fn named_ids(request: &UpdateRequest) -> Vec<PointId> {
     }
 }
 
+/// The items (points, ids) whose point `owner` owns, `id` naming an item's point; `None`
+/// when there are none.
+fn owned_by<T: Clone>(
+    items: &[T],
+    owner: &Ownership,
+    id: impl Fn(&T) -> &PointId,
+) -> Option<Vec<T>> {
+    let mine: Vec<T> = items
+        .iter()
+        .filter(|item| owner.owns(id(item)))
+        .cloned()
+        .collect();
+    (!mine.is_empty()).then_some(mine)
+}
+
 /// The most ids one update passed on by a resharding names: a filter the source resolved to
 /// many points is passed on in several updates, each well below the p2p message limit.
 const PASS_ON_IDS: usize = 50_000;
@@ -2618,45 +2633,26 @@ const PASS_ON_IDS: usize = 50_000;
 /// being cleared on the source would clear the destination shard), and points written there
 /// directly since the source applied it. Empty when nothing concerns `owner`.
 pub fn pass_on(op: &ShardOperation, owner: &Ownership) -> Vec<UpdateRequest> {
-    let owned = |ids: &[PointId]| -> Vec<Vec<PointId>> {
-        let mine: Vec<PointId> = ids.iter().filter(|id| owner.owns(id)).copied().collect();
-        mine.chunks(PASS_ON_IDS).map(<[PointId]>::to_vec).collect()
-    };
     let select = |ids: &[PointId], make: &dyn Fn(PointSelection) -> UpdateRequest| {
-        owned(ids)
-            .into_iter()
-            .map(|chunk| make(PointSelection::IdsIfPresent(chunk)))
+        owned_by(ids, owner, |id| id)
+            .unwrap_or_default()
+            .chunks(PASS_ON_IDS)
+            .map(|chunk| make(PointSelection::IdsIfPresent(chunk.to_vec())))
             .collect()
     };
     match op {
-        ShardOperation::Upsert(points) => {
-            let mine: Vec<PointWrite> = points
-                .iter()
-                .filter(|p| owner.owns(&p.id))
-                .cloned()
-                .collect();
-            if mine.is_empty() {
-                Vec::new()
-            } else {
-                vec![UpdateRequest::Upsert(mine)]
-            }
-        }
-        ShardOperation::UpdateVectors(points) => {
-            let mine: Vec<(PointId, NamedVectors)> = points
-                .iter()
-                .filter(|p| owner.owns(&p.0))
-                .cloned()
-                .collect();
-            if mine.is_empty() {
-                Vec::new()
-            } else {
+        ShardOperation::Upsert(points) => owned_by(points, owner, |p| &p.id)
+            .map(|mine| vec![UpdateRequest::Upsert(mine)])
+            .unwrap_or_default(),
+        ShardOperation::UpdateVectors(points) => owned_by(points, owner, |p| &p.0)
+            .map(|mine| {
                 vec![UpdateRequest::UpdateVectors {
                     points: mine,
                     filter: None,
                     missing_ok: true,
                 }]
-            }
-        }
+            })
+            .unwrap_or_default(),
         ShardOperation::DeleteVectors { points, names } => {
             select(points, &|selection| UpdateRequest::DeleteVectors {
                 selection,
@@ -2693,10 +2689,7 @@ pub fn pass_on(op: &ShardOperation, owner: &Ownership) -> Vec<UpdateRequest> {
 /// narrowed to them, filter selections unchanged (every shard applies those to its own
 /// points). `None` when nothing is left.
 pub fn restrict(request: &UpdateRequest, owner: &Ownership) -> Option<UpdateRequest> {
-    let narrow_ids = |ids: &[PointId]| -> Option<Vec<PointId>> {
-        let mine: Vec<PointId> = ids.iter().filter(|id| owner.owns(id)).copied().collect();
-        (!mine.is_empty()).then_some(mine)
-    };
+    let narrow_ids = |ids: &[PointId]| owned_by(ids, owner, |id| id);
     let narrow = |sel: &PointSelection| -> Option<PointSelection> {
         match sel {
             PointSelection::Ids(ids) => narrow_ids(ids).map(PointSelection::Ids),
@@ -2704,14 +2697,7 @@ pub fn restrict(request: &UpdateRequest, owner: &Ownership) -> Option<UpdateRequ
             PointSelection::Filter(f) => Some(PointSelection::Filter(f.clone())),
         }
     };
-    let narrow_points = |points: &[PointWrite]| -> Option<Vec<PointWrite>> {
-        let mine: Vec<PointWrite> = points
-            .iter()
-            .filter(|p| owner.owns(&p.id))
-            .cloned()
-            .collect();
-        (!mine.is_empty()).then_some(mine)
-    };
+    let narrow_points = |points: &[PointWrite]| owned_by(points, owner, |p| &p.id);
     Some(match request {
         UpdateRequest::Upsert(points) => UpdateRequest::Upsert(narrow_points(points)?),
         UpdateRequest::ConditionalUpsert {
@@ -2728,14 +2714,7 @@ pub fn restrict(request: &UpdateRequest, owner: &Ownership) -> Option<UpdateRequ
             filter,
             missing_ok,
         } => {
-            let mine: Vec<(PointId, NamedVectors)> = points
-                .iter()
-                .filter(|p| owner.owns(&p.0))
-                .cloned()
-                .collect();
-            if mine.is_empty() {
-                return None;
-            }
+            let mine = owned_by(points, owner, |p| &p.0)?;
             UpdateRequest::UpdateVectors {
                 points: mine,
                 filter: filter.clone(),
