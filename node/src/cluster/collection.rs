@@ -16,7 +16,7 @@ use crate::cluster::remote_shard::RemoteShard;
 use crate::cluster::shard_requests::{
     FencedRecovery, FencedUpdate, ForwardedUpdate, LeaderUpdate, OrderValue, Ownership, ShardCount,
     ShardFacet, ShardOrderBy, ShardRecovery, ShardRequest, ShardRetrieve, ShardScroll, ShardSearch,
-    ShardSparseStats, ShardTarget, StreamFence, StreamedUpdate, WriteOrdering,
+    ShardSparseStats, ShardTarget, StreamFence, StreamScope, StreamedUpdate, WriteOrdering,
 };
 use crate::collection_config::{
     CollectionConfig, MAX_MULTIVECTOR_LEN, MAX_SPARSE_ENTRIES, Modifier, PayloadIndexEntry,
@@ -283,7 +283,7 @@ async fn apply_and_forward(
         orders.push(out.order.lock().await);
     }
     // A resharding passes on the operation as applied here (see `pass_on`).
-    let resolve = outgoing.iter().any(|o| o.owner.is_some());
+    let resolve = outgoing.iter().any(|o| o.scope.is_some());
     let applied = {
         let request = Arc::clone(&request);
         let local = Arc::clone(local);
@@ -312,11 +312,11 @@ async fn apply_and_forward(
     };
     for out in outgoing {
         // The destination may not hold every point yet: it skips what it lacks.
-        let forwarded: Vec<UpdateRequest> = match &out.owner {
+        let forwarded: Vec<UpdateRequest> = match &out.scope {
             None => vec![request.lenient()],
-            Some(owner) => operation
+            Some(scope) => operation
                 .as_ref()
-                .map(|op| pass_on(op, owner))
+                .map(|op| pass_on(op, scope))
                 .unwrap_or_default(),
         };
         if forwarded.is_empty() {
@@ -324,7 +324,7 @@ async fn apply_and_forward(
         }
         // The copies a resharding passes on to another shard are tagged there by that shard's
         // own clock.
-        let tag = if out.owner.is_some() { None } else { tag };
+        let tag = if out.scope.is_some() { None } else { tag };
         if let Some(queue) = out.queue.lock().as_mut() {
             queue.extend(forwarded.into_iter().map(|f| (tag, Arc::new(f))));
             continue;
@@ -369,7 +369,7 @@ async fn apply_and_forward(
         // is marked Dead, which aborts a resharding that can still go back).
         let refuse = match &failure {
             Some(_) if out.finishing.load(SeqCst) => true,
-            Some(_) => out.owner.is_some() && !broken_before,
+            Some(_) => out.scope.is_some() && !broken_before,
             None => false,
         };
         if let Some(e) = failure
@@ -534,10 +534,11 @@ pub struct Outgoing {
     /// instead. Forwarding them would pass a new shard's writes on to an old stream's
     /// destination, and could close a cycle of forwards that waits on itself.
     pub source: std::sync::Weak<LocalShard>,
-    /// A resharding stream forwards only the part of each update that its destination shard
-    /// owns under the new ring, as the operation the source applied (see [`pass_on`]);
-    /// `None` forwards everything, as it came.
-    pub owner: Option<Ownership>,
+    /// A resharding stream forwards only the part of each update that it carries (points its
+    /// destination shard owns under the new ring, of those its source owns under the old),
+    /// as the operation the source applied (see [`pass_on`]); `None` forwards everything,
+    /// as it came.
+    pub scope: Option<StreamScope>,
     /// Set for a resharding stream: what it passes on is fenced by the stream (see
     /// [`StreamFence`]), so that a stream its destination's peer no longer runs changes
     /// nothing there. A transfer's forwards are not fenced: they go on after it finished,
@@ -2606,16 +2607,16 @@ fn named_ids(request: &UpdateRequest) -> Vec<PointId> {
     }
 }
 
-/// The items (points, ids) whose point `owner` owns, `id` naming an item's point; `None`
+/// The items (points, ids) whose point `keep` keeps, `id` naming an item's point; `None`
 /// when there are none.
 fn owned_by<T: Clone>(
     items: &[T],
-    owner: &Ownership,
+    keep: &dyn Fn(&PointId) -> bool,
     id: impl Fn(&T) -> &PointId,
 ) -> Option<Vec<T>> {
     let mine: Vec<T> = items
         .iter()
-        .filter(|item| owner.owns(id(item)))
+        .filter(|item| keep(id(item)))
         .cloned()
         .collect();
     (!mine.is_empty()).then_some(mine)
@@ -2627,12 +2628,14 @@ const PASS_ON_IDS: usize = 50_000;
 
 /// What a resharding stream passes on to its destination shard of an operation its source
 /// replica applied (`op`, as the replica logged it: see `LocalShard::update_resolved`): the
-/// part that concerns points `owner` owns, every selection an explicit list of the ids the
+/// part that concerns points the stream carries (`scope`), every selection an explicit list of the ids the
 /// source changed, lenient about points the destination lacks. Never a filter: applied on the
 /// destination, a filter would also reach the destination shard's own points (a copy
 /// being cleared on the source would clear the destination shard), and points written there
 /// directly since the source applied it. Empty when nothing concerns `owner`.
-pub fn pass_on(op: &ShardOperation, owner: &Ownership) -> Vec<UpdateRequest> {
+pub fn pass_on(op: &ShardOperation, scope: &StreamScope) -> Vec<UpdateRequest> {
+    let carried = |id: &PointId| scope.carries(id);
+    let owner = &carried;
     let select = |ids: &[PointId], make: &dyn Fn(PointSelection) -> UpdateRequest| {
         owned_by(ids, owner, |id| id)
             .unwrap_or_default()
@@ -2689,7 +2692,8 @@ pub fn pass_on(op: &ShardOperation, owner: &Ownership) -> Vec<UpdateRequest> {
 /// narrowed to them, filter selections unchanged (every shard applies those to its own
 /// points). `None` when nothing is left.
 pub fn restrict(request: &UpdateRequest, owner: &Ownership) -> Option<UpdateRequest> {
-    let narrow_ids = |ids: &[PointId]| owned_by(ids, owner, |id| id);
+    let owns = |id: &PointId| owner.owns(id);
+    let narrow_ids = |ids: &[PointId]| owned_by(ids, &owns, |id| id);
     let narrow = |sel: &PointSelection| -> Option<PointSelection> {
         match sel {
             PointSelection::Ids(ids) => narrow_ids(ids).map(PointSelection::Ids),
@@ -2697,7 +2701,7 @@ pub fn restrict(request: &UpdateRequest, owner: &Ownership) -> Option<UpdateRequ
             PointSelection::Filter(f) => Some(PointSelection::Filter(f.clone())),
         }
     };
-    let narrow_points = |points: &[PointWrite]| owned_by(points, owner, |p| &p.id);
+    let narrow_points = |points: &[PointWrite]| owned_by(points, &owns, |p| &p.id);
     Some(match request {
         UpdateRequest::Upsert(points) => UpdateRequest::Upsert(narrow_points(points)?),
         UpdateRequest::ConditionalUpsert {
@@ -2714,7 +2718,7 @@ pub fn restrict(request: &UpdateRequest, owner: &Ownership) -> Option<UpdateRequ
             filter,
             missing_ok,
         } => {
-            let mine = owned_by(points, owner, |p| &p.0)?;
+            let mine = owned_by(points, &owns, |p| &p.0)?;
             UpdateRequest::UpdateVectors {
                 points: mine,
                 filter: filter.clone(),

@@ -82,6 +82,23 @@ impl Ownership {
     }
 }
 
+/// The points a resharding stream carries: those its destination shard owns under the new
+/// ring (`to`), out of those its source shard owns under the old one (`from`). A destination
+/// shard also holds points of its own (scale down) or of other streams (scale up), and a
+/// source may still hold points it does not own (strays a cleanup has not swept yet): the
+/// stream neither sends, passes on, compares nor deletes those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamScope {
+    pub to: Ownership,
+    pub from: Ownership,
+}
+
+impl StreamScope {
+    pub fn carries(&self, id: &PointId) -> bool {
+        self.to.owns(id) && self.from.owns(id)
+    }
+}
+
 impl ShardRequest for UpdateRequest {
     type Answer = u64;
     const CALL: ShardCallKind = ShardCallKind::Update;

@@ -915,59 +915,93 @@ mod tests {
     }
 
     /// What a resharding stream passes on of an operation its source applied: only the
-    /// points the destination shard owns, always as explicit ids (never a filter, which would
-    /// reach the destination shard's own points), lenient about points the destination lacks,
-    /// and in parts of bounded size.
+    /// points the stream carries (its destination shard owns them under the new ring, its
+    /// source under the old one: never a stray the source still holds), always as explicit
+    /// ids (never a filter, which would reach the destination shard's own points), lenient
+    /// about points the destination lacks, and in parts of bounded size.
     #[test]
     fn a_resharding_passes_on_only_the_points_its_source_changed() {
         use crate::cluster::collection::pass_on;
-        use crate::cluster::shard_requests::Ownership;
+        use crate::cluster::shard_requests::{Ownership, StreamScope};
         use crate::shard::operations::{PointSelection, ShardOperation};
 
-        // Shard 0 of a ring of 3.
-        let owner = Ownership {
-            ring: vec![0, 1, 2],
-            shard: 0,
-        };
         let ids: Vec<PointId> = (0..200_000u64).map(PointId::Num).collect();
-        let owned: Vec<PointId> = ids.iter().filter(|id| owner.owns(id)).copied().collect();
-        assert!(owned.len() > 50_000 && owned.len() < ids.len());
-
-        let deletes = pass_on(&ShardOperation::Delete(ids.clone()), &owner);
-        assert!(deletes.len() > 1, "a long id list is passed on in parts");
-        let mut passed = Vec::new();
-        for d in &deletes {
-            match d {
-                UpdateRequest::Delete(PointSelection::IdsIfPresent(part)) => {
-                    assert!(part.len() <= 50_000);
-                    passed.extend(part.iter().copied());
+        let passed = |op: &ShardOperation, scope: &StreamScope| -> Vec<PointId> {
+            let parts = pass_on(op, scope);
+            let mut all = Vec::new();
+            for part in &parts {
+                match part {
+                    UpdateRequest::Delete(PointSelection::IdsIfPresent(p)) => {
+                        assert!(p.len() <= 50_000);
+                        all.extend(p.iter().copied());
+                    }
+                    other => panic!("{other:?}"),
                 }
-                other => panic!("{other:?}"),
             }
-        }
-        assert_eq!(passed, owned);
+            all
+        };
+        // Shard 0 of a ring of 3, from a source that owns everything: a third of the ids, in
+        // more than one part.
+        let up = StreamScope {
+            to: Ownership {
+                ring: vec![0, 1, 2],
+                shard: 0,
+            },
+            from: Ownership {
+                ring: vec![0],
+                shard: 0,
+            },
+        };
+        let delete = ShardOperation::Delete(ids.clone());
+        assert!(
+            pass_on(&delete, &up).len() > 1,
+            "a long id list goes in parts"
+        );
+        let expected: Vec<PointId> = ids.iter().filter(|id| up.to.owns(id)).copied().collect();
+        assert!(expected.len() > 50_000);
+        assert_eq!(passed(&delete, &up), expected);
+        // A scale-down from shard 3 of 4 into shard 0 of 3: only points both rings agree on;
+        // the others the source holds are strays it does not pass on.
+        let down = StreamScope {
+            to: Ownership {
+                ring: vec![0, 1, 2],
+                shard: 0,
+            },
+            from: Ownership {
+                ring: vec![0, 1, 2, 3],
+                shard: 3,
+            },
+        };
+        let expected: Vec<PointId> = ids
+            .iter()
+            .filter(|id| down.to.owns(id) && down.from.owns(id))
+            .copied()
+            .collect();
+        assert!(!expected.is_empty());
+        assert!(expected.len() < ids.iter().filter(|id| down.to.owns(id)).count());
+        assert_eq!(passed(&delete, &down), expected);
 
         let points: Vec<PointWrite> = ids[..100]
             .iter()
             .map(|id| PointWrite::dense(*id, vec![1.0, 2.0], Default::default()))
             .collect();
-        match pass_on(&ShardOperation::Upsert(points), &owner).as_slice() {
+        match pass_on(&ShardOperation::Upsert(points), &up).as_slice() {
             [UpdateRequest::Upsert(mine)] => {
-                assert!(mine.iter().all(|p| owner.owns(&p.id)));
+                assert!(mine.iter().all(|p| up.carries(&p.id)));
                 assert_eq!(
                     mine.len(),
-                    ids[..100].iter().filter(|id| owner.owns(id)).count()
+                    ids[..100].iter().filter(|id| up.carries(id)).count()
                 );
             }
             other => panic!("{other:?}"),
         }
         let foreign: Vec<PointId> = ids
             .iter()
-            .filter(|id| !owner.owns(id))
+            .filter(|id| !down.carries(id))
             .take(10)
             .copied()
             .collect();
-        assert!(pass_on(&ShardOperation::ClearPayload { points: foreign }, &owner).is_empty());
+        assert!(pass_on(&ShardOperation::ClearPayload { points: foreign }, &down).is_empty());
     }
 
     /// A data directory written before metadata lived in one state (collections on disk, no

@@ -36,7 +36,7 @@ use crate::cluster::CollectionError;
 use crate::cluster::collection::{Outgoing, forward_copy};
 use crate::cluster::metadata::Metadata;
 use crate::cluster::shard_requests::{
-    FencedRecovery, Ownership, ShardRecovery, ShardScroll, StreamFence,
+    FencedRecovery, Ownership, ShardRecovery, ShardScroll, StreamFence, StreamScope,
 };
 use crate::cluster::toc::TableOfContent;
 use crate::consensus::{
@@ -109,22 +109,6 @@ fn write_checkpoint(
 
 fn remove_checkpoint(dir: &std::path::Path, file: &str) {
     let _ = std::fs::remove_file(dir.join(file));
-}
-
-/// The points a resharding stream carries: those its destination shard owns under the new
-/// ring (`to`), out of those its source shard owns under the old one (`from`). A destination
-/// shard also holds points of its own (scale down) or of other streams (scale up), which the
-/// stream must neither compare nor delete.
-#[derive(Debug, Clone)]
-struct StreamScope {
-    to: Ownership,
-    from: Ownership,
-}
-
-impl StreamScope {
-    fn carries(&self, id: &PointId) -> bool {
-        self.to.owns(id) && self.from.owns(id)
-    }
 }
 
 /// A transfer, as the cluster state names it.
@@ -617,7 +601,7 @@ async fn stream_records(
         to: key.to,
         destination: destination.clone(),
         source: Arc::downgrade(&local),
-        owner: None,
+        scope: None,
         fence: None,
         order: tokio::sync::Mutex::new(()),
         broken: AtomicBool::new(false),
@@ -891,7 +875,7 @@ async fn resharding_stream(
         to: key.to,
         destination: destination.clone(),
         source: Arc::downgrade(&local),
-        owner: Some(owner.clone()),
+        scope: Some(scope.clone()),
         fence: Some(fence),
         order: tokio::sync::Mutex::new(()),
         broken: AtomicBool::new(false),
@@ -909,10 +893,10 @@ async fn resharding_stream(
         ))
     };
     let total = {
-        let (local, owner) = (Arc::clone(&local), owner.clone());
+        let (local, scope) = (Arc::clone(&local), scope.clone());
         tokio::task::spawn_blocking(move || {
             local.count(Some(&|id: PointId, _: &_, _: HasVector<'_>| {
-                owner.owns(&id)
+                scope.carries(&id)
             }))
         })
         .await
@@ -970,10 +954,11 @@ async fn resharding_stream(
             pause_at("resharding batch", cancel).await?;
             let order = out.order.lock().await;
             let (mut records, seq) = {
-                let (local, owner) = (Arc::clone(&local), owner.clone());
+                let (local, scope) = (Arc::clone(&local), scope.clone());
                 tokio::task::spawn_blocking(move || {
-                    let accept =
-                        |id: PointId, _: &crate::types::Payload, _: HasVector<'_>| owner.owns(&id);
+                    let accept = |id: PointId, _: &crate::types::Payload, _: HasVector<'_>| {
+                        scope.carries(&id)
+                    };
                     let seq = local.stats().last_seq;
                     (
                         local.scroll(
