@@ -239,15 +239,22 @@ def test_named_vectors_are_added_and_removed_on_a_live_collection(client, collec
 def test_collection_info_warns_about_settings_not_applied(client, http):
     import uuid as _uuid
 
+    # Binary quantization is stored and reported, not applied: the collection says so.
     name = f"warn_{_uuid.uuid4().hex[:10]}"
     r = http.put(
         f"/collections/{name}",
-        json={"vectors": {"size": 4, "distance": "Dot"}, "quantization_config": {"scalar": {"type": "int8"}}},
+        json={"vectors": {"size": 4, "distance": "Dot"}, "quantization_config": {"binary": {}}},
     )
     assert r.status_code == 200, r.text
     try:
         info = http.get(f"/collections/{name}").json()["result"]
         assert any("quantization" in w["message"] for w in info["warnings"])
+        assert info["config"]["quantization_config"] == {"binary": {}}
+        # Scalar int8 is applied: no warning.
+        r = http.patch(f"/collections/{name}", json={"quantization_config": {"scalar": {"type": "int8"}}})
+        assert r.status_code == 200, r.text
+        info = http.get(f"/collections/{name}").json()["result"]
+        assert not info.get("warnings"), info["warnings"]
         assert info["config"]["quantization_config"] == {"scalar": {"type": "int8"}}
     finally:
         client.delete_collection(name)
@@ -300,6 +307,7 @@ def test_update_collection_refusals_change_nothing(http, collection):
         ({"hnsw_config": {"m": 100000}}, 422, "hnsw_config.m"),
         ({"params": {"shard_number": 4}}, 400, "shard_number"),
         ({"quantization_config": "Enabled"}, 422, "quantization_config"),
+        ({"quantization_config": {"scalar": {"type": "int4"}}}, 422, "quantization_config.scalar.type"),
     ):
         r = http.patch(f"/collections/{name}", json=body)
         assert r.status_code == status, (body, r.status_code, r.text)

@@ -474,6 +474,81 @@ def test_indexed_collection_recall_and_exact(client, collection):
     assert hits / total >= 0.9, f"HNSW recall@{K} too low: {hits / total:.2f}"
 
 
+@pytest.mark.parametrize("distance", ALL_D, ids=[d.value for d in ALL_D])
+def test_scalar_quantized_search_rescores_with_original_vectors(client, collection, http, distance):
+    """Scalar int8 quantization is applied, not only stored: the graph walk compares codes and
+    the hits are rescored with the original vectors (true scores, high recall); with
+    `rescore: false` the codes' approximate scores come back; `ignore` searches the vectors;
+    an oversampling below 1 is refused and the collection reports no warning."""
+    import time
+
+    n, dim = 2000, 16
+    name = collection(
+        size=dim,
+        distance=distance,
+        hnsw_config=models.HnswConfigDiff(m=16, ef_construct=64, full_scan_threshold=10),
+        optimizers_config=models.OptimizersConfigDiff(indexing_threshold=10),
+        quantization_config=models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+        ),
+    )
+    rng = np.random.default_rng(77)
+    raw = rng.normal(size=(n, dim)).astype(np.float32)
+    ids = list(range(1, n + 1))
+    client.upsert(name, points=models.Batch(ids=ids, vectors=raw.tolist()), wait=True)
+    ds = Dataset(name, distance, ids, raw)
+    deadline = time.monotonic() + 30
+    while client.get_collection(name).status != models.CollectionStatus.GREEN and time.monotonic() < deadline:
+        time.sleep(0.2)
+    info = http.get(f"/collections/{name}").json()["result"]
+    assert info["status"] == "green" and info["indexed_vectors_count"] > 0, info
+    assert not info.get("warnings"), info["warnings"]
+    hits = total = 0
+    approximate = 0
+    for q in queries(dim, n=10, seed=99):
+        exp_ids, _, _ = ds.expected(q, K)
+        true = lambda p: float(scores_for(ds.stored[[ds.row[p.id]]], q, distance)[0])  # noqa: E731
+        got = client.query_points(name, query=q, limit=K, search_params=models.SearchParams(hnsw_ef=64)).points
+        assert len(got) == K
+        hits += len(set(p.id for p in got) & set(exp_ids))
+        total += K
+        assert all(np.isclose(p.score, true(p), atol=SCORE_TOL) for p in got)
+        raw_scores = client.query_points(
+            name,
+            query=q,
+            limit=K,
+            search_params=models.SearchParams(
+                hnsw_ef=64, quantization=models.QuantizationSearchParams(rescore=False, oversampling=2.0)
+            ),
+        ).points
+        assert len(raw_scores) == K
+        approximate += sum(not np.isclose(p.score, true(p), atol=SCORE_TOL) for p in raw_scores)
+        ignored = client.query_points(
+            name, query=q, limit=K, search_params=models.SearchParams(quantization=models.QuantizationSearchParams(ignore=True))
+        ).points
+        assert all(np.isclose(p.score, true(p), atol=SCORE_TOL) for p in ignored)
+    assert hits / total >= 0.9, f"recall@{K} with codes: {hits / total:.2f}"
+    assert approximate > 0, "rescore=false must answer the codes' scores"
+    r = http.post(
+        f"/collections/{name}/points/search",
+        json={"vector": queries(dim, n=1)[0], "limit": 3, "params": {"quantization": {"oversampling": 0.5}}},
+    )
+    assert r.status_code == 422 and "oversampling" in r.text, r.text
+
+
+def test_malformed_quantization_is_refused(http):
+    name = unique_name("q")
+    for body in (
+        {"scalar": {"type": "int4"}},
+        {"scalar": {"type": "int8", "quantile": 0.1}},
+        {"product": {"compression": "x3"}},
+        {"scalar": {"type": "int8"}, "binary": {}},
+    ):
+        r = http.put(f"/collections/{name}", json={"vectors": {"size": 4, "distance": "Dot"}, "quantization_config": body})
+        assert r.status_code in (400, 422) and "quantization" in r.text, (body, r.status_code, r.text)
+        assert http.get(f"/collections/{name}").status_code == 404
+
+
 def test_relevance_feedback_reorders_by_feedback_pairs(client, collection):
     """Qdrant's naive relevance feedback: score = a * sim(target) + sum over pairs (better,
     worse) of (score difference)^b * c * (sim(better) - sim(worse)); example ids are excluded."""

@@ -2,12 +2,14 @@
 //! "diffs" over the defaults) and what `GET /collections/{name}` reports. Stored with the
 //! collection; every layer below `cluster` reads it, none writes it.
 
+pub mod quantization;
 pub mod strict_mode;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use quantization::{Quantization, ScalarQuantization};
 pub use strict_mode::{StrictModeConfig, StrictModeMultivector, StrictModeSparse};
 
 use crate::types::{DEFAULT_VECTOR, Distance};
@@ -33,8 +35,8 @@ pub struct VectorParams {
     pub on_disk: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hnsw_config: Option<HnswConfigDiff>,
-    /// Stored and reported; searches answer as the unquantized search would (Shoal keeps
-    /// full-precision vectors only).
+    /// This vector's quantization, over the collection's (see [`Quantization`]): scalar int8
+    /// is applied to single dense vectors; the rest is stored and reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization_config: Option<serde_json::Value>,
     /// Set for a multivector: a point's vector is a list of `size`-long vectors, scored with
@@ -469,8 +471,8 @@ pub struct CollectionConfig {
     pub hnsw_config: HnswConfig,
     pub optimizer_config: OptimizersConfig,
     pub wal_config: WalConfig,
-    /// The collection-wide quantization (per-vector settings take precedence); stored and
-    /// reported, not applied: searches use full-precision vectors.
+    /// The collection-wide quantization (per-vector settings take precedence; see
+    /// [`CollectionConfig::quantization_for`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization_config: Option<serde_json::Value>,
     /// Qdrant's `strict_mode_config`: request limits, enforced while `enabled` (see
@@ -550,6 +552,30 @@ impl CollectionConfig {
 
     /// The graph parameters of the dense vector `name`, with its own `hnsw_config` taking
     /// precedence over the collection's.
+    /// The quantization of the dense vector `name`: its own `quantization_config`, else the
+    /// collection's (Qdrant's precedence). `None` for none, or one that does not parse (which
+    /// [`CollectionConfig::validate`] refuses).
+    pub fn quantization_for(&self, name: &str) -> Option<Quantization> {
+        let params = self.dense(name)?;
+        let value = params
+            .quantization_config
+            .as_ref()
+            .or(self.quantization_config.as_ref())?;
+        Quantization::parse(value).ok()
+    }
+
+    /// The scalar quantization sealed segments keep codes for, for the single dense vector
+    /// `name` (multivectors are searched with their original values).
+    pub fn scalar_quantization(&self, name: &str) -> Option<ScalarQuantization> {
+        if self.dense(name)?.multivector_config.is_some() {
+            return None;
+        }
+        match self.quantization_for(name)? {
+            Quantization::Scalar(s) => Some(s),
+            Quantization::Product | Quantization::Binary => None,
+        }
+    }
+
     pub fn hnsw_for(&self, name: &str) -> HnswConfig {
         let mut hnsw = self.hnsw_config.clone();
         if let Some(diff) = self.dense(name).and_then(|p| p.hnsw_config.as_ref()) {
@@ -589,6 +615,12 @@ impl CollectionConfig {
                 ));
             }
             self.hnsw_for(name).validate()?;
+            if let Some(q) = &params.quantization_config {
+                Quantization::parse(q).map_err(|e| format!("vectors.{name}.{e}"))?;
+            }
+        }
+        if let Some(q) = &self.quantization_config {
+            Quantization::parse(q)?;
         }
         if self.params.shard_number == 0 || self.params.shard_number > MAX_SHARD_NUMBER {
             return Err(format!(

@@ -129,6 +129,66 @@ impl Level {
     pub fn manhattan(self, a: &[f32], b: &[f32]) -> f32 {
         self.run::<Absolute>(a, b)
     }
+
+    /// The sum of `K`'s terms over two byte vectors (quantized codes): a plain loop compiled
+    /// with this level's instructions enabled, which the compiler widens to SIMD (integer sums
+    /// may be reordered freely, so the result is exact at every level).
+    #[inline]
+    fn run_bytes<K: ByteTerm>(self, a: &[u8], b: &[u8]) -> u32 {
+        let fold = ByteFold::<K> {
+            a,
+            b,
+            term: std::marker::PhantomData,
+        };
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512(simd) => Simd::vectorize(simd, fold),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2(simd) => Simd::vectorize(simd, fold),
+            #[cfg(target_arch = "x86_64")]
+            Level::Sse(simd) => Simd::vectorize(simd, fold),
+            #[cfg(not(target_arch = "x86_64"))]
+            Level::Native(arch) => arch.dispatch(fold),
+            Level::Scalar => Simd::vectorize(pulp::Scalar, fold),
+        }
+    }
+
+    /// `sum(a[i] * b[i])` over the common length of two code vectors. Exact: a code vector
+    /// of up to 65,536 bytes cannot overflow (`255 * 255 * 65,536 < 2^32`).
+    #[inline]
+    pub fn dot_u8(self, a: &[u8], b: &[u8]) -> u32 {
+        self.run_bytes::<ByteProduct>(a, b)
+    }
+
+    /// `sum((a[i] - b[i])^2)` over the common length of two code vectors (exact, as `dot_u8`).
+    #[inline]
+    pub fn squared_euclid_u8(self, a: &[u8], b: &[u8]) -> u32 {
+        self.run_bytes::<ByteSquare>(a, b)
+    }
+
+    /// `sum(|a[i] - b[i]|)` over the common length of two code vectors (exact).
+    #[inline]
+    pub fn manhattan_u8(self, a: &[u8], b: &[u8]) -> u32 {
+        self.run_bytes::<ByteAbsolute>(a, b)
+    }
+}
+
+/// [`Level::dot_u8`] at this process's level.
+#[inline]
+pub fn dot_u8(a: &[u8], b: &[u8]) -> u32 {
+    LEVEL.dot_u8(a, b)
+}
+
+/// [`Level::squared_euclid_u8`] at this process's level.
+#[inline]
+pub fn squared_euclid_u8(a: &[u8], b: &[u8]) -> u32 {
+    LEVEL.squared_euclid_u8(a, b)
+}
+
+/// [`Level::manhattan_u8`] at this process's level.
+#[inline]
+pub fn manhattan_u8(a: &[u8], b: &[u8]) -> u32 {
+    LEVEL.manhattan_u8(a, b)
 }
 
 /// `sum(a[i] * b[i])` at this process's [`Level`].
@@ -147,6 +207,15 @@ pub fn squared_euclid(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 pub fn manhattan(a: &[f32], b: &[f32]) -> f32 {
     LEVEL.manhattan(a, b)
+}
+
+/// [`prefetch`] for a vector of bytes (quantized codes).
+#[inline(always)]
+pub fn prefetch_bytes(v: &[u8]) {
+    const LINE: usize = 64;
+    for line in v.chunks(LINE).take(8) {
+        std::hint::black_box(line[0]);
+    }
 }
 
 /// Starts loading the first cache lines of `v` (up to 512 bytes) so that a distance computed a
@@ -247,6 +316,58 @@ impl<K: Step, const FUSED: bool> WithSimd for Fold<'_, K, FUSED> {
     }
 }
 
+/// One term of a sum over two byte vectors.
+trait ByteTerm {
+    fn term(x: u8, y: u8) -> u32;
+}
+
+struct ByteProduct;
+struct ByteSquare;
+struct ByteAbsolute;
+
+impl ByteTerm for ByteProduct {
+    #[inline(always)]
+    fn term(x: u8, y: u8) -> u32 {
+        x as u32 * y as u32
+    }
+}
+
+impl ByteTerm for ByteSquare {
+    #[inline(always)]
+    fn term(x: u8, y: u8) -> u32 {
+        let d = x.abs_diff(y) as u32;
+        d * d
+    }
+}
+
+impl ByteTerm for ByteAbsolute {
+    #[inline(always)]
+    fn term(x: u8, y: u8) -> u32 {
+        x.abs_diff(y) as u32
+    }
+}
+
+/// The sum of `K`'s terms over the common length of `a` and `b`.
+struct ByteFold<'a, K> {
+    a: &'a [u8],
+    b: &'a [u8],
+    term: std::marker::PhantomData<K>,
+}
+
+impl<K: ByteTerm> WithSimd for ByteFold<'_, K> {
+    type Output = u32;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) -> u32 {
+        // Wrapping adds: the sum cannot overflow for the sizes the API accepts (see
+        // `Level::dot_u8`), and wrapping keeps the loop free of overflow checks.
+        self.a
+            .iter()
+            .zip(self.b)
+            .fold(0u32, |acc, (x, y)| acc.wrapping_add(K::term(*x, *y)))
+    }
+}
+
 /// Plain left-to-right sums in `f64`: what the kernels are checked against.
 pub mod reference {
     pub fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -265,6 +386,18 @@ pub mod reference {
             .zip(b)
             .map(|(x, y)| (*x as f64 - *y as f64).abs())
             .sum()
+    }
+
+    /// The three byte sums of one pair, in `u64`: (dot, squared Euclidean, Manhattan).
+    pub fn bytes(a: &[u8], b: &[u8]) -> (u64, u64, u64) {
+        let mut sums = (0u64, 0u64, 0u64);
+        for (x, y) in a.iter().zip(b) {
+            let (x, y) = (*x as i64, *y as i64);
+            sums.0 += (x * y) as u64;
+            sums.1 += ((x - y) * (x - y)) as u64;
+            sums.2 += (x - y).unsigned_abs();
+        }
+        sums
     }
 }
 
@@ -310,6 +443,39 @@ mod tests {
                 prop_assert!((l1 - absolute).abs() <= tolerance(a.len(), absolute),
                     "{name} manhattan {l1} vs {absolute}");
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The byte kernels are exact at every level, at lengths that exercise every lane
+        /// width and tail.
+        #[test]
+        fn every_level_sums_bytes_exactly(
+            (a, b) in (0usize..600).prop_flat_map(|n| (
+                proptest::collection::vec(any::<u8>(), n),
+                proptest::collection::vec(any::<u8>(), n),
+            ))
+        ) {
+            let (dot, l2, l1) = reference::bytes(&a, &b);
+            for level in Level::available() {
+                let name = level.name();
+                prop_assert_eq!(level.dot_u8(&a, &b) as u64, dot, "{} dot", name);
+                prop_assert_eq!(level.squared_euclid_u8(&a, &b) as u64, l2, "{} l2", name);
+                prop_assert_eq!(level.manhattan_u8(&a, &b) as u64, l1, "{} l1", name);
+            }
+        }
+    }
+
+    #[test]
+    fn byte_sums_at_the_largest_vector_do_not_overflow() {
+        let a = vec![255u8; 65_536];
+        let b = vec![0u8; 65_536];
+        for level in Level::available() {
+            assert_eq!(level.dot_u8(&a, &a) as u64, 255 * 255 * 65_536);
+            assert_eq!(level.squared_euclid_u8(&a, &b) as u64, 255 * 255 * 65_536);
+            assert_eq!(level.manhattan_u8(&a, &b) as u64, 255 * 65_536);
         }
     }
 

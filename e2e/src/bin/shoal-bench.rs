@@ -90,6 +90,13 @@ struct Args {
     /// `on_disk: true` for every dense vector of the collection.
     #[arg(long)]
     on_disk: bool,
+    /// `quantization_config: {"scalar": {"type": "int8", "quantile": Q}}` for the collection
+    /// (both engines); searches then use Qdrant's defaults (rescoring, no oversampling).
+    #[arg(long)]
+    scalar_quantile: Option<f64>,
+    /// With --scalar-quantile: `always_ram: true` (codes on the heap even with --on-disk).
+    #[arg(long, requires = "scalar_quantile")]
+    always_ram: bool,
     /// PID of the node behind --url, to report its peak RSS.
     #[arg(long, requires = "url")]
     node_pid: Option<u32>,
@@ -602,6 +609,11 @@ impl Workload {
         }
         if let Some(kb) = args.indexing_threshold {
             body["optimizers_config"] = json!({ "indexing_threshold": kb });
+        }
+        if let Some(quantile) = args.scalar_quantile {
+            body["quantization_config"] = json!({"scalar": {
+                "type": "int8", "quantile": quantile, "always_ram": args.always_ram
+            }});
         }
         let on_disk = |mut params: Value, field: &FieldData| {
             if args.on_disk && !field.is_sparse() {

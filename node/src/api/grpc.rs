@@ -887,6 +887,7 @@ mod tests {
                     top: 7,
                     ef: None,
                     exact: true,
+                    quantization: Default::default(),
                     score_threshold: None,
                     with_payload: true,
                     with_vector: WithVector::None,

@@ -28,6 +28,7 @@ use crate::consensus::{
 };
 use crate::index::filter::Filter;
 use crate::index::payload_selector::WithVector;
+use crate::index::quantization::QuantizationSearch;
 use crate::shard::clock::{ClockMap, ClockSet, ClockTag};
 use crate::shard::local_shard::{
     IndexBuilder, LocalShard, OptimizerStatus, Record, ScoredRecord, ShardError, Stamp,
@@ -84,6 +85,7 @@ pub struct SearchRequest {
     pub offset: usize,
     pub ef: Option<usize>,
     pub exact: bool,
+    pub quantization: QuantizationSearch,
     pub score_threshold: Option<f32>,
     pub with_payload: bool,
     pub with_vector: WithVector,
@@ -2237,6 +2239,7 @@ impl Collection {
             top: request.limit.saturating_add(request.offset),
             ef: request.ef,
             exact: request.exact,
+            quantization: request.quantization,
             score_threshold: request.score_threshold,
             with_payload: request.with_payload,
             with_vector: request.with_vector.clone(),

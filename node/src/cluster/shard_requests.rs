@@ -13,6 +13,7 @@ use crate::index::filter::Filter;
 use crate::index::filter::HasVector;
 use crate::index::payload_path::JsonPath;
 use crate::index::payload_selector::WithVector;
+use crate::index::quantization::QuantizationSearch;
 use crate::shard::clock::{ClockMap, ClockTag};
 use crate::shard::local_shard::{
     LocalShard, PointPredicate, QueryVector, Record, ScoredRecord, Scoring, SearchQuery,
@@ -379,6 +380,9 @@ pub struct ShardSearch {
     pub top: usize,
     pub ef: Option<usize>,
     pub exact: bool,
+    /// `params.quantization` of the search (absent from older peers: the defaults).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub quantization: QuantizationSearch,
     pub score_threshold: Option<f32>,
     pub with_payload: bool,
     pub with_vector: WithVector,
@@ -548,6 +552,7 @@ impl ShardSearch {
             top: self.top,
             ef: self.ef,
             exact: self.exact,
+            quantization: self.quantization,
             score_threshold: self.score_threshold,
             with_payload: self.with_payload,
             with_vector: &self.with_vector,
@@ -853,4 +858,9 @@ impl ShardRetrieve {
         }
         records
     }
+}
+
+/// Whether a field holds its default (left out of the wire form).
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }

@@ -393,9 +393,7 @@ impl HnswIndex {
 
     /// The offsets of up to `k` approximate nearest neighbours of `query` that pass `accept`,
     /// closest first. `vector` gives the stored vector at an offset (multivectors as their
-    /// sub-vectors laid end to end). HNSW's search: a greedy descent through the upper layers,
-    /// then a best-first walk of layer 0 keeping the `ef` best accepted points; rejected points
-    /// are still walked through, so a filter narrows the answer, not the paths.
+    /// sub-vectors laid end to end). See [`HnswIndex::walk`].
     pub fn search<'v>(
         &self,
         query: &[f32],
@@ -404,11 +402,30 @@ impl HnswIndex {
         vector: &dyn Fn(u32) -> Option<&'v [f32]>,
         accept: &dyn Fn(u32) -> bool,
     ) -> Vec<u32> {
+        let scorer = VectorScorer {
+            query,
+            vector,
+            distance: self.distance,
+        };
+        self.walk(&scorer, k, ef, accept)
+    }
+
+    /// HNSW's search with distances from `scorer`: a greedy descent through the upper
+    /// layers, then a best-first walk of layer 0 keeping the `ef` best accepted points;
+    /// rejected points are still walked through, so a filter narrows the answer, not the
+    /// paths. Returns up to `k` offsets, closest first.
+    pub fn walk<S: GraphScorer>(
+        &self,
+        scorer: &S,
+        k: usize,
+        ef: usize,
+        accept: &dyn Fn(u32) -> bool,
+    ) -> Vec<u32> {
         let Some(entry) = self.entry else {
             return Vec::new();
         };
         let ef = ef.max(k).max(1);
-        let distance = |o: u32| vector(o).map(|v| self.distance.eval(query, v));
+        let distance = |o: u32| scorer.load(o).map(|x| scorer.distance(x));
         let Some(mut best) = distance(entry) else {
             return Vec::new();
         };
@@ -437,9 +454,9 @@ impl HnswIndex {
             if accept(current) {
                 found.push(Near(best, current));
             }
-            // The unvisited neighbours of the point being expanded, with their vectors: all of
-            // them are fetched before the first distance, so their loads overlap.
-            let mut batch: Vec<(u32, &[f32])> = Vec::with_capacity(2 * self.params.m.max(8));
+            // The unvisited neighbours of the point being expanded: all of them are loaded
+            // before the first distance, so their loads overlap.
+            let mut batch: Vec<(u32, S::Loaded)> = Vec::with_capacity(2 * self.params.m.max(8));
             while let Some(Reverse(Near(d, offset))) = candidates.pop() {
                 if found.len() >= ef && found.peek().is_some_and(|w| d > w.0) {
                     break;
@@ -447,14 +464,13 @@ impl HnswIndex {
                 batch.clear();
                 for &n in self.neighbours(0, offset) {
                     if visited.insert(n)
-                        && let Some(v) = vector(n)
+                        && let Some(x) = scorer.load(n)
                     {
-                        kernels::prefetch(v);
-                        batch.push((n, v));
+                        batch.push((n, x));
                     }
                 }
-                for &(n, v) in &batch {
-                    let dn = self.distance.eval(query, v);
+                for &(n, x) in &batch {
+                    let dn = scorer.distance(x);
                     if found.len() < ef || found.peek().is_some_and(|w| dn < w.0) {
                         candidates.push(Reverse(Near(dn, n)));
                         if accept(n) {
@@ -470,6 +486,40 @@ impl HnswIndex {
             found.truncate(k);
             found.into_iter().map(|n| n.1).collect()
         })
+    }
+}
+
+/// Distances a graph walk compares: smaller is closer.
+pub trait GraphScorer {
+    /// What `load` found for an offset, handed back to `distance`.
+    type Loaded: Copy;
+    /// The stored vector (or whatever stands for it) at offset `o`, `None` if the point has
+    /// none; starts loading its memory (see [`kernels::prefetch`]).
+    fn load(&self, o: u32) -> Option<Self::Loaded>;
+    /// The distance of a loaded vector from the query.
+    fn distance(&self, loaded: Self::Loaded) -> f32;
+}
+
+/// Distances between the query and the stored vectors, as the graph was built with.
+struct VectorScorer<'q, 'v, 'f> {
+    query: &'q [f32],
+    vector: &'f dyn Fn(u32) -> Option<&'v [f32]>,
+    distance: GraphDistance,
+}
+
+impl<'v> GraphScorer for VectorScorer<'_, 'v, '_> {
+    type Loaded = &'v [f32];
+
+    #[inline]
+    fn load(&self, o: u32) -> Option<&'v [f32]> {
+        let v = (self.vector)(o)?;
+        kernels::prefetch(v);
+        Some(v)
+    }
+
+    #[inline]
+    fn distance(&self, v: &'v [f32]) -> f32 {
+        self.distance.eval(self.query, v)
     }
 }
 

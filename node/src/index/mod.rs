@@ -11,5 +11,6 @@ pub mod hnsw_index;
 pub mod payload_index;
 pub mod payload_path;
 pub mod payload_selector;
+pub mod quantization;
 pub mod sparse_index;
 pub mod text;

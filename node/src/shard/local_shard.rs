@@ -27,6 +27,7 @@ use crate::index::hnsw_index::{GraphDistance, GraphParams, HnswIndex};
 use crate::index::payload_index::{OffsetSet, PayloadIndex, PayloadSchema, Plan};
 use crate::index::payload_path::{JsonPath, merge_payload};
 use crate::index::payload_selector::WithVector;
+use crate::index::quantization::{CodeScorer, QuantizationSearch, QuantizedVectors};
 use crate::index::sparse_index::SparseIndex;
 use crate::shard::clock::{
     Admission, ClockKey, ClockMap, ClockTag, LOCAL_CLOCK, WalBase, WalMark, delta_start,
@@ -133,6 +134,9 @@ pub struct SearchQuery<'a> {
     pub top: usize,
     pub ef: Option<usize>,
     pub exact: bool,
+    /// How a graph walk uses scalar-quantized codes where a segment has them (ignored by
+    /// exact searches and by segments without codes).
+    pub quantization: QuantizationSearch,
     pub score_threshold: Option<f32>,
     pub with_payload: bool,
     pub with_vector: &'a WithVector,
@@ -1769,6 +1773,18 @@ impl LocalShard {
             let Some(column) = seg.column(query.using) else {
                 continue;
             };
+            let push = |o: u32, score: f32, key: f32, top: &mut TopK| {
+                if score.is_nan() || !passes(score) {
+                    return;
+                }
+                top.push(Candidate {
+                    key,
+                    score,
+                    id: seg.id(o),
+                    segment: seg.id,
+                    offset: o,
+                });
+            };
             let consider = |o: u32, top: &mut TopK| {
                 let Some(v) = column.get(o) else {
                     return;
@@ -1780,19 +1796,9 @@ impl LocalShard {
                         Some((s, s))
                     }
                 };
-                let Some((score, key)) = scored else {
-                    return;
-                };
-                if score.is_nan() || !passes(score) {
-                    return;
+                if let Some((score, key)) = scored {
+                    push(o, score, key, top);
                 }
-                top.push(Candidate {
-                    key,
-                    score,
-                    id: seg.id(o),
-                    segment: seg.id,
-                    offset: o,
-                });
             };
             // Sparse: the inverted index gives exactly the candidates a scan would score.
             if let (Scoring::Nearest(QueryVector::Sparse(q)), Some(index)) = (
@@ -1864,18 +1870,74 @@ impl LocalShard {
                 };
                 let ef = query.ef.unwrap_or(hnsw.ef_construct).max(query.top);
                 let accept_offset = |o: u32| seg.is_live(o) && passes(o);
-                let vector = |o: u32| match column.get(o) {
-                    Some(VectorRef::Dense(v)) => Some(v),
-                    Some(VectorRef::Multi { flat, .. }) => Some(flat),
+                // Scalar-quantized codes, where the segment has them for a configuration
+                // that still asks for them: the walk compares codes, then the candidates
+                // are rescored with the original vectors (unless the search says not to).
+                let codes = match q {
+                    QueryVector::Dense(_)
+                        if !query.quantization.ignore
+                            && config.scalar_quantization(query.using).is_some() =>
+                    {
+                        seg.index().and_then(|i| i.quantized.get(query.using))
+                    }
                     _ => None,
                 };
-                let found = index.search(flat, query.top, ef, &vector, &accept_offset);
+                let found = match codes {
+                    Some(codes) => {
+                        // Qdrant rescores `top * oversampling` candidates. With the original
+                        // vectors in memory, rescoring every candidate the walk kept costs
+                        // `ef` distances next to the walk's thousands and recovers most of
+                        // the recall codes lose; with them on disk each rescored point may
+                        // be a page read, so only Qdrant's share is.
+                        let in_memory = !config
+                            .dense(query.using)
+                            .and_then(|p| p.on_disk)
+                            .unwrap_or(false);
+                        let mut wanted = query.quantization.candidates(query.top);
+                        if in_memory && query.quantization.rescores() {
+                            wanted = wanted.max(ef);
+                        }
+                        let encoded = codes.encode_query(flat);
+                        let scorer = CodeScorer {
+                            codes,
+                            query: &encoded,
+                            present: |o: u32| column.get(o).is_some(),
+                        };
+                        let found = index.walk(&scorer, wanted, ef.max(wanted), &accept_offset);
+                        if !query.quantization.rescores() {
+                            exhaustive = found.len() < query.top && found.len() < index.len();
+                            if !exhaustive {
+                                for o in found {
+                                    let score = codes.score(&encoded, o);
+                                    let key = match distance {
+                                        Some(d) if !d.higher_is_better() => -score,
+                                        _ => score,
+                                    };
+                                    push(o, score, key, &mut top);
+                                }
+                            }
+                            None
+                        } else {
+                            Some(found)
+                        }
+                    }
+                    None => {
+                        let vector = |o: u32| match column.get(o) {
+                            Some(VectorRef::Dense(v)) => Some(v),
+                            Some(VectorRef::Multi { flat, .. }) => Some(flat),
+                            _ => None,
+                        };
+                        Some(index.search(flat, query.top, ef, &vector, &accept_offset))
+                    }
+                };
                 // Too few hits means a selective filter starved the graph walk: fall back to
                 // an exhaustive scan so that filtered searches stay complete.
-                exhaustive = found.len() < query.top && found.len() < index.len();
-                if !exhaustive {
-                    for o in found {
-                        consider(o, &mut top);
+                if let Some(found) = found {
+                    exhaustive = found.len() < query.top && found.len() < index.len();
+                    if !exhaustive {
+                        for o in found {
+                            consider(o, &mut top);
+                        }
                     }
                 }
             }
@@ -2143,7 +2205,8 @@ impl LocalShard {
     }
 
     /// Builds every index of a frozen segment's points at `offsets`: a graph per dense and
-    /// multi-vector, an inverted index per sparse vector. `None` when cancelled.
+    /// multi-vector (with scalar-quantized codes where the configuration asks for them), an
+    /// inverted index per sparse vector. `None` when cancelled.
     fn build_index(
         &self,
         config: &CollectionConfig,
@@ -2194,6 +2257,21 @@ impl LocalShard {
                         &self.cancelled,
                     )?;
                     index.graphs.insert(name.clone(), graph);
+                    if let (FrozenColumn::Dense { dim, present, .. }, Some(scalar)) =
+                        (column, config.scalar_quantization(name))
+                    {
+                        let codes = QuantizedVectors::build(
+                            params.distance,
+                            *dim,
+                            present.len(),
+                            scalar.quantile,
+                            |o| match column.get(o as u32) {
+                                Some(VectorRef::Dense(v)) => Some(v),
+                                _ => None,
+                            },
+                        );
+                        index.quantized.insert(name.clone(), codes);
+                    }
                 }
             }
         }
@@ -2840,6 +2918,7 @@ mod tests {
             top,
             ef: None,
             exact: true,
+            quantization: QuantizationSearch::default(),
             score_threshold: None,
             with_payload: false,
             with_vector: &WithVector::None,
@@ -3259,6 +3338,7 @@ mod tests {
         // Approximate search over the graphs agrees with exhaustive search on the nearest points.
         let approx = shard.search(&SearchQuery {
             exact: false,
+            quantization: QuantizationSearch::default(),
             ef: Some(256),
             ..exact_query(&query, 10)
         });
@@ -3339,6 +3419,135 @@ mod tests {
         );
     }
 
+    /// Scalar quantization (Qdrant's `quantization_config.scalar`): every indexed segment
+    /// keeps codes, which survive a reopen without any indexing work; a graph search walks the
+    /// codes and rescores its candidates with the original vectors (exact scores, high
+    /// recall); `rescore: false` answers the codes' scores; a changed quantile quantizes again;
+    /// without the setting, codes left in a segment are not used.
+    #[test]
+    fn scalar_quantized_segments_walk_codes_and_rescore_with_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 16;
+        let mut cfg = (*config(dim, 4)).clone();
+        cfg.optimizer_config.default_segment_number = 2;
+        cfg.quantization_config =
+            Some(serde_json::json!({"scalar": {"type": "int8", "quantile": 0.99}}));
+        let cfg = Arc::new(cfg);
+        let builder = IndexBuilder::new(1);
+        let mut rng = StdRng::seed_from_u64(17);
+        let codes_of = |shard: &LocalShard| -> Vec<Option<f32>> {
+            let state = shard.state.read();
+            state
+                .segments
+                .values()
+                .filter(|s| s.stage() == SegmentStage::Indexed)
+                .map(|s| {
+                    s.index()
+                        .unwrap()
+                        .quantized
+                        .get("")
+                        .map(|q| q.quantile().unwrap_or(1.0))
+                })
+                .collect()
+        };
+        let queries: Vec<Vec<f32>> = (0..20)
+            .map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect())
+            .collect();
+        // (recall@10 against the exact search, whether every score was the exact one)
+        let measure = |shard: &LocalShard, quantization: QuantizationSearch| -> (f64, bool) {
+            let (mut found, mut exact_scores) = (0, true);
+            for q in &queries {
+                let exact = shard.search(&exact_query(q, 10));
+                let approx = shard.search(&SearchQuery {
+                    exact: false,
+                    ef: Some(64),
+                    quantization,
+                    ..exact_query(q, 10)
+                });
+                assert_eq!(approx.len(), 10);
+                for hit in &approx {
+                    let Some(VectorData::Dense(v)) = shard.vector_of(&hit.id, "") else {
+                        panic!("a hit without its vector");
+                    };
+                    let true_score = Distance::Euclid.score(q, &v);
+                    exact_scores &= (hit.score - true_score).abs() <= 1e-5;
+                    found += usize::from(exact.iter().any(|e| e.id == hit.id));
+                }
+            }
+            (found as f64 / (10 * queries.len()) as f64, exact_scores)
+        };
+        {
+            let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+            shard
+                .update(UpdateRequest::Upsert(points(0..1500, dim, &mut rng)))
+                .unwrap();
+            while shard.optimize_step(&builder) {}
+            let codes = codes_of(&shard);
+            assert!(!codes.is_empty(), "segments were indexed");
+            assert!(codes.iter().all(|q| *q == Some(0.99)), "{codes:?}");
+            let (recall, exact_scores) = measure(&shard, QuantizationSearch::default());
+            assert!(recall >= 0.9, "recall@10 {recall}");
+            assert!(
+                exact_scores,
+                "rescored hits report the original vectors' scores"
+            );
+            let (_, exact_scores) = measure(
+                &shard,
+                QuantizationSearch {
+                    rescore: Some(false),
+                    ..Default::default()
+                },
+            );
+            assert!(
+                !exact_scores,
+                "without rescoring the codes' scores are reported"
+            );
+            let (recall, exact_scores) = measure(
+                &shard,
+                QuantizationSearch {
+                    oversampling: Some(3.0),
+                    ..Default::default()
+                },
+            );
+            assert!(recall >= 0.9 && exact_scores, "recall@10 {recall}");
+            shard.flush().unwrap();
+        }
+        // Reopened: the codes come back from the segment files, with nothing to index.
+        let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+        assert!(codes_of(&shard).iter().all(|q| *q == Some(0.99)));
+        assert!(
+            !shard.optimize_step(&builder),
+            "no indexing work after a reopen"
+        );
+        assert!(measure(&shard, QuantizationSearch::default()).0 >= 0.9);
+        // Another quantile: every segment is quantized again.
+        let mut other = (*cfg).clone();
+        other.quantization_config =
+            Some(serde_json::json!({"scalar": {"type": "int8", "quantile": 0.9}}));
+        shard.set_config(Arc::new(other.clone()));
+        assert!(
+            codes_of(&shard).is_empty(),
+            "indexes with stale codes are dropped"
+        );
+        while shard.optimize_step(&builder) {}
+        let codes = codes_of(&shard);
+        assert!(
+            !codes.is_empty() && codes.iter().all(|q| *q == Some(0.9)),
+            "{codes:?}"
+        );
+        // No quantization: the codes in the files are not used, scores stay exact.
+        other.quantization_config = None;
+        shard.set_config(Arc::new(other));
+        let (recall, exact_scores) = measure(
+            &shard,
+            QuantizationSearch {
+                rescore: Some(false),
+                ..Default::default()
+            },
+        );
+        assert!(recall >= 0.9 && exact_scores, "recall@10 {recall}");
+    }
+
     #[test]
     fn small_indexed_segments_are_merged_down_to_the_target_count() {
         let dir = tempfile::tempdir().unwrap();
@@ -3366,6 +3575,7 @@ mod tests {
         let exact = shard.search(&exact_query(&q, 10));
         let approx = shard.search(&SearchQuery {
             exact: false,
+            quantization: QuantizationSearch::default(),
             ef: Some(200),
             ..exact_query(&q, 10)
         });
@@ -3401,6 +3611,7 @@ mod tests {
             top: 20,
             ef: Some(16),
             exact: false,
+            quantization: QuantizationSearch::default(),
             score_threshold: None,
             with_payload: false,
             with_vector: &WithVector::None,
@@ -3580,6 +3791,7 @@ mod tests {
                     top: 100,
                     ef: Some(16),
                     exact: false,
+                    quantization: QuantizationSearch::default(),
                     score_threshold: None,
                     with_payload: false,
                     with_vector: &WithVector::None,
@@ -3702,6 +3914,7 @@ mod tests {
                     top: 5,
                     ef: Some(200),
                     exact,
+                    quantization: QuantizationSearch::default(),
                     score_threshold: None,
                     with_payload: false,
                     with_vector: &WithVector::Named(vec![using.to_string()]),

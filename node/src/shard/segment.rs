@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::collection_config::CollectionConfig;
 use crate::index::hnsw_index::{GraphParams, HnswIndex};
 use crate::index::payload_index::PayloadIndex;
+use crate::index::quantization::QuantizedVectors;
 use crate::index::sparse_index::SparseIndex;
 use crate::storage::mapped::{FileSlice, Floats};
 use crate::types::{NamedVectors, Payload, PointId, SparseVector, VectorData, VectorRef};
@@ -301,6 +302,16 @@ impl ColumnShape {
     }
 }
 
+/// Whether a sealed segment maps the codes of `name` from its file: with the vector
+/// `on_disk`, unless the quantization is `always_ram` (Qdrant's rule).
+pub fn codes_mapped(config: &CollectionConfig, name: &str) -> bool {
+    let on_disk = config.dense(name).and_then(|p| p.on_disk).unwrap_or(false);
+    on_disk
+        && !config
+            .scalar_quantization(name)
+            .is_some_and(|q| q.always_ram)
+}
+
 /// The column every vector of `config` needs, by name.
 fn wanted_columns(config: &CollectionConfig) -> BTreeMap<String, ColumnShape> {
     let mut out = BTreeMap::new();
@@ -322,6 +333,8 @@ fn wanted_columns(config: &CollectionConfig) -> BTreeMap<String, ColumnShape> {
 pub struct SegmentIndex {
     pub graphs: BTreeMap<String, HnswIndex>,
     pub sparse: BTreeMap<String, SparseIndex>,
+    /// Scalar-quantized codes of the dense vectors whose configuration asks for them.
+    pub quantized: BTreeMap<String, QuantizedVectors>,
 }
 
 impl SegmentIndex {}
@@ -442,6 +455,23 @@ impl Segment {
         if graph_outdated {
             self.index = None;
         }
+        // Codes missing, built with another quantile, or mapped where the configuration now
+        // keeps them on the heap (or the other way round): quantized again with the graph.
+        let persisted = self.file_versions.is_some();
+        let quantization_outdated = self.index.as_ref().is_some_and(|index| {
+            index.graphs.keys().any(|name| {
+                let Some(wanted) = config.scalar_quantization(name) else {
+                    return false;
+                };
+                index.quantized.get(name).is_none_or(|q| {
+                    q.quantile() != wanted.quantile
+                        || (persisted && q.is_mapped() != codes_mapped(config, name))
+                })
+            })
+        });
+        if quantization_outdated {
+            self.index = None;
+        }
         let index_stale = self.index.as_ref().is_some_and(|index| {
             index
                 .graphs
@@ -455,6 +485,7 @@ impl Segment {
                     let columns = &self.columns;
                     index.graphs.retain(|name, _| columns.contains_key(name));
                     index.sparse.retain(|name, _| columns.contains_key(name));
+                    index.quantized.retain(|name, _| columns.contains_key(name));
                 }
                 None => self.index = None,
             }

@@ -178,20 +178,28 @@ pub async fn update(
     Ok(ApiOk(true, started))
 }
 
-/// What the configuration asks for that Shoal stores but does not apply yet.
+/// What the configuration asks for that Shoal stores but does not apply yet: product and
+/// binary quantization, and quantization of multivectors (scalar int8 of single dense vectors
+/// is applied).
 fn warnings(config: &CollectionConfig) -> Vec<crate::api::rest::models::CollectionWarning> {
-    let quantized = config.quantization_config.is_some()
-        || config
-            .params
-            .vectors
-            .iter()
-            .any(|(_, p)| p.quantization_config.is_some());
+    let unapplied: Vec<String> = config
+        .params
+        .vectors
+        .iter()
+        .filter(|(name, _)| {
+            config.quantization_for(name).is_some() && config.scalar_quantization(name).is_none()
+        })
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
     let mut out = Vec::new();
-    if quantized {
+    if !unapplied.is_empty() {
         out.push(crate::api::rest::models::CollectionWarning {
-            message: "quantization_config is stored but not applied yet: searches use the \
-                      full-precision vectors (and answer as an unquantized search would)"
-                .into(),
+            message: format!(
+                "quantization_config of {} is stored but not applied: only scalar int8 \
+                 quantization of single dense vectors is, so searches of these use the \
+                 full-precision vectors (and answer as an unquantized search would)",
+                unapplied.join(", ")
+            ),
         });
     }
     out

@@ -130,6 +130,7 @@ async fn distance_matrix(
             offset: 0,
             ef: None,
             exact: false,
+            quantization: Default::default(),
             score_threshold: None,
             with_payload: false,
             with_vector: WithVector::None,

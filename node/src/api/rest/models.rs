@@ -32,6 +32,9 @@ pub const MAX_BATCH_SEARCHES: usize = 256;
 pub const MAX_UPSERT_POINTS: usize = 100_000;
 /// Largest `hnsw_ef`.
 pub const MAX_HNSW_EF: usize = 10_000;
+/// Largest `params.quantization.oversampling`: candidates taken from quantized codes per
+/// result asked for.
+pub const MAX_OVERSAMPLING: f64 = 100.0;
 /// Most example points in one recommendation.
 pub const MAX_EXAMPLES: usize = 1_000;
 
@@ -662,8 +665,8 @@ pub struct SearchParams {
     pub hnsw_ef: Option<usize>,
     pub exact: Option<bool>,
     pub indexed_only: Option<bool>,
-    /// Read for strict mode's `search_max_oversampling`; searches use full-precision vectors
-    /// whatever it says.
+    /// How searches use scalar-quantized codes (see `index::quantization`); strict mode's
+    /// `search_max_oversampling` bounds `oversampling`.
     pub quantization: Option<QuantizationSearchParams>,
 }
 

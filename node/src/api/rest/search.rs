@@ -11,9 +11,9 @@ use crate::api::rest::introspection;
 use crate::api::rest::json_body::{JsonBody, PathParams, QueryParams};
 use crate::api::rest::models::{
     ContextPair, Fusion, GroupsResult, LookupLocation, MAX_BATCH_SEARCHES, MAX_EXAMPLES,
-    MAX_HNSW_EF, MAX_SEARCH_WINDOW, Mmr, PointGroupOut, Prefetch, QueryGroupsRequest,
-    QueryInterface, QueryRequest, QueryRequestBatch, QueryResponse, ReadParams, RecommendRequest,
-    RecommendRequestBatch, RecommendStrategy, ScoredPointOut, SearchParams,
+    MAX_HNSW_EF, MAX_OVERSAMPLING, MAX_SEARCH_WINDOW, Mmr, PointGroupOut, Prefetch,
+    QueryGroupsRequest, QueryInterface, QueryRequest, QueryRequestBatch, QueryResponse, ReadParams,
+    RecommendRequest, RecommendRequestBatch, RecommendStrategy, ScoredPointOut, SearchParams,
     SearchRequest as SearchBody, SearchRequestBatch, VectorInput, VectorStructOut,
 };
 use crate::api::rest::points::validate_filter;
@@ -25,6 +25,7 @@ use crate::cluster::toc::TableOfContent;
 use crate::index::filter::{Condition, Filter, HasIdCondition};
 use crate::index::payload_path::JsonPath;
 use crate::index::payload_selector::{WithPayload, WithVector};
+use crate::index::quantization::QuantizationSearch;
 use crate::shard::local_shard::ScoredRecord;
 use crate::types::{Payload, PointId, SparseVector, VectorData};
 
@@ -82,6 +83,13 @@ impl Common {
                 "Validation error in JSON body: params.hnsw_ef must be between 1 and {MAX_HNSW_EF}, got {ef}"
             )));
         }
+        if let Some(oversampling) = params.quantization.and_then(|q| q.oversampling)
+            && !(1.0..=MAX_OVERSAMPLING).contains(&oversampling)
+        {
+            return Err(ApiError::unprocessable(format!(
+                "Validation error in JSON body: params.quantization.oversampling must be between 1 and {MAX_OVERSAMPLING}, got {oversampling}"
+            )));
+        }
         if score_threshold.is_some_and(|t| !t.is_finite()) {
             return Err(ApiError::bad_request(
                 "Wrong input: score_threshold must be a finite number",
@@ -110,6 +118,13 @@ impl Common {
             offset: self.offset,
             ef: self.params.hnsw_ef,
             exact: self.params.exact.unwrap_or(false),
+            quantization: self.params.quantization.map_or_else(Default::default, |q| {
+                QuantizationSearch {
+                    ignore: q.ignore.unwrap_or(false),
+                    rescore: q.rescore,
+                    oversampling: q.oversampling,
+                }
+            }),
             score_threshold: self.score_threshold,
             with_payload: self.with_payload.is_requested(),
             with_vector: self.with_vector.clone(),

@@ -10,6 +10,7 @@
 //! | `dense-<n>.f32` | a dense column's values, little-endian `f32`, `size` per offset: mapped when the vector is `on_disk` |
 //! | `multi-<n>.f32` | a multivector column's sub-vectors laid end to end (ranges in `columns.bin`): mapped when `on_disk` |
 //! | `graph-<n>.bin` | the column's HNSW graph ([`HnswIndex::write`]): mapped when `hnsw_config.on_disk` |
+//! | `quant-<n>.u8` | the column's scalar-quantized codes ([`QuantizedVectors::write`]): mapped when the vector is `on_disk` and the quantization not `always_ram` |
 //!
 //! A directory is written under `<id>.tmp`, every file fsynced, then renamed to `<id>` and the
 //! parent fsynced: a reader sees a whole directory or none. Opening verifies every file's CRC32
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::index::hnsw_index::GraphDistance;
+use crate::index::quantization::QuantizedVectors;
 use crate::storage::mapped::{self, FileBytes, FileSlice};
 use crate::storage::point_store::{decode_id, encode_id};
 
@@ -46,6 +48,10 @@ struct ColumnMeta {
     /// Values per vector (per sub-vector for a multivector); 0 for sparse.
     dim: usize,
     graph: bool,
+    /// Whether `quant-<n>.u8` holds the column's codes (absent in directories written before
+    /// quantization existed).
+    #[serde(default)]
+    quantized: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -327,6 +333,19 @@ impl Segment {
                 }
                 index.graphs.insert(name.clone(), graph);
             }
+            // Codes the configuration no longer asks for stay in the file, unused.
+            if column.quantized
+                && column.kind == Kind::Dense
+                && config.scalar_quantization(name).is_some()
+                && let Some(params) = params
+            {
+                let file = quant_file(n);
+                let bytes = FileBytes::open(&dir.join(&file), codes_mapped(config, name))
+                    .map_err(|e| format!("{file}: {e}"))?;
+                let codes = QuantizedVectors::open(bytes, params.distance, column.dim, len)
+                    .map_err(|e| format!("{file}: {e}"))?;
+                index.quantized.insert(name.clone(), codes);
+            }
             columns.insert(name.clone(), stored);
         }
         let mut segment = Segment {
@@ -363,6 +382,10 @@ fn graph_file(n: usize) -> String {
     format!("graph-{n}.bin")
 }
 
+fn quant_file(n: usize) -> String {
+    format!("quant-{n}.u8")
+}
+
 impl SegmentImage {
     /// Writes the segment to `dir` (which must not exist): into `<dir>.tmp`, fsynced, then
     /// renamed. A leftover `<dir>.tmp` from an interrupted write is replaced.
@@ -397,6 +420,7 @@ impl SegmentImage {
         let mut columns = Vec::new();
         let mut cells = Vec::new();
         let mut graphs = Vec::new();
+        let mut quantized = Vec::new();
         for (n, (name, column)) in self.columns.iter().enumerate() {
             let (kind, dim) = match column {
                 FrozenColumn::Dense { dim, data, present } => {
@@ -429,11 +453,16 @@ impl SegmentImage {
             if let Some(graph) = graph {
                 graphs.push((graph_file(n), graph));
             }
+            let codes = self.index.quantized.get(name);
+            if let Some(codes) = codes {
+                quantized.push((quant_file(n), codes));
+            }
             columns.push(ColumnMeta {
                 name: name.clone(),
                 kind,
                 dim,
                 graph: graph.is_some(),
+                quantized: codes.is_some(),
             });
         }
         put(
@@ -444,6 +473,12 @@ impl SegmentImage {
         for (file, graph) in graphs {
             let path = tmp.join(&file);
             let crc32 = graph.write(&path)?;
+            let len = std::fs::metadata(&path)?.len();
+            files.insert(file, FileCheck { crc32, len });
+        }
+        for (file, codes) in quantized {
+            let path = tmp.join(&file);
+            let crc32 = codes.write(&path)?;
             let len = std::fs::metadata(&path)?.len();
             files.insert(file, FileCheck { crc32, len });
         }
@@ -515,8 +550,53 @@ mod tests {
         )
         .unwrap();
         index.graphs.insert("a".into(), graph);
+        if config.scalar_quantization("a").is_some() {
+            let codes = QuantizedVectors::build(Distance::Dot, 2, 300, None, |o| {
+                points.get(o).map(|(_, v)| *v)
+            });
+            index.quantized.insert("a".into(), codes);
+        }
         s.set_index(Arc::new(index));
         s
+    }
+
+    /// Codes are written beside the graph, verified at open, mapped when the vector is
+    /// `on_disk` unless the quantization is `always_ram`, and refused when damaged.
+    #[test]
+    fn quantized_codes_are_written_verified_and_mapped_as_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut id = 0;
+        for (on_disk, always_ram) in [(true, false), (true, true), (false, false)] {
+            let mut config = super::super::tests::config();
+            if let VectorsConfig::Named(map) = &mut config.params.vectors {
+                let a = map.get_mut("a").unwrap();
+                a.on_disk = Some(on_disk);
+                a.quantization_config = Some(serde_json::json!(
+                    {"scalar": {"type": "int8", "always_ram": always_ram}}
+                ));
+            }
+            let s = indexed_segment(&config);
+            id += 1;
+            let path = segment_dir(dir.path(), id);
+            s.image().unwrap().write(&path).unwrap();
+            let opened = Segment::open_dir(&path, &config, &[]).unwrap();
+            let codes = &opened.index().unwrap().quantized["a"];
+            assert_eq!(codes.is_mapped(), on_disk && !always_ram);
+            let original = &s.index().unwrap().quantized["a"];
+            assert_eq!(codes.codes(7), original.codes(7));
+            // Opened without quantization in the configuration: the codes are not loaded.
+            let plain = super::super::tests::config();
+            let opened = Segment::open_dir(&path, &plain, &[]).unwrap();
+            assert!(opened.index().unwrap().quantized.is_empty());
+            // A damaged codes file is refused, by name.
+            let file = path.join("quant-0.u8");
+            let mut bytes = std::fs::read(&file).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x01;
+            std::fs::write(&file, &bytes).unwrap();
+            let err = Segment::open_dir(&path, &config, &[]).err().unwrap();
+            assert!(err.contains("quant-0.u8"), "{err}");
+        }
     }
 
     #[test]
