@@ -550,11 +550,25 @@ impl CollectionConfig {
             .map(|(k, v)| (k.as_str(), v))
     }
 
-    /// The graph parameters of the dense vector `name`, with its own `hnsw_config` taking
-    /// precedence over the collection's.
+    /// Checks every `quantization_config` as Qdrant does (see [`Quantization::parse`]). The
+    /// API checks this before proposing a configuration; the state machine does not, so that
+    /// log entries committed before these checks existed still apply the same way on every
+    /// peer (such a setting is stored, reported and not applied).
+    pub fn validate_quantization(&self) -> Result<(), String> {
+        for (name, params) in self.params.vectors.iter() {
+            if let Some(q) = &params.quantization_config {
+                Quantization::parse(q).map_err(|e| format!("vectors.{name}.{e}"))?;
+            }
+        }
+        if let Some(q) = &self.quantization_config {
+            Quantization::parse(q)?;
+        }
+        Ok(())
+    }
+
     /// The quantization of the dense vector `name`: its own `quantization_config`, else the
     /// collection's (Qdrant's precedence). `None` for none, or one that does not parse (which
-    /// [`CollectionConfig::validate`] refuses).
+    /// the API refuses, see [`CollectionConfig::validate_quantization`]).
     pub fn quantization_for(&self, name: &str) -> Option<Quantization> {
         let params = self.dense(name)?;
         let value = params
@@ -576,6 +590,8 @@ impl CollectionConfig {
         }
     }
 
+    /// The graph parameters of the dense vector `name`, with its own `hnsw_config` taking
+    /// precedence over the collection's.
     pub fn hnsw_for(&self, name: &str) -> HnswConfig {
         let mut hnsw = self.hnsw_config.clone();
         if let Some(diff) = self.dense(name).and_then(|p| p.hnsw_config.as_ref()) {
@@ -615,12 +631,6 @@ impl CollectionConfig {
                 ));
             }
             self.hnsw_for(name).validate()?;
-            if let Some(q) = &params.quantization_config {
-                Quantization::parse(q).map_err(|e| format!("vectors.{name}.{e}"))?;
-            }
-        }
-        if let Some(q) = &self.quantization_config {
-            Quantization::parse(q)?;
         }
         if self.params.shard_number == 0 || self.params.shard_number > MAX_SHARD_NUMBER {
             return Err(format!(
@@ -979,6 +989,40 @@ mod tests {
             serde_json::from_value::<CollectionUpdate>(json!({"params": {"shard_number": 3}}))
                 .is_err(),
             "shard_number cannot change through an update"
+        );
+    }
+
+    /// Quantization settings are checked at the API, not in the state machine: a setting
+    /// committed before the checks existed still applies (stored, not applied), and the
+    /// per-vector setting takes precedence over the collection's.
+    #[test]
+    fn quantization_is_resolved_per_vector_and_checked_at_the_api() {
+        let mut config = named();
+        config.quantization_config = Some(json!({"scalar": {"type": "int8", "quantile": 0.3}}));
+        assert!(config.validate().is_ok());
+        let err = config.validate_quantization().unwrap_err();
+        assert!(err.contains("quantile"), "{err}");
+        assert_eq!(config.scalar_quantization("text"), None);
+        config.quantization_config = Some(json!({"scalar": {"type": "int8"}}));
+        assert!(config.validate_quantization().is_ok());
+        assert_eq!(
+            config.scalar_quantization("text"),
+            Some(ScalarQuantization {
+                quantile: None,
+                always_ram: false
+            })
+        );
+        config
+            .apply_update(&update(
+                json!({"vectors": {"text": {"quantization_config": {"binary": {}}}}}),
+            ))
+            .unwrap();
+        assert_eq!(config.quantization_for("text"), Some(Quantization::Binary));
+        assert_eq!(config.scalar_quantization("text"), None);
+        assert_eq!(
+            config.scalar_quantization("bm25"),
+            None,
+            "sparse vectors have none"
         );
     }
 }

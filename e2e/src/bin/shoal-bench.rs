@@ -833,6 +833,9 @@ struct Report {
     on_disk: bool,
     /// Resident memory of the node at the end of the searches.
     rss_bytes: Option<u64>,
+    /// Of `rss_bytes`: anonymous memory (heap) and file-backed pages (mapped files).
+    rss_anon_bytes: Option<u64>,
+    rss_file_bytes: Option<u64>,
 }
 
 /// How a stopped node came back, timed from its process start.
@@ -854,6 +857,9 @@ struct RestartReport {
     /// The same search series measured again once at full speed.
     after: SearchRow,
     rss_bytes: Option<u64>,
+    /// Of `rss_bytes`: anonymous memory (heap) and file-backed pages (mapped files).
+    rss_anon_bytes: Option<u64>,
+    rss_file_bytes: Option<u64>,
     /// Optimizer steps the node logged after the restart (Shoal only): 0 means nothing was
     /// re-indexed.
     optimizer_steps: Option<usize>,
@@ -965,10 +971,7 @@ fn restart(
             .filter(|l| l.contains("optimizer step"))
             .count()
     });
-    let rss_bytes = node
-        .pid()
-        .and_then(|pid| proc_status_kib(pid, "VmRSS").ok())
-        .map(|k| k * 1024);
+    let [rss_bytes, rss_anon_bytes, rss_file_bytes] = resident(node.pid());
     eprintln!(
         "restart: ready {ready_seconds:.2} s, count exact {count_exact_seconds:.2} s, full speed {full_speed:?} s, {in_first_10s} searches in the first 10 s, optimizer steps {optimizer_steps:?}"
     );
@@ -982,7 +985,18 @@ fn restart(
         qps_before: before.qps,
         after,
         rss_bytes,
+        rss_anon_bytes,
+        rss_file_bytes,
         optimizer_steps,
+    })
+}
+
+/// Resident memory of process `pid` in bytes: total (`VmRSS`), anonymous (`RssAnon`) and
+/// file-backed (`RssFile`, mapped files' pages in memory).
+fn resident(pid: Option<u32>) -> [Option<u64>; 3] {
+    ["VmRSS", "RssAnon", "RssFile"].map(|field| {
+        pid.and_then(|pid| proc_status_kib(pid, field).ok())
+            .map(|k| k * 1024)
     })
 }
 
@@ -1477,6 +1491,7 @@ fn bench(
         None
     };
 
+    let [rss_bytes, rss_anon_bytes, rss_file_bytes] = resident(pid);
     let peak_rss_bytes = match pid {
         Some(pid) => match proc_status_kib(pid, "VmHWM") {
             Ok(kib) => Some(kib * 1024),
@@ -1516,9 +1531,9 @@ fn bench(
             Flavour::Shoal => "shoal",
         },
         on_disk: args.on_disk,
-        rss_bytes: pid
-            .and_then(|pid| proc_status_kib(pid, "VmRSS").ok())
-            .map(|k| k * 1024),
+        rss_bytes,
+        rss_anon_bytes,
+        rss_file_bytes,
     })
 }
 
@@ -1965,10 +1980,12 @@ fn print_restart(r: &Report) {
         })
     };
     println!(
-        "engine: {}, on_disk: {}, RSS after the searches: {}\n",
+        "engine: {}, on_disk: {}, RSS after the searches: {} (anonymous {}, file-backed {})\n",
         r.engine,
         r.on_disk,
-        mib(r.rss_bytes)
+        mib(r.rss_bytes),
+        mib(r.rss_anon_bytes),
+        mib(r.rss_file_bytes)
     );
     let Some(x) = &r.restart else {
         return;
@@ -1992,7 +2009,12 @@ fn print_restart(r: &Report) {
         "| ef {} after the restart | {:.0} QPS, recall {:.4}, p99 {:.2} ms |",
         x.ef, x.after.qps, x.after.recall, x.after.latency.p99_ms
     );
-    println!("| RSS after the restart | {} |", mib(x.rss_bytes));
+    println!(
+        "| RSS after the restart | {} (anonymous {}, file-backed {}) |",
+        mib(x.rss_bytes),
+        mib(x.rss_anon_bytes),
+        mib(x.rss_file_bytes)
+    );
     if let Some(n) = x.optimizer_steps {
         println!("| optimizer steps logged after the restart | {n} |");
     }

@@ -449,7 +449,7 @@ impl HnswIndex {
             visited.reset(self.capacity);
             visited.insert(current);
             let mut candidates = BinaryHeap::new();
-            let mut found: BinaryHeap<Near> = BinaryHeap::with_capacity(ef + 1);
+            let mut found: BinaryHeap<Near> = BinaryHeap::with_capacity(ef.min(self.len) + 1);
             candidates.push(Reverse(Near(best, current)));
             if accept(current) {
                 found.push(Near(best, current));

@@ -59,8 +59,9 @@ const MAGIC: u32 = u32::from_le_bytes(*b"SHQ1");
 const FORMAT: u32 = 1;
 /// Header words: magic, format, dim, len, alpha, offset, quantile (NaN: none), reserved.
 const HEADER_WORDS: usize = 8;
-/// Vectors sampled to find the quantile bounds: enough for stable bounds, bounded in cost.
-const QUANTILE_SAMPLE: usize = 20_000;
+/// Values sampled (whole vectors, evenly spaced) to find the quantile bounds: enough for
+/// stable bounds, bounded in memory whatever the dimension.
+const QUANTILE_SAMPLE_VALUES: usize = 1 << 20;
 
 /// A sealed segment's codes of one dense column. Layout (the file, or the same words on the
 /// heap), little-endian: a header of [`HEADER_WORDS`] words, the per-vector term `c(x)` as
@@ -120,11 +121,9 @@ impl QuantizedVectors {
         vector: impl Fn(usize) -> Option<&'v [f32]>,
     ) -> QuantizedVectors {
         let (low, high) = bounds(dim, len, quantile, &vector);
-        let alpha = if high > low {
-            (high - low) / 255.0
-        } else {
-            1.0
-        };
+        // In f64: the range of finite f32 values can itself overflow f32.
+        let step = (high as f64 - low as f64) / 255.0;
+        let alpha = if step > 0.0 { step as f32 } else { 1.0 };
         let offset = low;
         let codes_at = (HEADER_WORDS + len) * 4;
         let total = codes_at + len * dim;
@@ -193,9 +192,16 @@ impl QuantizedVectors {
                 h[3], h[2]
             ));
         }
-        let expected = (HEADER_WORDS + len) * 4 + len * dim;
-        if bytes.len() != expected {
-            return Err(format!("{} bytes, expected {expected}", bytes.len()));
+        let expected = len
+            .checked_add(HEADER_WORDS)
+            .and_then(|words| words.checked_mul(4))
+            .zip(len.checked_mul(dim))
+            .and_then(|(head, codes)| head.checked_add(codes));
+        if expected != Some(bytes.len()) {
+            return Err(format!(
+                "{} bytes, expected {len} x {dim} codes",
+                bytes.len()
+            ));
         }
         let (alpha, offset) = (f32::from_bits(h[4]), f32::from_bits(h[5]));
         if !alpha.is_finite() || alpha <= 0.0 || !offset.is_finite() {
@@ -292,15 +298,6 @@ impl QuantizedVectors {
     pub fn prefetch(&self, o: u32) {
         kernels::prefetch_bytes(self.codes(o));
     }
-
-    /// Heap bytes held (0 when mapped).
-    pub fn heap_bytes(&self) -> usize {
-        if self.bytes.is_mapped() {
-            0
-        } else {
-            self.bytes.bytes().len()
-        }
-    }
 }
 
 /// `round((v - offset) / alpha)` clamped to a byte, for each value.
@@ -319,7 +316,7 @@ fn term(codes: &[u8], offset: f32, alpha: f32) -> f32 {
 }
 
 /// The code range's bounds: every value's minimum and maximum, or the central `quantile` of
-/// the values of up to [`QUANTILE_SAMPLE`] evenly spaced vectors.
+/// about [`QUANTILE_SAMPLE_VALUES`] values of evenly spaced vectors.
 fn bounds<'v>(
     dim: usize,
     len: usize,
@@ -339,7 +336,8 @@ fn bounds<'v>(
             if low > high { (0.0, 0.0) } else { (low, high) }
         }
         Some(q) => {
-            let step = len.div_ceil(QUANTILE_SAMPLE).max(1);
+            let vectors = (QUANTILE_SAMPLE_VALUES / dim.max(1)).max(1);
+            let step = len.div_ceil(vectors).max(1);
             let mut values: Vec<f32> = (0..len)
                 .step_by(step)
                 .filter_map(vector)
@@ -417,14 +415,10 @@ mod tests {
                     let exact = distance.score(&query, p);
                     let approx = q.score(&codes, o as u32);
                     assert_eq!(approx, opened.score(&reopened, o as u32));
-                    // Each value is off by at most half a step; over `dim` values the sums
-                    // stay within a few steps of the range.
-                    let step = q.alpha;
-                    let bound = match distance {
-                        Distance::Cosine | Distance::Dot => 2.0 * step * dim as f32 * 0.5,
-                        Distance::Euclid => step * (dim as f32).sqrt() * 2.0,
-                        Distance::Manhattan => step * dim as f32,
-                    };
+                    // Each value is off by at most half a step, independently: over `dim`
+                    // values the errors add up like a random walk, a few steps times
+                    // sqrt(dim) (a biased rounding would add up linearly and fail this).
+                    let bound = 3.0 * q.alpha * (dim as f32).sqrt();
                     assert!(
                         (approx - exact).abs() <= bound,
                         "{distance:?}: {approx} vs {exact} (bound {bound})"

@@ -95,6 +95,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ShardError + '_ {
 /// Beyond this many results a graph walk costs more than a scan, and its `ef` would have to
 /// grow without bound: larger requests are answered exhaustively.
 pub const MAX_GRAPH_TOP: usize = 10_000;
+/// Most candidates a graph walk over quantized codes keeps for rescoring (the API's largest
+/// `hnsw_ef`), unless the search asks for more results than that.
+const MAX_CODE_CANDIDATES: usize = 10_000;
 
 /// What a read's predicate sees of a point: its id, payload, and which vectors it has.
 pub type PointPredicate<'a> =
@@ -1754,6 +1757,14 @@ impl LocalShard {
                     _ => score >= t,
                 })
         };
+        // Scalar-quantized codes serve graph walks where the configuration asks for them and
+        // the search does not say to ignore them.
+        let use_codes =
+            !query.quantization.ignore && config.scalar_quantization(query.using).is_some();
+        let vectors_in_memory = !config
+            .dense(query.using)
+            .and_then(|p| p.on_disk)
+            .unwrap_or(false);
         let state = self.state.read();
         let mut top = TopK::new(query.top);
         if query.top == 0 {
@@ -1874,10 +1885,7 @@ impl LocalShard {
                 // that still asks for them: the walk compares codes, then the candidates
                 // are rescored with the original vectors (unless the search says not to).
                 let codes = match q {
-                    QueryVector::Dense(_)
-                        if !query.quantization.ignore
-                            && config.scalar_quantization(query.using).is_some() =>
-                    {
+                    QueryVector::Dense(_) if use_codes => {
                         seg.index().and_then(|i| i.quantized.get(query.using))
                     }
                     _ => None,
@@ -1889,14 +1897,12 @@ impl LocalShard {
                         // `ef` distances next to the walk's thousands and recovers most of
                         // the recall codes lose; with them on disk each rescored point may
                         // be a page read, so only Qdrant's share is.
-                        let in_memory = !config
-                            .dense(query.using)
-                            .and_then(|p| p.on_disk)
-                            .unwrap_or(false);
                         let mut wanted = query.quantization.candidates(query.top);
-                        if in_memory && query.quantization.rescores() {
+                        if vectors_in_memory && query.quantization.rescores() {
                             wanted = wanted.max(ef);
                         }
+                        // Bounded like `hnsw_ef`.
+                        let wanted = wanted.min(MAX_CODE_CANDIDATES.max(query.top));
                         let encoded = codes.encode_query(flat);
                         let scorer = CodeScorer {
                             codes,
@@ -3419,108 +3425,176 @@ mod tests {
         );
     }
 
-    /// Scalar quantization (Qdrant's `quantization_config.scalar`): every indexed segment
-    /// keeps codes, which survive a reopen without any indexing work; a graph search walks the
-    /// codes and rescores its candidates with the original vectors (exact scores, high
-    /// recall); `rescore: false` answers the codes' scores; a changed quantile quantizes again;
-    /// without the setting, codes left in a segment are not used.
-    #[test]
-    fn scalar_quantized_segments_walk_codes_and_rescore_with_vectors() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A shard of 1,500 random points of 16 dimensions under `distance`, scalar-quantized
+    /// (quantile 0.99), fully optimized; with `on_disk` vectors when asked.
+    fn quantized_shard(
+        dir: &std::path::Path,
+        distance: Distance,
+        on_disk: bool,
+        builder: &IndexBuilder,
+    ) -> (LocalShard, Arc<CollectionConfig>) {
         let dim = 16;
-        let mut cfg = (*config(dim, 4)).clone();
+        let mut cfg = CollectionConfig::single_dense(dim, distance);
+        cfg.hnsw_config.full_scan_threshold = 0;
+        cfg.optimizer_config.indexing_threshold = Some(4);
         cfg.optimizer_config.default_segment_number = 2;
         cfg.quantization_config =
             Some(serde_json::json!({"scalar": {"type": "int8", "quantile": 0.99}}));
+        if let crate::collection_config::VectorsConfig::Single(p) = &mut cfg.params.vectors {
+            p.on_disk = Some(on_disk);
+        }
         let cfg = Arc::new(cfg);
-        let builder = IndexBuilder::new(1);
+        let shard = LocalShard::open(dir, Arc::clone(&cfg), SyncMode::Os).unwrap();
         let mut rng = StdRng::seed_from_u64(17);
-        let codes_of = |shard: &LocalShard| -> Vec<Option<f32>> {
-            let state = shard.state.read();
-            state
-                .segments
-                .values()
-                .filter(|s| s.stage() == SegmentStage::Indexed)
-                .map(|s| {
-                    s.index()
-                        .unwrap()
-                        .quantized
-                        .get("")
-                        .map(|q| q.quantile().unwrap_or(1.0))
-                })
-                .collect()
-        };
-        let queries: Vec<Vec<f32>> = (0..20)
-            .map(|_| (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect())
+        // Stored as the API stores them: normalised for Cosine.
+        let points = (0..1500)
+            .map(|i| {
+                let mut v: Vec<f32> = (0..dim).map(|_| rng.random_range(-1.0..1.0)).collect();
+                distance.preprocess(&mut v);
+                PointWrite::dense(PointId::Num(i), v, Payload::new())
+            })
             .collect();
-        // (recall@10 against the exact search, whether every score was the exact one)
-        let measure = |shard: &LocalShard, quantization: QuantizationSearch| -> (f64, bool) {
-            let (mut found, mut exact_scores) = (0, true);
-            for q in &queries {
-                let exact = shard.search(&exact_query(q, 10));
-                let approx = shard.search(&SearchQuery {
-                    exact: false,
-                    ef: Some(64),
-                    quantization,
-                    ..exact_query(q, 10)
-                });
-                assert_eq!(approx.len(), 10);
-                for hit in &approx {
-                    let Some(VectorData::Dense(v)) = shard.vector_of(&hit.id, "") else {
-                        panic!("a hit without its vector");
-                    };
-                    let true_score = Distance::Euclid.score(q, &v);
-                    exact_scores &= (hit.score - true_score).abs() <= 1e-5;
-                    found += usize::from(exact.iter().any(|e| e.id == hit.id));
-                }
+        shard.update(UpdateRequest::Upsert(points)).unwrap();
+        while shard.optimize_step(builder) {}
+        (shard, cfg)
+    }
+
+    /// The quantile of every indexed segment's codes (1.0: none given), `None` without codes.
+    fn codes_of(shard: &LocalShard) -> Vec<Option<f32>> {
+        let state = shard.state.read();
+        state
+            .segments
+            .values()
+            .filter(|s| s.stage() == SegmentStage::Indexed)
+            .map(|s| {
+                s.index()
+                    .unwrap()
+                    .quantized
+                    .get("")
+                    .map(|q| q.quantile().unwrap_or(1.0))
+            })
+            .collect()
+    }
+
+    /// Recall@10 of graph searches (`hnsw_ef` 64) against exact ones over 20 random queries,
+    /// and whether every score returned was the point's true score.
+    fn quantized_recall(
+        shard: &LocalShard,
+        distance: Distance,
+        quantization: QuantizationSearch,
+    ) -> (f64, bool) {
+        let mut rng = StdRng::seed_from_u64(23);
+        let (mut found, mut exact_scores) = (0, true);
+        for _ in 0..20 {
+            let mut q: Vec<f32> = (0..16).map(|_| rng.random_range(-1.0..1.0)).collect();
+            distance.preprocess(&mut q);
+            let exact = shard.search(&exact_query(&q, 10));
+            let approx = shard.search(&SearchQuery {
+                exact: false,
+                ef: Some(64),
+                quantization,
+                ..exact_query(&q, 10)
+            });
+            assert_eq!(approx.len(), 10);
+            for hit in &approx {
+                let Some(VectorData::Dense(v)) = shard.vector_of(&hit.id, "") else {
+                    panic!("a hit without its vector");
+                };
+                exact_scores &= (hit.score - distance.score(&q, &v)).abs() <= 1e-5;
+                found += usize::from(exact.iter().any(|e| e.id == hit.id));
             }
-            (found as f64 / (10 * queries.len()) as f64, exact_scores)
-        };
-        {
-            let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
-            shard
-                .update(UpdateRequest::Upsert(points(0..1500, dim, &mut rng)))
-                .unwrap();
-            while shard.optimize_step(&builder) {}
+        }
+        (found as f64 / 200.0, exact_scores)
+    }
+
+    /// Scalar quantization (Qdrant's `quantization_config.scalar`), for every distance: every
+    /// indexed segment keeps codes; a graph search walks the codes and rescores its candidates
+    /// with the original vectors (true scores, high recall); `rescore: false` answers the
+    /// codes' scores; `ignore` walks the original vectors.
+    #[test]
+    fn scalar_quantized_segments_walk_codes_and_rescore_with_vectors() {
+        let builder = IndexBuilder::new(1);
+        for distance in [
+            Distance::Cosine,
+            Distance::Dot,
+            Distance::Euclid,
+            Distance::Manhattan,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (shard, _) = quantized_shard(dir.path(), distance, false, &builder);
             let codes = codes_of(&shard);
             assert!(!codes.is_empty(), "segments were indexed");
             assert!(codes.iter().all(|q| *q == Some(0.99)), "{codes:?}");
-            let (recall, exact_scores) = measure(&shard, QuantizationSearch::default());
-            assert!(recall >= 0.9, "recall@10 {recall}");
+            let (recall, exact_scores) =
+                quantized_recall(&shard, distance, QuantizationSearch::default());
+            assert!(recall >= 0.9, "{distance:?}: recall@10 {recall}");
             assert!(
                 exact_scores,
-                "rescored hits report the original vectors' scores"
+                "{distance:?}: rescored hits report true scores"
             );
-            let (_, exact_scores) = measure(
-                &shard,
-                QuantizationSearch {
-                    rescore: Some(false),
-                    ..Default::default()
-                },
-            );
+            let unrescored = QuantizationSearch {
+                rescore: Some(false),
+                ..Default::default()
+            };
+            let (recall, exact_scores) = quantized_recall(&shard, distance, unrescored);
+            assert!(recall >= 0.7, "{distance:?}: recall@10 from codes {recall}");
             assert!(
                 !exact_scores,
-                "without rescoring the codes' scores are reported"
+                "{distance:?}: without rescoring, the codes' scores"
             );
-            let (recall, exact_scores) = measure(
-                &shard,
-                QuantizationSearch {
-                    oversampling: Some(3.0),
-                    ..Default::default()
-                },
+            let ignored = QuantizationSearch {
+                ignore: true,
+                ..unrescored
+            };
+            let (recall, exact_scores) = quantized_recall(&shard, distance, ignored);
+            assert!(
+                recall >= 0.9 && exact_scores,
+                "{distance:?}: ignore walks the vectors"
             );
-            assert!(recall >= 0.9 && exact_scores, "recall@10 {recall}");
-            shard.flush().unwrap();
         }
-        // Reopened: the codes come back from the segment files, with nothing to index.
+    }
+
+    /// With the vectors on disk only `top * oversampling` candidates are rescored (each may
+    /// be a page read), so oversampling buys recall back.
+    #[test]
+    fn oversampling_rescores_more_candidates_when_vectors_are_on_disk() {
+        let builder = IndexBuilder::new(1);
+        let dir = tempfile::tempdir().unwrap();
+        let (shard, _) = quantized_shard(dir.path(), Distance::Euclid, true, &builder);
+        let (plain, exact_scores) =
+            quantized_recall(&shard, Distance::Euclid, QuantizationSearch::default());
+        assert!(exact_scores);
+        let oversampled = QuantizationSearch {
+            oversampling: Some(4.0),
+            ..Default::default()
+        };
+        let (more, exact_scores) = quantized_recall(&shard, Distance::Euclid, oversampled);
+        assert!(exact_scores);
+        assert!(
+            more > plain,
+            "oversampling 4: recall {more}, without: {plain}"
+        );
+        assert!(more >= 0.95, "recall@10 {more}");
+    }
+
+    /// Codes survive a reopen without any indexing work; a changed quantile quantizes again;
+    /// without the setting the codes are dropped from memory and searches are exact again.
+    #[test]
+    fn quantized_codes_survive_reopen_and_follow_the_configuration() {
+        let builder = IndexBuilder::new(1);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = {
+            let (shard, cfg) = quantized_shard(dir.path(), Distance::Euclid, false, &builder);
+            shard.flush().unwrap();
+            cfg
+        };
         let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
         assert!(codes_of(&shard).iter().all(|q| *q == Some(0.99)));
         assert!(
             !shard.optimize_step(&builder),
             "no indexing work after a reopen"
         );
-        assert!(measure(&shard, QuantizationSearch::default()).0 >= 0.9);
-        // Another quantile: every segment is quantized again.
+        assert!(quantized_recall(&shard, Distance::Euclid, QuantizationSearch::default()).0 >= 0.9);
         let mut other = (*cfg).clone();
         other.quantization_config =
             Some(serde_json::json!({"scalar": {"type": "int8", "quantile": 0.9}}));
@@ -3535,16 +3609,18 @@ mod tests {
             !codes.is_empty() && codes.iter().all(|q| *q == Some(0.9)),
             "{codes:?}"
         );
-        // No quantization: the codes in the files are not used, scores stay exact.
         other.quantization_config = None;
         shard.set_config(Arc::new(other));
-        let (recall, exact_scores) = measure(
-            &shard,
-            QuantizationSearch {
-                rescore: Some(false),
-                ..Default::default()
-            },
+        let codes = codes_of(&shard);
+        assert!(
+            !codes.is_empty() && codes.iter().all(Option::is_none),
+            "{codes:?}"
         );
+        let unrescored = QuantizationSearch {
+            rescore: Some(false),
+            ..Default::default()
+        };
+        let (recall, exact_scores) = quantized_recall(&shard, Distance::Euclid, unrescored);
         assert!(recall >= 0.9 && exact_scores, "recall@10 {recall}");
     }
 

@@ -472,6 +472,19 @@ impl Segment {
         if quantization_outdated {
             self.index = None;
         }
+        // Codes the configuration no longer asks for are dropped from memory (searches would
+        // not use them; a segment on disk keeps them in its files).
+        let codes_unwanted = self.index.as_ref().is_some_and(|index| {
+            index
+                .quantized
+                .keys()
+                .any(|name| config.scalar_quantization(name).is_none())
+        });
+        if codes_unwanted && let Some(index) = self.index.as_mut().and_then(Arc::get_mut) {
+            index
+                .quantized
+                .retain(|name, _| config.scalar_quantization(name).is_some());
+        }
         let index_stale = self.index.as_ref().is_some_and(|index| {
             index
                 .graphs

@@ -91,6 +91,7 @@ pub fn config_from_request(req: CreateCollection) -> Result<CollectionConfig, Ap
     };
     config
         .validate()
+        .and_then(|()| config.validate_quantization())
         .map_err(|e| ApiError::unprocessable(format!("Validation error in JSON body: {e}")))?;
     Ok(config)
 }
@@ -160,7 +161,10 @@ pub async fn update(
     // Plan on a copy first, for Qdrant's status codes; the state machine checks again
     // against the configuration it holds when the update is applied.
     let mut planned = (*collection.config()).clone();
-    if let Err(reason) = planned.apply_update(&update) {
+    if let Err(reason) = planned
+        .apply_update(&update)
+        .and_then(|()| planned.validate_quantization())
+    {
         return Err(if reason.starts_with("Not existing vector name") {
             ApiError::bad_request(format!("Wrong input: {reason}"))
         } else {
@@ -179,15 +183,16 @@ pub async fn update(
 }
 
 /// What the configuration asks for that Shoal stores but does not apply yet: product and
-/// binary quantization, and quantization of multivectors (scalar int8 of single dense vectors
-/// is applied).
+/// binary quantization, quantization of multivectors, and settings stored before they were
+/// validated that do not parse (scalar int8 of single dense vectors is applied).
 fn warnings(config: &CollectionConfig) -> Vec<crate::api::rest::models::CollectionWarning> {
     let unapplied: Vec<String> = config
         .params
         .vectors
         .iter()
-        .filter(|(name, _)| {
-            config.quantization_for(name).is_some() && config.scalar_quantization(name).is_none()
+        .filter(|(name, params)| {
+            (params.quantization_config.is_some() || config.quantization_config.is_some())
+                && config.scalar_quantization(name).is_none()
         })
         .map(|(name, _)| format!("`{name}`"))
         .collect();
