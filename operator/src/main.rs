@@ -185,23 +185,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.api_key.clone(),
         Some(identity.clone()),
     ));
-    let shutdown = |mut rx: watch::Receiver<bool>| {
-        let (tx, done) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = rx.wait_for(|s| *s).await;
-            let _ = tx.send(());
-        });
-        async move {
-            let _ = done.await;
-        }
-    };
-    let placements = controller::run::<ShardPlacement>(
-        ctx.clone(),
-        watch_namespace.clone(),
-        shutdown(stop_rx.clone()),
-    );
-    let reshardings =
-        controller::run::<Resharding>(ctx, watch_namespace, shutdown(stop_rx.clone()));
+    let placements =
+        controller::run::<ShardPlacement>(ctx.clone(), watch_namespace.clone(), stop_rx.clone());
+    let reshardings = controller::run::<Resharding>(ctx, watch_namespace, stop_rx.clone());
     tokio::select! {
         _ = futures::future::join(placements, reshardings) => {}
         result = server => {

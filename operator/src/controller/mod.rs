@@ -16,7 +16,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -26,6 +26,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::crd::{OperationStatus, Resharding, ShardPlacement};
@@ -363,11 +364,12 @@ pub trait Kind: Operated {
     ) -> impl Future<Output = Result<Action, Error>> + Send;
 }
 
-/// Runs the controller of kind `K` until `shutdown` resolves.
+/// Runs the controller of kind `K` until `stop` turns true, then lets reconciles in flight
+/// finish (kube-rs graceful shutdown).
 pub async fn run<K: Kind>(
     ctx: Arc<Context>,
     namespace: Option<String>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    stop: watch::Receiver<bool>,
 ) {
     let api: Api<K> = match &namespace {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
@@ -379,21 +381,144 @@ pub async fn run<K: Kind>(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(wake_on::<K>, Default::default());
-    Controller::for_stream(trigger, reader)
-        .graceful_shutdown_on(shutdown)
+    let controller = Controller::for_stream(trigger, reader.clone())
+        .graceful_shutdown_on(stopped(stop.clone()))
         .run(reconcile::<K>, error_policy::<K>, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(kind = K::KIND, name = %obj.name, "reconciled"),
                 Err(e) => tracing::debug!(kind = K::KIND, error = %e, "reconcile error"),
             }
-        })
-        .await;
+        });
+    until_shut_down(controller, &reader, stopped(stop)).await;
+}
+
+/// Resolves once `stop` holds true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Drives `controller` (built with `graceful_shutdown_on` the same signal as `stop`) to its
+/// end, which graceful shutdown makes wait for the reconciles in flight.
+///
+/// One case never ends on its own: kube-rs (5.0) holds every reconcile until the store has
+/// finished its first list, and its graceful shutdown stops polling the watch, so a stop
+/// arriving before that first list completes leaves the controller waiting forever for a
+/// store that can no longer become ready. No reconcile can have started then (that same
+/// readiness gates them all), so the controller is simply dropped. Once `stop` has resolved
+/// the watch is never polled again, so a store not ready at that point stays not ready: the
+/// check cannot race a reconcile starting.
+async fn until_shut_down<K, F>(
+    controller: F,
+    store: &reflector::Store<K>,
+    stop: impl Future<Output = ()>,
+) where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+    F: Future<Output = ()>,
+{
+    let unsynced_at_stop = async {
+        stop.await;
+        if store.wait_until_ready().now_or_never().is_some() {
+            // Synced: the controller ends once its reconciles in flight have.
+            std::future::pending::<()>().await;
+        }
+        tracing::debug!(kind = %std::any::type_name::<K>(), "stopped before the first list completed");
+    };
+    tokio::select! {
+        _ = controller => {}
+        _ = unsynced_at_stop => {}
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A controller over ConfigMaps fed by `trigger`, reconciling with `reconcile`, shut down
+    /// gracefully by `stop`; returns its future and its store's writer.
+    fn config_map_controller<R>(
+        trigger: impl futures::Stream<Item = Result<ConfigMap, watcher::Error>> + Send + 'static,
+        reader: reflector::Store<ConfigMap>,
+        stop: watch::Receiver<bool>,
+        reconcile: impl FnMut(Arc<ConfigMap>, Arc<()>) -> R + Send + 'static,
+    ) -> impl Future<Output = ()>
+    where
+        R: Future<Output = Result<Action, kube::Error>> + Send + 'static,
+    {
+        Controller::for_stream(trigger, reader)
+            .graceful_shutdown_on(stopped(stop))
+            .run(reconcile, |_, _, _| Action::await_change(), Arc::new(()))
+            .for_each(|_| async {})
+    }
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    #[tokio::test]
+    async fn a_stop_before_the_first_list_ends_the_controller() {
+        let (reader, _writer) = reflector::store::<ConfigMap>();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let trigger = futures::stream::pending();
+        let controller =
+            config_map_controller(trigger, reader.clone(), stop_rx.clone(), |_, _| async {
+                panic!("no reconcile runs before the store is ready")
+            });
+        stop_tx.send(true).unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            until_shut_down(controller, &reader, stopped(stop_rx)),
+        )
+        .await
+        .expect("a stop before the first list must end the controller");
+    }
+
+    #[tokio::test]
+    async fn a_stop_waits_for_the_reconcile_in_flight() {
+        let (reader, mut writer) = reflector::store::<ConfigMap>();
+        let mut obj = ConfigMap::default();
+        obj.metadata.name = Some("cm".into());
+        obj.metadata.namespace = Some("default".into());
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(obj.clone()));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let hooks = Arc::new(Mutex::new(Some((started_tx, release_rx))));
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let finished_in_reconcile = finished.clone();
+        let trigger = futures::stream::iter([Ok(obj)]).chain(futures::stream::pending());
+        let controller =
+            config_map_controller(trigger, reader.clone(), stop_rx.clone(), move |_, _| {
+                let hooks = hooks.lock().unwrap().take();
+                let finished = finished_in_reconcile.clone();
+                async move {
+                    if let Some((started, release)) = hooks {
+                        let _ = started.send(());
+                        let _ = release.await;
+                        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Ok(Action::await_change())
+                }
+            });
+        let run = tokio::spawn(async move {
+            until_shut_down(controller, &reader, stopped(stop_rx)).await;
+        });
+        tokio::time::timeout(Duration::from_secs(10), started_rx)
+            .await
+            .expect("the reconcile starts")
+            .unwrap();
+        stop_tx.send(true).unwrap();
+        // The reconcile is still held: the controller must not have ended.
+        tokio::task::yield_now().await;
+        assert!(!run.is_finished());
+        release_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the controller ends once its reconcile has")
+            .unwrap();
+        assert!(finished.load(std::sync::atomic::Ordering::SeqCst));
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {
