@@ -76,12 +76,19 @@ where
         .map_err(|e| io_error(subject, ErrorVerb::Write, e))?
 }
 
+/// The memory redb may hold for the log's pages, in bytes (redb's default is 1 GiB). Entries
+/// are read back mostly right after they are written, by replication and apply.
+const CACHE_BYTES: usize = 8 << 20;
+
 impl LogStore {
     /// Opens (or creates) the log in `dir`. Blocking; call it at startup.
     pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
         let err = |e: &dyn Display| io_error(ErrorSubject::Store, ErrorVerb::Write, e);
         std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
-        let db = Database::create(dir.join(LOG_FILE)).map_err(|e| err(&e))?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join(LOG_FILE))
+            .map_err(|e| err(&e))?;
         // Create the tables up front so that readers never meet "table does not exist".
         let txn = db.begin_write().map_err(|e| err(&e))?;
         txn.open_table(LOGS).map_err(|e| err(&e))?;

@@ -139,9 +139,18 @@ pub fn decode_id(bytes: &[u8]) -> Option<PointId> {
     }
 }
 
+/// The memory redb may hold for this store's pages (its read cache and write buffer), in
+/// bytes. redb's default is 1 GiB per database, which a node with many shards would hold in
+/// anonymous memory: the store is read once at open and written once per flush, so a small
+/// cache costs nothing on the search path.
+const CACHE_BYTES: usize = 16 << 20;
+
 impl PointStore {
     pub fn open(path: &Path) -> Result<PointStore, StoreError> {
-        let db = Database::create(path).map_err(redb_err)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(redb_err)?;
         // Make sure the tables exist, so that readers never see "table does not exist".
         let txn = db.begin_write().map_err(redb_err)?;
         txn.open_table(POINTS).map_err(redb_err)?;
