@@ -2642,7 +2642,9 @@ fn merge_candidates(state: &ShardState) -> Option<Vec<SegmentId>> {
 /// in memory are indexed together, smallest first within the merge size limit: while an
 /// upload outpaces indexing, several wait at once, and one graph over all of them costs less
 /// than a graph each that the merge step would then build again (Qdrant's indexing optimizer
-/// likewise takes small segments along).
+/// likewise takes small segments along). For the same reason the smallest indexed segments
+/// join the build when it would otherwise leave more indexed segments than
+/// [`target_segment_count`].
 fn index_job(state: &ShardState) -> Option<OptimizerJob> {
     let mut frozen: Vec<&Segment> = state
         .segments
@@ -2663,7 +2665,29 @@ fn index_job(state: &ShardState) -> Option<OptimizerJob> {
         total += seg.live_count();
         picked.push(seg.id);
     }
-    (!picked.is_empty()).then_some(OptimizerJob::Index(picked))
+    if picked.is_empty() {
+        return None;
+    }
+    // When the new segment would leave more indexed segments than the merge step aims for,
+    // the smallest indexed ones join this build: otherwise the merge step would build their
+    // points, and these, a second time right after.
+    let mut indexed: Vec<&Segment> = state
+        .segments
+        .values()
+        .filter(|s| s.stage() == SegmentStage::Indexed)
+        .collect();
+    indexed.sort_by_key(|s| (s.live_count(), s.id));
+    let target = target_segment_count(&state.config);
+    let mut count_after = indexed.len() + 1;
+    for seg in indexed {
+        if count_after <= target || total + seg.live_count() > limit {
+            break;
+        }
+        total += seg.live_count();
+        picked.push(seg.id);
+        count_after -= 1;
+    }
+    Some(OptimizerJob::Index(picked))
 }
 
 /// One unit of optimizer work.
@@ -3622,6 +3646,56 @@ mod tests {
         };
         let (recall, exact_scores) = quantized_recall(&shard, Distance::Euclid, unrescored);
         assert!(recall >= 0.9 && exact_scores, "recall@10 {recall}");
+    }
+
+    /// A sealed segment that would push the indexed segments past the target count is built
+    /// together with the smallest indexed one, in one indexing step, instead of being indexed
+    /// alone and then merged (which would build its points twice).
+    #[test]
+    fn indexing_takes_the_smallest_indexed_segment_along_past_the_target_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let mut cfg = (*config(dim, 1)).clone();
+        cfg.optimizer_config.default_segment_number = 2;
+        let shard = LocalShard::open(dir.path(), Arc::new(cfg), SyncMode::Os).unwrap();
+        let builder = IndexBuilder::new(1);
+        let mut rng = StdRng::seed_from_u64(8);
+        let indexed_sizes = |shard: &LocalShard| {
+            let state = shard.state.read();
+            let mut sizes: Vec<usize> = state
+                .segments
+                .values()
+                .filter(|s| s.stage() == SegmentStage::Indexed)
+                .map(Segment::live_count)
+                .collect();
+            sizes.sort_unstable();
+            sizes
+        };
+        // 32 points per sealed segment: 64 points (two segments, indexed together), then 32,
+        // then 32.
+        for (first, n) in [(0u64, 64u64), (64, 32), (96, 32)] {
+            shard
+                .update(UpdateRequest::Upsert(points(
+                    first..first + n,
+                    dim,
+                    &mut rng,
+                )))
+                .unwrap();
+            while shard.optimize_step(&builder) {}
+        }
+        assert_eq!(indexed_sizes(&shard), [64, 64]);
+        let steps = shard.optimizer_view().completed;
+        assert!(
+            steps.iter().all(|s| s.optimizer == OptimizerName::Indexing),
+            "no merge step ran: {steps:?}"
+        );
+        let last = &steps[0];
+        assert_eq!(
+            last.segments.iter().map(|s| s.points).collect::<Vec<_>>(),
+            [32, 32],
+            "the third sealed segment was built with the smallest indexed one"
+        );
+        assert_eq!(shard.count(None), 128);
     }
 
     #[test]
