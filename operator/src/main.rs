@@ -146,10 +146,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // Renew the Lease; losing it stops the controllers and the process (the Deployment
     // restarts it as a candidate).
+    // Renewal goes on until the controllers have ended, graceful shutdown included: a
+    // reconcile still in flight after a stop must not outlive the Lease.
     let (lost_tx, lost_rx) = oneshot::channel::<()>();
+    let (controllers_done, mut done) = watch::channel(false);
     let renewer = elector.map(|elector| {
         let stop = stop_tx.clone();
-        let mut stopping = stop_tx.subscribe();
         tokio::spawn(async move {
             let period = elector.lease_duration() / 3;
             let mut held_until = Instant::now() + elector.lease_duration();
@@ -157,7 +159,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(period) => {}
-                    _ = stopping.wait_for(|s| *s) => break,
+                    _ = done.wait_for(|d| *d) => break,
                 }
                 let now = Instant::now();
                 match elector.try_acquire().await {
@@ -200,9 +202,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     metrics.set_leader(false);
+    let _ = controllers_done.send(true);
+    let elector = match renewer {
+        Some(renewer) => renewer.await.ok(),
+        None => None,
+    };
     let lost = lost_rx_is_set(lost_rx);
-    if let Some(renewer) = renewer
-        && let Ok(elector) = renewer.await
+    if let Some(elector) = elector
         && !lost
         && let Err(e) = elector.release().await
     {

@@ -405,9 +405,10 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// finished its first list, and its graceful shutdown stops polling the watch, so a stop
 /// arriving before that first list completes leaves the controller waiting forever for a
 /// store that can no longer become ready. No reconcile can have started then (that same
-/// readiness gates them all), so the controller is simply dropped. Once `stop` has resolved
-/// the watch is never polled again, so a store not ready at that point stays not ready: the
-/// check cannot race a reconcile starting.
+/// readiness gates them all), so the controller is simply dropped. The check cannot race a
+/// reconcile starting: the store is written only while the controller future polls its watch,
+/// which runs on this same task, and `select!` drops the controller right after the check,
+/// with no poll in between.
 async fn until_shut_down<K, F>(
     controller: F,
     store: &reflector::Store<K>,
@@ -478,16 +479,13 @@ mod tests {
         let mut obj = ConfigMap::default();
         obj.metadata.name = Some("cm".into());
         obj.metadata.namespace = Some("default".into());
-        writer.apply_watcher_event(&watcher::Event::Init);
-        writer.apply_watcher_event(&watcher::Event::InitApply(obj.clone()));
-        writer.apply_watcher_event(&watcher::Event::InitDone);
         let (stop_tx, stop_rx) = watch::channel(false);
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
         let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
         let hooks = Arc::new(Mutex::new(Some((started_tx, release_rx))));
         let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let finished_in_reconcile = finished.clone();
-        let trigger = futures::stream::iter([Ok(obj)]).chain(futures::stream::pending());
+        let trigger = futures::stream::iter([Ok(obj.clone())]).chain(futures::stream::pending());
         let controller =
             config_map_controller(trigger, reader.clone(), stop_rx.clone(), move |_, _| {
                 let hooks = hooks.lock().unwrap().take();
@@ -504,6 +502,11 @@ mod tests {
         let run = tokio::spawn(async move {
             until_shut_down(controller, &reader, stopped(stop_rx)).await;
         });
+        // The store becomes ready only after the controller started, as in a real watch.
+        tokio::task::yield_now().await;
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(obj));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
         tokio::time::timeout(Duration::from_secs(10), started_rx)
             .await
             .expect("the reconcile starts")
