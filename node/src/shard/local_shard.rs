@@ -3655,22 +3655,9 @@ mod tests {
     fn indexing_takes_the_smallest_indexed_segment_along_past_the_target_count() {
         let dir = tempfile::tempdir().unwrap();
         let dim = 8;
-        let mut cfg = (*config(dim, 1)).clone();
-        cfg.optimizer_config.default_segment_number = 2;
-        let shard = LocalShard::open(dir.path(), Arc::new(cfg), SyncMode::Os).unwrap();
+        let shard = shard_aiming_for_two_segments(dir.path(), dim);
         let builder = IndexBuilder::new(1);
         let mut rng = StdRng::seed_from_u64(8);
-        let indexed_sizes = |shard: &LocalShard| {
-            let state = shard.state.read();
-            let mut sizes: Vec<usize> = state
-                .segments
-                .values()
-                .filter(|s| s.stage() == SegmentStage::Indexed)
-                .map(Segment::live_count)
-                .collect();
-            sizes.sort_unstable();
-            sizes
-        };
         // 32 points per sealed segment: 64 points (two segments, indexed together), then 32,
         // then 32.
         for (first, n) in [(0u64, 64u64), (64, 32), (96, 32)] {
@@ -3698,13 +3685,32 @@ mod tests {
         assert_eq!(shard.count(None), 128);
     }
 
+    /// A shard of `dim`-dimensional vectors that seals a segment every 32 points and whose
+    /// merge step aims for two indexed segments.
+    fn shard_aiming_for_two_segments(dir: &std::path::Path, dim: usize) -> LocalShard {
+        let mut cfg = (*config(dim, 1)).clone();
+        cfg.optimizer_config.default_segment_number = 2;
+        LocalShard::open(dir, Arc::new(cfg), SyncMode::Os).unwrap()
+    }
+
+    /// The live points of each indexed segment of `shard`, smallest first.
+    fn indexed_sizes(shard: &LocalShard) -> Vec<usize> {
+        let state = shard.state.read();
+        let mut sizes: Vec<usize> = state
+            .segments
+            .values()
+            .filter(|s| s.stage() == SegmentStage::Indexed)
+            .map(Segment::live_count)
+            .collect();
+        sizes.sort_unstable();
+        sizes
+    }
+
     #[test]
     fn small_indexed_segments_are_merged_down_to_the_target_count() {
         let dir = tempfile::tempdir().unwrap();
         let dim = 8;
-        let mut cfg = (*config(dim, 1)).clone();
-        cfg.optimizer_config.default_segment_number = 2;
-        let shard = LocalShard::open(dir.path(), Arc::new(cfg), SyncMode::Os).unwrap();
+        let shard = shard_aiming_for_two_segments(dir.path(), dim);
         let builder = IndexBuilder::new(1);
         let mut rng = StdRng::seed_from_u64(5);
         // 32 points per segment: 30 sealed segments.
@@ -3712,14 +3718,8 @@ mod tests {
             .update(UpdateRequest::Upsert(points(0..960, dim, &mut rng)))
             .unwrap();
         while shard.optimize_step(&builder) {}
-        let state = shard.state.read();
-        let indexed = state
-            .segments
-            .values()
-            .filter(|s| s.stage() == SegmentStage::Indexed)
-            .count();
+        let indexed = indexed_sizes(&shard).len();
         assert!(indexed <= 2, "{indexed} indexed segments left");
-        drop(state);
         assert_eq!(shard.count(None), 960);
         let q = vec![0.2; dim];
         let exact = shard.search(&exact_query(&q, 10));
