@@ -26,14 +26,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// to 418 MiB of anonymous memory after indexing, 139 to 150 MiB with an immediate purge
 /// (BENCHMARKS.md, "Memory after indexing").
 fn return_freed_memory_at_once() {
-    // mimalloc reads its variables ignoring case, and the option's older name too.
-    let chosen = std::env::vars_os().any(|(name, _)| {
-        name.to_str().is_some_and(|n| {
-            n.eq_ignore_ascii_case("MIMALLOC_PURGE_DELAY")
-                || n.eq_ignore_ascii_case("MIMALLOC_RESET_DELAY")
-        })
-    });
-    if !chosen {
+    if !purge_delay_chosen_by_env() {
         #[allow(unsafe_code)]
         // SAFETY: mi_option_set stores an integer in mimalloc's option table with a plain
         // (non-atomic) write that other threads read when they purge; it runs first thing in
@@ -42,6 +35,17 @@ fn return_freed_memory_at_once() {
             libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0)
         };
     }
+}
+
+/// Whether the environment sets mimalloc's purge delay: mimalloc reads its variables ignoring
+/// case, and the option's older name (`MIMALLOC_RESET_DELAY`) too.
+fn purge_delay_chosen_by_env() -> bool {
+    std::env::vars_os().any(|(name, _)| {
+        name.to_str().is_some_and(|n| {
+            n.eq_ignore_ascii_case("MIMALLOC_PURGE_DELAY")
+                || n.eq_ignore_ascii_case("MIMALLOC_RESET_DELAY")
+        })
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,9 +86,7 @@ mod tests {
                 libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY),
             )
         };
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none()
-            && std::env::var_os("MIMALLOC_RESET_DELAY").is_none()
-        {
+        if !purge_delay_chosen_by_env() {
             assert_eq!(default, 1000, "option 15 is not mimalloc 3's purge_delay");
             assert_eq!(after, 0);
         }

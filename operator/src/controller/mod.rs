@@ -434,10 +434,12 @@ async fn until_shut_down<K, F>(
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
     use super::*;
 
     /// A controller over ConfigMaps fed by `trigger`, reconciling with `reconcile`, shut down
-    /// gracefully by `stop`; returns its future and its store's writer.
+    /// gracefully by `stop`.
     fn config_map_controller<R>(
         trigger: impl futures::Stream<Item = Result<ConfigMap, watcher::Error>> + Send + 'static,
         reader: reflector::Store<ConfigMap>,
@@ -452,8 +454,6 @@ mod tests {
             .run(reconcile, |_, _, _| Action::await_change(), Arc::new(()))
             .for_each(|_| async {})
     }
-
-    use k8s_openapi::api::core::v1::ConfigMap;
 
     #[tokio::test]
     async fn a_stop_before_the_first_list_ends_the_controller() {
