@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints the time since the start, so a slow run shows where its minutes went.
+started=$SECONDS
+step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
 
 step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
@@ -41,3 +43,5 @@ SHOAL_COMPAT_CLUSTER=3 e2e/compat/run.sh
 step "qdrant-client's own congruence suite, REST and gRPC (../shared/conformance; skipped when absent)"
 # Needs 127.0.0.1:6333 and :6334 for itself: it runs alone, after everything else.
 e2e/conformance/run.sh
+
+step "all steps passed"
