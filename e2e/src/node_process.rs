@@ -524,8 +524,34 @@ fn read_tail(path: &Path, lines: usize) -> std::io::Result<String> {
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().collect();
+    let all = without_backtrace_frames(&text);
     Ok(all[all.len().saturating_sub(lines)..].join("\n"))
+}
+
+/// The lines of a log with the frames of every printed backtrace folded into one line: with
+/// `RUST_BACKTRACE=1` a failing node ends its log with `Error: …`, its `Caused by:` chain and
+/// then ~100 frame lines, and a tail of only the frames hides the error itself.
+fn without_backtrace_frames(text: &str) -> Vec<&str> {
+    let is_frame = |line: &str| {
+        let t = line.trim_start();
+        let indented = t.len() < line.len();
+        let numbered = t
+            .split_once(": ")
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        indented && (numbered || t.starts_with("at "))
+    };
+    let mut out = Vec::new();
+    let mut in_backtrace = false;
+    for line in text.lines() {
+        if line.trim() == "Stack backtrace:" {
+            in_backtrace = true;
+            out.push("Stack backtrace: (frames omitted)");
+        } else if !(in_backtrace && is_frame(line)) {
+            in_backtrace = false;
+            out.push(line);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -574,6 +600,29 @@ mod tests {
         .unwrap();
         assert_eq!(read_tail(&p, 2).unwrap(), "line 99\nline 100");
         assert_eq!(read_tail(&p, 1000).unwrap().lines().count(), 100);
+    }
+
+    #[test]
+    fn the_log_tail_keeps_the_error_and_folds_the_backtrace() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        let frames: String = (0..200)
+            .map(|i| format!("  {i:>2}: frame{i}\n             at src/x.rs:{i}:1\n"))
+            .collect();
+        let log = format!(
+            "INFO started\nError: cannot load collections\n\nCaused by:\n    disk\n\n\
+             Stack backtrace:\n{frames}  ok: not a frame\n"
+        );
+        std::fs::write(&p, log).unwrap();
+        assert_eq!(
+            read_tail(&p, 5).unwrap(),
+            "Caused by:\n    disk\n\nStack backtrace: (frames omitted)\n  ok: not a frame"
+        );
+        assert!(
+            read_tail(&p, 10)
+                .unwrap()
+                .contains("Error: cannot load collections")
+        );
     }
 
     /// The process-handling half of the harness, exercised with `sleep` standing in for a

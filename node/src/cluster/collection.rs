@@ -649,6 +649,36 @@ fn roll_forward_restores(shards_dir: &Path) -> Result<(), CollectionError> {
     Ok(())
 }
 
+/// Opens the local replica of shard `id` under `shards_dir`, creating it whole if it does not
+/// exist: its point store and WAL are made in a staging directory that is renamed into place,
+/// so a process killed half-way leaves no replica directory that cannot open (the staging
+/// directory is not a shard id, and [`Collection::open`] removes it).
+fn create_replica(
+    shards_dir: &Path,
+    id: u32,
+    config: Arc<CollectionConfig>,
+    sync: SyncMode,
+) -> Result<LocalShard, CollectionError> {
+    let path = shards_dir.join(id.to_string());
+    if !path.exists() {
+        let staging = shards_dir.join(format!(".new-{id}-{}", uuid::Uuid::new_v4()));
+        let made = LocalShard::open(&staging, Arc::clone(&config), sync)
+            .map_err(CollectionError::from)
+            .and_then(|shard| {
+                drop(shard);
+                crate::storage::mapped::sync_dir(&staging)
+                    .and_then(|()| std::fs::rename(&staging, &path))
+                    .and_then(|()| crate::storage::mapped::sync_dir(shards_dir))
+                    .map_err(CollectionError::storage)
+            });
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    }
+    Ok(LocalShard::open(&path, config, sync)?)
+}
+
 impl Collection {
     /// Opens the collection under `dir` with the local replicas found there. The layout stays
     /// empty until the first [`Collection::sync`].
@@ -798,8 +828,9 @@ impl Collection {
         // New replicas exist before the layout routes anything to them ...
         for id in &mine {
             if !self.local.read().contains_key(id) {
-                let shard = Arc::new(LocalShard::open(
-                    &self.dir.join("shards").join(id.to_string()),
+                let shard = Arc::new(create_replica(
+                    &self.dir.join("shards"),
+                    *id,
                     self.config(),
                     self.env.sync,
                 )?);

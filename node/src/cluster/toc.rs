@@ -1004,6 +1004,56 @@ mod tests {
         assert!(pass_on(&ShardOperation::ClearPayload { points: foreign }, &down).is_empty());
     }
 
+    /// A new local replica comes into place whole: creating it leaves no staging directory,
+    /// and the staging directory a process killed half-way through a creation leaves behind
+    /// (a torn point store) neither stops the next start nor stays.
+    #[test]
+    fn a_replica_created_half_way_neither_stops_a_start_nor_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let phase = |work: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(work);
+        };
+        let shards = dir.path().join("collections/docs/shards");
+        let entries = |path: &Path| -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let path = dir.path().to_path_buf();
+        phase(Box::pin(async move {
+            let toc = open_local_node(&path).await;
+            create(&toc, "docs").await;
+        }));
+        let created = entries(&shards);
+        assert!(!created.is_empty());
+        assert!(
+            created.iter().all(|n| n.parse::<u32>().is_ok()),
+            "only whole replicas: {created:?}"
+        );
+        let torn = shards.join(".new-7-0f0e");
+        fs::create_dir_all(torn.join("wal")).unwrap();
+        fs::write(
+            torn.join(crate::shard::local_shard::POINT_STORE_FILE),
+            [0xA5; 1000],
+        )
+        .unwrap();
+
+        let path = dir.path().to_path_buf();
+        phase(Box::pin(async move {
+            let toc = open_local_node(&path).await;
+            assert!(toc.exists("docs"));
+        }));
+        assert_eq!(entries(&shards), created);
+    }
+
     /// A data directory written before metadata lived in one state (collections on disk, no
     /// metadata file) keeps its collections and points.
     #[test]
