@@ -528,9 +528,10 @@ fn read_tail(path: &Path, lines: usize) -> std::io::Result<String> {
     Ok(all[all.len().saturating_sub(lines)..].join("\n"))
 }
 
-/// The lines of a log with the frames of every printed backtrace folded into one line: with
-/// `RUST_BACKTRACE=1` a failing node ends its log with `Error: …`, its `Caused by:` chain and
-/// then ~100 frame lines, and a tail of only the frames hides the error itself.
+/// The lines of a log with the frames of every printed backtrace folded into its header line:
+/// with `RUST_BACKTRACE=1` a failing node ends its log with `Error: …`, its `Caused by:` chain
+/// and ~100 frame lines (a panic: its message, then as many), and a tail of only the frames
+/// hides the error itself.
 fn without_backtrace_frames(text: &str) -> Vec<&str> {
     let is_frame = |line: &str| {
         let t = line.trim_start();
@@ -538,12 +539,13 @@ fn without_backtrace_frames(text: &str) -> Vec<&str> {
         let numbered = t
             .split_once(": ")
             .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        indented && (numbered || t.starts_with("at "))
+        indented && (numbered || t.starts_with("at ") || t.starts_with("[... omitted"))
     };
     let mut out = Vec::new();
     let mut in_backtrace = false;
     for line in text.lines() {
-        if line.trim() == "Stack backtrace:" {
+        // anyhow's header, and std's for a panic.
+        if line.trim().eq_ignore_ascii_case("stack backtrace:") {
             in_backtrace = true;
             out.push("Stack backtrace: (frames omitted)");
         } else if !(in_backtrace && is_frame(line)) {
@@ -622,6 +624,17 @@ mod tests {
             read_tail(&p, 10)
                 .unwrap()
                 .contains("Error: cannot load collections")
+        );
+
+        let panic = format!(
+            "thread 'main' panicked at src/main.rs:1:1:\nboom\nstack backtrace:\n{frames}\
+             \x20     [... omitted 3 frames ...]\n{frames}note: run with RUST_BACKTRACE=full\n"
+        );
+        std::fs::write(&p, panic).unwrap();
+        assert_eq!(
+            read_tail(&p, 4).unwrap(),
+            "thread 'main' panicked at src/main.rs:1:1:\nboom\n\
+             Stack backtrace: (frames omitted)\nnote: run with RUST_BACKTRACE=full"
         );
     }
 

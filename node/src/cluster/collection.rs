@@ -649,6 +649,11 @@ fn roll_forward_restores(shards_dir: &Path) -> Result<(), CollectionError> {
     Ok(())
 }
 
+/// Test hook: shards directories in which a replica creation stops right after its staging
+/// directory is made, cleaning nothing up, as a process killed there would.
+#[cfg(test)]
+static STOP_AFTER_STAGING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 /// Opens the local replica of shard `id` under `shards_dir`, creating it whole if it does not
 /// exist: its point store and WAL are made in a staging directory that is renamed into place,
 /// so a process killed half-way leaves no replica directory that cannot open (the staging
@@ -663,14 +668,22 @@ fn create_replica(
     if !path.exists() {
         let staging = shards_dir.join(format!(".new-{id}-{}", uuid::Uuid::new_v4()));
         let made = LocalShard::open(&staging, Arc::clone(&config), sync)
-            .map_err(CollectionError::from)
-            .and_then(|shard| {
-                drop(shard);
-                crate::storage::mapped::sync_dir(&staging)
-                    .and_then(|()| std::fs::rename(&staging, &path))
-                    .and_then(|()| crate::storage::mapped::sync_dir(shards_dir))
-                    .map_err(CollectionError::storage)
-            });
+            .map(drop)
+            .map_err(CollectionError::from);
+        #[cfg(test)]
+        if STOP_AFTER_STAGING
+            .lock()
+            .unwrap()
+            .contains(&shards_dir.to_path_buf())
+        {
+            return Err(CollectionError::storage("test hook: stopped after staging"));
+        }
+        let made = made.and_then(|()| {
+            crate::storage::mapped::sync_dir(&staging)
+                .and_then(|()| std::fs::rename(&staging, &path))
+                .and_then(|()| crate::storage::mapped::sync_dir(shards_dir))
+                .map_err(CollectionError::storage)
+        });
         if let Err(e) = made {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
@@ -2783,4 +2796,43 @@ pub fn restrict(request: &UpdateRequest, owner: &Ownership) -> Option<UpdateRequ
         },
         UpdateRequest::ClearPayload(selection) => UpdateRequest::ClearPayload(narrow(selection)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Distance;
+
+    /// A replica comes into place whole: a creation cut off after its files were made (a
+    /// kill there) leaves no directory named after the shard, only a staging directory that
+    /// is not a shard id (which [`Collection::open`] removes); a completed one leaves the
+    /// replica and no staging directory.
+    #[test]
+    fn a_replica_comes_into_place_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = dir.path().join("shards");
+        std::fs::create_dir_all(&shards).unwrap();
+        let config = Arc::new(CollectionConfig::single_dense(4, Distance::Euclid));
+        let names = || -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&shards)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+
+        STOP_AFTER_STAGING.lock().unwrap().push(shards.clone());
+        let cut_off = create_replica(&shards, 3, Arc::clone(&config), SyncMode::Os);
+        STOP_AFTER_STAGING.lock().unwrap().retain(|p| p != &shards);
+        assert!(cut_off.is_err());
+        let left = names();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].starts_with(".new-3-") && left[0].parse::<u32>().is_err());
+        std::fs::remove_dir_all(shards.join(&left[0])).unwrap();
+
+        drop(create_replica(&shards, 3, Arc::clone(&config), SyncMode::Os).unwrap());
+        assert_eq!(names(), ["3"]);
+        LocalShard::open(&shards.join("3"), config, SyncMode::Os).unwrap();
+    }
 }

@@ -1004,9 +1004,9 @@ mod tests {
         assert!(pass_on(&ShardOperation::ClearPayload { points: foreign }, &down).is_empty());
     }
 
-    /// A new local replica comes into place whole: creating it leaves no staging directory,
-    /// and the staging directory a process killed half-way through a creation leaves behind
-    /// (a torn point store) neither stops the next start nor stays.
+    /// Creating a collection's replicas leaves only whole replica directories, and the
+    /// staging directory a process killed half-way through a creation leaves behind (a torn
+    /// point store) neither stops the next start nor stays.
     #[test]
     fn a_replica_created_half_way_neither_stops_a_start_nor_stays() {
         let dir = tempfile::tempdir().unwrap();
