@@ -10,10 +10,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$SECONDS
 step() { printf '\n==> [%4ds] %s\n' "$((SECONDS - started))" "$*"; }
 
-# A clean run compiles everything once: incremental compilation would only add its bookkeeping.
-# (Set CARGO_INCREMENTAL=1 to keep it for repeated local runs.)
-export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
-
 # The kube-apiserver that the chart check and the operator's end-to-end test use is built from
 # source on first use (~8 min on 2 cores; cached after). It builds beside the Rust compilation,
 # which leaves a core idle for long stretches (one large crate's front end, the links); the
