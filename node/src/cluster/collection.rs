@@ -654,6 +654,17 @@ fn roll_forward_restores(shards_dir: &Path) -> Result<(), CollectionError> {
 #[cfg(test)]
 static STOP_AFTER_STAGING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
+/// The names in directory `path`, sorted; for tests.
+#[cfg(test)]
+pub(crate) fn dir_names(path: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Opens the local replica of shard `id` under `shards_dir`, creating it whole if it does not
 /// exist: its point store and WAL are made in a staging directory that is renamed into place,
 /// so a process killed half-way leaves no replica directory that cannot open (the staging
@@ -2813,26 +2824,18 @@ mod tests {
         let shards = dir.path().join("shards");
         std::fs::create_dir_all(&shards).unwrap();
         let config = Arc::new(CollectionConfig::single_dense(4, Distance::Euclid));
-        let names = || -> Vec<String> {
-            let mut names: Vec<String> = std::fs::read_dir(&shards)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            names
-        };
 
         STOP_AFTER_STAGING.lock().unwrap().push(shards.clone());
         let cut_off = create_replica(&shards, 3, Arc::clone(&config), SyncMode::Os);
         STOP_AFTER_STAGING.lock().unwrap().retain(|p| p != &shards);
         assert!(cut_off.is_err());
-        let left = names();
+        let left = dir_names(&shards);
         assert_eq!(left.len(), 1, "{left:?}");
         assert!(left[0].starts_with(".new-3-") && left[0].parse::<u32>().is_err());
         std::fs::remove_dir_all(shards.join(&left[0])).unwrap();
 
         drop(create_replica(&shards, 3, Arc::clone(&config), SyncMode::Os).unwrap());
-        assert_eq!(names(), ["3"]);
+        assert_eq!(dir_names(&shards), ["3"]);
         LocalShard::open(&shards.join("3"), config, SyncMode::Os).unwrap();
     }
 }

@@ -666,6 +666,7 @@ pub async fn open_local_node(dir: &Path) -> Arc<TableOfContent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::collection::dir_names;
     use crate::consensus::type_config::LogId;
     use crate::shard::local_shard::Stamp;
     use crate::shard::operations::{PointWrite, UpdateRequest};
@@ -1004,35 +1005,30 @@ mod tests {
         assert!(pass_on(&ShardOperation::ClearPayload { points: foreign }, &down).is_empty());
     }
 
+    /// Runs `work` in a runtime of its own, as one run of a node: dropping the runtime ends
+    /// every background task, so the files are free again, as after a process exit.
+    fn in_own_runtime(work: impl std::future::Future<Output = ()>) {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work);
+    }
+
     /// Creating a collection's replicas leaves only whole replica directories, and the
     /// staging directory a process killed half-way through a creation leaves behind (a torn
     /// point store) neither stops the next start nor stays.
     #[test]
     fn a_replica_created_half_way_neither_stops_a_start_nor_stays() {
         let dir = tempfile::tempdir().unwrap();
-        let phase = |work: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(work);
-        };
         let shards = dir.path().join("collections/docs/shards");
-        let entries = |path: &Path| -> Vec<String> {
-            let mut names: Vec<String> = fs::read_dir(path)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            names
-        };
         let path = dir.path().to_path_buf();
-        phase(Box::pin(async move {
+        in_own_runtime(async move {
             let toc = open_local_node(&path).await;
             create(&toc, "docs").await;
-        }));
-        let created = entries(&shards);
+        });
+        let created = dir_names(&shards);
         assert!(!created.is_empty());
         assert!(
             created.iter().all(|n| n.parse::<u32>().is_ok()),
@@ -1047,11 +1043,11 @@ mod tests {
         .unwrap();
 
         let path = dir.path().to_path_buf();
-        phase(Box::pin(async move {
+        in_own_runtime(async move {
             let toc = open_local_node(&path).await;
             assert!(toc.exists("docs"));
-        }));
-        assert_eq!(entries(&shards), created);
+        });
+        assert_eq!(dir_names(&shards), created);
     }
 
     /// A data directory written before metadata lived in one state (collections on disk, no
@@ -1059,18 +1055,8 @@ mod tests {
     #[test]
     fn a_node_of_the_older_layout_keeps_its_collections() {
         let dir = tempfile::tempdir().unwrap();
-        // Each phase in its own runtime: dropping it ends every background task, so the files
-        // are free again, as after a process exit.
-        let phase = |work: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(work);
-        };
         let path = dir.path().to_path_buf();
-        phase(Box::pin(async move {
+        in_own_runtime(async move {
             let toc = open_local_node(&path).await;
             create(&toc, "old").await;
             let points = (0..50u64)
@@ -1088,17 +1074,17 @@ mod tests {
                 .await
                 .unwrap();
             toc.flush_all();
-        }));
+        });
         std::fs::remove_file(dir.path().join("metadata.json")).unwrap();
         std::fs::remove_file(dir.path().join(RECONCILED_FILE)).unwrap();
         std::fs::remove_file(dir.path().join("collections/old").join(UUID_FILE)).unwrap();
 
         let path = dir.path().to_path_buf();
-        phase(Box::pin(async move {
+        in_own_runtime(async move {
             let toc = open_local_node(&path).await;
             let collection = toc.get("old").unwrap();
             assert_eq!(collection.count(None, None).await.unwrap(), 50);
             assert_eq!(collection.layout().len(), 2);
-        }));
+        });
     }
 }
