@@ -654,6 +654,12 @@ fn roll_forward_restores(shards_dir: &Path) -> Result<(), CollectionError> {
 #[cfg(test)]
 static STOP_AFTER_STAGING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
+/// Replica directories whose rename in [`Collection::drop_local`] fails, as a full disk or a
+/// permission error would make it fail.
+#[cfg(test)]
+pub(crate) static FAIL_DROP_RENAME: std::sync::Mutex<Vec<PathBuf>> =
+    std::sync::Mutex::new(Vec::new());
+
 /// The names in directory `path`, sorted; for tests.
 #[cfg(test)]
 pub(crate) fn dir_names(path: &Path) -> Vec<String> {
@@ -690,7 +696,7 @@ fn create_replica(
             return Err(CollectionError::storage("test hook: stopped after staging"));
         }
         let made = made.and_then(|()| {
-            crate::storage::mapped::sync_dir(&staging)
+            crate::shard::snapshot::sync_tree(&staging)
                 .and_then(|()| std::fs::rename(&staging, &path))
                 .and_then(|()| crate::storage::mapped::sync_dir(shards_dir))
                 .map_err(CollectionError::storage)
@@ -899,17 +905,32 @@ impl Collection {
     }
 
     /// Removes this peer's replica of shard `id` and its files (nothing when it has none).
-    fn drop_local(&self, id: u32) -> Result<(), CollectionError> {
-        let Some(shard) = self.local.write().remove(&id) else {
+    ///
+    /// The directory is renamed away (to a name [`Collection::open`] removes) before the
+    /// replica leaves the map: when the rename fails, the error is returned and the replica
+    /// stays as it was, served and listed, so that the next reconcile tries again; it never
+    /// stays on disk under its shard id after it left the map (where a later placement or a
+    /// restart would take its old data for a replica).
+    pub(in crate::cluster) fn drop_local(&self, id: u32) -> Result<(), CollectionError> {
+        let mut local = self.local.write();
+        if !local.contains_key(&id) {
             return Ok(());
-        };
-        shard.cancel();
+        }
         let path = self.dir.join("shards").join(id.to_string());
         let doomed = self
             .dir
             .join("shards")
             .join(format!(".dropped-{id}-{}", uuid::Uuid::new_v4()));
+        #[cfg(test)]
+        if FAIL_DROP_RENAME.lock().unwrap().contains(&path) {
+            return Err(CollectionError::storage("test hook: the rename failed"));
+        }
         std::fs::rename(&path, &doomed).map_err(CollectionError::storage)?;
+        let shard = local
+            .remove(&id)
+            .expect("checked above, under the same lock");
+        drop(local);
+        shard.cancel();
         if let Err(e) = std::fs::remove_dir_all(&doomed) {
             tracing::warn!(error = %e, path = %doomed.display(), "could not remove a dropped replica; it is removed on the next start");
         }

@@ -1050,6 +1050,53 @@ mod tests {
         assert_eq!(dir_names(&shards), created);
     }
 
+    /// A replica whose directory cannot be renamed away when it is dropped stays whole: the
+    /// drop fails, the replica is still listed and takes writes; a later drop that succeeds
+    /// leaves nothing of it on disk.
+    #[test]
+    fn a_replica_whose_drop_fails_stays_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = dir.path().join("collections/docs/shards");
+        let path = dir.path().to_path_buf();
+        in_own_runtime(async move {
+            let toc = open_local_node(&path).await;
+            create(&toc, "docs").await;
+            let collection = toc.get("docs").unwrap();
+            let (id, _) = collection.local_shards()[0];
+            let replica_dir = shards.join(id.to_string());
+
+            crate::cluster::collection::FAIL_DROP_RENAME
+                .lock()
+                .unwrap()
+                .push(replica_dir.clone());
+            let failed = collection.drop_local(id);
+            crate::cluster::collection::FAIL_DROP_RENAME
+                .lock()
+                .unwrap()
+                .retain(|p| p != &replica_dir);
+            assert!(failed.is_err());
+            assert!(collection.local_shard(id).is_some());
+            assert!(replica_dir.is_dir());
+            let point = PointWrite::dense(PointId::Num(1), vec![1.0, 2.0], Default::default());
+            collection
+                .update(
+                    UpdateRequest::Upsert(vec![point]),
+                    None,
+                    crate::cluster::shard_requests::WriteOrdering::Weak,
+                )
+                .await
+                .unwrap();
+
+            collection.drop_local(id).unwrap();
+            assert!(collection.local_shard(id).is_none());
+            assert!(
+                !dir_names(&shards).contains(&id.to_string()),
+                "{:?}",
+                dir_names(&shards)
+            );
+        });
+    }
+
     /// A data directory written before metadata lived in one state (collections on disk, no
     /// metadata file) keeps its collections and points.
     #[test]
