@@ -5,6 +5,7 @@
 #
 # Env: SHOAL_NODE_BIN  node binary (default: $REPO/target/debug/shoal-node)
 #      SHOAL_KEEP_TMP  keep node data dirs after the run
+#      SHOAL_COMPAT_CLUSTER=N  run against a cluster of N peers instead of one node
 # Node logs are copied to $REPO/target/compat-logs/.
 set -euo pipefail
 
