@@ -170,6 +170,16 @@ def _kill_leftovers() -> None:  # belt and braces if pytest dies abruptly
         node.stop()
 
 
+def _interrupt_on_sigterm(signum, frame):
+    # Python dies of SIGTERM without unwinding: no fixture teardown, no atexit hook, and the
+    # nodes (each in its own session) would outlive the run. As an interrupt, pytest stops
+    # the run, tears its fixtures down and exits normally.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+
+
 def _start_node(name: str, extra_args: list[str] | None = None, fatal: bool = False):
     node = NodeProcess(name, extra_args, fatal=fatal)
     try:
