@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# Creates the Python environments of the two client suites, so that their steps of
-# e2e/run-tests.sh only run tests (the run starts this in the background, beside the Rust
-# compilation). Each suite's own script checks its environment again and installs what is
-# missing, so this only saves time; running it twice is cheap.
+# Creates the Python environments of the two client suites. e2e/run-tests.sh starts it in the
+# background beside the Rust compilation, so that the suites' steps only run tests;
+# e2e/compat/run.sh calls it for its own environment. Cheap when they exist already.
 #
-#   e2e/python-envs.sh
+#   e2e/python-envs.sh            # both
+#   e2e/python-envs.sh compat     # only the compatibility suite's
 #
 # - target/compat-venv: e2e/compat/requirements.txt (the compatibility suite, e2e/compat/run.sh).
 # - the congruence suite's venv (${CONFORMANCE_VENV:-~/.cache/shoal-conformance/venv}), with the
-#   packages ../shared/conformance/run-qdrant-client-suite.sh installs; skipped when
+#   packages ../shared/conformance/run-qdrant-client-suite.sh installs (that script checks
+#   and installs again itself: this only saves its step the time); skipped when
 #   ../shared/conformance is absent, as e2e/conformance/run.sh skips the suite.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
+case "${1:-}" in
+    "" | compat) ;;
+    *) echo "usage: $0 [compat]" >&2; exit 2 ;;
+esac
 
 compat="$repo/target/compat-venv"
 if [[ ! -x "$compat/bin/python" ]]; then
@@ -22,7 +27,7 @@ fi
 "$compat/bin/python" -m pip install -q --disable-pip-version-check -r "$here/compat/requirements.txt"
 echo "compatibility suite: $compat ready"
 
-if [[ -x "$repo/../shared/conformance/run-qdrant-client-suite.sh" ]]; then
+if [[ "${1:-}" != compat && -x "$repo/../shared/conformance/run-qdrant-client-suite.sh" ]]; then
     # The same test as the suite's script makes before it installs.
     venv="${CONFORMANCE_VENV:-$HOME/.cache/shoal-conformance/venv}"
     if [[ ! -x "$venv/bin/pytest" ]] || ! "$venv/bin/python" -c 'import qdrant_client, pytest_timeout' 2> /dev/null; then

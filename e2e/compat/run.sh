@@ -22,12 +22,9 @@ fi
 SHOAL_NODE_BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
 export SHOAL_NODE_BIN
 
+# target/compat-venv with requirements.txt (cheap when it is there already).
+"$REPO/e2e/python-envs.sh" compat >&2
 VENV="$REPO/target/compat-venv"
-if [[ ! -x "$VENV/bin/python" ]]; then
-    echo "creating virtualenv at $VENV" >&2
-    python3 -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$HERE/requirements.txt"
 
 cd "$HERE"
 set +e
