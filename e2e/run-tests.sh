@@ -60,6 +60,22 @@ step "CRDs are up to date (crdgen --check)"
 # package alone and rebuild half the dependency tree.
 "${CARGO_TARGET_DIR:-target}/debug/crdgen" --check
 
+step "Python environments of the client suites (e2e/python-envs.sh, started with the run)"
+await python
+
+# qdrant-client's congruence suite keeps one core busy for ~10 minutes (its Python reference
+# implementation computes every expected answer; the node is ~10% of it). It needs only the node
+# binary, so it runs beside the compilation of the test binaries, which yields to it (nice 5):
+# the suite's per-test timeout (120 s) keeps its margin. It needs 127.0.0.1:6333 and :6334 for
+# itself; nothing else in this run listens there (every test and suite picks free ports).
+background congruence e2e/conformance/run.sh
+
+step "test binaries (cargo test --no-run, beside qdrant-client's congruence suite)"
+nice -n 5 cargo test --workspace --no-run --locked
+
+step "qdrant-client's own congruence suite, REST and gRPC (../shared/conformance; skipped when absent)"
+await congruence
+
 step "kube-apiserver, etcd and kubectl (e2e/k8s/ensure-binaries.sh, started with the run)"
 await k8s
 
@@ -72,7 +88,8 @@ step "unit, property and multi-process tests (cargo nextest, or cargo test witho
 # The chart check above built the kube-apiserver the operator's end-to-end test uses: never
 # let that test skip silently here. cargo-nextest (on the machines CI uses; .config/nextest.toml)
 # runs two tests at a time across all test binaries, where cargo test runs the binaries one
-# after another (measured: 267 s instead of 358 s); it does not run documentation tests.
+# after another (measured: 267 s instead of 358 s); it does not run documentation tests. The
+# test binaries are built already: nothing runs beside the tests, whose waits have deadlines.
 if cargo nextest --version > /dev/null 2>&1; then
     SHOAL_REQUIRE_K8S=1 cargo nextest run --workspace --locked
     cargo test --workspace --doc --locked
@@ -81,22 +98,16 @@ else
 fi
 
 # The lints need the build directory the tests held until now. They run at the lowest CPU
-# priority beside the client suites below, which leave a core mostly idle (one Python process
-# and one node): the suites keep their speed, the lints take what is left.
+# priority beside the compatibility suites below, which leave CPU idle (Python processes
+# waiting on nodes): the suites keep their speed, the lints take what is left.
 background clippy nice -n 19 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "Python environments of the client suites (e2e/python-envs.sh, started with the run)"
-await python
-
-step "Qdrant client compatibility suite (qdrant-client, pytest), one node"
+step "Qdrant client compatibility suite (qdrant-client, pytest): one node, and a 3-peer cluster beside it"
+# Each run has its own nodes on free ports, its own pytest directory and its own log directory
+# (e2e/compat/run.sh).
+background compat_cluster env SHOAL_COMPAT_CLUSTER=3 e2e/compat/run.sh
 e2e/compat/run.sh
-
-step "Qdrant client compatibility suite against a 3-peer cluster"
-SHOAL_COMPAT_CLUSTER=3 e2e/compat/run.sh
-
-step "qdrant-client's own congruence suite, REST and gRPC (../shared/conformance; skipped when absent)"
-# Needs 127.0.0.1:6333 and :6334 for itself: it runs alone, after everything else.
-e2e/conformance/run.sh
+await compat_cluster
 
 step "lints (cargo clippy -D warnings, started after the tests)"
 await clippy

@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 REPO = Path(os.environ.get("REPO", HERE.parent.parent)).resolve()
 NODE_BIN = Path(os.environ.get("SHOAL_NODE_BIN", REPO / "target" / "debug" / "shoal-node"))
 
-LOG_DIR = REPO / "target" / "compat-logs"
+# run.sh gives each run (one node, a cluster) its own directory, so runs can go side by side.
+LOG_DIR = Path(os.environ.get("SHOAL_COMPAT_LOG_DIR", REPO / "target" / "compat-logs"))
 STARTUP_DEADLINE_S = float(os.environ.get("SHOAL_STARTUP_DEADLINE", "30"))
 REQUEST_TIMEOUT_S = 20
 

@@ -1,11 +1,14 @@
 //! Cluster membership with real `shoal-node` processes on loopback: founding and joining,
-//! losing the Raft leader to SIGKILL, catching up after a restart, removing peers, and peers
-//! authenticating to each other with the API key.
+//! losing the Raft leader to SIGKILL, catching up after a restart, removing peers, peers
+//! authenticating to each other with the API key, and clients the key check refuses before
+//! their request body arrived being told that their connection ends.
 //!
 //! Every wait is a poll with a deadline on what `GET /cluster` reports; nodes are killed by the
 //! harness when a test ends, also when it fails.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -263,5 +266,80 @@ fn peers_authenticate_with_the_api_key() -> Result<()> {
         "{}",
         intruder.log_tail(50)
     );
+    Ok(())
+}
+
+/// Reads one HTTP/1.1 answer (head and `content-length` body) from `stream`, lower-cased.
+fn read_answer(stream: &mut TcpStream) -> Result<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..1_000 {
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length = text[..head_end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(Ok(0), |v| v.trim().parse::<usize>())?;
+            if got.len() >= head_end + 4 + length {
+                return Ok(text);
+            }
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            bail!("the connection closed before a whole answer: {text:?}");
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    bail!("no whole answer in 1,000 reads")
+}
+
+/// The key check answers from the request head. When the body has not arrived yet, the node
+/// cannot keep the connection (the body's bytes would be read as the next request), so the
+/// 401 says `Connection: close` and the connection ends; a keep-alive client would otherwise
+/// send its next request into a closing socket. Requests with the key keep the connection.
+#[test]
+fn a_refusal_before_the_body_arrived_ends_the_connection_and_says_so() -> Result<()> {
+    let node = NodeProcess::start_ready(
+        NodeOptions {
+            api_key: Some("rest-secret".into()),
+            ..NodeOptions::default()
+        },
+        READY,
+    )?;
+    let connect = || -> Result<TcpStream> {
+        let stream = TcpStream::connect(("127.0.0.1", node.http_port()))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(stream)
+    };
+
+    let mut stream = connect()?;
+    stream.write_all(
+        b"POST /collections/c/points/payload/clear?wait=true HTTP/1.1\r\nhost: a\r\n\
+          content-type: application/json\r\ncontent-length: 15\r\n\r\n",
+    )?;
+    let answer = read_answer(&mut stream)?;
+    assert!(answer.starts_with("http/1.1 401"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    let mut rest = Vec::new();
+    assert_eq!(stream.read_to_end(&mut rest)?, 0, "{rest:?}");
+
+    // With the key, one connection carries several requests with bodies.
+    let mut stream = connect()?;
+    for _ in 0..3 {
+        let body = br#"{"limit": 1}"#;
+        stream.write_all(
+            format!(
+                "POST /collections/none/points/scroll HTTP/1.1\r\nhost: a\r\napi-key: rest-secret\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )?;
+        stream.write_all(body)?;
+        let answer = read_answer(&mut stream)?;
+        assert!(answer.starts_with("http/1.1 404"), "{answer}");
+        assert!(!answer.contains("connection: close"), "{answer}");
+    }
     Ok(())
 }

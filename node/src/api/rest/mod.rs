@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cluster;
 pub mod collection_cluster;
 pub mod collections;
+pub mod connection;
 pub mod introspection;
 pub mod json_body;
 pub mod matrix;
@@ -250,6 +251,7 @@ pub fn router(state: AppState, keys: ApiKeys, max_request_size_mb: usize) -> Rou
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("the request handler panicked; see the node log").into_response()
         }))
+        .layer(middleware::from_fn(connection::close_if_body_unread))
         .with_state(state)
 }
 
