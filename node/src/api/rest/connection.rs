@@ -153,29 +153,32 @@ mod tests {
         assert_eq!(n, 0);
     }
 
+    /// Sends `request` on `stream` and reads its answer, which must start with `status` and
+    /// leave the connection open.
+    async fn exchange_kept(stream: &mut TcpStream, request: &[u8], status: &str) -> String {
+        stream.write_all(request).await.unwrap();
+        let answer = read_answer(stream).await;
+        assert!(answer.starts_with(status), "{answer}");
+        assert!(
+            !answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        answer
+    }
+
     #[tokio::test]
     async fn answers_that_read_the_body_or_had_none_keep_the_connection() {
         let addr = serve().await;
         let mut stream = TcpStream::connect(addr).await.unwrap();
+        let read = b"POST /read HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello";
         for _ in 0..3 {
-            stream
-                .write_all(b"POST /read HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\n\r\nhello")
-                .await
-                .unwrap();
-            let answer = read_answer(&mut stream).await;
-            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            let answer = exchange_kept(&mut stream, read, "HTTP/1.1 200").await;
             assert!(answer.ends_with("\r\n\r\n5"), "{answer}");
-            assert!(!answer.to_ascii_lowercase().contains("connection: close"));
         }
         // A refusal of a request without a body keeps the connection too.
+        let refuse = b"POST /refuse HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n";
         for _ in 0..2 {
-            stream
-                .write_all(b"POST /refuse HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n")
-                .await
-                .unwrap();
-            let answer = read_answer(&mut stream).await;
-            assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
-            assert!(!answer.to_ascii_lowercase().contains("connection: close"));
+            exchange_kept(&mut stream, refuse, "HTTP/1.1 401").await;
         }
     }
 }
