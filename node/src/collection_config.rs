@@ -220,6 +220,10 @@ pub struct CollectionParams {
     /// (0 or absent: at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_fan_out_delay_ms: Option<u64>,
+    /// Qdrant's `on_disk_payload` (default `true`): sealed segments read each payload from
+    /// their `points.bin` when it is needed instead of holding every payload in memory
+    /// (`shard::segment`'s payload storage); appendable segments hold theirs in memory either
+    /// way. A change applies to every sealed segment at once, without rewriting it.
     pub on_disk_payload: bool,
 }
 

@@ -84,12 +84,17 @@ struct Args {
     #[arg(long, default_value_t = 0.95)]
     recall_target: f64,
     /// After the searches, stop the node (SIGTERM), start it again on the same data and
-    /// measure how soon it serves every point at full speed (needs a node the bench starts).
+    /// measure how soon it serves every point at full speed (needs a node the bench starts;
+    /// with --against, each engine in turn).
     #[arg(long, conflicts_with = "url")]
     restart: bool,
     /// `on_disk: true` for every dense vector of the collection.
     #[arg(long)]
     on_disk: bool,
+    /// `on_disk_payload: false` for the collection (both engines): payloads held in memory
+    /// instead of read from storage (the default of both is `true`).
+    #[arg(long)]
+    payload_in_memory: bool,
     /// `quantization_config: {"scalar": {"type": "int8", "quantile": Q}}` for the collection
     /// (both engines); searches then use Qdrant's defaults (rescoring, no oversampling).
     #[arg(long)]
@@ -610,6 +615,9 @@ impl Workload {
         if let Some(kb) = args.indexing_threshold {
             body["optimizers_config"] = json!({ "indexing_threshold": kb });
         }
+        if args.payload_in_memory {
+            body["on_disk_payload"] = false.into();
+        }
         if let Some(quantile) = args.scalar_quantile {
             body["quantization_config"] = json!({"scalar": {
                 "type": "int8", "quantile": quantile, "always_ram": args.always_ram
@@ -1042,10 +1050,6 @@ fn validate(args: &Args) -> Result<()> {
         !args.connections.is_empty() && args.connections.iter().all(|&c| (1..=256).contains(&c)),
         "--connections takes values from 1 to 256"
     );
-    ensure!(
-        args.against.is_none() || !args.restart,
-        "--against does not combine with --restart yet"
-    );
     match Mode::of(args) {
         Mode::Dense => {}
         Mode::Named { text_dim } => ensure!(text_dim > 0, "--text-dim must be positive"),
@@ -1227,6 +1231,44 @@ fn print_comparison(args: &Args, shoal: &Report, qdrant: &Report) {
         mib(qdrant.peak_rss_bytes),
         "",
     );
+    if let (Some(s), Some(q)) = (&shoal.restart, &qdrant.restart) {
+        line(
+            "restart: ready (s)".into(),
+            Some(s.ready_seconds),
+            Some(q.ready_seconds),
+            "",
+        );
+        line(
+            "restart: count exact (s)".into(),
+            Some(s.count_exact_seconds),
+            Some(q.count_exact_seconds),
+            "",
+        );
+        line(
+            "restart: full speed (s)".into(),
+            s.full_speed_seconds,
+            q.full_speed_seconds,
+            "",
+        );
+        line(
+            "restart: searches in the first 10 s".into(),
+            Some(s.searches_in_first_10s as f64),
+            Some(q.searches_in_first_10s as f64),
+            "",
+        );
+        line(
+            format!("restart: ef {} QPS after", s.ef),
+            Some(s.after.qps),
+            Some(q.after.qps),
+            "",
+        );
+        line(
+            "RSS after the restart (MiB)".into(),
+            mib(s.rss_bytes),
+            mib(q.rss_bytes),
+            "",
+        );
+    }
     for s in &shoal.search {
         let label = match s.connections {
             1 => row_label(s),

@@ -16,11 +16,12 @@ use crate::index::payload_selector::WithVector;
 use crate::index::quantization::QuantizationSearch;
 use crate::shard::clock::{ClockMap, ClockTag};
 use crate::shard::local_shard::{
-    LocalShard, PointPredicate, QueryVector, Record, ScoredRecord, Scoring, SearchQuery,
+    LocalShard, PayloadRead, PointPredicate, QueryVector, Record, ScoredRecord, Scoring,
+    SearchQuery,
 };
 use crate::shard::local_shard::{Stamp, UpdateOutcome};
 use crate::shard::operations::{ShardOperation, UpdateRequest};
-use crate::types::{Distance, Payload, PointId, VectorData, VectorRef};
+use crate::types::{Distance, PointId, VectorData, VectorRef};
 
 /// The RPC of the p2p `ShardService` that carries a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +70,9 @@ pub struct Ownership {
 fn owned_and_matching<'a>(
     owner: Option<&'a Ownership>,
     filter: Option<&'a Filter>,
-) -> impl Fn(PointId, &Payload, HasVector<'_>) -> bool + 'a {
+) -> impl Fn(PointId, PayloadRead<'_>, HasVector<'_>) -> bool + 'a {
     move |id, p, has| {
-        owner.is_none_or(|o| o.owns(&id)) && filter.is_none_or(|f| f.check_point(id, p, has))
+        owner.is_none_or(|o| o.owns(&id)) && filter.is_none_or(|f| f.check_point(id, &p(), has))
     }
 }
 
@@ -479,14 +480,14 @@ impl ShardSearch {
         let bound = self.filter.as_ref().map(|f| shard.bind_filter(f));
         let filter = bound.as_deref();
         let owner = self.owner.as_ref();
-        let accept = |id: PointId, p: &Payload, has: HasVector<'_>| {
+        let accept = |id: PointId, p: PayloadRead<'_>, has: HasVector<'_>| {
             !exclude.contains(&id)
                 && owner.is_none_or(|o| o.owns(&id))
-                && filter.is_none_or(|f| f.check_point(id, p, has))
+                && filter.is_none_or(|f| f.check_point(id, &p(), has))
         };
         let needs_accept = filter.is_some() || !exclude.is_empty() || owner.is_some();
         let accept_ref: Option<PointPredicate<'_>> = needs_accept.then_some(&accept as _);
-        let rest = |id: PointId, _: &Payload, _: HasVector<'_>| {
+        let rest = |id: PointId, _: PayloadRead<'_>, _: HasVector<'_>| {
             !exclude.contains(&id) && owner.is_none_or(|o| o.owns(&id))
         };
         let rest_ref: Option<PointPredicate<'_>> =
@@ -821,10 +822,12 @@ impl ShardCount {
             (None, None) => shard.count(None),
             (filter, _) => {
                 let filter = filter.as_ref().map(|f| shard.bind_filter(f));
-                shard.count(Some(&|id: PointId, p: &Payload, has: HasVector<'_>| {
-                    owner.is_none_or(|o| o.owns(&id))
-                        && filter.as_ref().is_none_or(|f| f.check_point(id, p, has))
-                }))
+                shard.count(Some(
+                    &|id: PointId, p: PayloadRead<'_>, has: HasVector<'_>| {
+                        owner.is_none_or(|o| o.owns(&id))
+                            && filter.as_ref().is_none_or(|f| f.check_point(id, &p(), has))
+                    },
+                ))
             }
         }
     }

@@ -46,7 +46,7 @@ use crate::consensus::{
 use crate::index::filter::{Filter, HasVector};
 use crate::index::payload_selector::WithVector;
 use crate::shard::clock::{ClockMap, ClockTag};
-use crate::shard::local_shard::{LocalShard, Record};
+use crate::shard::local_shard::{LocalShard, PayloadRead, Record};
 use crate::shard::operations::{PointSelection, PointWrite, UpdateRequest};
 use crate::shard::snapshot::SnapshotError;
 use crate::types::{PointId, VectorData};
@@ -956,9 +956,8 @@ async fn resharding_stream(
             let (mut records, seq) = {
                 let (local, scope) = (Arc::clone(&local), scope.clone());
                 tokio::task::spawn_blocking(move || {
-                    let accept = |id: PointId, _: &crate::types::Payload, _: HasVector<'_>| {
-                        scope.carries(&id)
-                    };
+                    let accept =
+                        |id: PointId, _: PayloadRead<'_>, _: HasVector<'_>| scope.carries(&id);
                     let seq = local.stats().last_seq;
                     (
                         local.scroll(
@@ -1093,7 +1092,7 @@ async fn catch_up(
     let source: Vec<(PointId, u64)> = {
         let (local, scope) = (Arc::clone(local), scope.cloned());
         tokio::task::spawn_blocking(move || {
-            let accept = |id: PointId, _: &crate::types::Payload, _: HasVector<'_>| {
+            let accept = |id: PointId, _: PayloadRead<'_>, _: HasVector<'_>| {
                 scope.as_ref().is_none_or(|s| s.carries(&id))
             };
             let mut out = Vec::new();

@@ -158,79 +158,99 @@ pub struct FieldIndex {
     odd_latitudes: Vec<u32>,
 }
 
-impl FieldIndex {
-    fn build<'p>(
-        path: &JsonPath,
-        kind: FieldKind,
-        points: impl Iterator<Item = (u32, &'p Payload)>,
-    ) -> FieldIndex {
-        let mut strings: HashMap<String, Vec<u32>> = HashMap::new();
-        let mut integers: HashMap<i64, Vec<u32>> = HashMap::new();
-        let mut bools: [Vec<u32>; 2] = Default::default();
-        let (mut numbers, mut datetimes, mut latitudes) = (Vec::new(), Vec::new(), Vec::new());
-        let mut odd_latitudes = Vec::new();
-        for (offset, payload) in points {
-            for value in path.values(payload) {
-                match &kind {
-                    FieldKind::Keyword => {
-                        if let Some(s) = value.as_str() {
-                            push_once(strings.entry(s.to_owned()).or_default(), offset);
-                        }
+/// A [`FieldIndex`] being built: fed one payload at a time, in offset order.
+struct FieldIndexBuilder {
+    kind: FieldKind,
+    strings: HashMap<String, Vec<u32>>,
+    integers: HashMap<i64, Vec<u32>>,
+    bools: [Vec<u32>; 2],
+    numbers: Vec<(f64, u32)>,
+    datetimes: Vec<(i64, u32)>,
+    latitudes: Vec<(f64, u32)>,
+    odd_latitudes: Vec<u32>,
+}
+
+impl FieldIndexBuilder {
+    fn new(kind: FieldKind) -> FieldIndexBuilder {
+        FieldIndexBuilder {
+            kind,
+            strings: HashMap::new(),
+            integers: HashMap::new(),
+            bools: Default::default(),
+            numbers: Vec::new(),
+            datetimes: Vec::new(),
+            latitudes: Vec::new(),
+            odd_latitudes: Vec::new(),
+        }
+    }
+
+    /// Indexes the values at `path` of the payload at `offset`.
+    fn add(&mut self, path: &JsonPath, offset: u32, payload: &Payload) {
+        for value in path.values(payload) {
+            match &self.kind {
+                FieldKind::Keyword => {
+                    if let Some(s) = value.as_str() {
+                        push_once(self.strings.entry(s.to_owned()).or_default(), offset);
                     }
-                    FieldKind::Integer { lookup, range } => {
-                        if let (true, Some(n)) = (*lookup, value.as_i64()) {
-                            push_once(integers.entry(n).or_default(), offset);
-                        }
-                        if let (true, Some(x)) = (*range, value.as_f64()) {
-                            numbers.push((x, offset));
-                        }
+                }
+                FieldKind::Integer { lookup, range } => {
+                    if let (true, Some(n)) = (*lookup, value.as_i64()) {
+                        push_once(self.integers.entry(n).or_default(), offset);
                     }
-                    FieldKind::Float => {
-                        if let Some(x) = value.as_f64() {
-                            numbers.push((x, offset));
-                        }
+                    if let (true, Some(x)) = (*range, value.as_f64()) {
+                        self.numbers.push((x, offset));
                     }
-                    FieldKind::Bool => {
-                        if let Some(b) = value.as_bool() {
-                            push_once(&mut bools[b as usize], offset);
-                        }
+                }
+                FieldKind::Float => {
+                    if let Some(x) = value.as_f64() {
+                        self.numbers.push((x, offset));
                     }
-                    FieldKind::Datetime => {
-                        if let Some(micros) = value.as_str().and_then(parse_datetime_micros) {
-                            datetimes.push((micros, offset));
-                        }
+                }
+                FieldKind::Bool => {
+                    if let Some(b) = value.as_bool() {
+                        push_once(&mut self.bools[b as usize], offset);
                     }
-                    FieldKind::Geo => match GeoPoint::from_value(value) {
-                        Some(p) if (-90.0..=90.0).contains(&p.lat) => {
-                            latitudes.push((p.lat, offset))
-                        }
-                        Some(_) => push_once(&mut odd_latitudes, offset),
-                        None => {}
-                    },
-                    FieldKind::Text(params) => {
-                        if let Some(s) = value.as_str() {
-                            for token in params.indexed_tokens(s) {
-                                push_once(strings.entry(token).or_default(), offset);
-                            }
+                }
+                FieldKind::Datetime => {
+                    if let Some(micros) = value.as_str().and_then(parse_datetime_micros) {
+                        self.datetimes.push((micros, offset));
+                    }
+                }
+                FieldKind::Geo => match GeoPoint::from_value(value) {
+                    Some(p) if (-90.0..=90.0).contains(&p.lat) => {
+                        self.latitudes.push((p.lat, offset))
+                    }
+                    Some(_) => push_once(&mut self.odd_latitudes, offset),
+                    None => {}
+                },
+                FieldKind::Text(params) => {
+                    if let Some(s) = value.as_str() {
+                        for token in params.indexed_tokens(s) {
+                            push_once(self.strings.entry(token).or_default(), offset);
                         }
                     }
                 }
             }
         }
-        strings.values_mut().for_each(|p| p.shrink_to_fit());
-        integers.values_mut().for_each(|p| p.shrink_to_fit());
-        FieldIndex {
-            kind,
-            strings,
-            integers,
-            bools,
-            numbers: Sorted::build(numbers, f64::total_cmp),
-            datetimes: Sorted::build(datetimes, Ord::cmp),
-            latitudes: Sorted::build(latitudes, f64::total_cmp),
-            odd_latitudes,
-        }
     }
 
+    fn finish(mut self) -> FieldIndex {
+        self.strings.values_mut().for_each(|p| p.shrink_to_fit());
+        self.integers.values_mut().for_each(|p| p.shrink_to_fit());
+        FieldIndex {
+            kind: self.kind,
+            strings: self.strings,
+            integers: self.integers,
+            bools: self.bools,
+            numbers: Sorted::build(self.numbers, f64::total_cmp),
+            datetimes: Sorted::build(self.datetimes, Ord::cmp),
+            latitudes: Sorted::build(self.latitudes, f64::total_cmp),
+            odd_latitudes: self.odd_latitudes,
+        }
+    }
+}
+
+impl FieldIndex {
     /// A superset of the offsets where `condition` holds, from this index alone, and whether
     /// it is exactly those offsets (every check but the geo ones, which take a latitude band);
     /// `None` when this index cannot answer the condition.
@@ -451,18 +471,26 @@ impl OffsetSet {
 impl PayloadIndex {
     /// Indexes the payloads of `points` (offset, payload) for every field of `schema`.
     /// `built_at` is the segment's payload edit counter read under the same lock.
-    pub fn build<'p>(
+    /// Each payload is read once for all fields (a payload read from a segment file is
+    /// parsed once).
+    pub fn build<P: std::borrow::Borrow<Payload>>(
         schema: &PayloadSchema,
-        points: impl Iterator<Item = (u32, &'p Payload)> + Clone,
+        points: impl Iterator<Item = (u32, P)>,
         built_at: u64,
     ) -> PayloadIndex {
-        let fields = schema
+        let mut builders: Vec<(&JsonPath, FieldIndexBuilder)> = schema
             .fields
             .values()
-            .map(|(path, kind)| {
-                let index = FieldIndex::build(path, kind.clone(), points.clone());
-                (path.clone(), index)
-            })
+            .map(|(path, kind)| (path, FieldIndexBuilder::new(kind.clone())))
+            .collect();
+        for (offset, payload) in points {
+            for (path, builder) in &mut builders {
+                builder.add(path, offset, payload.borrow());
+            }
+        }
+        let fields = builders
+            .into_iter()
+            .map(|(path, builder)| (path.clone(), builder.finish()))
             .collect();
         PayloadIndex {
             schema: schema.clone(),

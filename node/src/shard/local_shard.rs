@@ -13,6 +13,7 @@
 //! open, the listed segments are mapped (no graph is rebuilt), the rest is loaded from the
 //! point store, and the WAL is replayed after the flushed sequence number.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -99,9 +100,14 @@ pub const MAX_GRAPH_TOP: usize = 10_000;
 /// `hnsw_ef`), unless the search asks for more results than that.
 const MAX_CODE_CANDIDATES: usize = 10_000;
 
+/// A point's payload as a predicate reads it: on demand, because a payload a sealed segment
+/// keeps on disk (`on_disk_payload`) is parsed on each read, and most predicates decide on the
+/// id (ownership, excluded ids) or on a payload index without it.
+pub type PayloadRead<'a> = &'a dyn Fn() -> Cow<'a, Payload>;
+
 /// What a read's predicate sees of a point: its id, payload, and which vectors it has.
 pub type PointPredicate<'a> =
-    &'a (dyn Fn(PointId, &Payload, crate::index::filter::HasVector<'_>) -> bool + Sync);
+    &'a (dyn Fn(PointId, PayloadRead<'_>, crate::index::filter::HasVector<'_>) -> bool + Sync);
 
 /// A query vector, already checked and preprocessed for the vector it searches.
 #[derive(Debug, Clone, Copy)]
@@ -417,7 +423,7 @@ impl ShardState {
             return;
         };
         let mut vectors = seg.vectors(offset);
-        let payload = seg.payload(offset).clone();
+        let payload = seg.payload(offset).into_owned();
         edit(&mut vectors);
         self.insert_point(*id, &vectors, payload, seq);
         self.dirty.insert(*id);
@@ -519,7 +525,7 @@ impl ShardState {
     /// Whether the point at `loc` passes `filter` (already bound, see [`ShardState::bind`]).
     fn matches(&self, id: &PointId, loc: &Location, filter: &crate::index::filter::Filter) -> bool {
         let seg = &self.segments[&loc.segment];
-        filter.check_point(*id, seg.payload(loc.offset), &|name| {
+        filter.check_point(*id, &seg.payload(loc.offset), &|name| {
             seg.has_vector(name, loc.offset)
         })
     }
@@ -637,7 +643,7 @@ impl ShardState {
         Some(StoredPoint {
             version: seg.version(offset),
             vectors: seg.vectors(offset),
-            payload: seg.payload(offset).clone(),
+            payload: seg.payload(offset).into_owned(),
         })
     }
 
@@ -651,7 +657,7 @@ impl ShardState {
         Record {
             id: seg.id(offset),
             version: seg.version(offset),
-            payload: with_payload.then(|| seg.payload(offset).clone()),
+            payload: with_payload.then(|| seg.payload(offset).into_owned()),
             vector: vectors_wanted(seg, offset, with_vector),
         }
     }
@@ -1407,7 +1413,7 @@ impl LocalShard {
                     let changed = seg.file_version(offset) != Some(seg.version(offset));
                     let payload = changed.then(|| PayloadOverride {
                         version: seg.version(offset),
-                        payload: seg.payload(offset).clone(),
+                        payload: seg.payload(offset).into_owned(),
                     });
                     batch.overrides.push((*id, payload));
                 }
@@ -1519,7 +1525,7 @@ impl LocalShard {
                             encode_id(id),
                             PayloadOverride {
                                 version: seg.version(offset),
-                                payload: seg.payload(offset).clone(),
+                                payload: seg.payload(offset).into_owned(),
                             },
                         ));
                     }
@@ -1585,7 +1591,8 @@ impl LocalShard {
             .filter_map(|(id, loc)| {
                 let seg = &state.segments[&loc.segment];
                 let o = loc.offset;
-                let pass = accept.is_none_or(|f| f(*id, seg.payload(o), &|n| seg.has_vector(n, o)));
+                let pass =
+                    accept.is_none_or(|f| f(*id, &|| seg.payload(o), &|n| seg.has_vector(n, o)));
                 pass.then(|| state.record(seg, o, with_payload, with_vector))
             })
             .take(limit)
@@ -1607,12 +1614,12 @@ impl LocalShard {
             let seg = &state.segments[&loc.segment];
             let o = loc.offset;
             let payload = seg.payload(o);
-            if !accept(*id, payload, &|n| seg.has_vector(n, o)) {
+            if !accept(*id, &|| Cow::Borrowed(&*payload), &|n| seg.has_vector(n, o)) {
                 continue;
             }
             let mut values: Vec<OrderValue> = request
                 .key
-                .values(payload)
+                .values(&payload)
                 .into_iter()
                 .filter_map(OrderValue::of)
                 .filter(|v| !request.starts_before(v))
@@ -1647,8 +1654,8 @@ impl LocalShard {
             let seg = &state.segments[&loc.segment];
             let o = loc.offset;
             let payload = seg.payload(o);
-            if accept(*id, payload, &|n| seg.has_vector(n, o)) {
-                visit(payload);
+            if accept(*id, &|| Cow::Borrowed(&*payload), &|n| seg.has_vector(n, o)) {
+                visit(&payload);
             }
         }
     }
@@ -1663,7 +1670,7 @@ impl LocalShard {
                 .filter(|(id, loc)| {
                     let seg = &state.segments[&loc.segment];
                     let o = loc.offset;
-                    f(**id, seg.payload(o), &|n| seg.has_vector(n, o))
+                    f(**id, &|| seg.payload(o), &|n| seg.has_vector(n, o))
                 })
                 .count(),
         }
@@ -1777,7 +1784,7 @@ impl LocalShard {
             let accepted = |o: u32| {
                 query
                     .accept
-                    .is_none_or(|f| f(seg.id(o), seg.payload(o), &|n| seg.has_vector(n, o)))
+                    .is_none_or(|f| f(seg.id(o), &|| seg.payload(o), &|n| seg.has_vector(n, o)))
             };
             // Looked up once per segment: a name lookup per point cost more than the
             // distance itself.
@@ -1846,7 +1853,7 @@ impl LocalShard {
             let rest = |o: u32| {
                 query
                     .rest
-                    .is_none_or(|f| f(seg.id(o), seg.payload(o), &|n| seg.has_vector(n, o)))
+                    .is_none_or(|f| f(seg.id(o), &|| seg.payload(o), &|n| seg.has_vector(n, o)))
             };
             let passes = |o: u32| match &narrowed {
                 None => accepted(o),
@@ -1974,7 +1981,9 @@ impl LocalShard {
                     id: c.id,
                     version: seg.version(c.offset),
                     score: c.score,
-                    payload: query.with_payload.then(|| seg.payload(c.offset).clone()),
+                    payload: query
+                        .with_payload
+                        .then(|| seg.payload(c.offset).into_owned()),
                     vector: vectors_wanted(seg, c.offset, query.with_vector),
                     order_value: None,
                 }
@@ -2393,7 +2402,7 @@ impl LocalShard {
                     fresh.push(
                         seg.id(o),
                         &seg.vectors(o),
-                        seg.payload(o).clone(),
+                        seg.payload(o).into_owned(),
                         seg.version(o),
                     );
                     origin.push(Location {
@@ -2448,7 +2457,7 @@ impl LocalShard {
                 // The payload may have changed while the graph was built (every change sets
                 // the point's version).
                 if seg.version(from.offset) != fresh.version(new_offset) {
-                    *fresh.payload_mut(new_offset) = seg.payload(from.offset).clone();
+                    *fresh.payload_mut(new_offset) = seg.payload(from.offset).into_owned();
                     fresh.set_version(new_offset, seg.version(from.offset));
                 }
                 // The next flush stores the point where it now lives: out of the tail (a
@@ -3076,12 +3085,18 @@ mod tests {
     fn sealed_segments_on_disk_survive_crashes_and_reopen_without_rebuilding() {
         for seed in 0..4u64 {
             let dir = tempfile::tempdir().unwrap();
-            let cfg = config(4, 1);
+            // Payloads read from the segment files (`on_disk_payload`, the default) or held
+            // in memory; the setting is switched now and then (as a collection update does).
+            let mut cfg = config(4, 1);
+            Arc::make_mut(&mut cfg).params.on_disk_payload = seed % 2 == 0;
             let builder = IndexBuilder::new(1);
             let mut rng = StdRng::seed_from_u64(seed);
             let mut model: BTreeMap<PointId, (Vec<f32>, Payload)> = BTreeMap::new();
-            let open = || LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
-            let mut shard = open();
+            let open = |cfg: &Arc<CollectionConfig>| {
+                LocalShard::open(dir.path(), Arc::clone(cfg), SyncMode::Os).unwrap()
+            };
+            let mut shard = open(&cfg);
+            let mut switched = 0;
             let mut reopened_sealed = 0;
             for step in 0..400u64 {
                 let some_ids = |rng: &mut StdRng, n: usize| -> Vec<PointId> {
@@ -3164,19 +3179,26 @@ mod tests {
                             shard.optimize_step(&builder);
                         }
                     }
-                    80..90 => shard.flush().unwrap(),
+                    80..88 => shard.flush().unwrap(),
+                    88..90 => {
+                        let on_disk = &mut Arc::make_mut(&mut cfg).params.on_disk_payload;
+                        *on_disk = !*on_disk;
+                        shard.set_config(Arc::clone(&cfg));
+                        switched += 1;
+                        assert_matches_model(&shard, &model);
+                    }
                     90..95 => {
                         // kill -9: whatever was not flushed is in the WAL; directories the
                         // optimizer wrote since the last flush are not listed anywhere.
                         drop(shard);
-                        shard = open();
+                        shard = open(&cfg);
                         assert_matches_model(&shard, &model);
                     }
                     _ => {
                         shard.flush().unwrap();
                         let before = shard.stats();
                         drop(shard);
-                        shard = open();
+                        shard = open(&cfg);
                         assert_matches_model(&shard, &model);
                         // Nothing was built on open: the sealed segments came back indexed.
                         assert_eq!(shard.stats().indexed_vectors, before.indexed_vectors);
@@ -3202,7 +3224,14 @@ mod tests {
                 .count();
             assert_eq!(on_disk, persisted, "{listed:?}");
             drop(shard);
-            let shard = open();
+            let shard = open(&cfg);
+            for seg in shard.state.read().segments.values() {
+                assert_eq!(
+                    seg.payloads_mapped(),
+                    seg.is_persisted() && cfg.params.on_disk_payload,
+                    "payloads are read from segment files exactly when on_disk_payload says so"
+                );
+            }
             assert_eq!(
                 std::fs::read_dir(dir.path().join(SEGMENTS_DIR))
                     .unwrap()
@@ -3227,6 +3256,7 @@ mod tests {
                 reopened_sealed > 0,
                 "seed {seed}: some reopen found sealed segments"
             );
+            assert!(switched > 0, "seed {seed}: on_disk_payload was switched");
         }
     }
 
@@ -3750,7 +3780,7 @@ mod tests {
             .update(UpdateRequest::Upsert(points(0..1000, dim, &mut rng)))
             .unwrap();
         while shard.optimize_step(&builder) {}
-        let rare = |id: PointId, _: &Payload, _: crate::index::filter::HasVector<'_>| matches!(id, PointId::Num(n) if n % 100 == 7);
+        let rare = |id: PointId, _: PayloadRead<'_>, _: crate::index::filter::HasVector<'_>| matches!(id, PointId::Num(n) if n % 100 == 7);
         let q = vec![0.0; dim];
         let hits = shard.search(&SearchQuery {
             using: "",
@@ -3911,10 +3941,13 @@ mod tests {
                 // excluded id or another shard's point would be.
                 let kept = |id: PointId| !matches!(id, PointId::Num(n) if n % 7 == 0);
                 let rest =
-                    |id: PointId, _: &Payload, _: crate::index::filter::HasVector<'_>| kept(id);
-                let check = |id: PointId, p: &Payload, has: crate::index::filter::HasVector<'_>| {
-                    kept(id) && filter.check_point(id, p, has)
-                };
+                    |id: PointId, _: PayloadRead<'_>, _: crate::index::filter::HasVector<'_>| {
+                        kept(id)
+                    };
+                let check =
+                    |id: PointId, p: PayloadRead<'_>, has: crate::index::filter::HasVector<'_>| {
+                        kept(id) && filter.check_point(id, &p(), has)
+                    };
                 let mut want: Vec<PointId> = {
                     let state = shard.state.read();
                     state
@@ -3923,7 +3956,7 @@ mod tests {
                         .filter(|(id, loc)| {
                             kept(**id)
                                 && filter
-                                    .check(**id, state.segments[&loc.segment].payload(loc.offset))
+                                    .check(**id, &state.segments[&loc.segment].payload(loc.offset))
                         })
                         .map(|(id, _)| *id)
                         .collect()
@@ -4121,9 +4154,10 @@ mod tests {
                 ]),
                 ..Default::default()
             };
-            let accept = |id: PointId, p: &Payload, has: crate::index::filter::HasVector<'_>| {
-                has_text.check_point(id, p, has)
-            };
+            let accept =
+                |id: PointId, p: PayloadRead<'_>, has: crate::index::filter::HasVector<'_>| {
+                    has_text.check_point(id, &p(), has)
+                };
             assert_eq!(shard.count(Some(&accept)), 200);
             // Vector updates: one replaced, one deleted; a missing point fails the update.
             shard

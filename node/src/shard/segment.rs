@@ -10,7 +10,9 @@
 //!
 //! Each named vector is a column of its own ([`VectorColumn`]); a point may lack any of them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::collection_config::CollectionConfig;
@@ -22,8 +24,10 @@ use crate::storage::mapped::{FileSlice, Floats};
 use crate::types::{NamedVectors, Payload, PointId, SparseVector, VectorData, VectorRef};
 
 mod files;
+mod payload_storage;
 
 pub use files::{SegmentImage, Verify, segment_dir, stray_dirs, verify_files};
+use payload_storage::PayloadStorage;
 
 pub type SegmentId = u64;
 
@@ -346,13 +350,15 @@ pub struct Segment {
     frozen: bool,
     /// Bytes of dense vector data per offset, for size thresholds.
     point_bytes: usize,
-    payloads: Vec<Payload>,
+    payloads: PayloadStorage,
     versions: Vec<u64>,
     deleted: Vec<bool>,
     deleted_count: usize,
     index: Option<Arc<SegmentIndex>>,
     /// Versions as the segment's directory holds them; `None` until it has one.
     file_versions: Option<Vec<u64>>,
+    /// The segment's directory, once it has one.
+    dir: Option<PathBuf>,
     /// Columns the segment's directory holds that no longer count (their vector was removed
     /// from the collection).
     voided: std::collections::BTreeSet<String>,
@@ -378,12 +384,13 @@ impl Segment {
             columns,
             frozen: false,
             point_bytes: config.point_vector_bytes(),
-            payloads: Vec::new(),
+            payloads: PayloadStorage::Heap(Vec::new()),
             versions: Vec::new(),
             deleted: Vec::new(),
             deleted_count: 0,
             index: None,
             file_versions: None,
+            dir: None,
             voided: Default::default(),
             payload_index: None,
             payload_edits: 0,
@@ -420,6 +427,7 @@ impl Segment {
         if self.file_versions.is_some() {
             self.voided.extend(stale.iter().cloned());
         }
+        self.store_payloads(config.params.on_disk_payload);
         let layout_outdated = self.file_versions.is_some()
             && self.columns.iter().any(|(name, column)| {
                 let file = match column {
@@ -695,18 +703,27 @@ impl Segment {
             .collect()
     }
 
-    pub fn payload(&self, offset: u32) -> &Payload {
-        &self.payloads[offset as usize]
+    /// The payload at `offset`: borrowed when it is on the heap, parsed from the segment's
+    /// file when the collection keeps payloads `on_disk_payload` (see `payload_storage`).
+    pub fn payload(&self, offset: u32) -> Cow<'_, Payload> {
+        self.payloads.get(offset)
+    }
+
+    /// Whether the payloads are read from the segment's file rather than held on the heap.
+    pub fn payloads_mapped(&self) -> bool {
+        self.payloads.is_mapped()
     }
 
     /// The payload at `offset`, to change. A frozen segment notes the change, so that its
-    /// payload index (built before it) is completed with this offset.
+    /// payload index (built before it) is completed with this offset. A payload read from the
+    /// file is copied to the heap; the caller sets the point's new version (what tells a
+    /// changed payload from the file's).
     pub fn payload_mut(&mut self, offset: u32) -> &mut Payload {
         if self.frozen {
             self.payload_edits += 1;
             self.payload_touched.insert(offset, self.payload_edits);
         }
-        &mut self.payloads[offset as usize]
+        self.payloads.get_mut(offset)
     }
 
     /// Payload edits made so far: read it under the same lock as the payloads a
@@ -716,8 +733,8 @@ impl Segment {
     }
 
     /// Live offsets with their payloads, what a [`PayloadIndex`] is built from.
-    pub fn live_payloads(&self) -> impl Iterator<Item = (u32, &Payload)> + Clone + '_ {
-        self.live_offsets().map(|o| (o, &self.payloads[o as usize]))
+    pub fn live_payloads(&self) -> impl Iterator<Item = (u32, Cow<'_, Payload>)> + '_ {
+        self.live_offsets().map(|o| (o, self.payloads.get(o)))
     }
 
     /// Attaches payload indexes built from this segment's payloads (or drops them with

@@ -69,12 +69,22 @@ struct SegmentMeta {
     files: BTreeMap<String, FileCheck>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct PointRow {
     id: Vec<u8>,
     version: u64,
     #[serde(with = "crate::storage::json_blob")]
     payload: Payload,
+}
+
+/// A [`PointRow`] as read: the payload's JSON text is borrowed from the file's bytes, so that
+/// its position there can be kept instead of the parsed payload.
+#[derive(Deserialize)]
+struct PointRowRef<'a> {
+    id: Vec<u8>,
+    version: u64,
+    #[serde(borrow)]
+    payload: &'a str,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -161,7 +171,9 @@ impl Segment {
             id: self.id,
             ids: self.ids.clone(),
             versions: self.versions.clone(),
-            payloads: self.payloads.clone(),
+            payloads: (0..self.len() as u32)
+                .map(|o| self.payloads.get(o).into_owned())
+                .collect(),
             columns: self.frozen_columns(),
             index: Arc::clone(self.index.as_ref().filter(|_| self.frozen)?),
         })
@@ -185,10 +197,19 @@ impl Segment {
             stored.ids, self.ids,
             "the stored segment holds the same points"
         );
-        stored.payloads = std::mem::take(&mut self.payloads);
         stored.versions = std::mem::take(&mut self.versions);
         stored.deleted = std::mem::take(&mut self.deleted);
         stored.deleted_count = self.deleted_count;
+        // Mapped payloads keep on the heap only those changed since the image was taken.
+        let heap = std::mem::replace(&mut self.payloads, PayloadStorage::Heap(Vec::new()))
+            .into_heap(self.ids.len());
+        let file = std::mem::replace(&mut stored.payloads, PayloadStorage::Heap(Vec::new()));
+        stored.payloads = match file {
+            PayloadStorage::Mapped(mapped) => {
+                PayloadStorage::mapped_keeping(mapped, heap, newer_than_file(&stored))
+            }
+            PayloadStorage::Heap(_) => PayloadStorage::Heap(heap),
+        };
         stored.voided.extend(std::mem::take(&mut self.voided));
         stored.payload_index = self.payload_index.take();
         stored.payload_edits = self.payload_edits;
@@ -241,8 +262,9 @@ impl Segment {
                 return Err(format!("{name}: checksum or length does not match"));
             }
         }
-        let rows: Vec<PointRow> =
-            postcard::from_bytes(&read(POINTS)?).map_err(|e| format!("{POINTS}: {e}"))?;
+        let points = read(POINTS)?;
+        let rows: Vec<PointRowRef> =
+            postcard::from_bytes(&points).map_err(|e| format!("{POINTS}: {e}"))?;
         let cells: Vec<ColumnCells> =
             postcard::from_bytes(&read(COLUMNS)?).map_err(|e| format!("{COLUMNS}: {e}"))?;
         let len = meta.len;
@@ -251,12 +273,22 @@ impl Segment {
         }
         let mut ids = Vec::with_capacity(len);
         let mut versions = Vec::with_capacity(len);
-        let mut payloads = Vec::with_capacity(len);
-        for row in rows {
+        for row in &rows {
             ids.push(decode_id(&row.id).ok_or("points.bin: a bad point id")?);
             versions.push(row.version);
-            payloads.push(row.payload);
         }
+        let payloads = if config.params.on_disk_payload {
+            PayloadStorage::Mapped(map_payloads(dir, &points, &rows)?)
+        } else {
+            let parsed = rows
+                .iter()
+                .map(|row| serde_json::from_str(row.payload))
+                .collect::<Result<Vec<Payload>, _>>()
+                .map_err(|e| format!("{POINTS}: a payload does not parse: {e}"))?;
+            PayloadStorage::Heap(parsed)
+        };
+        drop(rows);
+        drop(points);
         let mut columns = BTreeMap::new();
         let mut index = SegmentIndex::default();
         for (n, (column, cells)) in meta.columns.iter().zip(cells).enumerate() {
@@ -356,6 +388,7 @@ impl Segment {
             point_bytes: config.point_vector_bytes(),
             payloads,
             file_versions: Some(versions.clone()),
+            dir: Some(dir.to_path_buf()),
             versions,
             deleted: vec![false; len],
             deleted_count: 0,
@@ -367,6 +400,84 @@ impl Segment {
         };
         segment.conform(config);
         Ok(segment)
+    }
+}
+
+/// Which offsets of `segment` hold a payload newer than its directory's (a change made after
+/// the file was written: the point's version moved on), among the live ones.
+fn newer_than_file(segment: &Segment) -> impl Fn(u32) -> bool + '_ {
+    move |o| {
+        let o = o as usize;
+        !segment.deleted[o]
+            && segment
+                .file_versions
+                .as_ref()
+                .is_none_or(|file| file[o] != segment.versions[o])
+    }
+}
+
+/// The payloads of the segment in `dir` read in place from its `points.bin` (`bytes`, already
+/// read, and `rows` decoded from them): each one checked to be a JSON object, then the file
+/// mapped. Errors name the file.
+fn map_payloads(
+    dir: &Path,
+    bytes: &[u8],
+    rows: &[PointRowRef<'_>],
+) -> Result<payload_storage::MappedPayloads, String> {
+    let base = bytes.as_ptr() as usize;
+    let mut spans = Vec::with_capacity(rows.len());
+    for row in rows {
+        payload_storage::check_object(row.payload)
+            .map_err(|e| format!("{POINTS}: a payload is not a JSON object: {e}"))?;
+        let len = u32::try_from(row.payload.len())
+            .map_err(|_| format!("{POINTS}: a payload over 4 GiB"))?;
+        spans.push(((row.payload.as_ptr() as usize - base) as u64, len));
+    }
+    // Segment files never change once written (see `storage::mapped`): the mapped file holds
+    // the bytes just checked. Comparing them would load every page of the mapping.
+    let file = FileBytes::open(&dir.join(POINTS), true).map_err(|e| format!("{POINTS}: {e}"))?;
+    if file.bytes().len() != bytes.len() {
+        return Err(format!("{POINTS}: changed while the segment was opened"));
+    }
+    payload_storage::MappedPayloads::new(file, &spans).map_err(|e| format!("{POINTS}: {e}"))
+}
+
+impl Segment {
+    /// Keeps the payloads of a segment with a directory as `on_disk` asks (Qdrant's
+    /// `on_disk_payload`): read back onto the heap, or mapped again from the file with the
+    /// payloads changed since it was written kept on the heap. When the file cannot be mapped
+    /// (logged), the payloads stay on the heap.
+    pub(super) fn store_payloads(&mut self, on_disk: bool) {
+        let Some(dir) = self.dir.clone() else {
+            return;
+        };
+        if on_disk == self.payloads.is_mapped() {
+            return;
+        }
+        let heap = std::mem::replace(&mut self.payloads, PayloadStorage::Heap(Vec::new()))
+            .into_heap(self.ids.len());
+        if !on_disk {
+            self.payloads = PayloadStorage::Heap(heap);
+            return;
+        }
+        let mapped = std::fs::read(dir.join(POINTS))
+            .map_err(|e| format!("{POINTS}: {e}"))
+            .and_then(|bytes| {
+                let rows: Vec<PointRowRef> =
+                    postcard::from_bytes(&bytes).map_err(|e| format!("{POINTS}: {e}"))?;
+                if rows.len() != heap.len() {
+                    return Err(format!("{POINTS}: holds another number of points"));
+                }
+                map_payloads(&dir, &bytes, &rows)
+            });
+        let payloads = match mapped {
+            Ok(mapped) => PayloadStorage::mapped_keeping(mapped, heap, newer_than_file(self)),
+            Err(error) => {
+                tracing::warn!(path = %dir.display(), %error, "payloads stay in memory");
+                PayloadStorage::Heap(heap)
+            }
+        };
+        self.payloads = payloads;
     }
 }
 
@@ -647,6 +758,90 @@ mod tests {
             };
             let found = index.graphs["a"].search(&[1.0, 0.0], 3, 32, &vector, &|_| true);
             assert_eq!(found, vec![299, 298, 297]);
+        }
+    }
+
+    /// `on_disk_payload` decides whether an opened segment reads payloads from `points.bin`;
+    /// a change made after the image was taken, or after the file was opened, is kept on the
+    /// heap through adoption and through switching the setting either way.
+    #[test]
+    fn payloads_follow_on_disk_payload_and_keep_their_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = super::super::tests::config();
+        config.params.on_disk_payload = true;
+        let mut s = indexed_segment(&config);
+        let image = s.image().unwrap();
+        // Changed while the directory is written (every payload change moves the version on).
+        s.payload_mut(5).insert("late".into(), serde_json::json!(1));
+        s.set_version(5, 1_000);
+        let path = segment_dir(dir.path(), 7);
+        image.write(&path).unwrap();
+        let stored = Segment::open_dir(&path, &config, &[]).unwrap();
+        assert!(stored.payloads_mapped());
+        assert_eq!(stored.payload(5)["i"], serde_json::json!(5));
+        assert!(stored.payload(5).get("late").is_none());
+        s.adopt_stored(stored);
+        let check = |s: &Segment| {
+            assert_eq!(s.payload(5)["late"], serde_json::json!(1));
+            for o in [0u32, 299] {
+                assert_eq!(s.payload(o).len(), 1);
+                assert_eq!(s.payload(o)["i"], serde_json::json!(o));
+            }
+        };
+        assert!(s.payloads_mapped());
+        assert_eq!(
+            s.payloads.changed_count(),
+            1,
+            "only the late change is held"
+        );
+        check(&s);
+        assert_eq!(s.payload(6)["i"], serde_json::json!(6));
+        config.params.on_disk_payload = false;
+        s.conform(&config);
+        assert!(!s.payloads_mapped());
+        check(&s);
+        s.payload_mut(6).insert("late".into(), serde_json::json!(2));
+        s.set_version(6, 1_001);
+        config.params.on_disk_payload = true;
+        s.conform(&config);
+        assert!(s.payloads_mapped());
+        assert_eq!(s.payloads.changed_count(), 2);
+        check(&s);
+        assert_eq!(s.payload(6)["late"], serde_json::json!(2));
+        assert_eq!(s.payload(6)["i"], serde_json::json!(6));
+        // Opened with the setting off, every payload is on the heap.
+        config.params.on_disk_payload = false;
+        let heap = Segment::open_dir(&path, &config, &[]).unwrap();
+        assert!(!heap.payloads_mapped());
+        assert_eq!(heap.payload(299)["i"], serde_json::json!(299));
+    }
+
+    /// A payload that is not a JSON object is refused at open, whichever way payloads are
+    /// kept (the checksum is skipped here, as for a snapshot verified moments before).
+    #[test]
+    fn a_payload_that_does_not_parse_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = super::super::tests::config();
+        let path = segment_dir(dir.path(), 7);
+        indexed_segment(&config)
+            .image()
+            .unwrap()
+            .write(&path)
+            .unwrap();
+        let file = path.join(POINTS);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = bytes.windows(5).position(|w| w == b"{\"i\":").unwrap();
+        bytes[at] = b'[';
+        std::fs::write(&file, &bytes).unwrap();
+        for on_disk in [true, false] {
+            config.params.on_disk_payload = on_disk;
+            let err = Segment::open_dir_checked(&path, &config, &[], Verify::Lengths)
+                .err()
+                .unwrap();
+            assert!(
+                err.contains("points.bin") && err.contains("payload"),
+                "{err}"
+            );
         }
     }
 
