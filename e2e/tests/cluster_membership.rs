@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use shoal_e2e::{ClusterRole, Method, NodeOptions, NodeProcess};
 
@@ -291,6 +291,68 @@ fn read_answer(stream: &mut TcpStream) -> Result<String> {
         got.extend_from_slice(&buf[..n]);
     }
     bail!("no whole answer in 1,000 reads")
+}
+
+/// A client that never finishes its request head, or leaves a keep-alive connection idle,
+/// loses the connection after `service.http_header_read_timeout_sec`; a node configured with 0
+/// (every connection would die before its first request) refuses to start and says why.
+#[test]
+fn a_request_head_not_sent_in_time_loses_its_connection() -> Result<()> {
+    let node = NodeProcess::start_ready(
+        NodeOptions {
+            env: vec![(
+                "SHOAL__SERVICE__HTTP_HEADER_READ_TIMEOUT_SEC".into(),
+                "1".into(),
+            )],
+            ..NodeOptions::default()
+        },
+        READY,
+    )?;
+    let connect = || -> Result<TcpStream> {
+        let stream = TcpStream::connect(("127.0.0.1", node.http_port()))?;
+        // Ten times the timeout: a read that waits this long means the node kept it open.
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(stream)
+    };
+    // Half a head, then nothing: the node ends the connection without an answer.
+    let mut half = connect()?;
+    half.write_all(b"GET /collections HTTP/1.1\r\nhost: a\r\n")?;
+    let mut got = Vec::new();
+    half.read_to_end(&mut got)
+        .context("the node closes a connection whose head never ends")?;
+    assert!(!String::from_utf8_lossy(&got).contains("200 OK"), "{got:?}");
+    // A whole request is answered; the idle connection is closed after it.
+    let mut idle = connect()?;
+    idle.write_all(b"GET /collections HTTP/1.1\r\nhost: a\r\n\r\n")?;
+    let mut got = Vec::new();
+    idle.read_to_end(&mut got)
+        .context("the node closes an idle keep-alive connection")?;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    drop(node);
+
+    let mut refused = NodeProcess::start(NodeOptions {
+        env: vec![(
+            "SHOAL__SERVICE__HTTP_HEADER_READ_TIMEOUT_SEC".into(),
+            "0".into(),
+        )],
+        ..NodeOptions::default()
+    })?;
+    let deadline = Instant::now() + READY;
+    let status = loop {
+        if let Some(status) = refused.try_exit_status()? {
+            break status;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "a node with a 0 s header timeout kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = refused.log_tail(20);
+    assert!(log.contains("http_header_read_timeout_sec"), "{log}");
+    Ok(())
 }
 
 /// The key check answers from the request head. When the body has not arrived yet, the node

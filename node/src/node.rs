@@ -78,6 +78,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
 
+    if settings.service.http_header_read_timeout_sec == 0 {
+        anyhow::bail!(
+            "service.http_header_read_timeout_sec is 0: every connection would be closed before its first request; give at least 1"
+        );
+    }
     // Cluster mode is on when this peer knows its own p2p URI, as in Qdrant.
     let data_dir = &settings.storage.data_dir;
     let peer_name = settings.cluster.peer_name.clone().unwrap_or_else(host_name);
@@ -169,13 +174,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let (shutdown, _) = tokio::sync::broadcast::channel::<()>(1);
     let http = {
         let mut stop = shutdown.subscribe();
-        tokio::spawn(async move {
-            axum::serve(http_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.recv().await;
-                })
-                .await
-        })
+        let header_read_timeout =
+            std::time::Duration::from_secs(settings.service.http_header_read_timeout_sec);
+        tokio::spawn(rest::server::serve(
+            http_listener,
+            app,
+            header_read_timeout,
+            async move {
+                let _ = stop.recv().await;
+            },
+        ))
     };
     let grpc = {
         let mut stop = shutdown.subscribe();

@@ -13,6 +13,7 @@ pub mod models;
 pub mod points;
 pub mod response;
 pub mod search;
+pub mod server;
 pub mod service;
 pub mod snapshots;
 pub mod strict_mode;
