@@ -78,9 +78,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
 
-    if settings.service.http_header_read_timeout_sec == 0 {
+    if !(1..=86_400).contains(&settings.service.http_header_read_timeout_sec) {
         anyhow::bail!(
-            "service.http_header_read_timeout_sec is 0: every connection would be closed before its first request; give at least 1"
+            "service.http_header_read_timeout_sec is {}: give 1 to 86400 seconds (0 would close every connection before its first request)",
+            settings.service.http_header_read_timeout_sec
         );
     }
     // Cluster mode is on when this peer knows its own p2p URI, as in Qdrant.

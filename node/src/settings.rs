@@ -17,7 +17,7 @@ SHOAL__<SECTION>__<KEY>. Precedence: flags > environment > file > defaults.
   service.api_key              SHOAL__SERVICE__API_KEY               (none)
   service.read_only_api_key    SHOAL__SERVICE__READ_ONLY_API_KEY     (none)
   service.max_request_size_mb  SHOAL__SERVICE__MAX_REQUEST_SIZE_MB   32
-  service.http_header_read_timeout_sec  SHOAL__SERVICE__HTTP_HEADER_READ_TIMEOUT_SEC  30
+  service.http_header_read_timeout_sec  SHOAL__SERVICE__HTTP_HEADER_READ_TIMEOUT_SEC  30 (1 to 86400)
   cluster.p2p_port             SHOAL__CLUSTER__P2P_PORT              6335
   cluster.uri                  SHOAL__CLUSTER__URI                   (none)
   cluster.bootstrap            SHOAL__CLUSTER__BOOTSTRAP             (none)
@@ -85,7 +85,7 @@ pub struct ServiceSettings {
     pub max_request_size_mb: usize,
     /// Seconds an HTTP/1.1 client of the REST port may take to send a whole request head,
     /// counted from when the connection waits for one (so also the longest a keep-alive
-    /// connection stays open between requests); then the connection is closed. At least 1.
+    /// connection stays open between requests); then the connection is closed. 1 to 86,400.
     pub http_header_read_timeout_sec: u64,
 }
 

@@ -976,9 +976,13 @@ impl LocalShard {
             }
             state.segments.insert(id, seg);
         }
+        // The point store writes a point's override in the same transaction as the segment it
+        // lives in, so an override is always newer than that segment's file, whatever its
+        // version: after a shard image is restored the sequence numbers start again, below
+        // the versions the image's files hold.
         for (id, o) in flushed.overrides {
             if let Some((seg, offset)) = state.point_mut(&id)
-                && o.version > seg.version(offset)
+                && o.version != seg.version(offset)
             {
                 *seg.payload_mut(offset) = o.payload;
                 seg.set_version(offset, o.version);
@@ -1009,7 +1013,17 @@ impl LocalShard {
             })?;
             state.apply_entry(record.seq, &entry);
         }
-        state.last_seq = state.last_seq.max(wal.last_seq());
+        // New operations must be numbered above every version the shard holds: a restored
+        // shard image brings versions from another replica's sequence while its own WAL starts
+        // empty, and a payload change numbered below (or at) its file's version would look
+        // unchanged to the flush and older than the file after a restart.
+        let highest_version = state
+            .segments
+            .values()
+            .map(Segment::max_version)
+            .max()
+            .unwrap_or(0);
+        state.last_seq = state.last_seq.max(wal.last_seq()).max(highest_version);
         tracing::info!(
             dir = %dir.display(),
             points = state.locations.len(),
@@ -3988,6 +4002,58 @@ mod tests {
             indexed_seen,
             "some rounds searched segments with graphs and payload indexes"
         );
+    }
+
+    /// A restored shard image starts its sequence numbers again, below the versions its
+    /// segment files hold: a payload changed after the restore must still win after a restart.
+    #[test]
+    fn a_payload_changed_after_a_restore_survives_a_restart() {
+        for on_disk_payload in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = config(4, 1);
+            Arc::make_mut(&mut cfg).params.on_disk_payload = on_disk_payload;
+            let builder = IndexBuilder::new(1);
+            let mut rng = StdRng::seed_from_u64(9);
+            let source =
+                LocalShard::open(&dir.path().join("source"), Arc::clone(&cfg), SyncMode::Os)
+                    .unwrap();
+            // One upsert a point: the sealed files hold versions up to 300.
+            for i in 0..300 {
+                source
+                    .update(UpdateRequest::Upsert(points(i..i + 1, 4, &mut rng)))
+                    .unwrap();
+            }
+            while source.optimize_step(&builder) {}
+            source.flush().unwrap();
+            let image = dir.path().join("image");
+            source.snapshot_image(0, &image).unwrap();
+            crate::shard::snapshot::image_to_shard_dir(&image).unwrap();
+            let open = || LocalShard::open(&image, Arc::clone(&cfg), SyncMode::Os).unwrap();
+            let restored = open();
+            let ids = [PointId::Num(0), PointId::Num(299)];
+            let mut tag = Payload::new();
+            tag.insert("after_restore".into(), serde_json::json!(true));
+            restored
+                .update(UpdateRequest::SetPayload {
+                    selection: PointSelection::Ids(ids.to_vec()),
+                    payload: tag,
+                    key: None,
+                })
+                .unwrap();
+            restored.flush().unwrap();
+            drop(restored);
+            let reopened = open();
+            for r in reopened.retrieve(&ids, true, &WithVector::None) {
+                let payload = r.payload.unwrap();
+                assert_eq!(
+                    payload.get("after_restore"),
+                    Some(&serde_json::json!(true)),
+                    "{} (on_disk_payload {on_disk_payload})",
+                    r.id
+                );
+                assert!(payload.contains_key("i"));
+            }
+        }
     }
 
     #[test]

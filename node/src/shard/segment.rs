@@ -762,6 +762,11 @@ impl Segment {
         self.versions[offset as usize]
     }
 
+    /// The highest version any offset holds (0 when empty).
+    pub fn max_version(&self) -> u64 {
+        self.versions.iter().copied().max().unwrap_or(0)
+    }
+
     pub fn set_version(&mut self, offset: u32, version: u64) {
         self.versions[offset as usize] = version;
     }

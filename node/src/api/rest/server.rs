@@ -10,14 +10,19 @@
 //! body size limit and the request timeout of the router).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tower::Service;
 
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting, lets the
 /// requests in flight finish, closes idle connections (hyper's graceful shutdown) and returns
@@ -62,21 +67,47 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
         }
+        // hyper's header-read timer starts with the first HTTP/1.1 head; before that the
+        // connection is still told apart from HTTP/2 (hyper-util reads the preface first,
+        // untimed). Until its first request a connection gets the same time as a head: one that
+        // sends nothing, or part of a preface, is dropped.
+        let first_request = Arc::new(Notify::new());
+        let service = {
+            let (app, first_request) = (app.clone(), Arc::clone(&first_request));
+            tower::service_fn(move |request: Request<Incoming>| {
+                first_request.notify_one();
+                app.clone().call(request)
+            })
+        };
         let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(app.clone()),
-            )
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "REST connection ended with an error");
+            tokio::select! {
+                outcome = connection => {
+                    if let Err(error) = outcome {
+                        tracing::debug!(%peer, %error, "REST connection ended with an error");
+                    }
+                }
+                () = no_request_within(&first_request, header_read_timeout) => {
+                    tracing::debug!(%peer, "REST connection sent no request in time; dropped");
+                }
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Completes when `first_request` is not notified within `limit`; never otherwise.
+async fn no_request_within(first_request: &Notify, limit: Duration) {
+    if tokio::time::timeout(limit, first_request.notified())
+        .await
+        .is_ok()
+    {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn is_connection_error(error: &std::io::Error) -> bool {
@@ -138,6 +169,16 @@ mod tests {
             .unwrap();
         let answer = read_to_close(&mut stream).await;
         assert!(!answer.contains("200 OK"), "{answer:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_or_part_of_a_preface_is_dropped() {
+        let (addr, _stop) = start(Duration::from_millis(200)).await;
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(read_to_close(&mut silent).await, "");
+        let mut partial = TcpStream::connect(addr).await.unwrap();
+        partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        assert_eq!(read_to_close(&mut partial).await, "");
     }
 
     #[tokio::test]

@@ -417,8 +417,10 @@ fn newer_than_file(segment: &Segment) -> impl Fn(u32) -> bool + '_ {
 }
 
 /// The payloads of the segment in `dir` read in place from its `points.bin` (`bytes`, already
-/// read, and `rows` decoded from them): each one checked to be a JSON object, then the file
-/// mapped. Errors name the file.
+/// read, and `rows` decoded from them): each one parsed once, as every later read will parse
+/// it (so that a payload the file holds but the parser refuses, too deep or with a lone
+/// surrogate, refuses the segment here instead of failing a read), then the file mapped.
+/// Errors name the file.
 fn map_payloads(
     dir: &Path,
     bytes: &[u8],
@@ -427,8 +429,8 @@ fn map_payloads(
     let base = bytes.as_ptr() as usize;
     let mut spans = Vec::with_capacity(rows.len());
     for row in rows {
-        payload_storage::check_object(row.payload)
-            .map_err(|e| format!("{POINTS}: a payload is not a JSON object: {e}"))?;
+        serde_json::from_str::<Payload>(row.payload)
+            .map_err(|e| format!("{POINTS}: a payload does not parse: {e}"))?;
         let len = u32::try_from(row.payload.len())
             .map_err(|_| format!("{POINTS}: a payload over 4 GiB"))?;
         spans.push(((row.payload.as_ptr() as usize - base) as u64, len));
@@ -818,16 +820,22 @@ mod tests {
 
     /// A payload that is not a JSON object is refused at open, whichever way payloads are
     /// kept (the checksum is skipped here, as for a snapshot verified moments before).
-    #[test]
-    fn a_payload_that_does_not_parse_is_refused_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = super::super::tests::config();
-        let path = segment_dir(dir.path(), 7);
-        indexed_segment(&config)
+    /// Writes [`indexed_segment`] as segment 7 under `dir`; its directory.
+    fn written_segment(config: &CollectionConfig, dir: &Path) -> PathBuf {
+        let path = segment_dir(dir, 7);
+        indexed_segment(config)
             .image()
             .unwrap()
             .write(&path)
             .unwrap();
+        path
+    }
+
+    #[test]
+    fn a_payload_that_does_not_parse_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = super::super::tests::config();
+        let path = written_segment(&config, dir.path());
         let file = path.join(POINTS);
         let mut bytes = std::fs::read(&file).unwrap();
         let at = bytes.windows(5).position(|w| w == b"{\"i\":").unwrap();
@@ -849,12 +857,7 @@ mod tests {
     fn a_damaged_segment_is_refused_and_strays_are_found() {
         let config = super::super::tests::config();
         let dir = tempfile::tempdir().unwrap();
-        let path = segment_dir(dir.path(), 7);
-        indexed_segment(&config)
-            .image()
-            .unwrap()
-            .write(&path)
-            .unwrap();
+        let path = written_segment(&config, dir.path());
         std::fs::create_dir_all(dir.path().join("9.tmp")).unwrap();
         std::fs::create_dir_all(dir.path().join("8")).unwrap();
         let mut stray = stray_dirs(dir.path(), &[7]).unwrap();
