@@ -984,7 +984,7 @@ impl LocalShard {
             if let Some((seg, offset)) = state.point_mut(&id)
                 && o.version != seg.version(offset)
             {
-                *seg.payload_mut(offset) = o.payload;
+                seg.set_payload(offset, o.payload);
                 seg.set_version(offset, o.version);
             }
         }
@@ -2471,7 +2471,7 @@ impl LocalShard {
                 // The payload may have changed while the graph was built (every change sets
                 // the point's version).
                 if seg.version(from.offset) != fresh.version(new_offset) {
-                    *fresh.payload_mut(new_offset) = seg.payload(from.offset).into_owned();
+                    fresh.set_payload(new_offset, seg.payload(from.offset).into_owned());
                     fresh.set_version(new_offset, seg.version(from.offset));
                 }
                 // The next flush stores the point where it now lives: out of the tail (a

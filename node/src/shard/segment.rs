@@ -726,6 +726,16 @@ impl Segment {
         self.payloads.get_mut(offset)
     }
 
+    /// Replaces the payload at `offset` (noted as [`Segment::payload_mut`] notes a change),
+    /// without reading the one it replaces from the segment's file.
+    pub fn set_payload(&mut self, offset: u32, payload: Payload) {
+        if self.frozen {
+            self.payload_edits += 1;
+            self.payload_touched.insert(offset, self.payload_edits);
+        }
+        self.payloads.set(offset, payload);
+    }
+
     /// Payload edits made so far: read it under the same lock as the payloads a
     /// [`PayloadIndex`] is built from, and give it to [`PayloadIndex::build`].
     pub fn payload_edits(&self) -> u64 {

@@ -91,6 +91,16 @@ impl PayloadStorage {
         }
     }
 
+    /// Replaces the payload at `offset`; a mapped one goes to the heap overlay unread.
+    pub fn set(&mut self, offset: u32, payload: Payload) {
+        match self {
+            PayloadStorage::Heap(payloads) => payloads[offset as usize] = payload,
+            PayloadStorage::Mapped(m) => {
+                m.changed.insert(offset, payload);
+            }
+        }
+    }
+
     /// Appends a payload (appendable segments only, which keep payloads on the heap).
     pub fn push(&mut self, payload: Payload) {
         match self {
@@ -186,11 +196,15 @@ mod tests {
         assert_eq!(storage.changed_count(), 2);
         assert_eq!(storage.get(3)["x"], serde_json::json!(true));
         assert_eq!(*storage.get(4), originals[4]);
+        storage.set(2, payload(200));
+        assert_eq!(storage.changed_count(), 3);
+        assert_eq!(*storage.get(2), payload(200));
         let all = storage.into_heap(5);
         assert_eq!(all[0], originals[0]);
         assert_eq!(all[1], payload(100));
         assert_eq!(all[3]["x"], serde_json::json!(true));
         assert_eq!(all[3]["i"], serde_json::json!(3));
+        assert_eq!(all[2], payload(200));
     }
 
     #[test]
