@@ -719,21 +719,31 @@ impl Segment {
     /// file is copied to the heap; the caller sets the point's new version (what tells a
     /// changed payload from the file's).
     pub fn payload_mut(&mut self, offset: u32) -> &mut Payload {
-        if self.frozen {
-            self.payload_edits += 1;
-            self.payload_touched.insert(offset, self.payload_edits);
-        }
+        self.note_payload_edit(offset);
         self.payloads.get_mut(offset)
     }
 
     /// Replaces the payload at `offset` (noted as [`Segment::payload_mut`] notes a change),
     /// without reading the one it replaces from the segment's file.
     pub fn set_payload(&mut self, offset: u32, payload: Payload) {
+        self.note_payload_edit(offset);
+        self.payloads.set(offset, payload);
+    }
+
+    /// A frozen segment's payload index was built before this edit: it is completed with
+    /// `offset` (see [`Segment::payload_index`]).
+    fn note_payload_edit(&mut self, offset: u32) {
         if self.frozen {
             self.payload_edits += 1;
             self.payload_touched.insert(offset, self.payload_edits);
         }
-        self.payloads.set(offset, payload);
+    }
+
+    /// Every payload, moved onto the heap (read from the file where mapped); the segment is
+    /// left with none until the caller stores them again.
+    fn take_payloads(&mut self) -> Vec<Payload> {
+        std::mem::replace(&mut self.payloads, PayloadStorage::Heap(Vec::new()))
+            .into_heap(self.ids.len())
     }
 
     /// Payload edits made so far: read it under the same lock as the payloads a

@@ -201,8 +201,7 @@ impl Segment {
         stored.deleted = std::mem::take(&mut self.deleted);
         stored.deleted_count = self.deleted_count;
         // Mapped payloads keep on the heap only those changed since the image was taken.
-        let heap = std::mem::replace(&mut self.payloads, PayloadStorage::Heap(Vec::new()))
-            .into_heap(self.ids.len());
+        let heap = self.take_payloads();
         let file = std::mem::replace(&mut stored.payloads, PayloadStorage::Heap(Vec::new()));
         stored.payloads = match file {
             PayloadStorage::Mapped(mapped) => {
@@ -456,8 +455,7 @@ impl Segment {
         if on_disk == self.payloads.is_mapped() {
             return;
         }
-        let heap = std::mem::replace(&mut self.payloads, PayloadStorage::Heap(Vec::new()))
-            .into_heap(self.ids.len());
+        let heap = self.take_payloads();
         if !on_disk {
             self.payloads = PayloadStorage::Heap(heap);
             return;
