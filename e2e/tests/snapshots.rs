@@ -1,7 +1,9 @@
 //! Snapshots with real `shoal-node` processes: `kill -9` while a snapshot is written and while
 //! one is restored (every acknowledged write kept, no segment served twice, no temporary
 //! directory left), a `snapshot` transfer that ships indexed segments (the destination does
-//! no indexing), and a single node's snapshot restored into a fresh 3-peer cluster.
+//! no indexing), a single node's snapshot restored into a fresh 3-peer cluster, and replicas
+//! whose segment files fail their checksum at a restart (not served; recovered by a transfer or
+//! from a shard snapshot).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -376,4 +378,172 @@ fn restore_into_cluster(single: &NodeProcess, cluster: &[NodeProcess]) -> Result
         );
     }
     Ok(())
+}
+
+/// A replica whose segment file fails its checksum at a restart neither stops its node nor is
+/// served. With a second replica elsewhere it is marked Dead and recovered by a transfer; as
+/// the only replica of its shard it stays unavailable (reads fail, never answer without its
+/// points) until a shard snapshot is recovered into it. Its files are kept in quarantine.
+#[test]
+fn a_replica_that_fails_its_checksum_is_recovered_not_served() {
+    let mut nodes = start_cluster(2, &[]).expect("cluster");
+    let result = damaged_replicas(&mut nodes);
+    if result.is_err() {
+        for n in &nodes {
+            eprintln!("log tail of {}:\n{}", n.url(), n.log_tail(80));
+        }
+    }
+    result.expect("damaged replicas");
+}
+
+/// Flips one byte of every `points.bin` under `shard_dir`'s segments; returns how many.
+fn damage_segments(shard_dir: &Path) -> Result<usize> {
+    let files = find(&shard_dir.join("segments"), &|n: &str| n == "points.bin");
+    for file in &files {
+        let mut bytes = std::fs::read(file)?;
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5A;
+        std::fs::write(file, bytes)?;
+    }
+    Ok(files.len())
+}
+
+fn damaged_replicas(nodes: &mut [NodeProcess]) -> Result<()> {
+    let client = nodes[0].client();
+    // `twice`: one shard with a replica on each peer; `once`: two shards, one replica each.
+    create(
+        &client,
+        "twice",
+        json!({"shard_number": 1, "replication_factor": 2}),
+    )?;
+    create(
+        &client,
+        "once",
+        json!({"shard_number": 2, "replication_factor": 1}),
+    )?;
+    for name in ["twice", "once"] {
+        upsert(&client, name, 0..1500, 1)?;
+        wait_for(
+            &format!("`{name}` to be green"),
+            Duration::from_secs(120),
+            || {
+                [&nodes[0], &nodes[1]].iter().all(|n| {
+                    n.client()
+                        .call::<Value>(Method::Get, &format!("/collections/{name}"), None)
+                        .is_ok_and(|v| v["status"] == "green")
+                })
+            },
+        )?;
+    }
+    let on_b = collection_cluster(&nodes[1], "once")?;
+    let lost = on_b
+        .local_shards
+        .first()
+        .context("a shard of `once` on b")?;
+    let lost = lost.shard_id;
+    let taken: Value = nodes[1].client().call(
+        Method::Post,
+        &format!("/collections/once/shards/{lost}/snapshots"),
+        None,
+    )?;
+    let snapshot = taken["name"].as_str().context("snapshot name")?.to_string();
+    let url = format!(
+        "{}/collections/once/shards/{lost}/snapshots/{snapshot}",
+        nodes[1].url()
+    );
+
+    let b = &mut nodes[1];
+    b.stop(Duration::from_secs(30))?;
+    let collections = b.data_dir().join("collections");
+    let damaged_twice = damage_segments(&collections.join("twice/shards/0"))?;
+    let damaged_once = damage_segments(&collections.join(format!("once/shards/{lost}")))?;
+    ensure!(
+        damaged_twice > 0 && damaged_once > 0,
+        "sealed segments on disk: {damaged_twice} and {damaged_once}"
+    );
+    b.restart()?;
+    b.wait_ready(Instant::now() + READY)?;
+    let log = std::fs::read_to_string(b.log_path())?;
+    ensure!(
+        log.contains("a local replica does not open"),
+        "the node names the replica that did not open"
+    );
+    for name in ["twice", "once"] {
+        let kept = find(&collections.join(name).join("quarantine"), &|n: &str| {
+            n.starts_with("shard-")
+        });
+        ensure!(
+            kept.len() == 1,
+            "`{name}`: files kept in quarantine: {kept:?}"
+        );
+    }
+
+    // The only replica: not served, and nothing answers as if its points did not exist.
+    for node in nodes.iter() {
+        let r = node.client().raw(
+            Method::Post,
+            "/collections/once/points/count",
+            Some(&json!({"exact": true})),
+        )?;
+        ensure!(
+            r.status >= 500 && r.body.contains("did not open"),
+            "a count over a shard that is not served: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    let state = collection_cluster(&nodes[1], "once")?;
+    ensure!(
+        state
+            .local_shards
+            .iter()
+            .any(|s| s.shard_id == lost && s.state == "Active"),
+        "the last active replica stays Active (it cannot be marked Dead): {:?}",
+        state.local_shards
+    );
+    // Recovering the shard snapshot into it serves it again.
+    let r = nodes[1].client().raw(
+        Method::Put,
+        &format!("/collections/once/shards/{lost}/snapshots/recover"),
+        Some(&json!({"location": url})),
+    )?;
+    ensure!(r.status == 200, "recover answered {} {}", r.status, r.body);
+    ensure!(
+        contents(&nodes[0].client(), "once")? == expected(0..1500, 1),
+        "`once` whole again after the shard snapshot"
+    );
+
+    // The replica with a second copy: marked Dead, recovered, Active on both peers.
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let replicas = {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let r = replicas_agree(&all, "twice", &[])?;
+            if r.len() == 2 && r.iter().all(|(_, _, s)| s == "Active") {
+                break r;
+            }
+            ensure!(Instant::now() < deadline, "not recovered: {r:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let log = std::fs::read_to_string(nodes[1].log_path())?;
+    ensure!(
+        log.contains("the replica that did not open is marked Dead"),
+        "recovered through Dead: {replicas:?}"
+    );
+    // The recovered replica alone holds every point.
+    nodes[0].kill_9()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match contents(&nodes[1].client(), "twice") {
+            Ok(c) if c == expected(0..1500, 1) => return Ok(()),
+            Ok(c) => ensure!(
+                Instant::now() < deadline,
+                "the recovered replica holds {} points",
+                c.len()
+            ),
+            Err(e) => ensure!(Instant::now() < deadline, "reads after a kill: {e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -330,10 +330,15 @@ impl ShardPoints {
     async fn replica(&self, call: &ShardCall) -> Result<Arc<LocalShard>, Status> {
         let deadline = Instant::now() + REPLICA_PATIENCE;
         loop {
-            if let Ok(collection) = self.toc.get(&call.collection)
-                && let Some(shard) = collection.local_shard(call.shard_id)
-            {
-                return Ok(shard);
+            if let Ok(collection) = self.toc.get(&call.collection) {
+                match collection.local_for_request(call.shard_id) {
+                    Ok(shard) => return Ok(shard),
+                    // A replica that did not open is not about to appear: say why at once.
+                    Err(e) if collection.failed_replicas().contains_key(&call.shard_id) => {
+                        return Err(Status::unavailable(e.to_string()));
+                    }
+                    Err(_) => {}
+                }
             }
             if Instant::now() >= deadline {
                 return Err(Status::not_found(format!(

@@ -616,6 +616,56 @@ pub struct Collection {
     /// One replica restore at a time (see [`Collection::restore_local_shard`]): a second
     /// restore must not replace a replica the first just put in place without retiring it.
     restoring: parking_lot::Mutex<()>,
+    /// Local replicas that did not open when the collection was loaded, by shard id: never
+    /// served, and kept out of [`Collection::local`] (see [`FailedReplica`]).
+    failed: parking_lot::Mutex<BTreeMap<u32, FailedReplica>>,
+}
+
+/// A local replica that did not open when its collection was loaded: a segment file that fails
+/// its checksum, a point store or WAL that does not read. The node does not stop for it (its
+/// other replicas and collections stay served) and does not serve it either:
+///
+/// - its files are moved to `<collection>/quarantine/shard-<id>-<uuid>` (kept for a person to
+///   look at; nothing removes them but deleting the collection);
+/// - requests routed to it get [`CollectionError::Unavailable`] naming the reason, so reads go
+///   to another replica;
+/// - this peer proposes `Dead` for it (`TableOfContent::mark_failed_replicas_dead`, a
+///   compare-and-set on the state it was seen in), and [`Collection::sync`] puts no replica in
+///   its place until the cluster state says `Dead` (or, since, that a transfer fills it: see
+///   [`ReplicaState::awaits_copy`]). From there it is a `Dead` replica like any
+///   other: created empty and recovered from an active replica by a transfer.
+/// - The last active replica of a shard cannot be marked `Dead`: it stays failed (the shard
+///   unavailable, never answered from an empty replica) until a shard snapshot is recovered
+///   into it ([`Collection::restore_local_shard`]) or the replica is dropped.
+///
+/// Qdrant's counterpart is `handle_collection_load_errors`, which loads a dummy shard and marks
+/// the replica dead; here it is always on.
+#[derive(Clone, Debug)]
+pub struct FailedReplica {
+    /// Why it did not open (the shard's error).
+    pub reason: String,
+    /// Where its files are now; `None` when moving them failed (they are still at
+    /// `shards/<id>`, and the move is tried again before an empty replica takes the place).
+    pub kept_at: Option<PathBuf>,
+    /// The last refusal of the proposal to mark it `Dead`, logged once per distinct message.
+    pub refused: Option<String>,
+}
+
+/// Where replicas that did not open are kept, inside a collection's directory.
+const QUARANTINE_DIR: &str = "quarantine";
+
+/// Moves the replica directory `path` of shard `id` into the collection's quarantine directory
+/// (see [`FailedReplica`]) and returns its new path. Durable: both directories are synced.
+fn quarantine(collection_dir: &Path, id: u32, path: &Path) -> std::io::Result<PathBuf> {
+    let dir = collection_dir.join(QUARANTINE_DIR);
+    std::fs::create_dir_all(&dir)?;
+    let to = dir.join(format!("shard-{id}-{}", uuid::Uuid::new_v4()));
+    std::fs::rename(path, &to)?;
+    if let Some(parent) = path.parent() {
+        crate::storage::mapped::sync_dir(parent)?;
+    }
+    crate::storage::mapped::sync_dir(&dir)?;
+    Ok(to)
 }
 
 /// The marker file of a replica that may hold points another shard owns.
@@ -724,6 +774,7 @@ impl Collection {
         std::fs::create_dir_all(&shards_dir).map_err(CollectionError::storage)?;
         let mut local = BTreeMap::new();
         let mut foreign = HashMap::new();
+        let mut failed = BTreeMap::new();
         roll_forward_restores(&shards_dir)?;
         for entry in std::fs::read_dir(&shards_dir).map_err(CollectionError::storage)? {
             let entry = entry.map_err(CollectionError::storage)?;
@@ -736,8 +787,31 @@ impl Collection {
             if entry.path().join(FOREIGN_FILE).exists() {
                 foreign.insert(id, 1);
             }
-            let shard = LocalShard::open(&entry.path(), Arc::clone(&config), env.sync)?;
-            let shard = Arc::new(shard);
+            let shard = match LocalShard::open(&entry.path(), Arc::clone(&config), env.sync) {
+                Ok(shard) => Arc::new(shard),
+                Err(e) => {
+                    let reason = e.to_string();
+                    let kept_at = quarantine(dir, id, &entry.path());
+                    match &kept_at {
+                        Ok(path) => {
+                            tracing::error!(collection = name, shard = id, %reason, kept_at = %path.display(), "a local replica does not open: it is not served, and it is rebuilt from another replica once the cluster marks it Dead");
+                        }
+                        Err(moving) => {
+                            tracing::error!(collection = name, shard = id, %reason, error = %moving, "a local replica does not open and its files could not be moved aside: it is not served");
+                        }
+                    }
+                    foreign.remove(&id);
+                    failed.insert(
+                        id,
+                        FailedReplica {
+                            reason,
+                            kept_at: kept_at.ok(),
+                            refused: None,
+                        },
+                    );
+                    continue;
+                }
+            };
             maintenance::spawn(Arc::clone(&shard), Arc::clone(&env.builder));
             local.insert(id, shard);
         }
@@ -760,6 +834,7 @@ impl Collection {
             foreign: parking_lot::Mutex::new(foreign),
             cleaned: parking_lot::Mutex::new(BTreeSet::new()),
             restoring: parking_lot::Mutex::new(()),
+            failed: parking_lot::Mutex::new(failed),
         })
     }
 
@@ -858,6 +933,9 @@ impl Collection {
         // New replicas exist before the layout routes anything to them ...
         for id in &mine {
             if !self.local.read().contains_key(id) {
+                if !self.replace_failed(*id, meta, this_peer) {
+                    continue;
+                }
                 let shard = Arc::new(create_replica(
                     &self.dir.join("shards"),
                     *id,
@@ -869,6 +947,8 @@ impl Collection {
                 tracing::info!(collection = %self.name, shard = id, "local replica created");
             }
         }
+        // A failed replica no longer placed here is forgotten (its files stay in quarantine).
+        self.failed.lock().retain(|id, _| mine.contains(id));
         *self.layout.write() = Arc::new(layout);
         *self.resharding.write() = meta.resharding.clone();
         *self.payload_schema.write() = meta.payload_schema.clone();
@@ -954,6 +1034,80 @@ impl Collection {
     /// The shards and their replicas as of the last reconciled cluster state.
     pub fn layout(&self) -> Arc<Layout> {
         Arc::clone(&self.layout.read())
+    }
+
+    /// Whether a replica that failed to open may be replaced now (see [`FailedReplica`]):
+    /// true when shard `id` has no failed replica here, or when the cluster state `meta` no
+    /// longer counts on its contents (`Dead`, or a transfer's destination since: see
+    /// [`ReplicaState::awaits_copy`]) and its files are out of the way. Logs the replacement.
+    fn replace_failed(&self, id: u32, meta: &CollectionMeta, this_peer: PeerId) -> bool {
+        let mut failed = self.failed.lock();
+        let Some(failure) = failed.get_mut(&id) else {
+            return true;
+        };
+        let state = meta
+            .shards
+            .get(&ShardId(id))
+            .and_then(|s| s.replicas.get(&this_peer));
+        if !state.is_some_and(|s| s.awaits_copy()) {
+            return false;
+        }
+        if failure.kept_at.is_none() {
+            let path = self.dir.join("shards").join(id.to_string());
+            match quarantine(&self.dir, id, &path) {
+                Ok(kept_at) => failure.kept_at = Some(kept_at),
+                Err(e) => {
+                    tracing::warn!(collection = %self.name, shard = id, error = %e, "the files of a replica that did not open cannot be moved aside; no new replica takes its place yet");
+                    return false;
+                }
+            }
+        }
+        let failure = failed
+            .remove(&id)
+            .expect("looked up above, under the same lock");
+        tracing::info!(collection = %self.name, shard = id, kept_at = ?failure.kept_at, "the replica that did not open is Dead in the cluster state: an empty one takes its place, to be filled by a transfer");
+        true
+    }
+
+    /// Whether this peer holds a replica of shard `id`: one it serves, or one that did not
+    /// open (which a shard snapshot may be recovered into).
+    pub fn holds_replica(&self, id: u32) -> bool {
+        self.local_shard(id).is_some() || self.failed.lock().contains_key(&id)
+    }
+
+    /// This peer's replicas that did not open when the collection was loaded and have not
+    /// been replaced yet, by shard id (see [`FailedReplica`]).
+    pub fn failed_replicas(&self) -> BTreeMap<u32, FailedReplica> {
+        self.failed.lock().clone()
+    }
+
+    /// Records that the proposal to mark the failed replica of shard `id` `Dead` was refused
+    /// with `reason`; returns whether the reason is new (worth logging).
+    pub fn note_failed_refusal(&self, id: u32, reason: String) -> bool {
+        match self.failed.lock().get_mut(&id) {
+            Some(failure) if failure.refused.as_ref() != Some(&reason) => {
+                failure.refused = Some(reason);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// This peer's replica of shard `id` for a request, or [`CollectionError::Unavailable`]
+    /// saying why there is none (not created yet, or failed to open: see [`FailedReplica`]).
+    pub fn local_for_request(&self, shard: u32) -> Result<Arc<LocalShard>, CollectionError> {
+        self.local_shard(shard).ok_or_else(|| {
+            CollectionError::Unavailable(match self.failed.lock().get(&shard) {
+                Some(failure) => format!(
+                    "the replica of shard {shard} of `{}` on this peer did not open ({}); it is not served until it is recovered from another replica or from a shard snapshot",
+                    self.name, failure.reason
+                ),
+                None => format!(
+                    "shard {shard} of `{}` has no replica on this peer yet",
+                    self.name
+                ),
+            })
+        })
     }
 
     /// This peer's replica of shard `id`, if it has one.
@@ -1548,12 +1702,7 @@ impl Collection {
             _ => GateHold::Shared(gate.read_owned().await),
         };
         self.fence_holds(shard, &fence)?;
-        let local = self.local_shard(shard).ok_or_else(|| {
-            CollectionError::Unavailable(format!(
-                "shard {shard} of `{}` has no replica on this peer",
-                self.name
-            ))
-        })?;
+        let local = self.local_for_request(shard)?;
         tokio::task::spawn_blocking(move || {
             let _held = held;
             call.run_on(&local)
@@ -1607,12 +1756,7 @@ impl Collection {
         stamp: Stamp,
         fence: Option<StreamFence>,
     ) -> Result<UpdateOutcome, CollectionError> {
-        let local = self.local_shard(shard).ok_or_else(|| {
-            CollectionError::Unavailable(format!(
-                "shard {shard} of `{}` has no replica on this peer yet",
-                self.name
-            ))
-        })?;
+        let local = self.local_for_request(shard)?;
         let gate = self.gate(shard).read_owned().await;
         if let Some(fence) = &fence {
             self.fence_holds(shard, fence)?;
@@ -1757,12 +1901,7 @@ impl Collection {
         shard: u32,
         mut request: R,
     ) -> Result<R::Answer, CollectionError> {
-        let local = self.local_shard(shard).ok_or_else(|| {
-            CollectionError::Unavailable(format!(
-                "shard {shard} of `{}` has no replica on this peer yet",
-                self.name
-            ))
-        })?;
+        let local = self.local_for_request(shard)?;
         if let Some(slot) = request.owner_mut() {
             *slot = self.read_filter(shard, slot.take());
         }
@@ -2422,7 +2561,8 @@ impl Collection {
         if let Some(fence) = &fence {
             self.fence_holds(id, fence)?;
         }
-        if self.local_shard(id).is_none() {
+        // A replica that did not open may be restored over (see `FailedReplica`).
+        if self.local_shard(id).is_none() && !self.failed.lock().contains_key(&id) {
             return Err(CollectionError::BadInput(format!(
                 "shard {id} of collection `{}` has no replica on this peer",
                 self.name
@@ -2453,10 +2593,20 @@ impl Collection {
             // The replica a concurrent reconcile put in place meanwhile, if any.
             old.retire();
         }
-        let swapped = std::fs::rename(&path, &doomed)
+        // A failed replica's files were moved to quarantine: nothing to rename away then.
+        let moved_away = if path.exists() {
+            std::fs::rename(&path, &doomed)
+        } else {
+            Ok(())
+        };
+        // Whether the image reached `shards/<id>` (then it, not the old replica, is there).
+        let mut image_in_place = false;
+        let swapped = moved_away
             .and_then(|()| {
                 crate::shard::snapshot::test_pause("swapping");
-                std::fs::rename(&staged, &path)
+                let renamed = std::fs::rename(&staged, &path);
+                image_in_place = renamed.is_ok();
+                renamed
             })
             .and_then(|()| std::fs::remove_file(path.join(RESTORE_MARKER)))
             .and_then(|()| crate::storage::mapped::sync_dir(&shards_dir));
@@ -2484,18 +2634,33 @@ impl Collection {
                     let _ = std::fs::remove_file(staged.join(RESTORE_MARKER));
                     let _ = std::fs::remove_dir_all(&staged);
                 }
-                if doomed.exists() {
-                    if path.exists() {
-                        let failed =
-                            shards_dir.join(format!(".failed-{id}-{}", uuid::Uuid::new_v4()));
-                        let _ = std::fs::rename(&path, failed);
-                    }
-                    if std::fs::rename(&doomed, &path).is_ok()
-                        && let Ok(shard) = LocalShard::open(&path, self.config(), self.env.sync)
-                    {
-                        let shard = Arc::new(shard);
-                        maintenance::spawn(Arc::clone(&shard), Arc::clone(&self.env.builder));
-                        local.insert(id, shard);
+                // The image that did not open leaves its place (also when there is no old
+                // replica to put back, as for one that failed to open itself: an image left
+                // at `shards/<id>` would be taken for the replica).
+                if image_in_place {
+                    let failed = shards_dir.join(format!(".failed-{id}-{}", uuid::Uuid::new_v4()));
+                    let _ = std::fs::rename(&path, failed);
+                }
+                if doomed.exists() && std::fs::rename(&doomed, &path).is_ok() {
+                    match LocalShard::open(&path, self.config(), self.env.sync) {
+                        Ok(shard) => {
+                            let shard = Arc::new(shard);
+                            maintenance::spawn(Arc::clone(&shard), Arc::clone(&self.env.builder));
+                            local.insert(id, shard);
+                        }
+                        // Not served, nor replaced by an empty one while the cluster counts
+                        // on it (see `FailedReplica`).
+                        Err(reopen) => {
+                            tracing::error!(collection = %self.name, shard = id, error = %reopen, "the replica put back after a failed restore does not open");
+                            self.failed.lock().insert(
+                                id,
+                                FailedReplica {
+                                    reason: reopen.to_string(),
+                                    kept_at: None,
+                                    refused: None,
+                                },
+                            );
+                        }
                     }
                 }
                 return Err(e);
@@ -2507,7 +2672,12 @@ impl Collection {
         local.insert(id, shard);
         drop(local);
         drop(old);
-        if let Err(e) = std::fs::remove_dir_all(&doomed) {
+        if let Some(failure) = self.failed.lock().remove(&id) {
+            tracing::info!(collection = %self.name, shard = id, kept_at = ?failure.kept_at, "a replica that did not open is replaced by a restored one");
+        }
+        if doomed.exists()
+            && let Err(e) = std::fs::remove_dir_all(&doomed)
+        {
             tracing::warn!(error = %e, path = %doomed.display(), "could not remove a replaced replica; it is removed on the next start");
         }
         tracing::info!(

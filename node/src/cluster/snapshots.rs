@@ -297,6 +297,14 @@ fn collection_image(
     collection: &Collection,
     into: &Path,
 ) -> Result<CollectionManifest, SnapshotError> {
+    // A snapshot without a replica this peer should hold would restore as a collection that
+    // silently lost that shard's points.
+    if let Some((id, failure)) = collection.failed_replicas().into_iter().next() {
+        return Err(SnapshotError::Io(format!(
+            "the replica of shard {id} on this peer did not open ({}); a snapshot of this peer's replicas would miss it",
+            failure.reason
+        )));
+    }
     let layout = collection.layout();
     let mut shards = BTreeMap::new();
     for (id, shard) in collection.local_shards() {
@@ -340,9 +348,12 @@ pub fn create_shard_snapshot(
     collection: &Collection,
     shard: u32,
 ) -> Result<SnapshotDescription, SnapshotError> {
+    if !collection.holds_replica(shard) {
+        return Err(not_local(shard));
+    }
     let local = collection
-        .local_shard(shard)
-        .ok_or_else(|| not_local(shard))?;
+        .local_for_request(shard)
+        .map_err(|e| SnapshotError::Io(e.to_string()))?;
     let staging = store.staging()?;
     local.snapshot_image(shard, staging.path())?;
     let base = format!("{}-shard-{shard}", collection.name());

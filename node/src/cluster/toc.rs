@@ -502,6 +502,7 @@ impl TableOfContent {
                 let reconciled = Arc::clone(&view);
                 match tokio::task::spawn_blocking(move || t.reconcile(&reconciled)).await {
                     Ok(Ok(())) => {
+                        toc.mark_failed_replicas_dead(&view).await;
                         if !toc.activate_own_replicas(&view).await {
                             // Retry backoff (liveness): the pass is repeated as a whole.
                             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -534,6 +535,54 @@ impl TableOfContent {
                 }
             }
         });
+    }
+
+    /// Proposes `Dead` for this peer's replicas that did not open at start (see
+    /// [`crate::cluster::collection::FailedReplica`]), each a compare-and-set on the state
+    /// this view shows. Only submits: the replica is replaced once a reconcile pass applies
+    /// the result. A refusal (the last active replica of its shard) is logged once per reason
+    /// and proposed again on the next pass.
+    async fn mark_failed_replicas_dead(&self, view: &ClusterStateView) {
+        let this_peer = self.env.this_peer();
+        for (name, meta) in &view.state.collections {
+            let Ok(collection) = self.get(name) else {
+                continue;
+            };
+            for (id, failure) in collection.failed_replicas() {
+                let Some(state) = meta
+                    .shards
+                    .get(&ShardId(id))
+                    .and_then(|s| s.replicas.get(&this_peer))
+                    .copied()
+                else {
+                    continue;
+                };
+                // Dead, or already a transfer's destination: the reconcile pass replaces it.
+                if state.awaits_copy() {
+                    continue;
+                }
+                let op = ClusterOperation::SetReplicaState {
+                    collection: name.clone(),
+                    shard: ShardId(id),
+                    peer: this_peer,
+                    state: ReplicaState::Dead,
+                    from_state: Some(state),
+                };
+                match self.env.metadata.propose(op).await {
+                    Ok((Ok(_), _)) => {
+                        tracing::warn!(collection = %name, shard = id, reason = %failure.reason, "the replica that did not open is marked Dead");
+                    }
+                    Ok((Err(e), _)) => {
+                        if collection.note_failed_refusal(id, e.to_string()) {
+                            tracing::error!(collection = %name, shard = id, reason = %failure.reason, error = %e, "the replica that did not open cannot be marked Dead: the shard stays unavailable on this peer until a shard snapshot is recovered into it");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(collection = %name, shard = id, error = %e, "marking a failed replica Dead not proposed yet");
+                    }
+                }
+            }
+        }
     }
 
     /// Proposes Active for this peer's Initializing replicas that exist locally (new shards of
@@ -1132,6 +1181,103 @@ mod tests {
             let collection = toc.get("old").unwrap();
             assert_eq!(collection.count(None, None).await.unwrap(), 50);
             assert_eq!(collection.layout().len(), 2);
+        });
+    }
+
+    /// A replica that does not open at start (here its point store is garbage) neither stops
+    /// the node nor is served: the collection loads with its other replica, requests routed to
+    /// the failed one get an error naming the cause (a count over the collection fails rather
+    /// than leave its points out), its files are kept in quarantine, and no empty replica takes
+    /// its place while the cluster state does not mark it Dead (here it cannot: it is the
+    /// shard's last active replica, so reconcile passes must leave it failed). Once the state
+    /// says Dead, an empty replica takes its place, to be recovered like any Dead one.
+    #[test]
+    fn a_replica_that_does_not_open_is_not_served_until_it_is_dead() {
+        let dir = tempfile::tempdir().unwrap();
+        let shards = dir.path().join("collections/docs/shards");
+        let path = dir.path().to_path_buf();
+        in_own_runtime(async move {
+            let toc = open_local_node(&path).await;
+            create(&toc, "docs").await;
+            let points = (0..60u64)
+                .map(|i| {
+                    PointWrite::dense(PointId::Num(i), vec![i as f32, 1.0], Default::default())
+                })
+                .collect();
+            let collection = toc.get("docs").unwrap();
+            collection
+                .update(
+                    UpdateRequest::Upsert(points),
+                    None,
+                    crate::cluster::shard_requests::WriteOrdering::Weak,
+                )
+                .await
+                .unwrap();
+            toc.flush_all();
+        });
+        let store = shards
+            .join("0")
+            .join(crate::shard::local_shard::POINT_STORE_FILE);
+        fs::write(&store, [0xA5; 4096]).unwrap();
+
+        let path = dir.path().to_path_buf();
+        let quarantine = dir.path().join("collections/docs/quarantine");
+        in_own_runtime(async move {
+            let toc = open_local_node(&path).await;
+            let collection = toc.get("docs").unwrap();
+            let failed = collection.failed_replicas();
+            assert_eq!(failed.keys().copied().collect::<Vec<_>>(), [0]);
+            let kept_at = failed[&0].kept_at.clone().unwrap();
+            assert!(kept_at.starts_with(&quarantine), "{kept_at:?}");
+            assert_eq!(
+                fs::read(kept_at.join(crate::shard::local_shard::POINT_STORE_FILE)).unwrap(),
+                [0xA5; 4096]
+            );
+            assert!(!shards.join("0").exists());
+            // Several reconcile passes (the refused Dead proposal, then a newer state).
+            let state = toc.env().metadata.view().state.clone();
+            toc.reconcile(&view(state.clone(), toc.reconciled_index() + 1))
+                .unwrap();
+            assert!(
+                collection.local_shard(0).is_none(),
+                "never an empty stand-in"
+            );
+            assert!(!shards.join("0").exists());
+            let served = collection.local_shard(1).unwrap().stats().points;
+            assert!(served > 0 && served < 60, "{served}");
+            let refused = collection
+                .read_local(
+                    0,
+                    crate::cluster::shard_requests::ShardCount {
+                        filter: None,
+                        owner: None,
+                    },
+                )
+                .await;
+            match refused {
+                Err(CollectionError::Unavailable(m)) => {
+                    assert!(m.contains("did not open"), "{m}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(collection.count(None, None).await.is_err());
+
+            let mut dead = state;
+            *dead
+                .collections
+                .get_mut("docs")
+                .unwrap()
+                .shards
+                .get_mut(&ShardId(0))
+                .unwrap()
+                .replicas
+                .get_mut(&toc.env().this_peer())
+                .unwrap() = ReplicaState::Dead;
+            toc.reconcile(&view(dead, toc.reconciled_index() + 1))
+                .unwrap();
+            assert_eq!(collection.local_shard(0).unwrap().stats().points, 0);
+            assert!(collection.failed_replicas().is_empty());
+            assert!(kept_at.exists(), "the failed replica's files are kept");
         });
     }
 }

@@ -345,7 +345,7 @@ fn local_shard_of(state: &AppState, name: &str, shard: u32) -> Result<String, Ap
             "Not found: shard {shard} not found"
         )));
     }
-    if collection.local_shard(shard).is_none() {
+    if !collection.holds_replica(shard) {
         return Err(store::not_local(shard).into());
     }
     Ok(collection.name().to_string())
@@ -414,8 +414,8 @@ pub async fn stream_shard(
     let snapshots = Arc::clone(state.toc.snapshots());
     let (staging, file) = run(move || {
         let local = collection
-            .local_shard(shard)
-            .ok_or_else(|| store::not_local(shard))?;
+            .local_for_request(shard)
+            .map_err(|e| SnapshotError::Io(e.to_string()))?;
         let staging = snapshots.staging()?;
         let image = staging.path().join("image");
         local.snapshot_image(shard, &image)?;
