@@ -73,7 +73,9 @@ struct Args {
     /// and searches whose filter (a keyword match, an integer range) passes 50%, 5% and 0.1%
     /// of the points run at `--filter-ef`, first without payload indexes, then with a
     /// `keyword` index on `kw` and an `integer` index on `num`. Recall is against the exact
-    /// top-k among the points that pass.
+    /// top-k among the points that pass. Each filter also runs as an exact `points/count`
+    /// (over the first connection count, as many as `--queries`), its "recall" the share of
+    /// answers equal to the true count.
     #[arg(long, conflicts_with_all = ["grpc", "named", "sparse", "multivector", "search_only"])]
     filtered: bool,
     /// `hnsw_ef` values of the filtered searches, comma separated.
@@ -1635,8 +1637,92 @@ fn bench_filtered(
                 rows.push(row);
             }
         }
+        for (case, _) in &workload.filtered {
+            let label = format!(
+                "count: {}{}",
+                case.label,
+                if indexed { ", indexed" } else { "" }
+            );
+            let expected = (0..workload.points).filter(|&i| (case.passes)(i)).count() as u64;
+            let connections = args.connections.first().copied().unwrap_or(1);
+            rows.push(measure_counts(
+                &clients[..connections],
+                name,
+                &label,
+                &case.filter,
+                expected,
+                args.queries,
+            )?);
+        }
     }
     Ok(rows)
+}
+
+/// `queries` exact `points/count` requests with `filter`, dealt out over `clients`: QPS,
+/// latency, and as "recall" the share of answers equal to `expected`.
+fn measure_counts(
+    clients: &[Client],
+    name: &str,
+    label: &str,
+    filter: &Value,
+    expected: u64,
+    queries: usize,
+) -> Result<SearchRow> {
+    let connections = clients.len().max(1);
+    let body = json!({"filter": filter, "exact": true});
+    let path = format!("/collections/{name}/points/count");
+    let started = Instant::now();
+    let answers: Vec<(Duration, u64)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(t, client)| {
+                let (body, path) = (&body, &path);
+                scope.spawn(move || -> Result<Vec<(Duration, u64)>> {
+                    let mut mine = Vec::new();
+                    for i in (t..queries).step_by(connections) {
+                        let sent = Instant::now();
+                        let v: Value = client
+                            .call(Method::Post, path, Some(body))
+                            .with_context(|| format!("{label}: count {i}"))?;
+                        let n = v["count"].as_u64().context("count is a number")?;
+                        mine.push((sent.elapsed(), n));
+                    }
+                    Ok(mine)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(queries);
+        for worker in workers {
+            all.extend(
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a count thread panicked"))??,
+            );
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
+    let wall = started.elapsed().as_secs_f64();
+    let exact = answers.iter().filter(|(_, n)| *n == expected).count();
+    let latencies: Vec<Duration> = answers.iter().map(|(d, _)| *d).collect();
+    let row = SearchRow {
+        vector: None,
+        mode: "count".to_owned(),
+        ef: None,
+        connections,
+        filter: Some(label.to_owned()),
+        qps: answers.len() as f64 / wall,
+        recall: exact as f64 / answers.len().max(1) as f64,
+        latency: LatencySummary::from_durations(&latencies).context("no counts were measured")?,
+    };
+    eprintln!(
+        "{label}: {:.0} QPS, {exact} of {} exact (true count {expected}), p50 {:.2} ms, p99 {:.2} ms",
+        row.qps,
+        answers.len(),
+        row.latency.p50_ms,
+        row.latency.p99_ms
+    );
+    Ok(row)
 }
 
 /// `result` of `points/query`.

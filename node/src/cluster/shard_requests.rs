@@ -767,10 +767,13 @@ impl ShardRequest for ShardFacet {
     const CALL: ShardCallKind = ShardCallKind::Facet;
     fn run_on(&self, shard: &LocalShard) -> Result<Self::Answer, CollectionError> {
         let filter = self.filter.as_ref().map(|f| shard.bind_filter(f));
-        let accept = owned_and_matching(self.owner.as_ref(), filter.as_deref());
+        let owner = self.owner.as_ref();
+        let owned =
+            |id: PointId, _: PayloadRead<'_>, _: HasVector<'_>| owner.is_none_or(|o| o.owns(&id));
+        let rest: Option<PointPredicate<'_>> = owner.is_some().then_some(&owned as _);
         let mut counts: std::collections::HashMap<String, (serde_json::Value, usize)> =
             std::collections::HashMap::new();
-        shard.for_each_payload(&accept, &mut |payload| {
+        shard.for_each_matching_payload(filter.as_deref(), rest, &mut |payload| {
             let mut seen: Vec<serde_json::Value> = Vec::new();
             for v in self.key.values(payload) {
                 let facetable = v.is_string() || v.is_boolean() || v.as_i64().is_some();
@@ -818,18 +821,11 @@ impl ShardRequest for ShardCount {
 impl ShardCount {
     pub fn run(&self, shard: &LocalShard) -> usize {
         let owner = self.owner.as_ref();
-        match (&self.filter, owner) {
-            (None, None) => shard.count(None),
-            (filter, _) => {
-                let filter = filter.as_ref().map(|f| shard.bind_filter(f));
-                shard.count(Some(
-                    &|id: PointId, p: PayloadRead<'_>, has: HasVector<'_>| {
-                        owner.is_none_or(|o| o.owns(&id))
-                            && filter.as_ref().is_none_or(|f| f.check_point(id, &p(), has))
-                    },
-                ))
-            }
-        }
+        let filter = self.filter.as_ref().map(|f| shard.bind_filter(f));
+        let owned =
+            |id: PointId, _: PayloadRead<'_>, _: HasVector<'_>| owner.is_none_or(|o| o.owns(&id));
+        let rest: Option<PointPredicate<'_>> = owner.is_some().then_some(&owned as _);
+        shard.count_matching(filter.as_deref(), rest)
     }
 }
 

@@ -618,7 +618,7 @@ async fn stream_records(
 
     let total = {
         let local = Arc::clone(&local);
-        tokio::task::spawn_blocking(move || local.count(None))
+        tokio::task::spawn_blocking(move || local.count())
             .await
             .unwrap_or(0)
     };
@@ -895,9 +895,10 @@ async fn resharding_stream(
     let total = {
         let (local, scope) = (Arc::clone(&local), scope.clone());
         tokio::task::spawn_blocking(move || {
-            local.count(Some(&|id: PointId, _: &_, _: HasVector<'_>| {
-                scope.carries(&id)
-            }))
+            local.count_matching(
+                None,
+                Some(&|id: PointId, _: &_, _: HasVector<'_>| scope.carries(&id)),
+            )
         })
         .await
         .unwrap_or(0)

@@ -530,6 +530,72 @@ impl ShardState {
         })
     }
 
+    /// Calls `visit` with every live point (segment, offset) that passes `filter` (bound, see
+    /// [`ShardState::bind`]; `None` passes all) and `rest` (the checks besides the filter).
+    /// Where a segment's payload indexes plan the filter, only their candidates are looked
+    /// at, and a candidate an exact plan settled is checked with `rest` alone, so neither
+    /// reads its payload: the search path's rule (see `Narrowed`), for scans of the whole
+    /// shard (counts, selections by filter, facets).
+    fn for_each_match(
+        &self,
+        filter: Option<&Filter>,
+        rest: Option<PointPredicate<'_>>,
+        visit: &mut dyn FnMut(&Segment, u32),
+    ) {
+        for seg in self.segments.values() {
+            if seg.live_count() == 0 {
+                continue;
+            }
+            let rest_passes = |o: u32| {
+                rest.is_none_or(|f| f(seg.id(o), &|| seg.payload(o), &|n| seg.has_vector(n, o)))
+            };
+            let Some(filter) = filter else {
+                for o in seg.live_offsets() {
+                    if rest_passes(o) {
+                        visit(seg, o);
+                    }
+                }
+                continue;
+            };
+            let passes = |o: u32| {
+                rest_passes(o)
+                    && filter.check_point(seg.id(o), &seg.payload(o), &|n| seg.has_vector(n, o))
+            };
+            let narrowed = seg.payload_index().and_then(|(index, touched)| {
+                let has_id = |ids: &[PointId]| -> Vec<u32> {
+                    ids.iter()
+                        .filter_map(|id| self.locations.get(id))
+                        .filter(|l| l.segment == seg.id)
+                        .map(|l| l.offset)
+                        .collect()
+                };
+                let plan = index.plan(filter, &has_id)?;
+                Some(Narrowed::new(&plan, touched, seg.len()))
+            });
+            match narrowed {
+                Some(narrowed) => {
+                    for o in narrowed.candidates.iter() {
+                        let pass = if narrowed.settled(o) {
+                            rest_passes(o)
+                        } else {
+                            passes(o)
+                        };
+                        if seg.is_live(o) && pass {
+                            visit(seg, o);
+                        }
+                    }
+                }
+                None => {
+                    for o in seg.live_offsets() {
+                        if passes(o) {
+                            visit(seg, o);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn select(&self, selection: &PointSelection) -> Result<Vec<PointId>, ShardError> {
         match selection {
             PointSelection::Ids(ids) => {
@@ -545,12 +611,11 @@ impl ShardState {
                 .collect()),
             PointSelection::Filter(filter) => {
                 let filter = self.bind(filter);
-                Ok(self
-                    .locations
-                    .iter()
-                    .filter(|(id, loc)| self.matches(id, loc, &filter))
-                    .map(|(id, _)| *id)
-                    .collect())
+                let mut ids = Vec::new();
+                self.for_each_match(Some(&filter), None, &mut |seg, o| ids.push(seg.id(o)));
+                // In id order, as the operation logged and passed on always was.
+                ids.sort_unstable();
+                Ok(ids)
             }
         }
     }
@@ -1661,33 +1726,40 @@ impl LocalShard {
             .collect()
     }
 
-    /// Calls `visit` with the payload of every point `accept` passes.
-    pub fn for_each_payload(&self, accept: PointPredicate<'_>, visit: &mut dyn FnMut(&Payload)) {
+    /// Calls `visit` with the payload of every point that passes `filter` (bound, see
+    /// [`LocalShard::bind_filter`]) and `rest`, narrowed by the payload indexes as
+    /// [`LocalShard::count_matching`] is.
+    pub fn for_each_matching_payload(
+        &self,
+        filter: Option<&Filter>,
+        rest: Option<PointPredicate<'_>>,
+        visit: &mut dyn FnMut(&Payload),
+    ) {
         let state = self.state.read();
-        for (id, loc) in &state.locations {
-            let seg = &state.segments[&loc.segment];
-            let o = loc.offset;
-            let payload = seg.payload(o);
-            if accept(*id, &|| Cow::Borrowed(&*payload), &|n| seg.has_vector(n, o)) {
-                visit(&payload);
-            }
-        }
+        state.for_each_match(filter, rest, &mut |seg, o| visit(&seg.payload(o)));
     }
 
-    pub fn count(&self, accept: Option<PointPredicate<'_>>) -> usize {
+    /// The number of points that pass `filter` (bound, see [`LocalShard::bind_filter`];
+    /// `None` passes all) and `rest` (checks besides the filter, such as a resharding's
+    /// ownership). Exact. Where a segment's payload indexes answer the filter, only their
+    /// candidates are looked at: a count by an indexed keyword reads no payload.
+    pub fn count_matching(
+        &self,
+        filter: Option<&Filter>,
+        rest: Option<PointPredicate<'_>>,
+    ) -> usize {
         let state = self.state.read();
-        match accept {
-            None => state.locations.len(),
-            Some(f) => state
-                .locations
-                .iter()
-                .filter(|(id, loc)| {
-                    let seg = &state.segments[&loc.segment];
-                    let o = loc.offset;
-                    f(**id, &|| seg.payload(o), &|n| seg.has_vector(n, o))
-                })
-                .count(),
+        if filter.is_none() && rest.is_none() {
+            return state.locations.len();
         }
+        let mut n = 0;
+        state.for_each_match(filter, rest, &mut |_, _| n += 1);
+        n
+    }
+
+    /// The number of points in the shard.
+    pub fn count(&self) -> usize {
+        self.state.read().locations.len()
     }
 
     /// For the sparse vector `name`: how many points have it, and for each dimension of
@@ -3005,7 +3077,7 @@ mod tests {
                 .unwrap();
         }
         let shard = LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
-        assert_eq!(shard.count(None), 99);
+        assert_eq!(shard.count(), 99);
         let got = shard.retrieve(
             &[PointId::Num(5), PointId::Num(3), PointId::Num(7)],
             true,
@@ -3021,7 +3093,7 @@ mod tests {
         shard.flush().unwrap();
         drop(shard);
         let shard = LocalShard::open(dir.path(), cfg, SyncMode::Os).unwrap();
-        assert_eq!(shard.count(None), 99);
+        assert_eq!(shard.count(), 99);
         assert_eq!(shard.stats().flushed_seq, 3);
     }
 
@@ -3073,7 +3145,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(op, Some(ShardOperation::Upsert(vec![both[1].clone()])));
-        assert_eq!(shard.count(None), 6);
+        assert_eq!(shard.count(), 6);
     }
 
     /// The shard as a model expects it: every point's vector and payload, and exact search.
@@ -3092,7 +3164,7 @@ mod tests {
             );
             assert_eq!(r.payload.as_ref().unwrap(), payload, "payload of {}", r.id);
         }
-        assert_eq!(shard.count(None), model.len());
+        assert_eq!(shard.count(), model.len());
     }
 
     #[test]
@@ -3339,7 +3411,7 @@ mod tests {
                 got: 3
             })
         ));
-        assert_eq!(shard.count(None), 0);
+        assert_eq!(shard.count(), 0);
         assert_eq!(shard.stats().last_seq, 0);
     }
 
@@ -3390,7 +3462,7 @@ mod tests {
                 ids, live,
                 "scroll must return every live point once, in order"
             );
-            assert_eq!(shard.count(None), live.len());
+            assert_eq!(shard.count(), live.len());
             let hits = shard.search(&exact_query(&query, live.len() + 10));
             assert_eq!(
                 hits.len(),
@@ -3726,7 +3798,7 @@ mod tests {
             [32, 32],
             "the third sealed segment was built with the smallest indexed one"
         );
-        assert_eq!(shard.count(None), 128);
+        assert_eq!(shard.count(), 128);
     }
 
     /// A shard of `dim`-dimensional vectors that seals a segment every 32 points and whose
@@ -3764,7 +3836,7 @@ mod tests {
         while shard.optimize_step(&builder) {}
         let indexed = indexed_sizes(&shard).len();
         assert!(indexed <= 2, "{indexed} indexed segments left");
-        assert_eq!(shard.count(None), 960);
+        assert_eq!(shard.count(), 960);
         let q = vec![0.2; dim];
         let exact = shard.search(&exact_query(&q, 10));
         let approx = shard.search(&SearchQuery {
@@ -3962,20 +4034,43 @@ mod tests {
                     |id: PointId, p: PayloadRead<'_>, has: crate::index::filter::HasVector<'_>| {
                         kept(id) && filter.check_point(id, &p(), has)
                     };
-                let mut want: Vec<PointId> = {
+                let passing: Vec<PointId> = {
                     let state = shard.state.read();
                     state
                         .locations
                         .iter()
                         .filter(|(id, loc)| {
-                            kept(**id)
-                                && filter
-                                    .check(**id, &state.segments[&loc.segment].payload(loc.offset))
+                            filter.check(**id, &state.segments[&loc.segment].payload(loc.offset))
                         })
                         .map(|(id, _)| *id)
                         .collect()
                 };
+                let mut want: Vec<PointId> =
+                    passing.iter().copied().filter(|id| kept(*id)).collect();
                 want.sort();
+                // Whole-shard scans narrowed by the same indexes: counts, selections by
+                // filter (deletes, payload changes), facets.
+                assert_eq!(
+                    shard.count_matching(Some(filter), Some(&rest)),
+                    want.len(),
+                    "count, round {round}, filter {filter}"
+                );
+                let selected = shard
+                    .state
+                    .read()
+                    .select(&PointSelection::Filter(filter.clone()))
+                    .unwrap();
+                assert_eq!(
+                    selected, passing,
+                    "selection, round {round}, filter {filter}"
+                );
+                let mut visited = 0;
+                shard.for_each_matching_payload(Some(filter), Some(&rest), &mut |_| visited += 1);
+                assert_eq!(
+                    visited,
+                    want.len(),
+                    "payloads, round {round}, filter {filter}"
+                );
                 if want.len() > 100 {
                     continue;
                 }
@@ -4220,11 +4315,7 @@ mod tests {
                 ]),
                 ..Default::default()
             };
-            let accept =
-                |id: PointId, p: PayloadRead<'_>, has: crate::index::filter::HasVector<'_>| {
-                    has_text.check_point(id, &p(), has)
-                };
-            assert_eq!(shard.count(Some(&accept)), 200);
+            assert_eq!(shard.count_matching(Some(&has_text), None), 200);
             // Vector updates: one replaced, one deleted; a missing point fails the update.
             shard
                 .update(UpdateRequest::UpdateVectors {
@@ -4286,7 +4377,7 @@ mod tests {
         assert!(
             one.contains_key("text") && !one.contains_key("multi") && !one.contains_key("sparse")
         );
-        assert_eq!(shard.count(None), 300);
+        assert_eq!(shard.count(), 300);
     }
 
     /// Ids, payloads and vectors (versions are each replica's own operation numbers).
