@@ -3463,6 +3463,10 @@ mod tests {
                 "scroll must return every live point once, in order"
             );
             assert_eq!(shard.count(), live.len());
+            // A count that visits each segment's live points (as counts by filter do).
+            let every =
+                |_: PointId, _: PayloadRead<'_>, _: crate::index::filter::HasVector<'_>| true;
+            assert_eq!(shard.count_matching(None, Some(&every)), live.len());
             let hits = shard.search(&exact_query(&query, live.len() + 10));
             assert_eq!(
                 hits.len(),
