@@ -634,11 +634,15 @@ impl ShardRequest for ShardScroll {
 impl ShardScroll {
     pub fn run(&self, shard: &LocalShard) -> Vec<Record> {
         let filter = self.filter.as_ref().map(|f| shard.bind_filter(f));
-        let accept = owned_and_matching(self.owner.as_ref(), filter.as_deref());
-        shard.scroll(
+        let owner = self.owner.as_ref();
+        let owned =
+            |id: PointId, _: PayloadRead<'_>, _: HasVector<'_>| owner.is_none_or(|o| o.owns(&id));
+        let rest: Option<PointPredicate<'_>> = owner.is_some().then_some(&owned as _);
+        shard.scroll_matching(
             self.from,
             self.limit,
-            Some(&accept),
+            filter.as_deref(),
+            rest,
             self.with_payload,
             &self.with_vector,
         )

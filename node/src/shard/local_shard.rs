@@ -535,7 +535,7 @@ impl ShardState {
     /// Where a segment's payload indexes plan the filter, only their candidates are looked
     /// at, and a candidate an exact plan settled is checked with `rest` alone, so neither
     /// reads its payload: the search path's rule (see `Narrowed`), for scans of the whole
-    /// shard (counts, selections by filter, facets).
+    /// shard (counts, selections by filter, facets, selective scrolls).
     fn for_each_match(
         &self,
         filter: Option<&Filter>,
@@ -546,54 +546,71 @@ impl ShardState {
             if seg.live_count() == 0 {
                 continue;
             }
-            let rest_passes = |o: u32| {
-                rest.is_none_or(|f| f(seg.id(o), &|| seg.payload(o), &|n| seg.has_vector(n, o)))
-            };
-            let Some(filter) = filter else {
-                for o in seg.live_offsets() {
-                    if rest_passes(o) {
-                        visit(seg, o);
-                    }
-                }
-                continue;
-            };
-            let passes = |o: u32| {
-                rest_passes(o)
-                    && filter.check_point(seg.id(o), &seg.payload(o), &|n| seg.has_vector(n, o))
-            };
-            let narrowed = seg.payload_index().and_then(|(index, touched)| {
-                let has_id = |ids: &[PointId]| -> Vec<u32> {
-                    ids.iter()
-                        .filter_map(|id| self.locations.get(id))
-                        .filter(|l| l.segment == seg.id)
-                        .map(|l| l.offset)
-                        .collect()
-                };
-                let plan = index.plan(filter, &has_id)?;
-                Some(Narrowed::new(&plan, touched, seg.len()))
-            });
-            match narrowed {
-                Some(narrowed) => {
-                    for o in narrowed.candidates.iter() {
-                        let pass = if narrowed.settled(o) {
-                            rest_passes(o)
-                        } else {
-                            passes(o)
-                        };
-                        if seg.is_live(o) && pass {
-                            visit(seg, o);
-                        }
-                    }
-                }
-                None => {
-                    for o in seg.live_offsets() {
-                        if passes(o) {
-                            visit(seg, o);
-                        }
-                    }
-                }
-            }
+            let narrowed = filter.and_then(|f| self.narrow(seg, f));
+            visit_segment(seg, narrowed.as_ref(), filter, rest, visit);
         }
+    }
+
+    /// `seg`'s candidates for `filter` from its payload indexes, if they plan it.
+    fn narrow(&self, seg: &Segment, filter: &Filter) -> Option<Narrowed> {
+        let (index, touched) = seg.payload_index()?;
+        let has_id = |ids: &[PointId]| -> Vec<u32> {
+            ids.iter()
+                .filter_map(|id| self.locations.get(id))
+                .filter(|l| l.segment == seg.id)
+                .map(|l| l.offset)
+                .collect()
+        };
+        let plan = index.plan(filter, &has_id)?;
+        Some(Narrowed::new(&plan, touched, seg.len()))
+    }
+
+    /// The first `limit` points from `from` in id order that pass `filter` (bound) and `rest`,
+    /// gathered from the payload indexes' candidates (and from a full check of segments they
+    /// do not plan) rather than by walking the points in id order; `None` (unless `always`)
+    /// when that would look at more points than the walk is expected to, which checks about
+    /// `limit * points / candidates` of them before it has `limit`.
+    fn scroll_candidates(
+        &self,
+        from: Option<PointId>,
+        limit: usize,
+        filter: &Filter,
+        rest: Option<PointPredicate<'_>>,
+        always: bool,
+    ) -> Option<Vec<(PointId, SegmentId, u32)>> {
+        let plans: Vec<(&Segment, Option<Narrowed>)> = self
+            .segments
+            .values()
+            .filter(|seg| seg.live_count() > 0)
+            .map(|seg| (seg, self.narrow(seg, filter)))
+            .collect();
+        let candidates: usize = plans
+            .iter()
+            .map(|(seg, n)| n.as_ref().map_or(seg.live_count(), |n| n.estimate))
+            .sum();
+        let walk = limit.saturating_add(1).saturating_mul(self.locations.len());
+        if !always && candidates.saturating_mul(candidates) >= walk {
+            return None;
+        }
+        let from_on = |id: PointId, _: PayloadRead<'_>, _: crate::index::filter::HasVector<'_>| {
+            from.is_none_or(|f| id >= f)
+        };
+        let both = |id: PointId, p: PayloadRead<'_>, has: crate::index::filter::HasVector<'_>| {
+            from_on(id, p, has) && rest.is_none_or(|r| r(id, p, has))
+        };
+        let mut hits = Vec::new();
+        for (seg, narrowed) in &plans {
+            visit_segment(
+                seg,
+                narrowed.as_ref(),
+                Some(filter),
+                Some(&both),
+                &mut |seg, o| hits.push((seg.id(o), seg.id, o)),
+            );
+        }
+        hits.sort_unstable_by_key(|(id, _, _)| *id);
+        hits.truncate(limit);
+        Some(hits)
     }
 
     fn select(&self, selection: &PointSelection) -> Result<Vec<PointId>, ShardError> {
@@ -1670,12 +1687,62 @@ impl LocalShard {
             .filter_map(|(id, loc)| {
                 let seg = &state.segments[&loc.segment];
                 let o = loc.offset;
-                let pass =
-                    accept.is_none_or(|f| f(*id, &|| seg.payload(o), &|n| seg.has_vector(n, o)));
-                pass.then(|| state.record(seg, o, with_payload, with_vector))
+                // A payload the predicate read is the one returned: parsed once.
+                let read = std::cell::OnceCell::new();
+                let pass = accept.is_none_or(|f| {
+                    f(
+                        *id,
+                        &|| Cow::Borrowed(&**read.get_or_init(|| seg.payload(o))),
+                        &|n| seg.has_vector(n, o),
+                    )
+                });
+                pass.then(|| {
+                    let mut record = state.record(seg, o, false, with_vector);
+                    if with_payload {
+                        record.payload = Some(match read.into_inner() {
+                            Some(payload) => payload.into_owned(),
+                            None => seg.payload(o).into_owned(),
+                        });
+                    }
+                    record
+                })
             })
             .take(limit)
             .collect()
+    }
+
+    /// The first `limit` points from `from` (in id order) that pass `filter` (bound, see
+    /// [`LocalShard::bind_filter`]) and `rest`: [`LocalShard::scroll`] of their conjunction,
+    /// except that a selective filter the payload indexes plan is answered from their
+    /// candidates instead of by checking points in id order until `limit` pass (which, for
+    /// a filter 0.1% of the points pass, checks every point of the shard).
+    pub fn scroll_matching(
+        &self,
+        from: Option<PointId>,
+        limit: usize,
+        filter: Option<&Filter>,
+        rest: Option<PointPredicate<'_>>,
+        with_payload: bool,
+        with_vector: &WithVector,
+    ) -> Vec<Record> {
+        if let Some(filter) = filter {
+            let state = self.state.read();
+            if let Some(hits) = state.scroll_candidates(from, limit, filter, rest, false) {
+                return hits
+                    .into_iter()
+                    .map(|(_, segment, o)| {
+                        state.record(&state.segments[&segment], o, with_payload, with_vector)
+                    })
+                    .collect();
+            }
+        }
+        let accept = |id: PointId, p: PayloadRead<'_>, has: crate::index::filter::HasVector<'_>| {
+            rest.is_none_or(|r| r(id, p, has))
+                && filter.is_none_or(|f| f.check_point(id, &p(), has))
+        };
+        let accept: Option<PointPredicate<'_>> =
+            (filter.is_some() || rest.is_some()).then_some(&accept as _);
+        self.scroll(from, limit, accept, with_payload, with_vector)
     }
 
     /// The first `request.limit` (value, point) pairs of Qdrant's `order_by` among the points
@@ -2579,6 +2646,48 @@ impl LocalShard {
         }
         state.segments.insert(fresh.id, fresh);
         true
+    }
+}
+
+/// Calls `visit` with every live offset of `seg` that passes `filter` and `rest`: `narrowed`'s
+/// candidates where the payload indexes planned the filter (an exact plan's settled ones
+/// checked with `rest` alone, reading no payload), every live offset otherwise. See
+/// `ShardState::for_each_match`.
+fn visit_segment(
+    seg: &Segment,
+    narrowed: Option<&Narrowed>,
+    filter: Option<&Filter>,
+    rest: Option<PointPredicate<'_>>,
+    visit: &mut dyn FnMut(&Segment, u32),
+) {
+    let rest_passes =
+        |o: u32| rest.is_none_or(|f| f(seg.id(o), &|| seg.payload(o), &|n| seg.has_vector(n, o)));
+    let passes = |o: u32| {
+        rest_passes(o)
+            && filter.is_none_or(|f| {
+                f.check_point(seg.id(o), &seg.payload(o), &|n| seg.has_vector(n, o))
+            })
+    };
+    match narrowed {
+        Some(narrowed) => {
+            for o in narrowed.candidates.iter() {
+                let pass = if narrowed.settled(o) {
+                    rest_passes(o)
+                } else {
+                    passes(o)
+                };
+                if seg.is_live(o) && pass {
+                    visit(seg, o);
+                }
+            }
+        }
+        None => {
+            for o in seg.live_offsets() {
+                if passes(o) {
+                    visit(seg, o);
+                }
+            }
+        }
     }
 }
 
@@ -4075,6 +4184,39 @@ mod tests {
                     want.len(),
                     "payloads, round {round}, filter {filter}"
                 );
+                // Scrolls: a first page and one from the middle, by whichever path the shard
+                // picks and by the candidates' path, with the payloads the points hold.
+                for (from, limit) in [(None, 3), (want.get(want.len() / 2).copied(), 1000)] {
+                    let page: Vec<PointId> = want
+                        .iter()
+                        .filter(|id| from.is_none_or(|f| **id >= f))
+                        .take(limit)
+                        .copied()
+                        .collect();
+                    let records = shard.scroll_matching(
+                        from,
+                        limit,
+                        Some(filter),
+                        Some(&rest),
+                        true,
+                        &WithVector::None,
+                    );
+                    let got: Vec<PointId> = records.iter().map(|r| r.id).collect();
+                    assert_eq!(got, page, "scroll, round {round}, filter {filter}");
+                    let state = shard.state.read();
+                    for r in &records {
+                        let loc = state.locations[&r.id];
+                        let held = state.segments[&loc.segment].payload(loc.offset);
+                        assert_eq!(r.payload.as_ref(), Some(&*held), "scroll payload");
+                    }
+                    let gathered: Vec<PointId> = state
+                        .scroll_candidates(from, limit, filter, Some(&rest), true)
+                        .unwrap()
+                        .iter()
+                        .map(|(id, _, _)| *id)
+                        .collect();
+                    assert_eq!(gathered, page, "candidates' scroll, round {round}");
+                }
                 if want.len() > 100 {
                     continue;
                 }
