@@ -468,28 +468,39 @@ fn damaged_replicas(nodes: &mut [NodeProcess]) -> Result<()> {
         log.contains("a local replica does not open"),
         "the node names the replica that did not open"
     );
-    for name in ["twice", "once"] {
-        let kept = find(&collections.join(name).join("quarantine"), &|n: &str| {
+    let quarantined = |name: &str| {
+        find(&collections.join(name).join("quarantine"), &|n: &str| {
             n.starts_with("shard-")
-        });
-        ensure!(
-            kept.len() == 1,
-            "`{name}`: files kept in quarantine: {kept:?}"
-        );
-    }
+        })
+    };
 
-    // The only replica: not served, and nothing answers as if its points did not exist.
-    for node in nodes.iter() {
-        let r = node.client().raw(
-            Method::Post,
-            "/collections/once/points/count",
-            Some(&json!({"exact": true})),
-        )?;
+    // The only replica: not served, and nothing answers as if its points did not exist; its
+    // files stay in place, so a restart (here a second one) finds the failure again rather
+    // than an empty shard.
+    for start in 0..2 {
+        if start == 1 {
+            nodes[1].restart()?;
+            nodes[1].wait_ready(Instant::now() + READY)?;
+        }
+        for node in nodes.iter() {
+            let r = node.client().raw(
+                Method::Post,
+                "/collections/once/points/count",
+                Some(&json!({"exact": true})),
+            )?;
+            ensure!(
+                r.status == 503 && r.body.contains("did not open"),
+                "start {start}: a count over a shard that is not served: {} {}",
+                r.status,
+                r.body
+            );
+        }
         ensure!(
-            r.status >= 500 && r.body.contains("did not open"),
-            "a count over a shard that is not served: {} {}",
-            r.status,
-            r.body
+            collections
+                .join(format!("once/shards/{lost}/segments"))
+                .exists()
+                && quarantined("once").is_empty(),
+            "start {start}: the failed replica's files stay in place"
         );
     }
     let state = collection_cluster(&nodes[1], "once")?;
@@ -512,6 +523,10 @@ fn damaged_replicas(nodes: &mut [NodeProcess]) -> Result<()> {
         contents(&nodes[0].client(), "once")? == expected(0..1500, 1),
         "`once` whole again after the shard snapshot"
     );
+    ensure!(
+        quarantined("once").len() == 1,
+        "the files it replaced are kept in quarantine"
+    );
 
     // The replica with a second copy: marked Dead, recovered, Active on both peers.
     let all: Vec<&NodeProcess> = nodes.iter().collect();
@@ -530,6 +545,10 @@ fn damaged_replicas(nodes: &mut [NodeProcess]) -> Result<()> {
     ensure!(
         log.contains("the replica that did not open is marked Dead"),
         "recovered through Dead: {replicas:?}"
+    );
+    ensure!(
+        quarantined("twice").len() == 1,
+        "the replaced replica's files are kept in quarantine"
     );
     // The recovered replica alone holds every point.
     nodes[0].kill_9()?;

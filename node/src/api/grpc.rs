@@ -670,6 +670,7 @@ impl SnapshotService for Snapshots {
         use crate::shard::snapshot::{SnapshotError, check_compatible, image_to_shard_dir};
         let refuse = |e: SnapshotError| match e {
             SnapshotError::Io(_) => Status::internal(e.to_string()),
+            SnapshotError::Unavailable(_) => Status::unavailable(e.to_string()),
             _ => Status::invalid_argument(e.to_string()),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -625,18 +625,20 @@ pub struct Collection {
 /// its checksum, a point store or WAL that does not read. The node does not stop for it (its
 /// other replicas and collections stay served) and does not serve it either:
 ///
-/// - its files are moved to `<collection>/quarantine/shard-<id>-<uuid>` (kept for a person to
-///   look at; nothing removes them but deleting the collection);
 /// - requests routed to it get [`CollectionError::Unavailable`] naming the reason, so reads go
 ///   to another replica;
 /// - this peer proposes `Dead` for it (`TableOfContent::mark_failed_replicas_dead`, a
 ///   compare-and-set on the state it was seen in), and [`Collection::sync`] puts no replica in
-///   its place until the cluster state says `Dead` (or, since, that a transfer fills it: see
-///   [`ReplicaState::awaits_copy`]). From there it is a `Dead` replica like any
-///   other: created empty and recovered from an active replica by a transfer.
+///   its place until the cluster state says `Dead`. Then its files move to
+///   `<collection>/quarantine/shard-<id>-<uuid>` (kept for a person to look at; nothing removes
+///   them but deleting the collection) and an empty replica takes the place, to be recovered
+///   from an active replica like any `Dead` one (no recovery starts before that).
+/// - Until then the files stay at `shards/<id>`, so that a restart finds the failure again
+///   (and an error that went away, such as too many open files, is gone with it).
 /// - The last active replica of a shard cannot be marked `Dead`: it stays failed (the shard
 ///   unavailable, never answered from an empty replica) until a shard snapshot is recovered
-///   into it ([`Collection::restore_local_shard`]) or the replica is dropped.
+///   into it ([`Collection::restore_local_shard`], which moves the failed files to quarantine
+///   first) or the replica is dropped from this peer (its files then move to quarantine too).
 ///
 /// Qdrant's counterpart is `handle_collection_load_errors`, which loads a dummy shard and marks
 /// the replica dead; here it is always on.
@@ -644,11 +646,12 @@ pub struct Collection {
 pub struct FailedReplica {
     /// Why it did not open (the shard's error).
     pub reason: String,
-    /// Where its files are now; `None` when moving them failed (they are still at
-    /// `shards/<id>`, and the move is tried again before an empty replica takes the place).
+    /// Where its files were moved; `None` while they are still at `shards/<id>`.
     pub kept_at: Option<PathBuf>,
-    /// The last refusal of the proposal to mark it `Dead`, logged once per distinct message.
-    pub refused: Option<String>,
+    /// The shard's cluster state when the proposal to mark it `Dead` was last refused (or
+    /// judged hopeless here): not proposed again until that state changes, since every
+    /// refused proposal is a Raft entry that wakes every peer's reconciler.
+    pub refused_for: Option<String>,
 }
 
 /// Where replicas that did not open are kept, inside a collection's directory.
@@ -790,23 +793,19 @@ impl Collection {
             let shard = match LocalShard::open(&entry.path(), Arc::clone(&config), env.sync) {
                 Ok(shard) => Arc::new(shard),
                 Err(e) => {
+                    // Its files stay where they are until the cluster state lets an empty
+                    // replica take the place (then they move to quarantine): every start finds
+                    // the failure again, and an error that goes away (too many open files)
+                    // goes away with a restart.
                     let reason = e.to_string();
-                    let kept_at = quarantine(dir, id, &entry.path());
-                    match &kept_at {
-                        Ok(path) => {
-                            tracing::error!(collection = name, shard = id, %reason, kept_at = %path.display(), "a local replica does not open: it is not served, and it is rebuilt from another replica once the cluster marks it Dead");
-                        }
-                        Err(moving) => {
-                            tracing::error!(collection = name, shard = id, %reason, error = %moving, "a local replica does not open and its files could not be moved aside: it is not served");
-                        }
-                    }
+                    tracing::error!(collection = name, shard = id, %reason, "a local replica does not open: it is not served, and it is rebuilt from another replica once the cluster marks it Dead");
                     foreign.remove(&id);
                     failed.insert(
                         id,
                         FailedReplica {
                             reason,
-                            kept_at: kept_at.ok(),
-                            refused: None,
+                            kept_at: None,
+                            refused_for: None,
                         },
                     );
                     continue;
@@ -933,7 +932,12 @@ impl Collection {
         // New replicas exist before the layout routes anything to them ...
         for id in &mine {
             if !self.local.read().contains_key(id) {
-                if !self.replace_failed(*id, meta, this_peer) {
+                // A replica that did not open is replaced under the restore lock, and only if
+                // no restore put one in place meanwhile.
+                let is_failed = self.failed.lock().contains_key(id);
+                let _restore = is_failed.then(|| self.restoring.lock());
+                if self.local.read().contains_key(id) || !self.replace_failed(*id, meta, this_peer)
+                {
                     continue;
                 }
                 let shard = Arc::new(create_replica(
@@ -947,8 +951,24 @@ impl Collection {
                 tracing::info!(collection = %self.name, shard = id, "local replica created");
             }
         }
-        // A failed replica no longer placed here is forgotten (its files stay in quarantine).
-        self.failed.lock().retain(|id, _| mine.contains(id));
+        // A failed replica no longer placed here is forgotten once its files are in
+        // quarantine (left at `shards/<id>`, they would be taken for a replica placed here
+        // again).
+        {
+            let _restore = self.restoring.lock();
+            let mut failed = self.failed.lock();
+            let gone: Vec<u32> = failed
+                .keys()
+                .filter(|id| !mine.contains(id))
+                .copied()
+                .collect();
+            for id in gone {
+                let failure = failed.get_mut(&id).expect("listed above");
+                if self.move_failed_aside(id, failure) {
+                    failed.remove(&id);
+                }
+            }
+        }
         *self.layout.write() = Arc::new(layout);
         *self.resharding.write() = meta.resharding.clone();
         *self.payload_schema.write() = meta.payload_schema.clone();
@@ -1037,9 +1057,9 @@ impl Collection {
     }
 
     /// Whether a replica that failed to open may be replaced now (see [`FailedReplica`]):
-    /// true when shard `id` has no failed replica here, or when the cluster state `meta` no
-    /// longer counts on its contents (`Dead`, or a transfer's destination since: see
-    /// [`ReplicaState::awaits_copy`]) and its files are out of the way. Logs the replacement.
+    /// true when shard `id` has no failed replica here, or when the cluster state `meta` marks
+    /// it `Dead` and its files were moved to quarantine. Logs the replacement. The caller
+    /// holds `restoring`, so that no restore puts a replica in place meanwhile.
     fn replace_failed(&self, id: u32, meta: &CollectionMeta, this_peer: PeerId) -> bool {
         let mut failed = self.failed.lock();
         let Some(failure) = failed.get_mut(&id) else {
@@ -1049,24 +1069,50 @@ impl Collection {
             .shards
             .get(&ShardId(id))
             .and_then(|s| s.replicas.get(&this_peer));
-        if !state.is_some_and(|s| s.awaits_copy()) {
+        if state != Some(&ReplicaState::Dead) {
             return false;
         }
-        if failure.kept_at.is_none() {
-            let path = self.dir.join("shards").join(id.to_string());
-            match quarantine(&self.dir, id, &path) {
-                Ok(kept_at) => failure.kept_at = Some(kept_at),
-                Err(e) => {
-                    tracing::warn!(collection = %self.name, shard = id, error = %e, "the files of a replica that did not open cannot be moved aside; no new replica takes its place yet");
-                    return false;
-                }
-            }
+        if !self.move_failed_aside(id, failure) {
+            return false;
         }
         let failure = failed
             .remove(&id)
             .expect("looked up above, under the same lock");
-        tracing::info!(collection = %self.name, shard = id, kept_at = ?failure.kept_at, "the replica that did not open is Dead in the cluster state: an empty one takes its place, to be filled by a transfer");
+        tracing::info!(collection = %self.name, shard = id, kept_at = ?failure.kept_at, "the replica that did not open is Dead in the cluster state: an empty one takes its place, to be recovered");
         true
+    }
+
+    /// Moves a failed replica's files from `shards/<id>` to quarantine, if they are still
+    /// there; returns whether they are out of the way (a failure is logged).
+    fn move_failed_aside(&self, id: u32, failure: &mut FailedReplica) -> bool {
+        let path = self.dir.join("shards").join(id.to_string());
+        if failure.kept_at.is_some() || !path.exists() {
+            return true;
+        }
+        match quarantine(&self.dir, id, &path) {
+            Ok(kept_at) => {
+                tracing::info!(collection = %self.name, shard = id, kept_at = %kept_at.display(), "the files of a replica that did not open are kept in quarantine");
+                failure.kept_at = Some(kept_at);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(collection = %self.name, shard = id, error = %e, "the files of a replica that did not open cannot be moved aside; nothing takes their place yet");
+                false
+            }
+        }
+    }
+
+    /// Records that marking the failed replica of shard `id` `Dead` was refused (or is
+    /// hopeless) with the shard's cluster state `fingerprint`; returns whether that is news
+    /// (worth logging).
+    pub fn note_failed_refusal(&self, id: u32, fingerprint: String) -> bool {
+        match self.failed.lock().get_mut(&id) {
+            Some(failure) if failure.refused_for.as_ref() != Some(&fingerprint) => {
+                failure.refused_for = Some(fingerprint);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether this peer holds a replica of shard `id`: one it serves, or one that did not
@@ -1079,18 +1125,6 @@ impl Collection {
     /// been replaced yet, by shard id (see [`FailedReplica`]).
     pub fn failed_replicas(&self) -> BTreeMap<u32, FailedReplica> {
         self.failed.lock().clone()
-    }
-
-    /// Records that the proposal to mark the failed replica of shard `id` `Dead` was refused
-    /// with `reason`; returns whether the reason is new (worth logging).
-    pub fn note_failed_refusal(&self, id: u32, reason: String) -> bool {
-        match self.failed.lock().get_mut(&id) {
-            Some(failure) if failure.refused.as_ref() != Some(&reason) => {
-                failure.refused = Some(reason);
-                true
-            }
-            _ => false,
-        }
     }
 
     /// This peer's replica of shard `id` for a request, or [`CollectionError::Unavailable`]
@@ -2568,6 +2602,14 @@ impl Collection {
                 self.name
             )));
         }
+        // A failed replica's files go to quarantine, not away with a replaced replica.
+        if let Some(failure) = self.failed.lock().get_mut(&id)
+            && !self.move_failed_aside(id, failure)
+        {
+            return Err(CollectionError::Storage(format!(
+                "the files of the replica of shard {id} that did not open cannot be moved aside"
+            )));
+        }
         let began = std::time::Instant::now();
         crate::shard::snapshot::sync_tree(prepared).map_err(CollectionError::storage)?;
         let synced_ms = began.elapsed().as_millis() as u64;
@@ -2593,7 +2635,7 @@ impl Collection {
             // The replica a concurrent reconcile put in place meanwhile, if any.
             old.retire();
         }
-        // A failed replica's files were moved to quarantine: nothing to rename away then.
+        // A failed replica's files were moved to quarantine above: nothing to rename away then.
         let moved_away = if path.exists() {
             std::fs::rename(&path, &doomed)
         } else {
@@ -2657,7 +2699,7 @@ impl Collection {
                                 FailedReplica {
                                     reason: reopen.to_string(),
                                     kept_at: None,
-                                    refused: None,
+                                    refused_for: None,
                                 },
                             );
                         }

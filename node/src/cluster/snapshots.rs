@@ -300,7 +300,7 @@ fn collection_image(
     // A snapshot without a replica this peer should hold would restore as a collection that
     // silently lost that shard's points.
     if let Some((id, failure)) = collection.failed_replicas().into_iter().next() {
-        return Err(SnapshotError::Io(format!(
+        return Err(SnapshotError::Unavailable(format!(
             "the replica of shard {id} on this peer did not open ({}); a snapshot of this peer's replicas would miss it",
             failure.reason
         )));
@@ -353,7 +353,7 @@ pub fn create_shard_snapshot(
     }
     let local = collection
         .local_for_request(shard)
-        .map_err(|e| SnapshotError::Io(e.to_string()))?;
+        .map_err(|e| SnapshotError::Unavailable(e.to_string()))?;
     let staging = store.staging()?;
     local.snapshot_image(shard, staging.path())?;
     let base = format!("{}-shard-{shard}", collection.name());

@@ -540,8 +540,9 @@ impl TableOfContent {
     /// Proposes `Dead` for this peer's replicas that did not open at start (see
     /// [`crate::cluster::collection::FailedReplica`]), each a compare-and-set on the state
     /// this view shows. Only submits: the replica is replaced once a reconcile pass applies
-    /// the result. A refusal (the last active replica of its shard) is logged once per reason
-    /// and proposed again on the next pass.
+    /// the result. A proposal that cannot pass (the last active replica of its shard: judged
+    /// here first) or that was refused is not made again until the shard's state changes,
+    /// since a refused proposal is a Raft entry too, which wakes every peer's reconciler.
     async fn mark_failed_replicas_dead(&self, view: &ClusterStateView) {
         let this_peer = self.env.this_peer();
         for (name, meta) in &view.state.collections {
@@ -549,16 +550,27 @@ impl TableOfContent {
                 continue;
             };
             for (id, failure) in collection.failed_replicas() {
-                let Some(state) = meta
-                    .shards
-                    .get(&ShardId(id))
-                    .and_then(|s| s.replicas.get(&this_peer))
-                    .copied()
-                else {
+                let Some(shard) = meta.shards.get(&ShardId(id)) else {
                     continue;
                 };
-                // Dead, or already a transfer's destination: the reconcile pass replaces it.
-                if state.awaits_copy() {
+                let Some(state) = shard.replicas.get(&this_peer).copied() else {
+                    continue;
+                };
+                if state == ReplicaState::Dead {
+                    continue;
+                }
+                let fingerprint = format!("{shard:?} {:?}", meta.resharding);
+                if failure.refused_for.as_ref() == Some(&fingerprint) {
+                    continue;
+                }
+                let others_active = shard
+                    .replicas
+                    .iter()
+                    .any(|(peer, s)| *peer != this_peer && s.is_active_like());
+                if state.is_active_like() && !others_active {
+                    if collection.note_failed_refusal(id, fingerprint) {
+                        tracing::error!(collection = %name, shard = id, reason = %failure.reason, "the replica that did not open is the shard's last active replica and cannot be marked Dead: the shard stays unavailable until a shard snapshot is recovered into it");
+                    }
                     continue;
                 }
                 let op = ClusterOperation::SetReplicaState {
@@ -573,8 +585,8 @@ impl TableOfContent {
                         tracing::warn!(collection = %name, shard = id, reason = %failure.reason, "the replica that did not open is marked Dead");
                     }
                     Ok((Err(e), _)) => {
-                        if collection.note_failed_refusal(id, e.to_string()) {
-                            tracing::error!(collection = %name, shard = id, reason = %failure.reason, error = %e, "the replica that did not open cannot be marked Dead: the shard stays unavailable on this peer until a shard snapshot is recovered into it");
+                        if collection.note_failed_refusal(id, fingerprint) {
+                            tracing::error!(collection = %name, shard = id, reason = %failure.reason, error = %e, "the replica that did not open cannot be marked Dead yet; proposed again when the shard's state changes");
                         }
                     }
                     Err(e) => {
@@ -1187,10 +1199,10 @@ mod tests {
     /// A replica that does not open at start (here its point store is garbage) neither stops
     /// the node nor is served: the collection loads with its other replica, requests routed to
     /// the failed one get an error naming the cause (a count over the collection fails rather
-    /// than leave its points out), its files are kept in quarantine, and no empty replica takes
-    /// its place while the cluster state does not mark it Dead (here it cannot: it is the
-    /// shard's last active replica, so reconcile passes must leave it failed). Once the state
-    /// says Dead, an empty replica takes its place, to be recovered like any Dead one.
+    /// than leave its points out), and no empty replica takes its place while the cluster
+    /// state does not mark it Dead (here it cannot: it is the shard's last active replica),
+    /// through reconcile passes and restarts alike. Once the state says Dead, its files move
+    /// to quarantine and an empty replica takes its place, to be recovered like any Dead one.
     #[test]
     fn a_replica_that_does_not_open_is_not_served_until_it_is_dead() {
         let dir = tempfile::tempdir().unwrap();
@@ -1220,49 +1232,61 @@ mod tests {
             .join(crate::shard::local_shard::POINT_STORE_FILE);
         fs::write(&store, [0xA5; 4096]).unwrap();
 
-        let path = dir.path().to_path_buf();
         let quarantine = dir.path().join("collections/docs/quarantine");
+        for start in 0..2 {
+            let path = dir.path().to_path_buf();
+            let (shards, store) = (shards.clone(), store.clone());
+            in_own_runtime(async move {
+                let toc = open_local_node(&path).await;
+                let collection = toc.get("docs").unwrap();
+                let failed = collection.failed_replicas();
+                assert_eq!(
+                    failed.keys().copied().collect::<Vec<_>>(),
+                    [0],
+                    "start {start}"
+                );
+                assert!(failed[&0].kept_at.is_none());
+                // More reconcile passes, with the (refused) Dead proposal between them.
+                let state = toc.env().metadata.view().state.clone();
+                toc.reconcile(&view(state, toc.reconciled_index() + 1))
+                    .unwrap();
+                assert!(
+                    collection.local_shard(0).is_none(),
+                    "never an empty stand-in"
+                );
+                assert_eq!(
+                    fs::read(&store).unwrap(),
+                    [0xA5; 4096],
+                    "files left in place"
+                );
+                let served = collection.local_shard(1).unwrap().stats().points;
+                assert!(served > 0 && served < 60, "{served}");
+                let refused = collection
+                    .read_local(
+                        0,
+                        crate::cluster::shard_requests::ShardCount {
+                            filter: None,
+                            owner: None,
+                        },
+                    )
+                    .await;
+                match refused {
+                    Err(CollectionError::Unavailable(m)) => {
+                        assert!(m.contains("did not open"), "{m}")
+                    }
+                    other => panic!("{other:?}"),
+                }
+                assert!(collection.count(None, None).await.is_err());
+                assert!(shards.join("0").exists());
+            });
+        }
+
+        let path = dir.path().to_path_buf();
+        let shards = shards.clone();
         in_own_runtime(async move {
             let toc = open_local_node(&path).await;
             let collection = toc.get("docs").unwrap();
-            let failed = collection.failed_replicas();
-            assert_eq!(failed.keys().copied().collect::<Vec<_>>(), [0]);
-            let kept_at = failed[&0].kept_at.clone().unwrap();
-            assert!(kept_at.starts_with(&quarantine), "{kept_at:?}");
-            assert_eq!(
-                fs::read(kept_at.join(crate::shard::local_shard::POINT_STORE_FILE)).unwrap(),
-                [0xA5; 4096]
-            );
-            assert!(!shards.join("0").exists());
-            // Several reconcile passes (the refused Dead proposal, then a newer state).
-            let state = toc.env().metadata.view().state.clone();
-            toc.reconcile(&view(state.clone(), toc.reconciled_index() + 1))
-                .unwrap();
-            assert!(
-                collection.local_shard(0).is_none(),
-                "never an empty stand-in"
-            );
-            assert!(!shards.join("0").exists());
-            let served = collection.local_shard(1).unwrap().stats().points;
-            assert!(served > 0 && served < 60, "{served}");
-            let refused = collection
-                .read_local(
-                    0,
-                    crate::cluster::shard_requests::ShardCount {
-                        filter: None,
-                        owner: None,
-                    },
-                )
-                .await;
-            match refused {
-                Err(CollectionError::Unavailable(m)) => {
-                    assert!(m.contains("did not open"), "{m}")
-                }
-                other => panic!("{other:?}"),
-            }
-            assert!(collection.count(None, None).await.is_err());
-
-            let mut dead = state;
+            let mut dead = toc.env().metadata.view().state.clone();
             *dead
                 .collections
                 .get_mut("docs")
@@ -1277,7 +1301,18 @@ mod tests {
                 .unwrap();
             assert_eq!(collection.local_shard(0).unwrap().stats().points, 0);
             assert!(collection.failed_replicas().is_empty());
-            assert!(kept_at.exists(), "the failed replica's files are kept");
+            let kept = dir_names(&quarantine);
+            assert_eq!(kept.len(), 1, "{kept:?}");
+            assert_eq!(
+                fs::read(
+                    quarantine
+                        .join(&kept[0])
+                        .join(crate::shard::local_shard::POINT_STORE_FILE)
+                )
+                .unwrap(),
+                [0xA5; 4096]
+            );
+            assert!(shards.join("0").exists(), "the new, empty replica");
         });
     }
 }

@@ -95,16 +95,6 @@ impl ReplicaState {
         self != ReplicaState::Dead
     }
 
-    /// Whether the cluster expects a transfer to fill the replica anew: `Dead` (waiting for its
-    /// recovery) or a transfer's destination. A replica whose files were lost may start empty
-    /// in these states; in the others the cluster counts on what it holds.
-    pub fn awaits_copy(self) -> bool {
-        matches!(
-            self,
-            ReplicaState::Partial | ReplicaState::Recovery | ReplicaState::Dead
-        )
-    }
-
     /// Whether the replica holds a complete, authoritative copy of the shard: the replicas that
     /// must never all disappear.
     pub fn is_active_like(self) -> bool {

@@ -56,6 +56,9 @@ pub enum SnapshotError {
     /// A local file operation failed (HTTP 500).
     #[error("snapshot storage: {0}")]
     Io(String),
+    /// A replica this peer holds cannot be read now (it did not open at start): HTTP 503.
+    #[error("Service unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl SnapshotError {

@@ -93,6 +93,9 @@ impl From<SnapshotError> for ApiError {
             }
             SnapshotError::BadRequest(_) => ApiError::bad_request(e.to_string()),
             SnapshotError::NotFound(_) => ApiError::not_found(e.to_string()),
+            SnapshotError::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             SnapshotError::Io(_) => {
                 tracing::error!(error = %e, "snapshot request failed");
                 ApiError::internal(format!("Service internal error: {e}"))
@@ -415,7 +418,7 @@ pub async fn stream_shard(
     let (staging, file) = run(move || {
         let local = collection
             .local_for_request(shard)
-            .map_err(|e| SnapshotError::Io(e.to_string()))?;
+            .map_err(|e| SnapshotError::Unavailable(e.to_string()))?;
         let staging = snapshots.staging()?;
         let image = staging.path().join("image");
         local.snapshot_image(shard, &image)?;
