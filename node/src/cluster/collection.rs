@@ -637,8 +637,8 @@ pub struct Collection {
 ///   (and an error that went away, such as too many open files, is gone with it).
 /// - The last active replica of a shard cannot be marked `Dead`: it stays failed (the shard
 ///   unavailable, never answered from an empty replica) until a shard snapshot is recovered
-///   into it ([`Collection::restore_local_shard`], which moves the failed files to quarantine
-///   first) or the replica is dropped from this peer (its files then move to quarantine too).
+///   into it ([`Collection::restore_local_shard`], after which the failed files move to
+///   quarantine) or the replica is dropped from this peer (its files then move there too).
 ///
 /// Qdrant's counterpart is `handle_collection_load_errors`, which loads a dummy shard and marks
 /// the replica dead; here it is always on.
@@ -934,9 +934,13 @@ impl Collection {
             if !self.local.read().contains_key(id) {
                 // A replica that did not open is replaced under the restore lock, and only if
                 // no restore put one in place meanwhile.
+                // (Skipped this pass while a restore runs: it may take minutes, and this pass
+                // holds up every collection's.)
                 let is_failed = self.failed.lock().contains_key(id);
-                let _restore = is_failed.then(|| self.restoring.lock());
-                if self.local.read().contains_key(id) || !self.replace_failed(*id, meta, this_peer)
+                let restore = is_failed.then(|| self.restoring.try_lock());
+                if matches!(restore, Some(None))
+                    || self.local.read().contains_key(id)
+                    || !self.replace_failed(*id, meta, this_peer)
                 {
                     continue;
                 }
@@ -954,8 +958,8 @@ impl Collection {
         // A failed replica no longer placed here is forgotten once its files are in
         // quarantine (left at `shards/<id>`, they would be taken for a replica placed here
         // again).
-        {
-            let _restore = self.restoring.lock();
+        let unplaced = self.failed.lock().keys().any(|id| !mine.contains(id));
+        if unplaced && let Some(_restore) = self.restoring.try_lock() {
             let mut failed = self.failed.lock();
             let gone: Vec<u32> = failed
                 .keys()
@@ -2602,14 +2606,9 @@ impl Collection {
                 self.name
             )));
         }
-        // A failed replica's files go to quarantine, not away with a replaced replica.
-        if let Some(failure) = self.failed.lock().get_mut(&id)
-            && !self.move_failed_aside(id, failure)
-        {
-            return Err(CollectionError::Storage(format!(
-                "the files of the replica of shard {id} that did not open cannot be moved aside"
-            )));
-        }
+        // A failed replica's directory leaves its place as a live one does (so that a crash
+        // or a failed open puts it back, still failed); on success it goes to quarantine.
+        let was_failed = self.failed.lock().contains_key(&id);
         let began = std::time::Instant::now();
         crate::shard::snapshot::sync_tree(prepared).map_err(CollectionError::storage)?;
         let synced_ms = began.elapsed().as_millis() as u64;
@@ -2635,7 +2634,7 @@ impl Collection {
             // The replica a concurrent reconcile put in place meanwhile, if any.
             old.retire();
         }
-        // A failed replica's files were moved to quarantine above: nothing to rename away then.
+        // A failed replica whose files were moved to quarantine already leaves nothing here.
         let moved_away = if path.exists() {
             std::fs::rename(&path, &doomed)
         } else {
@@ -2714,10 +2713,17 @@ impl Collection {
         local.insert(id, shard);
         drop(local);
         drop(old);
-        if let Some(failure) = self.failed.lock().remove(&id) {
-            tracing::info!(collection = %self.name, shard = id, kept_at = ?failure.kept_at, "a replica that did not open is replaced by a restored one");
-        }
-        if doomed.exists()
+        self.failed.lock().remove(&id);
+        if was_failed && doomed.exists() {
+            match quarantine(&self.dir, id, &doomed) {
+                Ok(kept_at) => {
+                    tracing::info!(collection = %self.name, shard = id, kept_at = %kept_at.display(), "a replica that did not open is replaced by a restored one; its files are kept in quarantine");
+                }
+                Err(e) => {
+                    tracing::warn!(collection = %self.name, shard = id, error = %e, path = %doomed.display(), "a replica that did not open is replaced by a restored one; its files could not be moved to quarantine and are removed on the next start");
+                }
+            }
+        } else if doomed.exists()
             && let Err(e) = std::fs::remove_dir_all(&doomed)
         {
             tracing::warn!(error = %e, path = %doomed.display(), "could not remove a replaced replica; it is removed on the next start");

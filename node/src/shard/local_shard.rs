@@ -553,7 +553,20 @@ impl ShardState {
 
     /// `seg`'s candidates for `filter` from its payload indexes, if they plan it.
     fn narrow(&self, seg: &Segment, filter: &Filter) -> Option<Narrowed> {
-        let (index, touched) = seg.payload_index()?;
+        self.with_plan(seg, filter, |plan, touched| {
+            Narrowed::new(plan, touched, seg.len())
+        })
+    }
+
+    /// Runs `then` on `seg`'s payload-index plan for `filter` and the offsets edited since its
+    /// indexes were built, if the indexes plan the filter.
+    fn with_plan<T>(
+        &self,
+        seg: &Segment,
+        filter: &Filter,
+        then: impl FnOnce(&Plan<'_>, &mut dyn Iterator<Item = u32>) -> T,
+    ) -> Option<T> {
+        let (index, mut touched) = seg.payload_index()?;
         let has_id = |ids: &[PointId]| -> Vec<u32> {
             ids.iter()
                 .filter_map(|id| self.locations.get(id))
@@ -562,7 +575,7 @@ impl ShardState {
                 .collect()
         };
         let plan = index.plan(filter, &has_id)?;
-        Some(Narrowed::new(&plan, touched, seg.len()))
+        Some(then(&plan, &mut touched))
     }
 
     /// The first `limit` points from `from` in id order that pass `filter` (bound) and `rest`,
@@ -578,20 +591,28 @@ impl ShardState {
         rest: Option<PointPredicate<'_>>,
         always: bool,
     ) -> Option<Vec<(PointId, SegmentId, u32)>> {
-        let plans: Vec<(&Segment, Option<Narrowed>)> = self
+        // Decided on the plans' estimates, before any candidate set is built: a broad
+        // filter's would cost more than the few points the walk checks.
+        let live: Vec<&Segment> = self
             .segments
             .values()
             .filter(|seg| seg.live_count() > 0)
-            .map(|seg| (seg, self.narrow(seg, filter)))
             .collect();
-        let candidates: usize = plans
+        let candidates: usize = live
             .iter()
-            .map(|(seg, n)| n.as_ref().map_or(seg.live_count(), |n| n.estimate))
+            .map(|seg| {
+                self.with_plan(seg, filter, |plan, touched| plan.estimate + touched.count())
+                    .unwrap_or(seg.live_count())
+            })
             .sum();
         let walk = limit.saturating_add(1).saturating_mul(self.locations.len());
         if !always && candidates.saturating_mul(candidates) >= walk {
             return None;
         }
+        let plans: Vec<(&Segment, Option<Narrowed>)> = live
+            .into_iter()
+            .map(|seg| (seg, self.narrow(seg, filter)))
+            .collect();
         let from_on = |id: PointId, _: PayloadRead<'_>, _: crate::index::filter::HasVector<'_>| {
             from.is_none_or(|f| id >= f)
         };
@@ -2671,12 +2692,15 @@ fn visit_segment(
     match narrowed {
         Some(narrowed) => {
             for o in narrowed.candidates.iter() {
+                if !seg.is_live(o) {
+                    continue;
+                }
                 let pass = if narrowed.settled(o) {
                     rest_passes(o)
                 } else {
                     passes(o)
                 };
-                if seg.is_live(o) && pass {
+                if pass {
                     visit(seg, o);
                 }
             }
