@@ -73,9 +73,9 @@ struct Args {
     /// and searches whose filter (a keyword match, an integer range) passes 50%, 5% and 0.1%
     /// of the points run at `--filter-ef`, first without payload indexes, then with a
     /// `keyword` index on `kw` and an `integer` index on `num`. Recall is against the exact
-    /// top-k among the points that pass. Each filter also runs as an exact `points/count`
-    /// (over the first connection count, as many as `--queries`), its "recall" the share of
-    /// answers equal to the true count.
+    /// top-k among the points that pass. Each filter also runs as an exact `points/count` and
+    /// as the first page (limit 10) of a `points/scroll` (over the first connection count, as
+    /// many as `--queries`), their "recall" the share of right answers.
     #[arg(long, conflicts_with_all = ["grpc", "named", "sparse", "multivector", "search_only"])]
     filtered: bool,
     /// `hnsw_ef` values of the filtered searches, comma separated.
@@ -1643,50 +1643,67 @@ fn bench_filtered(
                 case.label,
                 if indexed { ", indexed" } else { "" }
             );
-            let expected = (0..workload.points).filter(|&i| (case.passes)(i)).count() as u64;
+            let passing: Vec<u64> = (0..workload.points)
+                .filter(|&i| (case.passes)(i))
+                .map(|i| i as u64)
+                .collect();
             let connections = args.connections.first().copied().unwrap_or(1);
-            rows.push(measure_counts(
+            rows.push(measure_reads(
                 &clients[..connections],
-                name,
                 &label,
-                &case.filter,
-                expected,
                 args.queries,
+                &format!("/collections/{name}/points/count"),
+                &json!({"filter": case.filter, "exact": true}),
+                &|v| v["count"].as_u64() == Some(passing.len() as u64),
+            )?);
+            // The first page of a scroll: the 10 lowest ids that pass, with their payloads.
+            let first: Vec<u64> = passing.iter().take(10).copied().collect();
+            rows.push(measure_reads(
+                &clients[..connections],
+                &label.replacen("count:", "scroll:", 1),
+                args.queries,
+                &format!("/collections/{name}/points/scroll"),
+                &json!({"filter": case.filter, "limit": 10, "with_payload": true}),
+                &|v| {
+                    let ids: Vec<u64> = v["points"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p["id"].as_u64())
+                        .collect();
+                    ids == first
+                },
             )?);
         }
     }
     Ok(rows)
 }
 
-/// `queries` exact `points/count` requests with `filter`, dealt out over `clients`: QPS,
-/// latency, and as "recall" the share of answers equal to `expected`.
-fn measure_counts(
+/// `queries` POSTs of `body` to `path`, dealt out over `clients`: QPS, latency, and as
+/// "recall" the share of answers (`result`) that `right` accepts.
+fn measure_reads(
     clients: &[Client],
-    name: &str,
     label: &str,
-    filter: &Value,
-    expected: u64,
     queries: usize,
+    path: &str,
+    body: &Value,
+    right: &(dyn Fn(&Value) -> bool + Sync),
 ) -> Result<SearchRow> {
     let connections = clients.len().max(1);
-    let body = json!({"filter": filter, "exact": true});
-    let path = format!("/collections/{name}/points/count");
     let started = Instant::now();
-    let answers: Vec<(Duration, u64)> = std::thread::scope(|scope| {
+    let answers: Vec<(Duration, bool)> = std::thread::scope(|scope| {
         let workers: Vec<_> = clients
             .iter()
             .enumerate()
             .map(|(t, client)| {
-                let (body, path) = (&body, &path);
-                scope.spawn(move || -> Result<Vec<(Duration, u64)>> {
+                scope.spawn(move || -> Result<Vec<(Duration, bool)>> {
                     let mut mine = Vec::new();
                     for i in (t..queries).step_by(connections) {
                         let sent = Instant::now();
                         let v: Value = client
                             .call(Method::Post, path, Some(body))
-                            .with_context(|| format!("{label}: count {i}"))?;
-                        let n = v["count"].as_u64().context("count is a number")?;
-                        mine.push((sent.elapsed(), n));
+                            .with_context(|| format!("{label}: request {i}"))?;
+                        mine.push((sent.elapsed(), right(&v)));
                     }
                     Ok(mine)
                 })
@@ -1697,26 +1714,26 @@ fn measure_counts(
             all.extend(
                 worker
                     .join()
-                    .map_err(|_| anyhow::anyhow!("a count thread panicked"))??,
+                    .map_err(|_| anyhow::anyhow!("a request thread panicked"))??,
             );
         }
         Ok::<_, anyhow::Error>(all)
     })?;
     let wall = started.elapsed().as_secs_f64();
-    let exact = answers.iter().filter(|(_, n)| *n == expected).count();
+    let exact = answers.iter().filter(|(_, ok)| *ok).count();
     let latencies: Vec<Duration> = answers.iter().map(|(d, _)| *d).collect();
     let row = SearchRow {
         vector: None,
-        mode: "count".to_owned(),
+        mode: path.rsplit('/').next().unwrap_or(path).to_owned(),
         ef: None,
         connections,
         filter: Some(label.to_owned()),
         qps: answers.len() as f64 / wall,
         recall: exact as f64 / answers.len().max(1) as f64,
-        latency: LatencySummary::from_durations(&latencies).context("no counts were measured")?,
+        latency: LatencySummary::from_durations(&latencies).context("nothing was measured")?,
     };
     eprintln!(
-        "{label}: {:.0} QPS, {exact} of {} exact (true count {expected}), p50 {:.2} ms, p99 {:.2} ms",
+        "{label}: {:.0} QPS, {exact} of {} right, p50 {:.2} ms, p99 {:.2} ms",
         row.qps,
         answers.len(),
         row.latency.p50_ms,
