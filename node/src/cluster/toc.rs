@@ -752,6 +752,24 @@ mod tests {
         .unwrap();
     }
 
+    /// Creates `name` and upserts points `0..n` into it, then flushes.
+    async fn create_with_points(toc: &TableOfContent, name: &str, n: u64) {
+        create(toc, name).await;
+        let points = (0..n)
+            .map(|i| PointWrite::dense(PointId::Num(i), vec![i as f32, 1.0], Default::default()))
+            .collect();
+        toc.get(name)
+            .unwrap()
+            .update(
+                UpdateRequest::Upsert(points),
+                None,
+                crate::cluster::shard_requests::WriteOrdering::Weak,
+            )
+            .await
+            .unwrap();
+        toc.flush_all();
+    }
+
     fn view(state: ClusterState, index: u64) -> ClusterStateView {
         ClusterStateView {
             state,
@@ -1166,22 +1184,7 @@ mod tests {
         let path = dir.path().to_path_buf();
         in_own_runtime(async move {
             let toc = open_local_node(&path).await;
-            create(&toc, "old").await;
-            let points = (0..50u64)
-                .map(|i| {
-                    PointWrite::dense(PointId::Num(i), vec![i as f32, 1.0], Default::default())
-                })
-                .collect();
-            let collection = toc.get("old").unwrap();
-            collection
-                .update(
-                    UpdateRequest::Upsert(points),
-                    None,
-                    crate::cluster::shard_requests::WriteOrdering::Weak,
-                )
-                .await
-                .unwrap();
-            toc.flush_all();
+            create_with_points(&toc, "old", 50).await;
         });
         std::fs::remove_file(dir.path().join("metadata.json")).unwrap();
         std::fs::remove_file(dir.path().join(RECONCILED_FILE)).unwrap();
@@ -1210,22 +1213,7 @@ mod tests {
         let path = dir.path().to_path_buf();
         in_own_runtime(async move {
             let toc = open_local_node(&path).await;
-            create(&toc, "docs").await;
-            let points = (0..60u64)
-                .map(|i| {
-                    PointWrite::dense(PointId::Num(i), vec![i as f32, 1.0], Default::default())
-                })
-                .collect();
-            let collection = toc.get("docs").unwrap();
-            collection
-                .update(
-                    UpdateRequest::Upsert(points),
-                    None,
-                    crate::cluster::shard_requests::WriteOrdering::Weak,
-                )
-                .await
-                .unwrap();
-            toc.flush_all();
+            create_with_points(&toc, "docs", 60).await;
         });
         let store = shards
             .join("0")

@@ -2007,21 +2007,7 @@ impl LocalShard {
             // The payload indexes narrow a filtered search to candidates (a superset of the
             // points that pass): Qdrant's rule decides between scoring just those and walking
             // the graph with the filter.
-            let narrowed =
-                query
-                    .filter
-                    .zip(seg.payload_index())
-                    .and_then(|(f, (index, touched))| {
-                        let has_id = |ids: &[PointId]| -> Vec<u32> {
-                            ids.iter()
-                                .filter_map(|id| state.locations.get(id))
-                                .filter(|l| l.segment == seg.id)
-                                .map(|l| l.offset)
-                                .collect()
-                        };
-                        let plan = index.plan(f, &has_id)?;
-                        Some(Narrowed::new(&plan, touched, seg.len()))
-                    });
+            let narrowed = query.filter.and_then(|f| state.narrow(seg, f));
             // Candidates of an exact plan pass the filter: only the rest of the predicate
             // (excluded ids, ownership) is left to check, without reading their payloads.
             let rest = |o: u32| {
