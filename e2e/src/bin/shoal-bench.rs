@@ -1691,37 +1691,13 @@ fn measure_reads(
 ) -> Result<SearchRow> {
     let connections = clients.len().max(1);
     let started = Instant::now();
-    let answers: Vec<(Duration, bool)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = clients
-            .iter()
-            .enumerate()
-            .map(|(t, client)| {
-                scope.spawn(move || -> Result<Vec<(Duration, bool)>> {
-                    let mut mine = Vec::new();
-                    for i in (t..queries).step_by(connections) {
-                        let sent = Instant::now();
-                        let v: Value = client
-                            .call(Method::Post, path, Some(body))
-                            .with_context(|| format!("{label}: request {i}"))?;
-                        mine.push((sent.elapsed(), right(&v)));
-                    }
-                    Ok(mine)
-                })
-            })
-            .collect();
-        let mut all = Vec::with_capacity(queries);
-        for worker in workers {
-            all.extend(
-                worker
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("a request thread panicked"))??,
-            );
-        }
-        Ok::<_, anyhow::Error>(all)
+    let answers = fan_out(clients, queries, label, |client, _| {
+        let v: Value = client.call(Method::Post, path, Some(body))?;
+        Ok(right(&v))
     })?;
     let wall = started.elapsed().as_secs_f64();
-    let exact = answers.iter().filter(|(_, ok)| *ok).count();
-    let latencies: Vec<Duration> = answers.iter().map(|(d, _)| *d).collect();
+    let exact = answers.iter().filter(|(_, _, ok)| *ok).count();
+    let latencies: Vec<Duration> = answers.iter().map(|(_, d, _)| *d).collect();
     let row = SearchRow {
         vector: None,
         mode: path.rsplit('/').next().unwrap_or(path).to_owned(),
@@ -2017,6 +1993,46 @@ fn wait_indexed(
 /// One measured search: the query's index, its latency and its hits (id, score).
 type Answer = (usize, Duration, Vec<(u64, f32)>);
 
+/// Sends requests `0..queries` over `handles`, one thread each, request `i` on handle
+/// `i % handles.len()`; returns (i, latency, answer) of every request. `what` names the series
+/// in errors.
+fn fan_out<H: Sync, A: Send>(
+    handles: &[H],
+    queries: usize,
+    what: &str,
+    send: impl Fn(&H, usize) -> Result<A> + Sync,
+) -> Result<Vec<(usize, Duration, A)>> {
+    let connections = handles.len().max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = handles
+            .iter()
+            .enumerate()
+            .map(|(t, handle)| {
+                let send = &send;
+                scope.spawn(move || -> Result<Vec<(usize, Duration, A)>> {
+                    let mut mine = Vec::new();
+                    for i in (t..queries).step_by(connections) {
+                        let sent = Instant::now();
+                        let answer =
+                            send(handle, i).with_context(|| format!("{what}: request {i}"))?;
+                        mine.push((i, sent.elapsed(), answer));
+                    }
+                    Ok(mine)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(queries);
+        for worker in workers {
+            all.extend(
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a request thread panicked"))??,
+            );
+        }
+        Ok(all)
+    })
+}
+
 /// Sends every query of `field` once, after `--warmup` unmeasured ones, over `handles.len()`
 /// concurrent connections, one thread each, queries dealt out round-robin; `send(h, i)`
 /// answers query `i` over `h` with (point id, score), best first. QPS is over the wall time of
@@ -2046,34 +2062,7 @@ fn measure<H: Sync>(
             .with_context(|| format!("{what}: warm-up search {i}"))?;
     }
     let started = Instant::now();
-    let answers: Vec<Answer> = std::thread::scope(|scope| {
-        let workers: Vec<_> = handles
-            .iter()
-            .enumerate()
-            .map(|(t, handle)| {
-                let (send, what) = (&send, &what);
-                scope.spawn(move || -> Result<Vec<Answer>> {
-                    let mut mine = Vec::new();
-                    for i in (t..queries).step_by(connections) {
-                        let sent = Instant::now();
-                        let hits =
-                            send(handle, i).with_context(|| format!("{what}: search {i}"))?;
-                        mine.push((i, sent.elapsed(), hits));
-                    }
-                    Ok(mine)
-                })
-            })
-            .collect();
-        let mut all = Vec::with_capacity(queries);
-        for worker in workers {
-            all.extend(
-                worker
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("a search thread panicked"))??,
-            );
-        }
-        Ok::<_, anyhow::Error>(all)
-    })?;
+    let answers: Vec<Answer> = fan_out(handles, queries, &what, &send)?;
     let wall = started.elapsed().as_secs_f64();
     let mut latencies = Vec::with_capacity(queries);
     let mut recall_sum = 0.0;

@@ -334,7 +334,7 @@ impl ShardPoints {
                 match collection.local_for_request(call.shard_id) {
                     Ok(shard) => return Ok(shard),
                     // A replica that did not open is not about to appear: say why at once.
-                    Err(e) if collection.failed_replicas().contains_key(&call.shard_id) => {
+                    Err(e) if collection.replica_failed(call.shard_id) => {
                         return Err(Status::unavailable(e.to_string()));
                     }
                     Err(_) => {}

@@ -933,14 +933,17 @@ impl Collection {
         for id in &mine {
             if !self.local.read().contains_key(id) {
                 // A replica that did not open is replaced under the restore lock, and only if
-                // no restore put one in place meanwhile.
-                // (Skipped this pass while a restore runs: it may take minutes, and this pass
-                // holds up every collection's.)
-                let is_failed = self.failed.lock().contains_key(id);
-                let restore = is_failed.then(|| self.restoring.try_lock());
-                if matches!(restore, Some(None))
-                    || self.local.read().contains_key(id)
-                    || !self.replace_failed(*id, meta, this_peer)
+                // no restore put one in place meanwhile; while a restore runs (it may take
+                // minutes, and this pass holds up every collection's) it waits for a later pass.
+                let _restore = if self.replica_failed(*id) {
+                    match self.restoring.try_lock() {
+                        Some(held) => Some(held),
+                        None => continue,
+                    }
+                } else {
+                    None
+                };
+                if self.local.read().contains_key(id) || !self.replace_failed(*id, meta, this_peer)
                 {
                     continue;
                 }
@@ -1122,7 +1125,12 @@ impl Collection {
     /// Whether this peer holds a replica of shard `id`: one it serves, or one that did not
     /// open (which a shard snapshot may be recovered into).
     pub fn holds_replica(&self, id: u32) -> bool {
-        self.local_shard(id).is_some() || self.failed.lock().contains_key(&id)
+        self.local_shard(id).is_some() || self.replica_failed(id)
+    }
+
+    /// Whether this peer's replica of shard `id` did not open and is not replaced yet.
+    pub fn replica_failed(&self, id: u32) -> bool {
+        self.failed.lock().contains_key(&id)
     }
 
     /// This peer's replicas that did not open when the collection was loaded and have not
@@ -2599,16 +2607,16 @@ impl Collection {
         if let Some(fence) = &fence {
             self.fence_holds(id, fence)?;
         }
-        // A replica that did not open may be restored over (see `FailedReplica`).
-        if self.local_shard(id).is_none() && !self.failed.lock().contains_key(&id) {
+        // A replica that did not open may be restored over (see `FailedReplica`). Its
+        // directory leaves its place as a live one does (so that a crash or a failed open puts
+        // it back, still failed); on success it goes to quarantine.
+        let was_failed = self.replica_failed(id);
+        if self.local_shard(id).is_none() && !was_failed {
             return Err(CollectionError::BadInput(format!(
                 "shard {id} of collection `{}` has no replica on this peer",
                 self.name
             )));
         }
-        // A failed replica's directory leaves its place as a live one does (so that a crash
-        // or a failed open puts it back, still failed); on success it goes to quarantine.
-        let was_failed = self.failed.lock().contains_key(&id);
         let began = std::time::Instant::now();
         crate::shard::snapshot::sync_tree(prepared).map_err(CollectionError::storage)?;
         let synced_ms = began.elapsed().as_millis() as u64;

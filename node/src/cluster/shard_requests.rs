@@ -76,6 +76,17 @@ fn owned_and_matching<'a>(
     }
 }
 
+/// Runs `read` with the check of `owner` as the predicate besides a read's filter (`None`
+/// without an owner: every point passes), for the reads that narrow by the filter themselves.
+fn with_owner_check<T>(
+    owner: Option<&Ownership>,
+    read: impl FnOnce(Option<PointPredicate<'_>>) -> T,
+) -> T {
+    let owned =
+        |id: PointId, _: PayloadRead<'_>, _: HasVector<'_>| owner.is_none_or(|o| o.owns(&id));
+    read(owner.is_some().then_some(&owned as _))
+}
+
 impl Ownership {
     pub fn owns(&self, id: &PointId) -> bool {
         !self.ring.is_empty()
@@ -634,18 +645,16 @@ impl ShardRequest for ShardScroll {
 impl ShardScroll {
     pub fn run(&self, shard: &LocalShard) -> Vec<Record> {
         let filter = self.filter.as_ref().map(|f| shard.bind_filter(f));
-        let owner = self.owner.as_ref();
-        let owned =
-            |id: PointId, _: PayloadRead<'_>, _: HasVector<'_>| owner.is_none_or(|o| o.owns(&id));
-        let rest: Option<PointPredicate<'_>> = owner.is_some().then_some(&owned as _);
-        shard.scroll_matching(
-            self.from,
-            self.limit,
-            filter.as_deref(),
-            rest,
-            self.with_payload,
-            &self.with_vector,
-        )
+        with_owner_check(self.owner.as_ref(), |rest| {
+            shard.scroll_matching(
+                self.from,
+                self.limit,
+                filter.as_deref(),
+                rest,
+                self.with_payload,
+                &self.with_vector,
+            )
+        })
     }
 }
 
@@ -771,13 +780,9 @@ impl ShardRequest for ShardFacet {
     const CALL: ShardCallKind = ShardCallKind::Facet;
     fn run_on(&self, shard: &LocalShard) -> Result<Self::Answer, CollectionError> {
         let filter = self.filter.as_ref().map(|f| shard.bind_filter(f));
-        let owner = self.owner.as_ref();
-        let owned =
-            |id: PointId, _: PayloadRead<'_>, _: HasVector<'_>| owner.is_none_or(|o| o.owns(&id));
-        let rest: Option<PointPredicate<'_>> = owner.is_some().then_some(&owned as _);
         let mut counts: std::collections::HashMap<String, (serde_json::Value, usize)> =
             std::collections::HashMap::new();
-        shard.for_each_matching_payload(filter.as_deref(), rest, &mut |payload| {
+        let mut tally = |payload: &crate::types::Payload| {
             let mut seen: Vec<serde_json::Value> = Vec::new();
             for v in self.key.values(payload) {
                 let facetable = v.is_string() || v.is_boolean() || v.as_i64().is_some();
@@ -799,6 +804,9 @@ impl ShardRequest for ShardFacet {
                     seen.push(v);
                 }
             }
+        };
+        with_owner_check(self.owner.as_ref(), |rest| {
+            shard.for_each_matching_payload(filter.as_deref(), rest, &mut tally)
         });
         Ok(counts.into_values().collect())
     }
@@ -824,12 +832,10 @@ impl ShardRequest for ShardCount {
 
 impl ShardCount {
     pub fn run(&self, shard: &LocalShard) -> usize {
-        let owner = self.owner.as_ref();
         let filter = self.filter.as_ref().map(|f| shard.bind_filter(f));
-        let owned =
-            |id: PointId, _: PayloadRead<'_>, _: HasVector<'_>| owner.is_none_or(|o| o.owns(&id));
-        let rest: Option<PointPredicate<'_>> = owner.is_some().then_some(&owned as _);
-        shard.count_matching(filter.as_deref(), rest)
+        with_owner_check(self.owner.as_ref(), |rest| {
+            shard.count_matching(filter.as_deref(), rest)
+        })
     }
 }
 

@@ -321,15 +321,14 @@ impl Transfers {
         for (name, meta) in &view.state.collections {
             // A replica that did not open is recovered once a reconcile pass has put an
             // empty one in its place (see `FailedReplica`).
-            let failed = toc
-                .get(name)
-                .map(|c| c.failed_replicas())
-                .unwrap_or_default();
+            let collection = toc.get(name).ok();
             for (shard, replicas) in &meta.shards {
                 if replicas.replicas.get(&this_peer) != Some(&ReplicaState::Dead)
                     || meta.transfers.iter().any(|t| t.shard == *shard)
                     || meta.resharding.as_ref().is_some_and(|r| r.shard == *shard)
-                    || failed.contains_key(&shard.0)
+                    || collection
+                        .as_ref()
+                        .is_some_and(|c| c.replica_failed(shard.0))
                 {
                     continue;
                 }

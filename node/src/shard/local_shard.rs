@@ -553,20 +553,12 @@ impl ShardState {
 
     /// `seg`'s candidates for `filter` from its payload indexes, if they plan it.
     fn narrow(&self, seg: &Segment, filter: &Filter) -> Option<Narrowed> {
-        self.with_plan(seg, filter, |plan, touched| {
-            Narrowed::new(plan, touched, seg.len())
-        })
+        self.plan(seg, filter).map(|plan| Narrowed::new(&plan, seg))
     }
 
-    /// Runs `then` on `seg`'s payload-index plan for `filter` and the offsets edited since its
-    /// indexes were built, if the indexes plan the filter.
-    fn with_plan<T>(
-        &self,
-        seg: &Segment,
-        filter: &Filter,
-        then: impl FnOnce(&Plan<'_>, &mut dyn Iterator<Item = u32>) -> T,
-    ) -> Option<T> {
-        let (index, mut touched) = seg.payload_index()?;
+    /// `seg`'s payload-index plan for `filter`, if its indexes plan it.
+    fn plan<'s>(&self, seg: &'s Segment, filter: &Filter) -> Option<Plan<'s>> {
+        let (index, _) = seg.payload_index()?;
         let has_id = |ids: &[PointId]| -> Vec<u32> {
             ids.iter()
                 .filter_map(|id| self.locations.get(id))
@@ -574,8 +566,7 @@ impl ShardState {
                 .map(|l| l.offset)
                 .collect()
         };
-        let plan = index.plan(filter, &has_id)?;
-        Some(then(&plan, &mut touched))
+        index.plan(filter, &has_id)
     }
 
     /// The first `limit` points from `from` in id order that pass `filter` (bound) and `rest`,
@@ -593,34 +584,30 @@ impl ShardState {
     ) -> Option<Vec<(PointId, SegmentId, u32)>> {
         // Decided on the plans' estimates, before any candidate set is built: a broad
         // filter's would cost more than the few points the walk checks.
-        let live: Vec<&Segment> = self
+        let plans: Vec<(&Segment, Option<Plan<'_>>)> = self
             .segments
             .values()
             .filter(|seg| seg.live_count() > 0)
+            .map(|seg| (seg, self.plan(seg, filter)))
             .collect();
-        let candidates: usize = live
+        let candidates: usize = plans
             .iter()
-            .map(|seg| {
-                self.with_plan(seg, filter, |plan, touched| plan.estimate + touched.count())
-                    .unwrap_or(seg.live_count())
+            .map(|(seg, plan)| {
+                plan.as_ref().map_or(seg.live_count(), |p| {
+                    p.estimate + seg.payload_touched_count()
+                })
             })
             .sum();
         let walk = limit.saturating_add(1).saturating_mul(self.locations.len());
         if !always && candidates.saturating_mul(candidates) >= walk {
             return None;
         }
-        let plans: Vec<(&Segment, Option<Narrowed>)> = live
-            .into_iter()
-            .map(|seg| (seg, self.narrow(seg, filter)))
-            .collect();
-        let from_on = |id: PointId, _: PayloadRead<'_>, _: crate::index::filter::HasVector<'_>| {
-            from.is_none_or(|f| id >= f)
-        };
         let both = |id: PointId, p: PayloadRead<'_>, has: crate::index::filter::HasVector<'_>| {
-            from_on(id, p, has) && rest.is_none_or(|r| r(id, p, has))
+            from.is_none_or(|f| id >= f) && rest.is_none_or(|r| r(id, p, has))
         };
         let mut hits = Vec::new();
-        for (seg, narrowed) in &plans {
+        for (seg, plan) in &plans {
+            let narrowed = plan.as_ref().map(|p| Narrowed::new(p, seg));
             visit_segment(
                 seg,
                 narrowed.as_ref(),
@@ -2714,9 +2701,13 @@ struct Narrowed {
 }
 
 impl Narrowed {
-    fn new(plan: &Plan<'_>, touched: impl Iterator<Item = u32>, len: usize) -> Narrowed {
-        let mut candidates = plan.candidates(len);
-        let touched: Vec<u32> = touched.collect();
+    /// `plan`'s candidates in `seg`, with the offsets edited since its indexes were built.
+    fn new(plan: &Plan<'_>, seg: &Segment) -> Narrowed {
+        let mut candidates = plan.candidates(seg.len());
+        let touched: Vec<u32> = seg
+            .payload_index()
+            .map(|(_, touched)| touched.collect())
+            .unwrap_or_default();
         for &o in &touched {
             candidates.insert(o);
         }
