@@ -528,24 +528,30 @@ fn damaged_replicas(nodes: &mut [NodeProcess]) -> Result<()> {
         "the files it replaced are kept in quarantine"
     );
 
-    // The replica with a second copy: marked Dead, recovered, Active on both peers.
+    // The replica with a second copy: marked Dead, replaced, recovered, Active on both peers.
+    // Until it is Dead, the cluster state still lists the failed replica as Active, so the
+    // wait is for the replacement too, not for the states alone. Either peer may get it
+    // marked Dead: this one proposes it, the other when forwarding a write to it fails.
     let all: Vec<&NodeProcess> = nodes.iter().collect();
-    let replicas = {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let r = replicas_agree(&all, "twice", &[])?;
-            if r.len() == 2 && r.iter().all(|(_, _, s)| s == "Active") {
-                break r;
-            }
-            ensure!(Instant::now() < deadline, "not recovered: {r:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    let marked_dead = || {
+        std::fs::read_to_string(nodes[1].log_path()).is_ok_and(|log| {
+            log.contains("the replica that did not open is Dead in the cluster state")
+        })
     };
-    let log = std::fs::read_to_string(nodes[1].log_path())?;
-    ensure!(
-        log.contains("the replica that did not open is marked Dead"),
-        "recovered through Dead: {replicas:?}"
-    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = replicas_agree(&all, "twice", &[])?;
+        let recovered = r.len() == 2 && r.iter().all(|(_, _, s)| s == "Active");
+        if recovered && marked_dead() && !quarantined("twice").is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not recovered through Dead: {r:?}, marked Dead: {}",
+            marked_dead()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     ensure!(
         quarantined("twice").len() == 1,
         "the replaced replica's files are kept in quarantine"
