@@ -2801,15 +2801,19 @@ fn merge_limit_points(config: &CollectionConfig) -> usize {
     (kb.saturating_mul(1024) / config.point_vector_bytes()).max(1)
 }
 
-/// How many indexed segments the merge step aims for (`default_segment_number`, or the
-/// number of cores when it is 0, as in Qdrant).
+/// How many indexed segments the merge step aims for: `default_segment_number` counts every
+/// segment of the shard, the appendable one included, as Qdrant's merge optimizer counts them,
+/// so one fewer than it (at least one). When it is 0, Qdrant's default: one segment per two
+/// cores, between 2 and 8. On a 2-core machine that is one indexed segment next to the
+/// appendable one, the layout Qdrant settles on.
 fn target_segment_count(config: &CollectionConfig) -> usize {
-    match config.optimizer_config.default_segment_number {
+    let segments = match config.optimizer_config.default_segment_number {
         0 => std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .max(2),
-        n => n.max(1),
-    }
+            .map_or(2, |n| n.get() / 2)
+            .clamp(2, 8),
+        n => n,
+    };
+    segments.saturating_sub(1).max(1)
 }
 
 /// When there are more indexed segments than the target, the smallest ones that together
@@ -3691,7 +3695,7 @@ mod tests {
         let mut cfg = CollectionConfig::single_dense(dim, distance);
         cfg.hnsw_config.full_scan_threshold = 0;
         cfg.optimizer_config.indexing_threshold = Some(4);
-        cfg.optimizer_config.default_segment_number = 2;
+        cfg.optimizer_config.default_segment_number = 3;
         cfg.quantization_config =
             Some(serde_json::json!({"scalar": {"type": "int8", "quantile": 0.99}}));
         if let crate::collection_config::VectorsConfig::Single(p) = &mut cfg.params.vectors {
@@ -3916,10 +3920,10 @@ mod tests {
     }
 
     /// A shard of `dim`-dimensional vectors that seals a segment every 32 points and whose
-    /// merge step aims for two indexed segments.
+    /// merge step aims for two indexed segments (three segments with the appendable one).
     fn shard_aiming_for_two_segments(dir: &std::path::Path, dim: usize) -> LocalShard {
         let mut cfg = (*config(dim, 1)).clone();
-        cfg.optimizer_config.default_segment_number = 2;
+        cfg.optimizer_config.default_segment_number = 3;
         LocalShard::open(dir, Arc::new(cfg), SyncMode::Os).unwrap()
     }
 
@@ -3934,6 +3938,37 @@ mod tests {
             .collect();
         sizes.sort_unstable();
         sizes
+    }
+
+    #[test]
+    fn default_segment_number_counts_the_appendable_segment_as_qdrant_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let mut cfg = (*config(dim, 1)).clone();
+        cfg.optimizer_config.default_segment_number = 2;
+        let shard = LocalShard::open(dir.path(), Arc::new(cfg), SyncMode::Os).unwrap();
+        let builder = IndexBuilder::new(1);
+        let mut rng = StdRng::seed_from_u64(8);
+        // Sealed in segments of 32 points, upserted in three rounds so that indexed segments
+        // exist when later ones are sealed.
+        for round in 0..3u64 {
+            let ids = round * 160..(round + 1) * 160;
+            shard
+                .update(UpdateRequest::Upsert(points(ids, dim, &mut rng)))
+                .unwrap();
+            while shard.optimize_step(&builder) {}
+        }
+        assert_eq!(
+            indexed_sizes(&shard),
+            [480],
+            "two segments in all: one indexed next to the appendable one"
+        );
+        let state = shard.state.read();
+        assert!(
+            state.segments.len() <= 2,
+            "{} segments for a target of two",
+            state.segments.len()
+        );
     }
 
     #[test]
