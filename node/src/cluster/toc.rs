@@ -584,6 +584,12 @@ impl TableOfContent {
                     Ok((Ok(_), _)) => {
                         tracing::warn!(collection = %name, shard = id, reason = %failure.reason, "the replica that did not open is marked Dead");
                     }
+                    Ok((Err(_), _)) if self.replica_state(name, id) == Some(ReplicaState::Dead) => {
+                        // Refused because it is Dead already (this view was older than the
+                        // state the proposal met: another peer marked it, or a proposal of an
+                        // earlier start of this node landed after it stopped).
+                        tracing::info!(collection = %name, shard = id, "the replica that did not open is Dead already");
+                    }
                     Ok((Err(e), _)) => {
                         if collection.note_failed_refusal(id, fingerprint) {
                             tracing::error!(collection = %name, shard = id, reason = %failure.reason, error = %e, "the replica that did not open cannot be marked Dead yet; proposed again when the shard's state changes");
@@ -595,6 +601,15 @@ impl TableOfContent {
                 }
             }
         }
+    }
+
+    /// This peer's replica state for shard `shard` of `collection` in the applied cluster
+    /// state (`None`: no such collection, shard or replica).
+    fn replica_state(&self, collection: &str, shard: u32) -> Option<ReplicaState> {
+        let view = self.env.metadata.view();
+        let meta = view.state.collections.get(collection)?;
+        let replicas = &meta.shards.get(&ShardId(shard))?.replicas;
+        replicas.get(&self.env.this_peer()).copied()
     }
 
     /// Proposes Active for this peer's Initializing replicas that exist locally (new shards of

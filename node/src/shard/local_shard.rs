@@ -616,8 +616,12 @@ impl ShardState {
                 &mut |seg, o| hits.push((seg.id(o), seg.id, o)),
             );
         }
+        // The `limit` lowest ids, in order, without sorting the rest.
+        if hits.len() > limit {
+            hits.select_nth_unstable_by_key(limit, |(id, _, _)| *id);
+            hits.truncate(limit);
+        }
         hits.sort_unstable_by_key(|(id, _, _)| *id);
-        hits.truncate(limit);
         Some(hits)
     }
 
