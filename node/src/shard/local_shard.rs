@@ -2822,8 +2822,9 @@ fn target_segment_count(config: &CollectionConfig) -> usize {
 
 /// When there are more indexed segments than the target, the smallest ones that together
 /// bring the count back to it (within the size limit): fewer, larger graphs answer searches
-/// faster, and merging smallest-first keeps the total rebuild work logarithmic per point,
-/// like an LSM tree (Qdrant's merge optimizer).
+/// faster (Qdrant's merge optimizer). The price is rebuilding: with a target of one indexed
+/// segment, every newly sealed segment rebuilds the shard's graph, up to the size limit
+/// (`max_segment_size`), so a shard that grows slowly builds its points many times over.
 fn merge_candidates(state: &ShardState) -> Option<Vec<SegmentId>> {
     let limit = merge_limit_points(&state.config);
     let mut indexed: Vec<&Segment> = state
@@ -3942,6 +3943,19 @@ mod tests {
             .collect();
         sizes.sort_unstable();
         sizes
+    }
+
+    #[test]
+    fn the_indexed_segment_target_leaves_room_for_the_appendable_one() {
+        let target = |n: usize| {
+            let mut cfg = (*config(8, 1)).clone();
+            cfg.optimizer_config.default_segment_number = n;
+            target_segment_count(&cfg)
+        };
+        assert_eq!([target(1), target(2), target(3), target(8)], [1, 1, 2, 7]);
+        // 0: Qdrant's default of one segment per two cores, between 2 and 8 in all.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(target(0), (cores / 2).clamp(2, 8) - 1);
     }
 
     #[test]
