@@ -3894,7 +3894,7 @@ mod tests {
     fn indexing_takes_the_smallest_indexed_segment_along_past_the_target_count() {
         let dir = tempfile::tempdir().unwrap();
         let dim = 8;
-        let shard = shard_aiming_for_two_segments(dir.path(), dim);
+        let shard = shard_aiming_for(dir.path(), dim, 3);
         let builder = IndexBuilder::new(1);
         let mut rng = StdRng::seed_from_u64(8);
         // 32 points per sealed segment: 64 points (two segments, indexed together), then 32,
@@ -3924,11 +3924,11 @@ mod tests {
         assert_eq!(shard.count(), 128);
     }
 
-    /// A shard of `dim`-dimensional vectors that seals a segment every 32 points and whose
-    /// merge step aims for two indexed segments (three segments with the appendable one).
-    fn shard_aiming_for_two_segments(dir: &std::path::Path, dim: usize) -> LocalShard {
+    /// A shard of `dim`-dimensional vectors that seals a segment every 32 points, with
+    /// `default_segment_number` `segments` (the appendable segment included).
+    fn shard_aiming_for(dir: &std::path::Path, dim: usize, segments: usize) -> LocalShard {
         let mut cfg = (*config(dim, 1)).clone();
-        cfg.optimizer_config.default_segment_number = 3;
+        cfg.optimizer_config.default_segment_number = segments;
         LocalShard::open(dir, Arc::new(cfg), SyncMode::Os).unwrap()
     }
 
@@ -3962,9 +3962,7 @@ mod tests {
     fn default_segment_number_counts_the_appendable_segment_as_qdrant_does() {
         let dir = tempfile::tempdir().unwrap();
         let dim = 8;
-        let mut cfg = (*config(dim, 1)).clone();
-        cfg.optimizer_config.default_segment_number = 2;
-        let shard = LocalShard::open(dir.path(), Arc::new(cfg), SyncMode::Os).unwrap();
+        let shard = shard_aiming_for(dir.path(), dim, 2);
         let builder = IndexBuilder::new(1);
         let mut rng = StdRng::seed_from_u64(8);
         // Sealed in segments of 32 points, upserted in three rounds so that indexed segments
@@ -3993,7 +3991,7 @@ mod tests {
     fn small_indexed_segments_are_merged_down_to_the_target_count() {
         let dir = tempfile::tempdir().unwrap();
         let dim = 8;
-        let shard = shard_aiming_for_two_segments(dir.path(), dim);
+        let shard = shard_aiming_for(dir.path(), dim, 3);
         let builder = IndexBuilder::new(1);
         let mut rng = StdRng::seed_from_u64(5);
         // 32 points per segment: 30 sealed segments.
