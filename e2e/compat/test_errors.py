@@ -306,3 +306,63 @@ def test_errors_leave_collection_usable(client, populated):
     assert client.count(name).count == before["count"]
     res = client.query_points(name, query=[0.0, 0.0, 0.0, 0.0], limit=12).points
     assert len(res) == 12
+
+
+def _nested(depth):
+    """A payload object nested `depth` levels deep, counting the object itself: {"n": {"n": ... 1}}."""
+    value = 1
+    for _ in range(depth - 1):
+        value = {"n": value}
+    return {"n": value} if depth > 0 else {}
+
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        # A 120-part key adds 120 levels to a payload that is shallow on its own.
+        ("/points/payload", {"points": [1], "key": ".".join(["k"] * 120), "payload": {"x": 1}}),
+        ("/points/payload", {"points": [1], "payload": _nested(101)}),
+        ("/points/payload", {"points": [1], "key": ".".join(["k"] * 60), "payload": _nested(45)}),
+    ],
+    ids=["set_key_120_parts", "set_101_deep", "set_key_plus_value"],
+)
+def test_payloads_nested_past_the_limit_are_400(http, populated, path, body):
+    """Shoal refuses payloads nested deeper than 100 levels (stored payloads are read back as
+    JSON, which stops at 128): a refused write changes nothing, and the fixture checks it."""
+    name, _ = populated
+    r = http.post(f"/collections/{name}{path}?wait=true", json=body)
+    msg = assert_error_body(r, 400)
+    assert "levels deep" in msg, msg
+
+
+def test_deep_payload_in_upsert_and_batch_is_400_and_applies_nothing(http, populated):
+    name, _ = populated
+    deep = {"id": 1, "vector": [0.0, 0.0, 0.0, 0.0], "payload": _nested(101)}
+    r = http.put(f"/collections/{name}/points?wait=true", json={"points": [deep]})
+    assert "levels deep" in assert_error_body(r, 400)
+    # The batch's first operation is fine on its own; the second one's payload is too deep, so
+    # neither is applied.
+    batch = {
+        "operations": [
+            {"overwrite_payload": {"points": [2], "payload": {"fine": True}}},
+            {"set_payload": {"points": [3], "key": ".".join(["k"] * 100), "payload": {"x": 1}}},
+        ]
+    }
+    r = http.post(f"/collections/{name}/points/batch?wait=true", json=batch)
+    assert "levels deep" in assert_error_body(r, 400)
+
+
+def test_payload_at_the_depth_limit_is_stored_and_read_back(client, http, collection):
+    name = collection(size=4, distance=models.Distance.EUCLID)
+    r = http.put(f"/collections/{name}/points?wait=true",
+                 json={"points": [{"id": 7, "vector": [0.0, 0.0, 0.0, 1.0], "payload": {}}]})
+    assert r.status_code == 200, r.text
+    # 1 (root) + 97 key steps after the first + a 2-deep value = 100 levels.
+    key = ".".join(["k"] * 98)
+    r = http.post(f"/collections/{name}/points/payload?wait=true",
+                  json={"points": [7], "key": key, "payload": {"x": {"y": 1}}})
+    assert r.status_code == 200, r.text
+    got = client.retrieve(name, [7], with_payload=True)[0].payload
+    for _ in range(98):
+        got = got["k"]
+    assert got == {"x": {"y": 1}}

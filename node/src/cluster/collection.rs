@@ -1193,6 +1193,9 @@ impl Collection {
     /// Checks and brings into stored form every vector an update carries (see
     /// [`prepare_vector`]): upserts, conditional upserts and vector updates alike.
     fn prepare_request(&self, request: UpdateRequest) -> Result<UpdateRequest, CollectionError> {
+        request
+            .check_payload_depth()
+            .map_err(|e| CollectionError::BadInput(format!("Wrong input: {e}")))?;
         // One configuration for the whole request (it can change between two reads).
         let config = self.config();
         let prepare_all = |points: Vec<PointWrite>| {

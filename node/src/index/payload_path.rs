@@ -22,6 +22,41 @@ use crate::types::Payload;
 /// holds an array this long, and a bound keeps path parsing and printing cheap).
 pub const MAX_ARRAY_INDEX: usize = 65_535;
 
+/// The deepest nesting a payload may reach through the API, counting the payload object itself
+/// as level 1 (so `{"a": {"b": 1}}` is 2 deep). Payloads are stored and logged as JSON text and
+/// `serde_json` refuses to read back anything nested 128 deep, so a deeper payload would be
+/// acknowledged and then make its WAL entry and its segment unreadable. Qdrant has no explicit
+/// bound; its REST parser stops at the same 128 levels for the whole request body, so this
+/// only refuses what a `set_payload` key path would push past them.
+pub const MAX_PAYLOAD_DEPTH: usize = 100;
+
+/// How deeply `payload` nests (see [`MAX_PAYLOAD_DEPTH`]): 1 for `{}` and `{"a": 1}`, 2 for
+/// `{"a": [1]}`. Counting stops at `MAX_PAYLOAD_DEPTH + 1`, so the cost is bounded by the
+/// payload's size and the recursion by that depth.
+pub fn payload_depth(payload: &Payload) -> usize {
+    fn value_depth(value: &Value, budget: usize) -> usize {
+        if budget == 0 {
+            return 0;
+        }
+        let below = |children: &mut dyn Iterator<Item = &Value>| {
+            children
+                .map(|c| value_depth(c, budget - 1))
+                .max()
+                .unwrap_or(0)
+        };
+        match value {
+            Value::Object(map) => 1 + below(&mut map.values()),
+            Value::Array(items) => 1 + below(&mut items.iter()),
+            _ => 0,
+        }
+    }
+    1 + payload
+        .values()
+        .map(|v| value_depth(v, MAX_PAYLOAD_DEPTH))
+        .max()
+        .unwrap_or(0)
+}
+
 /// One step of a path after its first key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PathSegment {
@@ -127,6 +162,13 @@ impl JsonPath {
         if let Some(value) = payload.get_mut(&self.head) {
             remove_in(value, before, last);
         }
+    }
+
+    /// The deepest a payload can become when [`JsonPath::set`] puts `value` at this path: the
+    /// root, one level per step after the first key, and `value`'s own depth (what the
+    /// merge keeps of the old payload is no deeper than the old payload).
+    pub fn depth_with(&self, value: &Payload) -> usize {
+        1 + self.tail.len() + payload_depth(value)
     }
 
     /// Merges `value` into the object(s) the path points at (`set_payload` with `key`), as Qdrant
@@ -674,6 +716,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn payload_depth_counts_the_payload_object_and_every_container_below_it() {
+        for (doc, depth) in [
+            (json!({}), 1),
+            (json!({"a": 1, "b": "x"}), 1),
+            (json!({"a": []}), 2),
+            (json!({"a": [1, {"b": {}}], "c": {}}), 4),
+            (json!({"a": {"b": {"c": [[1]]}}}), 5),
+        ] {
+            assert_eq!(payload_depth(&payload(doc.clone())), depth, "{doc}");
+        }
+        // Counting stops just past the limit: the answer still says "too deep".
+        let mut deep = json!(1);
+        for _ in 0..(MAX_PAYLOAD_DEPTH + 20) {
+            deep = json!({ "n": deep });
+        }
+        assert_eq!(payload_depth(&payload(deep)), MAX_PAYLOAD_DEPTH + 1);
+    }
+
+    /// A payload at the limit can be written as JSON and read back: the limit sits below
+    /// `serde_json`'s recursion limit with room for the few levels a request or record wraps
+    /// around a payload.
+    #[test]
+    fn a_payload_at_the_limit_reads_back_from_json() {
+        let mut deep = json!(1);
+        for _ in 0..MAX_PAYLOAD_DEPTH - 1 {
+            deep = json!({ "n": deep });
+        }
+        let doc = payload(json!({ "n": deep }));
+        assert_eq!(payload_depth(&doc), MAX_PAYLOAD_DEPTH);
+        let wrapped = json!({"result": {"points": [{"payload": doc}]}});
+        let text = serde_json::to_string(&wrapped).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), wrapped);
+    }
+
     fn arb_key() -> impl Strategy<Value = String> {
         prop_oneof![
             "[a-z_][a-z0-9_-]{0,5}",
@@ -692,11 +769,38 @@ mod tests {
             .prop_map(|(head, tail)| JsonPath { head, tail })
     }
 
+    fn arb_payload() -> impl Strategy<Value = Payload> {
+        let leaf = prop_oneof![Just(json!(1)), Just(json!("x")), Just(Value::Null)];
+        let value = leaf.prop_recursive(4, 24, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c]", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        prop::collection::btree_map("[a-c]", value, 0..3).prop_map(|m| m.into_iter().collect())
+    }
+
     proptest! {
         #[test]
         fn display_then_parse_is_identity(p in arb_path()) {
             let text = p.to_string();
             prop_assert_eq!(text.parse::<JsonPath>(), Ok(p), "{}", text);
+        }
+
+        /// `depth_with` bounds what `set` makes, whatever the path and the payload it lands in.
+        #[test]
+        fn set_never_nests_deeper_than_depth_with_says(
+            p in arb_path(),
+            before in arb_payload(),
+            value in arb_payload(),
+        ) {
+            let mut doc = before.clone();
+            p.set(&mut doc, value.clone());
+            prop_assert!(
+                payload_depth(&doc) <= payload_depth(&before).max(p.depth_with(&value)),
+                "{} set at {} in {:?}", Value::Object(value), p, before
+            );
         }
 
         #[test]

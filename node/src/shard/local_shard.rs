@@ -3286,6 +3286,69 @@ mod tests {
         assert_eq!(shard.count(), model.len());
     }
 
+    /// A payload at the API's depth limit (`MAX_PAYLOAD_DEPTH`) is read back from every place a
+    /// shard keeps it: the WAL (reopened without a flush), a sealed segment's payload file
+    /// (`on_disk_payload`) and the point store. Deeper payloads used to be acknowledged and
+    /// then refuse the segment at open.
+    #[test]
+    fn payloads_at_the_depth_limit_survive_the_wal_the_segment_files_and_reopen() {
+        use crate::index::payload_path::{MAX_PAYLOAD_DEPTH, payload_depth};
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(4, 1);
+        assert!(cfg.params.on_disk_payload);
+        let builder = IndexBuilder::new(1);
+        let open = || LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
+        let mut deep = serde_json::json!(1);
+        for _ in 1..MAX_PAYLOAD_DEPTH {
+            deep = serde_json::json!({ "n": deep });
+        }
+        let deep = Payload::from_iter([("n".to_string(), deep)]);
+        assert_eq!(payload_depth(&deep), MAX_PAYLOAD_DEPTH);
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut writes = points(0..150, 4, &mut rng);
+        for w in &mut writes {
+            w.payload = deep.clone();
+        }
+        let ids: Vec<PointId> = writes.iter().map(|w| w.id).collect();
+        let check = |shard: &LocalShard, stage: &str| {
+            let got = shard.retrieve(&ids, true, &WithVector::None);
+            assert_eq!(got.len(), ids.len(), "{stage}");
+            for r in got {
+                assert_eq!(
+                    r.payload.as_ref(),
+                    Some(&deep),
+                    "{stage}: payload of {}",
+                    r.id
+                );
+            }
+        };
+        let shard = open();
+        let request = UpdateRequest::Upsert(writes);
+        request.check_payload_depth().unwrap();
+        shard.update(request).unwrap();
+        drop(shard);
+        let shard = open();
+        check(&shard, "after the WAL replay");
+        for _ in 0..6 {
+            shard.optimize_step(&builder);
+        }
+        shard.flush().unwrap();
+        assert!(shard.stats().indexed_vectors > 0, "{:?}", shard.stats());
+        check(&shard, "after sealing");
+        drop(shard);
+        let shard = open();
+        assert!(
+            shard
+                .state
+                .read()
+                .segments
+                .values()
+                .any(|s| s.payloads_mapped()),
+            "a sealed segment reads its payloads from its files"
+        );
+        check(&shard, "after reopening sealed segments");
+    }
+
     #[test]
     fn sealed_segments_on_disk_survive_crashes_and_reopen_without_rebuilding() {
         for seed in 0..4u64 {

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::index::filter::Filter;
+use crate::index::payload_path::{JsonPath, MAX_PAYLOAD_DEPTH, payload_depth};
 use crate::shard::clock::{ClockMap, ClockTag, WalMark};
 use crate::types::{DEFAULT_VECTOR, NamedVectors, Payload, PointId, VectorData};
 
@@ -101,6 +102,58 @@ pub enum UpdateRequest {
 }
 
 impl UpdateRequest {
+    /// Refuses a payload this update would leave nested deeper than [`MAX_PAYLOAD_DEPTH`]: an
+    /// upserted or overwritten payload, or a `set_payload` value with the levels its `key` adds.
+    /// Returns the message for a 400 answer ("Wrong input: ..." is the caller's). Checked before
+    /// anything is logged, so a refused update changes nothing.
+    pub fn check_payload_depth(&self) -> Result<(), String> {
+        let too_deep = |depth: usize, what: std::fmt::Arguments<'_>| {
+            Err(format!(
+                "{what} would nest {depth} levels deep; at most {MAX_PAYLOAD_DEPTH} are allowed"
+            ))
+        };
+        match self {
+            UpdateRequest::Upsert(points) | UpdateRequest::ConditionalUpsert { points, .. } => {
+                for p in points {
+                    let depth = payload_depth(&p.payload);
+                    if depth > MAX_PAYLOAD_DEPTH {
+                        return too_deep(depth, format_args!("the payload of point {}", p.id));
+                    }
+                }
+                Ok(())
+            }
+            UpdateRequest::OverwritePayload { payload, .. }
+            | UpdateRequest::SetPayload {
+                payload, key: None, ..
+            } => {
+                let depth = payload_depth(payload);
+                if depth > MAX_PAYLOAD_DEPTH {
+                    return too_deep(depth, format_args!("the payload"));
+                }
+                Ok(())
+            }
+            UpdateRequest::SetPayload {
+                payload,
+                key: Some(key),
+                ..
+            } => {
+                let path: JsonPath = key
+                    .parse()
+                    .map_err(|e| format!("invalid payload key `{key}`: {e}"))?;
+                let depth = path.depth_with(payload);
+                if depth > MAX_PAYLOAD_DEPTH {
+                    return too_deep(depth, format_args!("the payload set at `{key}`"));
+                }
+                Ok(())
+            }
+            UpdateRequest::UpdateVectors { .. }
+            | UpdateRequest::DeleteVectors { .. }
+            | UpdateRequest::Delete(_)
+            | UpdateRequest::DeletePayload { .. }
+            | UpdateRequest::ClearPayload(_) => Ok(()),
+        }
+    }
+
     /// The form of this update that a transfer's destination applies: selections by id skip
     /// points the destination does not hold yet (the transfer's stream brings them, already
     /// updated), instead of failing the update the source has applied.
@@ -458,5 +511,73 @@ mod tests {
             ShardOperation::decode(&old).unwrap(),
             ShardOperation::Delete(vec![PointId::Num(9)])
         );
+    }
+
+    fn nested(depth: usize) -> Payload {
+        let mut value = serde_json::json!(1);
+        for _ in 1..depth {
+            value = serde_json::json!({ "n": value });
+        }
+        Payload::from_iter([("n".to_string(), value)])
+    }
+
+    #[test]
+    fn payloads_past_the_depth_limit_are_refused_and_the_limit_itself_is_logged_and_read_back() {
+        let at_limit = nested(MAX_PAYLOAD_DEPTH);
+        let upsert = |payload: Payload| {
+            UpdateRequest::Upsert(vec![PointWrite::dense(PointId::Num(1), vec![0.0], payload)])
+        };
+        let set_at = |key: &str, payload: Payload| UpdateRequest::SetPayload {
+            selection: PointSelection::Ids(vec![PointId::Num(1)]),
+            payload,
+            key: Some(key.to_string()),
+        };
+        let key_of = |parts: usize| vec!["k"; parts].join(".");
+        let flat = Payload::from_iter([("x".to_string(), serde_json::json!(1))]);
+        let fine = [
+            upsert(at_limit.clone()),
+            UpdateRequest::OverwritePayload {
+                selection: PointSelection::Ids(vec![PointId::Num(1)]),
+                payload: at_limit.clone(),
+            },
+            // 1 (root) + 98 steps after the first key + 1 (the value) = 100.
+            set_at(&key_of(99), flat.clone()),
+            UpdateRequest::DeletePayload {
+                selection: PointSelection::Ids(vec![PointId::Num(1)]),
+                keys: vec![key_of(500)],
+            },
+        ];
+        for request in &fine {
+            assert_eq!(request.check_payload_depth(), Ok(()), "{request:?}");
+        }
+        let refused = [
+            upsert(nested(MAX_PAYLOAD_DEPTH + 1)),
+            UpdateRequest::ConditionalUpsert {
+                points: vec![PointWrite::dense(PointId::Num(2), vec![0.0], nested(400))],
+                mode: UpdateMode::InsertOnly,
+                filter: None,
+            },
+            set_at(&key_of(100), flat),
+            set_at(&key_of(50), nested(60)),
+            UpdateRequest::SetPayload {
+                selection: PointSelection::Ids(vec![PointId::Num(1)]),
+                payload: nested(MAX_PAYLOAD_DEPTH + 1),
+                key: None,
+            },
+        ];
+        for request in &refused {
+            let err = request.check_payload_depth().expect_err("too deep");
+            assert!(err.contains("levels deep"), "{err}");
+        }
+        // What the check lets through survives the WAL's encoding.
+        let entry = WalEntry::Op {
+            clock: None,
+            op: ShardOperation::Upsert(vec![PointWrite::dense(
+                PointId::Num(1),
+                vec![0.0],
+                at_limit,
+            )]),
+        };
+        assert_eq!(WalEntry::decode(&entry.encode()).unwrap(), entry);
     }
 }
