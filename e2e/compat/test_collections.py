@@ -1,5 +1,8 @@
 """Collection lifecycle through qdrant-client: create / get / list / exists / delete."""
 
+import time
+
+import numpy as np
 import pytest
 from qdrant_client import models
 from qdrant_client.http.exceptions import UnexpectedResponse
@@ -260,6 +263,41 @@ def test_collection_info_warns_about_settings_not_applied(client, http):
         client.delete_collection(name)
 
 
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ({"vectors": {"size": 4, "distance": "Dot", "datatype": "uint8"}}, "datatype of the unnamed vector"),
+        ({"vectors": {"size": 4, "distance": "Dot", "datatype": "float16"}}, "datatype"),
+        ({"vectors": {"size": 4, "distance": "Dot"}, "hnsw_config": {"payload_m": 8}}, "payload_m"),
+        ({"vectors": {"size": 4, "distance": "Dot"}, "hnsw_config": {"inline_storage": True}}, "inline_storage"),
+        ({"vectors": {"size": 4, "distance": "Dot"}, "optimizers_config": {"memmap_threshold": 20000}}, "memmap_threshold"),
+        ({"vectors": {"size": 4, "distance": "Dot"}, "optimizers_config": {"prevent_unoptimized": True}}, "prevent_unoptimized"),
+        ({"vectors": {}, "sparse_vectors": {"s": {"index": {"on_disk": True}}}}, "sparse index on_disk of `s`"),
+    ],
+    ids=["uint8", "float16", "payload_m", "inline_storage", "memmap_threshold", "prevent_unoptimized", "sparse_on_disk"],
+)
+def test_settings_stored_but_not_applied_are_reported_as_warnings(http, client, body, needle):
+    """A setting Shoal keeps and reports but does not act on is named in the info's warnings;
+    it is echoed in the config as Qdrant echoes it."""
+    name = unique_name("warn")
+    r = http.put(f"/collections/{name}", json=body)
+    assert r.status_code == 200, r.text
+    try:
+        info = http.get(f"/collections/{name}").json()["result"]
+        assert any(needle in w["message"] for w in info.get("warnings") or []), info.get("warnings")
+        for section in ("hnsw_config", "optimizers_config"):
+            for key, value in body.get(section, {}).items():
+                echoed = info["config"]["optimizer_config" if section == "optimizers_config" else section]
+                assert echoed[key] == value, (key, echoed)
+    finally:
+        client.delete_collection(name)
+
+
+def test_a_plain_collection_has_no_warnings(http, collection):
+    name = collection(size=4)
+    assert not http.get(f"/collections/{name}").json()["result"].get("warnings")
+
+
 def test_update_collection_changes_a_live_collection_as_qdrant_does(client, collection, http):
     from qdrant_client import models as m
 
@@ -337,3 +375,58 @@ def test_update_collection_over_grpc(node, collection):
         assert "Not existing vector name" in str(refused.value)
     finally:
         grpc.close()
+
+
+def _wait_for_info(client, name, done, seconds=60):
+    """Polls collection info (at most `seconds`) until `done(info)`; returns the last info."""
+    deadline = time.monotonic() + seconds
+    while True:
+        info = client.get_collection(name)
+        if done(info) or time.monotonic() > deadline:
+            return info
+        time.sleep(0.1)
+
+
+def test_indexing_switched_off_for_an_upload_and_on_again_indexes_it(client, collection):
+    """Qdrant's bulk-upload recipe: `indexing_threshold: 0` while uploading, then a threshold
+    again by a collection update; the uploaded points are indexed without a restart."""
+    from qdrant_client import models as m
+
+    # One shard on every peer: each peer's info then counts every point as indexed or not.
+    name = collection(size=4, shard_number=1, replication_factor=max(CLUSTER_PEERS, 1),
+                      optimizers_config=m.OptimizersConfigDiff(indexing_threshold=0))
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(300, 4)).tolist()
+    client.upsert(name, points=[m.PointStruct(id=i, vector=vectors[i]) for i in range(300)], wait=True)
+    assert client.get_collection(name).indexed_vectors_count == 0
+    assert client.update_collection(name, optimizers_config=m.OptimizersConfigDiff(indexing_threshold=1))
+    info = _wait_for_info(client, name, lambda i: i.indexed_vectors_count == 300 and i.status == m.CollectionStatus.GREEN)
+    assert (info.indexed_vectors_count, info.status) == (300, m.CollectionStatus.GREEN)
+
+
+def test_zero_optimization_threads_pause_optimizations_and_show_grey(client, collection, node):
+    """`max_optimization_threads: 0` switches optimizations off (Qdrant: grey while work waits);
+    "auto" switches them on again. Set over gRPC too, which carries it in its own message."""
+    from qdrant_client import QdrantClient, models as m
+
+    name = collection(size=4, shard_number=1, replication_factor=max(CLUSTER_PEERS, 1),
+                      optimizers_config=m.OptimizersConfigDiff(indexing_threshold=1, max_optimization_threads=0))
+    rng = np.random.default_rng(6)
+    vectors = rng.normal(size=(300, 4)).tolist()
+    client.upsert(name, points=[m.PointStruct(id=i, vector=vectors[i]) for i in range(300)], wait=True)
+    info = client.get_collection(name)
+    assert info.status == m.CollectionStatus.GREY, info
+    assert info.indexed_vectors_count == 0
+    assert info.config.optimizer_config.max_optimization_threads == 0
+    grpc = QdrantClient(host="127.0.0.1", port=node.http_port, grpc_port=node.grpc_port, prefer_grpc=True, check_compatibility=False)
+    try:
+        assert grpc.get_collection(name).config.optimizer_config.max_optimization_threads == 0
+        assert grpc.update_collection(
+            name, optimizers_config=m.OptimizersConfigDiff(max_optimization_threads=m.MaxOptimizationThreadsSetting.AUTO)
+        )
+    finally:
+        grpc.close()
+    info = _wait_for_info(client, name, lambda i: i.status == m.CollectionStatus.GREEN)
+    assert info.status == m.CollectionStatus.GREEN, info
+    assert info.indexed_vectors_count >= 256
+    assert info.config.optimizer_config.max_optimization_threads is None

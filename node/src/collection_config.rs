@@ -233,10 +233,16 @@ pub struct HnswConfig {
     pub ef_construct: usize,
     /// Segments whose vectors take fewer kilobytes than this are searched exhaustively.
     pub full_scan_threshold: usize,
+    /// Threads one graph build uses: 0 (the default) is the node's whole indexing budget
+    /// (`storage.optimizer_threads`), any other value that many, capped by the budget.
     pub max_indexing_threads: usize,
     pub on_disk: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_m: Option<usize>,
+    /// Stored and reported; graphs never hold vector copies (the collection's `warnings` say
+    /// so when it is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_storage: Option<bool>,
 }
 
 impl Default for HnswConfig {
@@ -248,6 +254,7 @@ impl Default for HnswConfig {
             max_indexing_threads: 0,
             on_disk: false,
             payload_m: None,
+            inline_storage: None,
         }
     }
 }
@@ -302,6 +309,9 @@ impl HnswConfig {
         if diff.payload_m.is_some() {
             self.payload_m = diff.payload_m;
         }
+        if diff.inline_storage.is_some() {
+            self.inline_storage = diff.inline_storage;
+        }
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -331,7 +341,15 @@ pub struct OptimizersConfig {
     /// Kilobytes of vectors after which a segment is sealed and indexed; 0 disables indexing.
     pub indexing_threshold: Option<usize>,
     pub flush_interval_sec: u64,
+    /// Optimization jobs a shard may run at once (`None` is Qdrant's "auto"); 0 switches the
+    /// optimizer off (segments are neither indexed, vacuumed nor merged, and the collection is
+    /// `grey` while such work waits). Shoal runs one job at a time, which any other value
+    /// allows.
     pub max_optimization_threads: Option<usize>,
+    /// Stored and reported; points are searchable as soon as they are written whatever it says
+    /// (the collection's `warnings` say so when it is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prevent_unoptimized: Option<bool>,
 }
 
 impl Default for OptimizersConfig {
@@ -346,6 +364,7 @@ impl Default for OptimizersConfig {
             indexing_threshold: Some(10_000),
             flush_interval_sec: 5,
             max_optimization_threads: None,
+            prevent_unoptimized: None,
         }
     }
 }
@@ -407,6 +426,9 @@ impl OptimizersConfig {
                 self.max_optimization_threads = None
             }
             None => {}
+        }
+        if diff.prevent_unoptimized.is_some() {
+            self.prevent_unoptimized = diff.prevent_unoptimized;
         }
     }
 

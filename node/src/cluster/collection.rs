@@ -95,6 +95,8 @@ pub struct SearchRequest {
 pub enum CollectionStatus {
     Green,
     Yellow,
+    /// Optimizations pending while switched off (`max_optimization_threads: 0`).
+    Grey,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -2543,8 +2545,12 @@ impl Collection {
             stats.points += s.points;
             stats.indexed_vectors += s.indexed_vectors;
             stats.segments += s.segments;
-            if shard.optimizer_status() == OptimizerStatus::Busy {
-                stats.status = CollectionStatus::Yellow;
+            match shard.optimizer_status() {
+                OptimizerStatus::Busy => stats.status = CollectionStatus::Yellow,
+                OptimizerStatus::Paused if stats.status == CollectionStatus::Green => {
+                    stats.status = CollectionStatus::Grey
+                }
+                OptimizerStatus::Paused | OptimizerStatus::Idle => {}
             }
         }
         stats

@@ -345,6 +345,20 @@ fn vectors_wanted(seg: &Segment, offset: u32, with_vector: &WithVector) -> Optio
 }
 
 impl ShardState {
+    /// Freezes the appendable segment for indexing once it holds `freeze_at` points, and opens
+    /// a new appendable one.
+    fn freeze_if_full(&mut self) {
+        let id = self.appendable;
+        let seg = self
+            .segments
+            .get_mut(&id)
+            .expect("appendable segment exists");
+        if self.freeze_at.is_some_and(|limit| seg.len() >= limit) {
+            seg.freeze();
+            self.appendable = self.new_segment();
+        }
+    }
+
     fn new_segment(&mut self) -> SegmentId {
         let id = self.next_segment_id;
         self.next_segment_id += 1;
@@ -381,11 +395,7 @@ impl ShardState {
             .get_mut(&seg_id)
             .expect("appendable segment exists");
         let offset = seg.push(id, vectors, payload, version);
-        let full = self.freeze_at.is_some_and(|limit| seg.len() >= limit);
-        if full {
-            seg.freeze();
-            self.appendable = self.new_segment();
-        }
+        self.freeze_if_full();
         self.locations.insert(
             id,
             Location {
@@ -820,24 +830,50 @@ impl TopK {
     }
 }
 
-/// Shared machinery for building graphs: one rayon pool per node, one build at a time, so
-/// indexing never takes more than the configured threads away from serving.
+/// Shared machinery for building graphs: rayon pools of at most the node's indexing threads
+/// (`storage.optimizer_threads`), one build at a time, so indexing never takes more than those
+/// threads away from serving.
 pub struct IndexBuilder {
-    pool: rayon::ThreadPool,
+    /// The node's budget of indexing threads.
+    threads: usize,
+    /// One pool per thread count a collection asked for (`hnsw_config.max_indexing_threads`),
+    /// made on first use; at most `threads` pools.
+    pools: Mutex<BTreeMap<usize, Arc<rayon::ThreadPool>>>,
     slot: Mutex<()>,
 }
 
 impl IndexBuilder {
     pub fn new(threads: usize) -> IndexBuilder {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|i| format!("shoal-index-{i}"))
-            .build()
-            .expect("the indexing thread pool starts");
         IndexBuilder {
-            pool,
+            threads: threads.max(1),
+            pools: Mutex::new(BTreeMap::new()),
             slot: Mutex::new(()),
         }
+    }
+
+    /// The threads a graph build uses for `max_indexing_threads` (Qdrant's `hnsw_config`
+    /// setting): 0 is "auto", the node's whole budget; any other value is that many threads,
+    /// but never more than the budget.
+    pub fn threads_for(&self, max_indexing_threads: usize) -> usize {
+        match max_indexing_threads {
+            0 => self.threads,
+            n => n.min(self.threads),
+        }
+    }
+
+    /// The pool a graph build with `max_indexing_threads` runs on (see [`Self::threads_for`]).
+    pub fn pool_for(&self, max_indexing_threads: usize) -> Arc<rayon::ThreadPool> {
+        let threads = self.threads_for(max_indexing_threads);
+        let mut pools = self.pools.lock();
+        Arc::clone(pools.entry(threads).or_insert_with(|| {
+            Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(move |i| format!("shoal-index-{threads}-{i}"))
+                    .build()
+                    .expect("the indexing thread pool starts"),
+            )
+        }))
     }
 }
 
@@ -848,6 +884,9 @@ pub enum OptimizerStatus {
     Idle,
     /// Work is pending or running.
     Busy,
+    /// Work is pending but optimizations are switched off (`max_optimization_threads: 0`):
+    /// Qdrant's `grey`.
+    Paused,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -1168,7 +1207,15 @@ impl LocalShard {
             }
         }
         state.dirty.extend(changed);
+        // `indexing_threshold` (and `max_segment_size`, and the vectors' size) apply at once,
+        // to the points already in the appendable segment too, as Qdrant's indexing optimizer
+        // picks up any segment past the threshold: indexing switched off for a bulk upload and
+        // then on again indexes the upload.
+        state.freeze_at = config
+            .optimizer_config
+            .indexing_threshold_points(config.point_vector_bytes());
         state.config = config;
+        state.freeze_if_full();
         // Columns voided in segments on disk are recorded with the segment list.
         state.segments_dirty = true;
         drop(state);
@@ -2189,7 +2236,9 @@ impl LocalShard {
                 || vacuum_candidate(&state.config, s)
                 || payload_index_stale(&state.payload_schema, s)
         }) || merge_candidates(&state).is_some();
-        if pending {
+        if pending && optimizations_off(&state.config) {
+            OptimizerStatus::Paused
+        } else if pending {
             OptimizerStatus::Busy
         } else {
             OptimizerStatus::Idle
@@ -2329,6 +2378,9 @@ impl LocalShard {
                 }
             }
         }
+        if optimizations_off(&self.state.read().config) {
+            return false;
+        }
         // Index first (it makes new data fast to search), then vacuum, then merge.
         let job = {
             let state = self.state.read();
@@ -2419,7 +2471,7 @@ impl LocalShard {
                             ef_construct: hnsw.ef_construct,
                         },
                         &points,
-                        &builder.pool,
+                        &builder.pool_for(hnsw.max_indexing_threads),
                         &self.cancelled,
                     )?;
                     index.graphs.insert(name.clone(), graph);
@@ -2859,6 +2911,13 @@ fn merge_candidates(state: &ShardState) -> Option<Vec<SegmentId>> {
 /// likewise takes small segments along). For the same reason the smallest indexed segments
 /// join the build when it would otherwise leave more indexed segments than
 /// [`target_segment_count`].
+/// `max_optimization_threads: 0` switches the optimizer off, as in Qdrant: no segment is
+/// indexed, vacuumed or merged (payload indexes are still built). Any other value allows the
+/// one job a shard runs at a time (Shoal runs one optimization per node; see [`IndexBuilder`]).
+fn optimizations_off(config: &CollectionConfig) -> bool {
+    config.optimizer_config.max_optimization_threads == Some(0)
+}
+
 fn index_job(state: &ShardState) -> Option<OptimizerJob> {
     let mut frozen: Vec<&Segment> = state
         .segments
@@ -3284,6 +3343,90 @@ mod tests {
             assert_eq!(r.payload.as_ref().unwrap(), payload, "payload of {}", r.id);
         }
         assert_eq!(shard.count(), model.len());
+    }
+
+    /// Qdrant's bulk-upload recipe: indexing off (`indexing_threshold: 0`) during the upload,
+    /// then on again by a collection update. The points already in the appendable segment are
+    /// indexed without a restart (the threshold used to be read only when the shard opened).
+    #[test]
+    fn a_threshold_switched_on_by_an_update_indexes_what_was_uploaded_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let builder = IndexBuilder::new(1);
+        let off = config(4, 0);
+        assert_eq!(off.optimizer_config.indexing_threshold, Some(0));
+        let shard = LocalShard::open(dir.path(), Arc::clone(&off), SyncMode::Os).unwrap();
+        let mut rng = StdRng::seed_from_u64(3);
+        shard
+            .update(UpdateRequest::Upsert(points(0..200, 4, &mut rng)))
+            .unwrap();
+        assert!(!shard.optimize_step(&builder), "indexing is off");
+        assert_eq!(shard.stats().indexed_vectors, 0);
+        shard.set_config(config(4, 1));
+        for _ in 0..4 {
+            shard.optimize_step(&builder);
+        }
+        assert_eq!(shard.stats().indexed_vectors, 200, "{:?}", shard.stats());
+        assert_eq!(shard.optimizer_status(), OptimizerStatus::Idle);
+        // New points go to a fresh appendable segment and are sealed at the new threshold.
+        shard
+            .update(UpdateRequest::Upsert(points(200..300, 4, &mut rng)))
+            .unwrap();
+        for _ in 0..4 {
+            shard.optimize_step(&builder);
+        }
+        assert!(shard.stats().indexed_vectors >= 264, "{:?}", shard.stats());
+    }
+
+    /// `max_optimization_threads: 0` switches the optimizer off, as in Qdrant, and reports the
+    /// waiting work as `Paused` (Qdrant's `grey`); "auto" (`None`) switches it on again.
+    #[test]
+    fn zero_optimization_threads_pause_the_optimizer_until_the_setting_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let builder = IndexBuilder::new(1);
+        let mut paused = config(4, 1);
+        Arc::make_mut(&mut paused)
+            .optimizer_config
+            .max_optimization_threads = Some(0);
+        let shard = LocalShard::open(dir.path(), Arc::clone(&paused), SyncMode::Os).unwrap();
+        let mut rng = StdRng::seed_from_u64(4);
+        shard
+            .update(UpdateRequest::Upsert(points(0..200, 4, &mut rng)))
+            .unwrap();
+        for _ in 0..3 {
+            assert!(!shard.optimize_step(&builder));
+        }
+        assert_eq!(shard.stats().indexed_vectors, 0);
+        assert_eq!(shard.optimizer_status(), OptimizerStatus::Paused);
+        let mut one = config(4, 1);
+        Arc::make_mut(&mut one)
+            .optimizer_config
+            .max_optimization_threads = Some(1);
+        shard.set_config(one);
+        assert_eq!(shard.optimizer_status(), OptimizerStatus::Busy);
+        for _ in 0..6 {
+            shard.optimize_step(&builder);
+        }
+        assert!(shard.stats().indexed_vectors >= 192, "{:?}", shard.stats());
+    }
+
+    #[test]
+    fn a_graph_build_uses_the_collections_indexing_threads_within_the_nodes_budget() {
+        let builder = IndexBuilder::new(3);
+        for (asked, used) in [(0, 3), (1, 1), (2, 2), (3, 3), (16, 3)] {
+            assert_eq!(
+                builder.threads_for(asked),
+                used,
+                "max_indexing_threads {asked}"
+            );
+            assert_eq!(
+                builder.pool_for(asked).current_num_threads(),
+                used,
+                "max_indexing_threads {asked}"
+            );
+        }
+        // One pool per thread count, made once.
+        assert!(Arc::ptr_eq(&builder.pool_for(2), &builder.pool_for(2)));
+        assert!(Arc::ptr_eq(&builder.pool_for(0), &builder.pool_for(16)));
     }
 
     /// A payload at the API's depth limit (`MAX_PAYLOAD_DEPTH`) is read back from every place a

@@ -38,15 +38,18 @@ async fn optimize_loop(shard: Arc<LocalShard>, builder: Arc<IndexBuilder>) {
 }
 
 async fn flush_loop(shard: Arc<LocalShard>) {
-    let period = Duration::from_secs(shard.config().optimizer_config.flush_interval_sec.max(1));
     // Durability does not wait for it (every write is in the WAL first): the period only
-    // bounds how much WAL a restart replays.
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // bounds how much WAL a restart replays. It is read again every second, so a changed
+    // `flush_interval_sec` applies without a restart.
+    let mut last = tokio::time::Instant::now();
     loop {
-        ticker.tick().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         if shard.is_cancelled() {
             return;
+        }
+        let period = Duration::from_secs(shard.config().optimizer_config.flush_interval_sec.max(1));
+        if last.elapsed() < period {
+            continue;
         }
         let s = Arc::clone(&shard);
         match tokio::task::spawn_blocking(move || s.flush()).await {
@@ -56,5 +59,6 @@ async fn flush_loop(shard: Arc<LocalShard>) {
             }
             Err(e) => tracing::error!(error = %e, "flush task panicked"),
         }
+        last = tokio::time::Instant::now();
     }
 }

@@ -1277,6 +1277,7 @@ fn hnsw_json(h: q::HnswConfigDiff) -> Value {
     json!({
         "m": h.m, "ef_construct": h.ef_construct, "full_scan_threshold": h.full_scan_threshold,
         "max_indexing_threads": h.max_indexing_threads, "on_disk": h.on_disk, "payload_m": h.payload_m,
+        "inline_storage": h.inline_storage,
     })
 }
 
@@ -1484,7 +1485,15 @@ pub fn create_collection(c: q::CreateCollection) -> Result<Value, Status> {
 
 /// An optimizers diff, as the REST body has it (absent fields stay as they are).
 fn optimizers_json(o: q::OptimizersConfigDiff) -> Value {
+    use q::max_optimization_threads::Variant;
+    // A number, or "auto"; the deprecated plain field counts when the new one is absent.
+    let threads = match o.max_optimization_threads.and_then(|t| t.variant) {
+        Some(Variant::Value(n)) => json!(n),
+        Some(Variant::Setting(_)) => json!("auto"),
+        None => json!(o.deprecated_max_optimization_threads),
+    };
     json!({
+        "max_optimization_threads": threads,
         "deleted_threshold": o.deleted_threshold,
         "vacuum_min_vector_number": o.vacuum_min_vector_number,
         "default_segment_number": o.default_segment_number,
@@ -1492,6 +1501,7 @@ fn optimizers_json(o: q::OptimizersConfigDiff) -> Value {
         "memmap_threshold": o.memmap_threshold,
         "indexing_threshold": o.indexing_threshold,
         "flush_interval_sec": o.flush_interval_sec,
+        "prevent_unoptimized": o.prevent_unoptimized,
     })
 }
 
@@ -1733,6 +1743,7 @@ fn hnsw_out(h: &Value) -> q::HnswConfigDiff {
         max_indexing_threads: u64_of(h, "max_indexing_threads"),
         on_disk: h.get("on_disk").and_then(Value::as_bool),
         payload_m: u64_of(h, "payload_m"),
+        inline_storage: h.get("inline_storage").and_then(Value::as_bool),
         ..Default::default()
     }
 }
@@ -1983,6 +1994,15 @@ pub fn collection_info_out(info: &Value) -> q::CollectionInfo {
                 memmap_threshold: u64_of(optimizer, "memmap_threshold"),
                 indexing_threshold: u64_of(optimizer, "indexing_threshold"),
                 flush_interval_sec: u64_of(optimizer, "flush_interval_sec"),
+                prevent_unoptimized: optimizer["prevent_unoptimized"].as_bool(),
+                max_optimization_threads: Some(q::MaxOptimizationThreads {
+                    variant: Some(match u64_of(optimizer, "max_optimization_threads") {
+                        Some(n) => q::max_optimization_threads::Variant::Value(n),
+                        None => q::max_optimization_threads::Variant::Setting(
+                            q::max_optimization_threads::Setting::Auto as i32,
+                        ),
+                    }),
+                }),
                 ..Default::default()
             }),
             wal_config: Some(q::WalConfigDiff {

@@ -132,6 +132,7 @@ pub async fn get(
             status: match stats.status {
                 CollectionStatus::Green => "green",
                 CollectionStatus::Yellow => "yellow",
+                CollectionStatus::Grey => "grey",
             },
             optimizer_status: "ok",
             indexed_vectors_count: stats.indexed_vectors,
@@ -182,32 +183,95 @@ pub async fn update(
     Ok(ApiOk(true, started))
 }
 
-/// What the configuration asks for that Shoal stores but does not apply yet: product and
-/// binary quantization, quantization of multivectors, and settings stored before they were
-/// validated that do not parse (scalar int8 of single dense vectors is applied).
+/// What the configuration asks for that Shoal stores and reports but does not apply, one
+/// warning each (Qdrant's `warnings` field of the collection info): product and binary
+/// quantization, quantization of multivectors and settings stored before they were validated
+/// that do not parse (scalar int8 of single dense vectors is applied), `datatype` other than
+/// float32, `payload_m`, `inline_storage`, sparse indexes `on_disk`, `memmap_threshold` and
+/// `prevent_unoptimized`.
 fn warnings(config: &CollectionConfig) -> Vec<crate::api::rest::models::CollectionWarning> {
-    let unapplied: Vec<String> = config
-        .params
-        .vectors
-        .iter()
-        .filter(|(name, params)| {
-            (params.quantization_config.is_some() || config.quantization_config.is_some())
-                && config.scalar_quantization(name).is_none()
-        })
+    use crate::collection_config::Datatype;
+    let names = |pick: &dyn Fn(&str, &crate::collection_config::VectorParams) -> bool| {
+        config
+            .params
+            .vectors
+            .iter()
+            .filter(|(name, params)| pick(name, params))
+            .map(|(name, _)| match name {
+                "" => "the unnamed vector".to_string(),
+                name => format!("`{name}`"),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut messages = Vec::new();
+    let unquantized = names(&|name, params| {
+        (params.quantization_config.is_some() || config.quantization_config.is_some())
+            && config.scalar_quantization(name).is_none()
+    });
+    if !unquantized.is_empty() {
+        messages.push(format!(
+            "quantization_config of {} is stored but not applied: only scalar int8 \
+             quantization of single dense vectors is, so searches of these use the \
+             full-precision vectors (and answer as an unquantized search would)",
+            unquantized.join(", ")
+        ));
+    }
+    let narrowed =
+        names(&|_, params| matches!(params.datatype, Some(Datatype::Uint8 | Datatype::Float16)));
+    if !narrowed.is_empty() {
+        messages.push(format!(
+            "datatype of {} is stored but not applied: vectors are kept, returned and scored \
+             as float32 values as sent (Qdrant truncates uint8 values and rounds float16 ones)",
+            narrowed.join(", ")
+        ));
+    }
+    let payload_m = names(&|name, _| config.hnsw_for(name).payload_m.is_some());
+    if !payload_m.is_empty() {
+        messages.push(format!(
+            "hnsw_config.payload_m of {} is stored but not applied: graphs get no extra links \
+             per payload value; filtered searches use the payload indexes instead",
+            payload_m.join(", ")
+        ));
+    }
+    let inline = names(&|name, _| config.hnsw_for(name).inline_storage == Some(true));
+    if !inline.is_empty() {
+        messages.push(format!(
+            "hnsw_config.inline_storage of {} is stored but not applied: graph files hold \
+             links only",
+            inline.join(", ")
+        ));
+    }
+    let sparse_on_disk: Vec<String> = config
+        .sparse_iter()
+        .filter(|(_, p)| p.index.as_ref().and_then(|i| i.on_disk) == Some(true))
         .map(|(name, _)| format!("`{name}`"))
         .collect();
-    let mut out = Vec::new();
-    if !unapplied.is_empty() {
-        out.push(crate::api::rest::models::CollectionWarning {
-            message: format!(
-                "quantization_config of {} is stored but not applied: only scalar int8 \
-                 quantization of single dense vectors is, so searches of these use the \
-                 full-precision vectors (and answer as an unquantized search would)",
-                unapplied.join(", ")
-            ),
-        });
+    if !sparse_on_disk.is_empty() {
+        messages.push(format!(
+            "the sparse index on_disk of {} is stored but not applied: sparse indexes are \
+             kept in memory",
+            sparse_on_disk.join(", ")
+        ));
     }
-    out
+    let optimizers = &config.optimizer_config;
+    if optimizers.memmap_threshold.is_some_and(|kb| kb > 0) {
+        messages.push(
+            "optimizers_config.memmap_threshold (deprecated since Qdrant 1.15) is stored but \
+             not applied: set `on_disk` on the vectors to memory-map them"
+                .to_string(),
+        );
+    }
+    if optimizers.prevent_unoptimized == Some(true) {
+        messages.push(
+            "optimizers_config.prevent_unoptimized is stored but not applied: points are \
+             searchable as soon as they are written"
+                .to_string(),
+        );
+    }
+    messages
+        .into_iter()
+        .map(|message| crate::api::rest::models::CollectionWarning { message })
+        .collect()
 }
 
 pub async fn list(

@@ -564,6 +564,7 @@ fn local_shard(shard: &LocalShard, replica: &ReplicaId, level: usize) -> LocalSh
             match shard.optimizer_status() {
                 OptimizerStatus::Idle => "green",
                 OptimizerStatus::Busy => "yellow",
+                OptimizerStatus::Paused => "grey",
             }
             .into(),
         ),
