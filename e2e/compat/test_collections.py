@@ -266,15 +266,14 @@ def test_collection_info_warns_about_settings_not_applied(client, http):
 @pytest.mark.parametrize(
     "body,needle",
     [
-        ({"vectors": {"size": 4, "distance": "Dot", "datatype": "uint8"}}, "datatype of the unnamed vector"),
-        ({"vectors": {"size": 4, "distance": "Dot", "datatype": "float16"}}, "datatype"),
+        ({"vectors": {"size": 4, "distance": "Cosine", "datatype": "uint8"}}, "datatype uint8 of the unnamed vector"),
         ({"vectors": {"size": 4, "distance": "Dot"}, "hnsw_config": {"payload_m": 8}}, "payload_m"),
         ({"vectors": {"size": 4, "distance": "Dot"}, "hnsw_config": {"inline_storage": True}}, "inline_storage"),
         ({"vectors": {"size": 4, "distance": "Dot"}, "optimizers_config": {"memmap_threshold": 20000}}, "memmap_threshold"),
         ({"vectors": {"size": 4, "distance": "Dot"}, "optimizers_config": {"prevent_unoptimized": True}}, "prevent_unoptimized"),
         ({"vectors": {}, "sparse_vectors": {"s": {"index": {"on_disk": True}}}}, "sparse index on_disk of `s`"),
     ],
-    ids=["uint8", "float16", "payload_m", "inline_storage", "memmap_threshold", "prevent_unoptimized", "sparse_on_disk"],
+    ids=["uint8_cosine", "payload_m", "inline_storage", "memmap_threshold", "prevent_unoptimized", "sparse_on_disk"],
 )
 def test_settings_stored_but_not_applied_are_reported_as_warnings(http, client, body, needle):
     """A setting Shoal keeps and reports but does not act on is named in the info's warnings;
@@ -293,9 +292,22 @@ def test_settings_stored_but_not_applied_are_reported_as_warnings(http, client, 
         client.delete_collection(name)
 
 
-def test_a_plain_collection_has_no_warnings(http, collection):
-    name = collection(size=4)
-    assert not http.get(f"/collections/{name}").json()["result"].get("warnings")
+@pytest.mark.parametrize(
+    "vectors",
+    [
+        {"size": 4, "distance": "Cosine"},
+        {"size": 4, "distance": "Dot", "datatype": "uint8"},
+        {"size": 4, "distance": "Cosine", "datatype": "float16"},
+    ],
+    ids=["plain", "uint8_dot", "float16_cosine"],
+)
+def test_collections_whose_settings_all_apply_have_no_warnings(http, client, vectors):
+    name = unique_name("nowarn")
+    assert http.put(f"/collections/{name}", json={"vectors": vectors}).status_code == 200
+    try:
+        assert not http.get(f"/collections/{name}").json()["result"].get("warnings")
+    finally:
+        client.delete_collection(name)
 
 
 def test_update_collection_changes_a_live_collection_as_qdrant_does(client, collection, http):
@@ -414,7 +426,7 @@ def test_zero_optimization_threads_pause_optimizations_and_show_grey(client, col
     rng = np.random.default_rng(6)
     vectors = rng.normal(size=(300, 4)).tolist()
     client.upsert(name, points=[m.PointStruct(id=i, vector=vectors[i]) for i in range(300)], wait=True)
-    info = client.get_collection(name)
+    info = _wait_for_info(client, name, lambda i: i.status == m.CollectionStatus.GREY, seconds=10)
     assert info.status == m.CollectionStatus.GREY, info
     assert info.indexed_vectors_count == 0
     assert info.config.optimizer_config.max_optimization_threads == 0

@@ -578,3 +578,31 @@ def test_set_payload_with_an_index_past_the_end_changes_nothing(client, euclid8)
     assert client.retrieve(euclid8, ids=[1])[0].payload == {"nest": [{"a": "1"}]}
     client.set_payload(euclid8, payload={"d": "4"}, points=[1], key="nest[0]", wait=True)
     assert client.retrieve(euclid8, ids=[1])[0].payload == {"nest": [{"a": "1", "d": "4"}]}
+
+
+def test_uint8_and_float16_vectors_hold_the_values_qdrant_holds(client, http):
+    """`datatype` converts stored and query vectors as Qdrant 1.18 does: uint8 truncates and
+    saturates, float16 rounds to half precision (and a value past its range is refused)."""
+    from qdrant_client import models as m
+
+    name = f"u8_{uuid.uuid4().hex[:10]}"
+    r = http.put(f"/collections/{name}", json={"vectors": {"size": 4, "distance": "Dot", "datatype": "uint8"}})
+    assert r.status_code == 200, r.text
+    half = f"{name}_f16"
+    r = http.put(f"/collections/{half}", json={"vectors": {"size": 4, "distance": "Euclid", "datatype": "float16"}})
+    assert r.status_code == 200, r.text
+    try:
+        client.upsert(name, points=[m.PointStruct(id=1, vector=[1.7, 300.0, -3.0, 4.2])], wait=True)
+        assert client.retrieve(name, [1], with_vectors=True)[0].vector == [1.0, 255.0, 0.0, 4.0]
+        # The query is truncated too: [1.9, 1.2, 1.0, 1.5] scores as [1, 1, 1, 1].
+        hit = client.query_points(name, query=[1.9, 1.2, 1.0, 1.5], limit=1).points[0]
+        assert hit.score == pytest.approx(260.0)
+
+        client.upsert(half, points=[m.PointStruct(id=1, vector=[0.1, 1.0, -2049.0, 3.0])], wait=True)
+        assert client.retrieve(half, [1], with_vectors=True)[0].vector == pytest.approx([0.099975586, 1.0, -2048.0, 3.0])
+        r = http.put(f"/collections/{half}/points?wait=true", json={"points": [{"id": 2, "vector": [0.0, 0.0, 0.0, 70000.0]}]})
+        assert r.status_code == 400 and "float16" in r.json()["status"]["error"], r.text
+        assert client.count(half, exact=True).count == 1
+    finally:
+        client.delete_collection(name)
+        client.delete_collection(half)

@@ -43,8 +43,8 @@ pub struct VectorParams {
     /// MaxSim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multivector_config: Option<MultiVectorConfig>,
-    /// The element type Qdrant would store; Shoal stores `float32` for every datatype and
-    /// reports the configured one.
+    /// The element type of the values: vectors (stored and query alike) are brought to its
+    /// values as Qdrant converts them (see [`Datatype::prepare`]) and kept as `f32`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datatype: Option<Datatype>,
 }
@@ -84,6 +84,56 @@ pub enum Datatype {
     Float32,
     Float16,
     Uint8,
+}
+
+impl Datatype {
+    /// Brings an incoming vector (one to store, or a query) into the values a dense vector of
+    /// `datatype` holds, with `distance`'s preprocessing, in Qdrant 1.18's order
+    /// (`lib/segment/src/data_types/primitive.rs`, `NamedVectors::preprocess_dense_vector`):
+    ///
+    /// - `float32` (or unset): Cosine vectors are normalised ([`Distance::preprocess`]).
+    /// - `float16`: normalised first (Cosine), then each value rounded to the nearest
+    ///   half-precision value. A value past float16's range (|x| >= 65520 rounds to infinity,
+    ///   which Qdrant stores) is refused instead: it would make every score with it NaN.
+    /// - `uint8` with Dot, Euclid or Manhattan: each value becomes `x as u8` (truncated toward
+    ///   zero, saturating at 0 and 255), as in Qdrant.
+    /// - `uint8` with Cosine: normalised as `float32` and not truncated. Qdrant keeps the
+    ///   integers and divides by both norms when scoring; Shoal's stored form for Cosine is the
+    ///   normalised vector, which truncating again (a stored vector used as a query) would
+    ///   destroy. The collection's `warnings` say so.
+    ///
+    /// Applying it to a vector it produced changes nothing (up to float16 rounding of a
+    /// renormalised Cosine vector), so stored vectors can be used as queries. The values stay
+    /// `f32` (4 bytes each) in memory and in segment files.
+    pub fn prepare(
+        datatype: Option<Datatype>,
+        distance: Distance,
+        values: &mut [f32],
+    ) -> Result<(), String> {
+        match datatype {
+            None | Some(Datatype::Float32) => distance.preprocess(values),
+            Some(Datatype::Float16) => {
+                distance.preprocess(values);
+                for x in values.iter_mut() {
+                    let half = half::f16::from_f32(*x);
+                    if half.is_infinite() {
+                        return Err(format!(
+                            "value {x} does not fit the vector's datatype float16 \
+                             (at most 65504 in magnitude)"
+                        ));
+                    }
+                    *x = half.to_f32();
+                }
+            }
+            Some(Datatype::Uint8) if distance == Distance::Cosine => distance.preprocess(values),
+            Some(Datatype::Uint8) => {
+                for x in values.iter_mut() {
+                    *x = f32::from(*x as u8);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How a sparse vector's scores are modified: `idf` weighs each dimension by its inverse
@@ -909,7 +959,86 @@ impl PayloadIndexEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    fn prepared(
+        datatype: Datatype,
+        distance: Distance,
+        values: &[f32],
+    ) -> Result<Vec<f32>, String> {
+        let mut v = values.to_vec();
+        Datatype::prepare(Some(datatype), distance, &mut v).map(|()| v)
+    }
+
+    /// The conversions of Qdrant 1.18 (`primitive.rs`): uint8 truncates and saturates (its
+    /// own test turns [-10, 1, 2, 3, 255, 300] into [0, 1, 2, 3, 255, 255]), float16 rounds to
+    /// the nearest half-precision value.
+    #[test]
+    fn datatypes_convert_values_as_qdrant_does() {
+        for distance in [Distance::Dot, Distance::Euclid, Distance::Manhattan] {
+            assert_eq!(
+                prepared(
+                    Datatype::Uint8,
+                    distance,
+                    &[-10.0, 1.0, 2.9, 3.0, 255.7, 300.0, -0.5]
+                ),
+                Ok(vec![0.0, 1.0, 2.0, 3.0, 255.0, 255.0, 0.0])
+            );
+        }
+        assert_eq!(
+            prepared(
+                Datatype::Float16,
+                Distance::Dot,
+                &[0.1, 1.0, -2049.0, 65504.0]
+            ),
+            Ok(vec![0.099975586, 1.0, -2048.0, 65504.0])
+        );
+        // Past float16's range Qdrant would store infinity; Shoal refuses the vector.
+        let err = prepared(Datatype::Float16, Distance::Euclid, &[0.0, 65520.0]).unwrap_err();
+        assert!(err.contains("float16"), "{err}");
+        // Cosine float16: normalised, then rounded.
+        let v = prepared(Datatype::Float16, Distance::Cosine, &[3.0, 4.0]).unwrap();
+        assert_eq!(
+            v,
+            vec![
+                half::f16::from_f32(0.6).to_f32(),
+                half::f16::from_f32(0.8).to_f32()
+            ]
+        );
+        // Cosine uint8 is normalised as float32, not truncated (see `Datatype::prepare`).
+        assert_eq!(
+            prepared(Datatype::Uint8, Distance::Cosine, &[3.0, 4.0]),
+            Ok(vec![0.6, 0.8])
+        );
+        // float32 is only the distance's preprocessing.
+        assert_eq!(
+            prepared(Datatype::Float32, Distance::Dot, &[0.1, 300.5]),
+            Ok(vec![0.1, 300.5])
+        );
+    }
+
+    proptest! {
+        /// A stored vector used as a query (recommend by id, `lookup_from`) is prepared again:
+        /// that must not change it.
+        #[test]
+        fn preparing_a_prepared_vector_changes_nothing(
+            values in prop::collection::vec(-1000.0f32..1000.0, 1..16),
+            datatype in prop_oneof![Just(Datatype::Float32), Just(Datatype::Float16), Just(Datatype::Uint8)],
+            distance in prop_oneof![Just(Distance::Dot), Just(Distance::Euclid), Just(Distance::Manhattan), Just(Distance::Cosine)],
+        ) {
+            let once = prepared(datatype, distance, &values).unwrap();
+            let twice = prepared(datatype, distance, &once).unwrap();
+            for (a, b) in once.iter().zip(&twice) {
+                // Renormalising a float16 Cosine vector may move a value by one float16 step.
+                let step = if distance == Distance::Cosine { 1e-3 } else { 0.0 };
+                prop_assert!((a - b).abs() <= step, "{:?} then {:?}", once, twice);
+            }
+            if datatype == Datatype::Uint8 && distance != Distance::Cosine {
+                prop_assert!(once.iter().all(|x| x.fract() == 0.0 && (0.0..=255.0).contains(x)));
+            }
+        }
+    }
 
     fn named() -> CollectionConfig {
         let mut config = CollectionConfig::single_dense(4, Distance::Dot);

@@ -19,8 +19,8 @@ use crate::cluster::shard_requests::{
     ShardSparseStats, ShardTarget, StreamFence, StreamScope, StreamedUpdate, WriteOrdering,
 };
 use crate::collection_config::{
-    CollectionConfig, MAX_MULTIVECTOR_LEN, MAX_SPARSE_ENTRIES, Modifier, PayloadIndexEntry,
-    ShardingMethod, VectorKind,
+    CollectionConfig, Datatype, MAX_MULTIVECTOR_LEN, MAX_SPARSE_ENTRIES, Modifier,
+    PayloadIndexEntry, ShardingMethod, VectorKind,
 };
 use crate::consensus::{
     ClusterError, ClusterOperation, CollectionMeta, PeerId, PeerInfo, ReplicaState,
@@ -2818,8 +2818,9 @@ fn prepare_vectors(
 }
 
 /// Checks a vector against the configured vector `name` and brings it into its stored form:
-/// the size (and Qdrant's limits) must match, values must be finite; Cosine vectors (and each
-/// Cosine sub-vector) are normalised, sparse vectors sorted by index.
+/// the size (and Qdrant's limits) must match, values must be finite; dense values take the
+/// vector's `datatype` and Cosine vectors (and each Cosine sub-vector) are normalised (see
+/// [`Datatype::prepare`]), sparse vectors sorted by index.
 pub fn prepare_vector(
     config: &CollectionConfig,
     name: &str,
@@ -2844,6 +2845,7 @@ pub fn prepare_vector(
         }
         finite(v)
     };
+    let convert_error = |e: String| CollectionError::BadInput(format!("vector `{shown}`: {e}"));
     let Some(kind) = config.vector_kind(name) else {
         return Err(CollectionError::BadInput(format!(
             "Not existing vector name error: {shown}"
@@ -2852,7 +2854,7 @@ pub fn prepare_vector(
     match (kind, vector) {
         (VectorKind::Dense(p), VectorData::Dense(mut v)) => {
             size_check(&v, p.size)?;
-            p.distance.preprocess(&mut v);
+            Datatype::prepare(p.datatype, p.distance, &mut v).map_err(convert_error)?;
             Ok(VectorData::Dense(v))
         }
         (VectorKind::Multi(p), VectorData::Multi(mut vs)) => {
@@ -2869,7 +2871,7 @@ pub fn prepare_vector(
             }
             for v in &mut vs {
                 size_check(v, p.size)?;
-                p.distance.preprocess(v);
+                Datatype::prepare(p.datatype, p.distance, v).map_err(convert_error)?;
             }
             Ok(VectorData::Multi(vs))
         }

@@ -26,8 +26,10 @@ pub const MAX_ARRAY_INDEX: usize = 65_535;
 /// as level 1 (so `{"a": {"b": 1}}` is 2 deep). Payloads are stored and logged as JSON text and
 /// `serde_json` refuses to read back anything nested 128 deep, so a deeper payload would be
 /// acknowledged and then make its WAL entry and its segment unreadable. Qdrant has no explicit
-/// bound; its REST parser stops at the same 128 levels for the whole request body, so this
-/// only refuses what a `set_payload` key path would push past them.
+/// bound; its REST parser stops at the same 128 levels for the whole request body, which lets
+/// an upserted payload reach about 124. Shoal refuses from 101 levels on, leaving room for the
+/// levels an answer or a record wraps around a payload, and counts the levels a `set_payload`
+/// key path adds.
 pub const MAX_PAYLOAD_DEPTH: usize = 100;
 
 /// How deeply `payload` nests (see [`MAX_PAYLOAD_DEPTH`]): 1 for `{}` and `{"a": 1}`, 2 for

@@ -830,23 +830,28 @@ impl TopK {
     }
 }
 
-/// Shared machinery for building graphs: rayon pools of at most the node's indexing threads
+/// Shared machinery for building graphs: a rayon pool of the node's indexing threads
 /// (`storage.optimizer_threads`), one build at a time, so indexing never takes more than those
 /// threads away from serving.
 pub struct IndexBuilder {
-    /// The node's budget of indexing threads.
+    /// The node's budget of indexing threads, all in `pool`.
     threads: usize,
-    /// One pool per thread count a collection asked for (`hnsw_config.max_indexing_threads`),
-    /// made on first use; at most `threads` pools.
-    pools: Mutex<BTreeMap<usize, Arc<rayon::ThreadPool>>>,
+    pool: Arc<rayon::ThreadPool>,
     slot: Mutex<()>,
 }
 
 impl IndexBuilder {
     pub fn new(threads: usize) -> IndexBuilder {
+        let threads = threads.max(1);
         IndexBuilder {
-            threads: threads.max(1),
-            pools: Mutex::new(BTreeMap::new()),
+            threads,
+            pool: Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("shoal-index-{i}"))
+                    .build()
+                    .expect("the indexing thread pool starts"),
+            ),
             slot: Mutex::new(()),
         }
     }
@@ -861,19 +866,25 @@ impl IndexBuilder {
         }
     }
 
-    /// The pool a graph build with `max_indexing_threads` runs on (see [`Self::threads_for`]).
+    /// The pool one graph build with `max_indexing_threads` runs on (see
+    /// [`Self::threads_for`]): the node's pool, or a smaller one made for this build (cheap
+    /// next to the build, and gone with it). If that cannot be made, the node's pool.
     pub fn pool_for(&self, max_indexing_threads: usize) -> Arc<rayon::ThreadPool> {
         let threads = self.threads_for(max_indexing_threads);
-        let mut pools = self.pools.lock();
-        Arc::clone(pools.entry(threads).or_insert_with(|| {
-            Arc::new(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .thread_name(move |i| format!("shoal-index-{threads}-{i}"))
-                    .build()
-                    .expect("the indexing thread pool starts"),
-            )
-        }))
+        if threads == self.threads {
+            return Arc::clone(&self.pool);
+        }
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("shoal-index-small-{i}"))
+            .build()
+        {
+            Ok(pool) => Arc::new(pool),
+            Err(error) => {
+                tracing::warn!(%error, threads, "no pool for a smaller graph build; using the node's");
+                Arc::clone(&self.pool)
+            }
+        }
     }
 }
 
@@ -2227,18 +2238,17 @@ impl LocalShard {
 
     /// Whether the optimizer has nothing left to do (payload indexes to build included).
     pub fn optimizer_status(&self) -> OptimizerStatus {
-        if self.optimizing.load(Ordering::SeqCst) > 0 {
-            return OptimizerStatus::Busy;
-        }
         let state = self.state.read();
         let pending = state.segments.values().any(|s| {
             (s.stage() == SegmentStage::Frozen && s.live_count() > 0)
                 || vacuum_candidate(&state.config, s)
                 || payload_index_stale(&state.payload_schema, s)
         }) || merge_candidates(&state).is_some();
+        // Paused wins over a step in progress: with optimizations off a step only refreshes
+        // payload indexes and finds nothing else to do.
         if pending && optimizations_off(&state.config) {
             OptimizerStatus::Paused
-        } else if pending {
+        } else if pending || self.optimizing.load(Ordering::SeqCst) > 0 {
             OptimizerStatus::Busy
         } else {
             OptimizerStatus::Idle
@@ -2345,9 +2355,17 @@ impl LocalShard {
         if *retired {
             return false;
         }
+        /// Counts the step as running until it returns or unwinds.
+        struct Running<'a>(&'a AtomicUsize);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         self.optimizing.fetch_add(1, Ordering::SeqCst);
+        let running = Running(&self.optimizing);
         let did = self.optimize_step_inner(builder);
-        self.optimizing.fetch_sub(1, Ordering::SeqCst);
+        drop(running);
         drop(retired);
         did
     }
@@ -2903,6 +2921,13 @@ fn merge_candidates(state: &ShardState) -> Option<Vec<SegmentId>> {
     (picked.len() >= 2).then_some(picked)
 }
 
+/// `max_optimization_threads: 0` switches the optimizer off, as in Qdrant: no segment is
+/// indexed, vacuumed or merged (payload indexes are still built). Any other value allows the
+/// one job a shard runs at a time (Shoal runs one optimization per node; see [`IndexBuilder`]).
+fn optimizations_off(config: &CollectionConfig) -> bool {
+    config.optimizer_config.max_optimization_threads == Some(0)
+}
+
 /// The indexing work due, if any. A sealed segment on disk whose index was dropped (its graph
 /// parameters changed) is written anew, as a new directory (a vacuum). Sealed segments waiting
 /// in memory are indexed together, smallest first within the merge size limit: while an
@@ -2911,13 +2936,6 @@ fn merge_candidates(state: &ShardState) -> Option<Vec<SegmentId>> {
 /// likewise takes small segments along). For the same reason the smallest indexed segments
 /// join the build when it would otherwise leave more indexed segments than
 /// [`target_segment_count`].
-/// `max_optimization_threads: 0` switches the optimizer off, as in Qdrant: no segment is
-/// indexed, vacuumed or merged (payload indexes are still built). Any other value allows the
-/// one job a shard runs at a time (Shoal runs one optimization per node; see [`IndexBuilder`]).
-fn optimizations_off(config: &CollectionConfig) -> bool {
-    config.optimizer_config.max_optimization_threads == Some(0)
-}
-
 fn index_job(state: &ShardState) -> Option<OptimizerJob> {
     let mut frozen: Vec<&Segment> = state
         .segments
@@ -3424,9 +3442,9 @@ mod tests {
                 "max_indexing_threads {asked}"
             );
         }
-        // One pool per thread count, made once.
-        assert!(Arc::ptr_eq(&builder.pool_for(2), &builder.pool_for(2)));
+        // The whole budget is the node's own pool.
         assert!(Arc::ptr_eq(&builder.pool_for(0), &builder.pool_for(16)));
+        assert!(!Arc::ptr_eq(&builder.pool_for(0), &builder.pool_for(2)));
     }
 
     /// A payload at the API's depth limit (`MAX_PAYLOAD_DEPTH`) is read back from every place a

@@ -62,3 +62,57 @@ async fn flush_loop(shard: Arc<LocalShard>) {
         last = tokio::time::Instant::now();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::collection_config::CollectionConfig;
+    use crate::shard::operations::{PointWrite, UpdateRequest};
+    use crate::storage::wal::SyncMode;
+    use crate::types::{Distance, Payload, PointId};
+
+    /// A `flush_interval_sec` changed on a live collection applies without a restart (it used
+    /// to be read once, when the flusher started).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shorter_flush_interval_applies_to_a_running_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = CollectionConfig::single_dense(2, Distance::Dot);
+        config.optimizer_config.flush_interval_sec = 3600;
+        let shard =
+            Arc::new(LocalShard::open(dir.path(), Arc::new(config.clone()), SyncMode::Os).unwrap());
+        spawn(Arc::clone(&shard), Arc::new(IndexBuilder::new(1)));
+        let write = vec![PointWrite::dense(
+            PointId::Num(1),
+            vec![1.0, 0.0],
+            Payload::new(),
+        )];
+        shard.update(UpdateRequest::Upsert(write)).unwrap();
+        let written = shard.stats().last_seq;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            shard.stats().flushed_seq < written,
+            "not flushed within the hour's period"
+        );
+        config.optimizer_config.flush_interval_sec = 1;
+        shard.set_config(Arc::new(config));
+        // `set_config` flushes once by itself; the next write shows the flusher's new period.
+        let write = vec![PointWrite::dense(
+            PointId::Num(2),
+            vec![0.0, 1.0],
+            Payload::new(),
+        )];
+        shard.update(UpdateRequest::Upsert(write)).unwrap();
+        let written = shard.stats().last_seq;
+        let started = Instant::now();
+        while shard.stats().flushed_seq < written && started.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        shard.cancel();
+        assert!(
+            shard.stats().flushed_seq >= written,
+            "flushed within 20 s of a 1 s period"
+        );
+    }
+}

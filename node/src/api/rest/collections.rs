@@ -186,11 +186,12 @@ pub async fn update(
 /// What the configuration asks for that Shoal stores and reports but does not apply, one
 /// warning each (Qdrant's `warnings` field of the collection info): product and binary
 /// quantization, quantization of multivectors and settings stored before they were validated
-/// that do not parse (scalar int8 of single dense vectors is applied), `datatype` other than
-/// float32, `payload_m`, `inline_storage`, sparse indexes `on_disk`, `memmap_threshold` and
+/// that do not parse (scalar int8 of single dense vectors is applied), `uint8` with Cosine,
+/// `payload_m`, `inline_storage`, sparse indexes `on_disk`, `memmap_threshold` and
 /// `prevent_unoptimized`.
 fn warnings(config: &CollectionConfig) -> Vec<crate::api::rest::models::CollectionWarning> {
     use crate::collection_config::Datatype;
+    use crate::types::Distance;
     let names = |pick: &dyn Fn(&str, &crate::collection_config::VectorParams) -> bool| {
         config
             .params
@@ -216,16 +217,19 @@ fn warnings(config: &CollectionConfig) -> Vec<crate::api::rest::models::Collecti
             unquantized.join(", ")
         ));
     }
-    let narrowed =
-        names(&|_, params| matches!(params.datatype, Some(Datatype::Uint8 | Datatype::Float16)));
-    if !narrowed.is_empty() {
+    let normalised_bytes = names(&|_, params| {
+        params.datatype == Some(Datatype::Uint8) && params.distance == Distance::Cosine
+    });
+    if !normalised_bytes.is_empty() {
         messages.push(format!(
-            "datatype of {} is stored but not applied: vectors are kept, returned and scored \
-             as float32 values as sent (Qdrant truncates uint8 values and rounds float16 ones)",
-            narrowed.join(", ")
+            "datatype uint8 of {} is not applied with Cosine: values are normalised as \
+             float32 without truncating them to integers first (other distances truncate them \
+             as Qdrant does)",
+            normalised_bytes.join(", ")
         ));
     }
-    let payload_m = names(&|name, _| config.hnsw_for(name).payload_m.is_some());
+    // `payload_m: 0` asks for no payload links, which is what Shoal does.
+    let payload_m = names(&|name, _| config.hnsw_for(name).payload_m.is_some_and(|m| m > 0));
     if !payload_m.is_empty() {
         messages.push(format!(
             "hnsw_config.payload_m of {} is stored but not applied: graphs get no extra links \
