@@ -272,8 +272,10 @@ def test_collection_info_warns_about_settings_not_applied(client, http):
         ({"vectors": {"size": 4, "distance": "Dot"}, "optimizers_config": {"memmap_threshold": 20000}}, "memmap_threshold"),
         ({"vectors": {"size": 4, "distance": "Dot"}, "optimizers_config": {"prevent_unoptimized": True}}, "prevent_unoptimized"),
         ({"vectors": {}, "sparse_vectors": {"s": {"index": {"on_disk": True}}}}, "sparse index on_disk of `s`"),
+        ({"vectors": {}, "sparse_vectors": {"s": {"index": {"datatype": "uint8"}}}}, "sparse index datatype of `s`"),
     ],
-    ids=["uint8_cosine", "payload_m", "inline_storage", "memmap_threshold", "prevent_unoptimized", "sparse_on_disk"],
+    ids=["uint8_cosine", "payload_m", "inline_storage", "memmap_threshold", "prevent_unoptimized", "sparse_on_disk",
+         "sparse_datatype"],
 )
 def test_settings_stored_but_not_applied_are_reported_as_warnings(http, client, body, needle):
     """A setting Shoal keeps and reports but does not act on is named in the info's warnings;

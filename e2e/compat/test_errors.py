@@ -366,3 +366,18 @@ def test_payload_at_the_depth_limit_is_stored_and_read_back(client, http, collec
     for _ in range(98):
         got = got["k"]
     assert got == {"x": {"y": 1}}
+
+
+def test_a_batch_with_a_refused_vector_applies_none_of_its_operations(http, populated):
+    """The batch's first operations are fine on their own; a later one carries a vector of the
+    wrong size, so the whole batch is refused and nothing changes (the fixture checks it)."""
+    name, _ = populated
+    batch = {
+        "operations": [
+            {"upsert": {"points": [{"id": 100, "vector": [1.0, 2.0, 3.0, 4.0]}]}},
+            {"overwrite_payload": {"points": [2], "payload": {"fine": True}}},
+            {"upsert": {"points": [{"id": 101, "vector": [1.0, 2.0]}]}},
+        ]
+    }
+    r = http.post(f"/collections/{name}/points/batch?wait=true", json=batch)
+    assert "dimension" in assert_error_body(r, 400)

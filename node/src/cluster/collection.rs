@@ -1182,14 +1182,22 @@ impl Collection {
     }
 
     /// Checks an incoming vector against the collection's vector `name` (kind, size, finite
-    /// values, Qdrant's limits) and brings it into its stored form (Cosine vectors and
-    /// sub-vectors normalised, sparse vectors sorted by index).
+    /// values, Qdrant's limits) and brings it into its stored form (see [`prepare_vector`]:
+    /// dense values in the vector's `datatype`, Cosine vectors and sub-vectors normalised,
+    /// sparse vectors sorted by index).
     pub fn prepare_vector(
         &self,
         name: &str,
         vector: VectorData,
     ) -> Result<VectorData, CollectionError> {
         prepare_vector(&self.config(), name, vector)
+    }
+
+    /// Checks `request`'s vectors and payloads as [`Self::update`] does, without applying it:
+    /// the same error `update` would answer, or `Ok`. A batch checks every operation first, so
+    /// that a refused one changes nothing. Costs a copy of the request.
+    pub fn check_update(&self, request: &UpdateRequest) -> Result<(), CollectionError> {
+        self.prepare_request(request.clone()).map(drop)
     }
 
     /// Checks and brings into stored form every vector an update carries (see

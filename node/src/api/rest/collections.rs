@@ -187,7 +187,7 @@ pub async fn update(
 /// warning each (Qdrant's `warnings` field of the collection info): product and binary
 /// quantization, quantization of multivectors and settings stored before they were validated
 /// that do not parse (scalar int8 of single dense vectors is applied), `uint8` with Cosine,
-/// `payload_m`, `inline_storage`, sparse indexes `on_disk`, `memmap_threshold` and
+/// `payload_m`, `inline_storage`, sparse indexes `on_disk` and `datatype`, `memmap_threshold` and
 /// `prevent_unoptimized`.
 fn warnings(config: &CollectionConfig) -> Vec<crate::api::rest::models::CollectionWarning> {
     use crate::collection_config::Datatype;
@@ -255,6 +255,23 @@ fn warnings(config: &CollectionConfig) -> Vec<crate::api::rest::models::Collecti
             "the sparse index on_disk of {} is stored but not applied: sparse indexes are \
              kept in memory",
             sparse_on_disk.join(", ")
+        ));
+    }
+    let sparse_narrowed: Vec<String> = config
+        .sparse_iter()
+        .filter(|(_, p)| {
+            p.index
+                .as_ref()
+                .and_then(|i| i.datatype)
+                .is_some_and(|d| d != Datatype::Float32)
+        })
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
+    if !sparse_narrowed.is_empty() {
+        messages.push(format!(
+            "the sparse index datatype of {} is stored but not applied: sparse weights are \
+             kept and scored as float32 (Qdrant compresses them in optimized segments only)",
+            sparse_narrowed.join(", ")
         ));
     }
     let optimizers = &config.optimizer_config;

@@ -368,11 +368,10 @@ pub async fn batch_update(
         })
         .collect::<Result<Vec<Addressed>, ApiError>>()?;
     // Each operation is checked again when it is applied; checking them all first keeps a
-    // refused payload later in the batch from leaving the earlier operations applied.
+    // refused vector or payload later in the batch from leaving the earlier operations
+    // applied.
     for (request, _) in &requests {
-        request
-            .check_payload_depth()
-            .map_err(|e| ApiError::bad_request(format!("Wrong input: {e}")))?;
+        collection.check_update(request)?;
     }
     strict_mode::check_updates(&state, &collection, wait.timeout, &requests).await?;
     let status = if wait.wait.unwrap_or(false) {
