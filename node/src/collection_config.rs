@@ -676,6 +676,14 @@ impl CollectionConfig {
         hnsw
     }
 
+    /// Points an appendable segment holds before it is frozen for indexing: the optimizer's
+    /// `indexing_threshold` (capped by `max_segment_size`) over [`Self::point_vector_bytes`];
+    /// `None` when indexing is off.
+    pub fn indexing_threshold_points(&self) -> Option<usize> {
+        self.optimizer_config
+            .indexing_threshold_points(self.point_vector_bytes())
+    }
+
     /// Bytes of dense vector data per point, over every dense and multi-vector (a multivector
     /// counted as one sub-vector): what `indexing_threshold` and segment sizes are measured in.
     pub fn point_vector_bytes(&self) -> usize {

@@ -99,6 +99,11 @@ pub enum CollectionStatus {
     Grey,
 }
 
+/// An update whose vectors and payloads [`Collection::prepare_update`] checked and brought
+/// into stored form.
+#[derive(Debug)]
+pub struct PreparedUpdate(UpdateRequest);
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CollectionStats {
     pub status: CollectionStatus,
@@ -1193,11 +1198,14 @@ impl Collection {
         prepare_vector(&self.config(), name, vector)
     }
 
-    /// Checks `request`'s vectors and payloads as [`Self::update`] does, without applying it:
-    /// the same error `update` would answer, or `Ok`. A batch checks every operation first, so
-    /// that a refused one changes nothing. Costs a copy of the request.
-    pub fn check_update(&self, request: &UpdateRequest) -> Result<(), CollectionError> {
-        self.prepare_request(request.clone()).map(drop)
+    /// Checks `request`'s vectors and payloads and brings them into stored form, as
+    /// [`Self::update`] does before applying it; [`Self::update_prepared`] applies the result.
+    /// A batch prepares every operation first, so that a refused one changes nothing.
+    pub fn prepare_update(
+        &self,
+        request: UpdateRequest,
+    ) -> Result<PreparedUpdate, CollectionError> {
+        self.prepare_request(request).map(PreparedUpdate)
     }
 
     /// Checks and brings into stored form every vector an update carries (see
@@ -1327,7 +1335,17 @@ impl Collection {
         selector: Option<&ShardKeySelector>,
         ordering: WriteOrdering,
     ) -> Result<u64, CollectionError> {
-        let request = self.prepare_request(request)?;
+        let prepared = self.prepare_update(request)?;
+        self.update_prepared(prepared, selector, ordering).await
+    }
+
+    /// [`Self::update`] of a request [`Self::prepare_update`] has checked already.
+    pub async fn update_prepared(
+        &self,
+        PreparedUpdate(request): PreparedUpdate,
+        selector: Option<&ShardKeySelector>,
+        ordering: WriteOrdering,
+    ) -> Result<u64, CollectionError> {
         let layout = self.layout();
         // During a resharding a replica refuses points its shard no longer owns (this peer may
         // route by an older ring than the replica's peer): then route again, once, by a newer

@@ -59,6 +59,17 @@ pub fn payload_depth(payload: &Payload) -> usize {
         .unwrap_or(0)
 }
 
+/// `{"n": {"n": ... 1}}`: a payload `depth` levels deep (see [`payload_depth`]), for tests of
+/// [`MAX_PAYLOAD_DEPTH`].
+#[cfg(test)]
+pub fn nested_payload(depth: usize) -> Payload {
+    let mut value = Value::from(1);
+    for _ in 1..depth {
+        value = Value::Object(Payload::from_iter([("n".to_string(), value)]));
+    }
+    Payload::from_iter([("n".to_string(), value)])
+}
+
 /// One step of a path after its first key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PathSegment {
@@ -730,11 +741,10 @@ mod tests {
             assert_eq!(payload_depth(&payload(doc.clone())), depth, "{doc}");
         }
         // Counting stops just past the limit: the answer still says "too deep".
-        let mut deep = json!(1);
-        for _ in 0..(MAX_PAYLOAD_DEPTH + 20) {
-            deep = json!({ "n": deep });
-        }
-        assert_eq!(payload_depth(&payload(deep)), MAX_PAYLOAD_DEPTH + 1);
+        assert_eq!(
+            payload_depth(&nested_payload(MAX_PAYLOAD_DEPTH + 20)),
+            MAX_PAYLOAD_DEPTH + 1
+        );
     }
 
     /// A payload at the limit can be written as JSON and read back: the limit sits below
@@ -742,11 +752,7 @@ mod tests {
     /// around a payload.
     #[test]
     fn a_payload_at_the_limit_reads_back_from_json() {
-        let mut deep = json!(1);
-        for _ in 0..MAX_PAYLOAD_DEPTH - 1 {
-            deep = json!({ "n": deep });
-        }
-        let doc = payload(json!({ "n": deep }));
+        let doc = nested_payload(MAX_PAYLOAD_DEPTH);
         assert_eq!(payload_depth(&doc), MAX_PAYLOAD_DEPTH);
         let wrapped = json!({"result": {"points": [{"payload": doc}]}});
         let text = serde_json::to_string(&wrapped).unwrap();

@@ -1023,9 +1023,7 @@ impl LocalShard {
         )
         .map_err(io_err(&wal_dir))?;
         let mut state = ShardState {
-            freeze_at: config
-                .optimizer_config
-                .indexing_threshold_points(config.point_vector_bytes()),
+            freeze_at: config.indexing_threshold_points(),
             config: Arc::clone(&config),
             segments: BTreeMap::new(),
             appendable: 0,
@@ -1222,9 +1220,7 @@ impl LocalShard {
         // to the points already in the appendable segment too, as Qdrant's indexing optimizer
         // picks up any segment past the threshold: indexing switched off for a bulk upload and
         // then on again indexes the upload.
-        state.freeze_at = config
-            .optimizer_config
-            .indexing_threshold_points(config.point_vector_bytes());
+        state.freeze_at = config.indexing_threshold_points();
         state.config = config;
         state.freeze_if_full();
         // Columns voided in segments on disk are recorded with the segment list.
@@ -3453,17 +3449,13 @@ mod tests {
     /// then refuse the segment at open.
     #[test]
     fn payloads_at_the_depth_limit_survive_the_wal_the_segment_files_and_reopen() {
-        use crate::index::payload_path::{MAX_PAYLOAD_DEPTH, payload_depth};
+        use crate::index::payload_path::{MAX_PAYLOAD_DEPTH, nested_payload, payload_depth};
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(4, 1);
         assert!(cfg.params.on_disk_payload);
         let builder = IndexBuilder::new(1);
         let open = || LocalShard::open(dir.path(), Arc::clone(&cfg), SyncMode::Os).unwrap();
-        let mut deep = serde_json::json!(1);
-        for _ in 1..MAX_PAYLOAD_DEPTH {
-            deep = serde_json::json!({ "n": deep });
-        }
-        let deep = Payload::from_iter([("n".to_string(), deep)]);
+        let deep = nested_payload(MAX_PAYLOAD_DEPTH);
         assert_eq!(payload_depth(&deep), MAX_PAYLOAD_DEPTH);
         let mut rng = StdRng::seed_from_u64(7);
         let mut writes = points(0..150, 4, &mut rng);

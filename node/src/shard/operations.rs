@@ -395,6 +395,7 @@ impl WalEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::payload_path::nested_payload;
 
     #[test]
     fn operations_round_trip_through_the_wal_encoding() {
@@ -513,17 +514,9 @@ mod tests {
         );
     }
 
-    fn nested(depth: usize) -> Payload {
-        let mut value = serde_json::json!(1);
-        for _ in 1..depth {
-            value = serde_json::json!({ "n": value });
-        }
-        Payload::from_iter([("n".to_string(), value)])
-    }
-
     #[test]
     fn payloads_past_the_depth_limit_are_refused_and_the_limit_itself_is_logged_and_read_back() {
-        let at_limit = nested(MAX_PAYLOAD_DEPTH);
+        let at_limit = nested_payload(MAX_PAYLOAD_DEPTH);
         let upsert = |payload: Payload| {
             UpdateRequest::Upsert(vec![PointWrite::dense(PointId::Num(1), vec![0.0], payload)])
         };
@@ -551,17 +544,21 @@ mod tests {
             assert_eq!(request.check_payload_depth(), Ok(()), "{request:?}");
         }
         let refused = [
-            upsert(nested(MAX_PAYLOAD_DEPTH + 1)),
+            upsert(nested_payload(MAX_PAYLOAD_DEPTH + 1)),
             UpdateRequest::ConditionalUpsert {
-                points: vec![PointWrite::dense(PointId::Num(2), vec![0.0], nested(400))],
+                points: vec![PointWrite::dense(
+                    PointId::Num(2),
+                    vec![0.0],
+                    nested_payload(400),
+                )],
                 mode: UpdateMode::InsertOnly,
                 filter: None,
             },
             set_at(&key_of(100), flat),
-            set_at(&key_of(50), nested(60)),
+            set_at(&key_of(50), nested_payload(60)),
             UpdateRequest::SetPayload {
                 selection: PointSelection::Ids(vec![PointId::Num(1)]),
-                payload: nested(MAX_PAYLOAD_DEPTH + 1),
+                payload: nested_payload(MAX_PAYLOAD_DEPTH + 1),
                 key: None,
             },
         ];

@@ -245,11 +245,14 @@ fn warnings(config: &CollectionConfig) -> Vec<crate::api::rest::models::Collecti
             inline.join(", ")
         ));
     }
-    let sparse_on_disk: Vec<String> = config
-        .sparse_iter()
-        .filter(|(_, p)| p.index.as_ref().and_then(|i| i.on_disk) == Some(true))
-        .map(|(name, _)| format!("`{name}`"))
-        .collect();
+    let sparse_names = |pick: &dyn Fn(&crate::collection_config::SparseIndexParams) -> bool| {
+        config
+            .sparse_iter()
+            .filter(|(_, p)| p.index.as_ref().is_some_and(pick))
+            .map(|(name, _)| format!("`{name}`"))
+            .collect::<Vec<_>>()
+    };
+    let sparse_on_disk = sparse_names(&|index| index.on_disk == Some(true));
     if !sparse_on_disk.is_empty() {
         messages.push(format!(
             "the sparse index on_disk of {} is stored but not applied: sparse indexes are \
@@ -257,16 +260,8 @@ fn warnings(config: &CollectionConfig) -> Vec<crate::api::rest::models::Collecti
             sparse_on_disk.join(", ")
         ));
     }
-    let sparse_narrowed: Vec<String> = config
-        .sparse_iter()
-        .filter(|(_, p)| {
-            p.index
-                .as_ref()
-                .and_then(|i| i.datatype)
-                .is_some_and(|d| d != Datatype::Float32)
-        })
-        .map(|(name, _)| format!("`{name}`"))
-        .collect();
+    let sparse_narrowed =
+        sparse_names(&|index| index.datatype.is_some_and(|d| d != Datatype::Float32));
     if !sparse_narrowed.is_empty() {
         messages.push(format!(
             "the sparse index datatype of {} is stored but not applied: sparse weights are \

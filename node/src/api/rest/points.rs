@@ -367,13 +367,13 @@ pub async fn batch_update(
             UpdateOperation::DeleteVectors(b) => delete_vectors_request(&collection, b),
         })
         .collect::<Result<Vec<Addressed>, ApiError>>()?;
-    // Each operation is checked again when it is applied; checking them all first keeps a
-    // refused vector or payload later in the batch from leaving the earlier operations
-    // applied.
-    for (request, _) in &requests {
-        collection.check_update(request)?;
-    }
     strict_mode::check_updates(&state, &collection, wait.timeout, &requests).await?;
+    // Every operation is prepared before any is applied, so that a refused vector or payload
+    // later in the batch does not leave the earlier operations applied.
+    let requests = requests
+        .into_iter()
+        .map(|(request, shard_key)| Ok((collection.prepare_update(request)?, shard_key)))
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let status = if wait.wait.unwrap_or(false) {
         "completed"
     } else {
@@ -382,7 +382,7 @@ pub async fn batch_update(
     let mut results = Vec::with_capacity(requests.len());
     for (request, shard_key) in requests {
         let operation_id = collection
-            .update(
+            .update_prepared(
                 request,
                 shard_key.as_ref(),
                 wait.ordering.unwrap_or_default(),
